@@ -324,6 +324,8 @@ def _plan_contsub(plan):
     if not delivery.contdat.is_file():
         raise ReprocessingError('%s is missing — continuum subtraction needs it: restore it from the delivery'
                                 % delivery.contdat)
+    if options.contsub:
+        require_pipeline_for_contsub()
     if delivery.targets_line and not options.overwrite_line:
         raise ReprocessingError(
             'measurement_sets/ already holds %d uid*_targets_line.ms — move them elsewhere, or add '
@@ -597,8 +599,8 @@ def make_shadow(ms, destination, *, private=('HISTORY',)):
     CASA tasks that write into their inputs (concat appends HISTORY rows to
     every input after the first; the pipeline rewrites FIELD) then write into
     private copies, and the user's MS stays byte-identical.  Directories are
-    real, files are links, and no table.lock is linked, so the table locks
-    CASA takes stay inside the shadow too.
+    real, files are links, and every table.lock is a private copy, so the
+    table locks CASA takes stay inside the shadow too.
     """
     ms, destination = Path(ms).resolve(), Path(destination)
     destination.mkdir(parents=True)
@@ -609,8 +611,8 @@ def make_shadow(ms, destination, *, private=('HISTORY',)):
             shutil.copytree(str(entry), str(target), symlinks=False)
         elif entry.is_dir():
             _link_files(entry, target)
-        elif entry.name != 'table.lock':
-            os.symlink(str(entry), str(target))
+        else:
+            _link_or_copy_lock(entry, target)
     return destination
 
 
@@ -620,8 +622,21 @@ def _link_files(source, destination):
         target = destination / entry.name
         if entry.is_dir():
             _link_files(entry, target)
-        elif entry.name != 'table.lock':
-            os.symlink(str(entry), str(target))
+        else:
+            _link_or_copy_lock(entry, target)
+
+
+def _link_or_copy_lock(entry, target):
+    """Link a table file; copy a table.lock, so that locks taken in the shadow stay there.
+
+    The copy matters: without a table.lock carrying the table's sync data,
+    msmetadata (hence uvcontsub and the pipeline) sees subtables of a shadow
+    as empty ("DATA_DESCRIPTION only has 0 rows"; measured with CASA 6.7).
+    """
+    if entry.name == 'table.lock':
+        shutil.copyfile(str(entry), str(target))
+    else:
+        os.symlink(str(entry), str(target))
 
 
 # ===========================================================================
@@ -676,14 +691,683 @@ def summarize_concat(casa, concatenated, inputs):
     if rows != input_rows:
         raise ReprocessingError('the concatenated MS has %d rows but the inputs have %d — it was not '
                                 'published; see the CASA log' % (rows, input_rows))
-    spw_ids = sorted(set(read(concatenated / 'DATA_DESCRIPTION', 'SPECTRAL_WINDOW_ID')))
-    first_ids = set(read(inputs[0] / 'DATA_DESCRIPTION', 'SPECTRAL_WINDOW_ID'))
+    spw_ids = spws_with_data(casa, concatenated)
+    first_ids = set(spws_with_data(casa, inputs[0]))
     return {'rows': rows, 'spw_ids': spw_ids, 'renumbered': bool(set(spw_ids) - first_ids)}
+
+
+def spws_with_data(casa, ms):
+    """Ids of the spectral windows that have rows in ms (not every SPECTRAL_WINDOW row has data)."""
+    table = casa.casatools.table()
+    table.open(str(ms))
+    try:
+        used = set(int(i) for i in table.getcol('DATA_DESC_ID'))
+    finally:
+        table.close()
+    table.open(str(Path(ms) / 'DATA_DESCRIPTION'))
+    try:
+        spw_of = table.getcol('SPECTRAL_WINDOW_ID')
+    finally:
+        table.close()
+    return sorted(set(int(spw_of[i]) for i in used))
 
 
 # ---------------------------------------------------------------------------
 # cont.dat: reader and checker
 # ---------------------------------------------------------------------------
+#
+# The format, as the pipeline writes and reads it (pipeline/infrastructure/contfilehandler.py):
+#
+#   v1:  FIELDNAME            v2:  Field: FIELDNAME        v3:  Field: FIELDNAME
+#        SPW25                     SpectralWindow: 25           SpectralWindow: 25 X1#ALMA_RB_06#BB_1#SW-01#FULL_RES
+#        215.1~215.6GHz            215.1~215.6GHz LSRK          Flags: LOWBANDWIDTH
+#                                  NONE                         215.1~215.6GHz LSRK
+#
+# The pipeline's reader turns any line it does not recognise into a field name, so a typo
+# silently becomes a field.  This reader is strict instead: every line must be one of the
+# forms above, and an error names the line and says what to write.
+
+CONTDAT_FRAMES = ('LSRK', 'SOURCE', 'TOPO')
+CONTDAT_KEYWORDS = ('NONE', 'ALL', 'ALLCONT')
+CONTDAT_FLAGS = ('ALLCONT', 'LOWBANDWIDTH', 'LOWSPREAD')
+_HZ_PER_UNIT = collections.OrderedDict([('Hz', 1.0), ('kHz', 1e3), ('MHz', 1e6), ('GHz', 1e9)])
+
+ContRange = collections.namedtuple('ContRange', 'lo_hz hi_hz frame line')
+Problem = collections.namedtuple('Problem', 'severity path line message')  # severity: error, warning, note
+
+
+class ContDatSpw(object):
+    """One spectral-window block: the pipeline's virtual spw id, its name (v3), ranges, flags."""
+
+    def __init__(self, *, virtual_id, name, line):
+        self.virtual_id = virtual_id
+        self.name = name
+        self.line = line
+        self.ranges = []
+        self.keywords = []  # [(word, line)] for NONE / ALL / ALLCONT lines
+        self.flags = []
+        self.implicit_topo = False  # a v1 (SPWn) block: its ranges carry no frame and are TOPO
+
+    @property
+    def fit_all_channels(self):
+        """NONE, ALL, ALLCONT or an empty block: the pipeline fits the continuum over every channel."""
+        return not self.ranges
+
+    @property
+    def low_bandwidth(self):
+        """Flags for which the pipeline fits a constant (fit order 0) instead of a slope."""
+        return 'LOWBANDWIDTH' in self.flags or 'LOWSPREAD' in self.flags
+
+    @property
+    def selection_word(self):
+        """What a block without ranges says: NONE, ALL or ALLCONT (an empty block means NONE)."""
+        if 'ALLCONT' in self.flags:
+            return 'ALLCONT'
+        return self.keywords[-1][0] if self.keywords else 'NONE'
+
+    def label(self):
+        return 'spw %d%s' % (self.virtual_id, ' (%s)' % self.name if self.name else '')
+
+
+class ContDatField(object):
+    def __init__(self, *, name, line):
+        self.name = name
+        self.line = line
+        self.spws = collections.OrderedDict()  # virtual spw id -> ContDatSpw
+
+
+class ContDat(object):
+    """cont.dat, read: field name -> virtual spw id -> ranges, plus what reading noticed."""
+
+    def __init__(self, *, path, display):
+        self.path = Path(path)
+        self.display = display  # how messages name the file, e.g. caltables/cont.dat
+        self.version = 2
+        self.fields = collections.OrderedDict()  # field name -> ContDatField
+        self.problems = []  # warnings found while reading (duplicate blocks, unknown flags)
+
+    def blocks(self):
+        """(field, spw) for every spw block, in file order."""
+        return [(field, spw) for field in self.fields.values() for spw in field.spws.values()]
+
+    def warn(self, line, message):
+        self.problems.append(Problem('warning', self.display, line, message))
+
+
+def read_contdat(path, *, display=None):
+    """Read a cont.dat of any version (v1, v2, v3); raise ReprocessingError naming the line on errors."""
+    path = Path(path)
+    display = display or str(path)
+    try:
+        with open(str(path), encoding='utf-8', errors='replace') as handle:
+            text = handle.read()
+    except OSError as error:
+        raise ReprocessingError('cannot read %s (%s) — restore cont.dat from the delivery'
+                                % (display, error.strerror or error))
+    return parse_contdat(text, path=path, display=display)
+
+
+def parse_contdat(text, *, path, display):
+    import re
+    contdat = ContDat(path=path, display=display)
+    lines = text.splitlines()
+    # A file that uses "Field:" anywhere is v2/v3, where a bare line is a mistake, not a field (v1).
+    bare_lines_are_fields = not any(line.strip().startswith('Field:') for line in lines)
+    field = spw = None
+    saw_v1_spw = saw_v3 = False
+
+    def fail(number, what, todo):
+        raise ReprocessingError('%s line %d: %s — %s' % (display, number, what, todo))
+
+    for number, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line:
+            continue
+        v1_spw = re.match(r'^SPW\s*(\d+)$', line)
+        if line.startswith('#'):
+            fail(number, '"%s" starts with "#", but cont.dat has no comments (the pipeline would read the line '
+                         'as a field name)' % _shorten(line), 'delete the line')
+        elif line.startswith('Field:'):
+            field, spw = _start_field(contdat, _dequote(line[len('Field:'):].strip()), number, fail), None
+        elif line.startswith('SpectralWindow:'):
+            words = line.split()
+            if len(words) not in (2, 3) or not words[1].isdigit():
+                fail(number, '"%s" is not "SpectralWindow: ID" nor "SpectralWindow: ID NAME"' % _shorten(line),
+                     'write e.g. "SpectralWindow: 25" or "SpectralWindow: 25 X1#ALMA_RB_06#BB_1#SW-01#FULL_RES"')
+            saw_v3 = saw_v3 or len(words) == 3
+            spw = _start_spw(contdat, field, int(words[1]), words[2] if len(words) == 3 else None, number, fail)
+        elif v1_spw:
+            saw_v1_spw = True
+            spw = _start_spw(contdat, field, int(v1_spw.group(1)), None, number, fail)
+            spw.implicit_topo = True
+        elif line.startswith('Flags:'):
+            saw_v3 = True
+            _need_spw(spw, number, 'a Flags: line', fail)
+            for flag in line[len('Flags:'):].split():
+                if flag not in CONTDAT_FLAGS:
+                    contdat.warn(number, 'unknown flag "%s" (the pipeline writes %s) — it is ignored; delete it'
+                                 % (flag, ', '.join(CONTDAT_FLAGS)))
+                elif flag not in spw.flags:
+                    spw.flags.append(flag)
+        elif line in CONTDAT_KEYWORDS:
+            _need_spw(spw, number, line, fail)
+            spw.keywords.append((line, number))
+        elif '~' in line:
+            _need_spw(spw, number, 'a frequency range', fail)
+            for part in line.split(';'):
+                if part.strip():
+                    spw.ranges.append(_parse_range(part.strip(), number, spw.implicit_topo, fail))
+        elif bare_lines_are_fields:
+            field, spw = _start_field(contdat, _dequote(line), number, fail), None
+        else:
+            fail(number, '"%s" is not a cont.dat line' % _shorten(line),
+                 'expected "Field: NAME", "SpectralWindow: ID [NAME]", "Flags: ...", NONE, ALL, ALLCONT or '
+                 'ranges like "215.1~215.6GHz LSRK"; correct or delete the line')
+    contdat.version = 1 if saw_v1_spw else 3 if saw_v3 else 2
+    return contdat
+
+
+def _start_field(contdat, name, number, fail):
+    if not name:
+        fail(number, '"Field:" has no field name', 'write the MS field name after "Field:"')
+    if name in contdat.fields:
+        contdat.warn(number, 'field "%s" appears again (first at line %d); like the pipeline, only this later '
+                             'block is used — merge the two blocks into one' % (name, contdat.fields[name].line))
+    field = ContDatField(name=name, line=number)
+    contdat.fields[name] = field
+    return field
+
+
+def _start_spw(contdat, field, virtual_id, name, number, fail):
+    if field is None:
+        fail(number, 'spectral window %d comes before any field' % virtual_id,
+             'add a "Field: NAME" line above it')
+    if virtual_id in field.spws:
+        contdat.warn(number, 'spw %d of field "%s" appears again (first at line %d); like the pipeline, only this '
+                             'later block is used — merge the two blocks into one'
+                     % (virtual_id, field.name, field.spws[virtual_id].line))
+    spw = ContDatSpw(virtual_id=virtual_id, name=name, line=number)
+    field.spws[virtual_id] = spw
+    return spw
+
+
+def _need_spw(spw, number, what, fail):
+    if spw is None:
+        fail(number, '%s comes before any spectral window of its field' % what,
+             'add a "SpectralWindow: ID" line above it')
+
+
+def _parse_range(text, number, implicit_topo, fail):
+    """'215.1~215.6GHz LSRK' -> ContRange in Hz.  v1 ranges carry no frame: they are TOPO."""
+    import re
+    number_pattern = r'(\d+(?:\.\d*)?|\.\d+)'
+    match = re.match(r'^%s\s*~\s*%s\s*([A-Za-z]+)\s*(\S*)$' % (number_pattern, number_pattern), text)
+    if not match:
+        fail(number, 'cannot read the range "%s"' % _shorten(text),
+             'write it as LOW~HIGH with plain decimals, a unit and a frame, e.g. "215.1~215.6GHz LSRK"')
+    low, high, unit, frame = match.groups()
+    if unit not in _HZ_PER_UNIT:
+        fail(number, 'unit "%s" in "%s"' % (unit, _shorten(text)),
+             'use one of %s, spelled exactly so' % ', '.join(_HZ_PER_UNIT))
+    if not frame:
+        if not implicit_topo:
+            fail(number, 'the range "%s" has no frame' % _shorten(text),
+                 'add LSRK after it (SOURCE for ephemeris targets, TOPO if you mean topocentric)')
+        frame = 'TOPO'
+    if frame == 'REST':
+        fail(number, 'the REST frame ("%s") is not supported' % _shorten(text),
+             'give the range in LSRK (SOURCE for ephemeris targets)')
+    if frame not in CONTDAT_FRAMES:
+        fail(number, 'unknown frame "%s" in "%s"' % (frame, _shorten(text)),
+             'use LSRK, SOURCE or TOPO, in capitals (the pipeline compares them exactly)')
+    scale = _HZ_PER_UNIT[unit]
+    lo_hz, hi_hz = float(low) * scale, float(high) * scale
+    if lo_hz >= hi_hz:
+        fail(number, 'the range "%s" is empty or reversed' % _shorten(text), 'write the lower frequency first')
+    return ContRange(lo_hz, hi_hz, frame, number)
+
+
+def _dequote(text):
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in '"\'':
+        return text[1:-1].strip()
+    return text
+
+
+def _shorten(text, limit=60):
+    return text if len(text) <= limit else text[:limit - 3] + '...'
+
+
+# -- what the checker and the fit need to know of each measurement set ------------------------------
+
+SpwInfo = collections.namedtuple('SpwInfo', 'id name nchan')
+
+
+class MsLayout(object):
+    """Fields, science spws and (field, spw) pairs with data of one MS, read once with the table tool."""
+
+    def __init__(self, *, path, start, fields, spws, pairs, rows):
+        self.path = Path(path)
+        self.name = self.path.name
+        self.eb = eb_name(self.path)
+        self.start = start
+        self.fields = fields  # OrderedDict field name -> [field ids]
+        self.spws = spws      # OrderedDict spw id -> SpwInfo, only spws with data
+        self.pairs = pairs    # {(field id, spw id)} with rows
+        self.rows = rows
+
+    def spw_ids_by_name(self, name):
+        return [spw.id for spw in self.spws.values() if spw.name == name]
+
+    def has_data(self, field_ids, spw_id):
+        return any((field_id, spw_id) in self.pairs for field_id in field_ids)
+
+
+def eb_name(ms):
+    """uid___A002_X1_X2 for uid___A002_X1_X2_targets.ms (or _targets_line.ms)."""
+    name = Path(ms).name
+    for suffix in ('_targets_line.ms', '_targets.ms', '_target.ms', '.ms'):
+        if name.endswith(suffix):
+            return name[:-len(suffix)]
+    return name
+
+
+def read_ms_layout(casa, ms):
+    import numpy
+    table = casa.casatools.table()
+
+    def columns(subtable, *names):
+        table.open(str(Path(ms) / subtable) if subtable else str(ms))
+        try:
+            return [table.getcol(name) if table.nrows() else [] for name in names]
+        finally:
+            table.close()
+
+    field_names, = columns('FIELD', 'NAME')
+    spw_names, spw_nchan = columns('SPECTRAL_WINDOW', 'NAME', 'NUM_CHAN')
+    dd_spw, = columns('DATA_DESCRIPTION', 'SPECTRAL_WINDOW_ID')
+    field_ids, dd_ids = columns('', 'FIELD_ID', 'DATA_DESC_ID')
+    time_range, = columns('OBSERVATION', 'TIME_RANGE')
+    pairs = set()
+    if len(field_ids):
+        combined = numpy.unique(numpy.asarray(field_ids, dtype=numpy.int64) * 100000 + numpy.asarray(dd_ids))
+        pairs = {(int(value // 100000), int(dd_spw[value % 100000])) for value in combined}
+    fields = collections.OrderedDict()
+    for field_id, name in enumerate(field_names):
+        if any(pair[0] == field_id for pair in pairs):
+            fields.setdefault(str(name), []).append(field_id)
+    spws = collections.OrderedDict(
+        (spw_id, SpwInfo(spw_id, str(spw_names[spw_id]), int(spw_nchan[spw_id])))
+        for spw_id in sorted({pair[1] for pair in pairs}))
+    start = float(numpy.min(time_range)) if len(time_range) else 0.0
+    return MsLayout(path=ms, start=start, fields=fields, spws=spws, pairs=pairs, rows=len(field_ids))
+
+
+# -- from cont.dat ranges to each MS's channels ------------------------------------------------------
+
+class ChannelConverter(object):
+    """cont.dat frequency ranges -> TOPO channels of one MS, with synthesisutils.advisechansel.
+
+    Called exactly as the pipeline's contfilehandler does (freqstep=100., LSRK; SOURCE with
+    ephemtable='TRACKFIELD' for ephemeris targets), so the channels match what hif_uvcontsub
+    would fit; no Doppler arithmetic of our own.
+    """
+
+    def __init__(self, casa):
+        self.tool = casa.casatools.synthesisutils()
+
+    def channels(self, ms, field_id, spw_id, cont_range):
+        """(first, last) channel of the range in this MS/field/spw, or None when it selects nothing."""
+        arguments = dict(msname=str(ms), fieldid=int(field_id), spwselection=str(spw_id),
+                         freqstart=cont_range.lo_hz, freqend=cont_range.hi_hz, freqstep=100.,
+                         freqframe=cont_range.frame)
+        if cont_range.frame == 'SOURCE':
+            arguments['ephemtable'] = 'TRACKFIELD'
+        try:
+            result = self.tool.advisechansel(**arguments)
+        finally:
+            self.tool.done()
+        spws = [int(spw) for spw in result.get('spw', [])]
+        if spw_id not in spws:
+            return None
+        index = spws.index(spw_id)
+        count = int(result['nchan'][index])
+        first = int(result['start'][index])
+        return (first, first + count - 1) if count > 0 else None
+
+    def coverage(self, ms, field_id, spw_id, frame):
+        """(low, high) Hz that the spw covers in frame, over the whole observation."""
+        arguments = dict(msname=str(ms), fieldid=int(field_id), spwselection=str(spw_id),
+                         freqframe=frame, getfreqrange=True)
+        if frame == 'SOURCE':
+            arguments['ephemtable'] = 'TRACKFIELD'
+        try:
+            result = self.tool.advisechansel(**arguments)
+        finally:
+            self.tool.done()
+        return _hz(result['freqstart']), _hz(result['freqend'])
+
+
+def _hz(quantity):
+    value = quantity['value'] if isinstance(quantity, dict) else quantity
+    try:
+        value = list(value)[0]
+    except TypeError:
+        pass
+    scale = _HZ_PER_UNIT.get(quantity.get('unit', 'Hz'), 1.0) if isinstance(quantity, dict) else 1.0
+    return float(value) * scale
+
+
+def merge_channel_ranges(ranges):
+    """Sorted union of (first, last) channel ranges; touching ranges join."""
+    merged = []
+    for first, last in sorted((min(a, b), max(a, b)) for a, b in ranges):
+        if merged and first <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], last))
+        else:
+            merged.append((first, last))
+    return merged
+
+
+def channel_string(ranges):
+    return ';'.join('%d~%d' % pair for pair in ranges)
+
+
+# -- the checker -----------------------------------------------------------------------------------
+
+# What to fit, per MS, field and real spw.  chan: channel selection for uvcontsub ('' = all channels).
+FitSelection = collections.namedtuple(
+    'FitSelection', 'field_name field_ids spw_id virtual_id chan n_selected nchan fitorder line reason')
+
+
+class ContDatAnalysis(object):
+    """cont.dat checked against the measurement sets, and the channels to fit in each of them."""
+
+    def __init__(self, contdat, layouts):
+        self.contdat = contdat
+        self.layouts = layouts  # in time order; the first defines the virtual spw ids
+        self.problems = []
+        self.selections = collections.OrderedDict((str(layout.path), []) for layout in layouts)
+
+    @property
+    def errors(self):
+        return [problem for problem in self.problems if problem.severity == 'error']
+
+    def layout(self, ms):
+        for layout in self.layouts:
+            if layout.path == Path(ms):
+                return layout
+        raise KeyError(str(ms))
+
+    def virtual_id(self, layout, spw_id):
+        """The virtual (first-EB) id of a spw of this MS, as the line MS's cont.dat block names it."""
+        for selection in self.selections.get(str(layout.path), []):
+            if selection.spw_id == spw_id:
+                return selection.virtual_id
+        return spw_id
+
+
+def check_contdat(contdat, measurement_sets, casa):
+    """Problems of cont.dat against the measurement sets: [Problem(severity, path, line, message)]."""
+    return analyse_contdat(contdat, measurement_sets, casa).problems
+
+
+def analyse_contdat(contdat, measurement_sets, casa):
+    layouts = sorted((read_ms_layout(casa, ms) for ms in measurement_sets), key=lambda l: (l.start, l.name))
+    analysis = ContDatAnalysis(contdat, layouts)
+    report = _ProblemCollector(contdat.display, [layout.eb for layout in layouts])
+    converter = ChannelConverter(casa)
+    for field in contdat.fields.values():
+        _check_field(field, layouts, converter, analysis, report)
+    _check_coverage_of_science_data(contdat, layouts, analysis, report)
+    analysis.problems = sorted(list(contdat.problems) + report.problems(),
+                               key=lambda p: (p.line or 0, ('error', 'warning', 'note').index(p.severity)))
+    return analysis
+
+
+class _ProblemCollector(object):
+    """Problems found per execution block, reported once per (line, message) with the EBs they concern."""
+
+    def __init__(self, display, ebs):
+        self.display = display
+        self.ebs = ebs
+        self._found = collections.OrderedDict()
+
+    def add(self, severity, line, message, eb=None):
+        """message may hold "{where}", replaced by the execution blocks the problem was found in."""
+        key = (severity, line, message)
+        self._found.setdefault(key, [])
+        if eb is not None and eb not in self._found[key]:
+            self._found[key].append(eb)
+
+    def problems(self):
+        found = []
+        for (severity, line, message), ebs in self._found.items():
+            found.append(Problem(severity, self.display, line, message.replace('{where}', self._where(ebs))))
+        return found
+
+    def _where(self, ebs):
+        if len(self.ebs) > 1 and len(ebs) == len(self.ebs):
+            return 'in all %d execution blocks' % len(ebs)
+        if len(ebs) > 3:
+            return 'in %d execution blocks (%s, ...)' % (len(ebs), ', '.join(ebs[:2]))
+        return 'in ' + ', '.join(ebs)
+
+
+def _check_field(field, layouts, converter, analysis, report):
+    present = [layout for layout in layouts if field.name in layout.fields]
+    if not present:
+        known = sorted({name for layout in layouts for name in layout.fields})
+        report.add('error', field.line, 'field "%s" is in none of the measurement sets (they have %s) — correct '
+                   'the name or delete its block' % (field.name, ', '.join(known) or 'no fields'))
+        return
+    if not field.spws:
+        report.add('warning', field.line, 'field "%s" has no spectral windows, so it is left out of the line '
+                   'MSes — add its "SpectralWindow:" blocks' % field.name)
+    for spw in field.spws.values():
+        _check_ranges_among_themselves(spw, report)
+        _check_spw_name(field, spw, layouts[0], report)
+        for layout in present:
+            _check_spw_in_ms(field, spw, layout, layouts[0], converter, analysis, report)
+
+
+def _check_ranges_among_themselves(spw, report):
+    if spw.ranges and spw.keywords:
+        word, line = spw.keywords[0]
+        report.add('warning', line, '%s stands beside frequency ranges in %s; like the pipeline, the ranges are '
+                   'used — delete one of them' % (word, spw.label()))
+    for frame in CONTDAT_FRAMES:
+        ordered = sorted((r for r in spw.ranges if r.frame == frame), key=lambda r: r.lo_hz)
+        for before, after in zip(ordered, ordered[1:]):
+            if after.lo_hz < before.hi_hz:
+                report.add('warning', after.line, 'in %s, %s overlaps %s (line %d); their union is fitted — '
+                           'merge them into one range' % (spw.label(), _range_text(after), _range_text(before),
+                                                          before.line))
+
+
+def _check_spw_name(field, spw, first, report):
+    if spw.name and spw.virtual_id in first.spws and first.spws[spw.virtual_id].name != spw.name:
+        report.add('warning', spw.line, 'spw %d is named %s in the first execution block (%s), not %s; like the '
+                   'pipeline, the name decides which spw the block means — check the number'
+                   % (spw.virtual_id, first.spws[spw.virtual_id].name, first.eb, spw.name))
+
+
+def map_spw(spw, layout, first):
+    """The real spw id in layout of a cont.dat block, or None.
+
+    The number in cont.dat is the pipeline's virtual id: the id in the first execution block.
+    Other EBs may number the same window differently, so it is found there by name (the v3
+    name, else the name the first EB gives that id) and by number only when names say nothing.
+    """
+    name = spw.name
+    if name is None:
+        if spw.virtual_id not in first.spws:
+            return None
+        if layout is first:
+            return spw.virtual_id
+        name = first.spws[spw.virtual_id].name
+    by_name = layout.spw_ids_by_name(name) if name else []
+    if len(by_name) == 1:
+        return by_name[0]
+    if spw.virtual_id in by_name or (not by_name and spw.virtual_id in layout.spws and spw.name is None):
+        return spw.virtual_id
+    return None
+
+
+def _check_spw_in_ms(field, spw, layout, first, converter, analysis, report):
+    real_id = map_spw(spw, layout, first)
+    if real_id is None:
+        what = 'named %s' % spw.name if spw.name else 'numbered %d' % spw.virtual_id
+        report.add('error', spw.line, 'field "%s": no spectral window %s {where} (it has %s) — correct the spw '
+                   'number%s or delete the block' % (field.name, what, ', '.join(str(i) for i in layout.spws),
+                                                      ' and name' if spw.name else ''), layout.eb)
+        return
+    field_ids = layout.fields[field.name]
+    if not layout.has_data(field_ids, real_id):
+        return  # this field was not observed in that spw here: nothing to fit
+    fitorder = 0 if spw.low_bandwidth else 1
+    nchan = layout.spws[real_id].nchan
+    if spw.fit_all_channels:
+        report.add('note', spw.line, 'field "%s" %s: %s — the continuum is fitted over all channels, as the '
+                   'pipeline does' % (field.name, spw.label(), spw.selection_word))
+        analysis.selections[str(layout.path)].append(FitSelection(
+            field.name, field_ids, real_id, spw.virtual_id, '', nchan, nchan, fitorder, spw.line,
+            spw.selection_word))
+        return
+    channel_ranges = []
+    for cont_range in spw.ranges:
+        try:
+            channels = converter.channels(layout.path, field_ids[0], real_id, cont_range)
+            coverage = converter.coverage(layout.path, field_ids[0], real_id, cont_range.frame)
+        except Exception as error:  # CASA raises plain RuntimeErrors
+            report.add('error', cont_range.line, 'cannot convert %s of field "%s" to channels {where} (%s) — '
+                       'check the frame (SOURCE is for ephemeris targets only)'
+                       % (_range_text(cont_range), field.name, _one_line(error)), layout.eb)
+            continue
+        covered = '%s %s' % (_ghz_text(*coverage), cont_range.frame)
+        if channels is None:
+            report.add('error', cont_range.line, '%s lies outside %s of field "%s" {where}, which covers %s — '
+                       'correct the range' % (_range_text(cont_range), spw.label(), field.name, covered), layout.eb)
+            continue
+        if cont_range.lo_hz < coverage[0] or cont_range.hi_hz > coverage[1]:
+            report.add('warning', cont_range.line, '%s reaches beyond %s of field "%s" {where}, which covers %s; '
+                       'only the channels inside are fitted — trim the range'
+                       % (_range_text(cont_range), spw.label(), field.name, covered), layout.eb)
+        channel_ranges.append(channels)
+    merged = merge_channel_ranges(channel_ranges)
+    selected = sum(last - first + 1 for first, last in merged)
+    if channel_ranges and selected < fitorder + 1:
+        report.add('error', spw.line, 'field "%s" %s selects only %d channel {where}, too few for a fit of order %d '
+                   '— widen the ranges' % (field.name, spw.label(), selected, fitorder), layout.eb)
+    if merged and selected >= fitorder + 1:
+        analysis.selections[str(layout.path)].append(FitSelection(
+            field.name, field_ids, real_id, spw.virtual_id, channel_string(merged), selected, nchan, fitorder,
+            spw.line, 'ranges'))
+
+
+def _check_coverage_of_science_data(contdat, layouts, analysis, report):
+    """Fields and spws with data that cont.dat does not mention, and what happens to them."""
+    for layout in layouts:
+        selections = analysis.selections[str(layout.path)]
+        chosen_spws = {s.spw_id for s in selections}
+        for name, field_ids in layout.fields.items():
+            if name not in contdat.fields:
+                report.add('warning', None, 'field "%s" has data {where} but no block in cont.dat, so it is left '
+                           'out of the line MSes — add a "Field: %s" block (NONE fits all channels)' % (name, name),
+                           layout.eb)
+                continue
+            for spw_id in sorted(chosen_spws):
+                mentioned = any(s.field_name == name and s.spw_id == spw_id for s in selections)
+                if layout.has_data(field_ids, spw_id) and not mentioned and _block_maps_here(
+                        contdat.fields[name], spw_id, layout, layouts[0]) is None:
+                    # uvcontsub selects spws for all fields at once: the window is in the line MS anyway.
+                    virtual = analysis.virtual_id(layout, spw_id)
+                    report.add('warning', contdat.fields[name].line, 'field "%s" has no block for spw %d, which '
+                               'other fields have; its continuum there is fitted over all channels {where} — add '
+                               'a "SpectralWindow: %d" block for it' % (name, virtual, virtual), layout.eb)
+                    nchan = layout.spws[spw_id].nchan
+                    selections.append(FitSelection(name, field_ids, spw_id, virtual, '', nchan, nchan, 1,
+                                                   contdat.fields[name].line, 'absent'))
+        for spw in layout.spws.values():
+            if spw.id not in chosen_spws and any(name in contdat.fields for name in layout.fields):
+                report.add('note', None, 'spw %d (%s) is in no cont.dat block {where}: it is left out of the line '
+                           'MSes, as the pipeline does' % (spw.id, spw.name), layout.eb)
+
+
+def _block_maps_here(field, spw_id, layout, first):
+    for spw in field.spws.values():
+        if map_spw(spw, layout, first) == spw_id:
+            return spw
+    return None
+
+
+def _range_text(cont_range):
+    return '%s %s' % (_ghz_text(cont_range.lo_hz, cont_range.hi_hz), cont_range.frame)
+
+
+def _ghz_text(lo_hz, hi_hz):
+    return '%.6f~%.6fGHz' % (lo_hz / 1e9, hi_hz / 1e9)
+
+
+def _one_line(error):
+    text = ' '.join(str(error).split())
+    return _shorten(text, 160)
+
+
+def describe_problem(problem):
+    where = '%s:%d' % (problem.path, problem.line) if problem.line else problem.path
+    return '%s: %s: %s' % (where, problem.severity, problem.message)
+
+
+def contdat_preflight(plan, casa):
+    """Check cont.dat against the measurement sets before anything is written; stop on errors.
+
+    Every continuum subtraction path calls this first.  It needs CASA (advisechansel and
+    table reads), which the plan is made without, so it is the first thing the contsub step
+    does; the plan itself already read cont.dat, so syntax errors stop even --dry-run.
+    """
+    analysis = getattr(plan, 'contdat_analysis', None)
+    if analysis is None:
+        delivery = plan.delivery
+        contdat = getattr(plan, 'contdat', None) or read_contdat(
+            delivery.contdat, display=_relative(delivery.contdat, delivery.root))
+        say('  checking %s against %d measurement set(s)' % (contdat.display, len(delivery.targets)))
+        analysis = analyse_contdat(contdat, delivery.targets, casa)
+        for problem in analysis.problems:
+            say('  ' + describe_problem(problem))
+        plan.contdat_analysis = analysis
+    errors = analysis.errors
+    if errors:
+        raise ReprocessingError('%s has %d error%s (listed above) — correct %s and run again; nothing was written'
+                                % (analysis.contdat.display, len(errors), '' if len(errors) == 1 else 's',
+                                   'it' if len(errors) == 1 else 'them'))
+    return analysis
+
+
+def run_check(plan, state, step, casa):
+    """--check: cont.dat against the measurement sets, and the channels each EB would fit."""
+    try:
+        analysis = contdat_preflight(plan, casa)
+    finally:
+        analysis = getattr(plan, 'contdat_analysis', None)
+        if analysis is not None:
+            _say_fit_table(analysis, fitorder=getattr(plan.options, 'fitorder', None))
+    warnings = [p for p in analysis.problems if p.severity == 'warning']
+    say('  %s: no errors, %d warning%s' % (analysis.contdat.display, len(warnings), '' if len(warnings) == 1 else 's'))
+    return {'errors': 0, 'warnings': len(warnings), 'problems': [describe_problem(p) for p in analysis.problems]}
+
+
+def _say_fit_table(analysis, *, fitorder=None):
+    for layout in analysis.layouts:
+        selections = analysis.selections[str(layout.path)]
+        if not selections:
+            say('  %s: nothing to fit' % layout.eb)
+            continue
+        for s in selections:
+            chosen = 'all %d channels' % s.nchan if not s.chan else 'channels %s (%d of %d)' % (
+                s.chan, s.n_selected, s.nchan)
+            say('  %s: field %s spw %d%s: %s, fit order %d' % (
+                layout.eb, s.field_name, s.spw_id, ' (cont.dat spw %d)' % s.virtual_id if s.virtual_id != s.spw_id
+                else '', chosen, s.fitorder if fitorder is None else fitorder))
 
 
 # ---------------------------------------------------------------------------
@@ -927,7 +1611,10 @@ def signals_as_exceptions():
 def main(argv=None):
     """Run the script; returns the exit status (0 success, 1 failure, 2 usage error)."""
     try:
-        options = build_parser().parse_args(script_arguments(argv))
+        try:
+            options = build_parser().parse_args(script_arguments(argv))
+        except SystemExit as finished:  # --help
+            return finished.code or EXIT_OK
         check_combinations(options)
         return run(options, argv)
     except UsageError as error:

@@ -1,0 +1,101 @@
+"""Shared fixtures: simulated deliveries (made once per test run, copied per test) and script runners."""
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / 'scriptForReprocessing.py'
+PREP = REPO / 'reprocessing_prep.py'
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / 'tools'))
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'pipeline: needs the ALMA pipeline (skipped when "import pipeline" fails)')
+    config.addinivalue_line('markers', 'mpi: needs OpenMPI and casampi (skipped when absent)')
+
+
+@pytest.fixture(scope='session')
+def delivery_cache(tmp_path_factory):
+    """Where simulated deliveries are kept for this test run (SIMULATION_CACHE keeps them across runs)."""
+    shared = os.environ.get('SIMULATION_CACHE')
+    if shared:
+        path = Path(shared)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    return tmp_path_factory.mktemp('simulated')
+
+
+@pytest.fixture
+def delivery_factory(delivery_cache, tmp_path):
+    """delivery_factory(**simulate_kwargs) -> a fresh copy of a simulated delivery, made once per kwargs."""
+    from simulate_delivery import cached_delivery, copy_delivery
+    counter = [0]
+
+    def make(**kwargs):
+        source = Path(cached_delivery(delivery_cache, **kwargs))
+        counter[0] += 1
+        destination = tmp_path / ('delivery%d' % counter[0])
+        copy_delivery(source, destination)
+        return destination
+    return make
+
+
+def run_command(command, *, cwd, env=None, timeout=600):
+    environment = dict(os.environ)
+    environment.update(env or {})
+    return subprocess.run(command, cwd=str(cwd), env=environment, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, timeout=timeout)
+
+
+@pytest.fixture
+def run_script():
+    """run_script(*args, cwd=DIR, env=None) -> CompletedProcess of the script run in a subprocess in cwd."""
+    def run(*args, delivery=None, cwd=None, env=None, timeout=600):
+        args = [str(a) for a in args]
+        if cwd is None and delivery is None and '--delivery' in args:
+            delivery = args[args.index('--delivery') + 1]
+        return run_command([sys.executable, str(SCRIPT)] + args, cwd=cwd or delivery, env=env, timeout=timeout)
+    return run
+
+
+def md5_tree(path):
+    """{relative path: md5} of every file below path (links followed, so link targets are checked)."""
+    path = Path(path)
+    digests = {}
+    for root, _dirs, files in os.walk(str(path)):
+        for name in files:
+            full = Path(root) / name
+            digest = hashlib.md5()
+            with open(str(full), 'rb') as handle:
+                for block in iter(lambda: handle.read(1 << 20), b''):
+                    digest.update(block)
+            digests[str(full.relative_to(path))] = digest.hexdigest()
+    return digests
+
+
+@pytest.fixture(name='md5_tree')
+def md5_tree_fixture():
+    return md5_tree
+
+
+def user_ms_digests(delivery):
+    """Checksums of every user MS in measurement_sets/ (targets and line MSes)."""
+    ms_dir = Path(delivery) / 'measurement_sets'
+    return {p.name: md5_tree(p) for p in sorted(ms_dir.glob('uid*.ms'))}
+
+
+def pipeline_available():
+    try:
+        import pipeline  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+requires_pipeline = pytest.mark.skipif(not pipeline_available(), reason='the ALMA pipeline is not installed')

@@ -1,0 +1,168 @@
+"""The command-line contract: what a user sees before any CASA work starts.
+
+These tests need no measurement set content and never import CASA.
+"""
+import fcntl
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import scriptForReprocessing as sfr
+from conftest import SCRIPT, PREP
+
+
+def make_layout(root, *, targets=('uid___A002_X1_X1_targets.ms',), line=(), contdat=True):
+    """A delivery's directory layout with empty stand-ins for MSes (enough for the checks before CASA)."""
+    (root / 'measurement_sets').mkdir(parents=True)
+    (root / 'caltables').mkdir()
+    for name in tuple(targets) + tuple(line):
+        (root / 'measurement_sets' / name).mkdir()
+        (root / 'measurement_sets' / name / 'table.dat').write_bytes(b'x' * 100)
+    if contdat:
+        (root / 'caltables' / 'cont.dat').write_text('Field: A\n\nSpectralWindow: 25\n230.0~230.1GHz LSRK\n')
+    return root
+
+
+def tree_listing(root):
+    return sorted(str(p.relative_to(root)) for p in Path(root).rglob('*'))
+
+
+def error_lines(captured):
+    return [line for line in captured.err.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize('argv, fragment', [
+    ([], 'no action given'),
+    (['--bogus'], 'unrecognized arguments: --bogus'),
+    (['--contsub', '--contsub_fast'], 'choose one'),
+    (['--weblog', '--cleanup'], 'run them separately'),
+    (['--weblog', '--calibrated_final'], 'run --weblog on its own'),
+    (['--overwrite-line', '--calibrated_final'], 'add one of them'),
+    (['--delivery', '/nonexistent/place', '--calibrated_final'], 'is not a directory'),
+])
+def test_usage_errors_exit_2_with_one_error_line(argv, fragment, capsys):
+    assert sfr.main(argv) == 2
+    lines = error_lines(capsys.readouterr())
+    assert len(lines) == 1
+    assert lines[0].startswith('ERROR: ') and fragment in lines[0] and ' — ' in lines[0]
+
+
+def test_help_exits_0_and_lists_every_original_flag(capsys):
+    assert sfr.main(['--help']) == 0
+    text = capsys.readouterr().out
+    for flag in ('--contsub', '--contsub_fast', '--image', '--cleanup', '--weblog', '--calibrated_final',
+                 '--calibrated_final_line', '--dry-run', '--delivery'):
+        assert flag in text
+
+
+def test_help_and_usage_errors_never_import_casa():
+    probe = ('import sys, io, contextlib; sys.path.insert(0, %r); import scriptForReprocessing as s\n'
+             'with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n'
+             '    codes = [s.main(["--help"]), s.main([]), s.main(["--contsub", "--contsub_fast"])]\n'
+             'print(codes, sorted(m for m in sys.modules if m.startswith(("casa", "pipeline", "numpy"))))'
+             % str(SCRIPT.parent))
+    out = subprocess.run([sys.executable, '-c', probe], stdout=subprocess.PIPE, universal_newlines=True,
+                         check=True).stdout
+    assert out.strip() == '[0, 2, 2] []'
+
+
+def test_not_a_delivery_says_where_to_run(tmp_path, capsys):
+    assert sfr.main(['--delivery', str(tmp_path), '--calibrated_final']) == 1
+    line, = error_lines(capsys.readouterr())
+    assert 'no measurement_sets/ directory' in line and '--delivery' in line
+
+
+def test_cycle8_delivery_points_to_prep(tmp_path, capsys):
+    make_layout(tmp_path, targets=('uid___A002_X1_X1_target.ms',))
+    assert sfr.main(['--delivery', str(tmp_path), '--calibrated_final']) == 1
+    line, = error_lines(capsys.readouterr())
+    assert 'pre-Cycle 9' in line and 'reprocessing_prep.py' in line
+
+
+def test_calibrated_final_line_needs_line_measurement_sets(tmp_path, capsys):
+    make_layout(tmp_path)
+    before = tree_listing(tmp_path)
+    assert sfr.main(['--delivery', str(tmp_path), '--calibrated_final_line']) == 1
+    assert 'no uid*_targets_line.ms' in capsys.readouterr().err
+    assert tree_listing(tmp_path) == before
+
+
+def test_existing_output_is_never_overwritten(tmp_path, capsys):
+    make_layout(tmp_path)
+    (tmp_path / 'measurement_sets' / 'calibrated_final.ms').mkdir()
+    before = tree_listing(tmp_path)
+    assert sfr.main(['--delivery', str(tmp_path), '--calibrated_final']) == 1
+    assert 'already exists' in capsys.readouterr().err
+    assert tree_listing(tmp_path) == before
+
+
+def test_contsub_refuses_to_replace_line_measurement_sets_silently(tmp_path, capsys):
+    make_layout(tmp_path, line=('uid___A002_X1_X1_targets_line.ms',))
+    assert sfr.main(['--delivery', str(tmp_path), '--contsub_fast']) == 1
+    assert '--overwrite-line' in capsys.readouterr().err
+
+
+def test_contsub_needs_cont_dat(tmp_path, capsys):
+    make_layout(tmp_path, contdat=False)
+    assert sfr.main(['--delivery', str(tmp_path), '--contsub_fast']) == 1
+    assert 'cont.dat is missing' in capsys.readouterr().err
+
+
+def test_image_directory_must_be_new_or_empty(tmp_path, capsys):
+    make_layout(tmp_path)
+    (tmp_path / 'images').mkdir()
+    (tmp_path / 'images' / 'old.fits').write_text('x')
+    assert sfr.main(['--delivery', str(tmp_path), '--image']) == 1
+    assert 'is not empty' in capsys.readouterr().err
+
+
+def test_not_enough_disk_stops_before_any_work(tmp_path, capsys, monkeypatch):
+    make_layout(tmp_path)
+    monkeypatch.setattr(sfr, 'free_bytes', lambda path: 10)
+    before = tree_listing(tmp_path)
+    assert sfr.main(['--delivery', str(tmp_path), '--calibrated_final']) == 1
+    assert 'not enough free disk' in capsys.readouterr().err
+    assert tree_listing(tmp_path) == before
+
+
+def test_dry_run_prints_the_plan_and_touches_nothing(tmp_path, capsys):
+    make_layout(tmp_path, targets=('uid___A002_X1_X1_targets.ms', 'uid___A002_X1_X2_targets.ms'))
+    before = tree_listing(tmp_path)
+    assert sfr.main(['--delivery', str(tmp_path), '--calibrated_final', '--cleanup', '--dry-run']) == 0
+    out = capsys.readouterr().out
+    assert out.startswith('Environment: CASA ')
+    assert 'concatenate 2 MS' in out and 'out: measurement_sets/calibrated_final.ms' in out
+    assert 'Extra disk needed' in out and 'Dry run: nothing was changed.' in out
+    assert tree_listing(tmp_path) == before
+
+
+def test_a_second_concurrent_run_is_refused(tmp_path, capsys):
+    make_layout(tmp_path)
+    with open(str(tmp_path / sfr.LOCK_NAME), 'a+') as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        held.write('pid 4242 on somehost since today\n')
+        held.flush()
+        assert sfr.main(['--delivery', str(tmp_path), '--cleanup']) == 1
+    line, = error_lines(capsys.readouterr())
+    assert 'another run is working in this delivery (pid 4242' in line
+
+
+def test_arguments_after_the_script_path_under_casa_c(monkeypatch):
+    monkeypatch.setattr(sys, 'argv', ['/opt/casa/bin/casa', '--nologger', '-c',
+                                      '/data/calibrated_final/scriptForReprocessing.py', '--contsub'])
+    assert sfr.script_arguments(None) == ['--contsub']
+
+
+@pytest.mark.parametrize('script', [SCRIPT, PREP])
+def test_scripts_stay_python_36_compatible(script):
+    vermin = Path(sys.executable).parent / 'vermin'
+    if not vermin.exists():
+        pytest.skip('vermin is not installed in this environment')
+    if not script.exists():
+        pytest.skip('%s does not exist yet' % script.name)
+    result = subprocess.run([str(vermin), '--no-tips', '--violations', '-t=3.6-', str(script)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
+    assert 'Target versions not met' not in result.stdout, result.stdout
+    assert result.returncode == 0, result.stdout

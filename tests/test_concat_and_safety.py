@@ -1,0 +1,135 @@
+"""--calibrated_final(_line), --cleanup, and the promise that nothing of the user's is lost.
+
+Real CASA on simulated deliveries.
+"""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import scriptForReprocessing as sfr
+from conftest import SCRIPT, md5_tree, user_ms_digests
+
+THREE_EBS = dict(n_ebs=3, spw_ids=(25, 27, 29, 31), nchan=16, n_antennas=8, with_line_ms=True)
+
+
+def casa_table():
+    return sfr.load_casa().casatools.table()
+
+
+def read_table(path, column=None):
+    table = casa_table()
+    table.open(str(path))
+    try:
+        return table.nrows() if column is None else list(table.getcol(column))
+    finally:
+        table.close()
+
+
+def test_calibrated_final_concatenates_every_execution_block(delivery_factory, run_script, tmp_path):
+    delivery = delivery_factory(**THREE_EBS)
+    before = user_ms_digests(delivery)
+    elsewhere = tmp_path / 'elsewhere'
+    elsewhere.mkdir()
+    result = run_script('--delivery', delivery, '--calibrated_final', '--calibrated_final_line', cwd=elsewhere)
+    assert result.returncode == 0, result.stderr
+    targets = sorted((delivery / 'measurement_sets').glob('uid*_targets.ms'))
+    lines = sorted((delivery / 'measurement_sets').glob('uid*_targets_line.ms'))
+    assert len(targets) == 3 and len(lines) == 3
+    for name, inputs in (('calibrated_final.ms', targets), ('calibrated_final_line.ms', lines)):
+        output = delivery / 'measurement_sets' / name
+        assert read_table(output) == sum(read_table(ms) for ms in inputs)
+        spws = set(read_table(output / 'DATA_DESCRIPTION', 'SPECTRAL_WINDOW_ID'))
+        assert {25, 27, 29, 31} <= spws
+    assert 'select spws by name' in result.stdout
+    assert user_ms_digests(delivery) == before, 'a user MS changed'
+    assert list(elsewhere.iterdir()) == [], 'the run wrote into the current directory'
+    assert not list((delivery / 'measurement_sets').glob('.*')), 'a temporary output was left behind'
+    assert not (delivery / sfr.JOURNAL_NAME).exists()
+
+
+def start_paused(delivery, pause_at, *args):
+    """Start the script and wait until it reaches the test-only pause point."""
+    env = dict(os.environ, **{sfr.PAUSE_ENV: pause_at})
+    process = subprocess.Popen([sys.executable, str(SCRIPT), '--delivery', str(delivery)] + list(args),
+                               cwd=str(delivery), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               universal_newlines=True)
+    marker = delivery / ('.paused-at-' + pause_at)
+    deadline = time.time() + 300
+    while not marker.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.time() < deadline, 'the script never reached ' + pause_at
+        time.sleep(0.1)
+    marker.unlink()
+    return process
+
+
+@pytest.mark.parametrize('pause_at', ['concat', 'concat-written'])
+def test_a_run_killed_with_sigkill_loses_nothing_and_the_next_run_recovers(delivery_factory, run_script,
+                                                                           pause_at):
+    delivery = delivery_factory(**THREE_EBS)
+    before = user_ms_digests(delivery)
+    process = start_paused(delivery, pause_at, '--calibrated_final')
+    process.kill()
+    process.communicate()
+    output = delivery / 'measurement_sets' / 'calibrated_final.ms'
+    assert not output.exists(), 'a half-written MS carries the final name'
+    assert user_ms_digests(delivery) == before
+    assert (delivery / sfr.JOURNAL_NAME).exists()
+
+    rerun = run_script('--delivery', delivery, '--calibrated_final')
+    assert rerun.returncode == 0, rerun.stderr
+    assert 'Recovering from an interrupted run' in rerun.stdout
+    if pause_at == 'concat-written':
+        assert 'removed its unfinished measurement_sets/.calibrated_final.ms.partial-' in rerun.stdout
+    assert output.is_dir()
+    assert user_ms_digests(delivery) == before
+    assert not list((delivery / 'measurement_sets').glob('.*'))
+
+
+def test_sigterm_stops_cleanly_with_exit_1(delivery_factory):
+    delivery = delivery_factory(**THREE_EBS)
+    before = user_ms_digests(delivery)
+    process = start_paused(delivery, 'concat-written', '--calibrated_final')
+    process.send_signal(signal.SIGTERM)
+    _out, err = process.communicate(timeout=60)
+    assert process.returncode == 1
+    assert err.strip().splitlines()[-1].startswith('ERROR: stopped by signal')
+    assert not (delivery / 'measurement_sets' / 'calibrated_final.ms').exists()
+    assert not list((delivery / 'measurement_sets').glob('.*'))
+    assert not (delivery / sfr.JOURNAL_NAME).exists()
+    assert user_ms_digests(delivery) == before
+
+
+def test_cleanup_removes_the_work_directory_and_reports_what_was_freed(delivery_factory, run_script, tmp_path):
+    delivery = delivery_factory(**THREE_EBS)
+    outside = tmp_path / 'not_in_the_delivery'
+    outside.mkdir()
+    (outside / 'precious.txt').write_text('keep me')
+    assert run_script('--delivery', delivery, '--calibrated_final').returncode == 0
+    work = delivery / sfr.WORK_DIR_NAME
+    assert work.is_dir()
+    os.symlink(str(outside), str(work / 'link_to_elsewhere'))
+    result = run_script('--delivery', delivery, '--cleanup')
+    assert result.returncode == 0, result.stderr
+    assert 'freed' in result.stdout
+    assert not work.exists()
+    assert (outside / 'precious.txt').read_text() == 'keep me'
+    assert (delivery / 'measurement_sets' / 'calibrated_final.ms').is_dir()
+
+
+def test_cleanup_refuses_while_a_user_ms_sits_in_the_work_directory(delivery_factory, run_script):
+    delivery = delivery_factory(**THREE_EBS)
+    work = delivery / sfr.WORK_DIR_NAME
+    work.mkdir()
+    stranded = work / 'uid___A002_X9_X9_targets.ms'
+    source = sorted((delivery / 'measurement_sets').glob('uid*_targets.ms'))[0]
+    subprocess.run(['cp', '-r', str(source), str(stranded)], check=True)
+    result = run_script('--delivery', delivery, '--cleanup')
+    assert result.returncode == 1
+    assert 'move them back to measurement_sets/' in result.stderr
+    assert stranded.is_dir()

@@ -1,0 +1,317 @@
+"""Tests of tools/simulate_delivery.py with real CASA (no mocks)."""
+import json
+import math
+import os
+import re
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, 'tools'))
+sys.path.insert(0, REPO)
+
+import simulate_delivery as sd  # noqa: E402
+
+C_KMS = 299792.458
+RANGE_RE = re.compile(r'^\d+\.\d{10}~\d+\.\d{10}GHz LSRK$')
+
+
+@pytest.fixture(scope='module')
+def casa(tmp_path_factory):
+    from scriptForReprocessing import load_casa
+    return load_casa(logfile=str(tmp_path_factory.mktemp('casalog') / 'casa.log'))
+
+
+@pytest.fixture(scope='module')
+def default(casa, tmp_path_factory):
+    """The default delivery plus the _line.ms and the uvcont tables."""
+    out = tmp_path_factory.mktemp('sim') / 'default'
+    truth = sd.simulate_delivery(str(out), with_line_ms=True, with_uvcont=True)
+    return str(out), truth
+
+
+@pytest.fixture(scope='module')
+def cycle8(casa, tmp_path_factory):
+    out = tmp_path_factory.mktemp('sim') / 'cycle8'
+    truth = sd.simulate_delivery(str(out), layout='cycle8', contdat_version=1, n_ebs=1)
+    return str(out), truth
+
+
+def _tb(casa, path, what):
+    tb = casa.casatools.table()
+    tb.open(path)
+    try:
+        return what(tb)
+    finally:
+        tb.close()
+
+
+def _cols(casa, path, *names):
+    return _tb(casa, path, lambda tb: [tb.getcol(n) for n in names])
+
+
+def _parse_contdat(path):
+    """{field: {spw: [line, ...]}} plus the raw lines (pipeline format, any version)."""
+    out = {}
+    field = spw = None
+    for line in open(path).read().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith('Field:'):
+            field = line.split(':', 1)[1].strip()
+            out[field] = {}
+        elif line.startswith('SpectralWindow:'):
+            spw = line.split()[1]
+            out[field][spw] = []
+        elif line.startswith('SPW'):
+            spw = line[3:]
+            out[field][spw] = []
+        elif '~' in line or line == 'NONE':
+            out[field][spw].append(line)
+        else:
+            field = line
+            out[field] = {}
+    return out
+
+
+def _ghz_ranges(items):
+    res = []
+    for it in items:
+        lo, hi = it.split('GHz')[0].split('~')
+        res.append((float(lo), float(hi)))
+    return res
+
+
+def test_spw_ids_names_and_negative_width(casa, default):
+    out, truth = default
+    ms = os.path.join(out, truth['ebs'][0]['ms'])
+    spwtab = ms + '/SPECTRAL_WINDOW'
+    names, nchan, tbw = _cols(casa, spwtab, 'NAME', 'NUM_CHAN', 'TOTAL_BANDWIDTH')
+    chan_freq = _tb(casa, spwtab, lambda tb: [tb.getcell('CHAN_FREQ', i) for i in (25, 27)])
+    chan_width = _tb(casa, spwtab, lambda tb: [tb.getcell('CHAN_WIDTH', i) for i in (25, 27)])
+    assert re.match(r'^X\d+#ALMA_RB_06#BB_1#SW-01#FULL_RES$', names[25])
+    assert re.match(r'^X\d+#ALMA_RB_06#BB_2#SW-01#FULL_RES$', names[27])
+    assert names[0] == 'WVR#NOMINAL' and names[26].endswith('#BB_1#SW-01#CH_AVG')
+    assert nchan[25] == nchan[27] == 64
+    assert (tbw > 0).all()
+    # spw 25 is lower sideband: negative widths, descending frequencies
+    assert (chan_width[0] < 0).all() and (np.diff(chan_freq[0]) < 0).all()
+    assert (chan_width[1] > 0).all() and (np.diff(chan_freq[1]) > 0).all()
+    assert 2.1e11 < chan_freq[0].mean() < 2.4e11 and abs(abs(chan_width[0][0]) - 976562.5) < 1
+    # only the science spws carry data, under their own ids
+    ddid, = _cols(casa, ms, 'DATA_DESC_ID')
+    ddspw, = _cols(casa, ms + '/DATA_DESCRIPTION', 'SPECTRAL_WINDOW_ID')
+    assert sorted(set(ddspw[np.unique(ddid)].tolist())) == [25, 27]
+    msmd = casa.casatools.msmetadata()
+    msmd.open(ms)
+    try:
+        assert sorted(msmd.spwsforfield('IRAS_16293-2422').tolist()) == [25, 27]
+        assert msmd.intents() == ['OBSERVE_TARGET#ON_SOURCE']
+    finally:
+        msmd.close()
+
+
+def test_alma_metadata(casa, default):
+    out, truth = default
+    ms = os.path.join(out, truth['ebs'][0]['ms'])
+    obs_mode, = _cols(casa, ms + '/STATE', 'OBS_MODE')
+    assert list(obs_mode) == ['OBSERVE_TARGET#ON_SOURCE']
+    tel, = _cols(casa, ms + '/OBSERVATION', 'TELESCOPE_NAME')
+    assert list(tel) == ['ALMA']
+    names, stations, diam = _cols(casa, ms + '/ANTENNA', 'NAME', 'STATION', 'DISH_DIAMETER')
+    assert len(names) == 12 and all(re.match(r'^D[AV]\d\d$', n) for n in names)
+    assert all(re.match(r'^A\d\d\d$', s) for s in stations) and (diam == 12).all()
+    corr, = _cols(casa, ms + '/POLARIZATION', 'CORR_TYPE')
+    assert corr.shape[0] == 2          # XX YY
+    uids = [e['uid'] for e in truth['ebs']]
+    assert all(re.match(r'^uid___A002_X[0-9a-f]+_X[0-9a-f]+$', u) for u in uids)
+    assert sorted(uids) == uids and len(set(uids)) == len(uids)
+    assert truth['ebs'][0]['date'] < truth['ebs'][1]['date']
+
+
+def test_data_columns(casa, default, cycle8):
+    out, truth = default
+    for key in ('ms', 'line_ms'):
+        cols = _tb(casa, os.path.join(out, truth['ebs'][0][key]), lambda tb: tb.colnames())
+        assert 'DATA' in cols and 'MODEL_DATA' not in cols and 'CORRECTED_DATA' not in cols
+    out8, truth8 = cycle8
+    ms8 = os.path.join(out8, truth8['ebs'][0]['ms'])
+    assert ms8.endswith('_target.ms') and '/measurement_sets/' in ms8
+    cols = _tb(casa, ms8, lambda tb: tb.colnames())
+    assert 'CORRECTED_DATA' in cols and 'MODEL_DATA' not in cols
+    data, corr = _cols(casa, ms8, 'DATA', 'CORRECTED_DATA')
+    # CORRECTED = DATA - continuum exactly: a constant 50 mJy for a source at the centre
+    assert np.allclose(data - corr, truth8['continuum_jy'], atol=1e-6)
+
+
+def test_weights_sigma_flags_noise(casa, default):
+    out, truth = default
+    sigma = truth['noise_jy']
+    for eb in truth['ebs']:
+        for key in ('ms', 'line_ms'):
+            w, s, f = _cols(casa, os.path.join(out, eb[key]), 'WEIGHT', 'SIGMA', 'FLAG')
+            assert np.allclose(w, 1.0 / sigma ** 2, rtol=1e-6) and np.allclose(s, sigma, rtol=1e-6)
+            assert not f.any()
+    # noise level in the line-free edge channels of the continuum-subtracted MS
+    data, = _cols(casa, os.path.join(out, truth['ebs'][0]['line_ms']), 'DATA')
+    edge = data[:, :4, :]
+    assert abs(edge.real.std() / sigma - 1) < 0.1 and abs(edge.imag.std() / sigma - 1) < 0.1
+
+
+def _line_peak_channel(casa, ms, spw):
+    data, ddid = _cols(casa, ms, 'DATA', 'DATA_DESC_ID')
+    spec = data[:, :, ddid == spw].real.mean(axis=(0, 2))
+    top = spec > 0.5 * spec.max()
+    chans = np.arange(len(spec))
+    return float((spec[top] * chans[top]).sum() / spec[top].sum())
+
+
+def test_line_moves_two_channels_between_ebs(casa, default):
+    out, truth = default
+    for j, spw in enumerate(truth['spws']):
+        expected = [eb['spws'][j]['line_topo_channel'] for eb in truth['ebs']]
+        assert 1.5 < abs(expected[1] - expected[0]) < 2.5
+        measured = [_line_peak_channel(casa, os.path.join(out, eb['line_ms']), spw['id']) for eb in truth['ebs']]
+        assert np.allclose(measured, expected, atol=0.25), (measured, expected)
+        # the line is centred in the spw on average
+        assert abs(np.mean(expected) - (spw['nchan'] - 1) / 2.0) < 1.5
+
+
+def test_continuum_amplitude_short_baselines(casa, default):
+    out, truth = default
+    eb = truth['ebs'][0]
+    data, uvw, ddid = _cols(casa, os.path.join(out, eb['ms']), 'DATA', 'UVW', 'DATA_DESC_ID')
+    short = np.hypot(uvw[0], uvw[1]) < np.percentile(np.hypot(uvw[0], uvw[1]), 25)
+    for spw in truth['spws']:
+        sel = short & (ddid == spw['id'])
+        vis = data[:, :8, sel].mean()          # channels 0-7: far from the line
+        assert abs(abs(vis) / spw['continuum_jy_at_centre'] - 1) < 0.02
+        assert abs(np.angle(vis)) < 0.05
+
+
+def test_contdat_ranges_avoid_line(casa, default):
+    out, truth = default
+    path = os.path.join(out, truth['contdat'])
+    assert path.endswith(os.path.join('caltables', 'cont.dat'))
+    text = open(path).read()
+    assert text.startswith('Field: IRAS_16293-2422\n\nSpectralWindow: 25\n')
+    parsed = _parse_contdat(path)
+    assert list(parsed) == ['IRAS_16293-2422']
+    fwhm = truth['line_fwhm_kms']
+    assert fwhm == 10.0
+    for j, spw in enumerate(truth['spws']):
+        items = parsed['IRAS_16293-2422'][str(spw['id'])]
+        assert items and all(RANGE_RE.match(it) for it in items), items
+        ranges = _ghz_ranges(items)
+        band = spw['nchan'] * abs(spw['chan_width_hz']) / 1e9
+        assert sum(hi - lo for lo, hi in ranges) >= 0.4 * band
+        nu_line = spw['line_lsrk_freq_ghz'][0]
+        for lo, hi in ranges:
+            # 1.5 FWHM clear of the line centre (3 FWHM window): the default band allows it
+            assert min(abs(lo - nu_line), abs(hi - nu_line)) >= 1.499 * fwhm / C_KMS * nu_line
+            assert not lo < nu_line < hi
+            for eb in truth['ebs']:
+                cov = eb['spws'][j]['lsrk_freq_range_ghz']
+                assert cov[0] <= lo < hi <= cov[1]
+                # in this EB's TOPO channels the range misses the line channel
+                ratio = eb['lsrk_over_topo']['IRAS_16293-2422']
+                f0 = spw['chan0_freq_ghz']
+                width = spw['chan_width_hz'] / 1e9
+                c_lo, c_hi = sorted(((lo / ratio - f0) / width, (hi / ratio - f0) / width))
+                line_chan = eb['spws'][j]['line_topo_channel']
+                assert not c_lo - 1 <= line_chan <= c_hi + 1
+
+
+def test_contdat_versions(casa, default, cycle8, tmp_path):
+    out8, truth8 = cycle8
+    lines = open(os.path.join(out8, truth8['contdat'])).read().splitlines()
+    assert lines[0] == 'IRAS_16293-2422' and lines[2] == 'SPW25'
+    assert re.match(r'^\d+\.\d{10}~\d+\.\d{10}GHz$', lines[3])       # v1: TOPO, no frame
+    truth3 = sd.simulate_delivery(str(tmp_path / 'v3'), n_ebs=1, contdat_version=3, nchan=32,
+                                  layout='working')
+    lines = open(str(tmp_path / 'v3' / truth3['contdat'])).read().splitlines()
+    assert lines[0] == 'Field: IRAS_16293-2422'
+    assert lines[2] == 'SpectralWindow: 25 %s' % truth3['spws'][0]['name']
+    assert truth3['contdat'] == os.path.join('working', 'cont.dat')
+
+
+def test_uvcont_table_removes_continuum(casa, default, tmp_path):
+    out, truth = default
+    eb = truth['ebs'][0]
+    table = os.path.join(out, eb['uvcont_table'])
+    assert os.path.basename(table).startswith(os.path.basename(eb['ms']))
+    assert table.endswith('uvcont.tbl') and '/caltables/' in table
+    scratch = str(tmp_path / os.path.basename(eb['ms']))
+    shutil.copytree(os.path.join(out, eb['ms']), scratch)
+    casa.casatasks.applycal(vis=scratch, gaintable=[table], calwt=False)
+    corr, ddid = _cols(casa, scratch, 'CORRECTED_DATA', 'DATA_DESC_ID')
+    line, = _cols(casa, os.path.join(out, eb['line_ms']), 'DATA')
+    for spw in truth['spws']:
+        sel = ddid == spw['id']
+        spec = corr[:, :, sel].mean(axis=(0, 2))
+        ref = line[:, :, sel].mean(axis=(0, 2))
+        cont_chans = [int(c) for c in re.findall(r'(\d+)~(\d+)', eb['fitspw']['IRAS_16293-2422'].split(
+            '%d:' % spw['id'])[1].split(',')[0])[0]]
+        assert np.abs(spec[cont_chans[0]:cont_chans[1] + 1]).max() < 0.001     # continuum gone
+        peak = int(round(eb['spws'][truth['spws'].index(spw)]['line_topo_channel']))
+        assert abs(spec[peak].real - ref[peak].real) < 0.001                    # line intact
+        assert ref[peak].real > 0.15
+
+
+def test_working_layout_and_concat(casa, default, tmp_path):
+    out = str(tmp_path / 'w')
+    truth = sd.simulate_delivery(out, layout='working', with_line_ms=True, with_uvcont=True, nchan=16,
+                                 n_antennas=4)
+    assert truth['line_fwhm_kms'] < 3.0          # default narrows with the band: 2 channels here
+    assert 'NONE' not in open(os.path.join(out, truth['contdat'])).read()
+    names = sorted(os.listdir(os.path.join(out, 'working')))
+    uid0, uid1 = [e['uid'] for e in truth['ebs']]
+    for expected in (uid0 + '_targets.ms', uid0 + '_targets_line.ms', uid0 + '.ms',
+                     uid1 + '_targets.ms.hif_uvcontfit.s10_1.uvcont.tbl',
+                     uid0 + '.ms.flagversions', 'cont.dat', 'casa-20240101-000000.log',
+                     'pipeline-20240101T000000'):
+        assert expected in names
+    assert os.path.isfile(os.path.join(out, 'working', 'pipeline-20240101T000000', 'html', 'index.html'))
+    # the two EBs of the default delivery concatenate (no scratch-column trouble)
+    dout, dtruth = default
+    cc = str(tmp_path / 'concat.ms')
+    casa.casatasks.concat(vis=[os.path.join(dout, e['ms']) for e in dtruth['ebs']], concatvis=cc)
+    nrows = _tb(casa, cc, lambda tb: tb.nrows())
+    assert nrows == sum(e['rows'] for e in dtruth['ebs'])
+
+
+def test_offset_source_images_at_offset(casa, tmp_path):
+    out = str(tmp_path / 'off')
+    truth = sd.simulate_delivery(out, n_ebs=1, nchan=8, offset_arcsec=(2.0, -1.0),
+                                 line_peak_jy=0.0, continuum_jy=1.0)
+    img = str(tmp_path / 'img')
+    casa.casatasks.tclean(vis=os.path.join(out, truth['ebs'][0]['ms']), imagename=img, specmode='mfs',
+                          imsize=64, cell='0.2arcsec', niter=0)
+    ia = casa.casatools.image()
+    ia.open(img + '.image')
+    try:
+        stats = ia.statistics()
+        x, y = stats['maxpos'][:2]
+        ref = ia.coordsys().referencepixel()['numeric'][:2]
+    finally:
+        ia.close()
+    assert (x - ref[0], y - ref[1]) == (-10, -5)   # RA increases to the left
+    assert abs(stats['max'][0] - 1.0) < 0.02
+
+
+def test_cache_copy_and_cli(casa, tmp_path):
+    kwargs = dict(n_ebs=1, nchan=8, line_peak_jy=0.0)
+    first = sd.cached_delivery(str(tmp_path / 'cache'), **kwargs)
+    assert sd.cached_delivery(str(tmp_path / 'cache'), **kwargs) == first
+    assert os.listdir(str(tmp_path / 'cache')) == [os.path.basename(first)]
+    dst = sd.copy_delivery(first, str(tmp_path / 'copy'))
+    assert json.load(open(os.path.join(dst, 'truth.json')))['params']['nchan'] == 8
+    assert sd.main([str(tmp_path / 'cli'), '--n-ebs', '1', '--nchan', '8', '--layout', 'cycle8_working']) == 0
+    assert os.path.isdir(str(tmp_path / 'cli' / 'working'))
+    assert sd.main([str(tmp_path / 'cli')]) == 2          # not empty
+    with pytest.raises(ValueError):
+        sd.simulate_delivery(str(tmp_path / 'bad'), layout='nope')

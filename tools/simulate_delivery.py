@@ -1,0 +1,1149 @@
+#!/usr/bin/env python3
+"""Simulate small, realistic ALMA-like deliveries with real CASA, for tests and demos.
+
+Usage (CLI)::
+
+    python tools/simulate_delivery.py OUTDIR [--n-ebs 2] [--layout working] [--with-line-ms] ...
+
+Usage (Python)::
+
+    from simulate_delivery import simulate_delivery, cached_delivery, copy_delivery
+    truth = simulate_delivery('/tmp/d', n_ebs=2, with_uvcont=True)
+
+What is made (one ``uid___A002_X<hex>_X<hex>`` execution block, EB, per ``n_ebs``; the
+uids sort in chronological order):
+
+``layout='calibrated_final'`` (Cycle 9/10 delivery, what users unpack)::
+
+    OUTDIR/caltables/cont.dat
+    OUTDIR/caltables/<uid>_targets.ms.hif_uvcontfit.s10_1.uvcont.tbl   (with_uvcont)
+    OUTDIR/measurement_sets/<uid>_targets.ms        DATA = continuum + line + noise
+    OUTDIR/measurement_sets/<uid>_targets_line.ms   DATA = line + noise  (with_line_ms)
+
+``layout='working'`` (a restored pipeline working/ directory)::
+
+    OUTDIR/working/<uid>_targets.ms, <uid>_targets_line.ms, cont.dat, uvcont tables
+    plus clutter a preparation tool must ignore: the calibrated full MS <uid>.ms
+    (all scratch columns, science data only), <uid>.ms.flagversions/,
+    pipeline-20240101T000000/html/index.html and casa-20240101-000000.log
+
+``layout='cycle8'`` (pre-Cycle-9 delivery, calibrated_final layout)::
+
+    OUTDIR/caltables/cont.dat (+ uvcont tables named after <uid>_target.ms)
+    OUTDIR/measurement_sets/<uid>_target.ms   (singular "target")
+        DATA = continuum + line + noise, CORRECTED_DATA = line + noise (continuum
+        subtracted exactly, same noise); no MODEL_DATA.  Also usable as a working MS.
+
+``layout='cycle8_working'``: the same ``<uid>_target.ms`` + ``cont.dat`` (+ clutter)
+in ``OUTDIR/working/``.
+
+Everything is real CASA (``casatools.simulator`` + ``mstransform``); the visibilities
+are computed here with numpy from the MS's own UVW (V = S exp(+2 pi i (ul + vm + w(n-1))
+nu/c), checked against tclean).  ``OUTDIR/truth.json`` (also returned) records the
+injected model.  Model details worth knowing:
+
+* Science spws get the requested ids (default 25, 27) by padding the SPECTRAL_WINDOW
+  table with data-less windows named like real ALMA ones (``WVR#NOMINAL``, calibration
+  set-ups, the ``#CH_AVG`` partner of each science spw).  Science spws are
+  ``X<n>#ALMA_RB_06#BB_<k>#SW-01#FULL_RES``; every other one is lower-sideband with a
+  negative channel width (CHAN_FREQ descending; TOTAL_BANDWIDTH, EFFECTIVE_BW and
+  RESOLUTION positive; NET_SIDEBAND 1 = LSB, 2 = USB as in the ASDM enumeration).
+  One POLARIZATION row (XX YY), STATE OBS_MODE ``OBSERVE_TARGET#ON_SOURCE``, SOURCE
+  rows per (source, science spw) with the line's rest frequency, ALMA-like scan numbers
+  (gaps where calibrator scans would be), OBSERVATION PROJECT/SCHEDULE filled in.
+* Every EB uses the same TOPO spw frequencies, the dates differ (a few days), so a
+  line fixed in LSRK moves by ~2 channels per EB (``truth['ebs'][i]['spws'][j]
+  ['line_topo_channel']``); all frame conversions use ``casatools.measures``.
+* Source per field: point source at the phase centre + ``offset_arcsec`` (east, north);
+  continuum S = continuum_jy * (nu_LSRK / continuum_reffreq)**spectral_index, where
+  continuum_reffreq is the mean of the science spw centres (recorded); plus a Gaussian
+  line (peak line_peak_jy, FWHM line_fwhm_kms) fixed in LSRK, by default one line at
+  each science spw's centre, else one at line_restfreq_ghz (systemic velocity 0).
+  Channels are point-sampled at their centre frequency; no primary-beam attenuation.
+* Noise: complex Gaussian, sigma = noise_jy on each of the real and imaginary parts
+  of every channel and correlation; WEIGHT = 1/sigma**2, SIGMA = sigma, FLAG false.
+* cont.dat: the pipeline format (v2 default, v1, v3); ranges lie inside every EB's
+  LSRK coverage (one channel in from the edges) and keep 1.5 line FWHM clear on each
+  side of each line (3 FWHM in all), narrowed (down to 1.0 FWHM) only when needed to
+  keep >= 40 % of the band; the clearance used is in the truth.  The default line
+  FWHM (line_fwhm_kms=None) is 10 km/s, or nchan/8 channels if narrower (16 channels:
+  2.5 km/s), so that both hold for 2 EBs: with 20 km/s in 64 x 0.98 MHz the clearance
+  drops to ~1.1 FWHM and the line wings bias an AMueller continuum fit by ~1.5 mJy
+  (3 % of the default continuum).  A spw with no room left gets ``NONE``.
+* uvcont tables (``with_uvcont``): the Cycle-5..9 pipeline's AMueller ('A') solution,
+  solved per EB on a scratch copy over the cont.dat channels (per field, per scan);
+  ``applycal`` of it subtracts the continuum.
+"""
+from __future__ import absolute_import, division, print_function
+
+import argparse
+import contextlib
+import datetime
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+__all__ = ['simulate_delivery', 'cached_delivery', 'copy_delivery', 'main', 'LAYOUTS']
+
+SIMULATOR_VERSION = 1
+LAYOUTS = ('calibrated_final', 'working', 'cycle8', 'cycle8_working')
+
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_C_MS = 299792458.0
+_C_KMS = _C_MS / 1000.0
+_FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+_ARCSEC = math.pi / 180.0 / 3600.0
+# Measured with tclean: a source put at +offset with this sign images at +offset.
+_PHASE_SIGN = +1.0
+
+_CHAN_WIDTH_HZ = 976562.5          # 1.875 GHz / 1920, a common ALMA FDM width
+_INTEGRATION_S = 6.048             # ALMA's usual integration time
+_INTEGRATIONS_PER_SCAN = 5
+_VISITS_PER_FIELD = 2
+_GAP_BETWEEN_SCANS_S = 90.0        # stands in for the phase-calibrator scans
+_FIRST_DATE = (2023, 4, 10)        # Cycle 9
+_SPECTRAL_SPEC = 'X1189462395'     # science spectral spec; calibration set-ups use others
+_CAL_SPECS = ('X1189461850', 'X1189462101')
+_PROJECT = '2022.1.01234.S'
+_SB_UID = 'uid://A001/X3570/X10f'
+_ANTENNA_CFG = 'alma.cycle10.1.cfg'
+_ANTENNA_NAMES = (['DA%02d' % i for i in range(41, 66)] + ['DV%02d' % i for i in range(1, 26)])
+# (centre GHz, sideband) per science window, in order BB_1..BB_4, then SW-02 windows.
+_SPW_PLAN = ((216.95, 'LSB'), (230.55, 'USB'), (218.95, 'LSB'), (232.55, 'USB'),
+             (217.45, 'LSB'), (231.05, 'USB'), (219.45, 'LSB'), (233.05, 'USB'))
+# Ophiuchus targets, close enough on the sky to share one SB.
+_FIELDS = (('IRAS_16293-2422', '16h32m22.870s', '-24d28m36.40s'),
+           ('Elias_2-27', '16h26m45.022s', '-24d23m07.70s'),
+           ('WL_17', '16h27m06.770s', '-24d38m15.00s'),
+           ('DoAr_25', '16h26m23.680s', '-24d43m13.90s'),
+           ('Oph_IRS_63', '16h31m35.650s', '-24d01m29.50s'),
+           ('VLA_1623-2417', '16h26m26.420s', '-24d24m30.00s'),
+           ('WL_20', '16h27m15.900s', '-24d38m43.00s'),
+           ('Elias_2-24', '16h26m24.080s', '-24d16m13.50s'))
+
+
+# --------------------------------------------------------------------------- CASA
+
+def _load_casa(logfile):
+    """CASA configured for offline use through the project's loader."""
+    if _REPO_ROOT not in sys.path:
+        sys.path.insert(0, _REPO_ROOT)
+    from scriptForReprocessing import load_casa
+    return load_casa(logfile=logfile)
+
+
+class _Casa(object):
+    """The CASA tools one simulation uses."""
+
+    def __init__(self, logfile):
+        mods = _load_casa(logfile)
+        self.ct = mods.casatools
+        self.tk = mods.casatasks
+        self.me = self.ct.measures()
+        self.qa = self.ct.quanta()
+        self.tb = self.ct.table()
+
+    def done(self):
+        for tool in (self.me, self.tb):
+            try:
+                tool.done()
+            except Exception:
+                pass
+
+
+@contextlib.contextmanager
+def _opened(tb, path, nomodify=True):
+    tb.open(path, nomodify=nomodify)
+    try:
+        yield tb
+    finally:
+        tb.close()
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _mjd_days(dt):
+    return (dt - datetime.datetime(1858, 11, 17)).total_seconds() / 86400.0
+
+
+def _iso(mjd_days):
+    dt = datetime.datetime(1858, 11, 17) + datetime.timedelta(days=mjd_days)
+    return dt.strftime('%Y-%m-%dT%H:%M:%S.%f')[:-3]
+
+
+def _hms(rad):
+    h = (math.degrees(rad) / 15.0) % 24.0
+    hh = int(h)
+    mm = int((h - hh) * 60)
+    ss = (h - hh - mm / 60.0) * 3600.0
+    return '%02dh%02dm%07.4fs' % (hh, mm, ss)
+
+
+def _dms(rad):
+    d = math.degrees(rad)
+    sign = '-' if d < 0 else '+'
+    d = abs(d)
+    dd = int(d)
+    mm = int((d - dd) * 60)
+    ss = (d - dd - mm / 60.0) * 3600.0
+    return '%s%02dd%02dm%06.3fs' % (sign, dd, mm, ss)
+
+
+def _read_cfg(path):
+    """(local east, north, up offsets [m], diameters, pads) from a simmos cfg (LOC)."""
+    rows = []
+    with open(path) as fh:
+        for line in fh:
+            line = line.split('#')[0].split()
+            if len(line) >= 5:
+                rows.append((float(line[0]), float(line[1]), float(line[2]), float(line[3]), line[4]))
+    return rows
+
+
+def _antenna_cfg(casa):
+    rel = os.path.join('alma', 'simmos', _ANTENNA_CFG)
+    try:
+        import casadata
+        path = os.path.join(casadata.datapath, rel)
+    except ImportError:                       # monolithic CASA
+        path = casa.ct.ctsys.resolve(rel)
+    if not os.path.isfile(path):
+        raise RuntimeError('cannot find the ALMA antenna file %s in the CASA data' % rel)
+    return path
+
+
+def _enu_to_itrf(obs_itrf, e, n, u):
+    lon = obs_itrf['m0']['value']
+    lat = obs_itrf['m1']['value']
+    r = obs_itrf['m2']['value']
+    x0 = r * math.cos(lat) * math.cos(lon)
+    y0 = r * math.cos(lat) * math.sin(lon)
+    z0 = r * math.sin(lat)
+    e, n, u = (np.asarray(v, float) for v in (e, n, u))
+    x = x0 - math.sin(lon) * e - math.sin(lat) * math.cos(lon) * n + math.cos(lat) * math.cos(lon) * u
+    y = y0 + math.cos(lon) * e - math.sin(lat) * math.sin(lon) * n + math.cos(lat) * math.sin(lon) * u
+    z = z0 + math.cos(lat) * n + math.sin(lat) * u
+    return x, y, z
+
+
+class _Frames(object):
+    """LSRK/TOPO ratios at ALMA via casatools.measures (nu_LSRK = ratio * nu_TOPO)."""
+
+    def __init__(self, casa):
+        self.me = casa.me
+        self.qa = casa.qa
+        self.obs = self.me.observatory('ALMA')
+        self._cache = {}
+
+    def ratio(self, mjd_days, ra, dec):
+        key = (round(mjd_days * 86400.0, 3), ra, dec)
+        if key not in self._cache:
+            me = self.me
+            me.doframe(self.obs)
+            me.doframe(me.epoch('UTC', self.qa.quantity(mjd_days, 'd')))
+            me.doframe(me.direction('J2000', self.qa.quantity(ra, 'rad'), self.qa.quantity(dec, 'rad')))
+            f0 = 230e9
+            lsrk = me.measure(me.frequency('TOPO', self.qa.quantity(f0, 'Hz')), 'LSRK')
+            self._cache[key] = lsrk['m0']['value'] / f0
+        return self._cache[key]
+
+    def last_hours(self, mjd_days):
+        me = self.me
+        me.doframe(self.obs)
+        last = me.measure(me.epoch('UTC', self.qa.quantity(mjd_days, 'd')), 'LAST')
+        return (last['m0']['value'] % 1.0) * 24.0
+
+    def transit(self, mjd_day0, ra):
+        """UTC (MJD days) of the first transit of right ascension ``ra`` after mjd_day0."""
+        ra_h = math.degrees(ra) / 15.0
+        t = mjd_day0
+        for _ in range(3):
+            dh = (ra_h - self.last_hours(t)) % 24.0
+            if dh > 23.9:
+                dh -= 24.0
+            t += dh / 24.0 / 1.0027379093
+        return t
+
+
+# --------------------------------------------------------------------------- planning
+
+def _validate(kw):
+    if kw['layout'] not in LAYOUTS:
+        raise ValueError('layout must be one of %s, not %r' % (', '.join(LAYOUTS), kw['layout']))
+    if kw['contdat_version'] not in (1, 2, 3):
+        raise ValueError('contdat_version must be 1, 2 or 3')
+    spw_ids = [int(s) for s in kw['spw_ids']]
+    if not spw_ids or len(spw_ids) > len(_SPW_PLAN):
+        raise ValueError('give 1 to %d science spw ids' % len(_SPW_PLAN))
+    if sorted(set(spw_ids)) != spw_ids or spw_ids[0] < 0:
+        raise ValueError('spw_ids must be increasing non-negative integers, got %r' % (kw['spw_ids'],))
+    if not 1 <= kw['n_fields'] <= len(_FIELDS):
+        raise ValueError('n_fields must be 1..%d' % len(_FIELDS))
+    if kw['n_ebs'] < 1:
+        raise ValueError('n_ebs must be >= 1')
+    if kw['nchan'] < 8:
+        raise ValueError('nchan must be >= 8')
+    if kw['n_antennas'] < 2:
+        raise ValueError('n_antennas must be >= 2')
+    if kw['noise_jy'] <= 0:
+        raise ValueError('noise_jy must be > 0 (WEIGHT = 1/noise_jy**2)')
+    if kw['with_line_ms'] and kw['layout'].startswith('cycle8'):
+        raise ValueError('with_line_ms: Cycle 8 deliveries had no _line.ms (the _target.ms '
+                         'CORRECTED_DATA holds the continuum-subtracted data)')
+    if kw['line_fwhm_kms'] is not None and kw['line_fwhm_kms'] <= 0:
+        raise ValueError('line_fwhm_kms must be > 0')
+    if len(kw['offset_arcsec']) != 2:
+        raise ValueError('offset_arcsec must be (east, north) arcsec')
+    return spw_ids
+
+
+def _make_uids(rng, n_ebs, first_date):
+    base = 0xe00000 + ((first_date.year - 2022) * 366 + first_date.timetuple().tm_yday) * 0x80
+    base += int(rng.randint(0, 0x40))
+    uids = []
+    a = base
+    for k in range(n_ebs):
+        if k:
+            a += int(rng.randint(0x100, 0x4000))   # increasing: sorted order = time order
+        uids.append('uid___A002_X%06x_X%04x' % (a, int(rng.randint(0x1000, 0xffff))))
+    return uids
+
+
+def _spw_table(spw_ids, nchan):
+    """All SPECTRAL_WINDOW rows 0..max(spw_ids): dicts for the simulator and the fix-ups."""
+    rows = []
+    science = {}
+    for k, sid in enumerate(spw_ids):
+        centre, sideband = _SPW_PLAN[k]
+        science[sid] = (k, centre * 1e9, sideband)
+    for sid in range(max(spw_ids) + 1):
+        if sid in science:
+            k, centre, sideband = science[sid]
+            width = _CHAN_WIDTH_HZ * (-1.0 if sideband == 'LSB' else 1.0)
+            rows.append(dict(id=sid, science=True, index=k, nchan=nchan, width=width, centre=centre,
+                             sideband=sideband, bb=k % 4 + 1,
+                             name='%s#ALMA_RB_06#BB_%d#SW-%02d#FULL_RES' % (_SPECTRAL_SPEC, k % 4 + 1, k // 4 + 1)))
+        elif sid == 0:
+            rows.append(dict(id=0, science=False, nchan=4, width=1.5e9, centre=183.31e9 - 2.25e9,
+                             sideband='USB', bb=0, name='WVR#NOMINAL'))
+        elif sid - 1 in science:
+            k, centre, sideband = science[sid - 1]
+            rows.append(dict(id=sid, science=False, nchan=1, width=1.875e9, centre=centre, sideband=sideband,
+                             bb=k % 4 + 1,
+                             name='%s#ALMA_RB_06#BB_%d#SW-%02d#CH_AVG' % (_SPECTRAL_SPEC, k % 4 + 1, k // 4 + 1)))
+        else:
+            # Calibration set-ups (pointing, ATM, ...): pairs FULL_RES / CH_AVG over 4 basebands.
+            j = (sid - 1) % 8
+            bb = j // 2 + 1
+            centre, sideband = _SPW_PLAN[(bb - 1) % 4]
+            spec = _CAL_SPECS[((sid - 1) // 8) % len(_CAL_SPECS)]
+            if j % 2 == 0:
+                rows.append(dict(id=sid, science=False, nchan=128, width=15.625e6, centre=centre * 1e9,
+                                 sideband=sideband, bb=bb,
+                                 name='%s#ALMA_RB_06#BB_%d#SW-01#FULL_RES' % (spec, bb)))
+            else:
+                rows.append(dict(id=sid, science=False, nchan=1, width=2e9, centre=centre * 1e9,
+                                 sideband=sideband, bb=bb,
+                                 name='%s#ALMA_RB_06#BB_%d#SW-01#CH_AVG' % (spec, bb)))
+    for r in rows:
+        if r['sideband'] == 'LSB':
+            r['width'] = -abs(r['width'])
+        r['chan_freq'] = r['centre'] + (np.arange(r['nchan']) - (r['nchan'] - 1) / 2.0) * r['width']
+    return rows
+
+
+def _schedule(frames, fields, n_ebs, sci_spws, first_date):
+    """Start time (MJD days) of each EB: same hour angle, dates chosen so the line moves
+    by ~2 channels per EB (searched day by day with the measures tool)."""
+    ra0, dec0 = fields[0]['ra'], fields[0]['dec']
+    spw = sci_spws[0]
+    f_centre = spw['centre']
+    dchan = abs(spw['width'])
+    lead = 0.3 / 24.0    # start 18 min before transit of the first field
+
+    def start_on(day):
+        return frames.transit(day, ra0) - lead
+
+    day0 = _mjd_days(datetime.datetime(*first_date))
+    starts = [start_on(day0)]
+    r0 = frames.ratio(starts[0], ra0, dec0)
+    prev_day = day0
+    for k in range(1, n_ebs):
+        best = None
+        for d in range(1, 300):
+            day = prev_day + d
+            t = start_on(day)
+            # channel shift of a fixed LSRK frequency relative to EB 0
+            shift = f_centre * (r0 / frames.ratio(t, ra0, dec0) - 1.0) / dchan
+            err = abs(abs(shift) - 2.0 * k)
+            if best is None or err < best[0] - 1e-9:
+                best = (err, day, t)
+            if err < 0.2:
+                break
+        prev_day = best[1]
+        starts.append(best[2])
+    return starts
+
+
+def _scan_plan(n_fields):
+    """[(field index, start offset s, stop offset s, scan number)] for one EB."""
+    plan = []
+    t = 0.0
+    scan = 5
+    length = _INTEGRATIONS_PER_SCAN * _INTEGRATION_S
+    for _ in range(_VISITS_PER_FIELD):
+        for f in range(n_fields):
+            plan.append((f, t, t + length, scan))
+            t += length + 10.0
+            scan += 1
+        t += _GAP_BETWEEN_SCANS_S
+        scan += 2    # phase-calibrator scans in between
+    return plan
+
+
+# --------------------------------------------------------------------------- MS creation
+
+def _simulate_raw(casa, path, plan, eb):
+    """An MS from casatools.simulator with the right antennas, spws, fields and times."""
+    ct, me, qa = casa.ct, casa.me, casa.qa
+    sm = ct.simulator()
+    sm.open(path)
+    try:
+        ants = plan['antennas']
+        obs = me.observatory('ALMA')
+        sm.setconfig(telescopename='ALMA', x=list(ants['x']), y=list(ants['y']), z=list(ants['z']),
+                     dishdiameter=[12.0] * len(ants['names']), mount=['alt-az'],
+                     antname=list(ants['names']), padname=list(ants['pads']),
+                     coordsystem='global', referencelocation=obs)
+        for r in plan['spw_rows']:
+            sm.setspwindow(spwname='spw%d' % r['id'], freq='%.6fHz' % r['chan_freq'][0],
+                           deltafreq='%.6fHz' % r['width'], freqresolution='%.6fHz' % abs(r['width']),
+                           nchannels=r['nchan'], stokes='XX YY', refcode='TOPO')
+        sm.setfeed(mode='perfect X Y', pol=[''])
+        for f in plan['fields']:
+            sm.setfield(sourcename=f['name'],
+                        sourcedirection=me.direction('J2000', qa.quantity(f['ra'], 'rad'),
+                                                     qa.quantity(f['dec'], 'rad')))
+        sm.setlimits(shadowlimit=0.001, elevationlimit='3deg')
+        sm.setauto(autocorrwt=0.0)
+        sm.settimes(integrationtime='%.3fs' % _INTEGRATION_S, usehourangle=False,
+                    referencetime=me.epoch('UTC', qa.quantity(eb['start_mjd'], 'd')))
+        for fidx, t0, t1, _scan in plan['scans']:
+            for r in plan['spw_rows']:
+                if r['science']:
+                    sm.observe(sourcename=plan['fields'][fidx]['name'], spwname='spw%d' % r['id'],
+                               starttime='%.3fs' % t0, stoptime='%.3fs' % t1)
+    finally:
+        sm.close()
+        sm.done()
+
+
+def _fix_metadata(casa, path, plan, eb):
+    """Make the simulator's subtables look like ALMA's."""
+    tb = casa.tb
+    with _opened(tb, path + '/SPECTRAL_WINDOW', nomodify=False):
+        for r in plan['spw_rows']:
+            i = r['id']
+            tb.putcell('NAME', i, r['name'])
+            tb.putcell('TOTAL_BANDWIDTH', i, abs(r['width']) * r['nchan'])
+            tb.putcell('EFFECTIVE_BW', i, np.abs(tb.getcell('EFFECTIVE_BW', i)))
+            tb.putcell('RESOLUTION', i, np.abs(tb.getcell('RESOLUTION', i)))
+            tb.putcell('NET_SIDEBAND', i, 1 if r['sideband'] == 'LSB' else 2)
+            tb.putcell('FREQ_GROUP', i, r['bb'])
+            tb.putcell('FREQ_GROUP_NAME', i, 'BB_%d' % r['bb'] if r['bb'] else 'WVR')
+    # The simulator writes one (identical XX YY) POLARIZATION row per spw; ALMA has one,
+    # and the duplicates make concat invent extra DATA_DESCRIPTION rows.
+    with _opened(tb, path + '/DATA_DESCRIPTION', nomodify=False):
+        tb.putcol('POLARIZATION_ID', np.zeros(tb.nrows(), dtype=np.int32))
+    with _opened(tb, path + '/POLARIZATION', nomodify=False):
+        if tb.nrows() > 1:
+            tb.removerows(list(range(1, tb.nrows())))
+    with _opened(tb, path + '/STATE', nomodify=False):
+        tb.putcell('OBS_MODE', 0, 'OBSERVE_TARGET#ON_SOURCE')
+    with _opened(tb, path + '/OBSERVATION', nomodify=False):
+        tb.putcell('OBSERVER', 0, 'jdoe')
+        tb.putcell('PROJECT', 0, _PROJECT)
+        tb.putcell('SCHEDULE_TYPE', 0, 'ALMA')
+        tb.putcell('SCHEDULE', 0, np.array(['SchedulingBlock %s' % _SB_UID,
+                                            'ExecBlock %s' % eb['uid'].replace('uid___', 'uid://').replace('_', '/')]))
+    with _opened(tb, path + '/FIELD', nomodify=False):
+        tb.putcol('CODE', np.array(['none'] * tb.nrows()))
+    # SOURCE: one row per (source, science spw) with the line's rest frequency.
+    sci = [r for r in plan['spw_rows'] if r['science']]
+    with _opened(tb, path + '/SOURCE', nomodify=False):
+        n0 = tb.nrows()
+        cols = [c for c in tb.colnames()]
+        base = [dict((c, tb.getcell(c, i)) for c in cols if tb.iscelldefined(c, i)) for i in range(n0)]
+        tb.addrows(n0 * (len(sci) - 1))
+        row = 0
+        for src in base:
+            for r in sci:
+                for c, v in src.items():
+                    tb.putcell(c, row, v)
+                tb.putcell('SPECTRAL_WINDOW_ID', row, r['id'])
+                lines = plan['lines'].get(r['id'], [])
+                rest = lines[0] if lines else r['centre']
+                tb.putcell('REST_FREQUENCY', row, np.array([rest]))
+                tb.putcell('SYSVEL', row, np.array([0.0]))
+                tb.putcell('TRANSITION', row, np.array(['simulated_line' if lines else 'none']))
+                row += 1
+    # Main table: one scan number per (field, visit) for all spws, ALMA-like gaps.
+    with _opened(tb, path, nomodify=False):
+        times = tb.getcol('TIME')
+        fids = tb.getcol('FIELD_ID')
+        # The simulator's times start TAI-UTC (37 s) after referencetime: work relative.
+        t_start = times.min() - tb.getcol('INTERVAL')[0] / 2.0
+        scans = np.zeros(len(times), dtype=np.int32)
+        for fidx, t0, t1, scan in plan['scans']:
+            sel = (fids == fidx) & (times >= t_start + t0 - 1.0) & (times <= t_start + t1 + 1.0)
+            scans[sel] = scan
+        if (scans == 0).any():
+            raise RuntimeError('internal error: rows outside the scan plan')
+        tb.putcol('SCAN_NUMBER', scans)
+        tb.putcol('STATE_ID', np.zeros(len(times), dtype=np.int32))
+
+
+def _fill(casa, frames, plan, path, rng, noise=True):
+    """Write DATA (= continuum + line + noise), CORRECTED_DATA (= line + noise), WEIGHT,
+    SIGMA, FLAG.  Returns nothing; the noise is drawn from rng."""
+    tb = casa.tb
+    ddspw = _ddid_to_spw(casa, path)
+    sigma = plan['noise_jy']
+    with _opened(tb, path, nomodify=False):
+        for ddid in sorted(set(tb.getcol('DATA_DESC_ID').tolist())):
+            sub = tb.query('DATA_DESC_ID==%d' % ddid)
+            try:
+                cont, line = _model(frames, plan, sub, ddspw[ddid])
+                npol, nchan, nrow = cont.shape
+                if noise:
+                    nz = (rng.normal(0.0, sigma, cont.shape) + 1j * rng.normal(0.0, sigma, cont.shape))
+                else:
+                    nz = np.zeros(cont.shape, complex)
+                sub.putcol('DATA', (cont + line + nz).astype(np.complex64))
+                sub.putcol('CORRECTED_DATA', (line + nz).astype(np.complex64))
+                sub.putcol('MODEL_DATA', np.zeros(cont.shape, np.complex64))
+                sub.putcol('WEIGHT', np.full((npol, nrow), 1.0 / sigma ** 2, np.float32))
+                sub.putcol('SIGMA', np.full((npol, nrow), sigma, np.float32))
+                sub.putcol('FLAG', np.zeros(cont.shape, bool))
+                sub.putcol('FLAG_ROW', np.zeros(nrow, bool))
+            finally:
+                sub.close()
+
+
+def _model(frames, plan, tb, spw_id):
+    """(continuum, line) visibilities, shape (2, nchan, nrow), for the rows of tb."""
+    spw = plan['spw_by_id'][spw_id]
+    uvw = tb.getcol('UVW')
+    times = tb.getcol('TIME')
+    fids = tb.getcol('FIELD_ID')
+    f_topo = spw['chan_freq']
+    nrow = len(times)
+    ratio = np.empty(nrow)
+    for key in set(zip(times.tolist(), fids.tolist())):
+        t, fid = key
+        fld = plan['fields'][fid]
+        sel = (times == t) & (fids == fid)
+        ratio[sel] = frames.ratio(t / 86400.0, fld['ra'], fld['dec'])
+    f_lsrk = ratio[None, :] * f_topo[:, None]                         # (nchan, nrow)
+    amp_c = plan['continuum_jy'] * (f_lsrk / plan['continuum_reffreq']) ** plan['spectral_index']
+    amp_l = np.zeros_like(f_lsrk)
+    for nu_l in plan['lines'].get(spw_id, []):
+        sig = plan['line_fwhm_kms'] / _C_KMS * nu_l * _FWHM_TO_SIGMA
+        amp_l += plan['line_peak_jy'] * np.exp(-0.5 * ((f_lsrk - nu_l) / sig) ** 2)
+    lmn = np.array([plan['fields'][fid]['lmn'] for fid in fids])      # (nrow, 3)
+    path_m = uvw[0] * lmn[:, 0] + uvw[1] * lmn[:, 1] + uvw[2] * (lmn[:, 2] - 1.0)
+    phase = np.exp(_PHASE_SIGN * 2j * math.pi * path_m[None, :] * f_topo[:, None] / _C_MS)
+    cont = (amp_c * phase)[None, :, :].repeat(2, axis=0)
+    line = (amp_l * phase)[None, :, :].repeat(2, axis=0)
+    return cont, line
+
+
+def _ddid_to_spw(casa, path):
+    with _opened(casa.tb, path + '/DATA_DESCRIPTION'):
+        return dict(enumerate(casa.tb.getcol('SPECTRAL_WINDOW_ID').tolist()))
+
+
+def _mstransform(casa, src, dst, datacolumn, noise_jy):
+    casa.tk.mstransform(vis=src, outputvis=dst, datacolumn=datacolumn, reindex=False)
+    if not os.path.isdir(dst):
+        raise RuntimeError('mstransform did not write %s (see the CASA log)' % dst)
+    # mstransform(datacolumn='data') rewrites WEIGHT as 1/SIGMA**2 from the float32
+    # SIGMA (249999.97 instead of 250000): put the exact value back.
+    with _opened(casa.tb, dst, nomodify=False):
+        w = casa.tb.getcol('WEIGHT')
+        casa.tb.putcol('WEIGHT', np.full(w.shape, 1.0 / noise_jy ** 2, np.float32))
+
+
+def _add_corrected(casa, frames, plan, path):
+    """Cycle 8: CORRECTED_DATA = DATA - continuum model (exact), no MODEL_DATA."""
+    cb = casa.ct.calibrater()
+    cb.open(path, compress=False, addcorr=True, addmodel=False)
+    cb.close()
+    cb.done()
+    tb = casa.tb
+    ddspw = _ddid_to_spw(casa, path)
+    with _opened(tb, path, nomodify=False):
+        for ddid in sorted(set(tb.getcol('DATA_DESC_ID').tolist())):
+            sub = tb.query('DATA_DESC_ID==%d' % ddid)
+            try:
+                cont, _line = _model(frames, plan, sub, ddspw[ddid])
+                data = sub.getcol('DATA')
+                sub.putcol('CORRECTED_DATA', (data - cont).astype(np.complex64))
+            finally:
+                sub.close()
+
+
+def _solve_uvcont(casa, ms_path, table_path, plan, eb, scratch):
+    """AMueller continuum fit over the cont.dat channels (per field), as hif_uvcontfit."""
+    work = os.path.join(scratch, 'uvcont-%s' % eb['uid'])
+    os.makedirs(work)
+    copy = os.path.join(work, os.path.basename(ms_path))
+    shutil.copytree(ms_path, copy, symlinks=True)
+    tab = os.path.join(work, os.path.basename(table_path))
+    cb = casa.ct.calibrater()
+    try:
+        cb.setvi(old=True, quiet=True)
+        cb.open(copy, compress=False, addcorr=False, addmodel=False)
+        first = True
+        for fld in plan['fields']:
+            fitspw = eb['fitspw'][fld['name']]
+            if not fitspw:          # cont.dat says NONE everywhere: no fit (as the pipeline)
+                continue
+            cb.reset()
+            cb.selectvis(field=fld['name'], spw=fitspw)
+            cb.setsolve(type='A', t='inf', table=tab, append=not first, fitorder=plan['uvcont_fitorder'])
+            cb.solve()
+            first = False
+    finally:
+        cb.close()
+        cb.done()
+    if not os.path.isdir(tab):
+        raise ValueError('with_uvcont: cont.dat leaves no continuum channels for %s (line too wide '
+                         'for the band? lower line_fwhm_kms or raise nchan)' % eb['uid'])
+    shutil.move(tab, table_path)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- cont.dat
+
+def _subtract(intervals, holes):
+    out = list(intervals)
+    for lo, hi in holes:
+        nxt = []
+        for a, b in out:
+            if hi <= a or lo >= b:
+                nxt.append((a, b))
+                continue
+            if lo > a:
+                nxt.append((a, lo))
+            if hi < b:
+                nxt.append((hi, b))
+        out = nxt
+    return [(a, b) for a, b in out if b > a]
+
+
+def _cont_ranges(plan, ebs):
+    """Per field, per science spw: LSRK ranges (Hz), TOPO ranges for v1 (Hz), and the
+    clearance used; plus per EB the TOPO channel selection (fitspw)."""
+    result = {}
+    for fld in plan['fields']:
+        per_spw = {}
+        for spw in plan['sci_spws']:
+            f = spw['chan_freq']
+            dw = abs(spw['width'])
+            topo_lo, topo_hi = f.min() - dw / 2.0, f.max() + dw / 2.0
+            ratios = [eb['mid_ratio'][fld['name']] for eb in ebs]
+            # inside every EB's LSRK coverage, one channel in from each edge
+            lsrk_lo = max(r * topo_lo for r in ratios) + dw
+            lsrk_hi = min(r * topo_hi for r in ratios) - dw
+            topo_in_lo, topo_in_hi = topo_lo + dw, topo_hi - dw
+            lines = plan['lines'].get(spw['id'], [])
+            band = spw['nchan'] * dw
+            chosen = None
+            for clear in np.arange(1.5, 0.999, -0.05):
+                holes = [(nu - clear * plan['line_fwhm_kms'] / _C_KMS * nu,
+                          nu + clear * plan['line_fwhm_kms'] / _C_KMS * nu) for nu in lines]
+                lsrk = _subtract([(lsrk_lo, lsrk_hi)], holes)
+                topo_holes = [(a / r, b / r) for a, b in holes for r in ratios]
+                topo = _subtract([(topo_in_lo, topo_in_hi)], topo_holes)
+                cover = min(sum(b - a for a, b in lsrk), sum(b - a for a, b in topo)) / band
+                chosen = (float(clear), lsrk, topo, cover)
+                if cover >= 0.4:
+                    break
+            clear, lsrk, topo, cover = chosen
+            per_spw[spw['id']] = dict(lsrk=lsrk, topo=topo, clear_fwhm=round(clear, 2), coverage=cover)
+        result[fld['name']] = per_spw
+    return result
+
+
+def _fitspw(plan, eb, ranges):
+    """Per field: the TOPO channels of this EB whose whole width lies in a cont.dat range."""
+    out = {}
+    for fld in plan['fields']:
+        r = eb['mid_ratio'][fld['name']]
+        parts = []
+        for spw in plan['sci_spws']:
+            f = spw['chan_freq'] * r
+            dw = abs(spw['width']) * r
+            ok = np.zeros(spw['nchan'], bool)
+            for a, b in ranges[fld['name']][spw['id']]['lsrk']:
+                ok |= (f - dw / 2.0 >= a) & (f + dw / 2.0 <= b)
+            chans = np.nonzero(ok)[0]
+            if len(chans) == 0:
+                continue
+            runs = np.split(chans, np.nonzero(np.diff(chans) > 1)[0] + 1)
+            parts.append('%d:%s' % (spw['id'], ';'.join('%d~%d' % (run[0], run[-1]) for run in runs)))
+        out[fld['name']] = ','.join(parts)
+    return out
+
+
+def _write_contdat(path, plan, ranges, version):
+    lines = []
+    for fld in plan['fields']:
+        lines.append(fld['name'] if version == 1 else 'Field: %s' % fld['name'])
+        lines.append('')
+        for spw in plan['sci_spws']:
+            rr = ranges[fld['name']][spw['id']]
+            if version == 1:
+                lines.append('SPW%d' % spw['id'])
+                items = ['%.10f~%.10fGHz' % (a / 1e9, b / 1e9) for a, b in rr['topo']]
+            else:
+                head = 'SpectralWindow: %d' % spw['id']
+                if version == 3:
+                    head += ' %s' % spw['name']
+                lines.append(head)
+                items = ['%.10f~%.10fGHz LSRK' % (a / 1e9, b / 1e9) for a, b in rr['lsrk']]
+            lines.extend(items or ['NONE'])
+            lines.append('')
+    with open(path, 'w') as fh:
+        fh.write('\n'.join(lines))
+
+
+# --------------------------------------------------------------------------- clutter
+
+def _working_clutter(workdir, ebs):
+    pl = os.path.join(workdir, 'pipeline-20240101T000000', 'html')
+    os.makedirs(pl)
+    with open(os.path.join(pl, 'index.html'), 'w') as fh:
+        fh.write('<html><head><title>Pipeline Weblog</title></head><body>'
+                 '<h1>%s</h1><p>simulated weblog</p></body></html>\n' % _PROJECT)
+    with open(os.path.join(workdir, 'casa-20240101-000000.log'), 'w') as fh:
+        fh.write('2024-01-01 00:00:00\tINFO\t::casa\tCASA Version 6.5.4-9 (simulated log)\n')
+    for eb in ebs:
+        fv = os.path.join(workdir, eb['uid'] + '.ms.flagversions')
+        os.makedirs(os.path.join(fv, 'flags.Original'))
+        with open(os.path.join(fv, 'FLAG_VERSION_LIST'), 'w') as fh:
+            fh.write('Original : Original flags at import into CASA\n')
+
+
+# --------------------------------------------------------------------------- main API
+
+def simulate_delivery(outdir, *, n_ebs=2, n_fields=1, spw_ids=(25, 27), nchan=64, n_antennas=12,
+                      layout='calibrated_final', with_line_ms=False, with_uvcont=False,
+                      contdat_version=2, continuum_jy=0.05, spectral_index=0.0,
+                      offset_arcsec=(0.0, 0.0), line_peak_jy=0.2, line_fwhm_kms=None,
+                      line_restfreq_ghz=None, noise_jy=0.002, seed=1, pipeline_ready=False,
+                      casa_logfile=None):
+    """Write a simulated ALMA delivery into ``outdir`` (new or empty); return the truth dict.
+
+    See the module docstring for the layouts and the model.  ``pipeline_ready`` is
+    accepted and ignored for now.  ``casa_logfile`` (default: a file in the system temp
+    directory) only takes effect if CASA was not imported yet in this process.
+    """
+    kw = dict(n_ebs=int(n_ebs), n_fields=int(n_fields), spw_ids=[int(s) for s in spw_ids],
+              nchan=int(nchan), n_antennas=int(n_antennas), layout=layout,
+              with_line_ms=bool(with_line_ms), with_uvcont=bool(with_uvcont),
+              contdat_version=int(contdat_version), continuum_jy=float(continuum_jy),
+              spectral_index=float(spectral_index),
+              offset_arcsec=[float(v) for v in offset_arcsec], line_peak_jy=float(line_peak_jy),
+              line_fwhm_kms=None if line_fwhm_kms is None else float(line_fwhm_kms),
+              line_restfreq_ghz=None if line_restfreq_ghz is None else float(line_restfreq_ghz),
+              noise_jy=float(noise_jy), seed=int(seed), pipeline_ready=bool(pipeline_ready))
+    spw_ids = _validate(kw)
+    t_begin = time.time()
+    outdir = os.path.abspath(str(outdir))
+    if os.path.exists(outdir) and os.listdir(outdir):
+        raise ValueError('output directory %s exists and is not empty' % outdir)
+    if not os.path.isdir(outdir):
+        os.makedirs(outdir)
+    if casa_logfile is None:
+        casa_logfile = os.path.join(tempfile.gettempdir(), 'simulate_delivery-casa.log')
+    casa = _Casa(casa_logfile)
+    scratch = tempfile.mkdtemp(prefix='.simulate-', dir=outdir)
+    try:
+        truth = _simulate(casa, outdir, scratch, kw, spw_ids)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        casa.done()
+    truth['elapsed_s'] = round(time.time() - t_begin, 2)
+    truth = _plain(truth)
+    with open(os.path.join(outdir, 'truth.json'), 'w') as fh:
+        json.dump(truth, fh, indent=1, sort_keys=True)
+    return truth
+
+
+def _simulate(casa, outdir, scratch, kw, spw_ids):
+    rng = np.random.RandomState(kw['seed'])
+    frames = _Frames(casa)
+    layout = kw['layout']
+    cycle8 = layout.startswith('cycle8')
+
+    # ---- antennas: a seeded subset of the pads of a compact Cycle-10 configuration
+    cfg = _antenna_cfg(casa)
+    pads = _read_cfg(cfg)
+    if kw['n_antennas'] > len(pads):
+        raise ValueError('n_antennas must be <= %d (pads in %s)' % (len(pads), _ANTENNA_CFG))
+    pick = sorted(rng.choice(len(pads), kw['n_antennas'], replace=False).tolist())
+    names = sorted(rng.choice(_ANTENNA_NAMES, kw['n_antennas'], replace=False).tolist())
+    obs_itrf = casa.me.measure(casa.me.observatory('ALMA'), 'ITRF')
+    e = [pads[i][0] for i in pick]
+    n = [pads[i][1] for i in pick]
+    u = [pads[i][2] for i in pick]
+    x, y, z = _enu_to_itrf(obs_itrf, e, n, u)
+    antennas = dict(names=names, pads=[pads[i][4] for i in pick], x=x.tolist(), y=y.tolist(), z=z.tolist())
+
+    # ---- fields and source positions
+    fields = []
+    dx, dy = kw['offset_arcsec']
+    for i in range(kw['n_fields']):
+        name, ra_s, dec_s = _FIELDS[i]
+        ra = casa.qa.convert(casa.qa.quantity(ra_s), 'rad')['value']
+        dec = casa.qa.convert(casa.qa.quantity(dec_s), 'rad')['value']
+        sdec = dec + dy * _ARCSEC
+        sra = ra + dx * _ARCSEC / math.cos(dec)
+        dra = sra - ra
+        l = math.cos(sdec) * math.sin(dra)
+        m = math.sin(sdec) * math.cos(dec) - math.cos(sdec) * math.sin(dec) * math.cos(dra)
+        nn = math.sin(sdec) * math.sin(dec) + math.cos(sdec) * math.cos(dec) * math.cos(dra)
+        fields.append(dict(name=name, field_id=i, ra=ra, dec=dec, lmn=(l, m, nn),
+                           source_ra=sra, source_dec=sdec))
+
+    spw_rows = _spw_table(spw_ids, kw['nchan'])
+    sci = [r for r in spw_rows if r['science']]
+    first_date = datetime.datetime(*_FIRST_DATE)
+    uids = _make_uids(rng, kw['n_ebs'], first_date)
+    starts = _schedule(frames, fields, kw['n_ebs'], sci, _FIRST_DATE)
+    scans = _scan_plan(kw['n_fields'])
+    t_mid_off = (scans[0][1] + scans[-1][2]) / 2.0 / 86400.0
+
+    # ---- lines (LSRK, Hz)
+    lines = {}
+    if kw['line_peak_jy'] != 0.0:
+        if kw['line_restfreq_ghz'] is None:
+            for r in sci:
+                rat = [frames.ratio(s + t_mid_off, fields[0]['ra'], fields[0]['dec']) for s in starts]
+                lines[r['id']] = [float(np.mean(rat)) * r['centre']]
+        else:
+            nu = kw['line_restfreq_ghz'] * 1e9
+            for r in sci:
+                lo, hi = r['chan_freq'].min(), r['chan_freq'].max()
+                rat = [frames.ratio(s + t_mid_off, fields[0]['ra'], fields[0]['dec']) for s in starts]
+                if all(lo * q <= nu <= hi * q for q in rat):
+                    lines[r['id']] = [nu]
+            if not lines:
+                raise ValueError('line_restfreq_ghz=%g is outside every science spw (%s GHz); '
+                                 'use line_peak_jy=0 for no line'
+                                 % (kw['line_restfreq_ghz'],
+                                    ', '.join('%.3f' % (r['centre'] / 1e9) for r in sci)))
+
+    # default line width: 10 km/s (8 channels at 64 x 0.98 MHz), narrower in narrow bands
+    fwhm = kw['line_fwhm_kms']
+    if fwhm is None:
+        chan_kms = _CHAN_WIDTH_HZ / min(r['centre'] for r in sci) * _C_KMS
+        fwhm = round(min(10.0, kw['nchan'] / 8.0 * chan_kms), 3)
+
+    plan = dict(antennas=antennas, fields=fields, spw_rows=spw_rows, sci_spws=sci,
+                spw_by_id=dict((r['id'], r) for r in spw_rows), scans=scans, lines=lines,
+                noise_jy=kw['noise_jy'], continuum_jy=kw['continuum_jy'],
+                spectral_index=kw['spectral_index'],
+                continuum_reffreq=float(np.mean([r['centre'] for r in sci])),
+                line_peak_jy=kw['line_peak_jy'], line_fwhm_kms=fwhm,
+                uvcont_fitorder=0 if kw['spectral_index'] == 0.0 else 1)
+
+    ebs = []
+    for k, uid in enumerate(uids):
+        eb = dict(uid=uid, start_mjd=starts[k])
+        eb['mid_ratio'] = dict((f['name'], frames.ratio(starts[k] + t_mid_off, f['ra'], f['dec']))
+                               for f in fields)
+        ebs.append(eb)
+    ranges = _cont_ranges(plan, ebs)
+    for eb in ebs:
+        eb['fitspw'] = _fitspw(plan, eb, ranges)
+
+    # ---- directories
+    if layout in ('calibrated_final', 'cycle8'):
+        ms_dir = os.path.join(outdir, 'measurement_sets')
+        cal_dir = os.path.join(outdir, 'caltables')
+        os.makedirs(ms_dir)
+        os.makedirs(cal_dir)
+    else:
+        ms_dir = cal_dir = os.path.join(outdir, 'working')
+        os.makedirs(ms_dir)
+    suffix = '_target.ms' if cycle8 else '_targets.ms'
+
+    # ---- the EBs
+    for eb in ebs:
+        raw = os.path.join(scratch, eb['uid'] + '.ms')
+        _simulate_raw(casa, raw, plan, eb)
+        _fix_metadata(casa, raw, plan, eb)
+        _fill(casa, frames, plan, raw, rng)
+        target = os.path.join(ms_dir, eb['uid'] + suffix)
+        _mstransform(casa, raw, target, 'data', kw['noise_jy'])
+        eb['ms'] = os.path.relpath(target, outdir)
+        if cycle8:
+            _add_corrected(casa, frames, plan, target)
+        if kw['with_line_ms']:
+            line_ms = os.path.join(ms_dir, eb['uid'] + '_targets_line.ms')
+            _mstransform(casa, raw, line_ms, 'corrected', kw['noise_jy'])
+            eb['line_ms'] = os.path.relpath(line_ms, outdir)
+        if kw['with_uvcont']:
+            tab = os.path.join(cal_dir, os.path.basename(target) + '.hif_uvcontfit.s10_1.uvcont.tbl')
+            _solve_uvcont(casa, target, tab, plan, eb, scratch)
+            eb['uvcont_table'] = os.path.relpath(tab, outdir)
+        if layout in ('working', 'cycle8_working'):
+            full = os.path.join(ms_dir, eb['uid'] + '.ms')
+            shutil.move(raw, full)
+        else:
+            shutil.rmtree(raw, ignore_errors=True)
+        with _opened(casa.tb, target):
+            eb['rows'] = int(casa.tb.nrows())
+            t = casa.tb.getcol('TIME')
+            eb['scans'] = sorted(set(casa.tb.getcol('SCAN_NUMBER').tolist()))
+        eb['time_range_utc'] = [_iso(t.min() / 86400.0), _iso(t.max() / 86400.0)]
+        eb['mid_mjd'] = float((t.min() + t.max()) / 2.0 / 86400.0)
+    if layout in ('working', 'cycle8_working'):
+        _working_clutter(ms_dir, ebs)
+
+    contdat = os.path.join(cal_dir, 'cont.dat')
+    _write_contdat(contdat, plan, ranges, kw['contdat_version'])
+    return _truth(kw, plan, ebs, ranges, outdir, contdat, ms_dir, frames)
+
+
+def _truth(kw, plan, ebs, ranges, outdir, contdat, ms_dir, frames):
+    truth = dict(simulator_version=SIMULATOR_VERSION, params=kw, layout=kw['layout'],
+                 ms_dir=os.path.relpath(ms_dir, outdir), contdat=os.path.relpath(contdat, outdir),
+                 contdat_version=kw['contdat_version'], telescope='ALMA', project=_PROJECT,
+                 continuum_jy=kw['continuum_jy'], spectral_index=kw['spectral_index'],
+                 continuum_reffreq_ghz=plan['continuum_reffreq'] / 1e9,
+                 line_peak_jy=kw['line_peak_jy'], line_fwhm_kms=plan['line_fwhm_kms'],
+                 noise_jy=kw['noise_jy'], weight=1.0 / kw['noise_jy'] ** 2,
+                 integration_s=_INTEGRATION_S, pb_attenuation_applied=False,
+                 uvcont_fitorder=plan['uvcont_fitorder'] if kw['with_uvcont'] else None,
+                 antenna_config=_ANTENNA_CFG, antennas=plan['antennas']['names'],
+                 stations=plan['antennas']['pads'])
+    truth['line_lsrk_freq_ghz'] = dict((str(s), [nu / 1e9 for nu in v]) for s, v in plan['lines'].items())
+    truth['fields'] = [dict(name=f['name'], field_id=f['field_id'],
+                            direction=dict(ra_deg=math.degrees(f['ra']), dec_deg=math.degrees(f['dec']),
+                                           ra=_hms(f['ra']), dec=_dms(f['dec']), frame='J2000'),
+                            offset_arcsec=list(kw['offset_arcsec']),
+                            source_direction=dict(ra_deg=math.degrees(f['source_ra']),
+                                                  dec_deg=math.degrees(f['source_dec']),
+                                                  ra=_hms(f['source_ra']), dec=_dms(f['source_dec'])))
+                       for f in plan['fields']]
+    spws = []
+    for r in plan['sci_spws']:
+        f = r['chan_freq']
+        spws.append(dict(id=r['id'], name=r['name'], nchan=r['nchan'], chan_width_hz=r['width'],
+                         sideband=r['sideband'], baseband='BB_%d' % r['bb'],
+                         centre_freq_ghz=r['centre'] / 1e9,
+                         topo_freq_range_ghz=[f.min() / 1e9, f.max() / 1e9],
+                         chan0_freq_ghz=f[0] / 1e9,
+                         continuum_jy_at_centre=kw['continuum_jy'] * (r['centre'] / plan['continuum_reffreq'])
+                         ** kw['spectral_index'],
+                         line_lsrk_freq_ghz=[nu / 1e9 for nu in plan['lines'].get(r['id'], [])]))
+    truth['spws'] = spws
+    truth['placeholder_spws'] = [dict(id=r['id'], name=r['name'], nchan=r['nchan'])
+                                 for r in plan['spw_rows'] if not r['science']]
+    truth['contdat_ranges'] = dict(
+        (fname, dict((str(sid), dict(lsrk_ghz=[[a / 1e9, b / 1e9] for a, b in rr['lsrk']],
+                                     topo_ghz=[[a / 1e9, b / 1e9] for a, b in rr['topo']],
+                                     clear_fwhm_each_side=rr['clear_fwhm'],
+                                     line_jy_at_range_edge=(kw['line_peak_jy'] * 2.0 ** (-4.0 * rr['clear_fwhm'] ** 2)
+                                                            if plan['lines'].get(sid) else 0.0),
+                                     band_fraction=round(rr['coverage'], 3)))
+                     for sid, rr in per.items()))
+        for fname, per in ranges.items())
+    out_ebs = []
+    for eb in ebs:
+        e = dict(uid=eb['uid'], ms=eb['ms'], rows=eb['rows'], scans=eb['scans'],
+                 date=eb['time_range_utc'][0][:10], time_range_utc=eb['time_range_utc'],
+                 antennas=plan['antennas']['names'], fitspw=eb['fitspw'])
+        for key in ('line_ms', 'uvcont_table'):
+            if key in eb:
+                e[key] = eb[key]
+        e['lsrk_over_topo'] = eb['mid_ratio']
+        espws = []
+        for r in plan['sci_spws']:
+            f = r['chan_freq']
+            item = dict(id=r['id'])
+            by_field = {}
+            for fld in plan['fields']:
+                ratio = frames.ratio(eb['mid_mjd'], fld['ra'], fld['dec'])
+                by_field[fld['name']] = [(nu / ratio - f[0]) / r['width'] for nu in plan['lines'].get(r['id'], [])]
+            first = by_field[plan['fields'][0]['name']]
+            item['line_topo_channel'] = first[0] if first else None
+            item['line_topo_channel_by_field'] = by_field
+            ratio0 = eb['mid_ratio'][plan['fields'][0]['name']]
+            item['lsrk_freq_range_ghz'] = [f.min() * ratio0 / 1e9, f.max() * ratio0 / 1e9]
+            espws.append(item)
+        e['spws'] = espws
+        out_ebs.append(e)
+    truth['ebs'] = out_ebs
+    return truth
+
+
+def _plain(obj):
+    """numpy scalars/arrays -> Python types, so the returned dict equals truth.json."""
+    if isinstance(obj, dict):
+        return dict((str(k), _plain(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _plain(obj.tolist())
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    return obj
+
+
+# --------------------------------------------------------------------------- copy / cache
+
+def copy_delivery(src, dst):
+    """Copy a delivery tree (symlinks preserved); ``dst`` must not exist.  Returns dst."""
+    shutil.copytree(str(src), str(dst), symlinks=True)
+    return str(dst)
+
+
+def _cache_key(kwargs):
+    norm = {}
+    for k, v in sorted(kwargs.items()):
+        norm[k] = list(v) if isinstance(v, (tuple, list)) else v
+    with open(os.path.abspath(__file__), 'rb') as fh:
+        source = hashlib.sha1(fh.read()).hexdigest()
+    blob = json.dumps(dict(version=SIMULATOR_VERSION, source=source, kwargs=norm), sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode('utf-8')).hexdigest()[:16]
+
+
+def _clean_stale(cache_root, age_s=6 * 3600):
+    """Remove temporary folders that killed runs left behind (older than age_s)."""
+    now = time.time()
+    for name in os.listdir(cache_root):
+        path = os.path.join(cache_root, name)
+        try:
+            if name.startswith('.tmp-delivery-') and now - os.path.getmtime(path) > age_s:
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def cached_delivery(cache_root, **kwargs):
+    """Path of a finished delivery made with ``kwargs``, simulating it on first use.
+
+    The folder name hashes the kwargs and this file's source; the delivery is written
+    under a temporary name and renamed when complete, so concurrent or killed runs never
+    leave a half delivery under the final name.  Treat the result as read-only: copy it
+    (``copy_delivery``) before modifying anything.
+    """
+    cache_root = os.path.abspath(str(cache_root))
+    final = os.path.join(cache_root, 'delivery-%s' % _cache_key(kwargs))
+    if os.path.isfile(os.path.join(final, 'truth.json')):
+        return final
+    if not os.path.isdir(cache_root):
+        try:
+            os.makedirs(cache_root)
+        except OSError:
+            if not os.path.isdir(cache_root):
+                raise
+    _clean_stale(cache_root)
+    tmp = tempfile.mkdtemp(prefix='.tmp-%s-' % os.path.basename(final), dir=cache_root)
+    try:
+        simulate_delivery(tmp, **kwargs)
+        os.chmod(tmp, 0o755)                  # mkdtemp made it private
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            # another process finished first
+            if not os.path.isfile(os.path.join(final, 'truth.json')):
+                raise
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+# --------------------------------------------------------------------------- CLI
+
+def _parse_args(argv):
+    p = argparse.ArgumentParser(
+        prog='simulate_delivery.py',
+        description='Simulate a small ALMA-like delivery with real CASA (see the module docstring).')
+    p.add_argument('outdir', help='output directory (created; must be empty if it exists)')
+    p.add_argument('--n-ebs', type=int, default=2)
+    p.add_argument('--n-fields', type=int, default=1)
+    p.add_argument('--spw-ids', default='25,27', help='comma-separated science spw ids (default 25,27)')
+    p.add_argument('--nchan', type=int, default=64)
+    p.add_argument('--n-antennas', type=int, default=12)
+    p.add_argument('--layout', choices=LAYOUTS, default='calibrated_final')
+    p.add_argument('--with-line-ms', action='store_true')
+    p.add_argument('--with-uvcont', action='store_true')
+    p.add_argument('--contdat-version', type=int, choices=(1, 2, 3), default=2)
+    p.add_argument('--continuum-jy', type=float, default=0.05)
+    p.add_argument('--spectral-index', type=float, default=0.0)
+    p.add_argument('--offset-arcsec', type=float, nargs=2, default=(0.0, 0.0), metavar=('EAST', 'NORTH'))
+    p.add_argument('--line-peak-jy', type=float, default=0.2)
+    p.add_argument('--line-fwhm-kms', type=float, default=None,
+                   help='default: 10 km/s, or nchan/8 channels if that is narrower')
+    p.add_argument('--line-restfreq-ghz', type=float, default=None)
+    p.add_argument('--noise-jy', type=float, default=0.002)
+    p.add_argument('--seed', type=int, default=1)
+    p.add_argument('--pipeline-ready', action='store_true', help='accepted, no effect yet')
+    p.add_argument('--overwrite', action='store_true', help='delete OUTDIR first if it exists')
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    try:
+        args = _parse_args(argv)
+    except SystemExit as exc:       # --help, usage errors: an exit code, not an exception
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        spw_ids = [int(s) for s in args.spw_ids.replace(' ', '').split(',') if s]
+    except ValueError:
+        print('simulate_delivery: --spw-ids must be comma-separated integers', file=sys.stderr)
+        return 2
+    if args.overwrite and os.path.exists(args.outdir):
+        shutil.rmtree(args.outdir)
+    try:
+        truth = simulate_delivery(
+            args.outdir, n_ebs=args.n_ebs, n_fields=args.n_fields, spw_ids=spw_ids, nchan=args.nchan,
+            n_antennas=args.n_antennas, layout=args.layout, with_line_ms=args.with_line_ms,
+            with_uvcont=args.with_uvcont, contdat_version=args.contdat_version,
+            continuum_jy=args.continuum_jy, spectral_index=args.spectral_index,
+            offset_arcsec=tuple(args.offset_arcsec), line_peak_jy=args.line_peak_jy,
+            line_fwhm_kms=args.line_fwhm_kms, line_restfreq_ghz=args.line_restfreq_ghz,
+            noise_jy=args.noise_jy, seed=args.seed, pipeline_ready=args.pipeline_ready)
+    except ValueError as exc:
+        print('simulate_delivery: %s' % exc, file=sys.stderr)
+        return 2
+    print('simulated %d EB(s) in %.1f s into %s:' % (len(truth['ebs']), truth['elapsed_s'],
+                                                      os.path.abspath(args.outdir)))
+    for eb in truth['ebs']:
+        chans = ', '.join('spw %d line at chan %.2f' % (s['id'], s['line_topo_channel'])
+                          for s in eb['spws'] if s['line_topo_channel'] is not None)
+        print('  %s  %s  %d rows  %s' % (eb['ms'], eb['date'], eb['rows'], chans))
+    print('  %s (v%d), truth.json' % (truth['contdat'], truth['contdat_version']))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
