@@ -21,6 +21,13 @@ def pytest_configure(config):
 
 
 @pytest.fixture(scope='session')
+def casa(tmp_path_factory):
+    """CASA for checks made by the tests themselves, logging into the test run's temporary folder."""
+    import scriptForReprocessing
+    return scriptForReprocessing.load_casa(logfile=tmp_path_factory.mktemp('casa_log') / 'casa.log')
+
+
+@pytest.fixture(scope='session')
 def delivery_cache(tmp_path_factory):
     """Where simulated deliveries are kept for this test run (SIMULATION_CACHE keeps them across runs)."""
     shared = os.environ.get('SIMULATION_CACHE')

@@ -17,12 +17,8 @@ from conftest import SCRIPT, md5_tree, user_ms_digests
 THREE_EBS = dict(n_ebs=3, spw_ids=(25, 27, 29, 31), nchan=16, n_antennas=8, with_line_ms=True)
 
 
-def casa_table():
-    return sfr.load_casa().casatools.table()
-
-
-def read_table(path, column=None):
-    table = casa_table()
+def read_table(casa, path, column=None):
+    table = casa.casatools.table()
     table.open(str(path))
     try:
         return table.nrows() if column is None else list(table.getcol(column))
@@ -30,24 +26,40 @@ def read_table(path, column=None):
         table.close()
 
 
-def test_calibrated_final_concatenates_every_execution_block(delivery_factory, run_script, tmp_path):
+def retune(casa, ms, *, shift_hz):
+    """Shift an MS's TOPO frequencies, as a Doppler setting on another date would."""
+    table = casa.casatools.table()
+    table.open(str(ms / 'SPECTRAL_WINDOW'), nomodify=False)
+    try:
+        for row in range(table.nrows()):
+            for column in ('CHAN_FREQ', 'REF_FREQUENCY'):
+                table.putcell(column, row, table.getcell(column, row) + shift_hz)
+    finally:
+        table.close()
+
+
+def test_calibrated_final_concatenates_every_execution_block(delivery_factory, run_script, tmp_path, casa):
     delivery = delivery_factory(**THREE_EBS)
+    retune(casa, sorted((delivery / 'measurement_sets').glob('uid*_targets.ms'))[-1], shift_hz=123456.0)
     before = user_ms_digests(delivery)
-    elsewhere = tmp_path / 'elsewhere'
+    elsewhere, fresh_home = tmp_path / 'elsewhere', tmp_path / 'home'
     elsewhere.mkdir()
-    result = run_script('--delivery', delivery, '--calibrated_final', '--calibrated_final_line', cwd=elsewhere)
+    fresh_home.mkdir()
+    result = run_script('--delivery', delivery, '--calibrated_final', '--calibrated_final_line', cwd=elsewhere,
+                        env={'HOME': str(fresh_home)})
     assert result.returncode == 0, result.stderr
     targets = sorted((delivery / 'measurement_sets').glob('uid*_targets.ms'))
     lines = sorted((delivery / 'measurement_sets').glob('uid*_targets_line.ms'))
     assert len(targets) == 3 and len(lines) == 3
     for name, inputs in (('calibrated_final.ms', targets), ('calibrated_final_line.ms', lines)):
         output = delivery / 'measurement_sets' / name
-        assert read_table(output) == sum(read_table(ms) for ms in inputs)
-        spws = set(read_table(output / 'DATA_DESCRIPTION', 'SPECTRAL_WINDOW_ID'))
-        assert {25, 27, 29, 31} <= spws
-    assert 'select spws by name' in result.stdout
+        assert read_table(casa, output) == sum(read_table(casa, ms) for ms in inputs)
+        assert {25, 27, 29, 31} <= set(read_table(casa, output / 'DATA_DESCRIPTION', 'SPECTRAL_WINDOW_ID'))
+    renumbered = result.stdout.split('calibrated_final_line.ms')[0]
+    assert 'spectral windows: 25, 27, 29, 31, ' in renumbered and 'select spws by name' in renumbered
     assert user_ms_digests(delivery) == before, 'a user MS changed'
     assert list(elsewhere.iterdir()) == [], 'the run wrote into the current directory'
+    assert not (fresh_home / '.casa').exists(), 'CASA needed ~/.casa'
     assert not list((delivery / 'measurement_sets').glob('.*')), 'a temporary output was left behind'
     assert not (delivery / sfr.JOURNAL_NAME).exists()
 
