@@ -98,7 +98,15 @@ def user_ms_digests(delivery):
 
 
 def pipeline_available():
+    """True when "import pipeline" works.  With modular CASA the pipeline imports casatools, which
+    must first be configured for offline use (load_casa), or the failed import poisons every later
+    CASA import in this process; so CASA is loaded only when a pipeline is installed at all."""
+    import importlib.util
     try:
+        if importlib.util.find_spec('pipeline') is None:
+            return False
+        import scriptForReprocessing
+        scriptForReprocessing.load_casa()
         import pipeline  # noqa: F401
     except Exception:
         return False

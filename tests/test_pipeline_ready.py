@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_ready import ICRS, make_pipeline_ready, pipeline_ready_report
+from pipeline_ready import ICRS, make_delivery_pipeline_ready, make_pipeline_ready, pipeline_ready_report
 from scriptForReprocessing import load_casa
 from simulate_delivery import cached_delivery, copy_delivery
 
@@ -27,10 +27,8 @@ def ready_delivery(delivery_cache, tmp_path_factory, casa):
     """A simulated delivery, its MSes made pipeline-ready once for the whole module (read-only)."""
     delivery = Path(copy_delivery(cached_delivery(delivery_cache, **SIMULATION),
                                   tmp_path_factory.mktemp('ready') / 'delivery'))
-    for ms in sorted((delivery / 'measurement_sets').glob('uid*.ms')):
-        line = ms.name.endswith('_targets_line.ms')
-        make_pipeline_ready(ms, casa=casa, ous_uid='uid://A001/X3570/X111',
-                            data_type='REGCAL_LINE_SCIENCE' if line else 'REGCAL_CONTLINE_SCIENCE')
+    made = make_delivery_pipeline_ready(delivery / 'measurement_sets', casa=casa)
+    assert sorted(made) == sorted(ms.name for ms in (delivery / 'measurement_sets').glob('uid*.ms'))
     return delivery
 
 
@@ -113,6 +111,17 @@ def test_a_line_ms_is_declared_as_continuum_subtracted_data(ready_delivery, casa
     assert report['datatype_history'][-2] == "data_type_per_column = {'REGCAL_LINE_SCIENCE': 'DATA'}"
 
 
+def test_a_cycle8_target_ms_declares_its_corrected_column_as_line_data(tmp_path, delivery_cache, casa):
+    delivery = Path(copy_delivery(cached_delivery(delivery_cache, n_ebs=1, n_antennas=4, nchan=16,
+                                                  layout='cycle8'), tmp_path / 'delivery'))
+    made = make_delivery_pipeline_ready(delivery / 'measurement_sets', casa=casa)
+    (name,) = made
+    assert name.endswith('_target.ms')
+    history = pipeline_ready_report(delivery / 'measurement_sets' / name, casa=casa)['datatype_history']
+    assert history[-2] == ("data_type_per_column = {'REGCAL_CONTLINE_SCIENCE': 'DATA', "
+                           "'REGCAL_LINE_SCIENCE': 'CORRECTED_DATA'}")
+
+
 def test_science_goals_ask_for_a_repbw_cube_and_bracket_the_beam(ready_delivery, casa):
     report = pipeline_ready_report(targets_ms(ready_delivery), casa=casa)
     assert report['subtable_keywords'] == ['ASDM_EXECBLOCK', 'ASDM_SBSUMMARY']
@@ -175,3 +184,20 @@ def test_nonsense_is_refused_before_anything_is_written(tmp_path, casa):
         make_pipeline_ready(tmp_path, casa=casa)
     with pytest.raises(ValueError, match='data_type must be one of'):
         make_pipeline_ready(tmp_path, casa=casa, data_type='CALIBRATED')
+
+
+def test_the_simulator_makes_pipeline_ready_deliveries_when_asked(delivery_factory, casa):
+    delivery = delivery_factory(n_ebs=1, n_antennas=4, nchan=16, with_line_ms=True, pipeline_ready=True)
+    for ms in sorted((delivery / 'measurement_sets').glob('uid*.ms')):
+        report = pipeline_ready_report(ms, casa=casa)
+        assert set(report['field_reference_columns']['PhaseDir_Ref']) == {ICRS}
+        assert report['subtable_keywords'] == ['ASDM_EXECBLOCK', 'ASDM_SBSUMMARY']
+        expected = 'REGCAL_LINE_SCIENCE' if ms.name.endswith('_line.ms') else 'REGCAL_CONTLINE_SCIENCE'
+        assert report['datatype_history'][-2] == "data_type_per_column = {'%s': 'DATA'}" % expected
+
+
+def test_a_default_simulation_is_left_as_casa_simulated_it(delivery_factory, casa):
+    delivery = delivery_factory(n_ebs=1, n_antennas=4, nchan=16)
+    report = pipeline_ready_report(targets_ms(delivery), casa=casa)
+    assert report['field_reference_columns']['PhaseDir_Ref'] is None
+    assert report['subtable_keywords'] == []

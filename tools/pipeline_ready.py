@@ -37,7 +37,7 @@ import re
 
 import numpy as np
 
-__all__ = ['make_pipeline_ready', 'pipeline_ready_report', 'DATA_TYPES', 'ICRS']
+__all__ = ['make_pipeline_ready', 'make_delivery_pipeline_ready', 'pipeline_ready_report', 'DATA_TYPES', 'ICRS']
 
 # casacore MDirection::Types numbering, as importasdm writes it into TabRefTypes/TabRefCodes
 # (AZELNE/AZELNEGEO are aliases without codes of their own; planets start at 32).
@@ -67,7 +67,7 @@ def make_pipeline_ready(ms_path, *, casa, ous_uid='uid://A001/X3570/X111', eb_ui
                         project_code=None, representative_frequency_hz=None, representative_bandwidth_hz=None,
                         representative_source=None, representative_window=None, min_resolution_arcsec=None,
                         max_resolution_arcsec=None, sensitivity_goal='1 mJy', spw_names=None,
-                        data_type='REGCAL_CONTLINE_SCIENCE', config_name='C-3'):
+                        data_type='REGCAL_CONTLINE_SCIENCE', corrected_data_type=None, config_name='C-3'):
     """Add the ALMA metadata the pipeline reads to the MS at ``ms_path`` (modified in place).
 
     ``casa``: the ``casatools`` module, or anything with a ``.casatools`` attribute (the
@@ -82,13 +82,18 @@ def make_pipeline_ready(ms_path, *, casa, ous_uid='uid://A001/X3570/X111', eb_ui
     ``spw_names``: {spw id: ALMA name} to rename windows (``X..#ALMA_RB_06#BB_1#SW-01#FULL_RES``);
     the baseband number in BBC_NO is read from the final names.
     ``data_type``: what DATA holds, a pipeline DataType name (``REGCAL_LINE_SCIENCE`` for a
-    continuum-subtracted ``*_targets_line.ms``).
+    continuum-subtracted ``*_targets_line.ms``); ``corrected_data_type``: what CORRECTED_DATA
+    holds, if anything (a Cycle 8 ``*_target.ms``: ``REGCAL_LINE_SCIENCE``).
     Returns a dict of what was written (for logs and tests).
     """
     casatools = getattr(casa, 'casatools', casa)
     ms_path = os.path.abspath(str(ms_path))
-    if data_type not in DATA_TYPES:
-        raise ValueError('data_type must be one of %s, not %r' % (', '.join(DATA_TYPES), data_type))
+    column_types = [(data_type, 'DATA')]
+    if corrected_data_type is not None:
+        column_types.append((corrected_data_type, 'CORRECTED_DATA'))
+    for declared_type, _column in column_types:
+        if declared_type not in DATA_TYPES:
+            raise ValueError('data_type must be one of %s, not %r' % (', '.join(DATA_TYPES), declared_type))
     if not os.path.isdir(os.path.join(ms_path, 'SPECTRAL_WINDOW')):
         raise ValueError('%s is not a measurement set' % ms_path)
     table = casatools.table()
@@ -120,11 +125,31 @@ def make_pipeline_ready(ms_path, *, casa, ous_uid='uid://A001/X3570/X111', eb_ui
     finally:
         table.close()
         table.done()
-    declared = _declare_data_type(casatools, ms_path, data_type=data_type, sources=sources,
+    declared = _declare_data_type(casatools, ms_path, column_types=column_types, sources=sources,
                                   spw_ids=sorted(windows))
     return dict(ms=ms_path, science_goals=goals, sbsummary=sbsummary, observation=observation,
                 data_type=data_type, data_type_history=declared,
                 basebands=dict((spw, w['baseband']) for spw, w in windows.items()))
+
+
+def make_delivery_pipeline_ready(ms_dir, *, casa, ous_uid='uid://A001/X3570/X111'):
+    """Make every delivered MS in ``ms_dir`` pipeline-ready, each declared with what it holds:
+    ``*_targets.ms`` continuum + line, ``*_targets_line.ms`` line only, a Cycle 8 ``*_target.ms``
+    continuum + line in DATA and line only in CORRECTED_DATA.  Other MSes (a working
+    directory's full ``uid*.ms``) are left alone.  Returns {MS name: make_pipeline_ready result}.
+    """
+    kinds = (('_targets_line.ms', 'REGCAL_LINE_SCIENCE', None),
+             ('_targets.ms', 'REGCAL_CONTLINE_SCIENCE', None),
+             ('_target.ms', 'REGCAL_CONTLINE_SCIENCE', 'REGCAL_LINE_SCIENCE'))
+    results = {}
+    for name in sorted(os.listdir(str(ms_dir))):
+        for suffix, data_type, corrected_data_type in kinds:
+            if name.startswith('uid') and name.endswith(suffix):
+                results[name] = make_pipeline_ready(
+                    os.path.join(str(ms_dir), name), casa=casa, ous_uid=ous_uid, data_type=data_type,
+                    corrected_data_type=corrected_data_type)
+                break
+    return results
 
 
 def pipeline_ready_report(ms_path, *, casa):
@@ -511,16 +536,17 @@ def _write_execblock(table, ms_path, *, eb_uid, sb_uid, config_name):
 
 # --------------------------------------------------------------------------- HISTORY
 
-def _datatype_messages(*, data_type, sources, spw_ids):
+def _datatype_messages(*, column_types, sources, spw_ids):
     """The two HISTORY messages the pipeline itself writes (MeasurementSet.set_data_column)."""
-    per_column = {data_type: 'DATA'}
-    per_source_and_spw = dict(((source, spw), [data_type]) for source in sources for spw in spw_ids)
+    per_column = dict(column_types)
+    types = [data_type for data_type, _column in column_types]
+    per_source_and_spw = dict(((source, spw), list(types)) for source in sources for spw in spw_ids)
     return ['data_type_per_column = %r' % (per_column,),
             'data_types_per_source_and_spw = %r' % (per_source_and_spw,)]
 
 
-def _declare_data_type(casatools, ms_path, *, data_type, sources, spw_ids):
-    messages = _datatype_messages(data_type=data_type, sources=sources, spw_ids=spw_ids)
+def _declare_data_type(casatools, ms_path, *, column_types, sources, spw_ids):
+    messages = _datatype_messages(column_types=column_types, sources=sources, spw_ids=spw_ids)
     table = casatools.table()
     try:
         _open(table, os.path.join(ms_path, 'HISTORY'), writable=False)

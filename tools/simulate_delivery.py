@@ -753,8 +753,8 @@ def simulate_delivery(outdir, *, n_ebs=2, n_fields=1, spw_ids=(25, 27), nchan=64
                       casa_logfile=None):
     """Write a simulated ALMA delivery into ``outdir`` (new or empty); return the truth dict.
 
-    See the module docstring for the layouts and the model.  ``pipeline_ready`` is
-    accepted and ignored for now.  ``casa_logfile`` (default: a file in the system temp
+    See the module docstring for the layouts and the model.  ``pipeline_ready`` adds the
+    metadata the ALMA pipeline needs (tools/pipeline_ready.py).  ``casa_logfile`` (default: a file in the system temp
     directory) only takes effect if CASA was not imported yet in this process.
     """
     kw = dict(n_ebs=int(n_ebs), n_fields=int(n_fields), spw_ids=[int(s) for s in spw_ids],
@@ -920,6 +920,9 @@ def _simulate(casa, outdir, scratch, kw, spw_ids):
         eb['mid_mjd'] = float((t.min() + t.max()) / 2.0 / 86400.0)
     if layout in ('working', 'cycle8_working'):
         _working_clutter(ms_dir, ebs)
+    if kw['pipeline_ready']:
+        from pipeline_ready import make_delivery_pipeline_ready
+        make_delivery_pipeline_ready(ms_dir, casa=casa.ct)
 
     contdat = os.path.join(cal_dir, 'cont.dat')
     _write_contdat(contdat, plan, ranges, kw['contdat_version'])
@@ -1106,7 +1109,7 @@ def _parse_args(argv):
     p.add_argument('--line-restfreq-ghz', type=float, default=None)
     p.add_argument('--noise-jy', type=float, default=0.002)
     p.add_argument('--seed', type=int, default=1)
-    p.add_argument('--pipeline-ready', action='store_true', help='accepted, no effect yet')
+    p.add_argument('--pipeline-ready', action='store_true', help='add the metadata the ALMA pipeline needs (tools/pipeline_ready.py)')
     p.add_argument('--overwrite', action='store_true', help='delete OUTDIR first if it exists')
     return p.parse_args(argv)
 
