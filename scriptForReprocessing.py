@@ -483,7 +483,32 @@ class RunState(object):
     # -- journal ------------------------------------------------------------
     def begin(self, command):
         self.command, self.started = command, time.time()
-        self._journal = {'pid': os.getpid(), 'started': _now(), 'command': command, 'created': []}
+        self._journal = {'pid': os.getpid(), 'started': _now(), 'command': command, 'created': [],
+                         'set_aside': []}
+        self._write_journal()
+
+    def set_aside(self, original):
+        """Rename a user's file aside (to be replaced); the next run puts it back if this one dies."""
+        original = Path(original)
+        aside = original.with_name('.%s.replaced-%d' % (original.name, os.getpid()))
+        self._journal['set_aside'].append([str(aside), str(original)])
+        self._write_journal()
+        os.rename(str(original), str(aside))
+        return aside
+
+    def put_back(self, aside, original):
+        """Undo set_aside (the replacement failed)."""
+        if not (Path(original).exists() or Path(original).is_symlink()):
+            os.rename(str(aside), str(original))
+        self._forget_aside(aside)
+
+    def discard_aside(self, aside):
+        """The replacement is published: the old version set aside can go."""
+        _remove_tree(aside)
+        self._forget_aside(aside)
+
+    def _forget_aside(self, aside):
+        self._journal['set_aside'] = [pair for pair in self._journal['set_aside'] if pair[0] != str(aside)]
         self._write_journal()
 
     def will_create(self, path):
@@ -535,6 +560,16 @@ class RunState(object):
 
     def undo(self, journal):
         removed = []
+        for aside_text, original_text in reversed(journal.get('set_aside', [])):
+            aside, original = Path(aside_text), Path(original_text)
+            if not (_is_inside(aside, self.delivery.root) and aside.exists()):
+                continue
+            if original.exists() or original.is_symlink():
+                _remove_tree(aside)  # its replacement was published
+            else:
+                os.rename(str(aside), str(original))
+                say('  put back %s, which the interrupted run had set aside to replace it'
+                    % _relative(original, self.delivery.root))
         for text in reversed(journal.get('created', [])):
             path = Path(text)
             if not _is_inside(path, self.delivery.root):
@@ -1766,17 +1801,15 @@ def publish_line_outputs(state, outputs, *, replace):
                 if not replace:
                     raise ReprocessingError('%s already exists — move it away, or add --overwrite-line to replace it'
                                             % final)
-                aside = final.with_name('%s.replaced-%d' % (final.name, os.getpid()))
-                os.rename(str(final), str(aside))
-                retired.append((aside, final))
+                retired.append((state.set_aside(final), final))
+                pause_point('line-set-aside', state)
             state.publish(partial, final)
     except BaseException:
         for aside, final in retired:
-            if not (final.exists() or final.is_symlink()):
-                os.rename(str(aside), str(final))
+            state.put_back(aside, final)
         raise
     for aside, _final in retired:
-        _remove_tree(aside)
+        state.discard_aside(aside)
 
 
 def _move_tree(source, destination):
