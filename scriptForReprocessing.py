@@ -111,14 +111,19 @@ def build_parser():
     parser = _Parser(
         prog=SCRIPT_NAME,
         description='Reprocess an ALMA delivery (run it in calibrated_final/, or use --delivery).',
-        epilog='Steps run in this order: contsub, image, calibrated_final(_line), cleanup, weblog. '
+        epilog='Steps run in this order: check, contsub, image, calibrated_final(_line), cleanup, weblog. '
                'Exit status: 0 success, 1 the run failed, 2 the command line is wrong.')
     actions = parser.add_argument_group('actions (at least one)')
     actions.add_argument('--contsub', action='store_true',
                          help='continuum subtraction with the ALMA pipeline, from caltables/cont.dat, '
                               'into measurement_sets/uid*_targets_line.ms')
     actions.add_argument('--contsub_fast', action='store_true',
-                         help='continuum subtraction with CASA only (no pipeline needed)')
+                         help='continuum subtraction with CASA only (no pipeline needed): applies the delivered '
+                              'caltables/*uvcont.tbl (Cycle 9), else fits cont.dat with CASA uvcontsub')
+    actions.add_argument('--check', action='store_true',
+                         help='check caltables/cont.dat against the measurement sets and list every problem '
+                              '(file:line, what to do) and the channels each execution block would fit; '
+                              'changes nothing; exit status 1 if cont.dat has errors')
     actions.add_argument('--image', nargs='?', const=IMAGES_DIR, default=None, metavar='DIR',
                          help='make images into DIR (default: %s, relative to the delivery)' % IMAGES_DIR)
     actions.add_argument('--calibrated_final', action='store_true',
@@ -143,8 +148,30 @@ def build_parser():
     general.add_argument('--overwrite-line', action='store_true',
                          help='with --contsub/--contsub_fast: replace existing uid*_targets_line.ms '
                               '(the old ones are kept until the new ones are complete)')
+    continuum = parser.add_argument_group('continuum subtraction with --contsub_fast')
+    continuum.add_argument('--refit', action='store_true',
+                           help='fit the continuum again from cont.dat instead of applying the delivered tables '
+                                '(caltables/*uvcont.tbl)')
+    continuum.add_argument('--fitorder', type=_fit_order, default=None, metavar='N',
+                           help='polynomial order of every continuum fit (default: 1, and 0 for spws cont.dat '
+                                'flags LOWBANDWIDTH or LOWSPREAD, as the pipeline does); implies --refit')
+    continuum.add_argument('--jobs', type=_job_count, default=None, metavar='N',
+                           help='execution blocks processed at the same time, each in its own process '
+                                '(default: the number of cores, at most the number of execution blocks)')
     add_imaging_arguments(parser)
     return parser
+
+
+def _fit_order(text):
+    if not text.isdigit() or int(text) > 3:
+        raise argparse.ArgumentTypeError('%s is not a fit order: give 0, 1, 2 or 3' % text)
+    return int(text)
+
+
+def _job_count(text):
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError('%s is not a number of jobs: give 1 or more' % text)
+    return int(text)
 
 
 def _existing_directory(text):
@@ -170,7 +197,7 @@ def script_arguments(argv):
     return args
 
 
-ACTION_NAMES = ('contsub', 'contsub_fast', 'image', 'calibrated_final', 'calibrated_final_line',
+ACTION_NAMES = ('check', 'contsub', 'contsub_fast', 'image', 'calibrated_final', 'calibrated_final_line',
                 'cleanup', 'weblog')
 
 
@@ -183,8 +210,12 @@ def check_combinations(options):
     """Rules that depend on the flags alone."""
     actions = chosen_actions(options)
     if not actions:
-        raise UsageError('no action given — add at least one of --contsub, --contsub_fast, --image, '
+        raise UsageError('no action given — add at least one of --contsub, --contsub_fast, --check, --image, '
                          '--calibrated_final, --calibrated_final_line, --cleanup, --weblog')
+    for flag, given in (('--refit', options.refit), ('--fitorder', options.fitorder is not None),
+                        ('--jobs', options.jobs is not None)):
+        if given and not options.contsub_fast:
+            raise UsageError('%s only applies to --contsub_fast — add it' % flag)
     if options.contsub and options.contsub_fast:
         raise UsageError('--contsub and --contsub_fast both subtract the continuum — choose one')
     if options.weblog is not None and options.cleanup:
@@ -290,6 +321,8 @@ class Plan(object):
         self.delivery = delivery
         self.steps = []
         self.notes = []
+        self.contdat = None            # ContDat, read (pure Python) while planning a contsub or --check
+        self.contdat_analysis = None   # ContDatAnalysis, made by the first step that checks cont.dat with CASA
 
     @property
     def extra_bytes(self):
@@ -303,6 +336,8 @@ def make_plan(options, delivery):
     if needs_data:
         delivery.check_layout()
     contsub = options.contsub or options.contsub_fast
+    if options.check:
+        _plan_check(plan)
     if contsub:
         _plan_contsub(plan)
     if options.image is not None:
@@ -334,6 +369,7 @@ def _plan_contsub(plan):
     if not delivery.contdat.is_file():
         raise ReprocessingError('%s is missing — continuum subtraction needs it: restore it from the delivery'
                                 % delivery.contdat)
+    plan.contdat = plan.contdat or read_delivery_contdat(delivery)  # syntax errors stop the run here
     if options.contsub:
         require_pipeline_for_contsub()
     if delivery.targets_line and not options.overwrite_line:
@@ -1187,8 +1223,9 @@ def analyse_contdat(contdat, measurement_sets, casa):
     for field in contdat.fields.values():
         _check_field(field, layouts, converter, analysis, report)
     _check_coverage_of_science_data(contdat, layouts, analysis, report)
-    analysis.problems = sorted(list(contdat.problems) + report.problems(),
-                               key=lambda p: (p.line or 0, ('error', 'warning', 'note').index(p.severity)))
+    # In file order; what concerns no line of the file (data cont.dat does not mention) comes last.
+    analysis.problems = sorted(list(contdat.problems) + report.problems(), key=lambda p: (
+        p.line is None, p.line or 0, ('error', 'warning', 'note').index(p.severity)))
     return analysis
 
 
@@ -1200,12 +1237,13 @@ class _ProblemCollector(object):
         self.ebs = ebs
         self._found = collections.OrderedDict()
 
-    def add(self, severity, line, message, eb=None):
-        """message may hold "{where}", replaced by the execution blocks the problem was found in."""
+    def add(self, severity, line, message, eb=None, detail=None):
+        """message may hold "{where}", replaced by the execution blocks the problem was found in,
+        each followed by its own detail (e.g. the frequencies its spw covers) when given."""
         key = (severity, line, message)
         self._found.setdefault(key, [])
-        if eb is not None and eb not in self._found[key]:
-            self._found[key].append(eb)
+        if eb is not None and eb not in [seen for seen, _detail in self._found[key]]:
+            self._found[key].append((eb, detail))
 
     def problems(self):
         found = []
@@ -1214,11 +1252,16 @@ class _ProblemCollector(object):
         return found
 
     def _where(self, ebs):
-        if len(self.ebs) > 1 and len(ebs) == len(self.ebs):
-            return 'in all %d execution blocks' % len(ebs)
-        if len(ebs) > 3:
-            return 'in %d execution blocks (%s, ...)' % (len(ebs), ', '.join(ebs[:2]))
-        return 'in ' + ', '.join(ebs)
+        details = [detail for _eb, detail in ebs if detail]
+        suffix = ''
+        if details and len(set(details)) == 1 and len(details) == len(ebs):
+            suffix, details = ' (%s)' % details[0], []  # the same everywhere: say it once
+        if not details and len(self.ebs) > 1 and len(ebs) == len(self.ebs):
+            return ('in both execution blocks' if len(ebs) == 2 else 'in all %d execution blocks' % len(ebs)) + suffix
+        named = ['%s (%s)' % (eb, detail) if details and detail else eb for eb, detail in ebs]
+        if len(named) > 3:
+            return 'in %d execution blocks (%s, ...)%s' % (len(named), ', '.join(named[:2]), suffix)
+        return 'in ' + ', '.join(named) + suffix
 
 
 def _check_field(field, layouts, converter, analysis, report):
@@ -1285,9 +1328,10 @@ def _check_spw_in_ms(field, spw, layout, first, converter, analysis, report):
     real_id = map_spw(spw, layout, first)
     if real_id is None:
         what = 'named %s' % spw.name if spw.name else 'numbered %d' % spw.virtual_id
-        report.add('error', spw.line, 'field "%s": no spectral window %s {where} (it has %s) — correct the spw '
-                   'number%s or delete the block' % (field.name, what, ', '.join(str(i) for i in layout.spws),
-                                                      ' and name' if spw.name else ''), layout.eb)
+        has = 'spws %s' % ', '.join('%d %s' % (i, s.name) if spw.name else str(i) for i, s in layout.spws.items())
+        report.add('error', spw.line, 'field "%s": no spectral window %s {where} — correct the spw number%s or '
+                   'delete the block' % (field.name, what, ' and name' if spw.name else ''), layout.eb,
+                   'it has ' + has)
         return
     field_ids = layout.fields[field.name]
     if not layout.has_data(field_ids, real_id):
@@ -1311,21 +1355,22 @@ def _check_spw_in_ms(field, spw, layout, first, converter, analysis, report):
                        'check the frame (SOURCE is for ephemeris targets only)'
                        % (_range_text(cont_range), field.name, _one_line(error)), layout.eb)
             continue
-        covered = '%s %s' % (_ghz_text(*coverage), cont_range.frame)
+        covered = 'it covers %s %s' % (_ghz_text(*coverage), cont_range.frame)
         if channels is None:
-            report.add('error', cont_range.line, '%s lies outside %s of field "%s" {where}, which covers %s — '
-                       'correct the range' % (_range_text(cont_range), spw.label(), field.name, covered), layout.eb)
+            report.add('error', cont_range.line, '%s lies outside %s of field "%s" {where} — correct the range'
+                       % (_range_text(cont_range), spw.label(), field.name), layout.eb, covered)
             continue
         if cont_range.lo_hz < coverage[0] or cont_range.hi_hz > coverage[1]:
-            report.add('warning', cont_range.line, '%s reaches beyond %s of field "%s" {where}, which covers %s; '
-                       'only the channels inside are fitted — trim the range'
-                       % (_range_text(cont_range), spw.label(), field.name, covered), layout.eb)
+            report.add('warning', cont_range.line, '%s reaches beyond %s of field "%s" {where}; only the channels '
+                       'inside are fitted — trim the range' % (_range_text(cont_range), spw.label(), field.name),
+                       layout.eb, covered)
         channel_ranges.append(channels)
     merged = merge_channel_ranges(channel_ranges)
     selected = sum(last - first + 1 for first, last in merged)
     if channel_ranges and selected < fitorder + 1:
-        report.add('error', spw.line, 'field "%s" %s selects only %d channel {where}, too few for a fit of order %d '
-                   '— widen the ranges' % (field.name, spw.label(), selected, fitorder), layout.eb)
+        report.add('error', spw.line, 'field "%s" %s selects too few channels {where} for a fit of order %d — '
+                   'widen the ranges' % (field.name, spw.label(), fitorder), layout.eb,
+                   '%d channel%s' % (selected, '' if selected == 1 else 's'))
     if merged and selected >= fitorder + 1:
         analysis.selections[str(layout.path)].append(FitSelection(
             field.name, field_ids, real_id, spw.virtual_id, channel_string(merged), selected, nchan, fitorder,
@@ -1393,11 +1438,10 @@ def contdat_preflight(plan, casa):
     table reads), which the plan is made without, so it is the first thing the contsub step
     does; the plan itself already read cont.dat, so syntax errors stop even --dry-run.
     """
-    analysis = getattr(plan, 'contdat_analysis', None)
+    analysis = plan.contdat_analysis
     if analysis is None:
         delivery = plan.delivery
-        contdat = getattr(plan, 'contdat', None) or read_contdat(
-            delivery.contdat, display=_relative(delivery.contdat, delivery.root))
+        contdat = plan.contdat or read_delivery_contdat(delivery)
         say('  checking %s against %d measurement set(s)' % (contdat.display, len(delivery.targets)))
         analysis = analyse_contdat(contdat, delivery.targets, casa)
         for problem in analysis.problems:
@@ -1411,14 +1455,31 @@ def contdat_preflight(plan, casa):
     return analysis
 
 
+def read_delivery_contdat(delivery):
+    """The delivery's caltables/cont.dat, read (pure Python; errors name the line)."""
+    return read_contdat(delivery.contdat, display=_relative(delivery.contdat, delivery.root))
+
+
+def _plan_check(plan):
+    delivery = plan.delivery
+    if not delivery.contdat.is_file():
+        raise ReprocessingError('%s is missing — there is nothing to check: restore it from the delivery'
+                                % delivery.contdat)
+    plan.contdat = plan.contdat or read_delivery_contdat(delivery)
+    plan.steps.append(Step('check', 'check %s against %d measurement set(s)' % (
+        _relative(delivery.contdat, delivery.root), len(delivery.targets)), [delivery.contdat] + list(
+        delivery.targets), [], 0, run_check))
+
+
 def run_check(plan, state, step, casa):
     """--check: cont.dat against the measurement sets, and the channels each EB would fit."""
     try:
         analysis = contdat_preflight(plan, casa)
-    finally:
-        analysis = getattr(plan, 'contdat_analysis', None)
-        if analysis is not None:
-            _say_fit_table(analysis, fitorder=getattr(plan.options, 'fitorder', None))
+    except ReprocessingError:
+        if plan.contdat_analysis is not None:  # the channels of what is right still help
+            _say_fit_table(plan.contdat_analysis)
+        raise
+    _say_fit_table(analysis)
     warnings = [p for p in analysis.problems if p.severity == 'warning']
     say('  %s: no errors, %d warning%s' % (analysis.contdat.display, len(warnings), '' if len(warnings) == 1 else 's'))
     return {'errors': 0, 'warnings': len(warnings), 'problems': [describe_problem(p) for p in analysis.problems]}
@@ -1443,7 +1504,675 @@ def _say_fit_table(analysis, *, fitorder=None):
 # ---------------------------------------------------------------------------
 
 def run_contsub_fast(plan, state, step, casa):
-    raise ReprocessingError('--contsub_fast is not implemented yet in this version')
+    """--contsub_fast: apply the delivered continuum tables (Cycle 9), or fit cont.dat with CASA uvcontsub.
+
+    cont.dat is checked against the MSes first; on an error nothing is written.
+    """
+    method, reason = choose_contsub_fast_method(plan.options, plan.delivery, [Path(ms) for ms in step.inputs])
+    say('  method: %s' % reason)
+    if method == 'tables':
+        contdat_preflight(plan, casa)
+        result = contsub_apply_uvcont_tables(plan, state, step, casa, list(plan.delivery.uvcont_tables))
+        result['reason'] = reason
+        result['spectra'] = _spectra_after_contsub(plan, casa, step.inputs, result.get('outputs', []))
+        return result
+    return contsub_with_uvcontsub(plan, state, step, casa, reason)
+
+
+CONTDAT_EDIT_SLACK_S = 60
+
+
+def choose_contsub_fast_method(options, delivery, targets):
+    """('tables' or 'uvcontsub', why) — decided from files and flags alone (pure: no CASA)."""
+    fit = 'fitting the continuum from %s with CASA uvcontsub' % _relative(delivery.contdat, delivery.root)
+    if getattr(options, 'refit', False):
+        return 'uvcontsub', '%s: --refit was given (the delivered continuum tables are not used)' % fit
+    if getattr(options, 'fitorder', None) is not None:
+        return 'uvcontsub', '%s: --fitorder was given, and the delivered tables have their fit order built in' % fit
+    tables = list(delivery.uvcont_tables)
+    if not tables:
+        return 'uvcontsub', '%s: caltables/ holds no *uvcont.tbl (Cycle 10 and later deliver none)' % fit
+    owners = {eb_name(ms) for ms in targets if any(t.name.startswith(eb_name(ms) + '_target')
+                                                   or t.name.startswith(eb_name(ms) + '.') for t in tables)}
+    without = [eb_name(ms) for ms in targets if eb_name(ms) not in owners]
+    if without:
+        return 'uvcontsub', '%s: caltables/ has continuum tables for only %d of the %d execution blocks (none for ' \
+                            '%s)' % (fit, len(targets) - len(without), len(targets), ', '.join(without))
+    contdat_time = delivery.contdat.stat().st_mtime
+    tables_time = min(_table_mtime(table) for table in tables)
+    # The pipeline writes cont.dat before the tables; a copy made without keeping times (cp -r)
+    # stamps them all within seconds, in any order.  An edit comes later than that.
+    if contdat_time > tables_time + CONTDAT_EDIT_SLACK_S:
+        return 'uvcontsub', '%s: cont.dat (changed %s) is newer than the delivered continuum tables (%s), so they ' \
+                            'no longer match it' % (fit, _mtime_text(contdat_time), _mtime_text(tables_time))
+    return 'tables', ('applying the delivered continuum fits caltables/*uvcont.tbl (a Cycle 9 delivery, and cont.dat '
+                      'is not newer than them) — add --refit to fit cont.dat with CASA uvcontsub instead')
+
+
+def _table_mtime(table):
+    marker = Path(table) / 'table.dat'
+    return (marker if marker.exists() else Path(table)).stat().st_mtime
+
+
+def _mtime_text(seconds):
+    return datetime.datetime.fromtimestamp(seconds).strftime('%Y-%m-%d %H:%M')
+
+
+# -- CASA uvcontsub with fitspec from cont.dat ------------------------------------------------------
+
+def build_fitspec(selections, *, fitorder=None):
+    """uvcontsub's field / spw selections and fitspec dictionary for one MS (pure).
+
+    fitspec is {'field ids': {'spw id': {'chan': 'a~b;c~d', 'fitorder': n}}}, as the pipeline's
+    hif_uvcontsub builds it; chan '' fits all channels.  Fields sharing a name (mosaic
+    pointings) share one entry.  Spws in no cont.dat block are not selected, so they are not
+    in the line MS.
+    """
+    fitspec = collections.OrderedDict()
+    for selection in selections:
+        key = ','.join(str(field_id) for field_id in selection.field_ids)
+        order = selection.fitorder if fitorder is None else fitorder
+        fitspec.setdefault(key, collections.OrderedDict())[str(selection.spw_id)] = {
+            'chan': selection.chan, 'fitorder': int(order)}
+    field_ids = sorted({field_id for selection in selections for field_id in selection.field_ids})
+    spw_ids = sorted({selection.spw_id for selection in selections})
+    return (','.join(str(i) for i in field_ids), ','.join(str(i) for i in spw_ids),
+            json.loads(json.dumps(fitspec)))
+
+
+def contsub_with_uvcontsub(plan, state, step, casa, reason):
+    delivery, options = plan.delivery, plan.options
+    targets = [Path(ms) for ms in step.inputs]
+    jobs = resolve_jobs(options.jobs, len(targets), total_bytes=step.extra_bytes)
+    # Worker processes load CASA while cont.dat is checked here; they write nothing until given work.
+    with EbWorkers.started(jobs, state=state) as workers:
+        analysis = contdat_preflight(plan, casa)
+        _say_fit_table(analysis, fitorder=getattr(options, 'fitorder', None))
+        tasks, outputs = [], []
+        for ms in targets:
+            field, spw, fitspec = build_fitspec(analysis.selections[str(ms)], fitorder=getattr(options, 'fitorder', None))
+            if not fitspec:
+                raise ReprocessingError('cont.dat selects nothing to fit in %s (see the notes above) — add blocks for '
+                                        'its fields and spws' % ms.name)
+            final = _line_name(ms)
+            partial = state.partial_name(final)
+            state.will_create(partial)
+            outputs.append((partial, final))
+            tasks.append({'function': 'subtract_continuum', 'eb': eb_name(ms), 'arguments': {
+                'ms': str(ms), 'output': str(partial), 'field': field, 'spw': spw, 'fitspec': fitspec,
+                'spectra': spectrum_requests(analysis, ms)}})
+        say('  subtracting the continuum of %d execution block%s%s' % (
+            len(tasks), '' if len(tasks) == 1 else 's', ' in %d processes' % workers.count if workers.count > 1
+            else ''))
+        results = workers.run(tasks, casa=casa)
+    pause_point('contsub-written', state)
+    publish_line_outputs(state, outputs, replace=options.overwrite_line)
+    for (_partial, final), result in zip(outputs, results):
+        say('  wrote %s: %d rows, spws %s (%s, %.1f s)' % (
+            _relative(final, delivery.root), result['rows'], result['spw'], human_bytes(directory_bytes(final)),
+            result['seconds']))
+    spectra = []
+    for result in results:
+        for spectrum in result.get('spectra', []):
+            spectrum['after_ms'] = _line_name(Path(spectrum['before_ms'])).name
+            spectra.append(spectrum)
+    pictures = _plots_or_warning(lambda: draw_spectra(spectra, spectra_directory(delivery)))
+    _say_spectra(pictures, delivery)
+    return {'outputs': [str(final) for _partial, final in outputs], 'method': 'uvcontsub', 'reason': reason,
+            'jobs': workers.count, 'fitspec': dict((eb_name(ms), task['arguments']['fitspec'])
+                                                   for ms, task in zip(targets, tasks)),
+            'seconds_per_eb': dict((task['eb'], result['seconds']) for task, result in zip(tasks, results)),
+            'spectra': [str(path) for path in pictures]}
+
+
+def _spectra_after_contsub(plan, casa, before, after):
+    """Spectra for a contsub path that did not measure them on the way (the delivered tables)."""
+    pairs = [(Path(b), Path(a)) for b, a in zip(before, after) if Path(a).is_dir()]
+    if not pairs:
+        return []
+    contdat = plan.contdat or read_delivery_contdat(plan.delivery)
+    pictures = _plots_or_warning(lambda: plot_contsub_spectra(
+        before_ms=[b for b, _a in pairs], after_ms=[a for _b, a in pairs], contdat=contdat,
+        out_dir=spectra_directory(plan.delivery), casa=casa))
+    _say_spectra(pictures, plan.delivery)
+    return [str(path) for path in pictures]
+
+
+def eb_task(function):
+    """Register a function that works on one execution block, in this process or in a worker."""
+    EB_TASKS[function.__name__] = function
+    return function
+
+
+EB_TASKS = {}
+
+
+@eb_task
+def subtract_continuum(casa, report, *, ms, output, field, spw, fitspec, spectra=()):
+    """uvcontsub of one MS into output (a temporary name), checked; then its spectra before/after."""
+    started = time.time()
+    report('uvcontsub: fitting and subtracting the continuum (field ids %s, spws %s)' % (field, spw))
+    try:
+        with _native_stdout_silenced():  # its C++ messages belong in the CASA log
+            casa.casatasks.uvcontsub(vis=str(ms), outputvis=str(output), field=field, spw=spw, fitspec=fitspec,
+                                     datacolumn='data')
+    except Exception as error:  # CASA tasks raise plain RuntimeErrors
+        raise ReprocessingError('uvcontsub failed on %s (%s) — see the CASA log; your MS was not changed'
+                                % (Path(ms).name, _one_line(error)))
+    if not (Path(output) / 'table.dat').is_file():
+        raise ReprocessingError('uvcontsub wrote no line MS for %s — see the CASA log; your MS was not changed'
+                                % Path(ms).name)
+    seconds = time.time() - started
+    expected = count_rows(casa, ms, field_ids=field, spw_ids=spw)
+    written = count_rows(casa, output)
+    if written != expected:
+        raise ReprocessingError('the line MS made from %s has %d rows where %d were selected — it was not '
+                                'published; see the CASA log' % (Path(ms).name, written, expected))
+    report('continuum subtracted in %.1f s: %d rows' % (seconds, written))
+    measured = []
+    if spectra:
+        try:
+            measured = measure_spectra_pair(casa, before_ms=ms, after_ms=output, requests=spectra)
+        except Exception as error:  # the plots are a view of the result, not the result: carry on
+            report('WARNING: no spectra for the plots (%s)' % _one_line(error))
+    return {'rows': written, 'seconds': round(seconds, 2), 'spw': spw, 'field': field, 'spectra': measured}
+
+
+def count_rows(casa, ms, *, field_ids='', spw_ids=''):
+    """Rows of ms, or of the given fields ('0,1') and spws ('25,27') of it."""
+    table = casa.casatools.table()
+    table.open(str(ms))
+    try:
+        if not field_ids and not spw_ids:
+            return table.nrows()
+        dd_table = casa.casatools.table()
+        dd_table.open(str(Path(ms) / 'DATA_DESCRIPTION'))
+        try:
+            spw_of_dd = [int(v) for v in dd_table.getcol('SPECTRAL_WINDOW_ID')] if dd_table.nrows() else []
+        finally:
+            dd_table.close()
+        wanted = {int(v) for v in str(spw_ids).split(',') if v.strip()}
+        dd_ids = [dd for dd, spw in enumerate(spw_of_dd) if spw in wanted] or [-1]
+        selected = table.query('FIELD_ID IN [%s] AND DATA_DESC_ID IN [%s]'
+                               % (field_ids, ','.join(str(dd) for dd in dd_ids)))
+        try:
+            return selected.nrows()
+        finally:
+            selected.close()
+    finally:
+        table.close()
+
+
+# -- execution blocks in parallel -------------------------------------------------------------------
+#
+# CASA tools are not fork-safe, so each worker is a fresh Python running this same script in
+# worker mode (EB_WORKER_FLAG), which loads CASA with its own log and takes one task (JSON, one
+# line on its stdin) after another, answering with progress lines and one result line.  The
+# parent prints the progress lines prefixed with the execution block's name.
+
+EB_WORKER_FLAG = '--eb-worker'  # hidden: this script as a worker process of a parent run
+_RESULT_MARK = '@@eb-task-result@@ '
+_MPI_VARIABLES = ('OMPI_', 'PMI_', 'PMIX_', 'MPI_', 'HYDRA_')
+
+
+def available_cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+# Below this much data, starting CASA in worker processes (2-3 s each) costs more than it saves.
+PARALLEL_MIN_BYTES = 200 * 1000 * 1000
+
+
+def resolve_jobs(requested, n_ebs, *, total_bytes=None):
+    """Processes to use: --jobs N, else the number of cores (one for small data); never more than the EBs."""
+    if requested:
+        jobs = requested
+    elif total_bytes is not None and total_bytes < PARALLEL_MIN_BYTES:
+        jobs = 1
+    else:
+        jobs = available_cores()
+    return max(1, min(int(jobs), int(n_ebs)))
+
+
+def _script_path():
+    candidate = globals().get('__file__')
+    if candidate and os.path.isfile(candidate) and candidate.endswith('.py'):
+        return Path(candidate).resolve()
+    for argument in sys.argv:
+        if os.path.basename(argument) == SCRIPT_NAME and os.path.isfile(argument):
+            return Path(argument).resolve()
+    return None
+
+
+class EbWorkers(object):
+    """Tasks on execution blocks: in this process (one job) or in worker processes (several)."""
+
+    def __init__(self, count, *, state):
+        self.count = count
+        self.state = state
+        self.processes = []
+        self.logfiles = []
+
+    @classmethod
+    @contextlib.contextmanager
+    def started(cls, jobs, *, state):
+        workers = cls(jobs, state=state)
+        try:
+            if jobs > 1:
+                workers._start()
+            yield workers
+        except BaseException:
+            workers._stop(at_once=True)  # a failure or an interruption: nothing more to wait for
+            raise
+        workers._stop()
+
+    def _start(self):
+        script = _script_path()
+        if script is None:
+            say('  note: cannot find this script\'s own path, so the execution blocks run one after another')
+            self.count = 1
+            return
+        self.state.logs_dir.mkdir(parents=True, exist_ok=True)
+        environment = dict((name, value) for name, value in os.environ.items()
+                           if not name.startswith(_MPI_VARIABLES))
+        lock = getattr(self.state, '_lock_file', None)
+        # The workers inherit the run's lock: if this process is killed, no new run starts in this
+        # delivery before they have stopped writing.
+        keep = (lock.fileno(),) if lock is not None else ()
+        stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
+        for number in range(1, self.count + 1):
+            logfile = self.state.logs_dir / ('casa-%s-worker%d.log' % (stamp, number))
+            # What CASA prints on stderr (leap-second warnings, C++ messages) goes to a file beside
+            # its log; the terminal gets the worker's progress lines only.
+            errors = logfile.with_name(logfile.name[:-len('.log')] + '-stderr.txt')
+            process = _start_worker_process([sys.executable, str(script), EB_WORKER_FLAG, str(logfile)],
+                                            cwd=str(self.state.logs_dir), env=environment, pass_fds=keep,
+                                            stderr_path=errors)
+            self.processes.append(process)
+            self.logfiles.append(logfile)
+
+    def run(self, tasks, *, casa):
+        """Results of the tasks, in their order; the first failure stops the others and is raised."""
+        if self.count <= 1 or not self.processes:
+            return [self._run_here(task, casa) for task in tasks]
+        return self._run_in_workers(tasks)
+
+    @staticmethod
+    def _run_here(task, casa):
+        def report(message):
+            say('  [%s] %s' % (task['eb'], message))
+        return EB_TASKS[task['function']](casa, report, **task['arguments'])
+
+    def _run_in_workers(self, tasks):
+        import threading
+        queue = list(enumerate(tasks))
+        results = [None] * len(tasks)
+        failures = []
+        guard = threading.Lock()
+
+        def serve(process, logfile):
+            while True:
+                with guard:
+                    if failures or not queue:
+                        return
+                    index, task = queue.pop(0)
+                try:
+                    process.stdin.write(json.dumps(task) + '\n')
+                    process.stdin.flush()
+                except OSError:
+                    answer = None
+                else:
+                    answer = _read_answer(process, task['eb'], guard)
+                with guard:
+                    if answer is None:
+                        failures.append('the worker process for %s stopped unexpectedly (exit status %s) — see its '
+                                        'CASA log %s and the -stderr.txt file beside it'
+                                        % (task['eb'], process.poll(), logfile))
+                    elif not answer.get('ok'):
+                        failures.append(answer.get('error', 'unknown error'))
+                    else:
+                        results[index] = answer['result']
+
+        threads = [threading.Thread(target=serve, args=(process, logfile))
+                   for process, logfile in zip(self.processes, self.logfiles)]
+        for thread in threads:
+            thread.daemon = True
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.2)  # short waits keep Ctrl-C and SIGTERM responsive
+                if failures:  # stop the other execution blocks now rather than after their work
+                    for process in self.processes:
+                        if process.poll() is None:
+                            process.terminate()
+        if failures:
+            raise ReprocessingError(failures[0])
+        return results
+
+    def _stop(self, at_once=False):
+        for process in self.processes:
+            try:
+                process.stdin.close()  # end of tasks: an idle worker exits
+            except OSError:
+                pass
+            if at_once and process.poll() is None:
+                process.terminate()
+        deadline = time.time() + 10
+        for process in self.processes:
+            try:
+                process.wait(max(0.1, deadline - time.time()))
+            except Exception:  # subprocess.TimeoutExpired: still busy, stop it
+                process.terminate()
+                try:
+                    process.wait(10)
+                except Exception:
+                    process.kill()
+                    process.wait()
+            if process.stdout is not None:
+                process.stdout.close()
+        self.processes = []
+
+
+def _start_worker_process(command, *, cwd, env, pass_fds=(), stderr_path):
+    import subprocess
+    try:
+        with open(str(stderr_path), 'w') as errors:
+            return subprocess.Popen(command, cwd=cwd, env=env, pass_fds=pass_fds, stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=errors, universal_newlines=True, bufsize=1)
+    except OSError as error:
+        raise ReprocessingError('cannot start a worker process (%s) — run with --jobs 1' % (error.strerror or error))
+
+
+def _read_answer(process, eb, guard):
+    """Print the worker's progress lines for this task (prefixed) until its result line."""
+    for line in iter(process.stdout.readline, ''):
+        if line.startswith(_RESULT_MARK):
+            return json.loads(line[len(_RESULT_MARK):])
+        with guard:
+            sys.stdout.write('  [%s] %s\n' % (eb, line.rstrip('\n')))
+            sys.stdout.flush()
+    return None
+
+
+def run_eb_worker(arguments):
+    """Worker mode: load CASA, then run the tasks read from stdin, one JSON line each, until EOF."""
+    logfile = Path(arguments[0]) if arguments else None
+    try:
+        casa = _load_casa_for_worker(logfile)
+        problem = None
+    except ReprocessingError as error:
+        casa, problem = None, str(error)
+    try:
+        for line in iter(sys.stdin.readline, ''):
+            if not line.strip():
+                continue
+            task = json.loads(line)
+            try:
+                if problem:
+                    raise ReprocessingError(problem)
+                answer = {'ok': True, 'result': EB_TASKS[task['function']](casa, say, **task['arguments'])}
+            except ReprocessingError as error:
+                answer = {'ok': False, 'error': str(error)}
+            except Exception as error:
+                answer = {'ok': False, 'error': '%s failed on %s (%s: %s) — see the CASA log %s' % (
+                    task.get('function'), task.get('eb'), type(error).__name__, _one_line(error), logfile)}
+            sys.stdout.write(_RESULT_MARK + json.dumps(answer) + '\n')
+            sys.stdout.flush()
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; the parent reports it
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _load_casa_for_worker(logfile):
+    """Modular CASA as load_casa configures it; inside a monolithic CASA's own Python, CASA as installed."""
+    try:
+        import casadata  # noqa: F401  (only modular CASA has it)
+    except ImportError:
+        try:
+            import casatools
+            import casatasks
+        except ImportError as error:
+            raise ReprocessingError('a worker process cannot import CASA (%s) — run with --jobs 1' % error)
+        if logfile is not None:
+            casatasks.casalog.setlogfile(str(logfile))
+        casatasks.casalog.showconsole(False)
+        return CasaModules(casatools, casatasks, casatools.version_string(), 'monolithic')
+    return load_casa(logfile=logfile)
+
+
+# -- spectra before and after -----------------------------------------------------------------------
+
+# Visibilities (rows x correlations x channels) read at most per MS, field and spw for a spectrum:
+# a plot does not need every integration of a large MS; time windows spread over the
+# observation are averaged instead (the plot says so).
+SPECTRUM_BUDGET = 8000000
+
+
+def spectra_directory(delivery):
+    return delivery.work_dir / 'report' / 'spectra'
+
+
+def spectrum_requests(analysis, ms):
+    """What to measure for one MS: one entry per field and spw it fits, with cont.dat's ranges."""
+    requests = []
+    for selection in analysis.selections[str(ms)]:
+        block = analysis.contdat.fields[selection.field_name].spws.get(selection.virtual_id)
+        ranges = [[r.lo_hz, r.hi_hz, r.frame] for r in block.ranges] if block is not None else []
+        requests.append({'field_name': selection.field_name, 'field_ids': list(selection.field_ids),
+                         'spw_id': selection.spw_id, 'virtual_id': selection.virtual_id, 'ranges': ranges,
+                         'after_field_ids': list(selection.field_ids), 'after_spw_id': selection.spw_id})
+    return requests
+
+
+def measure_spectra_pair(casa, *, before_ms, after_ms, requests):
+    """For each request: LSRK frequency, |<V>| before and after, and the cont.dat ranges on that axis."""
+    measured = []
+    converter = ChannelConverter(casa)
+    for request in requests:
+        frequencies = lsrk_channel_frequencies(casa, before_ms, request['field_ids'][0], request['spw_id'])
+        before, fraction = average_spectrum(casa, before_ms, request['field_ids'], request['spw_id'])
+        after, _ = average_spectrum(casa, after_ms, request['after_field_ids'], request['after_spw_id'])
+        shade = []
+        for lo_hz, hi_hz, frame in request['ranges']:
+            if frame == 'LSRK':
+                shade.append([lo_hz, hi_hz])
+                continue
+            # Another frame: shade the channels advisechansel picks, at their LSRK frequencies.
+            channels = converter.channels(before_ms, request['field_ids'][0], request['spw_id'],
+                                          ContRange(lo_hz, hi_hz, frame, 0))
+            if channels is not None:
+                chosen = frequencies[channels[0]:channels[1] + 1]
+                width = abs(frequencies[1] - frequencies[0]) / 2 if len(frequencies) > 1 else 0
+                shade.append([min(chosen) - width, max(chosen) + width])
+        measured.append({'eb': eb_name(before_ms), 'before_ms': Path(before_ms).name,
+                         'after_ms': Path(after_ms).name, 'field_name':
+                         request['field_name'], 'spw_id': request['spw_id'], 'virtual_id': request['virtual_id'],
+                         'spw_name': _spw_name(casa, before_ms, request['spw_id']),
+                         'frequency_hz': list(frequencies), 'before': before, 'after': after, 'shade_hz': shade,
+                         'fraction': fraction, 'frames': sorted({r[2] for r in request['ranges']})})
+    return measured
+
+
+def lsrk_channel_frequencies(casa, ms, field_id, spw_id):
+    """Channel frequencies in LSRK, in channel order, as the ms tool converts them (no maths of ours)."""
+    tool = casa.casatools.ms()
+    tool.open(str(ms))
+    try:
+        values = tool.cvelfreqs(spwids=[int(spw_id)], fieldids=[int(field_id)], mode='channel', outframe='LSRK')
+    finally:
+        tool.close()
+    return [float(v) for v in values]
+
+
+def _spw_name(casa, ms, spw_id):
+    table = casa.casatools.table()
+    table.open(str(Path(ms) / 'SPECTRAL_WINDOW'))
+    try:
+        return str(table.getcell('NAME', int(spw_id)))
+    finally:
+        table.close()
+
+
+def average_spectrum(casa, ms, field_ids, spw_id, *, budget=SPECTRUM_BUDGET):
+    """(|<V>| per channel over baselines, time and correlations, fraction of rows used).
+
+    Flagged visibilities are left out (TaQL's masked arrays); channels with no unflagged data are
+    None.  A large MS is sampled in up to 8 time windows spread over the observation.
+    """
+    import numpy
+    table = casa.casatools.table()
+    table.open(str(Path(ms) / 'DATA_DESCRIPTION'))
+    try:
+        dd_ids = [dd for dd, spw in enumerate(table.getcol('SPECTRAL_WINDOW_ID')) if int(spw) == int(spw_id)]
+    finally:
+        table.close()
+    where = 'FIELD_ID IN [%s] AND DATA_DESC_ID IN [%s]' % (','.join(str(int(f)) for f in field_ids),
+                                                           ','.join(str(dd) for dd in dd_ids) or '-1')
+    if '"' in str(ms):
+        raise ReprocessingError('the path %s contains a double quote — rename it' % ms)
+    table.open(str(ms))
+    try:
+        selected = table.query(where)
+        try:
+            rows = selected.rownumbers()
+            cell = selected.getcell('DATA', 0) if len(rows) else None
+        finally:
+            selected.close()
+        if cell is None:
+            return [], 0.0
+        per_row = max(1, cell.size)
+        windows = _time_windows(list(rows), max(1, budget // per_row))
+        if windows:
+            where += ' AND (%s)' % ' OR '.join('(ROWID() >= %d AND ROWID() <= %d)' % w for w in windows)
+        row_numbers = numpy.asarray(rows)
+        used = len(rows) if not windows else sum(
+            int(((row_numbers >= first) & (row_numbers <= last)).sum()) for first, last in windows)
+        # DATA[FLAG] is a masked array: flagged values are left out of the mean.
+        result = table.taql('SELECT GMEANS(DATA[FLAG]) AS AVERAGE, GSUMS(IIF(FLAG, 0.0, 1.0)) AS UNFLAGGED '
+                            'FROM "%s" WHERE %s' % (ms, where))
+        try:
+            mean = numpy.asarray(result.getcol('AVERAGE'))[..., 0]
+            count = numpy.asarray(result.getcol('UNFLAGGED'))[..., 0]
+        finally:
+            result.close()
+    finally:
+        table.close()
+    total = count.sum(axis=0)
+    combined = (mean * count).sum(axis=0) / numpy.where(total > 0, total, 1)
+    amplitude = [float(abs(value)) if weight > 0 else None for value, weight in zip(combined, total)]
+    return amplitude, float(used) / len(rows)
+
+
+def _time_windows(rows, limit, pieces=8):
+    """Up to `pieces` row-number ranges spread over the selected rows, `limit` rows in all; [] = all."""
+    if len(rows) <= limit:
+        return []
+    size = max(1, limit // pieces)
+    starts = [int(i * (len(rows) - size) / float(max(1, pieces - 1))) for i in range(pieces)]
+    windows = []
+    for start in sorted(set(starts)):
+        windows.append((rows[start], rows[min(len(rows) - 1, start + size - 1)]))
+    return windows
+
+
+def plot_contsub_spectra(*, before_ms, after_ms, contdat, out_dir, casa):
+    """PNGs of |<V>| versus LSRK frequency before and after subtraction, cont.dat ranges shaded.
+
+    before_ms / after_ms: an MS or a list of them, paired (uid*_targets.ms and its line MS).  One
+    PNG per science field and spw, with one curve per execution block.  Returns the PNG paths.
+    """
+    befores = [Path(before_ms)] if isinstance(before_ms, (str, Path)) else [Path(p) for p in before_ms]
+    afters = [Path(after_ms)] if isinstance(after_ms, (str, Path)) else [Path(p) for p in after_ms]
+    analysis = analyse_contdat(contdat, befores, casa)
+    spectra = []
+    for before, after in zip(befores, afters):
+        after_layout = read_ms_layout(casa, after)
+        before_layout = analysis.layout(before)
+        requests = []
+        for request in spectrum_requests(analysis, before):
+            if request['field_name'] not in after_layout.fields:
+                continue
+            name = before_layout.spws[request['spw_id']].name
+            by_name = after_layout.spw_ids_by_name(name)
+            after_spw = by_name[0] if len(by_name) == 1 else request['spw_id']
+            if after_spw not in after_layout.spws:
+                continue
+            request['after_field_ids'] = after_layout.fields[request['field_name']]
+            request['after_spw_id'] = after_spw
+            requests.append(request)
+        spectra.extend(measure_spectra_pair(casa, before_ms=before, after_ms=after, requests=requests))
+    return draw_spectra(spectra, Path(out_dir))
+
+
+def draw_spectra(spectra, out_dir):
+    """One PNG per (field, cont.dat spw): before above, after below, one curve per EB (matplotlib, Agg)."""
+    import re
+    if not spectra:
+        return []
+    try:
+        from matplotlib.figure import Figure
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+    except ImportError:
+        warn('matplotlib is not installed in this Python, so no spectra plots were made — install it with '
+             '"pip install matplotlib"')
+        return []
+    groups = collections.OrderedDict()
+    for spectrum in spectra:
+        groups.setdefault((spectrum['field_name'], spectrum['virtual_id']), []).append(spectrum)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pictures = []
+    for (field_name, virtual_id), items in groups.items():
+        figure = Figure(figsize=(10, 6.5))
+        FigureCanvasAgg(figure)
+        top = figure.add_subplot(2, 1, 1)
+        bottom = figure.add_subplot(2, 1, 2, sharex=top)
+        for axes, key, title in ((top, 'before', 'before: uid*_targets.ms'),
+                                 (bottom, 'after', 'after: uid*_targets_line.ms (continuum subtracted)')):
+            for lo_hz, hi_hz in items[0]['shade_hz']:
+                axes.axvspan(lo_hz / 1e9, hi_hz / 1e9, color='tab:green', alpha=0.18, linewidth=0)
+            for item in items:
+                points = [(f / 1e9, a) for f, a in zip(item['frequency_hz'], item[key]) if a is not None]
+                points.sort()
+                axes.plot([p[0] for p in points], [p[1] for p in points], linewidth=0.9,
+                          label=item['eb'] + ('' if item['fraction'] >= 0.999 else
+                                              ' (%d%% of the integrations)' % round(100 * item['fraction'])))
+            axes.set_title(title, fontsize=10, loc='left')
+            axes.set_ylabel('Amplitude (Jy)')
+            axes.axhline(0.0, color='0.6', linewidth=0.5)
+            axes.grid(alpha=0.3)
+        bottom.set_xlabel('LSRK frequency (GHz)')
+        frames = sorted({frame for item in items for frame in item['frames']})
+        shaded = 'cont.dat ranges shaded (%s)' % ', '.join(frames) if frames else 'no cont.dat ranges: all channels fitted'
+        figure.suptitle('%s — spw %d %s\n|mean visibility| over baselines and time; %s' % (
+            field_name, virtual_id, items[0]['spw_name'], shaded), fontsize=10)
+        if len(items) <= 8:
+            top.legend(fontsize=8, loc='upper right')
+        name = '%s_spw%d.png' % (re.sub(r'[^A-Za-z0-9_.+-]+', '_', field_name), virtual_id)
+        temporary = out_dir / ('.%s.partial' % name)
+        figure.savefig(str(temporary), dpi=90, format='png')
+        os.replace(str(temporary), str(out_dir / name))
+        pictures.append(out_dir / name)
+    return pictures
+
+
+def _plots_or_warning(make):
+    """The plots are a view of a finished result: when they fail, say so and carry on."""
+    try:
+        return make()
+    except Exception as error:
+        warn('the spectra plots could not be made (%s) — the line MSes are complete; report this problem'
+             % _one_line(error))
+        return []
+
+
+def _say_spectra(pictures, delivery):
+    if pictures:
+        say('  spectra before/after (%d PNG, one per field and spw): %s/' % (
+            len(pictures), _relative(Path(pictures[0]).parent, delivery.root)))
 
 
 def run_contsub(plan, state, step, casa):
@@ -4584,7 +5313,7 @@ def _mpi_description():
 # main
 # ===========================================================================
 
-STEP_ORDER = ('contsub', 'image', 'calibrated_final', 'calibrated_final_line', 'cleanup', 'weblog')
+STEP_ORDER = ('check', 'contsub', 'image', 'calibrated_final', 'calibrated_final_line', 'cleanup', 'weblog')
 
 
 @contextlib.contextmanager
@@ -4610,6 +5339,8 @@ def signals_as_exceptions():
 
 def main(argv=None):
     """Run the script; returns the exit status (0 success, 1 failure, 2 usage error)."""
+    if script_arguments(argv)[:1] == [EB_WORKER_FLAG]:
+        return run_eb_worker(script_arguments(argv)[1:])  # a worker process of a parallel --contsub_fast
     try:
         try:
             options = build_parser().parse_args(script_arguments(argv))

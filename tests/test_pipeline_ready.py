@@ -11,15 +11,9 @@ from pathlib import Path
 import pytest
 
 from pipeline_ready import ICRS, make_delivery_pipeline_ready, make_pipeline_ready, pipeline_ready_report
-from scriptForReprocessing import load_casa
 from simulate_delivery import cached_delivery, copy_delivery
 
 SIMULATION = dict(n_ebs=1, n_antennas=8, nchan=64, with_line_ms=True)
-
-
-@pytest.fixture(scope='module')
-def casa():
-    return load_casa()
 
 
 @pytest.fixture(scope='module')

@@ -301,6 +301,9 @@ def _validate(kw):
         raise ValueError('line_fwhm_kms must be > 0')
     if len(kw['offset_arcsec']) != 2:
         raise ValueError('offset_arcsec must be (east, north) arcsec')
+    mosaic = kw.get('mosaic_offsets_arcsec')
+    if mosaic is not None and (len(mosaic) < 2 or any(len(p) != 2 for p in mosaic)):
+        raise ValueError('mosaic_offsets_arcsec must list 2 or more (east, north) pointing offsets, arcsec')
     return spw_ids
 
 
@@ -428,7 +431,8 @@ def _simulate_raw(casa, path, plan, eb):
                            nchannels=r['nchan'], stokes='XX YY', refcode='TOPO')
         sm.setfeed(mode='perfect X Y', pol=[''])
         for f in plan['fields']:
-            sm.setfield(sourcename=f['name'],
+            # mosaic pointings get unique names here (observe selects by name); _fix_metadata restores them
+            sm.setfield(sourcename=f.get('sim_name', f['name']),
                         sourcedirection=me.direction('J2000', qa.quantity(f['ra'], 'rad'),
                                                      qa.quantity(f['dec'], 'rad')))
         sm.setlimits(shadowlimit=0.001, elevationlimit='3deg')
@@ -438,7 +442,8 @@ def _simulate_raw(casa, path, plan, eb):
         for fidx, t0, t1, _scan in plan['scans']:
             for r in plan['spw_rows']:
                 if r['science']:
-                    sm.observe(sourcename=plan['fields'][fidx]['name'], spwname='spw%d' % r['id'],
+                    field = plan['fields'][fidx]
+                    sm.observe(sourcename=field.get('sim_name', field['name']), spwname='spw%d' % r['id'],
                                starttime='%.3fs' % t0, stoptime='%.3fs' % t1)
     finally:
         sm.close()
@@ -475,9 +480,11 @@ def _fix_metadata(casa, path, plan, eb):
                                             'ExecBlock %s' % eb['uid'].replace('uid___', 'uid://').replace('_', '/')]))
     with _opened(tb, path + '/FIELD', nomodify=False):
         tb.putcol('CODE', np.array(['none'] * tb.nrows()))
+        tb.putcol('NAME', np.array([f['name'] for f in plan['fields']]))  # mosaic pointings share a name
     # SOURCE: one row per (source, science spw) with the line's rest frequency.
     sci = [r for r in plan['spw_rows'] if r['science']]
     with _opened(tb, path + '/SOURCE', nomodify=False):
+        tb.putcol('NAME', np.array([str(n).split('#')[0] for n in tb.getcol('NAME')]))
         n0 = tb.nrows()
         cols = [c for c in tb.colnames()]
         base = [dict((c, tb.getcell(c, i)) for c in cols if tb.iscelldefined(c, i)) for i in range(n0)]
@@ -557,12 +564,57 @@ def _model(frames, plan, tb, spw_id):
     for nu_l in plan['lines'].get(spw_id, []):
         sig = plan['line_fwhm_kms'] / _C_KMS * nu_l * _FWHM_TO_SIGMA
         amp_l += plan['line_peak_jy'] * np.exp(-0.5 * ((f_lsrk - nu_l) / sig) ** 2)
+    attenuation = _primary_beam(plan, fids, f_topo)                  # (nchan, nrow), 1 without a mosaic
+    amp_c = amp_c * attenuation
+    amp_l = amp_l * attenuation
     lmn = np.array([plan['fields'][fid]['lmn'] for fid in fids])      # (nrow, 3)
     path_m = uvw[0] * lmn[:, 0] + uvw[1] * lmn[:, 1] + uvw[2] * (lmn[:, 2] - 1.0)
     phase = np.exp(_PHASE_SIGN * 2j * math.pi * path_m[None, :] * f_topo[:, None] / _C_MS)
     cont = (amp_c * phase)[None, :, :].repeat(2, axis=0)
     line = (amp_l * phase)[None, :, :].repeat(2, axis=0)
     return cont, line
+
+
+_PB_FWHM_LAMBDA_OVER_D = 1.16  # CASA's ALMA 12 m primary beam (Airy), measured on a tclean .pb image
+
+
+def _mosaic_pointings(fields, offsets):
+    """Field 0 as one entry per mosaic pointing (same name and source, own direction and field id)."""
+    first, rest = fields[0], fields[1:]
+    pointings = []
+    for k, (east, north) in enumerate(offsets):
+        dec = first['dec'] + north * _ARCSEC
+        ra = first['ra'] + east * _ARCSEC / math.cos(first['dec'])
+        sra, sdec = first['source_ra'], first['source_dec']
+        dra = sra - ra
+        lmn = (math.cos(sdec) * math.sin(dra),
+               math.sin(sdec) * math.cos(dec) - math.cos(sdec) * math.sin(dec) * math.cos(dra),
+               math.sin(sdec) * math.sin(dec) + math.cos(sdec) * math.cos(dec) * math.cos(dra))
+        separation = math.degrees(math.acos(min(1.0, lmn[2]))) * 3600.0
+        pointings.append(dict(first, field_id=k, ra=ra, dec=dec, lmn=lmn, sim_name='%s#%d' % (first['name'], k),
+                              pointing_offset_arcsec=[east, north], pb_separation_arcsec=separation))
+    for i, field in enumerate(rest):
+        pointings.append(dict(field, field_id=len(offsets) + i))
+    return pointings
+
+
+def _primary_beam(plan, fids, f_topo):
+    """Gaussian primary-beam gain of the source in each row's pointing, per channel (mosaics only)."""
+    separations = np.array([plan['fields'][fid].get('pb_separation_arcsec', 0.0) for fid in fids])
+    if not separations.any():
+        return np.ones((len(f_topo), len(fids)))
+    fwhm_arcsec = _PB_FWHM_LAMBDA_OVER_D * _C_MS / f_topo / 12.0 / _ARCSEC   # (nchan,)
+    return np.exp(-4.0 * math.log(2.0) * (separations[None, :] / fwhm_arcsec[:, None]) ** 2)
+
+
+def _unique_by_name(fields):
+    """One entry per field name (a mosaic's pointings share theirs)."""
+    seen, unique = set(), []
+    for field in fields:
+        if field['name'] not in seen:
+            seen.add(field['name'])
+            unique.append(field)
+    return unique
 
 
 def _ddid_to_spw(casa, path):
@@ -612,7 +664,7 @@ def _solve_uvcont(casa, ms_path, table_path, plan, eb, scratch):
         cb.setvi(old=True, quiet=True)
         cb.open(copy, compress=False, addcorr=False, addmodel=False)
         first = True
-        for fld in plan['fields']:
+        for fld in _unique_by_name(plan['fields']):
             fitspw = eb['fitspw'][fld['name']]
             if not fitspw:          # cont.dat says NONE everywhere: no fit (as the pipeline)
                 continue
@@ -706,7 +758,7 @@ def _fitspw(plan, eb, ranges):
 
 def _write_contdat(path, plan, ranges, version):
     lines = []
-    for fld in plan['fields']:
+    for fld in _unique_by_name(plan['fields']):
         lines.append(fld['name'] if version == 1 else 'Field: %s' % fld['name'])
         lines.append('')
         for spw in plan['sci_spws']:
@@ -750,12 +802,15 @@ def simulate_delivery(outdir, *, n_ebs=2, n_fields=1, spw_ids=(25, 27), nchan=64
                       contdat_version=2, continuum_jy=0.05, spectral_index=0.0,
                       offset_arcsec=(0.0, 0.0), line_peak_jy=0.2, line_fwhm_kms=None,
                       line_restfreq_ghz=None, noise_jy=0.002, seed=1, pipeline_ready=False,
-                      casa_logfile=None):
+                      casa_logfile=None, mosaic_offsets_arcsec=None):
     """Write a simulated ALMA delivery into ``outdir`` (new or empty); return the truth dict.
 
     See the module docstring for the layouts and the model.  ``pipeline_ready`` adds the
     metadata the ALMA pipeline needs (tools/pipeline_ready.py).  ``casa_logfile`` (default: a file in the system temp
     directory) only takes effect if CASA was not imported yet in this process.
+    ``mosaic_offsets_arcsec`` [(east, north), ...]: field 0 becomes a mosaic of these pointings
+    (FIELD rows of the same name, offsets from the field's position); each pointing sees the
+    source through a Gaussian primary beam (FWHM 1.16 lambda / 12 m, as CASA's ALMA model).
     """
     kw = dict(n_ebs=int(n_ebs), n_fields=int(n_fields), spw_ids=[int(s) for s in spw_ids],
               nchan=int(nchan), n_antennas=int(n_antennas), layout=layout,
@@ -766,6 +821,8 @@ def simulate_delivery(outdir, *, n_ebs=2, n_fields=1, spw_ids=(25, 27), nchan=64
               line_fwhm_kms=None if line_fwhm_kms is None else float(line_fwhm_kms),
               line_restfreq_ghz=None if line_restfreq_ghz is None else float(line_restfreq_ghz),
               noise_jy=float(noise_jy), seed=int(seed), pipeline_ready=bool(pipeline_ready))
+    if mosaic_offsets_arcsec is not None:
+        kw['mosaic_offsets_arcsec'] = [[float(v) for v in pointing] for pointing in mosaic_offsets_arcsec]
     spw_ids = _validate(kw)
     t_begin = time.time()
     outdir = os.path.abspath(str(outdir))
@@ -824,13 +881,15 @@ def _simulate(casa, outdir, scratch, kw, spw_ids):
         nn = math.sin(sdec) * math.sin(dec) + math.cos(sdec) * math.cos(dec) * math.cos(dra)
         fields.append(dict(name=name, field_id=i, ra=ra, dec=dec, lmn=(l, m, nn),
                            source_ra=sra, source_dec=sdec))
+    if kw.get('mosaic_offsets_arcsec'):
+        fields = _mosaic_pointings(fields, kw['mosaic_offsets_arcsec'])
 
     spw_rows = _spw_table(spw_ids, kw['nchan'])
     sci = [r for r in spw_rows if r['science']]
     first_date = datetime.datetime(*_FIRST_DATE)
     uids = _make_uids(rng, kw['n_ebs'], first_date)
     starts = _schedule(frames, fields, kw['n_ebs'], sci, _FIRST_DATE)
-    scans = _scan_plan(kw['n_fields'])
+    scans = _scan_plan(len(fields))  # one per FIELD row: a mosaic's pointings each get their scans
     t_mid_off = (scans[0][1] + scans[-1][2]) / 2.0 / 86400.0
 
     # ---- lines (LSRK, Hz)
@@ -937,7 +996,13 @@ def _truth(kw, plan, ebs, ranges, outdir, contdat, ms_dir, frames):
                  continuum_reffreq_ghz=plan['continuum_reffreq'] / 1e9,
                  line_peak_jy=kw['line_peak_jy'], line_fwhm_kms=plan['line_fwhm_kms'],
                  noise_jy=kw['noise_jy'], weight=1.0 / kw['noise_jy'] ** 2,
-                 integration_s=_INTEGRATION_S, pb_attenuation_applied=False,
+                 integration_s=_INTEGRATION_S,
+                 pb_attenuation_applied=any('pb_separation_arcsec' in f for f in plan['fields']),
+                 mosaic_pointings=[dict(field_id=f['field_id'], offset_arcsec=f['pointing_offset_arcsec'],
+                                        ra_deg=math.degrees(f['ra']), dec_deg=math.degrees(f['dec']),
+                                        source_separation_arcsec=f['pb_separation_arcsec'])
+                                   for f in plan['fields'] if 'pointing_offset_arcsec' in f],
+                 pb_fwhm_lambda_over_d=_PB_FWHM_LAMBDA_OVER_D,
                  uvcont_fitorder=plan['uvcont_fitorder'] if kw['with_uvcont'] else None,
                  antenna_config=_ANTENNA_CFG, antennas=plan['antennas']['names'],
                  stations=plan['antennas']['pads'])

@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""Benchmark of --image: what the tool costs on top of the tclean calls it makes.
+
+Measured side by side in one run, on the same simulated delivery:
+
+1. pipeline-free ``scriptForReprocessing.py --image`` (CASA engine), wall time of the whole command;
+2. the same tclean calls, bare: read from that run's CASA log (so they are exactly the calls the
+   tool made, the automasking fallback included), replayed in a fresh Python on the user's
+   measurement sets, followed by the exportfits calls that give the same FITS files.  Both sides
+   pay the start of Python and the import of CASA.
+
+   overhead = (1) / (2), target <= 1.15
+
+3. with the ALMA pipeline importable: ``--image --engine pipeline`` on the same specmodes, and
+   the ratio pipeline / pipeline-free.
+
+Usage: python bench/bench_image.py [--n-ebs 2] [--n-antennas 25] [--nchan 64] [--specmodes mfs,cont,cube]
+"""
+import argparse
+import ast
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / 'scriptForReprocessing.py'
+sys.path.insert(0, str(REPO / 'tools'))
+sys.path.insert(0, str(REPO))
+
+
+def timed(command, cwd):
+    started = time.time()
+    result = subprocess.run(command, cwd=str(cwd), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            universal_newlines=True)
+    elapsed = time.time() - started
+    if result.returncode != 0:
+        sys.exit('benchmark command failed: %s\n%s\n%s' % (' '.join(command), result.stdout, result.stderr))
+    return elapsed, result
+
+
+def task_calls_in_log(log, task):
+    """[kwargs] of every call of task recorded in a CASA log (CASA logs each call with all its arguments)."""
+    calls = []
+    pattern = re.compile(r'\t%s\( (.*) \)\s*$' % task)
+    with open(str(log)) as handle:
+        for line in handle:
+            match = pattern.search(line)
+            if match:
+                call = ast.parse('f(%s)' % match.group(1), mode='eval').body
+                calls.append({k.arg: ast.literal_eval(k.value) for k in call.keywords})
+    return calls
+
+
+REPLAY = r'''
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+from scriptForReprocessing import load_casa
+casa = load_casa(logfile=sys.argv[3])
+calls = json.load(open(sys.argv[2]))
+for task, arguments in calls:
+    getattr(casa.casatasks, task)(**arguments)
+'''
+
+
+def replay_bare(delivery, script_log, workdir):
+    """The tool's tclean calls on the user's MSes in a fresh Python, then exportfits of the final images."""
+    import json
+    staging = str(delivery / 'working_reprocess' / 'staging' / 'image')
+    imaging = str(delivery / 'working_reprocess' / 'imaging')
+    bare_dir = workdir / 'bare'
+    bare_dir.mkdir()
+    calls = []
+    for arguments in task_calls_in_log(script_log, 'tclean'):
+        arguments['vis'] = [v.replace(staging, str(delivery / 'measurement_sets')) for v in arguments['vis']]
+        arguments['imagename'] = arguments['imagename'].replace(imaging, str(bare_dir))
+        calls.append(('tclean', arguments))
+    exports = []
+    for arguments in task_calls_in_log(script_log, 'exportfits'):
+        name = Path(arguments['imagename']).name
+        exports.append(('exportfits', {'imagename': str(bare_dir / name),
+                                       'fitsimage': str(bare_dir / Path(arguments['fitsimage']).name),
+                                       'dropdeg': False}))
+    plan = workdir / 'bare_calls.json'
+    plan.write_text(json.dumps(calls + exports))
+    program = workdir / 'replay.py'
+    program.write_text(REPLAY)
+    seconds, _result = timed([sys.executable, str(program), str(REPO), str(plan), str(workdir / 'bare.log')],
+                             cwd=bare_dir)
+    return seconds, len(calls), len(exports)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--n-ebs', type=int, default=2)
+    parser.add_argument('--n-antennas', type=int, default=25)
+    parser.add_argument('--nchan', type=int, default=64)
+    parser.add_argument('--specmodes', default='mfs,cont,cube')
+    parser.add_argument('--workdir', default=None, help='where to work (default: a temporary folder, removed)')
+    args = parser.parse_args(argv)
+    from simulate_delivery import cached_delivery, copy_delivery
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix='bench-image-'))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        params = dict(n_ebs=args.n_ebs, n_antennas=args.n_antennas, nchan=args.nchan, line_fwhm_kms=8.0,
+                      noise_jy=0.2, with_line_ms=True)
+        source = cached_delivery(os.environ.get('SIMULATION_CACHE') or workdir / 'cache', **params)
+        delivery = workdir / 'calibrated_final'
+        copy_delivery(source, delivery)
+        print('delivery: %d EBs, %d antennas, 2 spws x %d channels; specmodes %s'
+              % (args.n_ebs, args.n_antennas, args.nchan, args.specmodes))
+
+        tool_seconds, result = timed([sys.executable, str(SCRIPT), '--image', '--engine', 'casa', '--specmodes',
+                                      args.specmodes], cwd=delivery)
+        log = re.search(r'CASA log: (\S+)', result.stdout).group(1)
+        kept_log = workdir / 'tool.log'
+        shutil.copyfile(log, str(kept_log))
+        bare_seconds, tcleans, exports = replay_bare(delivery, kept_log, workdir)
+        print('pipeline-free --image:       %6.1f s' % tool_seconds)
+        print('bare tclean + exportfits:    %6.1f s  (%d tclean, %d exportfits, same arguments)'
+              % (bare_seconds, tcleans, exports))
+        print('overhead ratio:              %6.3f  (target <= 1.15)' % (tool_seconds / bare_seconds))
+
+        import scriptForReprocessing as sfr
+        if sfr.pipeline_is_installed():
+            piped = workdir / 'pipeline'
+            copy_delivery(cached_delivery(os.environ.get('SIMULATION_CACHE') or workdir / 'cache',
+                                          pipeline_ready=True, **params), piped)
+            pipeline_seconds, _result = timed([sys.executable, str(SCRIPT), '--image', '--engine', 'pipeline',
+                                               '--specmodes', args.specmodes], cwd=piped)
+            print('pipeline --image:            %6.1f s' % pipeline_seconds)
+            print('pipeline / pipeline-free:    %6.3f' % (pipeline_seconds / tool_seconds))
+        else:
+            print('pipeline --image:            skipped (the ALMA pipeline is not importable here)')
+    finally:
+        if not args.workdir:
+            shutil.rmtree(str(workdir), ignore_errors=True)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

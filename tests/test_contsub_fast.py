@@ -1,0 +1,280 @@
+"""--contsub_fast with CASA uvcontsub, fitting the cont.dat ranges (Cycle 10+ deliveries, or --refit), and --check.
+
+Real CASA on simulated deliveries, run as a user runs the script.  What a user gets:
+uid*_targets_line.ms with the continuum gone to the noise and the line kept, the same fields,
+spws and rows, the user's uid*_targets.ms byte-identical, before/after spectra to look at, and
+a cont.dat with an error refused, with its line, before anything is written.
+"""
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy
+import pytest
+
+import scriptForReprocessing as sfr
+from conftest import user_ms_digests
+
+TWO_EBS = dict(n_ebs=2)
+
+
+def ms_dir(delivery):
+    return Path(delivery) / 'measurement_sets'
+
+
+def listing(delivery):
+    return sorted(p.name for p in ms_dir(delivery).iterdir())
+
+
+def read(casa, path, column=None):
+    table = casa.casatools.table()
+    table.open(str(path))
+    try:
+        return table.nrows() if column is None else table.getcol(column)
+    finally:
+        table.close()
+
+
+def mean_spectrum(casa, ms, spw_id):
+    """DATA of one spw averaged over rows and correlations, per channel, and how many samples went in."""
+    dd_id = list(read(casa, Path(ms) / 'DATA_DESCRIPTION', 'SPECTRAL_WINDOW_ID')).index(spw_id)
+    table = casa.casatools.table()
+    table.open(str(ms))
+    try:
+        rows = table.query('DATA_DESC_ID==%d' % dd_id)
+        data, flags = rows.getcol('DATA'), rows.getcol('FLAG')
+        rows.close()
+    finally:
+        table.close()
+    return numpy.ma.masked_array(data, flags).mean(axis=(0, 2)).filled(numpy.nan), data.shape[0] * data.shape[2]
+
+
+def line_free_channels(fitspw, spw_id):
+    """Channels of spw_id in the simulator's truth, e.g. '25:2~12;49~59,27:4~15;50~61'."""
+    for part in fitspw.split(','):
+        spw, ranges = part.split(':')
+        if int(spw) == spw_id:
+            return [c for r in ranges.split(';') for c in range(int(r.split('~')[0]), int(r.split('~')[1]) + 1)]
+    raise AssertionError('spw %d not in %s' % (spw_id, fitspw))
+
+
+def assert_continuum_gone_and_line_kept(casa, delivery, truth):
+    for eb in truth['ebs']:
+        targets = Path(delivery) / eb['ms']
+        line = sfr._line_name(targets)
+        assert read(casa, line) == read(casa, targets) == eb['rows'], 'rows were lost or added'
+        assert sorted(set(read(casa, line, 'FIELD_ID'))) == sorted(set(read(casa, targets, 'FIELD_ID')))
+        assert sfr.spws_with_data(casa, line) == sfr.spws_with_data(casa, targets)
+        for spw in eb['spws']:
+            after, samples = mean_spectrum(casa, line, spw['id'])
+            before, _ = mean_spectrum(casa, targets, spw['id'])
+            free = line_free_channels(list(eb['fitspw'].values())[0], spw['id'])
+            sigma_of_mean = truth['noise_jy'] / math.sqrt(samples * len(free))
+            assert abs(numpy.mean(before.real[free]) - truth['continuum_jy']) < 0.1 * truth['continuum_jy']
+            assert abs(numpy.mean(after.real[free])) < 3 * sigma_of_mean, 'continuum left in the line-free channels'
+            peak = after.real[int(round(spw['line_topo_channel']))]
+            assert abs(peak - truth['line_peak_jy']) < 0.05 * truth['line_peak_jy'], 'the line lost its peak'
+
+
+def truth_of(delivery):
+    return json.loads((Path(delivery) / 'truth.json').read_text())
+
+
+def test_contsub_fast_fits_cont_dat_removes_the_continuum_keeps_the_line_and_leaves_the_user_ms_alone(
+        delivery_factory, run_script, casa):
+    delivery = delivery_factory(**TWO_EBS)
+    before = user_ms_digests(delivery)
+    done = run_script('--contsub_fast', '--jobs', '1', delivery=delivery)
+    assert done.returncode == 0, done.stderr
+    assert ('method: fitting the continuum from caltables/cont.dat with CASA uvcontsub: caltables/ holds no '
+            '*uvcont.tbl') in done.stdout
+    assert_continuum_gone_and_line_kept(casa, delivery, truth_of(delivery))
+    after = user_ms_digests(delivery)
+    assert {name: after[name] for name in before} == before, 'a user MS changed'
+    assert [name for name in listing(delivery) if name.startswith('.')] == [], 'a temporary output was left'
+    spectra = sorted(p.name for p in (delivery / 'working_reprocess' / 'report' / 'spectra').glob('*.png'))
+    assert spectra == ['IRAS_16293-2422_spw25.png', 'IRAS_16293-2422_spw27.png']
+    assert 'spectra before/after (2 PNG, one per field and spw): working_reprocess/report/spectra/' in done.stdout
+    for eb in truth_of(delivery)['ebs']:
+        assert 'fit order 1' in done.stdout and '%s: field IRAS_16293-2422 spw 25: channels ' % eb['uid'] in done.stdout
+
+
+def test_two_processes_give_exactly_the_serial_result_with_readable_output(delivery_factory, run_script, casa):
+    serial, parallel = delivery_factory(**TWO_EBS), delivery_factory(**TWO_EBS)
+    assert run_script('--contsub_fast', '--jobs', '1', delivery=serial).returncode == 0
+    done = run_script('--contsub_fast', '--jobs', '2', delivery=parallel)
+    assert done.returncode == 0, done.stderr
+    assert 'subtracting the continuum of 2 execution blocks in 2 processes' in done.stdout
+    progress = [line for line in done.stdout.splitlines() if line.startswith('  [uid___')]
+    assert len(progress) == 4 and all('] uvcontsub: ' in l or '] continuum subtracted in ' in l for l in progress)
+    assert len(list((parallel / 'working_reprocess' / 'logs').glob('casa-*-worker*.log'))) == 2
+    for name in listing(serial):
+        if name.endswith('_line.ms'):
+            for column in ('DATA', 'FLAG', 'TIME', 'ANTENNA1', 'DATA_DESC_ID', 'FIELD_ID'):
+                assert numpy.array_equal(read(casa, ms_dir(serial) / name, column),
+                                         read(casa, ms_dir(parallel) / name, column)), column
+    assert listing(serial) == listing(parallel)
+
+
+def write_contdat(delivery, text):
+    path = Path(delivery) / 'caltables' / 'cont.dat'
+    path.write_text(text)
+    return path
+
+
+def ghz_ranges(truth, field, spw, frame='lsrk_ghz'):
+    return ['%.10f~%.10fGHz LSRK' % tuple(pair) for pair in truth['contdat_ranges'][field][str(spw)][frame]]
+
+
+@pytest.mark.parametrize('mistake, where, message', [
+    ('outside', 'caltables/cont.dat:5: error: 230.000000~230.100000GHz LSRK lies outside spw 25',
+     'caltables/cont.dat has 1 error (listed above) — correct it and run again; nothing was written'),
+    ('comment', None, 'caltables/cont.dat line 5: "# old: 216.9~217.0GHz LSRK" starts with "#", but cont.dat '
+                      'has no comments (the pipeline would read the line as a field name) — delete the line'),
+])
+def test_a_cont_dat_error_stops_the_run_before_anything_is_written(delivery_factory, run_script, mistake, where,
+                                                                   message):
+    delivery = delivery_factory(**TWO_EBS)
+    truth = truth_of(delivery)
+    good = ghz_ranges(truth, 'IRAS_16293-2422', 25)
+    bad = '230.0~230.1GHz LSRK' if mistake == 'outside' else '# old: 216.9~217.0GHz LSRK'
+    write_contdat(delivery, '\n'.join(['Field: IRAS_16293-2422', '', 'SpectralWindow: 25', good[0], bad, good[1],
+                                       '', 'SpectralWindow: 27'] + ghz_ranges(truth, 'IRAS_16293-2422', 27)) + '\n')
+    before = user_ms_digests(delivery)
+    done = run_script('--contsub_fast', '--jobs', '2', delivery=delivery)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == 'ERROR: ' + message
+    if where:
+        assert where in done.stdout
+    assert user_ms_digests(delivery) == before and listing(delivery) == sorted(before)
+    assert not (delivery / 'working_reprocess' / 'report' / 'spectra').exists()
+
+
+def test_check_lists_every_problem_with_file_line_and_remedy_and_changes_nothing(delivery_factory, run_script):
+    delivery = delivery_factory(**TWO_EBS)
+    truth = truth_of(delivery)
+    spw25, spw27 = ghz_ranges(truth, 'IRAS_16293-2422', 25), ghz_ranges(truth, 'IRAS_16293-2422', 27)
+    write_contdat(delivery, '\n'.join([
+        'Field: IRAS_16293-2422', 'SpectralWindow: 25'] + spw25 + [    # lines 1-4
+        'SpectralWindow: 27'] + spw27 + [                               # 5-7
+        'SpectralWindow: 33', 'NONE',                                   # 8-9
+        'Field: IRAS_16293', 'SpectralWindow: 25', 'NONE',              # 10-12
+        'Field: IRAS_16293-2422', 'SpectralWindow: 25'] + spw25 + [     # 13-16
+        '216.90~216.96GHz LSRK',                                        # 17: overlaps, reaches beyond
+        'SpectralWindow: 27', '200.0~200.5GHz LSRK']) + '\n')          # 18-19: outside
+    before = user_ms_digests(delivery)
+    done = run_script('--check', delivery=delivery)
+    assert done.returncode == 1
+    out = done.stdout
+    for expected in ('caltables/cont.dat:10: error: field "IRAS_16293" is in none of the measurement sets (they have '
+                     'IRAS_16293-2422) — correct the name or delete its block',
+                     'caltables/cont.dat:13: warning: field "IRAS_16293-2422" appears again (first at line 1)',
+                     'caltables/cont.dat:17: warning: 216.900000~216.960000GHz LSRK reaches beyond spw 25',
+                     'caltables/cont.dat:17: warning: in spw 25, 216.900000~216.960000GHz LSRK overlaps',
+                     'caltables/cont.dat:19: error: 200.000000~200.500000GHz LSRK lies outside spw 27'):
+        assert expected in out, expected
+    assert 'no spectral window numbered 33' not in out, 'the replaced first block is not checked'
+    assert done.stderr.strip().splitlines()[-1].startswith('ERROR: caltables/cont.dat has 2 errors')
+    assert user_ms_digests(delivery) == before and listing(delivery) == sorted(before)
+
+    write_contdat(delivery, '\n'.join(['Field: IRAS_16293-2422', 'SpectralWindow: 25'] + spw25 + [
+        'SpectralWindow: 33', 'NONE']) + '\n')
+    done = run_script('--check', delivery=delivery)
+    assert 'caltables/cont.dat:5: error: field "IRAS_16293-2422": no spectral window numbered 33 in both execution ' \
+           'blocks (it has spws 25, 27) — correct the spw number or delete the block' in done.stdout
+
+    write_contdat(delivery, '\n'.join(['Field: IRAS_16293-2422', 'SpectralWindow: 25'] + spw25) + '\n')
+    done = run_script('--check', delivery=delivery)
+    assert done.returncode == 0, done.stderr
+    assert 'note: spw 27 (X1189462395#ALMA_RB_06#BB_2#SW-01#FULL_RES) is in no cont.dat block in both execution ' \
+           'blocks: it is left out of the line MSes' in done.stdout
+    assert 'caltables/cont.dat: no errors, 0 warnings' in done.stdout
+    assert len([l for l in done.stdout.splitlines() if ': field IRAS_16293-2422 spw 25: channels ' in l]) == 2
+
+
+def test_fit_orders_all_channel_fits_and_left_out_spws_follow_cont_dat(delivery_factory, run_script, casa):
+    delivery = delivery_factory(n_ebs=1, n_fields=2, spw_ids=(25, 27, 29), contdat_version=3)
+    truth = truth_of(delivery)
+    names = dict((spw['id'], spw['name']) for spw in truth['science_spws']) if 'science_spws' in truth else None
+    text = (delivery / 'caltables' / 'cont.dat').read_text()
+    heads = dict((int(line.split()[1]), line) for line in text.splitlines() if line.startswith('SpectralWindow:'))
+    assert names is None or all(names[i] in heads[i] for i in heads)
+    first, second = truth['fields'][0]['name'], truth['fields'][1]['name']
+    write_contdat(delivery, '\n'.join(
+        ['Field: %s' % first, heads[25], 'Flags: LOWBANDWIDTH'] + ghz_ranges(truth, first, 25) +
+        [heads[27]] +                                # empty v3 block: NONE, all channels fitted
+        ['Field: %s' % second, heads[25]] + ghz_ranges(truth, second, 25) + [heads[27], 'ALLCONT']) + '\n')
+    done = run_script('--contsub_fast', delivery=delivery)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert 'field %s spw 25: channels' % first in out and 'fit order 0' in out
+    assert 'field "%s" spw 27 (%s): NONE — the continuum is fitted over all channels' % (
+        first, heads[27].split()[2]) in out
+    assert 'field "%s" spw 27 (%s): ALLCONT — the continuum is fitted over all channels' % (
+        second, heads[27].split()[2]) in out
+    assert 'note: spw 29' in out and 'left out of the line MSes' in out
+    line = sfr._line_name(delivery / truth['ebs'][0]['ms'])
+    assert sfr.spws_with_data(casa, line) == [25, 27], 'spw 29 has no cont.dat block: not in the line MS'
+    assert sorted(set(read(casa, line, 'FIELD_ID'))) == [0, 1]
+
+    done = run_script('--contsub_fast', '--overwrite-line', '--fitorder', '2', delivery=delivery)
+    assert done.returncode == 0, done.stderr
+    assert 'fit order 0' not in done.stdout and 'fit order 2' in done.stdout
+
+
+def test_existing_line_mses_are_replaced_only_with_overwrite_line(delivery_factory, run_script, casa):
+    delivery = delivery_factory(n_ebs=2, with_line_ms=True)
+    lines = sorted(ms_dir(delivery).glob('*_targets_line.ms'))
+    stamps = dict((p.name, (p / 'table.dat').stat().st_mtime_ns) for p in lines)
+    refused = run_script('--contsub_fast', delivery=delivery)
+    assert refused.returncode == 1 and '--overwrite-line' in refused.stderr
+    assert dict((p.name, (p / 'table.dat').stat().st_mtime_ns) for p in lines) == stamps
+    done = run_script('--contsub_fast', '--overwrite-line', delivery=delivery)
+    assert done.returncode == 0, done.stderr
+    assert all((p / 'table.dat').stat().st_mtime_ns != stamps[p.name] for p in lines), 'not replaced'
+    assert [name for name in listing(delivery) if name.startswith('.') or 'replaced' in name] == []
+    assert_continuum_gone_and_line_kept(casa, delivery, truth_of(delivery))
+
+
+def test_cycle9_tables_are_applied_until_cont_dat_is_edited_and_both_ways_plot_spectra(delivery_factory,
+                                                                                      run_script):
+    delivery = delivery_factory(n_ebs=2, with_uvcont=True)
+    done = run_script('--contsub_fast', delivery=delivery)
+    assert done.returncode == 0, done.stderr
+    assert 'method: applying the delivered continuum fits caltables/*uvcont.tbl' in done.stdout
+    spectra = delivery / 'working_reprocess' / 'report' / 'spectra'
+    assert sorted(p.name for p in spectra.glob('*.png')) == ['IRAS_16293-2422_spw25.png',
+                                                             'IRAS_16293-2422_spw27.png']
+    first_plots = dict((p.name, p.stat().st_mtime_ns) for p in spectra.glob('*.png'))
+    contdat = delivery / 'caltables' / 'cont.dat'
+    later = time.time() + 3600
+    os.utime(str(contdat), (later, later))   # the user edited cont.dat after the delivery
+    done = run_script('--contsub_fast', '--overwrite-line', delivery=delivery)
+    assert done.returncode == 0, done.stderr
+    assert 'is newer than the delivered continuum tables' in done.stdout
+    assert all(p.stat().st_mtime_ns != first_plots[p.name] for p in spectra.glob('*.png')), 'plots not redone'
+
+
+def test_spectra_show_the_line_at_its_lsrk_frequency_in_every_execution_block(delivery_factory, casa, tmp_path):
+    delivery = delivery_factory(**TWO_EBS)
+    truth = truth_of(delivery)
+    targets = sorted(ms_dir(delivery).glob('*_targets.ms'))
+    contdat = sfr.read_contdat(delivery / 'caltables' / 'cont.dat')
+    analysis = sfr.analyse_contdat(contdat, targets, casa)
+    for ms in targets:
+        spectra = sfr.measure_spectra_pair(casa, before_ms=ms, after_ms=ms, requests=sfr.spectrum_requests(
+            analysis, ms))
+        for spectrum in spectra:
+            amplitudes = numpy.array([a for a in spectrum['before']])
+            peak_hz = spectrum['frequency_hz'][int(numpy.argmax(amplitudes))]
+            expected = truth['line_lsrk_freq_ghz'][str(spectrum['spw_id'])][0] * 1e9
+            assert abs(peak_hz - expected) < 1.5e6, 'the line is not at its LSRK frequency'
+            assert [tuple(s) for s in spectrum['shade_hz']] == [
+                pytest.approx(tuple(r * 1e9 for r in pair)) for pair in
+                truth['contdat_ranges']['IRAS_16293-2422'][str(spectrum['spw_id'])]['lsrk_ghz']]
+    pictures = sfr.plot_contsub_spectra(before_ms=targets, after_ms=targets, contdat=contdat, out_dir=tmp_path,
+                                        casa=casa)
+    assert sorted(p.name for p in pictures) == ['IRAS_16293-2422_spw25.png', 'IRAS_16293-2422_spw27.png']
+    assert all(p.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' for p in pictures)
