@@ -89,11 +89,29 @@ class Interrupted(ReprocessingError):
 
 
 def say(message=''):
-    print(message, flush=True)
+    _emit(message, sys.stdout)
 
 
 def warn(message):
-    print('WARNING: ' + message, flush=True)
+    _emit('WARNING: ' + message, sys.stdout)
+
+
+def report_error(message):
+    _emit('ERROR: ' + message, sys.stderr)
+
+
+def _emit(text, stream):
+    """Print a line even where the terminal cannot show every character.
+
+    Python 3.6 (older CASA releases) under LANG=C writes ASCII only: the dash of
+    'what is wrong — what to do' would otherwise raise UnicodeEncodeError.
+    """
+    encoding = getattr(stream, 'encoding', None) or 'ascii'
+    try:
+        text.encode(encoding)
+    except (UnicodeEncodeError, LookupError):
+        text = text.replace('\u2014', '-').encode('ascii', 'replace').decode('ascii')
+    print(text, file=stream, flush=True)
 
 
 # ===========================================================================
@@ -372,6 +390,9 @@ def _plan_contsub(plan):
     plan.contdat = plan.contdat or read_delivery_contdat(delivery)  # syntax errors stop the run here
     if options.contsub:
         require_pipeline_for_contsub()
+    else:
+        plan.notes.append('--contsub_fast will be %s' % choose_contsub_fast_method(
+            options, delivery, delivery.targets)[1])
     if delivery.targets_line and not options.overwrite_line:
         raise ReprocessingError(
             'measurement_sets/ already holds %d uid*_targets_line.ms — move them elsewhere, or add '
@@ -1585,12 +1606,13 @@ def contsub_with_uvcontsub(plan, state, step, casa, reason):
     targets = [Path(ms) for ms in step.inputs]
     jobs = resolve_jobs(options.jobs, len(targets), total_bytes=step.extra_bytes)
     # Worker processes load CASA while cont.dat is checked here; they write nothing until given work.
-    with EbWorkers.started(jobs, state=state) as workers:
+    # Under MPI (mpicasa, or mpirun with casampi) the MPI servers are the workers instead.
+    with eb_workers(jobs, state=state) as workers:
         analysis = contdat_preflight(plan, casa)
-        _say_fit_table(analysis, fitorder=getattr(options, 'fitorder', None))
+        _say_fit_table(analysis, fitorder=options.fitorder)
         tasks, outputs = [], []
         for ms in targets:
-            field, spw, fitspec = build_fitspec(analysis.selections[str(ms)], fitorder=getattr(options, 'fitorder', None))
+            field, spw, fitspec = build_fitspec(analysis.selections[str(ms)], fitorder=options.fitorder)
             if not fitspec:
                 raise ReprocessingError('cont.dat selects nothing to fit in %s (see the notes above) — add blocks for '
                                         'its fields and spws' % ms.name)
@@ -1778,6 +1800,7 @@ class EbWorkers(object):
         self.state.logs_dir.mkdir(parents=True, exist_ok=True)
         environment = dict((name, value) for name, value in os.environ.items()
                            if not name.startswith(_MPI_VARIABLES))
+        environment['PYTHONIOENCODING'] = 'utf-8'  # the pipe between us, whatever the locale
         lock = getattr(self.state, '_lock_file', None)
         # The workers inherit the run's lock: if this process is killed, no new run starts in this
         # delivery before they have stopped writing.
@@ -1881,7 +1904,8 @@ def _start_worker_process(command, *, cwd, env, pass_fds=(), stderr_path):
     try:
         with open(str(stderr_path), 'w') as errors:
             return subprocess.Popen(command, cwd=cwd, env=env, pass_fds=pass_fds, stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=errors, universal_newlines=True, bufsize=1)
+                                    stdout=subprocess.PIPE, stderr=errors, bufsize=1,
+                                    encoding='utf-8', errors='replace')
     except OSError as error:
         raise ReprocessingError('cannot start a worker process (%s) — run with --jobs 1' % (error.strerror or error))
 
@@ -1923,6 +1947,8 @@ def run_eb_worker(arguments):
             sys.stdout.flush()
     except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; the parent reports it
         return EXIT_FAILED
+    except BrokenPipeError:  # the parent is gone (killed); its next run removes what was half written
+        return EXIT_FAILED
     return EXIT_OK
 
 
@@ -1947,8 +1973,9 @@ def _load_casa_for_worker(logfile):
 
 # Visibilities (rows x correlations x channels) read at most per MS, field and spw for a spectrum:
 # a plot does not need every integration of a large MS; time windows spread over the
-# observation are averaged instead (the plot says so).
-SPECTRUM_BUDGET = 8000000
+# observation are averaged instead (the plot says so).  2e6 values keep the plots' noise ~1/30 of
+# one visibility's for 2000 channels and 2 correlations, and their cost ~10% of the fit's.
+SPECTRUM_BUDGET = 2000000
 
 
 def spectra_directory(delivery):
@@ -2146,7 +2173,8 @@ def draw_spectra(spectra, out_dir):
             axes.grid(alpha=0.3)
         bottom.set_xlabel('LSRK frequency (GHz)')
         frames = sorted({frame for item in items for frame in item['frames']})
-        shaded = 'cont.dat ranges shaded (%s)' % ', '.join(frames) if frames else 'no cont.dat ranges: all channels fitted'
+        shaded = ('cont.dat ranges shaded (%s)' % ', '.join(frames) if frames
+                  else 'no cont.dat ranges: all channels fitted')
         figure.suptitle('%s — spw %d %s\n|mean visibility| over baselines and time; %s' % (
             field_name, virtual_id, items[0]['spw_name'], shaded), fontsize=10)
         if len(items) <= 8:
@@ -3985,12 +4013,11 @@ _STOP_REASONS = {0: 'not cleaned', 1: 'iteration limit', 2: 'threshold', 3: 'sto
 def run_tclean_jobs(casa, request, jobs, *, work_dir, state):
     """Run each job's tclean in work_dir; the products are what each call added to it."""
     products = []
-    parallel = mpi_info().size > 1
     previous_dir = os.getcwd()
     os.chdir(str(work_dir))  # tclean (and monolithic CASA's .last files) write into the working directory
     try:
         for number, job in enumerate(jobs, 1):
-            arguments = tclean_arguments(job, request, imagename=work_dir / job.name, parallel=parallel)
+            arguments = tclean_arguments(job, request, imagename=work_dir / job.name, parallel=tclean_parallel(job))
             before = set(os.listdir('.'))
             started = time.time()
             say('  [%d/%d] %s: %s, %dx%d%s, cell %s, %s%s' % (
@@ -5219,21 +5246,7 @@ def load_casa(*, logfile=None):
         import casatasks
         return CasaModules(casatools, casatasks, casatools.version_string(), 'monolithic')
     if 'casatools' not in sys.modules:
-        try:
-            import casadata
-            from casaconfig import config
-        except ImportError:
-            raise ReprocessingError(
-                'modular CASA is not installed in this Python (%s) — install it with '
-                '"pip install casatools casatasks casadata six", or run the script with '
-                '"casa --pipeline -c scriptForReprocessing.py ..."' % sys.executable)
-        config.measurespath = casadata.datapath
-        config.datapath = [casadata.datapath]
-        config.measures_auto_update = False
-        config.data_auto_update = False
-        config.casaconfig_verbose = 0
-        if logfile is not None:
-            config.logfile = str(logfile)
+        _configure_modular_casa(logfile=logfile)
     try:
         import casatools
         import casatasks
@@ -5243,6 +5256,25 @@ def load_casa(*, logfile=None):
     # The terminal gets this script's own progress lines; CASA's messages go to its log.
     casatasks.casalog.showconsole(False)
     return CasaModules(casatools, casatasks, casatools.version_string(), 'modular')
+
+
+def _configure_modular_casa(*, logfile=None):
+    """Point modular CASA at casadata's measures, offline; to be done before casatools is first imported."""
+    try:
+        import casadata
+        from casaconfig import config
+    except ImportError:
+        raise ReprocessingError(
+            'modular CASA is not installed in this Python (%s) — install it with '
+            '"pip install casatools casatasks casadata six", or run the script with '
+            '"casa --pipeline -c scriptForReprocessing.py ..."' % sys.executable)
+    config.measurespath = casadata.datapath
+    config.datapath = [casadata.datapath]
+    config.measures_auto_update = False
+    config.data_auto_update = False
+    config.casaconfig_verbose = 0
+    if logfile is not None:
+        config.logfile = str(logfile)
 
 
 def describe_environment():
@@ -5288,25 +5320,285 @@ MpiInfo = collections.namedtuple('MpiInfo', 'size rank is_client')
 
 
 def mpi_info():
-    """MPI as CASA sees it (casampi), else as the launcher's environment says."""
+    """MPI as CASA uses it: casampi's view once it is loaded, before that the launcher's environment."""
     environment = sys.modules.get('casampi.MPIEnvironment')
     if environment is not None:
         mpi = environment.MPIEnvironment
         if mpi.is_mpi_enabled:
             return MpiInfo(mpi.mpi_world_size, mpi.mpi_processor_rank, mpi.is_mpi_client)
+        return MpiInfo(1, 0, True)  # casampi found no usable MPI: CASA runs in this process alone
+    size, rank = mpi_launch()
+    return MpiInfo(size, rank, rank == 0)
+
+
+def mpi_launch():
+    """(size, rank) of the MPI job this process was started in, from the launcher's environment; (1, 0) if none."""
     for size_var, rank_var in (('OMPI_COMM_WORLD_SIZE', 'OMPI_COMM_WORLD_RANK'), ('PMI_SIZE', 'PMI_RANK')):
         if size_var in os.environ:
-            rank = int(os.environ.get(rank_var, '0'))
-            return MpiInfo(int(os.environ[size_var]), rank, rank == 0)
-    return MpiInfo(1, 0, True)
+            try:
+                return int(os.environ[size_var]), int(os.environ.get(rank_var, '0'))
+            except ValueError:
+                break
+    return 1, 0
 
 
 def _mpi_description():
     mpi = mpi_info()
     if mpi.size <= 1:
-        return 'MPI: none'
-    return 'MPI: %d ranks (this is rank %d, the %s)' % (mpi.size, mpi.rank,
-                                                         'client' if mpi.is_client else 'server')
+        size, _rank = mpi_launch()
+        return 'MPI: none' if size <= 1 else 'MPI: started with %d processes, casampi not running' % size
+    if not mpi.is_client:
+        return 'MPI: %d ranks, this is server rank %d' % (mpi.size, mpi.rank)
+    return 'MPI: %d ranks (rank 0 drives, %d casampi servers)' % (mpi.size, mpi.size - 1)
+
+
+def mpi_servers_available():
+    """True on rank 0 of an MPI job whose casampi servers can take CASA work (mpicasa, or mpirun + casampi)."""
+    mpi = mpi_info()
+    return mpi.size > 1 and mpi.is_client and 'casampi.MPIEnvironment' in sys.modules
+
+
+def tclean_parallel(job):
+    """tclean's parallel= for one imaging job: True for cubes and mosaics when MPI servers are there.
+
+    Cubes spread their channels over the servers, mosaics their major cycles.  A single-pointing
+    continuum image is gridded on rank 0: partitioning its data costs more than it gains.
+    """
+    return mpi_servers_available() and (bool(job.spectral) or job.gridder == 'mosaic')
+
+
+# -- MPI with modular CASA: casampi's servers under "mpirun -n N python scriptForReprocessing.py" ---
+#
+# Under "mpicasa -n N casa -c scriptForReprocessing.py" (monolithic CASA), casashell makes ranks
+# 1..N-1 casampi servers before the script starts, and only rank 0 runs it.  Under mpirun with
+# modular CASA every rank starts this script; casa_mpi_job() then makes ranks 1..N-1 servers the
+# same way: they serve inside the import of casampi.private.start_mpi and end the process there,
+# never returning into the steps.  Rank 0 drives: it alone plans, takes the lock, writes the
+# journal and outputs, and sends CASA work to the servers (tclean parallel=True, the pipeline's
+# parallel='automatic', one execution block per server for --contsub_fast: MpiEbServers).
+# casampi must be imported before casatasks on a server: importing casatasks under mpirun starts
+# the servers too, but then inside casatasks' own import, where a task's "import casatasks" on a
+# server waits forever for that import to finish (measured with casatasks 6.7 + casampi 0.6).
+
+_MPI_JOB = {'client': None}
+
+
+@contextlib.contextmanager
+def casa_mpi_job():
+    """Around a run: under mpirun with several ranks, ranks > 0 serve CASA here and exit; rank 0 continues.
+
+    Rank 0 stops the servers when the body ends, also on errors, so that mpirun exits with rank
+    0's status.  Without MPI, and in monolithic CASA (servers started by casashell), nothing happens.
+    """
+    size, rank = mpi_launch()
+    if size <= 1 or _is_monolithic_casa():
+        yield
+        return
+    client = _join_casampi(size, rank)  # a server never comes back from here
+    _MPI_JOB['client'] = client
+    try:
+        yield
+    finally:
+        _MPI_JOB['client'] = None
+        client.stop_services()  # servers finish their current command, then MPI is finalised on every rank
+        import atexit
+        atexit.unregister(client.stop_services)  # casampi's own stop at exit would only warn "finalized"
+
+
+def _join_casampi(size, rank):
+    import importlib.util
+    missing = [name for name in ('casampi', 'mpi4py') if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ReprocessingError(
+            'this run was started by mpirun with %d processes, but %s %s not installed in this Python (%s) — '
+            'install them with "pip install casampi mpi4py" (and Open MPI), or run without mpirun'
+            % (size, ' and '.join(missing), 'is' if len(missing) == 1 else 'are', sys.executable))
+    if 'OMPI_COMM_WORLD_RANK' not in os.environ:
+        raise ReprocessingError('this run was started by an MPI launcher other than Open MPI, which casampi does '
+                                'not support — start it with Open MPI\'s mpirun (or mpicasa)')
+    # casampi imports casatools, so CASA is configured first.  CASA's log goes nowhere until rank 0
+    # has chosen the run's log (share_casa_log): no casa-*.log appears in the user's directory.
+    _configure_modular_casa(logfile=os.devnull)
+    from casampi.MPIEnvironment import MPIEnvironment  # initialises MPI on this rank
+    if not MPIEnvironment.is_mpi_enabled:
+        reason = str(getattr(MPIEnvironment, 'mpi_error_msg', 'unknown reason')).strip().splitlines()
+        raise ReprocessingError('casampi could not use MPI (%s) — check the Open MPI and mpi4py installation, '
+                                'or run without mpirun' % (reason[-1] if reason else 'unknown reason'))
+    _shorten_casampi_polling(MPIEnvironment)
+    if rank != 0:
+        _serve_until_stopped(rank)
+    import casampi.private.start_mpi  # noqa: F401  (on rank 0: the client's side of the servers)
+    from casampi.MPICommandClient import MPICommandClient
+    client = MPICommandClient()
+    client.set_log_mode('unified')
+    client.start_services()
+    return client
+
+
+def _serve_until_stopped(rank):
+    """An MPI server: run what rank 0 sends until it says stop; then end this process, whatever happens."""
+    try:
+        import casampi.private.start_mpi  # noqa: F401  (serves, then ends the process with status 0)
+    except KeyboardInterrupt:  # Ctrl-C reaches every rank; rank 0 reports it
+        pass
+    except BaseException as error:
+        print('ERROR: MPI server rank %d stopped (%s: %s)' % (rank, type(error).__name__, _one_line(error)),
+              file=sys.stderr, flush=True)
+    os._exit(EXIT_FAILED)
+
+
+def _shorten_casampi_polling(environment):
+    """casampi's services poll every 3-5 s, which makes stopping the servers take ~17 s; 0.5-1 s is plenty.
+
+    Set on every rank before the servers start (both sides read them); the timeouts that declare a
+    server lost were computed from the defaults and stay as they are.
+    """
+    for name, seconds in (('mpi_stop_service_sleep_time', 0.5), ('mpi_monitor_status_service_heartbeat', 1.0),
+                          ('mpi_ping_status_request_handler_service_sleep_time', 0.5),
+                          ('mpi_ping_status_response_handler_service_sleep_time', 0.5)):
+        if isinstance(getattr(environment, name, None), (int, float)):
+            setattr(environment, name, min(getattr(environment, name), seconds))
+
+
+def share_casa_log(casa, logfile):
+    """Under mpirun, rank 0 and the servers write into the run's CASA log, like mpicasa's unified log."""
+    client = _MPI_JOB['client']
+    if client is None or logfile is None:
+        return
+    casa.casatasks.casalog.setlogfile(str(logfile))
+    from casampi.MPIEnvironment import MPIEnvironment
+    client.push_command_request('casalog.setlogfile(%r)' % str(logfile), block=True,
+                                target_server=MPIEnvironment.mpi_server_rank_list())
+
+
+# -- execution-block tasks on MPI servers -------------------------------------------------------------
+
+MPI_SERVER_MODULE = 'scriptForReprocessing_on_mpi_server'
+# Run once on every server (casampi executes it in its own namespace): load this script as a module
+# from its path, without running main, so that the servers can call its execution-block tasks.
+_MPI_SERVER_LOADER = '''
+import importlib.util as _reprocessing_import, sys as _reprocessing_sys
+if %(name)r not in _reprocessing_sys.modules:
+    _reprocessing_spec = _reprocessing_import.spec_from_file_location(%(name)r, %(path)r)
+    _reprocessing_module = _reprocessing_import.module_from_spec(_reprocessing_spec)
+    _reprocessing_spec.loader.exec_module(_reprocessing_module)
+    _reprocessing_sys.modules[%(name)r] = _reprocessing_module
+'''
+
+
+@contextlib.contextmanager
+def eb_workers(jobs, *, state):
+    """Where execution-block tasks run: on the MPI servers under MPI, else in `jobs` processes (EbWorkers)."""
+    if mpi_servers_available():
+        yield MpiEbServers.connect()
+        return
+    with EbWorkers.started(jobs, state=state) as workers:
+        yield workers
+
+
+class MpiEbServers(object):
+    """Execution-block tasks (see eb_task) on casampi's servers, one execution block per server at a time.
+
+    Same interface as EbWorkers (count, run).  Rank 0 keeps the journal: the tasks only write the
+    temporary outputs rank 0 registered.  A server's progress lines come back with its result and
+    are printed prefixed with the execution block's name.
+    """
+    POLL_SECONDS = 0.2
+
+    def __init__(self, client, servers):
+        self.client = client
+        self.servers = list(servers)
+        self.count = len(self.servers)
+        self.loaded = False
+
+    @classmethod
+    def connect(cls):
+        from casampi.MPIEnvironment import MPIEnvironment
+        from casampi.MPICommandClient import MPICommandClient
+        client = MPICommandClient()
+        client.start_services()  # running already under mpirun; under mpicasa perhaps not yet
+        return cls(client, MPIEnvironment.mpi_server_rank_list())
+
+    def run(self, tasks, *, casa):
+        """Results of the tasks, in their order; after a failure no new task starts, and the first is raised."""
+        self._load_script_on_servers()
+        queue, idle = list(enumerate(tasks)), list(self.servers)
+        running = {}  # request id -> (index, task, server)
+        results, failures = [None] * len(tasks), []
+        while queue or running:
+            while queue and idle and not failures:
+                index, task = queue.pop(0)
+                server = idle.pop(0)
+                running[self._push(task, server)] = (index, task, server)
+                say('  [%s] on MPI server %d' % (task['eb'], server))
+            if not running:
+                break
+            time.sleep(self.POLL_SECONDS)
+            for response in self.client.get_command_response(list(running), block=False, verbose=False):
+                index, task, server = running.pop(response['id'])
+                idle.append(server)
+                answer = self._answer(response, task, server)
+                for line in answer.get('lines', []):
+                    say('  [%s] %s' % (task['eb'], line))
+                if answer.get('ok'):
+                    results[index] = answer['result']
+                else:
+                    failures.append(answer.get('error', 'unknown error'))
+        if failures:
+            raise ReprocessingError(failures[0])
+        return results
+
+    def _load_script_on_servers(self):
+        if self.loaded:
+            return
+        script = _script_path()
+        if script is None:
+            raise ReprocessingError('cannot find this script\'s own path, which the MPI servers need to load it — '
+                                    'run it by its path (python /path/to/%s ...)' % SCRIPT_NAME)
+        loader = _MPI_SERVER_LOADER % {'name': MPI_SERVER_MODULE, 'path': str(script)}
+        responses = self.client.push_command_request(loader, block=True, target_server=self.servers) or []
+        failed = [r for r in responses if not r.get('successful')]
+        if failed or len(responses) != len(self.servers):
+            detail = _one_line(failed[0].get('traceback') or 'no answer') if failed else 'no answer'
+            raise ReprocessingError('the MPI servers cannot load %s (%s) — it must be readable at the same path on '
+                                    'every node' % (script, detail))
+        self.loaded = True
+
+    def _push(self, task, server):
+        command = '__import__(%r).modules[%r].run_eb_task_on_mpi_server(%r)' % (
+            'sys', MPI_SERVER_MODULE, json.dumps(task))
+        ids = self.client.push_command_request(command, block=False, target_server=[server])
+        if not ids:
+            raise ReprocessingError('MPI server %d did not accept the work on %s — see the CASA log'
+                                    % (server, task['eb']))
+        return ids[0]
+
+    @staticmethod
+    def _answer(response, task, server):
+        if response.get('successful'):
+            try:
+                return json.loads(response.get('ret'))
+            except (TypeError, ValueError):
+                pass
+        detail = str(response.get('traceback') or response.get('status') or 'no answer').strip().splitlines()
+        return {'ok': False, 'error': '%s on %s failed on MPI server %d (%s) — see the CASA log' % (
+            task['function'], task['eb'], server, detail[-1] if detail else 'no answer')}
+
+
+def run_eb_task_on_mpi_server(task_json):
+    """On an MPI server: one execution-block task; the answer (JSON) carries its progress lines."""
+    task = json.loads(task_json)
+    lines = []
+    try:
+        casa = load_casa()
+        answer = {'ok': True, 'result': EB_TASKS[task['function']](casa, lines.append, **task['arguments'])}
+    except ReprocessingError as error:
+        answer = {'ok': False, 'error': str(error)}
+    except Exception as error:
+        answer = {'ok': False, 'error': '%s failed on %s (%s: %s) — see the CASA log' % (
+            task.get('function'), task.get('eb'), type(error).__name__, _one_line(error))}
+    answer['lines'] = lines
+    return json.dumps(answer)
 
 
 # ===========================================================================
@@ -5347,25 +5639,26 @@ def main(argv=None):
         except SystemExit as finished:  # --help
             return finished.code or EXIT_OK
         check_combinations(options)
-        return run(options, argv)
+        with casa_mpi_job():  # under mpirun: ranks > 0 serve CASA in here and never come back
+            return run(options, argv)
     except UsageError as error:
-        print('ERROR: %s' % error, file=sys.stderr, flush=True)
+        if mpi_launch()[1] == 0:  # under mpirun every rank reads the same command line: say it once
+            report_error(str(error))
         return EXIT_USAGE
     except ReprocessingError as error:
-        print('ERROR: %s' % error, file=sys.stderr, flush=True)
+        report_error(str(error))
         return EXIT_FAILED
     except KeyboardInterrupt:
-        print('ERROR: interrupted — partial outputs were removed; run the same command again',
-              file=sys.stderr, flush=True)
+        report_error('interrupted — partial outputs were removed; run the same command again')
         return EXIT_FAILED
 
 
 def run(options, argv):
     root = options.delivery or Path.cwd().resolve()
     delivery = Delivery(root)
-    mpi = mpi_info()
-    if not mpi.is_client:
-        return EXIT_OK  # MPI servers take their work from rank 0; they run no steps of their own
+    if not mpi_info().is_client:  # a server rank that casa_mpi_job did not keep: never run steps there
+        raise ReprocessingError('MPI rank %d reached the steps, which only rank 0 runs — start the run with mpirun '
+                                'and casampi installed, or without mpirun' % mpi_info().rank)
     plan = make_plan(options, delivery)
     say(describe_environment())
     if options.dry_run:
@@ -5417,6 +5710,7 @@ def _start_casa(plan, state):
         state.logs_dir.mkdir(parents=True, exist_ok=True)
         logfile = state.logs_dir / ('casa-%s.log' % datetime.datetime.now().strftime('%Y%m%d-%H%M%S'))
     casa = load_casa(logfile=logfile)
+    share_casa_log(casa, logfile)  # under mpirun: CASA was loaded before the log was chosen
     state.casa_logfile = Path(casa.casatasks.casalog.logfile()).resolve()
     record_created_log(plan.delivery, state.casa_logfile)
     say('  CASA log: %s' % state.casa_logfile)

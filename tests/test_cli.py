@@ -166,3 +166,13 @@ def test_scripts_stay_python_36_compatible(script):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
     assert 'Target versions not met' not in result.stdout, result.stdout
     assert result.returncode == 0, result.stdout
+
+
+def test_errors_still_print_on_an_ascii_only_terminal(tmp_path):
+    """Python 3.6 under LANG=C cannot encode the dash of 'what — what to do'."""
+    result = subprocess.run([sys.executable, str(SCRIPT), '--contsub', '--contsub_fast'], cwd=str(tmp_path),
+                            env={'PYTHONIOENCODING': 'ascii', 'PATH': '/usr/bin:/bin'},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ('ERROR: --contsub and --contsub_fast both subtract the continuum - '
+                                     'choose one')

@@ -12,7 +12,6 @@ What a user sees, proven on real CASA with simulated deliveries:
 """
 import math
 import re
-import shutil
 from pathlib import Path
 
 import pytest
