@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-pipeline bench clean-demo
+.PHONY: setup demo test test-pipeline bench clean-demo setup-mpi test-mpi
 
 setup: $(STAMP)
 
@@ -26,6 +26,16 @@ test: $(STAMP)
 # The pipeline tests need a Python with the ALMA pipeline installed (not on PyPI); they skip elsewhere.
 test-pipeline:
 	$(PYTHON) -m pytest -q -m pipeline tests
+
+# MPI (optional): Open MPI comes from the system (Debian/Ubuntu: apt-get install openmpi-bin libopenmpi-dev,
+# ~20 s); casampi and mpi4py from PyPI (~2 s).  Without them the MPI tests skip.
+setup-mpi: $(STAMP)
+	@command -v mpirun >/dev/null || { echo "mpirun not found: install Open MPI first" \
+		"(Debian/Ubuntu: sudo apt-get install openmpi-bin libopenmpi-dev)"; exit 1; }
+	$(PY) -m pip install --quiet -e '.[test,mpi]'
+
+test-mpi: setup-mpi
+	$(PY) -m pytest -q -m mpi tests
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py

@@ -1915,9 +1915,8 @@ def _read_answer(process, eb, guard):
     for line in iter(process.stdout.readline, ''):
         if line.startswith(_RESULT_MARK):
             return json.loads(line[len(_RESULT_MARK):])
-        with guard:
-            sys.stdout.write('  [%s] %s\n' % (eb, line.rstrip('\n')))
-            sys.stdout.flush()
+        with guard:  # one whole line at a time, whichever worker it comes from
+            say('  [%s] %s' % (eb, line.rstrip('\n')))
     return None
 
 
@@ -5197,7 +5196,9 @@ def find_user_measurement_sets(work_dir):
             if fnmatch.fnmatch(name, 'uid*_target*.ms'):
                 # shadows and the pipeline's staged copies are this tool's stand-ins, not user data
                 made_here = (full / SHADOW_MARKER).exists() or (full / STAGED_COPY_MARKER).exists()
-                if not made_here and not (full / 'table.dat').is_symlink():
+                # a pipeline weblog has html/session*/<MS name>/ folders too: plots, no table.dat
+                is_ms = (full / 'table.dat').is_file() and not (full / 'table.dat').is_symlink()
+                if not made_here and is_ms:
                     found.append(full)
                 dirs.remove(name)
     return found

@@ -95,7 +95,7 @@ for task, arguments in calls:
 '''
 
 
-def replay_bare(delivery, script_log, workdir):
+def replay_bare(delivery, script_log, workdir, round_number):
     """The tool's tclean calls on the user's MSes in a fresh Python, then exportfits of the final images."""
     import json
     staging = str(delivery / 'working_reprocess' / 'staging' / 'image')
@@ -119,9 +119,9 @@ def replay_bare(delivery, script_log, workdir):
     plan.write_text(json.dumps(calls + exports))
     program = workdir / 'replay.py'
     program.write_text(REPLAY)
-    seconds, _result = timed([sys.executable, str(program), str(REPO), str(plan), str(workdir / 'bare.log')],
-                             cwd=bare_dir)
-    return seconds, len(calls), len(exports)
+    log = workdir / ('bare-%d.log' % round_number)
+    seconds, _result = timed([sys.executable, str(program), str(REPO), str(plan), str(log)], cwd=bare_dir)
+    return seconds, len(calls), len(exports), log
 
 
 def main(argv=None):
@@ -146,21 +146,31 @@ def main(argv=None):
               % (args.n_ebs, args.n_antennas, args.nchan, args.specmodes))
 
         tool, bare, equalised = [], [], []
-        for _ in range(args.repeat):  # alternated, so that a busy moment of the machine hits both sides
+
+        def run_tool():
             images = delivery / 'images'
             if images.exists():
                 shutil.rmtree(str(images))
             timing, result = timed([sys.executable, str(SCRIPT), '--image', '--engine', 'casa', '--specmodes',
                                     args.specmodes], cwd=delivery)
+            log = workdir / ('tool-%d.log' % len(tool))
+            shutil.copyfile(re.search(r'CASA log: (\S+)', result.stdout).group(1), str(log))
             tool.append(timing)
-            log = re.search(r'CASA log: (\S+)', result.stdout).group(1)
-            kept_log = workdir / 'tool.log'
-            shutil.copyfile(log, str(kept_log))
-            timing, tcleans, exports = replay_bare(delivery, kept_log, workdir)
+            return log
+
+        first_log = run_tool()  # the calls to replay are the tool's own
+        tool.pop()
+        for round_number in range(args.repeat):
+            # alternated order, so that neither side always runs on a warmer (or busier) machine
+            if round_number % 2:
+                tool_log = run_tool()
+            timing, tcleans, exports, bare_log = replay_bare(delivery, first_log, workdir, round_number)
             bare.append(timing)
+            if not round_number % 2:
+                tool_log = run_tool()
             # The machine may be busy with other work: the same tclean call can take twice as long in one
-            # run as in the other.  Equalised: the bare run's task time plus each side's own time around it.
-            inside_tool, inside_bare = task_seconds(kept_log), task_seconds(workdir / 'bare.log')
+            # run as in the other.  Equalised: the bare run's task time plus the tool's own time around it.
+            inside_tool, inside_bare = task_seconds(tool_log), task_seconds(bare_log)
             equalised.append((inside_bare + tool[-1].wall - inside_tool) / bare[-1].wall)
         tool, bare = best(tool), best(bare)
         print('pipeline-free --image:       %6.1f s wall, %6.1f s CPU' % tool)

@@ -297,12 +297,14 @@ def test_the_pipeline_weblogs_are_under_working_reprocess_with_their_plots(conts
 
 def test_cleanup_removes_the_working_folder_and_keeps_every_product(contsub_and_image, run_script):
     run = succeeded(contsub_and_image)
-    kept = sorted(os.listdir(str(run.delivery / IMAGES))), sorted(os.listdir(str(run.delivery / 'measurement_sets')))
+
+    def products_and_mses():
+        return [sorted(os.listdir(str(run.delivery / folder))) for folder in (IMAGES, 'measurement_sets')]
+    kept = products_and_mses()
     result = run_script('--cleanup', delivery=run.delivery, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert not (run.delivery / 'working_reprocess').exists()
-    assert (sorted(os.listdir(str(run.delivery / IMAGES))), sorted(os.listdir(str(run.delivery / 'measurement_sets')))) \
-        == kept
+    assert products_and_mses() == kept
     after = user_ms_digests(run.delivery)
     assert {name: after[name] for name in run.before} == run.before
 

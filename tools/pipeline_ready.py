@@ -34,6 +34,7 @@ from __future__ import absolute_import, division, print_function
 import math
 import os
 import re
+import shutil
 
 import numpy as np
 
@@ -59,11 +60,15 @@ _DATATYPE_ORIGIN = 'Datatype Handler'
 
 _ALMA_BAND_RANGES_GHZ = ((1, 35, 52), (2, 67, 116), (3, 84, 116), (4, 125, 163), (5, 163, 211), (6, 211, 275),
                          (7, 275, 373), (8, 385, 500), (9, 602, 720), (10, 787, 950))
+# The simulated project's uids (any well-formed ALMA uids do; these match simulate_delivery's).
+_PROJECT_UID = 'uid://A001/X3570/X10c'
+_DEFAULT_OUS_UID = 'uid://A001/X3570/X111'
+_DEFAULT_SB_UID = 'uid://A001/X3570/X10f'
 _SPEED_OF_LIGHT = 299792458.0
 _RADIAN_IN_ARCSEC = 180.0 / math.pi * 3600.0
 
 
-def make_pipeline_ready(ms_path, *, casa, ous_uid='uid://A001/X3570/X111', eb_uid=None, sb_uid=None,
+def make_pipeline_ready(ms_path, *, casa, ous_uid=_DEFAULT_OUS_UID, eb_uid=None, sb_uid=None,
                         project_code=None, representative_frequency_hz=None, representative_bandwidth_hz=None,
                         representative_source=None, representative_window=None, min_resolution_arcsec=None,
                         max_resolution_arcsec=None, sensitivity_goal='1 mJy', spw_names=None,
@@ -114,11 +119,11 @@ def make_pipeline_ready(ms_path, *, casa, ous_uid='uid://A001/X3570/X111', eb_ui
                                          else float(representative_bandwidth_hz)),
             representative_source=representative_source or sources[0],
             representative_window=representative_window or window['name'],
-            resolution_arcsec=_resolution_range(table, ms_path, window['centre_hz'],
-                                                min_resolution_arcsec, max_resolution_arcsec),
+            resolution_arcsec=_resolution_range(table, ms_path, frequency_hz=window['centre_hz'],
+                                                min_arcsec=min_resolution_arcsec, max_arcsec=max_resolution_arcsec),
             sensitivity_goal=sensitivity_goal)
         sbsummary = _write_sbsummary(table, ms_path, goals=goals, sb_uid=observation['sb_uid'],
-                                     project_uid='uid://A001/X3570/X10c', ous_uid=ous_uid,
+                                     project_uid=_PROJECT_UID, ous_uid=ous_uid,
                                      frequency_ghz=window['centre_hz'] / 1e9)
         _write_execblock(table, ms_path, eb_uid=observation['eb_uid'], sb_uid=observation['sb_uid'],
                          config_name=config_name)
@@ -128,11 +133,11 @@ def make_pipeline_ready(ms_path, *, casa, ous_uid='uid://A001/X3570/X111', eb_ui
     declared = _declare_data_type(casatools, ms_path, column_types=column_types, sources=sources,
                                   spw_ids=sorted(windows))
     return dict(ms=ms_path, science_goals=goals, sbsummary=sbsummary, observation=observation,
-                data_type=data_type, data_type_history=declared,
+                data_types=dict(column_types), data_type_history=declared,
                 basebands=dict((spw, w['baseband']) for spw, w in windows.items()))
 
 
-def make_delivery_pipeline_ready(ms_dir, *, casa, ous_uid='uid://A001/X3570/X111'):
+def make_delivery_pipeline_ready(ms_dir, *, casa, ous_uid=_DEFAULT_OUS_UID):
     """Make every delivered MS in ``ms_dir`` pipeline-ready, each declared with what it holds:
     ``*_targets.ms`` continuum + line, ``*_targets_line.ms`` line only, a Cycle 8 ``*_target.ms``
     continuum + line in DATA and line only in CORRECTED_DATA.  Other MSes (a working
@@ -318,7 +323,7 @@ def _fill_observation(table, ms_path, *, eb_uid, sb_uid, project_code):
             schedule = [str(item) for item in table.getcell('SCHEDULE', 0)]
         known = dict(item.split(' ', 1) for item in schedule if ' ' in item)
         eb_uid = eb_uid or known.get('ExecBlock') or _uid_from_ms_name(ms_path) or 'uid://A002/X0/X1'
-        sb_uid = sb_uid or known.get('SchedulingBlock') or 'uid://A001/X3570/X10f'
+        sb_uid = sb_uid or known.get('SchedulingBlock') or _DEFAULT_SB_UID
         existing_project = str(table.getcell('PROJECT', 0)) if table.nrows() else ''
         project_code = project_code or existing_project or '2022.1.01234.S'
         for row in range(table.nrows()):
@@ -416,7 +421,7 @@ def _source_names(table, ms_path):
     return unique
 
 
-def _resolution_range(table, ms_path, frequency_hz, min_arcsec, max_arcsec):
+def _resolution_range(table, ms_path, *, frequency_hz, min_arcsec, max_arcsec):
     if min_arcsec is not None and max_arcsec is not None:
         return float(min_arcsec), float(max_arcsec)
     _open(table, os.path.join(ms_path, 'ANTENNA'), writable=False)
@@ -477,7 +482,6 @@ def _create_linked_subtable(table, ms_path, name, description, rows):
     finally:
         table.close()
     if os.path.isdir(path):
-        import shutil
         shutil.rmtree(path)
     if not table.create(path, description, nrow=len(rows)):
         raise RuntimeError('could not create %s' % path)
