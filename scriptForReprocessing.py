@@ -504,6 +504,7 @@ class RunState(object):
         self._lock_file = None
         self._journal = None
         self.casa_logfile = None
+        self.console_log = None
         self.results = []
         self.command = None        # the command line, for the report
         self.started = None        # time.time() when the run began
@@ -5399,11 +5400,34 @@ def casa_mpi_job():
     _MPI_JOB['client'] = client
     try:
         yield
-    finally:
+    except BaseException:
         _MPI_JOB['client'] = None
-        client.stop_services()  # servers finish their current command, then MPI is finalised on every rank
-        import atexit
-        atexit.unregister(client.stop_services)  # casampi's own stop at exit would only warn "finalized"
+        _stop_mpi_servers(client, interrupt=True)
+        raise
+    _MPI_JOB['client'] = None
+    _stop_mpi_servers(client, interrupt=False)
+
+
+MPI_STOP_SECONDS = 60
+
+
+def _stop_mpi_servers(client, *, interrupt):
+    """Stop the servers and finalise MPI on every rank, so that mpirun exits with rank 0's status.
+
+    After an error or a signal the servers may be busy, or gone (mpirun passes SIGTERM to every
+    rank): they are told to drop what they do, and rank 0 waits at most MPI_STOP_SECONDS; if they
+    have not answered by then, rank 0 exits anyway and mpirun ends the remaining ranks.
+    """
+    import atexit
+    atexit.unregister(client.stop_services)  # casampi's own stop at exit would only warn "finalized", or wait
+    if not interrupt:
+        client.stop_services()  # the servers are idle: a few seconds
+        return
+    import threading
+    stopper = threading.Thread(target=client.stop_services, kwargs={'force_command_request_interruption': True})
+    stopper.daemon = True
+    stopper.start()
+    stopper.join(MPI_STOP_SECONDS)
 
 
 def _join_casampi(size, rank):
@@ -5698,23 +5722,50 @@ def _run_steps(plan, state):
         if casa is None and step.name not in ('cleanup', 'weblog'):
             casa = _start_casa(plan, state)
         started = time.time()
-        result = step.function(plan, state, step, casa) or {}
+        with contextlib.ExitStack() as console:
+            if casa is not None and step.name != 'weblog':
+                console.enter_context(native_output_into(state.console_log))
+            result = step.function(plan, state, step, casa) or {}
         ended = time.time()
         result.update(step=step.name, seconds=round(ended - started, 1), started=started, ended=ended)
         state.results.append(result)
         state.current_step = None
 
 
+@contextlib.contextmanager
+def native_output_into(path):
+    """Send what CASA's C++ layer prints straight to the terminal into a file.
+
+    casalog.showconsole(False) silences CASA's logger, but casacore and the
+    imager still print WARN/SEVERE lines on file descriptor 2 (an old leap-second
+    table, "No regions found by automasking"), which would bury the script's own
+    progress lines.  They are kept, in the console log beside the CASA log.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(str(path), 'a') as console:
+            os.dup2(console.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _start_casa(plan, state):
     logfile = None
+    stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
+    state.logs_dir.mkdir(parents=True, exist_ok=True)
+    state.console_log = state.logs_dir / ('casa-console-%s.log' % stamp)
     if not _is_monolithic_casa():
-        state.logs_dir.mkdir(parents=True, exist_ok=True)
-        logfile = state.logs_dir / ('casa-%s.log' % datetime.datetime.now().strftime('%Y%m%d-%H%M%S'))
+        logfile = state.logs_dir / ('casa-%s.log' % stamp)
     casa = load_casa(logfile=logfile)
     share_casa_log(casa, logfile)  # under mpirun: CASA was loaded before the log was chosen
     state.casa_logfile = Path(casa.casatasks.casalog.logfile()).resolve()
     record_created_log(plan.delivery, state.casa_logfile)
-    say('  CASA log: %s' % state.casa_logfile)
+    say('  CASA log: %s (messages CASA prints itself: %s)' % (state.casa_logfile, state.console_log.name))
     return casa
 
 

@@ -19,6 +19,7 @@ Usage: python bench/bench_mpi.py [--n-ebs 4] [--n-antennas 40] [--nchan 480] [--
 Needs Open MPI's mpirun and "pip install casampi mpi4py" (make setup-mpi).
 """
 import argparse
+import collections
 import importlib.util
 import os
 import re
@@ -48,18 +49,30 @@ def loopback_environment(mpirun):
     return environment
 
 
+# Runs the command and prints the peak resident memory of the largest process it started (ranks
+# included: mpirun waits for them, so they count among this wrapper's children).
+_PEAK_MEMORY = (
+    'import resource, subprocess, sys\n'
+    'code = subprocess.call(sys.argv[1:])\n'
+    'print("@@peak-kb %d" % resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)\n'
+    'sys.exit(code)\n')
+
+Timing = collections.namedtuple('Timing', 'wall cpu peak_gb stdout')
+
+
 def timed(command, cwd, env=None):
-    """(wall seconds, CPU seconds of every process it started, stdout)."""
+    """Wall seconds, CPU seconds of every process it started, the largest process's peak memory (GB)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.time()
-    result = subprocess.run(command, cwd=str(cwd), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            universal_newlines=True)
+    result = subprocess.run([sys.executable, '-c', _PEAK_MEMORY] + command, cwd=str(cwd), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
     wall = time.time() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode != 0:
         sys.exit('benchmark command failed: %s\n%s\n%s' % (' '.join(command), result.stdout, result.stderr))
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return wall, cpu, result.stdout
+    peak = re.search(r'@@peak-kb (\d+)', result.stderr)
+    return Timing(wall, cpu, int(peak.group(1)) / 1e6 if peak else float('nan'), result.stdout)
 
 
 def directory_bytes(path):
@@ -120,8 +133,8 @@ def main(argv=None):
         one = timed(serial + contsub + ['--jobs', '1'], fresh('contsub-serial'))
         jobs = timed(serial + contsub + ['--jobs', str(cores)], fresh('contsub-jobs'))
         mpi = timed(parallel + contsub, fresh('contsub-mpi'), env=mpi_env)
-        if 'on MPI server' not in mpi[2]:
-            sys.exit('the mpirun run did not use the MPI servers:\n' + mpi[2])
+        if 'on MPI server' not in mpi.stdout:
+            sys.exit('the mpirun run did not use the MPI servers:\n' + mpi.stdout)
         rows.append(('--contsub_fast', one, mpi))
         rows.append(('--contsub_fast --jobs %d (processes)' % cores, one, jobs))
 
@@ -132,13 +145,14 @@ def main(argv=None):
             rows.append(('cube imaging (spws %s)' % options.image_spws, cube, cube_mpi))
 
         print()
-        print('%-38s %14s %14s %8s' % ('', 'serial', 'parallel', 'ratio'))
-        for label, (wall, cpu, _out), (pwall, pcpu, _pout) in rows:
-            print('%-38s %8.1f s wall %8.1f s wall %8.3f   (CPU %.0f s / %.0f s)'
-                  % (label, wall, pwall, pwall / wall, cpu, pcpu))
+        print('%-38s %16s %16s %7s   %s' % ('', 'serial', 'parallel', 'ratio', 'peak memory of one process'))
+        for label, base, other in rows:
+            print('%-38s %9.1f s wall %9.1f s wall %7.3f   %.2f GB / %.2f GB  (CPU %.0f s / %.0f s)'
+                  % (label, base.wall, other.wall, other.wall / base.wall, base.peak_gb, other.peak_gb, base.cpu,
+                     other.cpu))
         print()
-        print('ratio = parallel / serial wall time on %d cores (load average %.1f at the end); the fixed cost '
-              'row is what MPI adds to any run' % (cores, os.getloadavg()[0]))
+        print('ratio = parallel / serial wall time, on %d cores (load average %.1f at the end: other work on the '
+              'machine slows both sides); the fixed-cost row is what MPI adds to any run' % (cores, os.getloadavg()[0]))
     finally:
         if not options.workdir:
             shutil.rmtree(str(workdir), ignore_errors=True)
