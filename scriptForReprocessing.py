@@ -429,6 +429,10 @@ def _plan_image(plan):
                           '(--allow-cubes-with-continuum)' % '/'.join(cubes))
     if {'mfs', 'cont'} & set(request.specmodes) and not delivery.contdat.is_file():
         plan.notes.append('no caltables/cont.dat: mfs/cont images use every channel, lines included')
+    limits = [n for n in ('maxproductsize', 'maxcubesize', 'maxcubelimit') if getattr(request, n) is not None]
+    if engine == 'casa' and (limits or not request.mitigation):
+        plan.notes.append('%s only apply to the pipeline\'s size mitigation: the CASA engine checks the free '
+                          'disk instead' % ', '.join('--' + n for n in limits or ['no-mitigation']))
     plan.imaging, plan.imaging_engine = request, engine
     engine_name = 'ALMA pipeline' if engine == 'pipeline' else 'CASA tclean, no pipeline'
     inputs = list(delivery.targets) + ([] if makes_line_ms else list(delivery.targets_line) if cubes else [])
@@ -2796,11 +2800,11 @@ def place_contdat_for_pipeline(delivery):
 def working_directory(path):
     """chdir into path for the pipeline, and always back."""
     previous = os.getcwd()
-    os.chdir(str(path))
+    change_directory(path)  # the MPI servers follow, if any
     try:
         yield Path(path)
     finally:
-        os.chdir(previous)
+        change_directory(previous)
 
 
 def _run_pipeline_calls(tasks, calls, *, work_dir, logfile):
@@ -3254,7 +3258,7 @@ def run_pipeline_imaging(plan, state, casa, request, *, inputs, work_dir):
     say('  pipeline %s (%s), working in %s' % (revision, pipeline_release_name(revision), work_dir))
     products = []
     previous_dir = os.getcwd()
-    os.chdir(str(work_dir))  # the pipeline writes its context, weblog and images where it runs
+    change_directory(work_dir)  # the pipeline writes its context, weblog and images where it runs (MPI servers too)
     initialised = False
     specmode = None
     try:
@@ -3282,7 +3286,7 @@ def run_pipeline_imaging(plan, state, casa, request, *, inputs, work_dir):
         except Exception as error:  # never hide the error that brought us here
             warn('h_save failed (%s); the pipeline context in %s may be incomplete' % (_one_line(error), work_dir))
         finally:
-            os.chdir(previous_dir)
+            change_directory(previous_dir)
     return products
 
 
@@ -4014,7 +4018,7 @@ def run_tclean_jobs(casa, request, jobs, *, work_dir, state):
     """Run each job's tclean in work_dir; the products are what each call added to it."""
     products = []
     previous_dir = os.getcwd()
-    os.chdir(str(work_dir))  # tclean (and monolithic CASA's .last files) write into the working directory
+    change_directory(work_dir)  # tclean (and monolithic CASA's .last files) write into the working directory
     try:
         for number, job in enumerate(jobs, 1):
             arguments = tclean_arguments(job, request, imagename=work_dir / job.name, parallel=tclean_parallel(job))
@@ -4044,7 +4048,7 @@ def run_tclean_jobs(casa, request, jobs, *, work_dir, state):
             say('        %d clean iterations, stopped by %s, %.0f s' % (
                 iterations, _STOP_REASONS.get(stop, 'code %s' % stop), time.time() - started))
     finally:
-        os.chdir(previous_dir)
+        change_directory(previous_dir)
     return products
 
 
@@ -5360,6 +5364,23 @@ def mpi_servers_available():
     return mpi.size > 1 and mpi.is_client and 'casampi.MPIEnvironment' in sys.modules
 
 
+def change_directory(path):
+    """os.chdir here, and on the MPI servers too when there are some.
+
+    CASA work sent to the servers uses their own working directory: tclean's temporary tables, the
+    pipeline's parallel products (the pipeline works around the same problem in hif_selfcal).
+    Without this they would land in the directory mpirun was started from.
+    """
+    os.chdir(str(path))
+    if mpi_servers_available():
+        from casampi.MPIEnvironment import MPIEnvironment
+        from casampi.MPICommandClient import MPICommandClient
+        client = MPICommandClient()
+        client.start_services()  # running already under mpirun; under mpicasa perhaps not yet
+        client.push_command_request('os.chdir(%r)' % os.getcwd(), block=True,
+                                    target_server=MPIEnvironment.mpi_server_rank_list())
+
+
 def tclean_parallel(job):
     """tclean's parallel= for one imaging job: True for cubes and mosaics when MPI servers are there.
 
@@ -5485,15 +5506,31 @@ def _shorten_casampi_polling(environment):
             setattr(environment, name, min(getattr(environment, name), seconds))
 
 
-def share_casa_log(casa, logfile):
-    """Under mpirun, rank 0 and the servers write into the run's CASA log, like mpicasa's unified log."""
-    client = _MPI_JOB['client']
-    if client is None or logfile is None:
+def share_logs_with_mpi_servers(casa, logfile, console_log=None):
+    """The MPI servers log where rank 0 does: the run's CASA log, and its console log for what C++ prints.
+
+    Under mpirun, CASA was loaded before the run chose its log, so rank 0 switches too; under
+    mpicasa, CASA's log is unified already.  A server's file descriptor 2 (casacore's and the
+    imager's own WARN/SEVERE lines) goes to the console log, as rank 0's does during the steps.
+    """
+    if not mpi_servers_available():
         return
-    casa.casatasks.casalog.setlogfile(str(logfile))
     from casampi.MPIEnvironment import MPIEnvironment
-    client.push_command_request('casalog.setlogfile(%r)' % str(logfile), block=True,
-                                target_server=MPIEnvironment.mpi_server_rank_list())
+    from casampi.MPICommandClient import MPICommandClient
+    client = MPICommandClient()
+    client.start_services()  # running already under mpirun; under mpicasa perhaps not yet
+    commands = []
+    if _MPI_JOB['client'] is not None and logfile is not None:
+        casa.casatasks.casalog.setlogfile(str(logfile))
+        commands.append('casalog.setlogfile(%r)' % str(logfile))
+    if console_log is not None:
+        commands.append('import os as _reprocessing_os\n'
+                        '_reprocessing_fd = _reprocessing_os.open(%r, _reprocessing_os.O_WRONLY | '
+                        '_reprocessing_os.O_APPEND | _reprocessing_os.O_CREAT, 0o644)\n'
+                        '_reprocessing_os.dup2(_reprocessing_fd, 2)\n'
+                        '_reprocessing_os.close(_reprocessing_fd)\n' % str(console_log))
+    for command in commands:
+        client.push_command_request(command, block=True, target_server=MPIEnvironment.mpi_server_rank_list())
 
 
 # -- execution-block tasks on MPI servers -------------------------------------------------------------
@@ -5762,7 +5799,7 @@ def _start_casa(plan, state):
     if not _is_monolithic_casa():
         logfile = state.logs_dir / ('casa-%s.log' % stamp)
     casa = load_casa(logfile=logfile)
-    share_casa_log(casa, logfile)  # under mpirun: CASA was loaded before the log was chosen
+    share_logs_with_mpi_servers(casa, logfile, state.console_log)
     state.casa_logfile = Path(casa.casatasks.casalog.logfile()).resolve()
     record_created_log(plan.delivery, state.casa_logfile)
     say('  CASA log: %s (messages CASA prints itself: %s)' % (state.casa_logfile, state.console_log.name))

@@ -134,6 +134,8 @@ def test_images_folder_holds_the_final_products_as_fits_with_archive_names(image
     assert not any('iter0' in n or n.endswith(('.psf', '.residual', '.model', '.sumwt')) for n in names)
     # leftovers of an earlier run are never collected, and nothing of this run is left behind
     assert KILLED_RUN_LEFTOVER not in names
+    assert (imaged['images'] / LEFTOVER / 'table.dat').is_file(), 'the stale image was published'
+    assert 'removing working_reprocess/imaging/ left by an earlier run' in imaged['result'].stdout
     assert not (imaged['delivery'] / sfr.WORK_DIR_NAME / 'imaging').exists()
     assert not list(imaged['delivery'].glob('.*partial*'))
     assert not (imaged['delivery'] / sfr.WORK_DIR_NAME / 'staging' / 'image').exists()
