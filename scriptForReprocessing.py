@@ -374,6 +374,8 @@ def make_plan(options, delivery):
                                [delivery.work_dir], [], 0, run_cleanup))
     if options.weblog is not None:
         _plan_weblog(plan)
+    if options.image is not None:
+        preflight_images(plan)  # last: it loads CASA to read metadata, after every check that does not need it
     _check_free_space(plan)
     return plan
 
@@ -475,6 +477,8 @@ def describe_plan(plan):
     if plan.extra_bytes:
         lines.append('  Extra disk needed: about %s (%s free)'
                      % (human_bytes(plan.extra_bytes), human_bytes(free_bytes(delivery.root))))
+    if getattr(plan, 'image_estimate', None) is not None:
+        lines.append('  ' + describe_image_estimate(plan.image_estimate))
     for note in plan.notes:
         lines.append('  Note: ' + note)
     return '\n'.join(lines)
@@ -2217,7 +2221,7 @@ def run_contsub(plan, state, step, casa):
     contdat_preflight(plan, casa)
     delivery = plan.delivery
     targets = [Path(ms) for ms in step.inputs]
-    revision, tasks = load_pipeline_tasks()
+    revision, tasks = load_pipeline_tasks(work_dir=delivery.work_dir)
     decided = pipeline_contsub_calls(
         revision=revision, task_parameters=dict((name, task_parameter_names(task)) for name, task in tasks.items()),
         vis=[ms.name for ms in targets], mpi_size=mpi_info().size,
@@ -2681,19 +2685,46 @@ def pipeline_line_name(ms_name):
     return ms_name[:-len('.ms')] + '_line.ms' if ms_name.endswith('.ms') else ms_name + '_line.ms'
 
 
-def load_pipeline_tasks(names=PIPELINE_TASKS):
-    """(revision, {name: task}) of the installed pipeline; tasks it does not have are left out."""
+def load_pipeline_tasks(names=PIPELINE_TASKS, *, work_dir=None):
+    """(revision, {name: task}) of the installed pipeline; tasks it does not have are left out.
+
+    The pipeline opens its casacalls-<host>.txt in the current directory when it is first
+    imported, so it is imported from work_dir (working_reprocess/), not the user's folder.
+    """
+    previous_dir = os.getcwd()
     try:
+        if work_dir is not None:
+            Path(work_dir).mkdir(parents=True, exist_ok=True)
+            os.chdir(str(work_dir))
         import pipeline
+        tasks = {}
+        for name in names:
+            task = _find_pipeline_task(name)
+            if task is not None:
+                tasks[name] = task
+    except ReprocessingError:
+        raise
     except Exception as error:  # the pipeline's own import can fail in many ways
         raise ReprocessingError('%s (import pipeline: %s)' % (PIPELINE_MISSING, _one_line(error)))
+    finally:
+        os.chdir(previous_dir)
+    quiet_pipeline_terminal_log()
     revision = str(getattr(pipeline, 'revision', None) or getattr(pipeline, '__version__', 'unknown'))
-    tasks = {}
-    for name in names:
-        task = _find_pipeline_task(name)
-        if task is not None:
-            tasks[name] = task
     return revision, tasks
+
+
+def quiet_pipeline_terminal_log():
+    """Show only the pipeline's warnings and errors on the terminal.
+
+    The pipeline logs every INFO line to stdout (thousands per run) as well as to the CASA
+    log; the CASA log keeps them all, the terminal keeps the script's own progress readable.
+    """
+    import logging
+    module = sys.modules.get('pipeline.infrastructure.logging')
+    for logger in getattr(module, '_loggers', []):
+        for handler in logger.handlers:
+            if type(handler) is logging.StreamHandler or type(handler).__name__ == 'ColorizingStreamHandler':
+                handler.setLevel(max(handler.level, logging.WARNING))
 
 
 def _find_pipeline_task(name):
@@ -3253,7 +3284,8 @@ def run_pipeline_imaging(plan, state, casa, request, *, inputs, work_dir):
     """h_init .. h_save in work_dir; returns the products each hif_makeimages made."""
     calls = pipeline_task_calls(request, targets=inputs['targets'], targets_line=inputs['targets_line'],
                                 selfcal=inputs['selfcal'], parallel=mpi_info().size > 1)
-    revision, tasks = load_pipeline_tasks(sorted({call.task for call in calls} | {'h_save'}))
+    revision, tasks = load_pipeline_tasks(sorted({call.task for call in calls} | {'h_save'}),
+                                          work_dir=plan.delivery.work_dir)
     arguments = check_pipeline_release(calls + [PipelineCall('h_save', {}, ())], tasks)[:-1]
     say('  pipeline %s (%s), working in %s' % (revision, pipeline_release_name(revision), work_dir))
     products = []
@@ -3500,8 +3532,8 @@ def describe_image(casa, pbcor, pb=None):
             else float('nan')}
 
 
-def image_table(casa, placed, *, ous):
-    """One row per image: its final products and what they show."""
+def image_table(casa, placed, *, ous, thumbnails_dir=None):
+    """One row per image: its final products and what they show (and a PNG of it in thumbnails_dir)."""
     rows = collections.OrderedDict()
     for product, casa_path, fits_path in placed:
         if product.iteration < 0:
@@ -3519,9 +3551,11 @@ def image_table(casa, placed, *, ous):
             row['pb'] = casa_path
     table = []
     for row in rows.values():
-        if 'pbcor' in row:
-            row.update(describe_image(casa, row.pop('pbcor'), row.pop('pb', None)))
-        row.pop('pb', None)
+        pbcor, pb = row.pop('pbcor', None), row.pop('pb', None)
+        if pbcor is not None:
+            row.update(describe_image(casa, pbcor, pb))
+            if thumbnails_dir is not None:
+                row['thumbnail'] = _thumbnail_or_warning(casa, pbcor, Path(thumbnails_dir) / (row['image'] + '.png'))
         table.append(row)
     return table
 
@@ -3996,13 +4030,17 @@ CASA_IMAGE_OVERHEAD = 40000
 FITS_OVERHEAD = 20000
 
 
-def estimate_image_bytes(jobs, *, all_products=False):
-    """(bytes of the products delivered, bytes needed on disk at the peak of the run)."""
+def estimate_image_bytes(jobs, *, all_products=False, iterations=1):
+    """(bytes of the products delivered, bytes needed on disk at the peak of the run).
+
+    pixels x channels x 4 bytes per product; iterations: the pipeline keeps a dirty iter0 beside
+    each cleaned image, so its working products are twice ours.
+    """
     delivered = peak = 0
     for job in jobs:
         plane = job.imsize[0] * job.imsize[1] * job.nchan * 4
         finals = 5 if job.deconvolver == 'mtmfs' else 3  # pbcor, pb, mask (+ alpha, alpha.error)
-        working = 12 if job.deconvolver == 'mtmfs' else 8  # + psf, residual, model, sumwt, image, weight
+        working = (12 if job.deconvolver == 'mtmfs' else 8) * iterations  # + psf, residual, model, sumwt, ...
         fits = finals * (plane + FITS_OVERHEAD)
         kept = (working if all_products else finals) * (plane + CASA_IMAGE_OVERHEAD)
         delivered += fits + kept
@@ -4216,7 +4254,7 @@ def run_image(plan, state, step, casa):
     if changed:
         raise ReprocessingError('files of your measurement sets changed during imaging (%s) — this must never '
                                 'happen: restore them from the delivery and report it' % ', '.join(changed[:3]))
-    table = image_table(casa, placed, ous=ous)
+    table = image_table(casa, placed, ous=ous, thumbnails_dir=_report_root(delivery) / 'images')
     fits_count = sum(1 for _p, _c, fits in placed if fits)
     total = sum(directory_bytes(path) for _p, casa_path, fits in placed for path in (casa_path, fits) if path)
     say('  %d images: %d FITS files and %d CASA images, %s, in %s' % (
@@ -4259,6 +4297,87 @@ def _check_image_space(jobs, request, images_dir, delivery):
         raise ReprocessingError('not enough free disk in %s for the images: about %s needed, %s free — free some '
                                 'space, or image less (--specmodes, --field, --spw, --nbins)'
                                 % (delivery.root, human_bytes(peak * 1.1), human_bytes(available)))
+
+
+# --- The plan's pre-flight: what the images will take, before the first long step --
+
+ImageEstimate = collections.namedtuple('ImageEstimate', 'images delivered peak available engine')
+
+
+def preflight_images(plan):
+    """Size the image products from the MS metadata while planning (--dry-run too); stop if they cannot fit.
+
+    CASA is loaded to read the measurement sets' metadata (read-only) and logs nowhere: a plan
+    writes no file, and the run's log is chosen when its first step starts.  The images are sized
+    with the pipeline-free engine's heuristics, which follow the pipeline's, so the pipeline engine
+    gets the same estimate (with its iter0 images), before any size mitigation of its own.
+    """
+    delivery, request, engine = plan.delivery, plan.imaging, plan.imaging_engine
+    casa = _casa_for_planning()
+    makes_line_ms = plan.options.contsub or plan.options.contsub_fast
+    try:
+        with native_output_into(os.devnull), _native_stdout_silenced():
+            targets = sorted((read_ms_for_imaging(casa, ms) for ms in delivery.targets), key=_observed_first)
+            # line MSes this run makes have the spws and channels of the targets MSes they come from
+            lines = [] if makes_line_ms else sorted(
+                (read_ms_for_imaging(casa, ms) for ms in delivery.targets_line), key=_observed_first)
+            jobs, _notes = plan_casa_images(casa, request, targets=targets, lines=lines,
+                                            channels_for=_every_channel, contdat=None,
+                                            ous=ous_from_path(delivery.root))
+    except RuntimeError as error:
+        raise ReprocessingError('cannot read the measurement sets\' metadata to plan the images (%s) — check '
+                                'the measurement sets in %s' % (_one_line(error), delivery.ms_dir))
+    if not jobs and engine == 'casa':
+        raise ReprocessingError('nothing to image with --specmodes %s in these measurement sets — choose other '
+                                'specmodes, fields or spws' % ','.join(request.specmodes))
+    delivered, peak = estimate_image_bytes(jobs, all_products=request.all_products,
+                                           iterations=2 if engine == 'pipeline' else 1)
+    plan.image_estimate = ImageEstimate(len(jobs), delivered, peak, free_bytes(delivery.root), engine)
+    if peak * 1.1 > plan.image_estimate.available:
+        raise ReprocessingError('not enough free disk in %s for the images: about %s needed, %s free — free some '
+                                'space, or image less (--specmodes, --field, --spw, --nbins)'
+                                % (delivery.root, human_bytes(peak * 1.1), human_bytes(plan.image_estimate.available)))
+    images_dir = delivery.root / plan.options.image
+    if images_dir.is_dir():  # --reuse-images: none of this run's names may be taken
+        expected = _expected_finals(jobs)
+        ous = ous_from_path(delivery.root)
+        names = [p.fits_name(ous) for p in expected]
+        if engine == 'casa':  # the pipeline's CASA images carry its stage number, known only when it runs
+            names += [p.path.name for p in expected]
+        check_no_collisions(images_dir, names)
+    # the whole plan's free-disk check counts the images too (beside, e.g., this run's line MSes)
+    plan.steps[:] = [step._replace(extra_bytes=peak) if step.function is run_image else step
+                     for step in plan.steps]
+    return plan.image_estimate
+
+
+def _every_channel(info, field, spw_id, virtual_id):
+    """Channel selection while sizing images: the channels do not change an mfs image's size."""
+    return '', None
+
+
+def _casa_for_planning():
+    if _is_monolithic_casa() or 'casatools' in sys.modules:
+        return load_casa()
+    return load_casa(logfile=os.devnull)
+
+
+def describe_image_estimate(estimate):
+    text = 'Images: %d to make, about %s of products (%s on disk while imaging), %s free' % (
+        estimate.images, human_bytes(estimate.delivered), human_bytes(estimate.peak), human_bytes(estimate.available))
+    if estimate.engine == 'pipeline':
+        text += ' (sized by the pipeline\'s heuristics, before its size mitigation)'
+    return text
+
+
+def _thumbnail_or_warning(casa, image, png_path):
+    """The report's picture of an image (a view of a finished result: a failure is only a warning)."""
+    try:
+        render_image_thumbnail(image_path=image, png_path=png_path, casa=casa)
+    except Exception as error:
+        warn('no report thumbnail for %s (%s) — the image is complete' % (Path(image).name, _one_line(error)))
+        return None
+    return str(png_path)
 
 
 # ---------------------------------------------------------------------------
@@ -5463,7 +5582,7 @@ def _join_casampi(size, rank):
         raise ReprocessingError('this run was started by an MPI launcher other than Open MPI, which casampi does '
                                 'not support — start it with Open MPI\'s mpirun (or mpicasa)')
     # casampi imports casatools, so CASA is configured first.  CASA's log goes nowhere until rank 0
-    # has chosen the run's log (share_casa_log): no casa-*.log appears in the user's directory.
+    # has chosen the run's log (share_logs_with_mpi_servers): no casa-*.log lands in the user's directory.
     _configure_modular_casa(logfile=os.devnull)
     from casampi.MPIEnvironment import MPIEnvironment  # initialises MPI on this rank
     if not MPIEnvironment.is_mpi_enabled:

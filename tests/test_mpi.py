@@ -107,6 +107,7 @@ def test_contsub_fast_on_three_ranks_sends_one_eb_per_server_and_matches_the_ser
     text = logs[0].read_text(errors='replace')
     assert 'uvcontsub::::casa::MPIServer-1' in text and 'uvcontsub::::casa::MPIServer-2' in text
     assert not list(Path(parallel).glob('casa-*.log'))
+    assert 'MPIServer' not in done.stderr  # what the servers' C++ prints goes to the console log, as rank 0's
     assert run_files(parallel) == [sfr.LOCK_NAME]  # no journal, no partial outputs left behind
 
 
