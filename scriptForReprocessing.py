@@ -374,8 +374,6 @@ def make_plan(options, delivery):
                                [delivery.work_dir], [], 0, run_cleanup))
     if options.weblog is not None:
         _plan_weblog(plan)
-    if options.image is not None:
-        preflight_images(plan)  # last: it loads CASA to read metadata, after every check that does not need it
     _check_free_space(plan)
     return plan
 
@@ -4307,6 +4305,7 @@ ImageEstimate = collections.namedtuple('ImageEstimate', 'images delivered peak a
 def preflight_images(plan):
     """Size the image products from the MS metadata while planning (--dry-run too); stop if they cannot fit.
 
+    Called by run() right after make_plan (which stays free of CASA), before the first step.
     CASA is loaded to read the measurement sets' metadata (read-only) and logs nowhere: a plan
     writes no file, and the run's log is chosen when its first step starts.  The images are sized
     with the pipeline-free engine's heuristics, which follow the pipeline's, so the pipeline engine
@@ -4345,9 +4344,10 @@ def preflight_images(plan):
         if engine == 'casa':  # the pipeline's CASA images carry its stage number, known only when it runs
             names += [p.path.name for p in expected]
         check_no_collisions(images_dir, names)
-    # the whole plan's free-disk check counts the images too (beside, e.g., this run's line MSes)
+    # the whole plan's free-disk check, again, with the images (beside, e.g., this run's line MSes)
     plan.steps[:] = [step._replace(extra_bytes=peak) if step.function is run_image else step
                      for step in plan.steps]
+    _check_free_space(plan)
     return plan.image_estimate
 
 
@@ -5841,6 +5841,8 @@ def run(options, argv):
         raise ReprocessingError('MPI rank %d reached the steps, which only rank 0 runs — start the run with mpirun '
                                 'and casampi installed, or without mpirun' % mpi_info().rank)
     plan = make_plan(options, delivery)
+    if options.image is not None:
+        preflight_images(plan)  # reads the MSes' metadata with CASA: after every check that does not need it
     say(describe_environment())
     if options.dry_run:
         say(describe_plan(plan))
@@ -5895,7 +5897,7 @@ def native_output_into(path):
     casalog.showconsole(False) silences CASA's logger, but casacore and the
     imager still print WARN/SEVERE lines on file descriptor 2 (an old leap-second
     table, "No regions found by automasking"), which would bury the script's own
-    progress lines.  They are kept, in the console log beside the CASA log.
+    progress lines.  They are kept, in the console log (console-<time>.log) beside the CASA log.
     """
     sys.stdout.flush()
     sys.stderr.flush()
@@ -5914,10 +5916,12 @@ def _start_casa(plan, state):
     logfile = None
     stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
     state.logs_dir.mkdir(parents=True, exist_ok=True)
-    state.console_log = state.logs_dir / ('casa-console-%s.log' % stamp)
+    state.console_log = state.logs_dir / ('console-%s.log' % stamp)
     if not _is_monolithic_casa():
         logfile = state.logs_dir / ('casa-%s.log' % stamp)
     casa = load_casa(logfile=logfile)
+    if logfile is not None and casa.casatasks.casalog.logfile() == os.devnull:
+        casa.casatasks.casalog.setlogfile(str(logfile))  # loaded by the plan (preflight_images), logging nowhere
     share_logs_with_mpi_servers(casa, logfile, state.console_log)
     state.casa_logfile = Path(casa.casatasks.casalog.logfile()).resolve()
     record_created_log(plan.delivery, state.casa_logfile)

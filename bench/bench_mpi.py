@@ -6,7 +6,7 @@ channels, with line MSes), each command timed on a fresh copy:
 
 1. --contsub_fast: serial (--jobs 1), the process workers of --jobs (one per core, for reference),
    and mpirun -n 3 (one execution block per MPI server);
-2. pipeline-free cube imaging (--image --specmodes cube --spw 25,27): serial, and mpirun -n 3
+2. pipeline-free cube imaging (--image --specmodes cube --spw 25): serial, and mpirun -n 3
    (tclean parallel=True: each server cleans its part of the channels);
 3. the fixed cost of MPI: mpirun -n 3 ... --dry-run (start the ranks, import CASA, start and stop
    casampi's servers) against the serial --dry-run.
@@ -85,7 +85,7 @@ def main(argv=None):
     parser.add_argument('--n-antennas', type=int, default=40)
     parser.add_argument('--nchan', type=int, default=480)
     parser.add_argument('--ranks', type=int, default=3)
-    parser.add_argument('--image-spws', default='25,27', help='spws of the cubes to image (default 25,27)')
+    parser.add_argument('--image-spws', default='25', help='spws of the cubes to image (default 25)')
     parser.add_argument('--skip-image', action='store_true', help='measure --contsub_fast only')
     parser.add_argument('--workdir', default=None, help='where to work (default: a temporary folder, removed)')
     options = parser.parse_args(argv)
@@ -124,32 +124,33 @@ def main(argv=None):
             copy_delivery(source, copy)
             return copy
 
-        rows = []
+        print()
+        print('%-38s %16s %16s %7s   %s' % ('', 'serial', 'parallel', 'ratio', 'peak memory of one process'),
+              flush=True)
+
+        def row(label, base, other):  # printed as soon as measured: the imaging rows take long
+            print('%-38s %9.1f s wall %9.1f s wall %7.3f   %.2f GB / %.2f GB  (CPU %.0f s / %.0f s)'
+                  % (label, base.wall, other.wall, other.wall / base.wall, base.peak_gb, other.peak_gb, base.cpu,
+                     other.cpu), flush=True)
+
         contsub = ['--contsub_fast', '--overwrite-line']
         dry = timed(serial + contsub + ['--dry-run'], fresh('dry'))
-        dry_mpi = timed(parallel + contsub + ['--dry-run'], workdir / 'dry', env=mpi_env)
-        rows.append(('fixed cost: --dry-run', dry, dry_mpi))
+        row('fixed cost: --dry-run', dry, timed(parallel + contsub + ['--dry-run'], workdir / 'dry', env=mpi_env))
 
         one = timed(serial + contsub + ['--jobs', '1'], fresh('contsub-serial'))
-        jobs = timed(serial + contsub + ['--jobs', str(cores)], fresh('contsub-jobs'))
         mpi = timed(parallel + contsub, fresh('contsub-mpi'), env=mpi_env)
         if 'on MPI server' not in mpi.stdout:
             sys.exit('the mpirun run did not use the MPI servers:\n' + mpi.stdout)
-        rows.append(('--contsub_fast', one, mpi))
-        rows.append(('--contsub_fast --jobs %d (processes)' % cores, one, jobs))
+        row('--contsub_fast', one, mpi)
+        row('--contsub_fast --jobs %d (processes)' % cores, one,
+            timed(serial + contsub + ['--jobs', str(cores)], fresh('contsub-jobs')))
 
         if not options.skip_image:
             image = ['--image', '--specmodes', 'cube', '--spw', options.image_spws]
             cube = timed(serial + image, fresh('image-serial'))
-            cube_mpi = timed(parallel + image, fresh('image-mpi'), env=mpi_env)
-            rows.append(('cube imaging (spws %s)' % options.image_spws, cube, cube_mpi))
+            row('cube imaging (spw %s)' % options.image_spws, cube,
+                timed(parallel + image, fresh('image-mpi'), env=mpi_env))
 
-        print()
-        print('%-38s %16s %16s %7s   %s' % ('', 'serial', 'parallel', 'ratio', 'peak memory of one process'))
-        for label, base, other in rows:
-            print('%-38s %9.1f s wall %9.1f s wall %7.3f   %.2f GB / %.2f GB  (CPU %.0f s / %.0f s)'
-                  % (label, base.wall, other.wall, other.wall / base.wall, base.peak_gb, other.peak_gb, base.cpu,
-                     other.cpu))
         print()
         print('ratio = parallel / serial wall time, on %d cores (load average %.1f at the end: other work on the '
               'machine slows both sides); the fixed-cost row is what MPI adds to any run' % (cores, os.getloadavg()[0]))

@@ -229,6 +229,122 @@ def test_size_estimate_is_within_a_factor_1_5_of_what_was_written(imaged):
     assert written / 1.5 <= estimate <= written * 1.5, (estimate, written)
 
 
+def fits_header(path):
+    """{keyword: value} of a FITS file's primary header, read with the standard library (no astropy)."""
+    header = {}
+    with open(str(path), 'rb') as handle:
+        while True:
+            block = handle.read(2880)
+            assert len(block) == 2880, '%s: the primary header has no END card' % path
+            for start in range(0, 2880, 80):
+                card = block[start:start + 80].decode('ascii')
+                keyword = card[:8].strip()
+                if keyword == 'END':
+                    return header
+                if card[8:10] != '= ':
+                    continue
+                value = card[10:].strip()
+                if value.startswith("'"):
+                    header[keyword] = value[1:].split("'")[0].rstrip()
+                    continue
+                value = value.split('/')[0].strip()
+                try:
+                    header[keyword] = {'T': True, 'F': False}[value]
+                except KeyError:
+                    try:
+                        header[keyword] = float(value)
+                    except ValueError:
+                        header[keyword] = value
+
+
+def casa_image_beside(fits):
+    """The CASA image a FITS file was exported from (same folder, working name)."""
+    extension = fits.name.split('.I.')[1][:-len('.fits')]
+    return fits.with_name(fits.name.replace('.I.' + extension + '.fits',
+                                            '.I.iter1.' + {'pbcor': 'image.pbcor'}.get(extension, extension)))
+
+
+def beam_numbers(beam):
+    """(major arcsec, minor arcsec, pa deg) of one restoring beam, or a list of them per channel."""
+    if 'beams' in beam:
+        channels = sorted(beam['beams'], key=lambda key: int(key[1:]))  # '*0', '*1', ...
+        return [beam_numbers(beam['beams'][channel]['*0']) for channel in channels]
+    arcsec = {'arcsec': 1.0, 'deg': 3600.0}
+
+    def value(name):
+        return beam[name]['value'] * arcsec[beam[name]['unit']]
+    return value('major'), value('minor'), value('positionangle') / 3600.0
+
+
+def test_fits_headers_carry_the_beam_a_frequency_axis_and_jy_per_beam(imaged, casa):
+    """What CARTA, DS9 or astropy read: BUNIT, an LSRK FREQ axis, the restoring beam (per channel in a cube)."""
+    for fits in sorted(imaged['images'].glob('*.pbcor.fits')):
+        header = fits_header(fits)
+        assert header['BUNIT'] == 'Jy/beam', fits.name
+        axes = [header.get('CTYPE%d' % axis) for axis in range(1, int(header['NAXIS']) + 1)]
+        assert axes[:2] == ['RA---SIN', 'DEC--SIN'] and 'FREQ' in axes, (fits.name, axes)
+        assert header['SPECSYS'] == 'LSRK'
+        casa_beam = beam_numbers(read_image(casa, casa_image_beside(fits))[2])
+        fits_beam = beam_numbers(read_image(casa, fits)[2])
+        if isinstance(casa_beam, list):  # a cube: one beam per channel, in the FITS BEAMS table
+            assert header['CASAMBM'] is True and len(fits_beam) == len(casa_beam) == int(header['NAXIS3'])
+        else:
+            assert (header['BMAJ'] * 3600, header['BMIN'] * 3600, header['BPA']) == pytest.approx(casa_beam, rel=1e-6)
+        assert numpy_close(fits_beam, casa_beam), fits.name
+
+
+def numpy_close(a, b):
+    import numpy
+    return numpy.allclose(numpy.asarray(a, dtype=float), numpy.asarray(b, dtype=float), rtol=1e-6, atol=0)
+
+
+def test_report_shows_every_image_with_a_thumbnail_beam_peak_and_rms(imaged):
+    report = imaged['delivery'] / sfr.WORK_DIR_NAME / 'report'
+    stems = sorted(p.name[:-len('.pbcor.fits')] for p in imaged['images'].glob('*.pbcor.fits'))
+    thumbnails = sorted((report / 'images').iterdir())
+    assert [p.name for p in thumbnails] == [stem + '.png' for stem in stems]
+    assert all(p.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' for p in thumbnails)
+    page = next(report.glob('run-*/index.html')).read_text()
+    images = page.split('<h2>Images</h2>', 1)[1]
+    for stem in stems:
+        row = re.search(r'<tr><td>%s</td>.*?</tr>' % re.escape(stem), images).group(0)
+        assert re.search(r'<td>[0-9.]+&quot; × [0-9.]+&quot;, -?[0-9.]+°</td>', row), row  # the beam
+        assert len(re.findall(r'<td>[0-9.]+ mJy/beam</td>', row)) == 2, row  # peak and rms
+        assert '<img src="assets/%s.png"' % stem in images
+        assert next(report.glob('run-*/assets/%s.png' % stem)).is_file()
+
+
+def test_dry_run_estimates_the_images_size_and_changes_nothing(imaged, delivery_factory, run_script, md5_tree):
+    import os
+    delivery = delivery_factory(**CENTRED)
+    every_path = sorted(os.path.join(root, name) for root, dirs, files in os.walk(str(delivery))
+                        for name in dirs + files)
+    before = md5_tree(delivery)
+    result = run_script('--delivery', delivery, '--image', '--dry-run')
+    assert result.returncode == 0, result.stdout + result.stderr
+    match = re.search(r'\n  Images: 5 to make, about ([0-9.]+) (kB|MB|GB) of products \(([0-9.]+) (kB|MB|GB) on '
+                      r'disk while imaging\), [0-9.]+ [kMGT]B free\n', result.stdout)
+    assert match, result.stdout
+    estimate = float(match.group(1)) * {'kB': 1e3, 'MB': 1e6, 'GB': 1e9}[match.group(2)]
+    written = sfr.directory_bytes(imaged['images'])
+    assert written / 1.5 <= estimate <= written * 1.5, (estimate, written)
+    assert 'Dry run: nothing was changed.' in result.stdout and result.stderr == ''
+    assert md5_tree(delivery) == before
+    assert sorted(os.path.join(root, name) for root, dirs, files in os.walk(str(delivery))
+                  for name in dirs + files) == every_path
+
+
+def test_images_that_would_not_fit_stop_the_run_before_anything_is_written(delivery_factory, casa, capsys,
+                                                                          monkeypatch):
+    delivery = delivery_factory(**CENTRED)
+    monkeypatch.setattr(sfr, 'free_bytes', lambda path: 5 * 10 ** 6)  # 5 MB free: less than the images need
+    status = sfr.main(['--delivery', str(delivery), '--image', '--specmodes', 'mfs,cube'])
+    error = capsys.readouterr().err
+    assert status == sfr.EXIT_FAILED, error
+    assert re.match(r'ERROR: not enough free disk in .* for the images: about [0-9.]+ MB needed, 5\.0 MB free', error)
+    assert not (delivery / 'images').exists() and not (delivery / sfr.WORK_DIR_NAME).exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # other geometries
 # ---------------------------------------------------------------------------------------------
@@ -447,10 +563,21 @@ def test_products_get_archive_fits_names_and_only_final_ones_are_kept():
 def test_pipeline_image_collects_its_products_as_archive_fits(delivery_factory, run_script):
     delivery = delivery_factory(**dict(CENTRED, pipeline_ready=True))
     before = user_ms_digests(delivery)
-    result = run_image(run_script, delivery, '--engine', 'pipeline', '--specmodes', 'mfs,cube', '--spw', '25',
-                       '--robust', '0.5')
+    flags = ('--engine', 'pipeline', '--specmodes', 'mfs,cube', '--spw', '25', '--robust', '0.5')
+    dry_run = run_image(run_script, delivery, *(flags + ('--dry-run',)))
+    assert re.search(r'Images: 2 to make, about [0-9.]+ [kMG]B of products .*sized by the pipeline\'s heuristics',
+                     dry_run.stdout), dry_run.stdout + dry_run.stderr
+    # an image of an earlier, killed pipeline run, in the working directory
+    stale = delivery / sfr.WORK_DIR_NAME / 'pipeline-image-20200101T000000' / (
+        'oussid.s99_0.IRAS_16293-2422_sci.spw25.mfs.I.iter1.image.pbcor')
+    stale.mkdir(parents=True)
+    (stale / 'table.info').write_text('Type = Image\n')
+    result = run_image(run_script, delivery, *flags)
     assert result.returncode == 0, result.stdout + result.stderr
     names = sorted(p.name for p in (delivery / 'images').iterdir())
+    assert not any('s99_0' in n for n in names) and stale.is_dir()
+    thumbnails = sorted((delivery / sfr.WORK_DIR_NAME / 'report' / 'images').glob('*.png'))
+    assert len(thumbnails) == 2, thumbnails
     assert any(re.search(r'_sci\.spw25\.mfs(\.regcal|\.selfcal)?\.I\.pbcor\.fits$', n) for n in names), names
     assert any(re.search(r'_sci\.spw25\.cube(\.regcal|\.selfcal)?\.I\.pbcor\.fits$', n) for n in names), names
     assert not any('iter0' in n for n in names)

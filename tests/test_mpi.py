@@ -71,7 +71,9 @@ def run_files(delivery):
 
 
 def casa_logs(delivery):
-    return sorted((Path(delivery) / sfr.WORK_DIR_NAME / 'logs').glob('casa-*.log'))
+    """The run's CASA logs (not the console logs of what CASA's C++ prints beside them)."""
+    logs = (Path(delivery) / sfr.WORK_DIR_NAME / 'logs').glob('casa-*.log')
+    return sorted(log for log in logs if not log.name.startswith('casa-console-'))
 
 
 # ---------------------------------------------------------------------------------------------
