@@ -97,6 +97,26 @@ def user_ms_digests(delivery):
     return {p.name: md5_tree(p) for p in sorted(ms_dir.glob('uid*.ms'))}
 
 
+def mean_spectrum(casa, ms, spw_id):
+    """DATA of one spw averaged over rows and correlations, per channel (flagged data left out),
+    and how many samples went into each channel."""
+    import numpy
+    table = casa.casatools.table()
+    table.open(str(Path(ms) / 'DATA_DESCRIPTION'))
+    try:
+        dd_id = list(table.getcol('SPECTRAL_WINDOW_ID')).index(spw_id)
+    finally:
+        table.close()
+    table.open(str(ms))
+    try:
+        rows = table.query('DATA_DESC_ID==%d' % dd_id)
+        data, flags = rows.getcol('DATA'), rows.getcol('FLAG')
+        rows.close()
+    finally:
+        table.close()
+    return numpy.ma.masked_array(data, flags).mean(axis=(0, 2)).filled(numpy.nan), data.shape[0] * data.shape[2]
+
+
 def pipeline_available():
     """True when "import pipeline" works.  With modular CASA the pipeline imports casatools, which
     must first be configured for offline use (load_casa), or the failed import poisons every later

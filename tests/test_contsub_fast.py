@@ -15,7 +15,7 @@ import numpy
 import pytest
 
 import scriptForReprocessing as sfr
-from conftest import user_ms_digests
+from conftest import mean_spectrum, user_ms_digests
 
 TWO_EBS = dict(n_ebs=2)
 
@@ -35,20 +35,6 @@ def read(casa, path, column=None):
         return table.nrows() if column is None else table.getcol(column)
     finally:
         table.close()
-
-
-def mean_spectrum(casa, ms, spw_id):
-    """DATA of one spw averaged over rows and correlations, per channel, and how many samples went in."""
-    dd_id = list(read(casa, Path(ms) / 'DATA_DESCRIPTION', 'SPECTRAL_WINDOW_ID')).index(spw_id)
-    table = casa.casatools.table()
-    table.open(str(ms))
-    try:
-        rows = table.query('DATA_DESC_ID==%d' % dd_id)
-        data, flags = rows.getcol('DATA'), rows.getcol('FLAG')
-        rows.close()
-    finally:
-        table.close()
-    return numpy.ma.masked_array(data, flags).mean(axis=(0, 2)).filled(numpy.nan), data.shape[0] * data.shape[2]
 
 
 def line_free_channels(fitspw, spw_id):

@@ -13,7 +13,7 @@ import numpy
 import pytest
 
 import scriptForReprocessing as sfr
-from conftest import user_ms_digests
+from conftest import mean_spectrum, user_ms_digests
 
 CYCLE9 = dict(n_ebs=2, with_uvcont=True)
 
@@ -33,25 +33,6 @@ def run_uvcont_path(delivery, casa, *extra_flags):
     finally:
         state.finish()
         state.release()
-
-
-def mean_spectrum(casa, ms, spw_id):
-    """DATA averaged over rows and correlations, per channel (the plotted spectrum), and the sample count."""
-    table = casa.casatools.table()
-    table.open(str(Path(ms) / 'DATA_DESCRIPTION'))
-    try:
-        dd_id = list(table.getcol('SPECTRAL_WINDOW_ID')).index(spw_id)
-    finally:
-        table.close()
-    table.open(str(ms))
-    try:
-        rows = table.query('DATA_DESC_ID==%d' % dd_id)
-        data, flags = rows.getcol('DATA'), rows.getcol('FLAG')
-        rows.close()
-    finally:
-        table.close()
-    spectrum = numpy.ma.masked_array(data, flags).mean(axis=(0, 2))
-    return spectrum.filled(numpy.nan), data.shape[0] * data.shape[2]
 
 
 def channels_of(fitspw, spw_id):

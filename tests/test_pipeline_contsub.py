@@ -14,27 +14,10 @@ import numpy
 import pytest
 
 import scriptForReprocessing as sfr
-from conftest import pipeline_available, user_ms_digests
+from conftest import mean_spectrum, pipeline_available, user_ms_digests
 
 pytestmark = [pytest.mark.pipeline,
               pytest.mark.skipif(not pipeline_available(), reason='the ALMA pipeline is not installed')]
-
-
-def mean_spectrum(casa, ms, spw_id):
-    table = casa.casatools.table()
-    table.open(str(ms / 'DATA_DESCRIPTION'))
-    try:
-        dd_id = list(table.getcol('SPECTRAL_WINDOW_ID')).index(spw_id)
-    finally:
-        table.close()
-    table.open(str(ms))
-    try:
-        rows = table.query('DATA_DESC_ID==%d' % dd_id)
-        data, flags = rows.getcol('DATA'), rows.getcol('FLAG')
-        rows.close()
-    finally:
-        table.close()
-    return numpy.ma.masked_array(data, flags).mean(axis=(0, 2)).filled(numpy.nan), data.shape[0] * data.shape[2]
 
 
 def test_the_installed_release_accepts_every_argument_it_is_given():
