@@ -511,6 +511,7 @@ class RunState(object):
         self._journal = None
         self.casa_logfile = None
         self.console_log = None
+        self.pipeline_dir = None  # where this process's first pipeline step ran
         self.results = []
         self.command = None        # the command line, for the report
         self.started = None        # time.time() when the run began
@@ -2228,6 +2229,7 @@ def run_contsub(plan, state, step, casa):
     for note in decided.notes:
         say('  note: ' + note)
     work_dir = delivery.work_dir
+    state.pipeline_dir = work_dir
     staged = stage_for_pipeline_contsub(state, targets, work_dir, copy=decided.copies_ms)
     place_contdat_for_pipeline(delivery)
     produced = collections.OrderedDict((ms, work_dir / pipeline_line_name(ms.name)) for ms in targets)
@@ -4199,8 +4201,11 @@ def run_image(plan, state, step, casa):
     say('  engine: %s; specmodes %s' % ('ALMA pipeline' if engine == 'pipeline' else 'CASA tclean (no pipeline)',
                                          ','.join(request.specmodes)))
     if engine == 'pipeline':
-        work_dir = delivery.work_dir / ('pipeline-image-%s' % datetime.datetime.now().strftime('%Y%m%dT%H%M%S'))
-        work_dir.mkdir(parents=True)
+        # plotms keeps the directory of the first pipeline step of this process, and the pipeline
+        # gives it relative paths: after --contsub, imaging must run where the contsub ran.
+        work_dir = state.pipeline_dir or delivery.work_dir / (
+            'pipeline-image-%s' % datetime.datetime.now().strftime('%Y%m%dT%H%M%S'))
+        work_dir.mkdir(parents=True, exist_ok=True)
         if delivery.contdat.is_file():  # hif_makeimlist reads the continuum ranges where it runs
             shutil.copyfile(str(delivery.contdat), str(work_dir / 'cont.dat'))
         # hifa_importdata writes into what it imports: it gets shadows (stand-ins) in its working directory
