@@ -1,9 +1,9 @@
 """Shared fixtures: simulated deliveries (made once per test run, copied per test) and script runners."""
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -69,6 +69,23 @@ def run_script():
             delivery = args[args.index('--delivery') + 1]
         return run_command([sys.executable, str(SCRIPT)] + args, cwd=cwd or delivery, env=env, timeout=timeout)
     return run
+
+
+def start_paused(delivery, pause_at, *args):
+    """Start the script and wait until it reaches the test-only pause point."""
+    import scriptForReprocessing as sfr
+    env = dict(os.environ, **{sfr.PAUSE_ENV: pause_at})
+    process = subprocess.Popen([sys.executable, str(SCRIPT), '--delivery', str(delivery)] + list(args),
+                               cwd=str(delivery), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               universal_newlines=True)
+    marker = delivery / ('.paused-at-' + pause_at)
+    deadline = time.time() + 300
+    while not marker.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.time() < deadline, 'the script never reached ' + pause_at
+        time.sleep(0.1)
+    marker.unlink()
+    return process
 
 
 def md5_tree(path):

@@ -5,14 +5,11 @@ Real CASA on simulated deliveries.
 import os
 import signal
 import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
 import scriptForReprocessing as sfr
-from conftest import SCRIPT, md5_tree, user_ms_digests
+from conftest import start_paused, user_ms_digests
 
 THREE_EBS = dict(n_ebs=3, spw_ids=(25, 27, 29, 31), nchan=16, n_antennas=8, with_line_ms=True)
 
@@ -63,21 +60,6 @@ def test_calibrated_final_concatenates_every_execution_block(delivery_factory, r
     assert not list((delivery / 'measurement_sets').glob('.*')), 'a temporary output was left behind'
     assert not (delivery / sfr.JOURNAL_NAME).exists()
 
-
-def start_paused(delivery, pause_at, *args):
-    """Start the script and wait until it reaches the test-only pause point."""
-    env = dict(os.environ, **{sfr.PAUSE_ENV: pause_at})
-    process = subprocess.Popen([sys.executable, str(SCRIPT), '--delivery', str(delivery)] + list(args),
-                               cwd=str(delivery), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               universal_newlines=True)
-    marker = delivery / ('.paused-at-' + pause_at)
-    deadline = time.time() + 300
-    while not marker.exists():
-        assert process.poll() is None, process.communicate()
-        assert time.time() < deadline, 'the script never reached ' + pause_at
-        time.sleep(0.1)
-    marker.unlink()
-    return process
 
 
 @pytest.mark.parametrize('pause_at', ['concat', 'concat-written'])

@@ -8,15 +8,14 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 import scriptForReprocessing as sfr
-from conftest import SCRIPT, user_ms_digests
-from test_weblog import Server, make_weblog_delivery
+from conftest import start_paused, user_ms_digests
+from test_weblog import make_weblog_delivery, serve  # noqa: F401 (serve is a fixture)
 
 # The same simulated delivery as the concat tests, so a full test run simulates it once.
 THREE_EBS = dict(n_ebs=3, spw_ids=(25, 27, 29, 31), nchan=16, n_antennas=8, with_line_ms=True)
@@ -121,20 +120,6 @@ def test_a_run_writes_a_page_with_what_was_run_its_inputs_and_outputs(delivery_f
     assert user_ms_digests(delivery) == before, 'reading the inputs for the report changed a user MS'
     assert not list(report_root(delivery).rglob('.*')), 'a temporary file was left in the report'
 
-
-def start_paused(delivery, pause_at, *args):
-    env = dict(os.environ, **{sfr.PAUSE_ENV: pause_at})
-    process = subprocess.Popen([sys.executable, str(SCRIPT), '--delivery', str(delivery)] + list(args),
-                               cwd=str(delivery), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               universal_newlines=True)
-    marker = delivery / ('.paused-at-' + pause_at)
-    deadline = time.time() + 300
-    while not marker.exists():
-        assert process.poll() is None, process.communicate()
-        assert time.time() < deadline
-        time.sleep(0.1)
-    marker.unlink()
-    return process
 
 
 def test_a_stopped_run_still_writes_its_page_and_every_run_is_in_the_index(delivery_factory, run_script):
@@ -331,16 +316,3 @@ def test_the_report_and_a_weblog_render_in_headless_chromium(tmp_path, serve):
     assert 'Pipeline Summary' in dom and 'stage3/thumbs/spectrum.png' in dom
     assert weblog.stop()[0] == 0
 
-
-@pytest.fixture
-def serve():
-    """serve(delivery, *args) -> a Server running the script; stopped at the end of the test."""
-    servers = []
-
-    def start(delivery, *args, env=None):
-        server = Server(delivery, *args, env=env)
-        servers.append(server)
-        return server
-    yield start
-    for server in servers:
-        server.kill()
