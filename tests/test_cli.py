@@ -152,7 +152,7 @@ def test_a_second_concurrent_run_is_refused(tmp_path, capsys):
 def test_arguments_after_the_script_path_under_casa_c(monkeypatch):
     monkeypatch.setattr(sys, 'argv', ['/opt/casa/bin/casa', '--nologger', '-c',
                                       '/data/calibrated_final/scriptForReprocessing.py', '--contsub'])
-    assert sfr.script_arguments(None) == ['--contsub']
+    assert sfr.script_arguments(None, script=sfr.SCRIPT_NAME) == ['--contsub']
 
 
 @pytest.mark.parametrize('script', [SCRIPT, PREP])

@@ -49,7 +49,7 @@ def line_free_channels(fitspw, spw_id):
 def assert_continuum_gone_and_line_kept(casa, delivery, truth):
     for eb in truth['ebs']:
         targets = Path(delivery) / eb['ms']
-        line = sfr._line_name(targets)
+        line = sfr.line_ms_path(targets)
         assert read(casa, line) == read(casa, targets) == eb['rows'], 'rows were lost or added'
         assert sorted(set(read(casa, line, 'FIELD_ID'))) == sorted(set(read(casa, targets, 'FIELD_ID')))
         assert sfr.spws_with_data(casa, line) == sfr.spws_with_data(casa, targets)
@@ -201,7 +201,7 @@ def test_fit_orders_all_channel_fits_and_left_out_spws_follow_cont_dat(delivery_
     assert 'field "%s" spw 27 (%s): ALLCONT — the continuum is fitted over all channels' % (
         second, heads[27].split()[2]) in out
     assert 'note: spw 29' in out and 'left out of the line MSes' in out
-    line = sfr._line_name(delivery / truth['ebs'][0]['ms'])
+    line = sfr.line_ms_path(delivery / truth['ebs'][0]['ms'])
     assert sfr.spws_with_data(casa, line) == [25, 27], 'spw 29 has no cont.dat block: not in the line MS'
     assert sorted(set(read(casa, line, 'FIELD_ID'))) == [0, 1]
 

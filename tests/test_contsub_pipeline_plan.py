@@ -213,7 +213,7 @@ def test_an_ms_of_the_user_in_working_reprocess_is_never_imported_or_replaced(de
             state.finish()
             state.release()
         assert (stranded / 'table.dat').is_file() and not (stranded / 'table.dat').is_symlink()
-        sfr._remove_tree(stranded)
+        sfr.remove_tree(stranded)
 
 
 def test_an_edited_working_copy_of_contdat_is_kept_aside(delivery_factory, capsys):
@@ -247,7 +247,7 @@ def test_h_save_runs_even_when_a_task_fails(tmp_path):
              'hif_uvcontsub': lambda: called.append('hif_uvcontsub'), 'h_save': lambda: called.append('h_save')}
     calls = [('h_init', {}), ('hifa_importdata', {'vis': VIS}), ('hif_uvcontsub', {})]
     with pytest.raises(sfr.ReprocessingError) as raised:
-        sfr._run_pipeline_calls(tasks, calls, work_dir=tmp_path, logfile='casa.log')
+        sfr.run_pipeline_calls(tasks, calls, work_dir=tmp_path, casa_log="casa.log")
     assert called == ['h_init', 'hifa_importdata', 'h_save']
     assert str(raised.value).startswith('the pipeline task hifa_importdata failed (RuntimeError: TableProxy::'
                                         'getColumn: column PhaseDir_Ref does not exist) — see its weblog')

@@ -24,7 +24,7 @@ def run_uvcont_path(delivery, casa, *extra_flags):
     options = sfr.build_parser().parse_args(['--contsub_fast'] + list(extra_flags))
     plan = sfr.Plan(options, found)
     step = sfr.Step('contsub', 'continuum subtraction', list(found.targets),
-                    [sfr._line_name(ms) for ms in found.targets], 0, None)
+                    [sfr.line_ms_path(ms) for ms in found.targets], 0, None)
     state = sfr.RunState(found)
     state.acquire()
     state.begin('test')
@@ -73,7 +73,7 @@ def test_delivered_tables_remove_the_continuum_and_keep_the_line(delivery_factor
     noise = truth['noise_jy']
     for eb in truth['ebs']:
         targets = delivery / eb['ms']
-        line = sfr._line_name(targets)
+        line = sfr.line_ms_path(targets)
         assert line.is_dir(), 'no line MS for %s' % targets.name
         assert read_column(casa, line) == read_column(casa, targets) == eb['rows']
         assert sorted(set(read_column(casa, line, 'FIELD_ID'))) == sorted(set(read_column(casa, targets, 'FIELD_ID')))
@@ -170,7 +170,7 @@ def test_every_ms_needs_its_table_and_every_table_its_ms(tmp_path):
 def test_the_first_ms_without_a_table_is_named_in_the_error(delivery_factory, casa):
     delivery = delivery_factory(**CYCLE9)
     lost = sorted((delivery / 'caltables').glob('*uvcont.tbl'))[-1]
-    sfr._remove_tree(lost)
+    sfr.remove_tree(lost)
     with pytest.raises(sfr.ReprocessingError, match='has no continuum table .* for uid___'):
         run_uvcont_path(delivery, casa)
 

@@ -46,7 +46,7 @@ def test_contsub_with_the_pipeline_writes_line_mses_and_leaves_the_user_mses_alo
     assert list(work_dir.glob('pipeline-*/html')), 'no weblog'
     assert not list(work_dir.glob('uid*.ms')), 'a stand-in or a line MS was left in working_reprocess/'
     for eb in truth['ebs']:
-        line = sfr._line_name(delivery / eb['ms'])
+        line = sfr.line_ms_path(delivery / eb['ms'])
         assert line.is_dir()
         assert sfr.spws_with_data(casa, line) == [25, 27]
         for spw in eb['spws']:

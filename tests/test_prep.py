@@ -152,7 +152,7 @@ def test_copy_builds_the_delivery_tree_and_ignores_the_clutter(working, capsys):
 def test_link_makes_absolute_links_and_uses_no_space(working, monkeypatch, capsys):
     before = snapshot(working.parent)
     # Links need no space (only the small script is copied): a nearly full disk is fine.
-    monkeypatch.setattr(prep, 'free_bytes_at', lambda directory: 10 ** 6)
+    monkeypatch.setattr(prep, "free_bytes", lambda directory: 10 ** 6)
 
     assert prep.main(['--link']) == 0
 
@@ -233,11 +233,11 @@ def test_failure_during_copy_removes_the_partial_output(working, monkeypatch, ca
 def test_script_copy_alone_runs_standalone_and_warns_without_script_for_reprocessing(working, tmp_path):
     alone = tmp_path / 'bin'
     alone.mkdir()
-    shutil.copy2(str(PREP), str(alone / prep.SCRIPT_NAME))
+    shutil.copy2(str(PREP), str(alone / prep.PREP_SCRIPT_NAME))
     output = tmp_path / 'elsewhere' / 'my_calibrated_final'
     output.parent.mkdir()
 
-    result = subprocess.run([sys.executable, '-X', 'importtime', str(alone / prep.SCRIPT_NAME), '--link',
+    result = subprocess.run([sys.executable, '-X', 'importtime', str(alone / prep.PREP_SCRIPT_NAME), '--link',
                              '--output', str(output)],
                             cwd=str(working), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             universal_newlines=True, timeout=120)
@@ -403,13 +403,13 @@ def test_dry_run_of_a_cycle8_delivery_in_a_fresh_python_writes_not_even_a_casa_l
 def test_refuses_when_the_copy_does_not_fit(working, monkeypatch, capsys):
     size = sum(prep.tree_size(p) for p in list(working.glob('uid*_targets*.ms')) + list(working.glob('*uvcont.tbl')))
     assert size > 10 ** 6
-    monkeypatch.setattr(prep, 'free_bytes_at', lambda directory: size)   # fits only without the margin
+    monkeypatch.setattr(prep, "free_bytes", lambda directory: size)   # fits only without the margin
     before = snapshot(working.parent)
 
     assert prep.main([]) == 1
 
     line = one_error_line(capsys.readouterr())
-    assert line.startswith('ERROR: not enough disk space in %s' % working.parent) and '--link' in line
+    assert line.startswith('ERROR: not enough free disk in %s' % working.parent) and '--link' in line
     assert snapshot(working.parent) == before
 
 
@@ -461,9 +461,9 @@ def test_help_and_usage_errors_never_import_casa():
 def test_arguments_after_the_script_path_under_casa_c(monkeypatch):
     monkeypatch.setattr(sys, 'argv', ['/opt/casa/bin/casa', '--nologger', '-c',
                                       '/data/working/reprocessing_prep.py', '--link', '--dry-run'])
-    assert prep.script_arguments(None) == ['--link', '--dry-run']
+    assert prep.script_arguments(None, script=prep.PREP_SCRIPT_NAME) == ['--link', '--dry-run']
     monkeypatch.setattr(sys, 'argv', ['reprocessing_prep.py', '--move'])
-    assert prep.script_arguments(None) == ['--move']
+    assert prep.script_arguments(None, script=prep.PREP_SCRIPT_NAME) == ['--move']
 
 
 def test_stays_python_36_compatible():

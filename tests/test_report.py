@@ -76,7 +76,7 @@ class Page(html.parser.HTMLParser):
         for source in self.images:
             image = (self.path.parent / source).resolve()
             assert image.is_file(), 'missing image %s' % source
-            assert sfr._is_inside(image, report_root.resolve()), 'an image outside the report: %s' % source
+            assert sfr.is_inside(image, report_root.resolve()), 'an image outside the report: %s' % source
         for link in self.links:
             if not link.startswith(('http:', 'https:', '#')):
                 assert (self.path.parent / link).exists(), 'a broken link: %s' % link

@@ -206,7 +206,7 @@ def test_on_a_remote_host_it_prints_the_ssh_tunnel_to_open(tmp_path, serve):
     delivery = make_weblog_delivery(tmp_path)
     server = serve(delivery, '--weblog', env={'SSH_CONNECTION': '192.0.2.1 50000 192.0.2.2 22'})
     tunnel = 'ssh -N -L %d:localhost:%d %s@%s' % (server.port, server.port, getpass.getuser(),
-                                                  sfr._full_host_name())
+                                                  sfr.full_host_name())
     assert tunnel in [line.strip() for line in server.lines]
     assert any('http://localhost:%d/html/index.html' % server.port in line for line in server.lines)
     # No display: no browser is tried, and the server keeps serving.

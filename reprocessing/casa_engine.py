@@ -1,0 +1,196 @@
+"""CASA itself: the one loader (modular or monolithic), the one table opener, the one task wrapper.
+
+Calls into CASA go through casa_task(), which turns CASA's RuntimeErrors into ReprocessingError
+and lets Interrupted through; what CASA's C++ prints is kept off the terminal here too.  Both
+scripts load CASA with load_casa().
+"""
+
+import collections
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+from .messages import ReprocessingError, one_line
+
+CasaModules = collections.namedtuple('CasaModules', 'casatools casatasks version kind')
+
+# What provides a module that loading modular CASA can miss, and how to get it.  Measured:
+# casatasks 6.7.0 imports distutils, which Python 3.12 removed (setuptools brings a stand-in);
+# casatasks imports six without declaring it; casaconfig exists from CASA 6.6 on.
+CASA_MODULE_PROVIDERS = {
+    'distutils': 'Python 3.12 removed distutils, which this casatasks imports — install setuptools '
+                 '("pip install setuptools")',
+    'six': 'casatasks needs six but does not declare it — install it ("pip install six")',
+    'casadata': 'the measures data come from casadata — install it ("pip install casadata")',
+    'casatools': 'install modular CASA ("pip install casatools casatasks casadata six")',
+    'casatasks': 'install modular CASA ("pip install casatools casatasks casadata six")',
+    'casaconfig': 'install modular CASA ("pip install casatools casatasks casadata six")',
+}
+
+_LOADED = []  # the CasaModules of this process, once loaded
+
+
+def is_monolithic_casa():
+    """True inside a monolithic CASA session (``casa -c``), where CASA is configured already."""
+    return 'casashell' in sys.modules
+
+
+def load_casa(*, logfile=None, script='scriptForReprocessing.py', native_output=None):
+    """casatools and casatasks, configuring modular CASA for offline use first (once per process).
+
+    Modular CASA must be told where its measures data are *before* its first
+    import: with no network it otherwise refuses to start.  We point it at the
+    ``casadata`` package and switch auto-updates off.  Monolithic CASA, and a CASA
+    that the program importing us configured already, are left alone.  What CASA's C++ prints
+    while it starts goes to native_output (default: the log file).
+    """
+    if _LOADED:
+        return _LOADED[0]
+    configured = is_monolithic_casa() or 'casatools' in sys.modules
+    # casaconfig (CASA 6.6 and later) must be told before the first import; a CASA without it
+    # (monolithic CASA's own Python in a worker process, modular CASA 6.4/6.5) configures itself.
+    with_casaconfig = not configured and (_importable('casaconfig') or not _importable('casatools'))
+    if with_casaconfig:
+        configure_modular_casa(logfile=logfile, script=script)
+    try:
+        with native_output_into(native_output or logfile or os.devnull):
+            import casatools
+            import casatasks
+    except ImportError as error:
+        missing = getattr(error, 'name', None) or ''
+        advice = CASA_MODULE_PROVIDERS.get(missing.split('.')[0], 'check the CASA installation')
+        raise ReprocessingError('CASA failed to import in this Python (%s): %s — %s'
+                                % (sys.executable, one_line(error), advice))
+    if logfile is not None and not with_casaconfig and not is_monolithic_casa():
+        casatasks.casalog.setlogfile(str(logfile))
+    # The terminal gets the script's own progress lines; CASA's messages go to its log.
+    casatasks.casalog.showconsole(False)
+    kind = 'monolithic' if is_monolithic_casa() else 'modular'
+    _LOADED.append(CasaModules(casatools, casatasks, casatools.version_string(), kind))
+    return _LOADED[0]
+
+
+def configure_modular_casa(*, logfile=None, script='scriptForReprocessing.py'):
+    """Point modular CASA at casadata's measures, offline; to be done before casatools is first imported."""
+    try:
+        import casadata
+        from casaconfig import config
+    except ImportError as error:
+        missing = getattr(error, 'name', None) or ''
+        if missing.split('.')[0] in ('casadata', 'casaconfig') and _importable('casatools'):
+            advice = CASA_MODULE_PROVIDERS.get(missing, '')
+            raise ReprocessingError('modular CASA in this Python (%s) lacks %s — %s'
+                                    % (sys.executable, missing, advice))
+        raise ReprocessingError(
+            'modular CASA is not installed in this Python (%s) — install it with '
+            '"pip install casatools casatasks casadata six", or run the script with '
+            '"casa --pipeline -c %s ..."' % (sys.executable, script))
+    config.measurespath = casadata.datapath
+    config.datapath = [casadata.datapath]
+    config.measures_auto_update = False
+    config.data_auto_update = False
+    config.casaconfig_verbose = 0
+    if logfile is not None:
+        config.logfile = str(logfile)
+
+
+def _importable(name):
+    import importlib.util
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def casa_log_path(casa):
+    """Where CASA logs now (the run may have moved the log after loading)."""
+    return Path(casa.casatasks.casalog.logfile())
+
+
+def casa_task(casa, name, *, about, **arguments):
+    """Run the CASA task `name`; a CASA failure becomes one ReprocessingError naming the task and `about`.
+
+    CASA tasks raise plain RuntimeErrors (or anything else from inside); those mean "the task
+    failed".  Interrupted and KeyboardInterrupt are BaseExceptions and pass through untouched.
+    """
+    task = getattr(casa.casatasks, name)
+    try:
+        return task(**arguments)
+    except ReprocessingError:
+        raise
+    except Exception as error:
+        raise ReprocessingError('%s failed on %s (%s) — see the CASA log %s; your MS was not '
+                                'changed' % (name, about, one_line(error), casa_log_path(casa)))
+
+
+@contextlib.contextmanager
+def opened_table(casa, path, *, missing=None):
+    """A casatools table opened read-only on path, closed on the way out whatever happens.
+
+    missing: the advice when the table cannot be opened (e.g. "restore it from the delivery"); an
+    MS whose directory is empty, or whose table.dat is gone, is named in one error line then.
+    """
+    table = casa.casatools.table()
+    try:
+        table.open(str(path))
+    except Exception as error:  # casatools raises RuntimeError "Table ... does not exist"
+        raise ReprocessingError('cannot open the table %s (%s) — %s' % (
+            path, one_line(error), missing or 'check that it is a complete CASA table'))
+    try:
+        yield table
+    finally:
+        table.close()
+
+
+@contextlib.contextmanager
+def opened_tool(tool, path):
+    """A casatools tool (ms, msmetadata, image) opened on path, closed (done) on the way out."""
+    tool.open(str(path))
+    try:
+        yield tool
+    finally:
+        for finish in ('close', 'done'):
+            method = getattr(tool, finish, None)
+            if method is not None:
+                try:
+                    method()
+                except Exception:  # closing a tool that failed to open: nothing to release
+                    pass
+
+
+@contextlib.contextmanager
+def native_stdout_silenced():
+    """Keep what CASA's C++ prints on file descriptor 1 off the user's terminal (its log has it all)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, 'w') as devnull:
+            os.dup2(devnull.fileno(), 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+@contextlib.contextmanager
+def native_output_into(path):
+    """Send what CASA's C++ layer prints straight to the terminal into a file.
+
+    casalog.showconsole(False) silences CASA's logger, but casacore and the
+    imager still print WARN/SEVERE lines on file descriptor 2 (an old leap-second
+    table, "No regions found by automasking"), which would bury the script's own
+    progress lines.  They are kept, in the console log (console-<time>.log) beside the CASA log.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(str(path), 'a') as console:
+            os.dup2(console.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)

@@ -1,0 +1,55 @@
+"""Step --calibrated_final(_line): concat of shadows into a temporary MS, checked, then published."""
+
+from pathlib import Path
+
+from .casa_engine import casa_task
+from .fileops import directory_bytes, human_bytes, relative_path, remove_tree
+from .messages import ReprocessingError, say
+from .ms_tables import count_rows, spws_with_data
+from .run_state import pause_point
+from .staging import make_shadow
+
+
+def run_concat(plan, state, step, casa):
+    """concat the inputs into a temporary MS, then give it its final name."""
+    output = step.outputs[0]
+    inputs = [Path(ms) for ms in step.inputs]
+    missing = [str(ms) for ms in inputs if not ms.is_dir()]
+    if missing:
+        raise ReprocessingError('cannot concatenate: %s missing — make them first (--contsub_fast or --contsub)'
+                                % ', '.join(missing))
+    staging = state.staging_dir / step.name
+    state.will_create(staging)
+    shadows = [make_shadow(ms, staging / ms.name) for ms in inputs]
+    partial = state.partial_name(output)
+    state.will_create(partial)
+    say('  concatenating %d measurement sets into %s' % (len(inputs), relative_path(output, plan.delivery.root)))
+    pause_point('concat', state)
+    casa_task(casa, 'concat', about='%d measurement sets' % len(inputs), vis=[str(s) for s in shadows],
+              concatvis=str(partial), copypointing=True)
+    if not partial.is_dir():
+        raise ReprocessingError('concat did not write %s — see the CASA log %s' % (partial, state.casa_logfile))
+    pause_point('concat-written', state)
+    summary = summarize_concat(casa, partial, inputs)
+    state.publish(partial, output)
+    remove_tree(staging)
+    state.created_for_good(staging)
+    say('  wrote %s: %d rows (the sum of the inputs), %s' % (
+        relative_path(output, plan.delivery.root), summary['rows'], human_bytes(directory_bytes(output))))
+    say('  spectral windows: %s' % ', '.join(str(i) for i in summary['spw_ids']))
+    if summary['renumbered']:
+        say('  note: concat gave later execution blocks new spw ids where their TOPO frequencies differ; '
+            'select spws by name (e.g. spw="*FULL_RES*") rather than by id in this MS')
+    return {'outputs': [str(output)], 'rows': summary['rows'], 'spw_ids': summary['spw_ids']}
+
+
+def summarize_concat(casa, concatenated, inputs):
+    """Rows and spw ids of the concatenated MS, checked against its inputs."""
+    input_rows = sum(count_rows(casa, ms) for ms in inputs)
+    rows = count_rows(casa, concatenated)
+    if rows != input_rows:
+        raise ReprocessingError('the concatenated MS has %d rows but the inputs have %d — it was not '
+                                'published; see the CASA log' % (rows, input_rows))
+    spw_ids = spws_with_data(casa, concatenated)
+    first_ids = set(spws_with_data(casa, inputs[0]))
+    return {'rows': rows, 'spw_ids': spw_ids, 'renumbered': bool(set(spw_ids) - first_ids)}

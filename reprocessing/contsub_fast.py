@@ -1,0 +1,182 @@
+"""Step --contsub_fast: continuum subtraction with CASA alone (uvcontsub from cont.dat, or the tables)."""
+
+import collections
+import datetime
+import json
+import time
+from pathlib import Path
+
+from .casa_engine import casa_task, native_stdout_silenced
+from .contdat_check import contdat_preflight, read_delivery_contdat, say_fit_table
+from .eb_tasks import eb_task
+from .fileops import directory_bytes, human_bytes, relative_path
+from .layout import eb_name, line_ms_path
+from .messages import ReprocessingError, one_line, say
+from .ms_tables import count_rows
+from .run_state import pause_point, publish_line_outputs
+from .spectra import draw_spectra, measure_spectra_pair, plot_contsub_spectra, plots_or_warning, say_spectra, spectra_directory, spectrum_requests
+from .uvcont_tables import contsub_apply_uvcont_tables
+from .workers import eb_workers, resolve_jobs
+
+
+def run_contsub_fast(plan, state, step, casa):
+    """--contsub_fast: apply the delivered continuum tables (Cycle 9), or fit cont.dat with CASA uvcontsub.
+
+    cont.dat is checked against the MSes first; on an error nothing is written.
+    """
+    method, reason = choose_contsub_fast_method(plan.options, plan.delivery, [Path(ms) for ms in step.inputs])
+    say('  method: %s' % reason)
+    if method == 'tables':
+        contdat_preflight(plan, casa)
+        result = contsub_apply_uvcont_tables(plan, state, step, casa, list(plan.delivery.uvcont_tables))
+        result['reason'] = reason
+        result['spectra'] = _spectra_after_contsub(plan, casa, step.inputs, result.get('outputs', []))
+        return result
+    return contsub_with_uvcontsub(plan, state, step, casa, reason)
+
+
+CONTDAT_EDIT_SLACK_S = 60
+
+
+def choose_contsub_fast_method(options, delivery, targets):
+    """('tables' or 'uvcontsub', why) — decided from files and flags alone (pure: no CASA)."""
+    fit = 'fitting the continuum from %s with CASA uvcontsub' % relative_path(delivery.contdat, delivery.root)
+    if getattr(options, 'refit', False):
+        return 'uvcontsub', '%s: --refit was given (the delivered continuum tables are not used)' % fit
+    if getattr(options, 'fitorder', None) is not None:
+        return 'uvcontsub', '%s: --fitorder was given, and the delivered tables have their fit order built in' % fit
+    tables = list(delivery.uvcont_tables)
+    if not tables:
+        return 'uvcontsub', '%s: caltables/ holds no *uvcont.tbl (Cycle 10 and later deliver none)' % fit
+    owners = {eb_name(ms) for ms in targets if any(t.name.startswith(eb_name(ms) + '_target')
+                                                   or t.name.startswith(eb_name(ms) + '.') for t in tables)}
+    without = [eb_name(ms) for ms in targets if eb_name(ms) not in owners]
+    if without:
+        return 'uvcontsub', '%s: caltables/ has continuum tables for only %d of the %d execution blocks (none for ' \
+                            '%s)' % (fit, len(targets) - len(without), len(targets), ', '.join(without))
+    contdat_time = delivery.contdat.stat().st_mtime
+    tables_time = min(_table_mtime(table) for table in tables)
+    # The pipeline writes cont.dat before the tables; a copy made without keeping times (cp -r)
+    # stamps them all within seconds, in any order.  An edit comes later than that.
+    if contdat_time > tables_time + CONTDAT_EDIT_SLACK_S:
+        return 'uvcontsub', '%s: cont.dat (changed %s) is newer than the delivered continuum tables (%s), so they ' \
+                            'no longer match it' % (fit, _mtime_text(contdat_time), _mtime_text(tables_time))
+    return 'tables', ('applying the delivered continuum fits caltables/*uvcont.tbl (a Cycle 9 delivery, and cont.dat '
+                      'is not newer than them) — add --refit to fit cont.dat with CASA uvcontsub instead')
+
+
+def _table_mtime(table):
+    marker = Path(table) / 'table.dat'
+    return (marker if marker.exists() else Path(table)).stat().st_mtime
+
+
+def _mtime_text(seconds):
+    return datetime.datetime.fromtimestamp(seconds).strftime('%Y-%m-%d %H:%M')
+
+
+# -- CASA uvcontsub with fitspec from cont.dat ------------------------------------------------------
+
+def build_fitspec(selections, *, fitorder=None):
+    """uvcontsub's field / spw selections and fitspec dictionary for one MS (pure).
+
+    fitspec is {'field ids': {'spw id': {'chan': 'a~b;c~d', 'fitorder': n}}}, as the pipeline's
+    hif_uvcontsub builds it; chan '' fits all channels.  Fields sharing a name (mosaic
+    pointings) share one entry.  Spws in no cont.dat block are not selected, so they are not
+    in the line MS.
+    """
+    fitspec = collections.OrderedDict()
+    for selection in selections:
+        key = ','.join(str(field_id) for field_id in selection.field_ids)
+        order = selection.fitorder if fitorder is None else fitorder
+        fitspec.setdefault(key, collections.OrderedDict())[str(selection.spw_id)] = {
+            'chan': selection.chan, 'fitorder': int(order)}
+    field_ids = sorted({field_id for selection in selections for field_id in selection.field_ids})
+    spw_ids = sorted({selection.spw_id for selection in selections})
+    return (','.join(str(i) for i in field_ids), ','.join(str(i) for i in spw_ids),
+            json.loads(json.dumps(fitspec)))
+
+
+def contsub_with_uvcontsub(plan, state, step, casa, reason):
+    delivery, options = plan.delivery, plan.options
+    targets = [Path(ms) for ms in step.inputs]
+    jobs = resolve_jobs(options.jobs, len(targets), total_bytes=step.extra_bytes)
+    # Worker processes load CASA while cont.dat is checked here; they write nothing until given work.
+    # Under MPI (mpicasa, or mpirun with casampi) the MPI servers are the workers instead.
+    with eb_workers(jobs, state=state) as workers:
+        analysis = contdat_preflight(plan, casa)
+        say_fit_table(analysis, fitorder=options.fitorder)
+        tasks, outputs = [], []
+        for ms in targets:
+            field, spw, fitspec = build_fitspec(analysis.selections[str(ms)], fitorder=options.fitorder)
+            if not fitspec:
+                raise ReprocessingError('cont.dat selects nothing to fit in %s (see the notes above) — add blocks for '
+                                        'its fields and spws' % ms.name)
+            final = line_ms_path(ms)
+            partial = state.partial_name(final)
+            state.will_create(partial)
+            outputs.append((partial, final))
+            tasks.append({'function': 'subtract_continuum', 'eb': eb_name(ms), 'arguments': {
+                'ms': str(ms), 'output': str(partial), 'field': field, 'spw': spw, 'fitspec': fitspec,
+                'spectra': spectrum_requests(analysis, ms)}})
+        say('  subtracting the continuum of %d execution block%s%s' % (
+            len(tasks), '' if len(tasks) == 1 else 's', ' in %d processes' % workers.count if workers.count > 1
+            else ''))
+        results = workers.run(tasks, casa=casa)
+    pause_point('contsub-written', state)
+    publish_line_outputs(state, outputs, replace=options.overwrite_line)
+    for (_partial, final), result in zip(outputs, results):
+        say('  wrote %s: %d rows, spws %s (%s, %.1f s)' % (
+            relative_path(final, delivery.root), result['rows'], result['spw'], human_bytes(directory_bytes(final)),
+            result['seconds']))
+    spectra = []
+    for result in results:
+        for spectrum in result.get('spectra', []):
+            spectrum['after_ms'] = line_ms_path(Path(spectrum['before_ms'])).name
+            spectra.append(spectrum)
+    pictures = plots_or_warning(lambda: draw_spectra(spectra, spectra_directory(delivery)))
+    say_spectra(pictures, delivery)
+    return {'outputs': [str(final) for _partial, final in outputs], 'method': 'uvcontsub', 'reason': reason,
+            'jobs': workers.count, 'fitspec': dict((eb_name(ms), task['arguments']['fitspec'])
+                                                   for ms, task in zip(targets, tasks)),
+            'seconds_per_eb': dict((task['eb'], result['seconds']) for task, result in zip(tasks, results)),
+            'spectra': [str(path) for path in pictures]}
+
+
+def _spectra_after_contsub(plan, casa, before, after):
+    """Spectra for a contsub path that did not measure them on the way (the delivered tables)."""
+    pairs = [(Path(b), Path(a)) for b, a in zip(before, after) if Path(a).is_dir()]
+    if not pairs:
+        return []
+    contdat = plan.contdat or read_delivery_contdat(plan.delivery)
+    pictures = plots_or_warning(lambda: plot_contsub_spectra(
+        before_ms=[b for b, _a in pairs], after_ms=[a for _b, a in pairs], contdat=contdat,
+        out_dir=spectra_directory(plan.delivery), casa=casa))
+    say_spectra(pictures, plan.delivery)
+    return [str(path) for path in pictures]
+
+
+@eb_task
+def subtract_continuum(casa, report, *, ms, output, field, spw, fitspec, spectra=()):
+    """uvcontsub of one MS into output (a temporary name), checked; then its spectra before/after."""
+    started = time.time()
+    report('uvcontsub: fitting and subtracting the continuum (field ids %s, spws %s)' % (field, spw))
+    with native_stdout_silenced():  # its C++ messages belong in the CASA log
+        casa_task(casa, 'uvcontsub', about=Path(ms).name, vis=str(ms), outputvis=str(output), field=field, spw=spw,
+                  fitspec=fitspec, datacolumn='data')
+    if not (Path(output) / 'table.dat').is_file():
+        raise ReprocessingError('uvcontsub wrote no line MS for %s — see the CASA log; your MS was not changed'
+                                % Path(ms).name)
+    seconds = time.time() - started
+    expected = count_rows(casa, ms, field_ids=field, spw_ids=spw)
+    written = count_rows(casa, output)
+    if written != expected:
+        raise ReprocessingError('the line MS made from %s has %d rows where %d were selected — it was not '
+                                'published; see the CASA log' % (Path(ms).name, written, expected))
+    report('continuum subtracted in %.1f s: %d rows' % (seconds, written))
+    measured = []
+    if spectra:
+        try:
+            measured = measure_spectra_pair(casa, before_ms=ms, after_ms=output, requests=spectra)
+        except Exception as error:  # the plots are a view of the result, not the result: carry on
+            report('WARNING: no spectra for the plots (%s)' % one_line(error))
+    return {'rows': written, 'seconds': round(seconds, 2), 'spw': spw, 'field': field, 'spectra': measured}

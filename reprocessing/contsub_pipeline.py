@@ -1,0 +1,62 @@
+"""Step --contsub: the ALMA pipeline subtracts the continuum, the way the installed release does it."""
+
+import collections
+from pathlib import Path
+
+from .contdat_check import contdat_preflight
+from .fileops import move_tree, relative_path, remove_tree, directory_bytes, human_bytes
+from .layout import WORK_DIR_NAME, line_ms_path
+from .messages import ReprocessingError, say
+from .mpi import mpi_info
+from .pipeline_calls import pipeline_contsub_calls, pipeline_line_name
+from .pipeline_engine import load_pipeline_tasks, ms_records_pipeline_datatypes, place_contdat_for_pipeline, run_pipeline_calls, stage_for_pipeline_contsub, task_parameter_names
+from .run_state import publish_line_outputs
+
+
+def run_contsub(plan, state, step, casa):
+    """--contsub: the ALMA pipeline subtracts the continuum, the way the installed release does it.
+
+    The pipeline works in working_reprocess/ on stand-ins of the user's MSes (shadows, or copies
+    for PL2022, which applies its fit into the MS), so the user's MSes are only read; its line
+    MSes are then moved into measurement_sets/ under temporary names and published.
+    """
+    contdat_preflight(plan, casa)
+    delivery = plan.delivery
+    targets = [Path(ms) for ms in step.inputs]
+    revision, tasks = load_pipeline_tasks(work_dir=delivery.work_dir)
+    decided = pipeline_contsub_calls(
+        revision=revision, task_parameters=dict((name, task_parameter_names(task)) for name, task in tasks.items()),
+        vis=[ms.name for ms in targets], mpi_size=mpi_info().size,
+        datatypes_recorded=all(ms_records_pipeline_datatypes(casa, ms) for ms in targets))
+    say('  pipeline %s (%s): %s' % (revision, decided.release, decided.flow))
+    for note in decided.notes:
+        say('  note: ' + note)
+    work_dir = delivery.work_dir
+    state.pipeline_dir = work_dir
+    staged = stage_for_pipeline_contsub(state, targets, work_dir, copy=decided.copies_ms)
+    place_contdat_for_pipeline(delivery)
+    produced = collections.OrderedDict((ms, work_dir / pipeline_line_name(ms.name)) for ms in targets)
+    for path in produced.values():
+        state.will_create(path)  # removed by the journal if the pipeline fails or the run is killed
+    run_pipeline_calls(tasks, decided.calls, work_dir=work_dir, casa_log=state.casa_logfile)
+    missing = [path.name for path in produced.values() if not (path / 'table.dat').exists()]
+    if missing:
+        raise ReprocessingError('the pipeline did not write %s — see its weblog (%s/pipeline-*/html/index.html) '
+                                'and the CASA log' % (', '.join(missing), WORK_DIR_NAME))
+    outputs = []
+    for ms, path in produced.items():
+        final = line_ms_path(ms)
+        partial = state.partial_name(final)
+        state.will_create(partial)
+        move_tree(path, partial)
+        state.created_for_good(path)
+        outputs.append((partial, final))
+    publish_line_outputs(state, outputs, replace=plan.options.overwrite_line)
+    for stand_in in staged.values():
+        remove_tree(stand_in)
+        state.created_for_good(stand_in)
+    for _partial, final in outputs:
+        say('  wrote %s (%s)' % (relative_path(final, delivery.root), human_bytes(directory_bytes(final))))
+    return {'outputs': [str(final) for _partial, final in outputs], 'method': 'pipeline',
+            'pipeline': revision, 'release': decided.release, 'flow': decided.flow,
+            'calls': [[name, kwargs] for name, kwargs in decided.calls]}

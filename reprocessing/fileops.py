@@ -1,0 +1,178 @@
+"""File operations that never lose data: removal, moving, atomic writes, sizes and the free-disk check.
+
+One helper per idea: every other module removes, moves, writes atomically and checks free disk
+through these.
+"""
+
+import contextlib
+import errno
+import os
+import shutil
+import stat
+from pathlib import Path
+
+from .messages import ReprocessingError
+
+
+# What every temporary of this tool has in its name: .NAME.partial-PID, beside NAME.
+PARTIAL_TAG = '.partial-'
+
+
+def directory_bytes(path):
+    """Bytes used by the real files below path (links are not followed)."""
+    path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()
+    if path.is_file():
+        return path.stat().st_size
+    total = 0
+    for root, _dirs, files in os.walk(str(path)):
+        for name in files:
+            full = os.path.join(root, name)
+            if not os.path.islink(full):
+                total += os.lstat(full).st_size
+    return total
+
+
+def free_bytes(path):
+    return shutil.disk_usage(str(path)).free
+
+
+def human_bytes(count):
+    for unit in ('B', 'kB', 'MB', 'GB', 'TB'):
+        if abs(count) < 1000 or unit == 'TB':
+            return ('%d %s' if unit == 'B' else '%.1f %s') % (count, unit)
+        count /= 1000.0
+
+
+def relative_path(path, root):
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def is_inside(path, root):
+    try:
+        Path(os.path.abspath(str(path))).relative_to(os.path.abspath(str(root)))
+        return True
+    except ValueError:
+        return False
+
+
+def remove_tree(path):
+    """Remove a file or folder this tool made; links are removed, never followed.
+
+    Read-only entries (copies of archive files, subtables copied from a read-only MS) are made
+    writable first where removing them needs it.
+    """
+    def make_writable_and_retry(function, failed_path, _exc_info):
+        parent = os.path.dirname(failed_path)
+        os.chmod(parent, os.lstat(parent).st_mode | stat.S_IWUSR | stat.S_IXUSR)
+        function(failed_path)
+    path = Path(path)
+    try:
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        elif path.is_dir():
+            shutil.rmtree(str(path), onerror=make_writable_and_retry)
+    except OSError as error:
+        raise ReprocessingError('cannot remove %s (%s) — remove it by hand, then rerun'
+                                % (path, error.strerror or error))
+
+
+def make_user_writable(path):
+    """Give the user write permission on a copy this tool made (archive files may be read-only)."""
+    for root, dirs, files in os.walk(str(path)):
+        for name in dirs + files:
+            entry = os.path.join(root, name)
+            mode = os.lstat(entry).st_mode
+            if not stat.S_ISLNK(mode) and not mode & stat.S_IWUSR:
+                os.chmod(entry, mode | stat.S_IWUSR)
+    mode = os.lstat(str(path)).st_mode
+    if not mode & stat.S_IWUSR:
+        os.chmod(str(path), mode | stat.S_IWUSR)
+
+
+def remove_file(path):
+    try:
+        Path(path).unlink()
+    except OSError as error:
+        if error.errno != errno.ENOENT:
+            raise ReprocessingError('cannot remove %s (%s) — remove it by hand' % (path, error.strerror))
+
+
+def move_tree(source, destination):
+    """Move a file or folder this tool made; never over an existing one.
+
+    A rename where it can be; across file systems (EXDEV) a copy, then the source is removed.  Any
+    other failure (permissions, a read-only file system) stops with the source left as it was.
+    """
+    source, destination = Path(source), Path(destination)
+    if destination.exists() or destination.is_symlink():
+        raise ReprocessingError('%s already exists — not overwriting it; move it away and rerun' % destination)
+    try:
+        os.rename(str(source), str(destination))
+        return
+    except OSError as error:
+        if error.errno != errno.EXDEV:
+            raise ReprocessingError('cannot move %s to %s (%s) — check the permissions of %s'
+                                    % (source, destination, error.strerror or error, destination.parent))
+    try:
+        if source.is_dir() and not source.is_symlink():
+            shutil.copytree(str(source), str(destination), symlinks=True)
+        else:
+            shutil.copy2(str(source), str(destination), follow_symlinks=False)
+    except OSError as error:
+        if destination.exists():
+            remove_tree(destination)  # our half-made copy; the source is intact
+        raise ReprocessingError('cannot copy %s to %s (%s) — check the free space and permissions of %s'
+                                % (source, destination, error.strerror or error, destination.parent))
+    remove_tree(source)
+
+
+@contextlib.contextmanager
+def atomic_file(path):
+    """Yield a temporary name beside path; on success it replaces path whole, on failure it is removed.
+
+    So path is always either the old or the new complete file; a run killed meanwhile leaves a
+    .NAME.partial-PID that the next run's sweep recognises.
+    """
+    path = Path(path)
+    temporary = path.with_name('.%s%s%d' % (path.name, PARTIAL_TAG, os.getpid()))
+    try:
+        yield temporary
+        os.replace(str(temporary), str(path))
+    finally:
+        if temporary.exists():
+            remove_file(temporary)
+
+
+def write_atomically(path, text):
+    """Write text so that path is always either the old or the new complete file."""
+    with atomic_file(path) as temporary:
+        with open(str(temporary), 'w', encoding='utf-8') as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+# Margin on every free-disk estimate: CASA writes subtables, flag versions and logs beside the data.
+FREE_SPACE_MARGIN = 1.1
+
+
+def with_free_space_margin(needed):
+    return int(needed * FREE_SPACE_MARGIN + 0.5)
+
+
+def require_free_space(where, needed, *, what, advice, margin_included=False):
+    """The free bytes where `where` would be written; stops unless `needed` (plus the margin) fit there."""
+    probe = Path(where)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent  # an output folder not made yet: its file system is its parent's
+    available = free_bytes(probe)
+    needed = needed if margin_included else with_free_space_margin(needed)
+    if needed and available < needed:
+        raise ReprocessingError('not enough free disk in %s for %s: about %s needed, %s free — %s'
+                                % (where, what, human_bytes(needed), human_bytes(available), advice))
+    return available

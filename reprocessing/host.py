@@ -1,0 +1,32 @@
+"""Where and when this run is: host and user names, local times as text (pure, standard library)."""
+
+import datetime
+
+
+
+def now_text():
+    return datetime.datetime.now().strftime('%Y-%m-%d %H:%M:%S')
+
+
+def host_name():
+    import socket
+    return socket.gethostname()
+
+
+def time_text(timestamp):
+    return datetime.datetime.fromtimestamp(timestamp).strftime('%Y-%m-%d %H:%M:%S')
+
+
+def user_name():
+    import getpass
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in the environment or the password database
+        return 'USER'
+
+
+def full_host_name():
+    """The name others reach this host by; getfqdn() says 'localhost' where /etc/hosts lists the host there."""
+    import socket
+    name = socket.getfqdn()
+    return socket.gethostname() if not name or name.startswith('localhost') else name

@@ -1,0 +1,83 @@
+"""The delivery's layout: the names this tool reads and writes in calibrated_final/, and Delivery.
+
+Pure (the file system only): which MSes a delivery holds, how their line MSes and this tool's own
+files and folders are named.
+"""
+
+import fnmatch
+from pathlib import Path
+
+from .fileops import PARTIAL_TAG
+from .messages import ReprocessingError
+
+
+SCRIPT_NAME = 'scriptForReprocessing.py'        # the reprocessing script, run in calibrated_final/
+PREP_SCRIPT_NAME = 'reprocessing_prep.py'      # the script that builds calibrated_final/ from working/
+MS_DIR_NAME = 'measurement_sets'
+CALTABLES_DIR_NAME = 'caltables'
+WORK_DIR_NAME = 'working_reprocess'
+LOCK_NAME = '.scriptForReprocessing.lock'
+JOURNAL_NAME = '.scriptForReprocessing.journal'
+SHADOW_MARKER = '.reprocessing-shadow'
+
+
+class Delivery(object):
+    """What a calibrated_final/ directory holds."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+        self.ms_dir = self.root / MS_DIR_NAME
+        self.caltables = self.root / CALTABLES_DIR_NAME
+        self.contdat = self.caltables / 'cont.dat'
+        self.work_dir = self.root / WORK_DIR_NAME
+        self.targets = self._list_ms('uid*_targets.ms')
+        self.targets_line = self._list_ms('uid*_targets_line.ms')
+        self.target_cycle8 = self._list_ms('uid*_target.ms')
+        self.uvcont_tables = sorted(self.caltables.glob('*uvcont.tbl')) if self.caltables.is_dir() else []
+
+    def _list_ms(self, pattern):
+        if not self.ms_dir.is_dir():
+            return []
+        return sorted(p for p in self.ms_dir.iterdir()
+                      if fnmatch.fnmatch(p.name, pattern) and p.is_dir() and PARTIAL_TAG not in p.name)
+
+    def check_layout(self):
+        if not self.ms_dir.is_dir():
+            raise ReprocessingError(
+                'no measurement_sets/ directory in %s — run the script in a delivery\'s calibrated_final/ '
+                'directory, or point at one with --delivery DIR' % self.root)
+        if not self.targets:
+            if self.target_cycle8:
+                raise ReprocessingError(
+                    'measurement_sets/ holds only pre-Cycle 9 uid*_target.ms — convert them with '
+                    '"python reprocessing_prep.py --working %s" first (it writes uid*_targets.ms and, from the '
+                    'CORRECTED column, uid*_targets_line.ms)' % self.ms_dir)
+            raise ReprocessingError(
+                'no uid*_targets.ms in %s — run the script in a delivery\'s calibrated_final/ directory, '
+                'or point at one with --delivery DIR' % self.ms_dir)
+
+    def output(self, name):
+        return self.ms_dir / name
+
+
+def line_ms_path(targets_ms):
+    return targets_ms.with_name(targets_ms.name[:-len('.ms')] + '_line.ms')
+
+
+def eb_name(ms):
+    """uid___A002_X1_X2 for uid___A002_X1_X2_targets.ms (or _targets_line.ms)."""
+    name = Path(ms).name
+    for suffix in ('_targets_line.ms', '_targets.ms', '_target.ms', '.ms'):
+        if name.endswith(suffix):
+            return name[:-len(suffix)]
+    return name
+
+
+STAGED_COPY_MARKER = '.reprocessing-staged-copy'
+
+
+REPORT_DIR_NAME = 'report'
+
+
+def report_folder(delivery):
+    return delivery.work_dir / REPORT_DIR_NAME

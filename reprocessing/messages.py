@@ -1,0 +1,100 @@
+"""Messages and errors: the exceptions, exit codes and the one-line output every module uses.
+
+Every problem reaches the user as one line ``ERROR: what is wrong — what to do``; progress and
+warnings are plain lines on stdout.  Interrupted is a BaseException, like KeyboardInterrupt, so no
+``except Exception`` meant for a CASA error can swallow a signal.
+"""
+
+import contextlib
+import signal
+import sys
+
+
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class ReprocessingError(Exception):
+    """A problem the user can fix; the message reads 'what is wrong — what to do'."""
+
+
+class UsageError(ReprocessingError):
+    """The command line itself is wrong (exit status 2)."""
+
+
+class Interrupted(BaseException):
+    """A signal (SIGTERM, SIGHUP, SIGINT) asked the run to stop.
+
+    A BaseException, like KeyboardInterrupt: handlers for CASA's errors (``except Exception``) let
+    it through, so no step can turn a signal into a warning and carry on.
+    """
+
+    def __init__(self, number, message=None):
+        self.number = number
+        self.name = {1: 'SIGHUP', 2: 'SIGINT', 15: 'SIGTERM'}.get(number, 'signal %s' % number)
+        self.described = message is not None  # says what is on disk and what to do
+        BaseException.__init__(self, message or 'stopped by signal %d (%s)' % (number, self.name))
+
+
+# Set to 1 to see the traceback of an unexpected error instead of its one-line summary.
+DEBUG_ENV = 'REPROCESSING_DEBUG'
+
+
+def say(message=''):
+    _emit(message, sys.stdout)
+
+
+def warn(message, *, stream=None):
+    """A WARNING line: on stdout with the progress lines (stream=sys.stderr for reprocessing_prep.py's)."""
+    _emit('WARNING: ' + message, stream or sys.stdout)
+
+
+def report_error(message):
+    _emit('ERROR: ' + message, sys.stderr)
+
+
+def _emit(text, stream):
+    """Print a line even where the terminal cannot show every character.
+
+    Python 3.6 (older CASA releases) under LANG=C writes ASCII only: the dash of
+    'what is wrong — what to do' would otherwise raise UnicodeEncodeError.
+    """
+    encoding = getattr(stream, 'encoding', None) or 'ascii'
+    try:
+        text.encode(encoding)
+    except (UnicodeEncodeError, LookupError):
+        text = text.replace('\u2014', '-').encode('ascii', 'replace').decode('ascii')
+    print(text, file=stream, flush=True)
+
+
+def shorten(text, limit=60):
+    return text if len(text) <= limit else text[:limit - 3] + '...'
+
+
+def one_line(error):
+    text = ' '.join(str(error).split())
+    return shorten(text, 160)
+
+
+@contextlib.contextmanager
+def signals_as_exceptions():
+    """SIGTERM, SIGHUP and SIGINT raise Interrupted wherever the run is, so every cleanup runs.
+
+    A signal that arrives while CASA's C++ code runs (a long tclean) is acted on when CASA returns
+    to Python; a cluster's SIGKILL after its grace period is recovered by the next run.
+    """
+    def interrupt(number, _frame):
+        raise Interrupted(number)
+    previous = {}
+    for name in ('SIGTERM', 'SIGHUP', 'SIGINT'):
+        number = getattr(signal, name, None)
+        if number is not None:
+            try:
+                previous[number] = signal.signal(number, interrupt)
+            except ValueError:  # not the main thread
+                pass
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)

@@ -1,0 +1,269 @@
+"""The plan: every decision and check made before the first long step, and the steps to run."""
+
+import collections
+import os
+import sys
+
+from .casa_engine import is_monolithic_casa, load_casa, native_output_into, native_stdout_silenced
+from .cleanup import run_cleanup
+from .concat import run_concat
+from .check_step import run_check
+from .contdat_check import read_delivery_contdat
+from .contsub_fast import choose_contsub_fast_method, run_contsub_fast
+from .contsub_pipeline import run_contsub
+from .fileops import directory_bytes, free_bytes, human_bytes, relative_path, require_free_space
+from .image_casa import IMAGE_SPACE_ADVICE, estimate_image_bytes, plan_casa_images, read_ms_for_imaging
+from .image_publish import check_no_collisions, check_reused_images_dir
+from .image_step import choose_imaging_engine, expected_finals, observed_first, run_image
+from .imaging_options import imaging_request
+from .layout import WORK_DIR_NAME, line_ms_path
+from .messages import ReprocessingError, one_line
+from .pipeline_engine import require_pipeline_for_contsub
+from .products import ous_from_path
+from .weblog import choose_weblog, report_weblog, run_weblog
+
+
+ACTION_NAMES = ('check', 'contsub', 'contsub_fast', 'image', 'calibrated_final', 'calibrated_final_line',
+                'cleanup', 'weblog')
+
+
+def chosen_actions(options):
+    return [name for name in ACTION_NAMES
+            if getattr(options, name) not in (None, False)]
+
+
+Step = collections.namedtuple('Step', 'name summary inputs outputs extra_bytes function')
+
+
+class Plan(object):
+    def __init__(self, options, delivery):
+        self.options = options
+        self.delivery = delivery
+        self.steps = []
+        self.notes = []
+        self.contdat = None            # ContDat, read (pure Python) while planning a contsub or --check
+        self.contdat_analysis = None   # ContDatAnalysis, made by the first step that checks cont.dat with CASA
+
+    @property
+    def extra_bytes(self):
+        return sum(step.extra_bytes for step in self.steps)
+
+
+def make_plan(options, delivery):
+    """Validate the flags against the delivery and list the steps to run."""
+    plan = Plan(options, delivery)
+    needs_data = set(chosen_actions(options)) - {'cleanup', 'weblog'}
+    if needs_data:
+        delivery.check_layout()
+    contsub = options.contsub or options.contsub_fast
+    if options.check:
+        _plan_check(plan)
+    if contsub:
+        _plan_contsub(plan)
+    if options.image is not None:
+        _plan_image(plan)
+    if options.calibrated_final:
+        _plan_concat(plan, delivery.targets, 'calibrated_final.ms')
+    if options.calibrated_final_line:
+        if not delivery.targets_line and not contsub:
+            raise ReprocessingError(
+                'no uid*_targets_line.ms in %s, so there is nothing to concatenate for --calibrated_final_line — '
+                'make them in the same run with --contsub or --contsub_fast' % delivery.ms_dir)
+        inputs = delivery.targets_line or [line_ms_path(ms) for ms in delivery.targets]
+        _plan_concat(plan, inputs, 'calibrated_final_line.ms')
+    if options.cleanup:
+        plan.steps.append(Step('cleanup', 'remove %s/ and the logs this tool created' % WORK_DIR_NAME,
+                               [delivery.work_dir], [], 0, run_cleanup))
+    if options.weblog is not None:
+        _plan_weblog(plan)
+    _check_free_space(plan)
+    return plan
+
+
+def _plan_contsub(plan):
+    delivery, options = plan.delivery, plan.options
+    if not delivery.contdat.is_file():
+        raise ReprocessingError('%s is missing — continuum subtraction needs it: restore it from the delivery'
+                                % delivery.contdat)
+    plan.contdat = plan.contdat or read_delivery_contdat(delivery)  # syntax errors stop the run here
+    if options.contsub:
+        require_pipeline_for_contsub()
+    else:
+        plan.notes.append('--contsub_fast will be %s' % choose_contsub_fast_method(
+            options, delivery, delivery.targets)[1])
+    if delivery.targets_line and not options.overwrite_line:
+        raise ReprocessingError(
+            'measurement_sets/ already holds %d uid*_targets_line.ms — move them elsewhere, or add '
+            '--overwrite-line to replace them once the new ones are complete' % len(delivery.targets_line))
+    engine = 'pipeline' if options.contsub else 'CASA'
+    function = run_contsub if options.contsub else run_contsub_fast
+    outputs = [line_ms_path(ms) for ms in delivery.targets]
+    extra = sum(directory_bytes(ms) for ms in delivery.targets)
+    plan.steps.append(Step('contsub', 'continuum subtraction (%s) from %s' % (engine, delivery.contdat),
+                           list(delivery.targets), outputs, extra, function))
+
+
+def _plan_image(plan):
+    delivery, options = plan.delivery, plan.options
+    request = imaging_request(options)
+    engine = choose_imaging_engine(request.engine)
+    images = delivery.root / options.image
+    if images.exists() and not images.is_dir():
+        raise ReprocessingError('%s exists and is not a directory — choose another name with --image DIR' % images)
+    if images.is_dir() and any(images.iterdir()):
+        if not request.reuse_images:
+            raise ReprocessingError('the images directory %s exists and is not empty — choose another name '
+                                    'with --image DIR, move it away, or add --reuse-images' % images)
+        check_reused_images_dir(images, request.specmodes)
+    makes_line_ms = options.contsub or options.contsub_fast
+    cubes = [mode for mode in request.specmodes if mode in ('cube', 'repBW')]
+    if cubes and not makes_line_ms and not delivery.targets_line:
+        if not request.allow_cubes_with_continuum:
+            raise ReprocessingError(
+                'no uid*_targets_line.ms, so %s images would contain the continuum — add --contsub_fast (or '
+                '--contsub) to make the line MSes first, leave them out (--specmodes mfs,cont), or add '
+                '--allow-cubes-with-continuum' % '/'.join(cubes))
+        plan.notes.append('%s images are made from uid*_targets.ms: they contain the continuum '
+                          '(--allow-cubes-with-continuum)' % '/'.join(cubes))
+    if {'mfs', 'cont'} & set(request.specmodes) and not delivery.contdat.is_file():
+        plan.notes.append('no caltables/cont.dat: mfs/cont images use every channel, lines included')
+    limits = [n for n in ('maxproductsize', 'maxcubesize', 'maxcubelimit') if getattr(request, n) is not None]
+    if engine == 'casa' and (limits or not request.mitigation):
+        plan.notes.append('%s only apply to the pipeline\'s size mitigation: the CASA engine checks the free '
+                          'disk instead' % ', '.join('--' + n for n in limits or ['no-mitigation']))
+    plan.imaging, plan.imaging_engine = request, engine
+    engine_name = 'ALMA pipeline' if engine == 'pipeline' else 'CASA tclean, no pipeline'
+    inputs = list(delivery.targets) + ([] if makes_line_ms else list(delivery.targets_line) if cubes else [])
+    plan.steps.append(Step('image', 'images %s (%s) into %s' % (','.join(request.specmodes), engine_name, images),
+                           inputs, [images], 0, run_image))
+
+
+def _plan_concat(plan, inputs, output_name):
+    delivery = plan.delivery
+    output = delivery.output(output_name)
+    if output.exists() or output.is_symlink():
+        raise ReprocessingError('%s already exists — rename or remove it to make a new one' % output)
+    extra = sum(directory_bytes(ms) for ms in inputs if ms.exists())
+    plan.steps.append(Step(output_name[:-3], 'concatenate %d MS into %s' % (len(inputs), output),
+                           list(inputs), [output], extra, run_concat))
+
+
+def _check_free_space(plan):
+    require_free_space(plan.delivery.root, plan.extra_bytes, what='this plan',
+                       advice='free some space or run fewer steps at once')
+
+
+def describe_plan(plan):
+    delivery = plan.delivery
+    lines = ['Plan for %s' % delivery.root]
+    for number, step in enumerate(plan.steps, 1):
+        lines.append('  %d. %s' % (number, step.summary))
+        for path in step.inputs:
+            lines.append('       in:  %s' % relative_path(path, delivery.root))
+        for path in step.outputs:
+            lines.append('       out: %s' % relative_path(path, delivery.root))
+    if plan.extra_bytes:
+        lines.append('  Extra disk needed: about %s (%s free)'
+                     % (human_bytes(plan.extra_bytes), human_bytes(free_bytes(delivery.root))))
+    if getattr(plan, 'image_estimate', None) is not None:
+        lines.append('  ' + describe_image_estimate(plan.image_estimate))
+    for note in plan.notes:
+        lines.append('  Note: ' + note)
+    return '\n'.join(lines)
+
+
+def _plan_check(plan):
+    delivery = plan.delivery
+    if not delivery.contdat.is_file():
+        raise ReprocessingError('%s is missing — there is nothing to check: restore it from the delivery'
+                                % delivery.contdat)
+    plan.contdat = plan.contdat or read_delivery_contdat(delivery)
+    plan.steps.append(Step('check', 'check %s against %d measurement set(s)' % (
+        relative_path(delivery.contdat, delivery.root), len(delivery.targets)), [delivery.contdat] + list(
+        delivery.targets), [], 0, run_check))
+
+
+# --- The plan's pre-flight: what the images will take, before the first long step --
+
+ImageEstimate = collections.namedtuple('ImageEstimate', 'images delivered peak available engine')
+
+
+def preflight_images(plan):
+    """Size the image products from the MS metadata while planning (--dry-run too); stop if they cannot fit.
+
+    Called by run() right after make_plan (which stays free of CASA), before the first step.
+    CASA is loaded to read the measurement sets' metadata (read-only) and logs nowhere: a plan
+    writes no file, and the run's log is chosen when its first step starts.  The images are sized
+    with the pipeline-free engine's heuristics, which follow the pipeline's, so the pipeline engine
+    gets the same estimate (with its iter0 images), before any size mitigation of its own.
+    """
+    delivery, request, engine = plan.delivery, plan.imaging, plan.imaging_engine
+    casa = _casa_for_planning()
+    makes_line_ms = plan.options.contsub or plan.options.contsub_fast
+    try:
+        with native_output_into(os.devnull), native_stdout_silenced():
+            targets = sorted((read_ms_for_imaging(casa, ms) for ms in delivery.targets), key=observed_first)
+            # line MSes this run makes have the spws and channels of the targets MSes they come from
+            lines = [] if makes_line_ms else sorted(
+                (read_ms_for_imaging(casa, ms) for ms in delivery.targets_line), key=observed_first)
+            jobs, _notes = plan_casa_images(casa, request, targets=targets, lines=lines,
+                                            channels_for=_every_channel, contdat=None,
+                                            ous=ous_from_path(delivery.root))
+    except RuntimeError as error:
+        raise ReprocessingError('cannot read the measurement sets\' metadata to plan the images (%s) — check '
+                                'the measurement sets in %s' % (one_line(error), delivery.ms_dir))
+    if not jobs and engine == 'casa':
+        raise ReprocessingError('nothing to image with --specmodes %s in these measurement sets — choose other '
+                                'specmodes, fields or spws' % ','.join(request.specmodes))
+    delivered, peak = estimate_image_bytes(jobs, all_products=request.all_products,
+                                           iterations=2 if engine == 'pipeline' else 1)
+    images_dir = delivery.root / plan.options.image
+    available = require_free_space(images_dir, peak, what='the images', advice=IMAGE_SPACE_ADVICE)
+    plan.image_estimate = ImageEstimate(len(jobs), delivered, peak, available, engine)
+    if images_dir.is_dir():  # --reuse-images: none of this run's names may be taken
+        expected = expected_finals(jobs)
+        ous = ous_from_path(delivery.root)
+        names = [p.fits_name(ous) for p in expected]
+        if engine == 'casa':  # the pipeline's CASA images carry its stage number, known only when it runs
+            names += [p.path.name for p in expected]
+        check_no_collisions(images_dir, names)
+    # the whole plan's free-disk check, again, with the images (beside, e.g., this run's line MSes)
+    plan.steps[:] = [step._replace(extra_bytes=peak) if step.function is run_image else step
+                     for step in plan.steps]
+    _check_free_space(plan)
+    return plan.image_estimate
+
+
+def _every_channel(info, field, spw_id, virtual_id):
+    """Channel selection while sizing images: the channels do not change an mfs image's size."""
+    return '', None
+
+
+def _casa_for_planning():
+    if is_monolithic_casa() or 'casatools' in sys.modules:
+        return load_casa()
+    return load_casa(logfile=os.devnull)
+
+
+def describe_image_estimate(estimate):
+    text = 'Images: %d to make, about %s of products (%s on disk while imaging), %s free' % (
+        estimate.images, human_bytes(estimate.delivered), human_bytes(estimate.peak), human_bytes(estimate.available))
+    if estimate.engine == 'pipeline':
+        text += ' (sized by the pipeline\'s heuristics, before its size mitigation)'
+    return text
+
+
+def _plan_weblog(plan):
+    """On its own, --weblog must find what to serve now; after other steps, a NAME must exist already."""
+    delivery, name = plan.delivery, plan.options.weblog
+    alone = not plan.steps
+    if name == 'report':
+        if alone:
+            report_weblog(delivery)
+        summary = 'serve the reprocessing report'
+    elif name == 'latest' and not alone:
+        summary = 'serve the weblog this run makes (or the reprocessing report)'
+    else:
+        weblog = choose_weblog(delivery, name)
+        summary = 'serve the weblog %s' % weblog.name
+    plan.steps.append(Step('weblog', summary, [], [], 0, run_weblog))

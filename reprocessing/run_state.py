@@ -1,0 +1,232 @@
+"""One run's state: the lock, the journal of what to undo if the run dies, and publishing outputs."""
+
+import json
+import os
+import time
+from pathlib import Path
+
+from .fileops import PARTIAL_TAG, is_inside, relative_path, remove_file, remove_tree
+from .host import host_name, now_text
+from .layout import JOURNAL_NAME, LOCK_NAME
+from .messages import ReprocessingError, say
+
+
+# Test-only: the name of a checkpoint at which the run stops and waits to be killed.
+PAUSE_ENV = 'SCRIPTFORREPROCESSING_TEST_PAUSE_AT'
+
+
+class RunState(object):
+    """The lock, the journal and the staging area of one run.
+
+    Nothing of the user's is ever moved.  What a run creates (partial outputs,
+    staging shadows) is written to the journal *before* it is created, so that
+    the next run can remove it if this one is killed, even with SIGKILL.
+    """
+
+    def __init__(self, delivery):
+        self.delivery = delivery
+        self.lock_path = delivery.root / LOCK_NAME
+        self.journal_path = delivery.root / JOURNAL_NAME
+        self.staging_dir = delivery.work_dir / 'staging'
+        self.logs_dir = delivery.work_dir / 'logs'
+        self._lock_file = None
+        self._journal = None
+        self.casa_logfile = None
+        self.console_log = None
+        self.pipeline_dir = None  # where this process's first pipeline step ran
+        self.results = []
+        self.published = []        # final outputs this run gave their names: they stay if it is stopped
+        self.command = None        # the command line, for the report
+        self.started = None        # time.time() when the run began
+        self.current_step = None   # {'step', 'started'} of the step running now: the failed one if the run stops
+        self.report_dir = None     # this run's folder in working_reprocess/report/
+
+    # -- lock ---------------------------------------------------------------
+    def acquire(self):
+        import fcntl
+        try:
+            handle = open(str(self.lock_path), 'a+')
+        except OSError as error:
+            raise ReprocessingError('cannot create %s (%s) — check that you may write in %s'
+                                    % (self.lock_path, error.strerror, self.delivery.root))
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or 'another process'
+            handle.close()
+            raise ReprocessingError('another run is working in this delivery (%s) — wait for it to finish'
+                                    % holder)
+        handle.seek(0)
+        handle.truncate()
+        handle.write('pid %d on %s since %s\n' % (os.getpid(), host_name(), now_text()))
+        handle.flush()
+        self._lock_file = handle
+
+    def release(self):
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    # -- journal ------------------------------------------------------------
+    def begin(self, command):
+        self.command, self.started = command, time.time()
+        self._journal = {'pid': os.getpid(), 'started': now_text(), 'command': command, 'created': [],
+                         'set_aside': []}
+        self._write_journal()
+
+    def set_aside(self, original):
+        """Rename a user's file aside (to be replaced); the next run puts it back if this one dies."""
+        original = Path(original)
+        aside = original.with_name('.%s.replaced-%d' % (original.name, os.getpid()))
+        self._journal['set_aside'].append([str(aside), str(original)])
+        self._write_journal()
+        os.rename(str(original), str(aside))
+        return aside
+
+    def put_back(self, aside, original):
+        """Undo set_aside (the replacement failed)."""
+        if not (Path(original).exists() or Path(original).is_symlink()):
+            os.rename(str(aside), str(original))
+        self._forget_aside(aside)
+
+    def discard_aside(self, aside):
+        """The replacement is published: the old version set aside can go."""
+        remove_tree(aside)
+        self._forget_aside(aside)
+
+    def _forget_aside(self, aside):
+        self._journal['set_aside'] = [pair for pair in self._journal['set_aside'] if pair[0] != str(aside)]
+        self._write_journal()
+
+    def will_create(self, path):
+        """Record path before creating it: the next run removes it if this one dies."""
+        self._journal['created'].append(str(path))
+        self._write_journal()
+
+    def created_for_good(self, path):
+        """path (a temporary) was renamed or removed: nothing to undo for it any more."""
+        self._journal['created'] = [p for p in self._journal['created'] if p != str(path)]
+        self._write_journal()
+
+    def finish(self):
+        """Remove what this run created and did not keep; then forget the journal."""
+        if self._journal is None:
+            return
+        self.undo(self._journal)
+        remove_file(self.journal_path)
+        self._journal = None
+
+    def _write_journal(self):
+        temporary = self.journal_path.with_name(self.journal_path.name + '.tmp')
+        with open(str(temporary), 'w') as handle:
+            json.dump(self._journal, handle, indent=1)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(str(temporary), str(self.journal_path))
+
+    def recover(self):
+        """Undo what a killed run left behind; say what was recovered."""
+        if not self.journal_path.exists():
+            self._sweep_partials(quiet=False)
+            return
+        try:
+            with open(str(self.journal_path)) as handle:
+                journal = json.load(handle)
+        except (OSError, ValueError):
+            journal = {'created': [], 'pid': '?', 'started': '?', 'command': '?'}
+        say('Recovering from an interrupted run (pid %s, started %s: %s):'
+            % (journal.get('pid'), journal.get('started'), journal.get('command')))
+        removed = self.undo(journal)
+        removed += self._sweep_partials(quiet=True)
+        for path in removed:
+            say('  removed its unfinished %s' % relative_path(path, self.delivery.root))
+        if not removed:
+            say('  it left nothing behind to remove')
+        say('  your measurement sets were never moved: nothing else to restore')
+        remove_file(self.journal_path)
+
+    def undo(self, journal):
+        removed = []
+        for aside_text, original_text in reversed(journal.get('set_aside', [])):
+            aside, original = Path(aside_text), Path(original_text)
+            if not (is_inside(aside, self.delivery.root) and aside.exists()):
+                continue
+            if original.exists() or original.is_symlink():
+                remove_tree(aside)  # its replacement was published
+            else:
+                os.rename(str(aside), str(original))
+                say('  put back %s, which the interrupted run had set aside to replace it'
+                    % relative_path(original, self.delivery.root))
+        for text in reversed(journal.get('created', [])):
+            path = Path(text)
+            if not is_inside(path, self.delivery.root):
+                continue  # never touch anything outside the delivery, whatever a journal says
+            if path.exists() or path.is_symlink():
+                remove_tree(path)
+                removed.append(path)
+        return removed
+
+    def _sweep_partials(self, quiet):
+        """Partial outputs whose journal entry was lost are recognisable by name."""
+        removed = []
+        for folder in (self.delivery.ms_dir, self.delivery.root):
+            if not folder.is_dir():
+                continue
+            for path in folder.iterdir():
+                if PARTIAL_TAG in path.name and path.name.startswith('.'):
+                    remove_tree(path)
+                    removed.append(path)
+                    if not quiet:
+                        say('Removed %s, left unfinished by an earlier run'
+                            % relative_path(path, self.delivery.root))
+        return removed
+
+    # -- temporary outputs ----------------------------------------------------
+    def partial_name(self, final):
+        final = Path(final)
+        return final.with_name('.%s%s%d' % (final.name, PARTIAL_TAG, os.getpid()))
+
+    def publish(self, partial, final):
+        """Give a complete output its final name."""
+        final = Path(final)
+        if final.exists() or final.is_symlink():
+            raise ReprocessingError('%s appeared while this run was writing it — the new result is kept as %s'
+                                    % (final, partial))
+        os.rename(str(partial), str(final))
+        self.created_for_good(partial)
+        self.published.append(final)
+
+
+def pause_point(name, state):
+    """Test-only: stop here and wait to be killed when the test asks for it."""
+    if os.environ.get(PAUSE_ENV) != name:
+        return
+    marker = state.delivery.root / ('.paused-at-' + name)
+    marker.write_text(str(os.getpid()))
+    while True:
+        time.sleep(0.2)
+
+
+def publish_line_outputs(state, outputs, *, replace):
+    """Give complete line MSes their final names: [(partial, final)].
+
+    With replace (--overwrite-line), an existing line MS is renamed aside just before its new one
+    is published and removed once all are; if publishing fails, the old ones are put back.
+    """
+    retired = []
+    try:
+        for partial, final in outputs:
+            if final.exists() or final.is_symlink():
+                if not replace:
+                    raise ReprocessingError('%s already exists — move it away, or add --overwrite-line to replace it'
+                                            % final)
+                retired.append((state.set_aside(final), final))
+                pause_point('line-set-aside', state)
+            state.publish(partial, final)
+    except BaseException:
+        for aside, final in retired:
+            state.put_back(aside, final)
+        raise
+    for aside, _final in retired:
+        state.discard_aside(aside)
