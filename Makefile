@@ -1,13 +1,14 @@
 # make demo   set up .venv (modular CASA from PyPI) and run the script on a simulated delivery
 # make test   set up .venv if needed and run the whole test suite (what CI runs)
 # make bench  run the benchmarks (prints ratios measured side by side)
+# make build  regenerate scriptForReprocessing.py and reprocessing_prep.py from the package reprocessing/
 
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-pipeline bench clean-demo setup-mpi test-mpi
+.PHONY: setup demo test test-pipeline bench clean-demo setup-mpi test-mpi build
 
 setup: $(STAMP)
 
@@ -42,3 +43,8 @@ bench: $(STAMP)
 
 clean-demo:
 	rm -rf demo
+
+# The two user scripts are generated: edit reprocessing/*.py, then run this and commit all of it.
+# (The standard library is enough: no venv needed.  tests/test_build.py checks the result.)
+build:
+	$(PYTHON) tools/build.py

@@ -65,7 +65,7 @@ def bare_calls(delivery, outdir):
     calls = []
     for ms in found.targets:
         field, spw, fitspec = sfr.build_fitspec(analysis.selections[str(ms)])
-        calls.append(dict(vis=str(ms), outputvis=str(outdir / sfr._line_name(ms).name), field=field, spw=spw,
+        calls.append(dict(vis=str(ms), outputvis=str(outdir / sfr.line_ms_path(ms).name), field=field, spw=spw,
                           fitspec=fitspec, datacolumn='data'))
     return calls
 

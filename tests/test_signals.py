@@ -1,0 +1,146 @@
+"""SIGTERM at random moments of --contsub_fast and --image (a cluster's time limit sends SIGTERM).
+
+Every stopped run must end with exit status 1 and one ERROR line that says what is on disk, the
+user's MSes byte-identical, an "interrupted" report when the run had begun, nothing half-written
+under a final name, and the next run must complete.  The moments are drawn in each part of a
+control run's duration (early, middle, late) with a seed (REPROCESSING_SIGNAL_SEED, printed).
+"""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import SCRIPT, user_ms_digests
+
+SEED = int(os.environ.get('REPROCESSING_SIGNAL_SEED', '20261202'))
+CONTSUB = dict(n_ebs=2)  # as in test_contsub_fast: the simulated delivery is shared
+IMAGE = dict(nchan=32, n_antennas=25, line_fwhm_kms=8.0, noise_jy=0.2, n_ebs=1, with_line_ms=True)
+
+
+def start(delivery, args):
+    return subprocess.Popen([sys.executable, str(SCRIPT), '--delivery', str(delivery)] + list(args),
+                            cwd=str(delivery), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            universal_newlines=True)
+
+
+def timed_run(delivery, args):
+    started = time.time()
+    process = start(delivery, args)
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err
+    return time.time() - started, out
+
+
+def moments(duration, count):
+    """One moment in each of `count` equal parts of the run (the last part ends before the end)."""
+    chooser = random.Random(SEED + count)
+    part = 0.9 * duration / count
+    return [round(part * (i + chooser.random()), 2) for i in range(count)]
+
+
+def runs_recorded(delivery):
+    return [json.loads(path.read_text()) for path in
+            sorted((delivery / 'working_reprocess' / 'report').glob('run-*/run.json'))]
+
+
+def stop_at(delivery, args, seconds):
+    """Run the script, send SIGTERM after `seconds` (None: let it finish); (status, stdout, stderr)."""
+    process = start(delivery, args)
+    if seconds is not None:
+        time.sleep(seconds)
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=300)
+    return process.returncode, out, err
+
+
+def unchanged(delivery, before):
+    """The user's MSes (those there before the run; not the line MSes it made) are byte-identical."""
+    now = user_ms_digests(delivery)
+    return all(now.get(name) == digests for name, digests in before.items())
+
+
+def check_stopped_run(delivery, status, out, err, before):
+    assert 'Traceback' not in err and 'Traceback' not in out, err
+    assert unchanged(delivery, before), 'a user MS changed'
+    if status == 0:
+        return False  # it finished before the signal: nothing to check about stopping
+    if status == -signal.SIGTERM:  # before Python ran the script's first line: nothing can have been made
+        assert not (delivery / 'working_reprocess').exists() and not list(delivery.glob('.scriptForReprocessing*'))
+        return True
+    assert status == 1, (status, err)
+    errors = [line for line in err.splitlines() if line.startswith('ERROR:')]
+    assert len(errors) == 1 and errors[0].startswith('ERROR: stopped by signal 15 (SIGTERM)'), err
+    if 'nothing was written' not in errors[0]:  # the run had begun: its report says how it ended
+        assert runs_recorded(delivery)[-1]['status'] == 'interrupted'
+    return True
+
+
+@pytest.mark.parametrize('count', [3])
+def test_sigterm_at_random_moments_of_contsub_fast(delivery_factory, casa, count, capsys):
+    args = ['--contsub_fast']
+    control = delivery_factory(**CONTSUB)
+    duration, _out = timed_run(control, args)
+    rows = {}
+    for line in (control / 'measurement_sets').glob('*_line.ms'):
+        table = casa.casatools.table()
+        table.open(str(line))
+        rows[line.name] = table.nrows()
+        table.close()
+    assert len(rows) == 2
+    stopped = 0
+    with capsys.disabled():
+        print('\n  seed %d, control run %.1f s, SIGTERM at %s s' % (SEED, duration, moments(duration, count)))
+    for seconds in moments(duration, count):
+        delivery = delivery_factory(**CONTSUB)
+        before = user_ms_digests(delivery)
+        status, out, err = stop_at(delivery, args, seconds)
+        with capsys.disabled():
+            print('  at %.2f s: exit %s %s' % (seconds, status, ([l for l in err.splitlines() if 'ERROR' in l] or [''])[0]))
+        stopped += check_stopped_run(delivery, status, out, err, before)
+        lines = sorted((delivery / 'measurement_sets').glob('*_line.ms'))
+        for line in lines:  # a line MS under its final name is complete
+            table = casa.casatools.table()
+            table.open(str(line))
+            assert table.nrows() == rows[line.name], line.name
+            table.close()
+        again = args + (['--overwrite-line'] if lines else [])
+        status, out, err = stop_at(delivery, again, None)  # the next run, to its end
+        assert status == 0, err
+        assert sorted(p.name for p in (delivery / 'measurement_sets').glob('*_line.ms')) == sorted(rows)
+        assert not [p for p in delivery.rglob('*.partial-*')], 'a partial output survived the next run'
+        assert unchanged(delivery, before)
+    assert stopped >= count - 1, 'the signal came too late to stop most runs'
+
+
+@pytest.mark.parametrize('count', [2])
+def test_sigterm_at_random_moments_of_image(delivery_factory, count, capsys):
+    args = ['--image', '--engine', 'casa', '--specmodes', 'mfs,cube']
+    control = delivery_factory(**IMAGE)
+    duration, _out = timed_run(control, args)
+    made = sorted(p.name for p in (control / 'images').iterdir())
+    stopped = 0
+    with capsys.disabled():
+        print('\n  seed %d, control run %.1f s, SIGTERM at %s s' % (SEED, duration, moments(duration, count)))
+    for seconds in moments(duration, count):
+        delivery = delivery_factory(**IMAGE)
+        before = user_ms_digests(delivery)
+        status, out, err = stop_at(delivery, args, seconds)
+        with capsys.disabled():
+            print('  at %.2f s: exit %s %s' % (seconds, status, ([l for l in err.splitlines() if 'ERROR' in l] or [''])[0]))
+        stopped += check_stopped_run(delivery, status, out, err, before)
+        images = delivery / 'images'
+        if images.exists():  # published: then whole
+            assert sorted(p.name for p in images.iterdir()) == made
+            continue
+        status, out, err = stop_at(delivery, args, None)
+        assert status == 0, err
+        assert sorted(p.name for p in images.iterdir()) == made
+        assert not [p for p in delivery.rglob('*.partial-*')], 'a partial output survived the next run'
+        assert unchanged(delivery, before)
+    assert stopped >= count - 1, 'the signal came too late to stop most runs'
