@@ -316,21 +316,27 @@ def opened_tool(tool, path):
 
 
 @contextlib.contextmanager
-def native_stdout_silenced():
-    """Keep what CASA's C++ prints on file descriptor 1 off the user's terminal (its log has it all)."""
+def _file_descriptor_into(fd, path):
+    """Send what is written on file descriptor fd (C++ code writes there directly) into path meanwhile."""
     sys.stdout.flush()
-    saved = os.dup(1)
+    sys.stderr.flush()
+    saved = os.dup(fd)
     try:
-        with open(os.devnull, 'w') as devnull:
-            os.dup2(devnull.fileno(), 1)
+        with open(str(path), 'a') as target:
+            os.dup2(target.fileno(), fd)
         yield
     finally:
         sys.stdout.flush()
-        os.dup2(saved, 1)
+        sys.stderr.flush()
+        os.dup2(saved, fd)
         os.close(saved)
 
 
-@contextlib.contextmanager
+def native_stdout_silenced():
+    """Keep what CASA's C++ prints on file descriptor 1 off the user's terminal (its log has it all)."""
+    return _file_descriptor_into(1, os.devnull)
+
+
 def native_output_into(path):
     """Send what CASA's C++ layer prints straight to the terminal into a file.
 
@@ -339,17 +345,7 @@ def native_output_into(path):
     table, "No regions found by automasking"), which would bury the script's own
     progress lines.  They are kept, in the console log (console-<time>.log) beside the CASA log.
     """
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(str(path), 'a') as console:
-            os.dup2(console.fileno(), 2)
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
+    return _file_descriptor_into(2, path)
 
 
 # ==================================================================================================
@@ -358,6 +354,12 @@ def native_output_into(path):
 
 # What every temporary of this tool has in its name: .NAME.partial-PID, beside NAME.
 PARTIAL_TAG = '.partial-'
+
+
+def is_partial_name(name):
+    """True for a temporary's name: .NAME.partial-PID."""
+    head, tag, pid = name.rpartition(PARTIAL_TAG)
+    return bool(tag) and name.startswith('.') and pid.isdigit() and len(head) > 1
 
 
 def directory_bytes(path):
@@ -1559,6 +1561,17 @@ def full_host_name():
     return socket.gethostname() if not name or name.startswith('localhost') else name
 
 
+def owner_name(path):
+    """The user name owning path (its uid where the password database does not know it)."""
+    import os
+    uid = os.stat(str(path)).st_uid
+    try:
+        import pwd
+        return pwd.getpwuid(uid).pw_name
+    except (ImportError, KeyError):
+        return 'uid %d' % uid
+
+
 # ==================================================================================================
 # reprocessing/run_state.py: One run's state: the lock, the journal of what to undo if the run dies, and publishing outputs.
 # ==================================================================================================
@@ -1599,6 +1612,10 @@ class RunState(object):
         try:
             handle = open(str(self.lock_path), 'a+')
         except OSError as error:
+            if self.lock_path.exists() and os.access(str(self.delivery.root), os.W_OK):
+                raise ReprocessingError('the lock %s belongs to %s and you may not write it (%s) — ask them whether '
+                                        'a run of theirs is working here; if not, remove the file'
+                                        % (self.lock_path, owner_name(self.lock_path), error.strerror))
             raise ReprocessingError('cannot create %s (%s) — check that you may write in %s'
                                     % (self.lock_path, error.strerror, self.delivery.root))
         try:
@@ -1670,25 +1687,46 @@ class RunState(object):
         self._journal = None
 
     def _write_journal(self):
-        temporary = self.journal_path.with_name(self.journal_path.name + '.tmp')
-        with open(str(temporary), 'w') as handle:
-            json.dump(self._journal, handle, indent=1)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(str(temporary), str(self.journal_path))
+        write_atomically(self.journal_path, json.dumps(self._journal, indent=1))
+
+    def _read_journal(self):
+        """The journal of a killed run, its entries checked: a damaged or hand-edited one undoes nothing wrong."""
+        try:
+            with open(str(self.journal_path)) as handle:
+                journal = json.load(handle)
+        except (OSError, ValueError):
+            journal = None
+        if not isinstance(journal, dict):
+            say('  (its journal %s is damaged: only names this tool gives its temporaries are cleaned up)'
+                % self.journal_path.name)
+            journal = {}
+        created = [text for text in journal.get('created') or [] if isinstance(text, str)] \
+            if isinstance(journal.get('created'), list) else []
+        set_aside = [pair for pair in journal.get('set_aside') or [] if isinstance(pair, list) and len(pair) == 2
+                     and all(isinstance(text, str) for text in pair)] \
+            if isinstance(journal.get('set_aside'), list) else []
+        return dict(journal, created=created, set_aside=set_aside)
+
+    def made_by_this_tool(self, path):
+        """True for what this tool creates: anything in working_reprocess/, or a .NAME.partial-PID temporary.
+
+        The journal lists only such paths; undo checks it all the same, so that a damaged or hand-edited
+        journal can never make a run remove a user's MS or a published output.
+        """
+        path = Path(os.path.abspath(str(path)))
+        work_dir = Path(os.path.abspath(str(self.delivery.work_dir)))
+        if is_inside(path, work_dir) and path != work_dir:
+            return not (self.delivery.work_dir.is_symlink())
+        return is_partial_name(path.name)
 
     def recover(self):
         """Undo what a killed run left behind; say what was recovered."""
         if not self.journal_path.exists():
             self._sweep_partials(quiet=False)
             return
-        try:
-            with open(str(self.journal_path)) as handle:
-                journal = json.load(handle)
-        except (OSError, ValueError):
-            journal = {'created': [], 'pid': '?', 'started': '?', 'command': '?'}
+        journal = self._read_journal()
         say('Recovering from an interrupted run (pid %s, started %s: %s):'
-            % (journal.get('pid'), journal.get('started'), journal.get('command')))
+            % (journal.get('pid', '?'), journal.get('started', '?'), journal.get('command', '?')))
         removed = self.undo(journal)
         removed += self._sweep_partials(quiet=True)
         for path in removed:
@@ -1702,7 +1740,8 @@ class RunState(object):
         removed = []
         for aside_text, original_text in reversed(journal.get('set_aside', [])):
             aside, original = Path(aside_text), Path(original_text)
-            if not (is_inside(aside, self.delivery.root) and aside.exists()):
+            ours = aside.parent == original.parent and aside.name.startswith('.%s.replaced-' % original.name)
+            if not (ours and is_inside(aside, self.delivery.root) and aside.exists()):
                 continue
             if original.exists() or original.is_symlink():
                 remove_tree(aside)  # its replacement was published
@@ -1712,8 +1751,8 @@ class RunState(object):
                     % relative_path(original, self.delivery.root))
         for text in reversed(journal.get('created', [])):
             path = Path(text)
-            if not is_inside(path, self.delivery.root):
-                continue  # never touch anything outside the delivery, whatever a journal says
+            if not self.made_by_this_tool(path):
+                continue  # never a user's MS or a published output, whatever a journal says
             if path.exists() or path.is_symlink():
                 remove_tree(path)
                 removed.append(path)
@@ -1726,7 +1765,7 @@ class RunState(object):
             if not folder.is_dir():
                 continue
             for path in folder.iterdir():
-                if PARTIAL_TAG in path.name and path.name.startswith('.'):
+                if is_partial_name(path.name):
                     remove_tree(path)
                     removed.append(path)
                     if not quiet:
@@ -2268,12 +2307,8 @@ def map_spw(spw, layout, first):
         if layout is first:
             return spw.virtual_id
         name = first.spws[spw.virtual_id].name
-    by_name = layout.spw_ids_by_name(name) if name else []
-    if len(by_name) == 1:
-        return by_name[0]
-    if spw.virtual_id in by_name or (not by_name and spw.virtual_id in layout.spws and spw.name is None):
-        return spw.virtual_id
-    return None
+    # A v3 name that no window of this EB has means another window: no fall-back to the number.
+    return same_window(layout, name=name, spw_id=spw.virtual_id, by_number=spw.name is None)
 
 
 def _check_spw_in_ms(field, spw, layout, first, converter, analysis, report):
@@ -2670,9 +2705,8 @@ def draw_spectra(spectra, out_dir):
         if len(items) <= 8:
             top.legend(fontsize=8, loc='upper right')
         name = '%s_spw%d.png' % (re.sub(r'[^A-Za-z0-9_.+-]+', '_', field_name), virtual_id)
-        temporary = out_dir / ('.%s.partial' % name)
-        figure.savefig(str(temporary), dpi=90, format='png')
-        os.replace(str(temporary), str(out_dir / name))
+        with atomic_file(out_dir / name) as temporary:
+            figure.savefig(str(temporary), dpi=90, format='png')
         pictures.append(out_dir / name)
     return pictures
 
@@ -4078,11 +4112,8 @@ def virtual_spw_map(infos):
     reference = infos[0]
     mapping = collections.OrderedDict((spw_id, {}) for spw_id in reference.spws)
     for info in infos:
-        by_name = {spw.name: spw for spw in info.spws.values() if spw.name}
         for spw_id, reference_spw in reference.spws.items():
-            match = by_name.get(reference_spw.name) if reference_spw.name else None
-            if match is None:
-                match = info.spws.get(spw_id)
+            match = info.spws.get(same_window(info.layout, name=reference_spw.name, spw_id=spw_id))
             if match is not None:
                 mapping[spw_id][info.name] = match
     return mapping
@@ -5001,9 +5032,8 @@ class _ReportAssets(object):
                 counter += 1
                 name = '%s-%d%s' % (source.stem, counter, source.suffix)
             self.folder.mkdir(parents=True, exist_ok=True)
-            temporary = self.folder / ('.%s%s%d' % (name, PARTIAL_TAG, os.getpid()))
-            shutil.copyfile(str(source), str(temporary))
-            os.replace(str(temporary), str(self.folder / name))
+            with atomic_file(self.folder / name) as temporary:
+                shutil.copyfile(str(source), str(temporary))
             self.used[key] = 'assets/' + name
         return self.used[key]
 

@@ -160,21 +160,27 @@ def opened_tool(tool, path):
 
 
 @contextlib.contextmanager
-def native_stdout_silenced():
-    """Keep what CASA's C++ prints on file descriptor 1 off the user's terminal (its log has it all)."""
+def _file_descriptor_into(fd, path):
+    """Send what is written on file descriptor fd (C++ code writes there directly) into path meanwhile."""
     sys.stdout.flush()
-    saved = os.dup(1)
+    sys.stderr.flush()
+    saved = os.dup(fd)
     try:
-        with open(os.devnull, 'w') as devnull:
-            os.dup2(devnull.fileno(), 1)
+        with open(str(path), 'a') as target:
+            os.dup2(target.fileno(), fd)
         yield
     finally:
         sys.stdout.flush()
-        os.dup2(saved, 1)
+        sys.stderr.flush()
+        os.dup2(saved, fd)
         os.close(saved)
 
 
-@contextlib.contextmanager
+def native_stdout_silenced():
+    """Keep what CASA's C++ prints on file descriptor 1 off the user's terminal (its log has it all)."""
+    return _file_descriptor_into(1, os.devnull)
+
+
 def native_output_into(path):
     """Send what CASA's C++ layer prints straight to the terminal into a file.
 
@@ -183,14 +189,4 @@ def native_output_into(path):
     table, "No regions found by automasking"), which would bury the script's own
     progress lines.  They are kept, in the console log (console-<time>.log) beside the CASA log.
     """
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(str(path), 'a') as console:
-            os.dup2(console.fileno(), 2)
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
+    return _file_descriptor_into(2, path)

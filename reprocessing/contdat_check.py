@@ -7,7 +7,7 @@ from .channels import ChannelConverter, channel_string, merge_channel_ranges
 from .contdat import CONTDAT_FRAMES, Problem, read_contdat
 from .fileops import relative_path
 from .messages import ReprocessingError, one_line, say
-from .ms_tables import read_ms_layout
+from .ms_tables import read_ms_layout, same_window
 
 
 # -- the checker -----------------------------------------------------------------------------------
@@ -145,12 +145,8 @@ def map_spw(spw, layout, first):
         if layout is first:
             return spw.virtual_id
         name = first.spws[spw.virtual_id].name
-    by_name = layout.spw_ids_by_name(name) if name else []
-    if len(by_name) == 1:
-        return by_name[0]
-    if spw.virtual_id in by_name or (not by_name and spw.virtual_id in layout.spws and spw.name is None):
-        return spw.virtual_id
-    return None
+    # A v3 name that no window of this EB has means another window: no fall-back to the number.
+    return same_window(layout, name=name, spw_id=spw.virtual_id, by_number=spw.name is None)
 
 
 def _check_spw_in_ms(field, spw, layout, first, converter, analysis, report):

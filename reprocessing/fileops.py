@@ -18,6 +18,12 @@ from .messages import ReprocessingError
 PARTIAL_TAG = '.partial-'
 
 
+def is_partial_name(name):
+    """True for a temporary's name: .NAME.partial-PID."""
+    head, tag, pid = name.rpartition(PARTIAL_TAG)
+    return bool(tag) and name.startswith('.') and pid.isdigit() and len(head) > 1
+
+
 def directory_bytes(path):
     """Bytes used by the real files below path (links are not followed)."""
     path = Path(path)

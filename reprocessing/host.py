@@ -30,3 +30,14 @@ def full_host_name():
     import socket
     name = socket.getfqdn()
     return socket.gethostname() if not name or name.startswith('localhost') else name
+
+
+def owner_name(path):
+    """The user name owning path (its uid where the password database does not know it)."""
+    import os
+    uid = os.stat(str(path)).st_uid
+    try:
+        import pwd
+        return pwd.getpwuid(uid).pw_name
+    except (ImportError, KeyError):
+        return 'uid %d' % uid

@@ -12,7 +12,7 @@ from .image_stats import image_statistics
 from .imaging_options import nbins_for_spw
 from .messages import ReprocessingError, say
 from .mpi import change_directory, tclean_parallel
-from .ms_tables import column_names, read_ms_layout
+from .ms_tables import column_names, read_ms_layout, same_window
 from .products import ImageProduct, is_casa_image
 from .run_state import pause_point
 
@@ -102,11 +102,8 @@ def virtual_spw_map(infos):
     reference = infos[0]
     mapping = collections.OrderedDict((spw_id, {}) for spw_id in reference.spws)
     for info in infos:
-        by_name = {spw.name: spw for spw in info.spws.values() if spw.name}
         for spw_id, reference_spw in reference.spws.items():
-            match = by_name.get(reference_spw.name) if reference_spw.name else None
-            if match is None:
-                match = info.spws.get(spw_id)
+            match = info.spws.get(same_window(info.layout, name=reference_spw.name, spw_id=spw_id))
             if match is not None:
                 mapping[spw_id][info.name] = match
     return mapping

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .casa_engine import load_casa
 from .environment import describe_environment, engine_description
-from .fileops import PARTIAL_TAG, directory_bytes, human_bytes, relative_path, remove_file, write_atomically
+from .fileops import PARTIAL_TAG, atomic_file, directory_bytes, human_bytes, relative_path, remove_file, write_atomically
 from .host import full_host_name, now_text, time_text, user_name
 from .layout import SCRIPT_NAME, report_folder
 from .messages import Interrupted, warn
@@ -136,9 +136,8 @@ class _ReportAssets(object):
                 counter += 1
                 name = '%s-%d%s' % (source.stem, counter, source.suffix)
             self.folder.mkdir(parents=True, exist_ok=True)
-            temporary = self.folder / ('.%s%s%d' % (name, PARTIAL_TAG, os.getpid()))
-            shutil.copyfile(str(source), str(temporary))
-            os.replace(str(temporary), str(self.folder / name))
+            with atomic_file(self.folder / name) as temporary:
+                shutil.copyfile(str(source), str(temporary))
             self.used[key] = 'assets/' + name
         return self.used[key]
 

@@ -5,8 +5,8 @@ import os
 import time
 from pathlib import Path
 
-from .fileops import PARTIAL_TAG, is_inside, relative_path, remove_file, remove_tree
-from .host import host_name, now_text
+from .fileops import PARTIAL_TAG, is_inside, is_partial_name, relative_path, remove_file, remove_tree, write_atomically
+from .host import host_name, now_text, owner_name
 from .layout import JOURNAL_NAME, LOCK_NAME
 from .messages import ReprocessingError, say
 
@@ -47,6 +47,10 @@ class RunState(object):
         try:
             handle = open(str(self.lock_path), 'a+')
         except OSError as error:
+            if self.lock_path.exists() and os.access(str(self.delivery.root), os.W_OK):
+                raise ReprocessingError('the lock %s belongs to %s and you may not write it (%s) — ask them whether '
+                                        'a run of theirs is working here; if not, remove the file'
+                                        % (self.lock_path, owner_name(self.lock_path), error.strerror))
             raise ReprocessingError('cannot create %s (%s) — check that you may write in %s'
                                     % (self.lock_path, error.strerror, self.delivery.root))
         try:
@@ -118,25 +122,46 @@ class RunState(object):
         self._journal = None
 
     def _write_journal(self):
-        temporary = self.journal_path.with_name(self.journal_path.name + '.tmp')
-        with open(str(temporary), 'w') as handle:
-            json.dump(self._journal, handle, indent=1)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(str(temporary), str(self.journal_path))
+        write_atomically(self.journal_path, json.dumps(self._journal, indent=1))
+
+    def _read_journal(self):
+        """The journal of a killed run, its entries checked: a damaged or hand-edited one undoes nothing wrong."""
+        try:
+            with open(str(self.journal_path)) as handle:
+                journal = json.load(handle)
+        except (OSError, ValueError):
+            journal = None
+        if not isinstance(journal, dict):
+            say('  (its journal %s is damaged: only names this tool gives its temporaries are cleaned up)'
+                % self.journal_path.name)
+            journal = {}
+        created = [text for text in journal.get('created') or [] if isinstance(text, str)] \
+            if isinstance(journal.get('created'), list) else []
+        set_aside = [pair for pair in journal.get('set_aside') or [] if isinstance(pair, list) and len(pair) == 2
+                     and all(isinstance(text, str) for text in pair)] \
+            if isinstance(journal.get('set_aside'), list) else []
+        return dict(journal, created=created, set_aside=set_aside)
+
+    def made_by_this_tool(self, path):
+        """True for what this tool creates: anything in working_reprocess/, or a .NAME.partial-PID temporary.
+
+        The journal lists only such paths; undo checks it all the same, so that a damaged or hand-edited
+        journal can never make a run remove a user's MS or a published output.
+        """
+        path = Path(os.path.abspath(str(path)))
+        work_dir = Path(os.path.abspath(str(self.delivery.work_dir)))
+        if is_inside(path, work_dir) and path != work_dir:
+            return not (self.delivery.work_dir.is_symlink())
+        return is_partial_name(path.name)
 
     def recover(self):
         """Undo what a killed run left behind; say what was recovered."""
         if not self.journal_path.exists():
             self._sweep_partials(quiet=False)
             return
-        try:
-            with open(str(self.journal_path)) as handle:
-                journal = json.load(handle)
-        except (OSError, ValueError):
-            journal = {'created': [], 'pid': '?', 'started': '?', 'command': '?'}
+        journal = self._read_journal()
         say('Recovering from an interrupted run (pid %s, started %s: %s):'
-            % (journal.get('pid'), journal.get('started'), journal.get('command')))
+            % (journal.get('pid', '?'), journal.get('started', '?'), journal.get('command', '?')))
         removed = self.undo(journal)
         removed += self._sweep_partials(quiet=True)
         for path in removed:
@@ -150,7 +175,8 @@ class RunState(object):
         removed = []
         for aside_text, original_text in reversed(journal.get('set_aside', [])):
             aside, original = Path(aside_text), Path(original_text)
-            if not (is_inside(aside, self.delivery.root) and aside.exists()):
+            ours = aside.parent == original.parent and aside.name.startswith('.%s.replaced-' % original.name)
+            if not (ours and is_inside(aside, self.delivery.root) and aside.exists()):
                 continue
             if original.exists() or original.is_symlink():
                 remove_tree(aside)  # its replacement was published
@@ -160,8 +186,8 @@ class RunState(object):
                     % relative_path(original, self.delivery.root))
         for text in reversed(journal.get('created', [])):
             path = Path(text)
-            if not is_inside(path, self.delivery.root):
-                continue  # never touch anything outside the delivery, whatever a journal says
+            if not self.made_by_this_tool(path):
+                continue  # never a user's MS or a published output, whatever a journal says
             if path.exists() or path.is_symlink():
                 remove_tree(path)
                 removed.append(path)
@@ -174,7 +200,7 @@ class RunState(object):
             if not folder.is_dir():
                 continue
             for path in folder.iterdir():
-                if PARTIAL_TAG in path.name and path.name.startswith('.'):
+                if is_partial_name(path.name):
                     remove_tree(path)
                     removed.append(path)
                     if not quiet:

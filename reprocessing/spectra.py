@@ -1,14 +1,13 @@
 """Before/after spectra of a continuum subtraction: measured on a sample of the data, drawn as PNGs."""
 
 import collections
-import os
 from pathlib import Path
 
 from .casa_engine import opened_table, opened_tool
 from .channels import ChannelConverter
 from .contdat import ContRange
 from .contdat_check import analyse_contdat
-from .fileops import relative_path
+from .fileops import atomic_file, relative_path
 from .layout import eb_name
 from .messages import ReprocessingError, one_line, say, warn
 from .ms_tables import dd_ids_by_spw, read_ms_layout, same_window, spw_name
@@ -203,9 +202,8 @@ def draw_spectra(spectra, out_dir):
         if len(items) <= 8:
             top.legend(fontsize=8, loc='upper right')
         name = '%s_spw%d.png' % (re.sub(r'[^A-Za-z0-9_.+-]+', '_', field_name), virtual_id)
-        temporary = out_dir / ('.%s.partial' % name)
-        figure.savefig(str(temporary), dpi=90, format='png')
-        os.replace(str(temporary), str(out_dir / name))
+        with atomic_file(out_dir / name) as temporary:
+            figure.savefig(str(temporary), dpi=90, format='png')
         pictures.append(out_dir / name)
     return pictures
 

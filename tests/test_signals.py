@@ -65,6 +65,15 @@ def unchanged(delivery, before):
     return all(now.get(name) == digests for name, digests in before.items())
 
 
+def stopped_run(delivery, args, seconds, capsys):
+    """(delivery, the user's MS digests before, whether the signal stopped the run): one checked trial."""
+    before = user_ms_digests(delivery)
+    status, out, err = stop_at(delivery, args, seconds)
+    with capsys.disabled():
+        print('  at %.2f s: exit %s %s' % (seconds, status, ([l for l in err.splitlines() if 'ERROR' in l] or [''])[0]))
+    return delivery, before, check_stopped_run(delivery, status, out, err, before)
+
+
 def check_stopped_run(delivery, status, out, err, before):
     assert 'Traceback' not in err and 'Traceback' not in out, err
     assert unchanged(delivery, before), 'a user MS changed'
@@ -97,12 +106,8 @@ def test_sigterm_at_random_moments_of_contsub_fast(delivery_factory, casa, count
     with capsys.disabled():
         print('\n  seed %d, control run %.1f s, SIGTERM at %s s' % (SEED, duration, moments(duration, count)))
     for seconds in moments(duration, count):
-        delivery = delivery_factory(**CONTSUB)
-        before = user_ms_digests(delivery)
-        status, out, err = stop_at(delivery, args, seconds)
-        with capsys.disabled():
-            print('  at %.2f s: exit %s %s' % (seconds, status, ([l for l in err.splitlines() if 'ERROR' in l] or [''])[0]))
-        stopped += check_stopped_run(delivery, status, out, err, before)
+        delivery, before, was_stopped = stopped_run(delivery_factory(**CONTSUB), args, seconds, capsys)
+        stopped += was_stopped
         lines = sorted((delivery / 'measurement_sets').glob('*_line.ms'))
         for line in lines:  # a line MS under its final name is complete
             table = casa.casatools.table()
@@ -128,12 +133,8 @@ def test_sigterm_at_random_moments_of_image(delivery_factory, count, capsys):
     with capsys.disabled():
         print('\n  seed %d, control run %.1f s, SIGTERM at %s s' % (SEED, duration, moments(duration, count)))
     for seconds in moments(duration, count):
-        delivery = delivery_factory(**IMAGE)
-        before = user_ms_digests(delivery)
-        status, out, err = stop_at(delivery, args, seconds)
-        with capsys.disabled():
-            print('  at %.2f s: exit %s %s' % (seconds, status, ([l for l in err.splitlines() if 'ERROR' in l] or [''])[0]))
-        stopped += check_stopped_run(delivery, status, out, err, before)
+        delivery, before, was_stopped = stopped_run(delivery_factory(**IMAGE), args, seconds, capsys)
+        stopped += was_stopped
         images = delivery / 'images'
         if images.exists():  # published: then whole
             assert sorted(p.name for p in images.iterdir()) == made
