@@ -12,7 +12,9 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
+# Modular CASA 6.7 has wheels for Python 3.10 to 3.13 only: anything else stops here, in one line.
 $(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 10) <= v <= (3, 13) else "ERROR: $(PYTHON) is Python %d.%d, but the development environment needs Python 3.10 to 3.13 (modular CASA has wheels for those only) — install one and run e.g. make PYTHON=python3.12 test" % v)'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
@@ -25,7 +27,9 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 # The pipeline tests need a Python with the ALMA pipeline installed (not on PyPI); they skip elsewhere.
+# pytest is installed into that Python first when it lacks it.
 test-pipeline:
+	$(PYTHON) -m pytest --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet pytest
 	$(PYTHON) -m pytest -q -m pipeline tests
 
 # MPI (optional): Open MPI comes from the system (Debian/Ubuntu: apt-get install openmpi-bin libopenmpi-dev,

@@ -1,0 +1,99 @@
+"""The script as users of monolithic CASA run it: ``casa -c scriptForReprocessing.py ...``.
+
+CASA's own shell is on PyPI as casashell (same release numbers as casatools); ``python -m casashell
+--nologger --nogui -c SCRIPT ARGS`` is what ``casa -c`` runs.  It reads a config file like
+monolithic CASA's ~/.casa/config.py: here one in the test's folder points the measures at casadata,
+switches auto-updates off and skips the network check (which otherwise waits ~15 s), and HOME is a
+fresh folder, so nothing of the machine's ~/.casa is used.  Under casashell the script sees a
+monolithic CASA ('casashell' in sys.modules): CASA is configured by the shell, tasks are globals,
+and the exit status comes through sys.exit.
+"""
+import importlib.util
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import SCRIPT, user_ms_digests
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec('casashell') is None,
+                                reason='casashell (CASA\'s shell, "pip install casashell") is not installed')
+
+TWO_EBS = dict(n_ebs=2)  # as in test_contsub_fast: the simulated delivery is shared
+
+
+@pytest.fixture(scope='module')
+def casa_shell(tmp_path_factory):
+    """run(*args, cwd) -> CompletedProcess of ``casa -c scriptForReprocessing.py args`` in cwd."""
+    import casadata
+    folder = tmp_path_factory.mktemp('casashell')
+    home = folder / 'home'
+    home.mkdir()
+    config = folder / 'config.py'
+    config.write_text('measurespath = %r\ndatapath = [%r]\nmeasures_auto_update = False\n'
+                      'data_auto_update = False\nskipnetworkcheck = True\n' % (casadata.datapath, casadata.datapath))
+
+    def run(*args, cwd):
+        command = [sys.executable, '-m', 'casashell', '--nologger', '--nogui', '--configfile', str(config),
+                   '-c', str(SCRIPT)] + [str(a) for a in args]
+        return subprocess.run(command, cwd=str(cwd), env={'HOME': str(home), 'PATH': '/usr/bin:/bin'},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=600)
+    return run
+
+
+def error_lines(done):
+    return [line for line in done.stderr.splitlines() if line.startswith('ERROR:')]
+
+
+def test_help_shows_the_options(casa_shell, tmp_path):
+    done = casa_shell('--help', cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert 'usage: scriptForReprocessing.py' in done.stdout and '--contsub_fast' in done.stdout
+    assert 'CASA 6.' in done.stdout, 'not run by the CASA shell'
+
+
+def test_a_usage_error_is_one_line_and_exit_status_2(casa_shell, tmp_path):
+    done = casa_shell('--image', '--robust', '9', cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert error_lines(done) == ['ERROR: argument --robust: robust must be between -2 and 2 (Briggs weighting), '
+                                 'got 9 — run "scriptForReprocessing.py --help" for the options']
+    assert 'Traceback' not in done.stderr
+
+
+def test_a_failed_run_is_one_line_and_exit_status_1(casa_shell, tmp_path):
+    done = casa_shell('--delivery', tmp_path, '--calibrated_final', cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    errors = error_lines(done)
+    assert len(errors) == 1 and errors[0].startswith('ERROR: no measurement_sets/ directory in '), done.stderr
+    assert 'Traceback' not in done.stderr
+
+
+def test_calibrated_final_under_the_casa_shell(casa_shell, delivery_factory):
+    delivery = delivery_factory(**TWO_EBS)
+    before = user_ms_digests(delivery)
+    done = casa_shell('--calibrated_final', cwd=delivery)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr
+    assert re.search(r'Environment: CASA 6\.[0-9.-]+ \(monolithic\)', done.stdout), done.stdout
+    assert (delivery / 'measurement_sets' / 'calibrated_final.ms' / 'table.dat').is_file()
+    assert user_ms_digests(delivery) == before, 'concat wrote into a user MS'
+    assert 'Done.' in done.stdout and not error_lines(done)
+
+
+def test_contsub_fast_dry_run_and_run_under_the_casa_shell(casa_shell, delivery_factory):
+    delivery = delivery_factory(**TWO_EBS)
+    before = user_ms_digests(delivery)
+    dry = casa_shell('--contsub_fast', '--dry-run', cwd=delivery)
+    assert dry.returncode == 0, dry.stderr
+    assert 'Dry run: nothing was changed.' in dry.stdout
+    assert not list((delivery / 'measurement_sets').glob('*_line.ms'))
+    earlier = set(delivery.glob('casa-*.log'))  # the dry run's (a dry run records nothing to clean up)
+    done = casa_shell('--contsub_fast', '--jobs', '2', cwd=delivery)  # workers: the script finds its own path
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr
+    assert len(list((delivery / 'measurement_sets').glob('*_targets_line.ms'))) == 2
+    assert {name: digests for name, digests in user_ms_digests(delivery).items() if name in before} == before
+    logs = sorted(set(delivery.glob('casa-*.log')) - earlier)  # monolithic CASA logs where it starts
+    assert logs, 'no CASA log in the delivery: was this monolithic CASA?'
+    cleaned = casa_shell('--cleanup', cwd=delivery)
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert not [log for log in logs if log.exists()], 'the CASA logs of the runs were not cleaned up'
