@@ -391,20 +391,52 @@ def is_partial_name(name):
     return bool(tag) and name.startswith('.') and pid.isdigit() and len(head) > 1
 
 
-def directory_bytes(path):
-    """Bytes used by the real files below path (links are not followed)."""
+def directory_bytes(path, *, follow_links=False):
+    """Bytes of a file, or of the files below a directory.
+
+    Links inside are not counted (a shadow's linked files are the user's, not extra disk) unless
+    follow_links, which counts what a copy that follows them would write.
+    """
     path = Path(path)
     if path.is_symlink():
         path = path.resolve()
     if path.is_file():
         return path.stat().st_size
     total = 0
-    for root, _dirs, files in os.walk(str(path)):
+    for root, _dirs, files in os.walk(str(path), followlinks=follow_links):
         for name in files:
             full = os.path.join(root, name)
-            if not os.path.islink(full):
+            if follow_links:
+                total += os.stat(full).st_size
+            elif not os.path.islink(full):
                 total += os.lstat(full).st_size
     return total
+
+
+def file_states(paths):
+    """{file: (size, mtime in ns)} of every file below paths: a cheap witness that nothing wrote into them."""
+    states = {}
+    for path in paths:
+        for root, _dirs, files in os.walk(str(path)):
+            for name in files:
+                full = os.path.join(root, name)
+                info = os.lstat(full)
+                states[full] = (info.st_size, info.st_mtime_ns)
+    return states
+
+
+def changed_files(before):
+    """The files of a file_states() witness that changed or went away since."""
+    changed = []
+    for path, state in before.items():
+        try:
+            info = os.lstat(path)
+        except OSError:
+            changed.append(path)
+            continue
+        if (info.st_size, info.st_mtime_ns) != state:
+            changed.append(path)
+    return changed
 
 
 def free_bytes(path):
@@ -703,17 +735,6 @@ def _describe_missing_products(*, working):
             'directory, or give it with --working DIR' % (working, PREP_SCRIPT_NAME))
 
 
-def tree_size(path):
-    """Bytes of a file, or of every file below a directory (links followed, as a copy follows them)."""
-    if not path.is_dir():
-        return path.stat().st_size
-    total = 0
-    for root, _dirs, files in os.walk(str(path), followlinks=True):
-        for name in files:
-            total += os.stat(os.path.join(root, name)).st_size
-    return total
-
-
 def partial_output_for(output, *, pid):
     return output.parent / ('%s%s%d' % (output.name, PARTIAL_TAG, pid))
 
@@ -888,20 +909,9 @@ def has_corrected_column(casa, ms):
     return 'CORRECTED_DATA' in columns
 
 
-def file_fingerprints(directory):
-    """{relative path: (size, mtime)} of every file: cheap evidence that nothing was written."""
-    fingerprints = {}
-    for root, _dirs, files in os.walk(str(directory)):
-        for name in files:
-            path = os.path.join(root, name)
-            status = os.stat(path)
-            fingerprints[os.path.relpath(path, str(directory))] = (status.st_size, status.st_mtime_ns)
-    return fingerprints
-
-
 def convert_measurement_set(casa, *, source, destination, datacolumn):
     """mstransform one data column of source into a new MS at destination (source is only read)."""
-    before = file_fingerprints(source)
+    before = file_states([source])
     with native_output_into(casa_log_path(casa)):
         try:
             # reindex=False keeps the ALMA spw ids (25, 27, ...) that cont.dat refers to.
@@ -918,7 +928,7 @@ def convert_measurement_set(casa, *, source, destination, datacolumn):
     if rows != source_rows:
         raise ReprocessingError('mstransform of %s wrote %d rows instead of %d — see the CASA log %s'
                         % (source.name, rows, source_rows, casa_log_path(casa)))
-    if file_fingerprints(source) != before:
+    if changed_files(before):
         raise ReprocessingError('%s changed while it was being converted — check it, and report this to the ALMA '
                         'helpdesk with the CASA log %s' % (source, casa_log_path(casa)))
 
@@ -1103,7 +1113,7 @@ def prepare(options):
                + ([reprocessing_script] if reprocessing_script else []))
     check_output_outside_sources(output=output, sources=[s.resolve() for s in sources])
     try:
-        sizes = {source: tree_size(source) for source in sources}
+        sizes = {source: directory_bytes(source, follow_links=True) for source in sources}
     except OSError as exc:
         raise _os_error('read', exc)
 

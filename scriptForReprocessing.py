@@ -362,20 +362,52 @@ def is_partial_name(name):
     return bool(tag) and name.startswith('.') and pid.isdigit() and len(head) > 1
 
 
-def directory_bytes(path):
-    """Bytes used by the real files below path (links are not followed)."""
+def directory_bytes(path, *, follow_links=False):
+    """Bytes of a file, or of the files below a directory.
+
+    Links inside are not counted (a shadow's linked files are the user's, not extra disk) unless
+    follow_links, which counts what a copy that follows them would write.
+    """
     path = Path(path)
     if path.is_symlink():
         path = path.resolve()
     if path.is_file():
         return path.stat().st_size
     total = 0
-    for root, _dirs, files in os.walk(str(path)):
+    for root, _dirs, files in os.walk(str(path), followlinks=follow_links):
         for name in files:
             full = os.path.join(root, name)
-            if not os.path.islink(full):
+            if follow_links:
+                total += os.stat(full).st_size
+            elif not os.path.islink(full):
                 total += os.lstat(full).st_size
     return total
+
+
+def file_states(paths):
+    """{file: (size, mtime in ns)} of every file below paths: a cheap witness that nothing wrote into them."""
+    states = {}
+    for path in paths:
+        for root, _dirs, files in os.walk(str(path)):
+            for name in files:
+                full = os.path.join(root, name)
+                info = os.lstat(full)
+                states[full] = (info.st_size, info.st_mtime_ns)
+    return states
+
+
+def changed_files(before):
+    """The files of a file_states() witness that changed or went away since."""
+    changed = []
+    for path, state in before.items():
+        try:
+            info = os.lstat(path)
+        except OSError:
+            changed.append(path)
+            continue
+        if (info.st_size, info.st_mtime_ns) != state:
+            changed.append(path)
+    return changed
 
 
 def free_bytes(path):
@@ -4756,31 +4788,6 @@ def choose_imaging_engine(requested):
 
 # --- The image step --------------------------------------------------------------
 
-def file_states(paths):
-    """{file: (size, mtime)} of every file below paths: a cheap witness that nothing wrote into them."""
-    states = {}
-    for path in paths:
-        for root, _dirs, files in os.walk(str(path)):
-            for name in files:
-                full = os.path.join(root, name)
-                info = os.lstat(full)
-                states[full] = (info.st_size, info.st_mtime)
-    return states
-
-
-def _changed_files(before):
-    changed = []
-    for path, state in before.items():
-        try:
-            info = os.lstat(path)
-        except OSError:
-            changed.append(path)
-            continue
-        if (info.st_size, info.st_mtime) != state:
-            changed.append(path)
-    return changed
-
-
 def _say_notes(notes):
     for note in notes:
         say('  note: ' + note)
@@ -4874,7 +4881,7 @@ def run_image(plan, state, step, casa):
         state.created_for_good(staging)
         remove_tree(work_dir)  # the intermediates (psf, residual, model, ...) unless they were kept
         state.created_for_good(work_dir)
-    changed = _changed_files(user_files)
+    changed = changed_files(user_files)
     if changed:
         raise ReprocessingError('files of your measurement sets changed during imaging (%s) — this must never '
                                 'happen: restore them from the delivery and report it' % ', '.join(changed[:3]))

@@ -24,20 +24,52 @@ def is_partial_name(name):
     return bool(tag) and name.startswith('.') and pid.isdigit() and len(head) > 1
 
 
-def directory_bytes(path):
-    """Bytes used by the real files below path (links are not followed)."""
+def directory_bytes(path, *, follow_links=False):
+    """Bytes of a file, or of the files below a directory.
+
+    Links inside are not counted (a shadow's linked files are the user's, not extra disk) unless
+    follow_links, which counts what a copy that follows them would write.
+    """
     path = Path(path)
     if path.is_symlink():
         path = path.resolve()
     if path.is_file():
         return path.stat().st_size
     total = 0
-    for root, _dirs, files in os.walk(str(path)):
+    for root, _dirs, files in os.walk(str(path), followlinks=follow_links):
         for name in files:
             full = os.path.join(root, name)
-            if not os.path.islink(full):
+            if follow_links:
+                total += os.stat(full).st_size
+            elif not os.path.islink(full):
                 total += os.lstat(full).st_size
     return total
+
+
+def file_states(paths):
+    """{file: (size, mtime in ns)} of every file below paths: a cheap witness that nothing wrote into them."""
+    states = {}
+    for path in paths:
+        for root, _dirs, files in os.walk(str(path)):
+            for name in files:
+                full = os.path.join(root, name)
+                info = os.lstat(full)
+                states[full] = (info.st_size, info.st_mtime_ns)
+    return states
+
+
+def changed_files(before):
+    """The files of a file_states() witness that changed or went away since."""
+    changed = []
+    for path, state in before.items():
+        try:
+            info = os.lstat(path)
+        except OSError:
+            changed.append(path)
+            continue
+        if (info.st_size, info.st_mtime_ns) != state:
+            changed.append(path)
+    return changed
 
 
 def free_bytes(path):

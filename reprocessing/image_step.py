@@ -1,13 +1,12 @@
 """Step --image: make the images with the chosen engine, publish them, describe them."""
 
 import datetime
-import os
 import shutil
 import sys
 from pathlib import Path
 
 from .contdat_check import contdat_preflight
-from .fileops import directory_bytes, human_bytes, relative_path, remove_tree, require_free_space
+from .fileops import changed_files, directory_bytes, file_states, human_bytes, relative_path, remove_tree, require_free_space
 from .image_casa import IMAGE_SPACE_ADVICE, estimate_image_bytes, plan_casa_images, read_ms_for_imaging, run_tclean_jobs
 from .image_pipeline import run_pipeline_imaging
 from .image_publish import check_no_collisions, format_image_table, image_table, publish_products
@@ -31,31 +30,6 @@ def choose_imaging_engine(requested):
 
 
 # --- The image step --------------------------------------------------------------
-
-def file_states(paths):
-    """{file: (size, mtime)} of every file below paths: a cheap witness that nothing wrote into them."""
-    states = {}
-    for path in paths:
-        for root, _dirs, files in os.walk(str(path)):
-            for name in files:
-                full = os.path.join(root, name)
-                info = os.lstat(full)
-                states[full] = (info.st_size, info.st_mtime)
-    return states
-
-
-def _changed_files(before):
-    changed = []
-    for path, state in before.items():
-        try:
-            info = os.lstat(path)
-        except OSError:
-            changed.append(path)
-            continue
-        if (info.st_size, info.st_mtime) != state:
-            changed.append(path)
-    return changed
-
 
 def _say_notes(notes):
     for note in notes:
@@ -150,7 +124,7 @@ def run_image(plan, state, step, casa):
         state.created_for_good(staging)
         remove_tree(work_dir)  # the intermediates (psf, residual, model, ...) unless they were kept
         state.created_for_good(work_dir)
-    changed = _changed_files(user_files)
+    changed = changed_files(user_files)
     if changed:
         raise ReprocessingError('files of your measurement sets changed during imaging (%s) — this must never '
                                 'happen: restore them from the delivery and report it' % ', '.join(changed[:3]))

@@ -44,11 +44,11 @@ from pathlib import Path
 
 from .casa_engine import casa_log_path, load_casa
 from .command_line import OneLineParser, existing_directory, script_arguments, script_path
-from .fileops import free_bytes
+from .fileops import directory_bytes, free_bytes
 from .layout import PREP_SCRIPT_NAME, SCRIPT_NAME
 from .messages import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Interrupted, ReprocessingError, UsageError, report_error, say, signals_as_exceptions, warn
 from .prep_build import _os_error, casa_logfile_for, execute_plan, has_corrected_column
-from .prep_plan import DEFAULT_OUTPUT_NAME, MODE_COPY, MODE_LINK, MODE_MOVE, _describe_missing_products, build_plan, check_free_space, check_move_is_possible, check_output_is_free, check_output_outside_sources, find_delivery_products, format_plan, leftover_partial_outputs, next_steps_text, tree_size
+from .prep_plan import DEFAULT_OUTPUT_NAME, MODE_COPY, MODE_LINK, MODE_MOVE, _describe_missing_products, build_plan, check_free_space, check_move_is_possible, check_output_is_free, check_output_outside_sources, find_delivery_products, format_plan, leftover_partial_outputs, next_steps_text
 
 
 def output_directory(text):
@@ -105,7 +105,7 @@ def prepare(options):
                + ([reprocessing_script] if reprocessing_script else []))
     check_output_outside_sources(output=output, sources=[s.resolve() for s in sources])
     try:
-        sizes = {source: tree_size(source) for source in sources}
+        sizes = {source: directory_bytes(source, follow_links=True) for source in sources}
     except OSError as exc:
         raise _os_error('read', exc)
 

@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 from .casa_engine import casa_log_path, load_casa, native_output_into, opened_table
-from .fileops import make_user_writable, remove_tree
+from .fileops import changed_files, file_states, make_user_writable, remove_tree
 from .layout import PREP_SCRIPT_NAME
 from .messages import Interrupted, ReprocessingError, signals_as_exceptions
 from .prep_plan import ACTION_CONVERT, ACTION_COPY, CALTABLES_DIR, MODE_COPY, MODE_LINK, MS_DIR, STAGING_DIR, step_verb
@@ -37,20 +37,9 @@ def has_corrected_column(casa, ms):
     return 'CORRECTED_DATA' in columns
 
 
-def file_fingerprints(directory):
-    """{relative path: (size, mtime)} of every file: cheap evidence that nothing was written."""
-    fingerprints = {}
-    for root, _dirs, files in os.walk(str(directory)):
-        for name in files:
-            path = os.path.join(root, name)
-            status = os.stat(path)
-            fingerprints[os.path.relpath(path, str(directory))] = (status.st_size, status.st_mtime_ns)
-    return fingerprints
-
-
 def convert_measurement_set(casa, *, source, destination, datacolumn):
     """mstransform one data column of source into a new MS at destination (source is only read)."""
-    before = file_fingerprints(source)
+    before = file_states([source])
     with native_output_into(casa_log_path(casa)):
         try:
             # reindex=False keeps the ALMA spw ids (25, 27, ...) that cont.dat refers to.
@@ -67,7 +56,7 @@ def convert_measurement_set(casa, *, source, destination, datacolumn):
     if rows != source_rows:
         raise ReprocessingError('mstransform of %s wrote %d rows instead of %d — see the CASA log %s'
                         % (source.name, rows, source_rows, casa_log_path(casa)))
-    if file_fingerprints(source) != before:
+    if changed_files(before):
         raise ReprocessingError('%s changed while it was being converted — check it, and report this to the ALMA '
                         'helpdesk with the CASA log %s' % (source, casa_log_path(casa)))
 

@@ -85,17 +85,6 @@ def _describe_missing_products(*, working):
             'directory, or give it with --working DIR' % (working, PREP_SCRIPT_NAME))
 
 
-def tree_size(path):
-    """Bytes of a file, or of every file below a directory (links followed, as a copy follows them)."""
-    if not path.is_dir():
-        return path.stat().st_size
-    total = 0
-    for root, _dirs, files in os.walk(str(path), followlinks=True):
-        for name in files:
-            total += os.stat(os.path.join(root, name)).st_size
-    return total
-
-
 def partial_output_for(output, *, pid):
     return output.parent / ('%s%s%d' % (output.name, PARTIAL_TAG, pid))
 

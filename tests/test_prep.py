@@ -401,7 +401,7 @@ def test_dry_run_of_a_cycle8_delivery_in_a_fresh_python_writes_not_even_a_casa_l
 
 
 def test_refuses_when_the_copy_does_not_fit(working, monkeypatch, capsys):
-    size = sum(prep.tree_size(p) for p in list(working.glob('uid*_targets*.ms')) + list(working.glob('*uvcont.tbl')))
+    size = sum(prep.directory_bytes(p, follow_links=True) for p in list(working.glob('uid*_targets*.ms')) + list(working.glob('*uvcont.tbl')))
     assert size > 10 ** 6
     monkeypatch.setattr(prep, "free_bytes", lambda directory: size)   # fits only without the margin
     before = snapshot(working.parent)
