@@ -176,3 +176,18 @@ def test_errors_still_print_on_an_ascii_only_terminal(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == ('ERROR: --contsub and --contsub_fast both subtract the continuum - '
                                      'choose one')
+
+
+@pytest.mark.parametrize('missing, advice', [('six', 'install it ("pip install six")'),
+                                             ('distutils', 'install setuptools ("pip install setuptools")')])
+def test_a_module_casa_lacks_is_named_with_what_provides_it(missing, advice):
+    """CASA failing to import names the missing module and the package that brings it."""
+    code = ('import sys\nsys.modules[%r] = None\nsys.path.insert(0, %r)\nimport scriptForReprocessing as s\n'
+            'try:\n    s.load_casa()\n    print("LOADED")\nexcept s.ReprocessingError as error:\n    print(error)\n'
+            % (missing, str(SCRIPT.parent)))
+    done = subprocess.run([sys.executable, '-c', code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, timeout=120)
+    if done.stdout.strip() == 'LOADED':
+        pytest.skip('this CASA release does not import %s' % missing)
+    assert done.stdout.startswith('CASA failed to import in this Python'), done.stdout + done.stderr
+    assert ("No module named '%s" % missing) in done.stdout and done.stdout.strip().endswith(advice)
