@@ -755,10 +755,33 @@ def read_created_logs(delivery):
 # ==================================================================================================
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse, but an error is one line and raises UsageError instead of exiting."""
+    """argparse, but an error is one line and raises UsageError instead of exiting.
+
+    A value that starts with "-" (--cell -1arcsec, --uvrange -5m) is taken as the option's value
+    when it is no option itself, so that its validator can say what is wrong with it; argparse
+    alone reports "expected one argument".
+    """
 
     def error(self, message):
         raise UsageError('%s — run "%s --help" for the options' % (message, self.prog))
+
+    def parse_args(self, args=None, namespace=None):
+        args = list(sys.argv[1:] if args is None else args)
+        takes_value = {flag for action in self._actions if action.option_strings and action.nargs is None
+                       and action.const is None for flag in action.option_strings}
+        known = {flag for action in self._actions for flag in action.option_strings}
+        joined, index = [], 0
+        while index < len(args):
+            arg = args[index]
+            following = args[index + 1] if index + 1 < len(args) else None
+            if arg in takes_value and following is not None and following.startswith('-') \
+                    and following.split('=')[0] not in known:
+                joined.append('%s=%s' % (arg, following))
+                index += 2
+                continue
+            joined.append(arg)
+            index += 1
+        return argparse.ArgumentParser.parse_args(self, joined, namespace)
 
 
 def existing_directory(text):
@@ -1256,6 +1279,10 @@ def parse_spw(value):
     text = text.replace(' ', '')
     if not re.match(r'^[0-9]+(,[0-9]+)*$', text):
         raise ValueError('spw "%s" must be spw ids separated by commas — e.g. 25,27' % text)
+    ids = text.split(',')
+    twice = sorted({i for i in ids if ids.count(i) > 1}, key=int)
+    if twice:
+        raise ValueError('spw "%s" names spw %s more than once — give each spw once' % (text, ','.join(twice)))
     return text
 
 
@@ -1304,6 +1331,8 @@ def parse_cell(value):
     import re
     if isinstance(value, str):
         text = value.strip().strip('[]').replace(' ', '').replace("'", '')
+        if text.startswith('-'):
+            raise ValueError('cell "%s" must be positive — e.g. 0.05arcsec or 3ppb' % value)
         match = re.match(r'^(%s)ppb$' % _NUMBER, text)
         if match:
             if float(match.group(1)) <= 0:

@@ -89,6 +89,10 @@ def parse_spw(value):
     text = text.replace(' ', '')
     if not re.match(r'^[0-9]+(,[0-9]+)*$', text):
         raise ValueError('spw "%s" must be spw ids separated by commas — e.g. 25,27' % text)
+    ids = text.split(',')
+    twice = sorted({i for i in ids if ids.count(i) > 1}, key=int)
+    if twice:
+        raise ValueError('spw "%s" names spw %s more than once — give each spw once' % (text, ','.join(twice)))
     return text
 
 
@@ -137,6 +141,8 @@ def parse_cell(value):
     import re
     if isinstance(value, str):
         text = value.strip().strip('[]').replace(' ', '').replace("'", '')
+        if text.startswith('-'):
+            raise ValueError('cell "%s" must be positive — e.g. 0.05arcsec or 3ppb' % value)
         match = re.match(r'^(%s)ppb$' % _NUMBER, text)
         if match:
             if float(match.group(1)) <= 0:

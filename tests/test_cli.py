@@ -191,3 +191,14 @@ def test_a_module_casa_lacks_is_named_with_what_provides_it(missing, advice):
         pytest.skip('this CASA release does not import %s' % missing)
     assert done.stdout.startswith('CASA failed to import in this Python'), done.stdout + done.stderr
     assert ("No module named '%s" % missing) in done.stdout and done.stdout.strip().endswith(advice)
+
+
+@pytest.mark.parametrize('argv, says', [
+    (['--image', '--cell', '-1arcsec'], 'argument --cell: cell "-1arcsec" must be positive'),
+    (['--image', '--uvrange', '-5m'], 'argument --uvrange: uvrange "-5m" is not CASA uv-range syntax'),
+    (['--image', '--spw', '25,27,25'], 'argument --spw: spw "25,27,25" names spw 25 more than once'),
+])
+def test_values_are_judged_at_parse_time_in_words_about_the_value(argv, says, capsys):
+    assert sfr.main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith('ERROR: ' + says) and len(error.splitlines()) == 1, error
