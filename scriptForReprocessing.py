@@ -2021,12 +2021,28 @@ def read_contdat(path, *, display=None):
     path = Path(path)
     display = display or str(path)
     try:
-        with open(str(path), encoding='utf-8', errors='replace') as handle:
-            text = handle.read()
+        data = path.read_bytes()
     except OSError as error:
         raise ReprocessingError('cannot read %s (%s) — restore cont.dat from the delivery'
                                 % (display, error.strerror or error))
-    return parse_contdat(text, path=path, display=display)
+    return parse_contdat(contdat_text(data, display=display), path=path, display=display)
+
+
+def contdat_text(data, *, display):
+    """cont.dat's bytes as text, as editors write it: a UTF-8 byte-order mark is dropped.
+
+    A file that is not text (NUL bytes, not UTF-8) is described, never echoed to the terminal.
+    """
+    if b'\x00' in data:
+        raise ReprocessingError('%s is not a text file (it holds %d NUL bytes) — restore cont.dat from the '
+                                'delivery' % (display, data.count(b'\x00')))
+    if data.startswith(b'\xef\xbb\xbf'):
+        data = data[3:]
+    try:
+        return data.decode('utf-8')
+    except UnicodeDecodeError as error:
+        raise ReprocessingError('%s is not UTF-8 text (byte %d is 0x%02x) — save it as plain text (UTF-8), or '
+                                'restore it from the delivery' % (display, error.start, data[error.start]))
 
 
 def parse_contdat(text, *, path, display):
@@ -2045,6 +2061,15 @@ def parse_contdat(text, *, path, display):
         line = raw.strip()
         if not line:
             continue
+        keyword = re.match(r'^(field|spectralwindow|flags)\s*:', line, re.IGNORECASE)
+        if keyword and not line.startswith(('Field:', 'SpectralWindow:', 'Flags:')):
+            proper = {'field': 'Field:', 'spectralwindow': 'SpectralWindow:', 'flags': 'Flags:'}[
+                keyword.group(1).lower()]
+            fail(number, '"%s": cont.dat keywords are case-sensitive, and the pipeline reads this line as a field '
+                         'name' % shorten(line), 'write "%s"' % proper)
+        if any(not (character.isprintable() or character.isspace()) for character in line):
+            fail(number, 'the line holds characters that are not printable (%s)' % shorten(ascii(line)),
+                 'delete them, or restore cont.dat from the delivery')
         v1_spw = re.match(r'^SPW\s*(\d+)$', line)
         if line.startswith('#'):
             fail(number, '"%s" starts with "#", but cont.dat has no comments (the pipeline would read the line '
@@ -3733,13 +3758,15 @@ def _check_pipeline_slot(path, *, ours):
 def place_contdat_for_pipeline(delivery):
     """The pipeline reads cont.dat in its working directory: copy caltables/cont.dat there."""
     destination = delivery.work_dir / 'cont.dat'
-    source_text = delivery.contdat.read_bytes()
+    # As text, without an editor's byte-order mark: the pipeline would read it as part of a field name.
+    source_text = contdat_text(delivery.contdat.read_bytes(), display=str(delivery.contdat)).encode('utf-8')
     if destination.is_file() and destination.read_bytes() != source_text:
         kept = destination.with_name('cont.dat.before-%s' % datetime.datetime.now().strftime('%Y%m%d-%H%M%S'))
         os.rename(str(destination), str(kept))
         say('  %s/cont.dat differed from caltables/cont.dat: kept as %s/%s' % (WORK_DIR_NAME, WORK_DIR_NAME,
                                                                                  kept.name))
-    shutil.copyfile(str(delivery.contdat), str(destination))
+    with atomic_file(destination) as temporary:
+        temporary.write_bytes(source_text)
 
 
 @contextlib.contextmanager

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from .casa_engine import opened_table
-from .fileops import remove_tree
+from .contdat import contdat_text
+from .fileops import atomic_file, remove_tree
 from .layout import SCRIPT_NAME, SHADOW_MARKER, STAGED_COPY_MARKER, WORK_DIR_NAME
 from .messages import ReprocessingError, one_line, say, warn
 from .mpi import change_directory
@@ -177,13 +178,15 @@ def _check_pipeline_slot(path, *, ours):
 def place_contdat_for_pipeline(delivery):
     """The pipeline reads cont.dat in its working directory: copy caltables/cont.dat there."""
     destination = delivery.work_dir / 'cont.dat'
-    source_text = delivery.contdat.read_bytes()
+    # As text, without an editor's byte-order mark: the pipeline would read it as part of a field name.
+    source_text = contdat_text(delivery.contdat.read_bytes(), display=str(delivery.contdat)).encode('utf-8')
     if destination.is_file() and destination.read_bytes() != source_text:
         kept = destination.with_name('cont.dat.before-%s' % datetime.datetime.now().strftime('%Y%m%d-%H%M%S'))
         os.rename(str(destination), str(kept))
         say('  %s/cont.dat differed from caltables/cont.dat: kept as %s/%s' % (WORK_DIR_NAME, WORK_DIR_NAME,
                                                                                  kept.name))
-    shutil.copyfile(str(delivery.contdat), str(destination))
+    with atomic_file(destination) as temporary:
+        temporary.write_bytes(source_text)
 
 
 @contextlib.contextmanager

@@ -322,3 +322,42 @@ def test_check_plans_one_step_that_reads_cont_dat(tmp_path):
     plan = sfr.make_plan(options, delivery)
     assert [step.name for step in plan.steps] == ['check']
     assert plan.contdat.fields['A'].spws[25].ranges[0].frame == 'LSRK'
+
+
+# -- files as editors and careless hands write them ---------------------------------------------------
+
+V2_TEXT = 'Field: IRAS_16293-2422\n\nSpectralWindow: 25\n216.0~216.1GHz LSRK\n'
+
+
+def test_a_byte_order_mark_is_what_editors_write_and_is_read(tmp_path):
+    path = tmp_path / 'cont.dat'
+    path.write_bytes(b'\xef\xbb\xbf' + V2_TEXT.replace('\n', '\r\n').encode('utf-8'))
+    contdat = sfr.read_contdat(path)
+    assert list(contdat.fields) == ['IRAS_16293-2422'] and list(contdat.fields['IRAS_16293-2422'].spws) == [25]
+
+
+@pytest.mark.parametrize('number, line, proper, replaces', [
+    (1, 'field: IRAS_16293-2422', 'Field:', True), (3, 'spectralwindow: 25', 'SpectralWindow:', True),
+    (4, 'FLAGS: LOWBANDWIDTH', 'Flags:', False)])
+def test_lower_case_keywords_are_named_at_their_line(tmp_path, number, line, proper, replaces):
+    lines = V2_TEXT.splitlines()
+    lines[number - 1:number - 1 + replaces] = [line]
+    path = tmp_path / 'cont.dat'
+    path.write_text('\n'.join(lines) + '\n')
+    with pytest.raises(sfr.ReprocessingError) as raised:
+        sfr.read_contdat(path, display='caltables/cont.dat')
+    message = str(raised.value)
+    assert message.startswith('caltables/cont.dat line %d: "%s": cont.dat keywords are case-sensitive' % (number, line))
+    assert message.endswith('write "%s"' % proper)
+
+
+def test_a_binary_file_is_described_not_echoed(tmp_path):
+    path = tmp_path / 'cont.dat'
+    path.write_bytes(b'\x00' * 2366 + b'\x89PNG')
+    with pytest.raises(sfr.ReprocessingError) as raised:
+        sfr.read_contdat(path, display='caltables/cont.dat')
+    assert str(raised.value) == ('caltables/cont.dat is not a text file (it holds 2366 NUL bytes) — restore cont.dat '
+                                 'from the delivery')
+    path.write_bytes(V2_TEXT.encode('utf-8') + b'\xff\xfe junk\n')
+    with pytest.raises(sfr.ReprocessingError, match=r'is not UTF-8 text \(byte \d+ is 0xff\)'):
+        sfr.read_contdat(path, display='caltables/cont.dat')
