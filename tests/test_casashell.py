@@ -2,11 +2,13 @@
 
 CASA's own shell is on PyPI as casashell (same release numbers as casatools); ``python -m casashell
 --nologger --nogui -c SCRIPT ARGS`` is what ``casa -c`` runs.  It reads a config file like
-monolithic CASA's ~/.casa/config.py: here one in the test's folder points the measures at casadata,
-switches auto-updates off and skips the network check (which otherwise waits ~15 s), and HOME is a
-fresh folder, so nothing of the machine's ~/.casa is used.  Under casashell the script sees a
-monolithic CASA ('casashell' in sys.modules): CASA is configured by the shell, tasks are globals,
-and the exit status comes through sys.exit.
+monolithic CASA's ~/.casa/config.py: here one in the test's folder points the measures at casadata
+and switches auto-updates off (with them on, casaconfig checks the network first, up to 3 s a check
+where it is blocked; with them off casaconfig 1.5 makes no check, and skipnetworkcheck is there in
+case), and HOME is a fresh folder, so nothing of the machine's ~/.casa is used (casashell writes its
+IPython profile and history into HOME/.casa/ipython/ even so, matplotlib its caches into HOME/.cache
+and HOME/.config).  Under casashell the script sees a monolithic CASA ('casashell' in sys.modules):
+CASA is configured by the shell, tasks are globals, and the exit status comes through sys.exit.
 """
 import importlib.util
 import re
@@ -24,8 +26,8 @@ TWO_EBS = dict(n_ebs=2)  # as in test_contsub_fast: the simulated delivery is sh
 
 
 @pytest.fixture(scope='module')
-def casa_shell(tmp_path_factory):
-    """run(*args, cwd) -> CompletedProcess of ``casa -c scriptForReprocessing.py args`` in cwd."""
+def shell_setup(tmp_path_factory):
+    """(config file, HOME) for the CASA shell, both in the test run's temporary folder."""
     import casadata
     folder = tmp_path_factory.mktemp('casashell')
     home = folder / 'home'
@@ -33,6 +35,13 @@ def casa_shell(tmp_path_factory):
     config = folder / 'config.py'
     config.write_text('measurespath = %r\ndatapath = [%r]\nmeasures_auto_update = False\n'
                       'data_auto_update = False\nskipnetworkcheck = True\n' % (casadata.datapath, casadata.datapath))
+    return config, home
+
+
+@pytest.fixture(scope='module')
+def casa_shell(shell_setup):
+    """run(*args, cwd) -> CompletedProcess of ``casa -c scriptForReprocessing.py args`` in cwd."""
+    config, home = shell_setup
 
     def run(*args, cwd):
         command = [sys.executable, '-m', 'casashell', '--nologger', '--nogui', '--configfile', str(config),
@@ -46,18 +55,27 @@ def error_lines(done):
     return [line for line in done.stderr.splitlines() if line.startswith('ERROR:')]
 
 
-def test_help_shows_the_options(casa_shell, tmp_path):
+def test_help_shows_the_options(casa_shell, shell_setup, tmp_path):
+    config, home = shell_setup
     done = casa_shell('--help', cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert 'usage: scriptForReprocessing.py' in done.stdout and '--contsub_fast' in done.stdout
     assert 'CASA 6.' in done.stdout, 'not run by the CASA shell'
+    assert 'Using user configuration file %s' % config in done.stdout, 'the shell did not read our config file'
+    assert (home / '.casa' / 'ipython').is_dir(), 'the shell did not use the temporary HOME'
 
 
-def test_a_usage_error_is_one_line_and_exit_status_2(casa_shell, tmp_path):
-    done = casa_shell('--image', '--robust', '9', cwd=tmp_path)
+@pytest.mark.parametrize('args, error', [
+    (('--image', '--robust', '9'), 'ERROR: argument --robust: robust must be between -2 and 2 (Briggs weighting), '
+                                   'got 9 — run "scriptForReprocessing.py --help" for the options'),
+    # CASA's own flags after "-c SCRIPT" are the script's arguments: the shell passes them on untouched.
+    (('--nologger', '--calibrated_final'), 'ERROR: unrecognized arguments: --nologger — '
+                                           'run "scriptForReprocessing.py --help" for the options'),
+], ids=['bad-robust', 'casa-flag-after-c'])
+def test_a_usage_error_is_one_line_and_exit_status_2(casa_shell, tmp_path, args, error):
+    done = casa_shell(*args, cwd=tmp_path)
     assert done.returncode == 2, done.stderr
-    assert error_lines(done) == ['ERROR: argument --robust: robust must be between -2 and 2 (Briggs weighting), '
-                                 'got 9 — run "scriptForReprocessing.py --help" for the options']
+    assert error_lines(done) == [error]
     assert 'Traceback' not in done.stderr
 
 
