@@ -211,8 +211,12 @@ def main(argv=None):
             with casa_mpi_job():  # under mpirun: ranks > 0 serve CASA in here and never come back
                 return run(options, argv)
     except UsageError as error:
-        if mpi_launch()[1] == 0:  # under mpirun every rank reads the same command line: say it once
-            report_error(str(error))
+        if mpi_launch()[1] != 0:
+            # Under mpirun every rank reads the same command line; rank 0 says it once and exits 2.  A
+            # server rank that exited 2 first made mpirun kill rank 0 before it printed (seen with
+            # Python 3.12), so the others end quietly and mpirun passes on rank 0's status.
+            return EXIT_OK
+        report_error(str(error))
         return EXIT_USAGE
     except ReprocessingError as error:
         report_error(str(error))
