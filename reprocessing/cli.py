@@ -199,17 +199,18 @@ def _port_number(text):
 
 def main(argv=None):
     """Run the script; returns the exit status (0 success, 1 failure, 2 usage error)."""
-    if script_arguments(argv, script=SCRIPT_NAME)[:1] == [EB_WORKER_FLAG]:
-        return run_eb_worker(script_arguments(argv, script=SCRIPT_NAME)[1:])  # a worker process of a parallel --contsub_fast
+    args = script_arguments(argv, script=SCRIPT_NAME)
+    if args[:1] == [EB_WORKER_FLAG]:
+        return run_eb_worker(args[1:])  # a worker process of a parallel --contsub_fast
     try:
         with signals_as_exceptions():
             try:
-                options = build_parser().parse_args(script_arguments(argv, script=SCRIPT_NAME))
+                options = build_parser().parse_args(args)
             except SystemExit as finished:  # --help
                 return finished.code or EXIT_OK
             check_combinations(options)
             with casa_mpi_job():  # under mpirun: ranks > 0 serve CASA in here and never come back
-                return run(options, argv)
+                return run(options, args)
     except UsageError as error:
         if mpi_launch()[1] != 0:
             # Under mpirun every rank reads the same command line; rank 0 says it once and exits 2.  A
@@ -236,7 +237,7 @@ def main(argv=None):
         return EXIT_FAILED
 
 
-def run(options, argv):
+def run(options, args):
     root = options.delivery or Path.cwd().resolve()
     delivery = Delivery(root)
     if not mpi_info().is_client:  # a server rank that casa_mpi_job did not keep: never run steps there
@@ -256,7 +257,7 @@ def run(options, argv):
     state.acquire()
     try:
         state.recover()
-        state.begin(' '.join([SCRIPT_NAME] + script_arguments(argv, script=SCRIPT_NAME)))
+        state.begin(' '.join([SCRIPT_NAME] + args))
         status, failure = 'failed', None
         try:
             _run_steps(plan, state)
