@@ -3,9 +3,9 @@
 # (except the user-editable defaults block below): edit the modules and run "make build".
 # Modules, in order: messages, casa_engine, fileops, layout, staging, cleanup, command_line, defaults, mpi,
 #   environment, imaging_options, ms_tables, host, run_state, concat, contdat, channels, contdat_check,
-#   check_step, eb_tasks, spectra, uvcont_tables, workers, contsub_fast, pipeline_calls, pipeline_engine,
-#   contsub_pipeline, heuristics, image_stats, products, image_casa, thumbnails, image_publish,
-#   image_pipeline, image_step, report, weblog, plan, cli
+#   check_step, data_columns, eb_tasks, spectra, uvcont_tables, workers, contsub_fast, pipeline_calls,
+#   pipeline_engine, contsub_pipeline, heuristics, image_stats, products, image_casa, thumbnails,
+#   image_publish, image_pipeline, image_step, report, weblog, plan, cli
 """Reprocess an ALMA delivery: redo continuum subtraction, make new images, concatenate.
 
 Copy this file into a delivery's ``calibrated_final/`` directory, which holds
@@ -281,15 +281,15 @@ def casa_task(casa, name, *, about, **arguments):
 
 
 @contextlib.contextmanager
-def opened_table(casa, path, *, missing=None):
-    """A casatools table opened read-only on path, closed on the way out whatever happens.
+def opened_table(casa, path, *, missing=None, writable=False):
+    """A casatools table opened on path (read-only unless writable), closed on the way out whatever happens.
 
     missing: the advice when the table cannot be opened (e.g. "restore it from the delivery"); an
     MS whose directory is empty, or whose table.dat is gone, is named in one error line then.
     """
     table = casa.casatools.table()
     try:
-        table.open(str(path))
+        table.open(str(path), nomodify=not writable)
     except Exception as error:  # casatools raises RuntimeError "Table ... does not exist"
         raise ReprocessingError('cannot open the table %s (%s) — %s' % (
             path, one_line(error), missing or 'check that it is a complete CASA table'))
@@ -1915,10 +1915,12 @@ def run_concat(plan, state, step, casa):
     say('  wrote %s: %d rows (the sum of the inputs), %s' % (
         relative_path(output, plan.delivery.root), summary['rows'], human_bytes(directory_bytes(output))))
     say('  spectral windows: %s' % ', '.join(str(i) for i in summary['spw_ids']))
+    say('  data columns: %s' % summary['columns'])
     if summary['renumbered']:
         say('  note: concat gave later execution blocks new spw ids where their TOPO frequencies differ; '
             'select spws by name (e.g. spw="*FULL_RES*") rather than by id in this MS')
-    return {'outputs': [str(output)], 'rows': summary['rows'], 'spw_ids': summary['spw_ids']}
+    return {'outputs': [str(output)], 'rows': summary['rows'], 'spw_ids': summary['spw_ids'],
+            'columns': summary['columns']}
 
 
 def summarize_concat(casa, concatenated, inputs):
@@ -1930,7 +1932,23 @@ def summarize_concat(casa, concatenated, inputs):
                                 'published; see the CASA log' % (rows, input_rows))
     spw_ids = spws_with_data(casa, concatenated)
     first_ids = set(spws_with_data(casa, inputs[0]))
-    return {'rows': rows, 'spw_ids': spw_ids, 'renumbered': bool(set(spw_ids) - first_ids)}
+    return {'rows': rows, 'spw_ids': spw_ids, 'renumbered': bool(set(spw_ids) - first_ids),
+            'columns': describe_concat_columns(casa, concatenated, inputs)}
+
+
+def describe_concat_columns(casa, concatenated, inputs):
+    """Which data columns concat kept: the self-calibrated CORRECTED_DATA must survive it."""
+    with_selfcal = [ms for ms in inputs if 'CORRECTED_DATA' in column_names(casa, ms)]
+    if not with_selfcal:
+        return 'DATA (the inputs have no CORRECTED_DATA)'
+    if 'CORRECTED_DATA' not in column_names(casa, concatenated):
+        raise ReprocessingError('concat dropped the self-calibrated CORRECTED_DATA of %s — it was not published; '
+                                'see the CASA log' % ', '.join(ms.name for ms in with_selfcal))
+    text = 'DATA (regular calibration) and CORRECTED_DATA (self-calibrated), both kept'
+    if len(with_selfcal) < len(inputs):
+        text += ('; %d input(s) without CORRECTED_DATA have their DATA there (concat fills it)'
+                 % (len(inputs) - len(with_selfcal)))
+    return text
 
 
 # ==================================================================================================
@@ -2561,6 +2579,114 @@ def run_check(plan, state, step, casa):
 
 
 # ==================================================================================================
+# reprocessing/data_columns.py: What the data columns of a delivery's MSes hold, and how a line MS gets its self-calibrated column.
+# ==================================================================================================
+
+SELFCAL_COLUMN = 'CORRECTED_DATA'
+
+# Rows read (every k-th row) per MS to tell self-calibrated (field, spw) pairs from the others;
+# the phase corrections of hif_selfcal change every row they touch, so a sample decides.
+SURVEY_ROWS = 20000
+
+# Visibilities copied per chunk when a line MS gets its CORRECTED_DATA: memory stays bounded by a
+# chunk (2e6 complex64 values = 16 MB), not by the MS.
+COPY_BUDGET = 2000000
+
+
+ColumnSurvey = collections.namedtuple('ColumnSurvey', 'path has_selfcal selfcal_pairs regcal_pairs')
+ColumnSurvey.__doc__ = """What one MS holds.  has_selfcal: it has a CORRECTED_DATA column;
+selfcal_pairs / regcal_pairs: the (field name, spw id) pairs where that column differs from DATA
+(self-calibrated) / equals it (not self-calibrated there)."""
+
+
+def survey_data_columns(casa, ms, *, sample_rows=SURVEY_ROWS):
+    """The ColumnSurvey of one MS: its columns, and a sample of rows comparing CORRECTED_DATA with DATA."""
+    if SELFCAL_COLUMN not in column_names(casa, ms):
+        return ColumnSurvey(Path(ms), False, frozenset(), frozenset())
+    layout = read_ms_layout(casa, ms)
+    name_of_field = dict((field_id, name) for name, ids in layout.fields.items() for field_id in ids)
+    with opened_table(casa, Path(ms) / 'DATA_DESCRIPTION') as table:
+        spw_of_dd = [int(spw) for spw in table.getcol('SPECTRAL_WINDOW_ID')] if table.nrows() else []
+    step = max(1, layout.rows // max(1, sample_rows))
+    if '"' in str(ms):
+        raise ReprocessingError('the path %s contains a double quote — rename it' % ms)
+    differing, equal = set(), set()
+    with opened_table(casa, ms) as table:
+        # TaQL's Int64 results do not convert (getcol: "Unknown casa DataType"), so getcell reads them
+        result = table.taql('SELECT FIELD_ID AS FLD, DATA_DESC_ID AS DDID, GMAX(MAX(ABS(CORRECTED_DATA - DATA))) AS '
+                            'DIFF, GMAX(MAX(ABS(DATA))) AS AMP FROM "%s" WHERE ROWID() %% %d == 0 GROUPBY FIELD_ID, '
+                            'DATA_DESC_ID' % (ms, step))
+        try:
+            for row in range(result.nrows()):
+                pair = (name_of_field.get(int(result.getcell('FLD', row)), str(result.getcell('FLD', row))),
+                        spw_of_dd[int(result.getcell('DDID', row))])
+                scale = max(float(result.getcell('AMP', row)), 1e-30)
+                (differing if float(result.getcell('DIFF', row)) > 1e-6 * scale else equal).add(pair)
+        finally:
+            result.close()
+    return ColumnSurvey(Path(ms), True, frozenset(differing), frozenset(equal - differing))
+
+
+def describe_selfcal(surveys, *, reader):
+    """Plan lines for the MSes' data columns: which are self-calibrated, where not, and what `reader` reads."""
+    with_selfcal = [s for s in surveys if s.has_selfcal]
+    if not with_selfcal:
+        return []
+    lines = ['self-calibrated data (CORRECTED_DATA) in %d of %d execution blocks (DATA holds the regular '
+             'calibration): %s' % (len(with_selfcal), len(surveys), reader)]
+    for survey in surveys:
+        if not survey.has_selfcal:
+            lines.append('%s has no CORRECTED_DATA (not self-calibrated): its DATA is used' % survey.path.name)
+        elif survey.regcal_pairs:
+            lines.append('%s: CORRECTED_DATA equals DATA (not self-calibrated) for %s' % (
+                survey.path.name, ', '.join('%s spw %d' % pair for pair in sorted(survey.regcal_pairs))))
+    return lines
+
+
+def add_selfcal_column(casa, *, line_ms, selfcal_fit):
+    """Give line_ms a CORRECTED_DATA column holding the DATA of selfcal_fit, row for row.
+
+    selfcal_fit: uvcontsub of the same MS with the same selection and fitspec, on CORRECTED_DATA,
+    so its rows are the rows of line_ms in the same order (checked per data description: TIME,
+    ANTENNA1, ANTENNA2, FIELD_ID).  The column is created by the calibrater (as clearcal does: its
+    storage manager, DATA's shape), then overwritten per data description in chunks: getvarcol /
+    putvarcol over mixed rows put spw 27's data into spw 25's rows here (CASA 6.7.0), so every copy
+    goes through same-shaped selections.
+    """
+    import numpy
+    if SELFCAL_COLUMN not in column_names(casa, line_ms):
+        calibrater = casa.casatools.calibrater()
+        try:
+            calibrater.open(str(line_ms), compress=False, addcorr=True, addmodel=False)
+            calibrater.close()
+        finally:
+            calibrater.done()
+    with opened_table(casa, selfcal_fit) as source, opened_table(casa, line_ms, writable=True) as target:
+        if source.nrows() != target.nrows():
+            raise ReprocessingError('the self-calibrated fit of %s has %d rows where its line MS has %d — nothing '
+                                    'was published; see the CASA log' % (Path(line_ms).name, source.nrows(),
+                                                                        target.nrows()))
+        dd_ids = sorted(set(int(dd) for dd in source.getcol('DATA_DESC_ID'))) if source.nrows() else []
+        for dd_id in dd_ids:
+            selected = [table.query('DATA_DESC_ID == %d' % dd_id) for table in (source, target)]
+            try:
+                source_rows, target_rows = selected
+                for name in ('TIME', 'ANTENNA1', 'ANTENNA2', 'FIELD_ID'):
+                    if not numpy.array_equal(source_rows.getcol(name), target_rows.getcol(name)):
+                        raise ReprocessingError('the self-calibrated fit of %s has other rows (%s) than its line MS '
+                                                '— nothing was published; see the CASA log'
+                                                % (Path(line_ms).name, name))
+                rows = source_rows.nrows()
+                chunk = max(1, COPY_BUDGET // max(1, source_rows.getcell('DATA', 0).size)) if rows else 1
+                for first in range(0, rows, chunk):
+                    count = min(chunk, rows - first)
+                    target_rows.putcol(SELFCAL_COLUMN, source_rows.getcol('DATA', first, count), first, count)
+            finally:
+                for table in selected:
+                    table.close()
+
+
+# ==================================================================================================
 # reprocessing/eb_tasks.py: Execution-block tasks: the registry of functions a worker or an MPI server runs on one EB.
 # ==================================================================================================
 
@@ -2627,14 +2753,18 @@ def spectrum_requests(analysis, ms):
     return requests
 
 
-def measure_spectra_pair(casa, *, before_ms, after_ms, requests):
-    """For each request: LSRK frequency, |<V>| before and after, and the cont.dat ranges on that axis."""
+def measure_spectra_pair(casa, *, before_ms, after_ms, requests, column='DATA'):
+    """For each request: LSRK frequency, |<V>| before and after, and the cont.dat ranges on that axis.
+
+    column: the data column both spectra show (CORRECTED_DATA: the self-calibrated data).
+    """
     measured = []
     converter = ChannelConverter(casa)
     for request in requests:
         frequencies = lsrk_channel_frequencies(casa, before_ms, request['field_ids'][0], request['spw_id'])
-        before, fraction = average_spectrum(casa, before_ms, request['field_ids'], request['spw_id'])
-        after, _ = average_spectrum(casa, after_ms, request['after_field_ids'], request['after_spw_id'])
+        before, fraction = average_spectrum(casa, before_ms, request['field_ids'], request['spw_id'], column=column)
+        after, _ = average_spectrum(casa, after_ms, request['after_field_ids'], request['after_spw_id'],
+                                    column=column)
         shade = []
         for lo_hz, hi_hz, frame in request['ranges']:
             if frame == 'LSRK':
@@ -2652,7 +2782,8 @@ def measure_spectra_pair(casa, *, before_ms, after_ms, requests):
                          request['field_name'], 'spw_id': request['spw_id'], 'virtual_id': request['virtual_id'],
                          'spw_name': spw_name(casa, before_ms, request['spw_id']),
                          'frequency_hz': list(frequencies), 'before': before, 'after': after, 'shade_hz': shade,
-                         'fraction': fraction, 'frames': sorted({r[2] for r in request['ranges']})})
+                         'fraction': fraction, 'frames': sorted({r[2] for r in request['ranges']}),
+                         'column': column})
     return measured
 
 
@@ -2663,7 +2794,7 @@ def lsrk_channel_frequencies(casa, ms, field_id, spw_id):
     return [float(v) for v in values]
 
 
-def average_spectrum(casa, ms, field_ids, spw_id, *, budget=SPECTRUM_BUDGET):
+def average_spectrum(casa, ms, field_ids, spw_id, *, budget=SPECTRUM_BUDGET, column='DATA'):
     """(|<V>| per channel over baselines, time and correlations, fraction of rows used).
 
     Flagged visibilities are left out (TaQL's masked arrays); channels with no unflagged data are
@@ -2679,7 +2810,7 @@ def average_spectrum(casa, ms, field_ids, spw_id, *, budget=SPECTRUM_BUDGET):
         selected = table.query(where)
         try:
             rows = selected.rownumbers()
-            cell = selected.getcell('DATA', 0) if len(rows) else None
+            cell = selected.getcell(column, 0) if len(rows) else None
         finally:
             selected.close()
         if cell is None:
@@ -2692,7 +2823,7 @@ def average_spectrum(casa, ms, field_ids, spw_id, *, budget=SPECTRUM_BUDGET):
         used = len(rows) if not windows else sum(
             int(((row_numbers >= first) & (row_numbers <= last)).sum()) for first, last in windows)
         # DATA[FLAG] is a masked array: flagged values are left out of the mean.
-        result = table.taql('SELECT GMEANS(DATA[FLAG]) AS AVERAGE, GSUMS(IIF(FLAG, 0.0, 1.0)) AS UNFLAGGED '
+        result = table.taql('SELECT GMEANS(' + column + '[FLAG]) AS AVERAGE, GSUMS(IIF(FLAG, 0.0, 1.0)) AS UNFLAGGED '
                             'FROM "%s" WHERE %s' % (ms, where))
         try:
             mean = numpy.asarray(result.getcol('AVERAGE'))[..., 0]
@@ -2741,7 +2872,10 @@ def plot_contsub_spectra(*, before_ms, after_ms, contdat, out_dir, casa):
             request['after_field_ids'] = after_layout.fields[request['field_name']]
             request['after_spw_id'] = after_spw
             requests.append(request)
-        spectra.extend(measure_spectra_pair(casa, before_ms=before, after_ms=after, requests=requests))
+        # the self-calibrated data where both MSes hold them, as imaging uses them
+        column = 'CORRECTED_DATA' if all('CORRECTED_DATA' in column_names(casa, ms) for ms in (before, after)) \
+            else 'DATA'
+        spectra.extend(measure_spectra_pair(casa, before_ms=before, after_ms=after, requests=requests, column=column))
     return draw_spectra(spectra, Path(out_dir))
 
 
@@ -2768,8 +2902,9 @@ def draw_spectra(spectra, out_dir):
         FigureCanvasAgg(figure)
         top = figure.add_subplot(2, 1, 1)
         bottom = figure.add_subplot(2, 1, 2, sharex=top)
-        for axes, key, title in ((top, 'before', 'before: uid*_targets.ms'),
-                                 (bottom, 'after', 'after: uid*_targets_line.ms (continuum subtracted)')):
+        shown = describe_spectrum_columns(items)
+        for axes, key, title in ((top, 'before', 'before: uid*_targets.ms, ' + shown),
+                                 (bottom, 'after', 'after: uid*_targets_line.ms (continuum subtracted), ' + shown)):
             for lo_hz, hi_hz in items[0]['shade_hz']:
                 axes.axvspan(lo_hz / 1e9, hi_hz / 1e9, color='tab:green', alpha=0.18, linewidth=0)
             for item in items:
@@ -2795,6 +2930,18 @@ def draw_spectra(spectra, out_dir):
             figure.savefig(str(temporary), dpi=90, format='png')
         pictures.append(out_dir / name)
     return pictures
+
+
+def describe_spectrum_columns(items):
+    """Which data column the curves show ('CORRECTED_DATA (self-calibrated)'), per EB where they differ."""
+    def name(column):
+        return 'CORRECTED_DATA (self-calibrated)' if column == 'CORRECTED_DATA' else 'DATA'
+    columns = sorted({item.get('column', 'DATA') for item in items})
+    if len(columns) == 1:
+        return name(columns[0])
+    return '; '.join('%s: %s' % (name(column), ', '.join(item['eb'] for item in items
+                                                          if item.get('column', 'DATA') == column))
+                     for column in columns)
 
 
 def plots_or_warning(make):
@@ -3280,7 +3427,8 @@ def run_contsub_fast(plan, state, step, casa):
 
     cont.dat is checked against the MSes first; on an error nothing is written.
     """
-    method, reason = choose_contsub_fast_method(plan.options, plan.delivery, [Path(ms) for ms in step.inputs])
+    method, reason = choose_contsub_fast_method(plan.options, plan.delivery, [Path(ms) for ms in step.inputs],
+                                                selfcal=[s.path for s in plan.column_surveys if s.has_selfcal])
     say('  method: %s' % reason)
     if method == 'tables':
         contdat_preflight(plan, casa)
@@ -3294,11 +3442,17 @@ def run_contsub_fast(plan, state, step, casa):
 CONTDAT_EDIT_SLACK_S = 60
 
 
-def choose_contsub_fast_method(options, delivery, targets):
-    """('tables' or 'uvcontsub', why) — decided from files and flags alone (pure: no CASA)."""
+def choose_contsub_fast_method(options, delivery, targets, *, selfcal=()):
+    """('tables' or 'uvcontsub', why) — decided from files and flags alone (pure: no CASA).
+
+    selfcal: the targets that hold self-calibrated data (CORRECTED_DATA).
+    """
     fit = 'fitting the continuum from %s with CASA uvcontsub' % relative_path(delivery.contdat, delivery.root)
     if getattr(options, 'refit', False):
         return 'uvcontsub', '%s: --refit was given (the delivered continuum tables are not used)' % fit
+    if selfcal and list(delivery.uvcont_tables):
+        return 'uvcontsub', ('%s: %d execution block(s) hold self-calibrated data, and the delivered continuum tables '
+                             'were fitted to the regular calibration' % (fit, len(selfcal)))
     if getattr(options, 'fitorder', None) is not None:
         return 'uvcontsub', '%s: --fitorder was given, and the delivered tables have their fit order built in' % fit
     tables = list(delivery.uvcont_tables)
@@ -3356,6 +3510,8 @@ def contsub_with_uvcontsub(plan, state, step, casa, reason):
     delivery, options = plan.delivery, plan.options
     targets = [Path(ms) for ms in step.inputs]
     jobs = resolve_jobs(options.jobs, len(targets), total_bytes=step.extra_bytes)
+    selfcal_by_ms = dict((str(survey.path), survey.has_selfcal) for survey in plan.column_surveys)
+    say_columns(targets, selfcal_by_ms)
     # Worker processes load CASA while cont.dat is checked here; they write nothing until given work.
     # Under MPI (mpicasa, or mpirun with casampi) the MPI servers are the workers instead.
     with eb_workers(jobs, state=state) as workers:
@@ -3371,19 +3527,28 @@ def contsub_with_uvcontsub(plan, state, step, casa, reason):
             partial = state.partial_name(final)
             state.will_create(partial)
             outputs.append((partial, final))
+            selfcal_fit = None
+            if selfcal_by_ms.get(str(ms)):
+                # the fit of CORRECTED_DATA, written beside the line MS and folded into it
+                selfcal_fit = state.partial_name(final.with_name(final.name[:-3] + '.selfcal.ms'))
+                state.will_create(selfcal_fit)
             tasks.append({'function': 'subtract_continuum', 'eb': eb_name(ms), 'arguments': {
                 'ms': str(ms), 'output': str(partial), 'field': field, 'spw': spw, 'fitspec': fitspec,
-                'spectra': spectrum_requests(analysis, ms)}})
+                'spectra': spectrum_requests(analysis, ms),
+                'selfcal_fit': None if selfcal_fit is None else str(selfcal_fit)}})
         say('  subtracting the continuum of %d execution block%s%s' % (
             len(tasks), '' if len(tasks) == 1 else 's', ' in %d processes' % workers.count if workers.count > 1
             else ''))
         results = workers.run(tasks, casa=casa)
     pause_point('contsub-written', state)
+    for task in tasks:
+        if task['arguments']['selfcal_fit']:
+            state.created_for_good(Path(task['arguments']['selfcal_fit']))  # removed by the worker
     publish_line_outputs(state, outputs, replace=options.overwrite_line)
     for (_partial, final), result in zip(outputs, results):
-        say('  wrote %s: %d rows, spws %s (%s, %.1f s)' % (
-            relative_path(final, delivery.root), result['rows'], result['spw'], human_bytes(directory_bytes(final)),
-            result['seconds']))
+        say('  wrote %s: %d rows, spws %s, %s (%s, %.1f s)' % (
+            relative_path(final, delivery.root), result['rows'], result['spw'], describe_line_columns(result['columns']),
+            human_bytes(directory_bytes(final)), result['seconds']))
     spectra = []
     for result in results:
         for spectrum in result.get('spectra', []):
@@ -3395,6 +3560,7 @@ def contsub_with_uvcontsub(plan, state, step, casa, reason):
             'jobs': workers.count, 'fitspec': dict((eb_name(ms), task['arguments']['fitspec'])
                                                    for ms, task in zip(targets, tasks)),
             'seconds_per_eb': dict((task['eb'], result['seconds']) for task, result in zip(tasks, results)),
+            'columns': dict((task['eb'], result['columns']) for task, result in zip(tasks, results)),
             'spectra': [str(path) for path in pictures]}
 
 
@@ -3411,31 +3577,70 @@ def _spectra_after_contsub(plan, casa, before, after):
     return [str(path) for path in pictures]
 
 
+def say_columns(targets, selfcal_by_ms):
+    with_selfcal = [ms for ms in targets if selfcal_by_ms.get(str(ms))]
+    if with_selfcal:
+        say('  reads the self-calibrated data (CORRECTED_DATA) and the regular calibration (DATA) of %d execution '
+            'block%s%s; each line MS gets both, as the pipeline delivers them' % (
+                len(with_selfcal), '' if len(with_selfcal) == 1 else 's',
+                '' if len(with_selfcal) == len(targets) else ' (DATA only of the other %d)'
+                % (len(targets) - len(with_selfcal))))
+    else:
+        say('  reads DATA (no CORRECTED_DATA: no self-calibrated data) of %d execution block%s' % (
+            len(targets), '' if len(targets) == 1 else 's'))
+
+
+def describe_line_columns(columns):
+    if SELFCAL_COLUMN in columns:
+        return 'DATA = regular calibration, CORRECTED_DATA = self-calibrated'
+    return 'DATA only'
+
+
 @eb_task
-def subtract_continuum(casa, report, *, ms, output, field, spw, fitspec, spectra=()):
-    """uvcontsub of one MS into output (a temporary name), checked; then its spectra before/after."""
+def subtract_continuum(casa, report, *, ms, output, field, spw, fitspec, spectra=(), selfcal_fit=None):
+    """uvcontsub of one MS into output (a temporary name), checked; then its spectra before/after.
+
+    selfcal_fit: where the same fit of CORRECTED_DATA (the self-calibrated data) is written; it then
+    becomes the line MS's CORRECTED_DATA (the pipeline's layout) and is removed.
+    """
     started = time.time()
     report('uvcontsub: fitting and subtracting the continuum (field ids %s, spws %s)' % (field, spw))
+    uvcontsub_checked(casa, ms=ms, output=output, field=field, spw=spw, fitspec=fitspec, datacolumn='data')
+    written = count_rows(casa, output)
+    columns = ['DATA']
+    if selfcal_fit:
+        report('uvcontsub: the same fit of the self-calibrated data (CORRECTED_DATA)')
+        uvcontsub_checked(casa, ms=ms, output=selfcal_fit, field=field, spw=spw, fitspec=fitspec,
+                           datacolumn='corrected')
+        add_selfcal_column(casa, line_ms=output, selfcal_fit=selfcal_fit)
+        remove_tree(selfcal_fit)
+        columns.append(SELFCAL_COLUMN)
+    seconds = time.time() - started
+    report('continuum subtracted in %.1f s: %d rows, %s' % (seconds, written, describe_line_columns(columns)))
+    measured = []
+    if spectra:
+        try:
+            measured = measure_spectra_pair(casa, before_ms=ms, after_ms=output, requests=spectra,
+                                            column=columns[-1])
+        except Exception as error:  # the plots are a view of the result, not the result: carry on
+            report('WARNING: no spectra for the plots (%s)' % one_line(error))
+    return {'rows': written, 'seconds': round(seconds, 2), 'spw': spw, 'field': field, 'spectra': measured,
+            'columns': columns}
+
+
+def uvcontsub_checked(casa, *, ms, output, field, spw, fitspec, datacolumn):
+    """uvcontsub into output; it must have written every selected row."""
     with native_stdout_silenced():  # its C++ messages belong in the CASA log
         casa_task(casa, 'uvcontsub', about=Path(ms).name, vis=str(ms), outputvis=str(output), field=field, spw=spw,
-                  fitspec=fitspec, datacolumn='data')
+                  fitspec=fitspec, datacolumn=datacolumn)
     if not (Path(output) / 'table.dat').is_file():
         raise ReprocessingError('uvcontsub wrote no line MS for %s — see the CASA log; your MS was not changed'
                                 % Path(ms).name)
-    seconds = time.time() - started
     expected = count_rows(casa, ms, field_ids=field, spw_ids=spw)
     written = count_rows(casa, output)
     if written != expected:
         raise ReprocessingError('the line MS made from %s has %d rows where %d were selected — it was not '
                                 'published; see the CASA log' % (Path(ms).name, written, expected))
-    report('continuum subtracted in %.1f s: %d rows' % (seconds, written))
-    measured = []
-    if spectra:
-        try:
-            measured = measure_spectra_pair(casa, before_ms=ms, after_ms=output, requests=spectra)
-        except Exception as error:  # the plots are a view of the result, not the result: carry on
-            report('WARNING: no spectra for the plots (%s)' % one_line(error))
-    return {'rows': written, 'seconds': round(seconds, 2), 'spw': spw, 'field': field, 'spectra': measured}
 
 
 # ==================================================================================================
@@ -3842,7 +4047,7 @@ def run_contsub(plan, state, step, casa):
     for PL2022, which applies its fit into the MS), so the user's MSes are only read; its line
     MSes are then moved into measurement_sets/ under temporary names and published.
     """
-    contdat_preflight(plan, casa)
+    analysis = contdat_preflight(plan, casa)
     delivery = plan.delivery
     targets = [Path(ms) for ms in step.inputs]
     revision, tasks = load_pipeline_tasks(work_dir=delivery.work_dir)
@@ -3865,6 +4070,10 @@ def run_contsub(plan, state, step, casa):
     if missing:
         raise ReprocessingError('the pipeline did not write %s — see its weblog (%s/pipeline-*/html/index.html) '
                                 'and the CASA log' % (', '.join(missing), WORK_DIR_NAME))
+    selfcal = {str(survey.path) for survey in plan.column_surveys if survey.has_selfcal}
+    for ms, path in produced.items():
+        if str(ms) in selfcal:
+            add_selfcal_line_data(casa, state, analysis=analysis, ms=ms, line_ms=path, options=plan.options)
     outputs = []
     for ms, path in produced.items():
         final = line_ms_path(ms)
@@ -3882,6 +4091,29 @@ def run_contsub(plan, state, step, casa):
     return {'outputs': [str(final) for _partial, final in outputs], 'method': 'pipeline',
             'pipeline': revision, 'release': decided.release, 'flow': decided.flow,
             'calls': [[name, kwargs] for name, kwargs in decided.calls]}
+
+
+def add_selfcal_line_data(casa, state, *, analysis, ms, line_ms, options):
+    """Give the pipeline's line MS of a self-calibrated MS its CORRECTED_DATA: the self-calibrated line data.
+
+    hif_uvcontsub fits the regular calibration (DATA) only and labels its output REGCAL_LINE_SCIENCE
+    (pipeline/hif/tasks/uvcontsub/uvcontsub.py); in the pipeline the self-calibrated line data come
+    from hif_selfcal applying its gain tables afterwards.  Here the same cont.dat ranges are fitted
+    in CORRECTED_DATA with CASA uvcontsub (a phase-only gain is one complex factor per row, so
+    fitting the corrected data equals correcting the fitted data) and written into the line MS.
+    """
+    if SELFCAL_COLUMN in column_names(casa, line_ms):
+        say('  %s: the pipeline kept CORRECTED_DATA (self-calibrated)' % line_ms.name)
+        return
+    field, spw, fitspec = build_fitspec(analysis.selections[str(ms)], fitorder=options.fitorder)
+    scratch = state.partial_name(line_ms.with_name(line_ms.name[:-3] + '.selfcal.ms'))
+    state.will_create(scratch)
+    say('  %s: fitting the same cont.dat ranges in CORRECTED_DATA (self-calibrated), CASA uvcontsub' % ms.name)
+    uvcontsub_checked(casa, ms=ms, output=scratch, field=field, spw=spw, fitspec=fitspec, datacolumn='corrected')
+    add_selfcal_column(casa, line_ms=line_ms, selfcal_fit=scratch)
+    remove_tree(scratch)
+    state.created_for_good(scratch)
+    say('  %s: %s' % (line_ms.name, describe_line_columns(['DATA', SELFCAL_COLUMN])))
 
 
 # ==================================================================================================
@@ -4261,8 +4493,12 @@ def image_geometry(casa, request, *, infos, pointings, beam_frequency_hz, pb_fre
 
 
 def _datacolumn(infos):
-    """'corrected' (self-calibrated) only when every MS has it; tclean takes one column for all."""
-    return 'corrected' if all(info.datacolumn == 'corrected' for info in infos) else 'data'
+    """'corrected' (self-calibrated) when any MS has it; tclean takes one column for all.
+
+    tclean with datacolumn='corrected' reads DATA of an MS without CORRECTED_DATA (measured with
+    CASA 6.7.0: the same image either way), so a mixed delivery keeps its self-calibration.
+    """
+    return 'corrected' if any(info.datacolumn == 'corrected' for info in infos) else 'data'
 
 
 def continuum_job(casa, request, specmode, field, virtual_ids, *, infos, spw_map, channels_for, contdat, ous):
@@ -5701,6 +5937,7 @@ class Plan(object):
         self.notes = []
         self.contdat = None            # ContDat, read (pure Python) while planning a contsub or --check
         self.contdat_analysis = None   # ContDatAnalysis, made by the first step that checks cont.dat with CASA
+        self.column_surveys = []       # ColumnSurvey of every uid*_targets.ms (preflight_data_columns)
 
     @property
     def extra_bytes(self):
@@ -5746,9 +5983,6 @@ def _plan_contsub(plan):
     plan.contdat = plan.contdat or read_delivery_contdat(delivery)  # syntax errors stop the run here
     if options.contsub:
         require_pipeline_for_contsub()
-    else:
-        plan.notes.append('--contsub_fast will be %s' % choose_contsub_fast_method(
-            options, delivery, delivery.targets)[1])
     if delivery.targets_line and not options.overwrite_line:
         raise ReprocessingError(
             'measurement_sets/ already holds %d uid*_targets_line.ms — move them elsewhere, or add '
@@ -5890,6 +6124,46 @@ def preflight_images(plan):
                      for step in plan.steps]
     _check_free_space(plan)
     return plan.image_estimate
+
+
+def preflight_data_columns(plan):
+    """Read which MSes hold self-calibrated data (CORRECTED_DATA), say what each step reads and writes.
+
+    Called by run() right after make_plan, before the first step (--dry-run too).  A line MS that
+    --overwrite-line would replace may hold self-calibrated data that its new twin would lack: that
+    is refused here (better data is never replaced by worse).
+    """
+    delivery, options = plan.delivery, plan.options
+    casa = _casa_for_planning()
+    with native_output_into(os.devnull), native_stdout_silenced():
+        plan.column_surveys = [survey_data_columns(casa, ms) for ms in delivery.targets]
+        replaced = [survey_data_columns(casa, ms) for ms in delivery.targets_line] \
+            if (options.contsub or options.contsub_fast) and options.overwrite_line else []
+    selfcal = dict((survey.path.name, survey.has_selfcal) for survey in plan.column_surveys)
+    for old in replaced:
+        source = old.path.name.replace('_targets_line.ms', '_targets.ms')
+        if old.selfcal_pairs and not selfcal.get(source, False):
+            raise ReprocessingError(
+                '%s holds self-calibrated data (CORRECTED_DATA) but %s has none, so its replacement would not be '
+                'self-calibrated — --overwrite-line never replaces self-calibrated data with regular calibration: '
+                'move %s elsewhere first if you want that' % (old.path.name, source, old.path.name))
+    readers = []
+    if options.contsub_fast:
+        readers.append('--contsub_fast fits both columns and each line MS keeps both (DATA = regular calibration, '
+                       'CORRECTED_DATA = self-calibrated), as the pipeline delivers them')
+        plan.notes.append('--contsub_fast will be %s' % choose_contsub_fast_method(
+            options, delivery, delivery.targets,
+            selfcal=[survey.path for survey in plan.column_surveys if survey.has_selfcal])[1])
+    if options.contsub:
+        readers.append('after the pipeline\'s hif_uvcontsub (which fits DATA), the same cont.dat ranges are fitted '
+                       'in CORRECTED_DATA with CASA uvcontsub, so each line MS keeps both columns')
+    if options.image is not None:
+        readers.append('imaging reads CORRECTED_DATA (DATA where an MS has no CORRECTED_DATA)')
+    if options.calibrated_final or options.calibrated_final_line:
+        readers.append('concat keeps both columns in calibrated_final*.ms')
+    for line in describe_selfcal(plan.column_surveys, reader='; '.join(readers) or 'no step of this run reads them'):
+        plan.notes.append(line)
+    return plan.column_surveys
 
 
 def _every_channel(info, field, spw_id, virtual_id):
@@ -6123,6 +6397,8 @@ def run(options, args):
         raise ReprocessingError('MPI rank %d reached the steps, which only rank 0 runs — start the run with mpirun '
                                 'and casampi installed, or without mpirun' % mpi_info().rank)
     plan = make_plan(options, delivery)
+    if {'contsub', 'contsub_fast', 'image', 'calibrated_final', 'calibrated_final_line'} & set(chosen_actions(options)):
+        preflight_data_columns(plan)  # which MSes are self-calibrated: CASA reads their columns (read-only)
     if options.image is not None:
         preflight_images(plan)  # reads the MSes' metadata with CASA: after every check that does not need it
     say(describe_environment())

@@ -125,15 +125,15 @@ def casa_task(casa, name, *, about, **arguments):
 
 
 @contextlib.contextmanager
-def opened_table(casa, path, *, missing=None):
-    """A casatools table opened read-only on path, closed on the way out whatever happens.
+def opened_table(casa, path, *, missing=None, writable=False):
+    """A casatools table opened on path (read-only unless writable), closed on the way out whatever happens.
 
     missing: the advice when the table cannot be opened (e.g. "restore it from the delivery"); an
     MS whose directory is empty, or whose table.dat is gone, is named in one error line then.
     """
     table = casa.casatools.table()
     try:
-        table.open(str(path))
+        table.open(str(path), nomodify=not writable)
     except Exception as error:  # casatools raises RuntimeError "Table ... does not exist"
         raise ReprocessingError('cannot open the table %s (%s) — %s' % (
             path, one_line(error), missing or 'check that it is a complete CASA table'))

@@ -45,7 +45,7 @@ from .imaging_options import IMAGING_ENGINES, argparse_type, check_imaging_optio
 from .layout import Delivery, SCRIPT_NAME, WORK_DIR_NAME
 from .messages import DEBUG_ENV, EXIT_FAILED, EXIT_OK, EXIT_USAGE, Interrupted, ReprocessingError, UsageError, one_line, report_error, say, signals_as_exceptions
 from .mpi import casa_mpi_job, mpi_info, mpi_launch, share_logs_with_mpi_servers
-from .plan import chosen_actions, describe_plan, make_plan, preflight_images
+from .plan import chosen_actions, describe_plan, make_plan, preflight_data_columns, preflight_images
 from .report import write_report
 from .run_state import RunState
 from .weblog import WEBLOG_PORTS
@@ -244,6 +244,8 @@ def run(options, args):
         raise ReprocessingError('MPI rank %d reached the steps, which only rank 0 runs — start the run with mpirun '
                                 'and casampi installed, or without mpirun' % mpi_info().rank)
     plan = make_plan(options, delivery)
+    if {'contsub', 'contsub_fast', 'image', 'calibrated_final', 'calibrated_final_line'} & set(chosen_actions(options)):
+        preflight_data_columns(plan)  # which MSes are self-calibrated: CASA reads their columns (read-only)
     if options.image is not None:
         preflight_images(plan)  # reads the MSes' metadata with CASA: after every check that does not need it
     say(describe_environment())

@@ -5,7 +5,7 @@ from pathlib import Path
 from .casa_engine import casa_task
 from .fileops import directory_bytes, human_bytes, relative_path, remove_tree
 from .messages import ReprocessingError, say
-from .ms_tables import count_rows, spws_with_data
+from .ms_tables import column_names, count_rows, spws_with_data
 from .run_state import pause_point
 from .staging import make_shadow
 
@@ -37,10 +37,12 @@ def run_concat(plan, state, step, casa):
     say('  wrote %s: %d rows (the sum of the inputs), %s' % (
         relative_path(output, plan.delivery.root), summary['rows'], human_bytes(directory_bytes(output))))
     say('  spectral windows: %s' % ', '.join(str(i) for i in summary['spw_ids']))
+    say('  data columns: %s' % summary['columns'])
     if summary['renumbered']:
         say('  note: concat gave later execution blocks new spw ids where their TOPO frequencies differ; '
             'select spws by name (e.g. spw="*FULL_RES*") rather than by id in this MS')
-    return {'outputs': [str(output)], 'rows': summary['rows'], 'spw_ids': summary['spw_ids']}
+    return {'outputs': [str(output)], 'rows': summary['rows'], 'spw_ids': summary['spw_ids'],
+            'columns': summary['columns']}
 
 
 def summarize_concat(casa, concatenated, inputs):
@@ -52,4 +54,20 @@ def summarize_concat(casa, concatenated, inputs):
                                 'published; see the CASA log' % (rows, input_rows))
     spw_ids = spws_with_data(casa, concatenated)
     first_ids = set(spws_with_data(casa, inputs[0]))
-    return {'rows': rows, 'spw_ids': spw_ids, 'renumbered': bool(set(spw_ids) - first_ids)}
+    return {'rows': rows, 'spw_ids': spw_ids, 'renumbered': bool(set(spw_ids) - first_ids),
+            'columns': describe_concat_columns(casa, concatenated, inputs)}
+
+
+def describe_concat_columns(casa, concatenated, inputs):
+    """Which data columns concat kept: the self-calibrated CORRECTED_DATA must survive it."""
+    with_selfcal = [ms for ms in inputs if 'CORRECTED_DATA' in column_names(casa, ms)]
+    if not with_selfcal:
+        return 'DATA (the inputs have no CORRECTED_DATA)'
+    if 'CORRECTED_DATA' not in column_names(casa, concatenated):
+        raise ReprocessingError('concat dropped the self-calibrated CORRECTED_DATA of %s — it was not published; '
+                                'see the CASA log' % ', '.join(ms.name for ms in with_selfcal))
+    text = 'DATA (regular calibration) and CORRECTED_DATA (self-calibrated), both kept'
+    if len(with_selfcal) < len(inputs):
+        text += ('; %d input(s) without CORRECTED_DATA have their DATA there (concat fills it)'
+                 % (len(inputs) - len(with_selfcal)))
+    return text

@@ -7,9 +7,10 @@ import time
 from pathlib import Path
 
 from .casa_engine import casa_task, native_stdout_silenced
+from .data_columns import SELFCAL_COLUMN, add_selfcal_column
 from .contdat_check import contdat_preflight, read_delivery_contdat, say_fit_table
 from .eb_tasks import eb_task
-from .fileops import directory_bytes, human_bytes, relative_path
+from .fileops import directory_bytes, human_bytes, relative_path, remove_tree
 from .layout import eb_name, line_ms_path
 from .messages import ReprocessingError, one_line, say
 from .ms_tables import count_rows
@@ -24,7 +25,8 @@ def run_contsub_fast(plan, state, step, casa):
 
     cont.dat is checked against the MSes first; on an error nothing is written.
     """
-    method, reason = choose_contsub_fast_method(plan.options, plan.delivery, [Path(ms) for ms in step.inputs])
+    method, reason = choose_contsub_fast_method(plan.options, plan.delivery, [Path(ms) for ms in step.inputs],
+                                                selfcal=[s.path for s in plan.column_surveys if s.has_selfcal])
     say('  method: %s' % reason)
     if method == 'tables':
         contdat_preflight(plan, casa)
@@ -38,11 +40,17 @@ def run_contsub_fast(plan, state, step, casa):
 CONTDAT_EDIT_SLACK_S = 60
 
 
-def choose_contsub_fast_method(options, delivery, targets):
-    """('tables' or 'uvcontsub', why) — decided from files and flags alone (pure: no CASA)."""
+def choose_contsub_fast_method(options, delivery, targets, *, selfcal=()):
+    """('tables' or 'uvcontsub', why) — decided from files and flags alone (pure: no CASA).
+
+    selfcal: the targets that hold self-calibrated data (CORRECTED_DATA).
+    """
     fit = 'fitting the continuum from %s with CASA uvcontsub' % relative_path(delivery.contdat, delivery.root)
     if getattr(options, 'refit', False):
         return 'uvcontsub', '%s: --refit was given (the delivered continuum tables are not used)' % fit
+    if selfcal and list(delivery.uvcont_tables):
+        return 'uvcontsub', ('%s: %d execution block(s) hold self-calibrated data, and the delivered continuum tables '
+                             'were fitted to the regular calibration' % (fit, len(selfcal)))
     if getattr(options, 'fitorder', None) is not None:
         return 'uvcontsub', '%s: --fitorder was given, and the delivered tables have their fit order built in' % fit
     tables = list(delivery.uvcont_tables)
@@ -100,6 +108,8 @@ def contsub_with_uvcontsub(plan, state, step, casa, reason):
     delivery, options = plan.delivery, plan.options
     targets = [Path(ms) for ms in step.inputs]
     jobs = resolve_jobs(options.jobs, len(targets), total_bytes=step.extra_bytes)
+    selfcal_by_ms = dict((str(survey.path), survey.has_selfcal) for survey in plan.column_surveys)
+    say_columns(targets, selfcal_by_ms)
     # Worker processes load CASA while cont.dat is checked here; they write nothing until given work.
     # Under MPI (mpicasa, or mpirun with casampi) the MPI servers are the workers instead.
     with eb_workers(jobs, state=state) as workers:
@@ -115,19 +125,28 @@ def contsub_with_uvcontsub(plan, state, step, casa, reason):
             partial = state.partial_name(final)
             state.will_create(partial)
             outputs.append((partial, final))
+            selfcal_fit = None
+            if selfcal_by_ms.get(str(ms)):
+                # the fit of CORRECTED_DATA, written beside the line MS and folded into it
+                selfcal_fit = state.partial_name(final.with_name(final.name[:-3] + '.selfcal.ms'))
+                state.will_create(selfcal_fit)
             tasks.append({'function': 'subtract_continuum', 'eb': eb_name(ms), 'arguments': {
                 'ms': str(ms), 'output': str(partial), 'field': field, 'spw': spw, 'fitspec': fitspec,
-                'spectra': spectrum_requests(analysis, ms)}})
+                'spectra': spectrum_requests(analysis, ms),
+                'selfcal_fit': None if selfcal_fit is None else str(selfcal_fit)}})
         say('  subtracting the continuum of %d execution block%s%s' % (
             len(tasks), '' if len(tasks) == 1 else 's', ' in %d processes' % workers.count if workers.count > 1
             else ''))
         results = workers.run(tasks, casa=casa)
     pause_point('contsub-written', state)
+    for task in tasks:
+        if task['arguments']['selfcal_fit']:
+            state.created_for_good(Path(task['arguments']['selfcal_fit']))  # removed by the worker
     publish_line_outputs(state, outputs, replace=options.overwrite_line)
     for (_partial, final), result in zip(outputs, results):
-        say('  wrote %s: %d rows, spws %s (%s, %.1f s)' % (
-            relative_path(final, delivery.root), result['rows'], result['spw'], human_bytes(directory_bytes(final)),
-            result['seconds']))
+        say('  wrote %s: %d rows, spws %s, %s (%s, %.1f s)' % (
+            relative_path(final, delivery.root), result['rows'], result['spw'], describe_line_columns(result['columns']),
+            human_bytes(directory_bytes(final)), result['seconds']))
     spectra = []
     for result in results:
         for spectrum in result.get('spectra', []):
@@ -139,6 +158,7 @@ def contsub_with_uvcontsub(plan, state, step, casa, reason):
             'jobs': workers.count, 'fitspec': dict((eb_name(ms), task['arguments']['fitspec'])
                                                    for ms, task in zip(targets, tasks)),
             'seconds_per_eb': dict((task['eb'], result['seconds']) for task, result in zip(tasks, results)),
+            'columns': dict((task['eb'], result['columns']) for task, result in zip(tasks, results)),
             'spectra': [str(path) for path in pictures]}
 
 
@@ -155,28 +175,67 @@ def _spectra_after_contsub(plan, casa, before, after):
     return [str(path) for path in pictures]
 
 
+def say_columns(targets, selfcal_by_ms):
+    with_selfcal = [ms for ms in targets if selfcal_by_ms.get(str(ms))]
+    if with_selfcal:
+        say('  reads the self-calibrated data (CORRECTED_DATA) and the regular calibration (DATA) of %d execution '
+            'block%s%s; each line MS gets both, as the pipeline delivers them' % (
+                len(with_selfcal), '' if len(with_selfcal) == 1 else 's',
+                '' if len(with_selfcal) == len(targets) else ' (DATA only of the other %d)'
+                % (len(targets) - len(with_selfcal))))
+    else:
+        say('  reads DATA (no CORRECTED_DATA: no self-calibrated data) of %d execution block%s' % (
+            len(targets), '' if len(targets) == 1 else 's'))
+
+
+def describe_line_columns(columns):
+    if SELFCAL_COLUMN in columns:
+        return 'DATA = regular calibration, CORRECTED_DATA = self-calibrated'
+    return 'DATA only'
+
+
 @eb_task
-def subtract_continuum(casa, report, *, ms, output, field, spw, fitspec, spectra=()):
-    """uvcontsub of one MS into output (a temporary name), checked; then its spectra before/after."""
+def subtract_continuum(casa, report, *, ms, output, field, spw, fitspec, spectra=(), selfcal_fit=None):
+    """uvcontsub of one MS into output (a temporary name), checked; then its spectra before/after.
+
+    selfcal_fit: where the same fit of CORRECTED_DATA (the self-calibrated data) is written; it then
+    becomes the line MS's CORRECTED_DATA (the pipeline's layout) and is removed.
+    """
     started = time.time()
     report('uvcontsub: fitting and subtracting the continuum (field ids %s, spws %s)' % (field, spw))
+    uvcontsub_checked(casa, ms=ms, output=output, field=field, spw=spw, fitspec=fitspec, datacolumn='data')
+    written = count_rows(casa, output)
+    columns = ['DATA']
+    if selfcal_fit:
+        report('uvcontsub: the same fit of the self-calibrated data (CORRECTED_DATA)')
+        uvcontsub_checked(casa, ms=ms, output=selfcal_fit, field=field, spw=spw, fitspec=fitspec,
+                           datacolumn='corrected')
+        add_selfcal_column(casa, line_ms=output, selfcal_fit=selfcal_fit)
+        remove_tree(selfcal_fit)
+        columns.append(SELFCAL_COLUMN)
+    seconds = time.time() - started
+    report('continuum subtracted in %.1f s: %d rows, %s' % (seconds, written, describe_line_columns(columns)))
+    measured = []
+    if spectra:
+        try:
+            measured = measure_spectra_pair(casa, before_ms=ms, after_ms=output, requests=spectra,
+                                            column=columns[-1])
+        except Exception as error:  # the plots are a view of the result, not the result: carry on
+            report('WARNING: no spectra for the plots (%s)' % one_line(error))
+    return {'rows': written, 'seconds': round(seconds, 2), 'spw': spw, 'field': field, 'spectra': measured,
+            'columns': columns}
+
+
+def uvcontsub_checked(casa, *, ms, output, field, spw, fitspec, datacolumn):
+    """uvcontsub into output; it must have written every selected row."""
     with native_stdout_silenced():  # its C++ messages belong in the CASA log
         casa_task(casa, 'uvcontsub', about=Path(ms).name, vis=str(ms), outputvis=str(output), field=field, spw=spw,
-                  fitspec=fitspec, datacolumn='data')
+                  fitspec=fitspec, datacolumn=datacolumn)
     if not (Path(output) / 'table.dat').is_file():
         raise ReprocessingError('uvcontsub wrote no line MS for %s — see the CASA log; your MS was not changed'
                                 % Path(ms).name)
-    seconds = time.time() - started
     expected = count_rows(casa, ms, field_ids=field, spw_ids=spw)
     written = count_rows(casa, output)
     if written != expected:
         raise ReprocessingError('the line MS made from %s has %d rows where %d were selected — it was not '
                                 'published; see the CASA log' % (Path(ms).name, written, expected))
-    report('continuum subtracted in %.1f s: %d rows' % (seconds, written))
-    measured = []
-    if spectra:
-        try:
-            measured = measure_spectra_pair(casa, before_ms=ms, after_ms=output, requests=spectra)
-        except Exception as error:  # the plots are a view of the result, not the result: carry on
-            report('WARNING: no spectra for the plots (%s)' % one_line(error))
-    return {'rows': written, 'seconds': round(seconds, 2), 'spw': spw, 'field': field, 'spectra': measured}

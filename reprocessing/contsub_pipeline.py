@@ -11,6 +11,9 @@ from .mpi import mpi_info
 from .pipeline_calls import pipeline_contsub_calls, pipeline_line_name
 from .pipeline_engine import load_pipeline_tasks, ms_records_pipeline_datatypes, place_contdat_for_pipeline, run_pipeline_calls, stage_for_pipeline_contsub, task_parameter_names
 from .run_state import publish_line_outputs
+from .contsub_fast import build_fitspec, describe_line_columns, uvcontsub_checked
+from .data_columns import SELFCAL_COLUMN, add_selfcal_column
+from .ms_tables import column_names
 
 
 def run_contsub(plan, state, step, casa):
@@ -20,7 +23,7 @@ def run_contsub(plan, state, step, casa):
     for PL2022, which applies its fit into the MS), so the user's MSes are only read; its line
     MSes are then moved into measurement_sets/ under temporary names and published.
     """
-    contdat_preflight(plan, casa)
+    analysis = contdat_preflight(plan, casa)
     delivery = plan.delivery
     targets = [Path(ms) for ms in step.inputs]
     revision, tasks = load_pipeline_tasks(work_dir=delivery.work_dir)
@@ -43,6 +46,10 @@ def run_contsub(plan, state, step, casa):
     if missing:
         raise ReprocessingError('the pipeline did not write %s — see its weblog (%s/pipeline-*/html/index.html) '
                                 'and the CASA log' % (', '.join(missing), WORK_DIR_NAME))
+    selfcal = {str(survey.path) for survey in plan.column_surveys if survey.has_selfcal}
+    for ms, path in produced.items():
+        if str(ms) in selfcal:
+            add_selfcal_line_data(casa, state, analysis=analysis, ms=ms, line_ms=path, options=plan.options)
     outputs = []
     for ms, path in produced.items():
         final = line_ms_path(ms)
@@ -60,3 +67,26 @@ def run_contsub(plan, state, step, casa):
     return {'outputs': [str(final) for _partial, final in outputs], 'method': 'pipeline',
             'pipeline': revision, 'release': decided.release, 'flow': decided.flow,
             'calls': [[name, kwargs] for name, kwargs in decided.calls]}
+
+
+def add_selfcal_line_data(casa, state, *, analysis, ms, line_ms, options):
+    """Give the pipeline's line MS of a self-calibrated MS its CORRECTED_DATA: the self-calibrated line data.
+
+    hif_uvcontsub fits the regular calibration (DATA) only and labels its output REGCAL_LINE_SCIENCE
+    (pipeline/hif/tasks/uvcontsub/uvcontsub.py); in the pipeline the self-calibrated line data come
+    from hif_selfcal applying its gain tables afterwards.  Here the same cont.dat ranges are fitted
+    in CORRECTED_DATA with CASA uvcontsub (a phase-only gain is one complex factor per row, so
+    fitting the corrected data equals correcting the fitted data) and written into the line MS.
+    """
+    if SELFCAL_COLUMN in column_names(casa, line_ms):
+        say('  %s: the pipeline kept CORRECTED_DATA (self-calibrated)' % line_ms.name)
+        return
+    field, spw, fitspec = build_fitspec(analysis.selections[str(ms)], fitorder=options.fitorder)
+    scratch = state.partial_name(line_ms.with_name(line_ms.name[:-3] + '.selfcal.ms'))
+    state.will_create(scratch)
+    say('  %s: fitting the same cont.dat ranges in CORRECTED_DATA (self-calibrated), CASA uvcontsub' % ms.name)
+    uvcontsub_checked(casa, ms=ms, output=scratch, field=field, spw=spw, fitspec=fitspec, datacolumn='corrected')
+    add_selfcal_column(casa, line_ms=line_ms, selfcal_fit=scratch)
+    remove_tree(scratch)
+    state.created_for_good(scratch)
+    say('  %s: %s' % (line_ms.name, describe_line_columns(['DATA', SELFCAL_COLUMN])))

@@ -163,8 +163,12 @@ def image_geometry(casa, request, *, infos, pointings, beam_frequency_hz, pb_fre
 
 
 def _datacolumn(infos):
-    """'corrected' (self-calibrated) only when every MS has it; tclean takes one column for all."""
-    return 'corrected' if all(info.datacolumn == 'corrected' for info in infos) else 'data'
+    """'corrected' (self-calibrated) when any MS has it; tclean takes one column for all.
+
+    tclean with datacolumn='corrected' reads DATA of an MS without CORRECTED_DATA (measured with
+    CASA 6.7.0: the same image either way), so a mixed delivery keeps its self-calibration.
+    """
+    return 'corrected' if any(info.datacolumn == 'corrected' for info in infos) else 'data'
 
 
 def continuum_job(casa, request, specmode, field, virtual_ids, *, infos, spw_map, channels_for, contdat, ous):

@@ -10,6 +10,7 @@ from .concat import run_concat
 from .check_step import run_check
 from .contdat_check import read_delivery_contdat
 from .contsub_fast import choose_contsub_fast_method, run_contsub_fast
+from .data_columns import describe_selfcal, survey_data_columns
 from .contsub_pipeline import run_contsub
 from .fileops import directory_bytes, free_bytes, human_bytes, relative_path, require_free_space
 from .image_casa import IMAGE_SPACE_ADVICE, estimate_image_bytes, plan_casa_images, read_ms_for_imaging
@@ -43,6 +44,7 @@ class Plan(object):
         self.notes = []
         self.contdat = None            # ContDat, read (pure Python) while planning a contsub or --check
         self.contdat_analysis = None   # ContDatAnalysis, made by the first step that checks cont.dat with CASA
+        self.column_surveys = []       # ColumnSurvey of every uid*_targets.ms (preflight_data_columns)
 
     @property
     def extra_bytes(self):
@@ -88,9 +90,6 @@ def _plan_contsub(plan):
     plan.contdat = plan.contdat or read_delivery_contdat(delivery)  # syntax errors stop the run here
     if options.contsub:
         require_pipeline_for_contsub()
-    else:
-        plan.notes.append('--contsub_fast will be %s' % choose_contsub_fast_method(
-            options, delivery, delivery.targets)[1])
     if delivery.targets_line and not options.overwrite_line:
         raise ReprocessingError(
             'measurement_sets/ already holds %d uid*_targets_line.ms — move them elsewhere, or add '
@@ -232,6 +231,46 @@ def preflight_images(plan):
                      for step in plan.steps]
     _check_free_space(plan)
     return plan.image_estimate
+
+
+def preflight_data_columns(plan):
+    """Read which MSes hold self-calibrated data (CORRECTED_DATA), say what each step reads and writes.
+
+    Called by run() right after make_plan, before the first step (--dry-run too).  A line MS that
+    --overwrite-line would replace may hold self-calibrated data that its new twin would lack: that
+    is refused here (better data is never replaced by worse).
+    """
+    delivery, options = plan.delivery, plan.options
+    casa = _casa_for_planning()
+    with native_output_into(os.devnull), native_stdout_silenced():
+        plan.column_surveys = [survey_data_columns(casa, ms) for ms in delivery.targets]
+        replaced = [survey_data_columns(casa, ms) for ms in delivery.targets_line] \
+            if (options.contsub or options.contsub_fast) and options.overwrite_line else []
+    selfcal = dict((survey.path.name, survey.has_selfcal) for survey in plan.column_surveys)
+    for old in replaced:
+        source = old.path.name.replace('_targets_line.ms', '_targets.ms')
+        if old.selfcal_pairs and not selfcal.get(source, False):
+            raise ReprocessingError(
+                '%s holds self-calibrated data (CORRECTED_DATA) but %s has none, so its replacement would not be '
+                'self-calibrated — --overwrite-line never replaces self-calibrated data with regular calibration: '
+                'move %s elsewhere first if you want that' % (old.path.name, source, old.path.name))
+    readers = []
+    if options.contsub_fast:
+        readers.append('--contsub_fast fits both columns and each line MS keeps both (DATA = regular calibration, '
+                       'CORRECTED_DATA = self-calibrated), as the pipeline delivers them')
+        plan.notes.append('--contsub_fast will be %s' % choose_contsub_fast_method(
+            options, delivery, delivery.targets,
+            selfcal=[survey.path for survey in plan.column_surveys if survey.has_selfcal])[1])
+    if options.contsub:
+        readers.append('after the pipeline\'s hif_uvcontsub (which fits DATA), the same cont.dat ranges are fitted '
+                       'in CORRECTED_DATA with CASA uvcontsub, so each line MS keeps both columns')
+    if options.image is not None:
+        readers.append('imaging reads CORRECTED_DATA (DATA where an MS has no CORRECTED_DATA)')
+    if options.calibrated_final or options.calibrated_final_line:
+        readers.append('concat keeps both columns in calibrated_final*.ms')
+    for line in describe_selfcal(plan.column_surveys, reader='; '.join(readers) or 'no step of this run reads them'):
+        plan.notes.append(line)
+    return plan.column_surveys
 
 
 def _every_channel(info, field, spw_id, virtual_id):

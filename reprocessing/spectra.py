@@ -10,7 +10,7 @@ from .contdat_check import analyse_contdat
 from .fileops import atomic_file, relative_path
 from .layout import eb_name
 from .messages import ReprocessingError, one_line, say, warn
-from .ms_tables import dd_ids_by_spw, read_ms_layout, same_window, spw_name
+from .ms_tables import column_names, dd_ids_by_spw, read_ms_layout, same_window, spw_name
 
 
 # -- spectra before and after -----------------------------------------------------------------------
@@ -38,14 +38,18 @@ def spectrum_requests(analysis, ms):
     return requests
 
 
-def measure_spectra_pair(casa, *, before_ms, after_ms, requests):
-    """For each request: LSRK frequency, |<V>| before and after, and the cont.dat ranges on that axis."""
+def measure_spectra_pair(casa, *, before_ms, after_ms, requests, column='DATA'):
+    """For each request: LSRK frequency, |<V>| before and after, and the cont.dat ranges on that axis.
+
+    column: the data column both spectra show (CORRECTED_DATA: the self-calibrated data).
+    """
     measured = []
     converter = ChannelConverter(casa)
     for request in requests:
         frequencies = lsrk_channel_frequencies(casa, before_ms, request['field_ids'][0], request['spw_id'])
-        before, fraction = average_spectrum(casa, before_ms, request['field_ids'], request['spw_id'])
-        after, _ = average_spectrum(casa, after_ms, request['after_field_ids'], request['after_spw_id'])
+        before, fraction = average_spectrum(casa, before_ms, request['field_ids'], request['spw_id'], column=column)
+        after, _ = average_spectrum(casa, after_ms, request['after_field_ids'], request['after_spw_id'],
+                                    column=column)
         shade = []
         for lo_hz, hi_hz, frame in request['ranges']:
             if frame == 'LSRK':
@@ -63,7 +67,8 @@ def measure_spectra_pair(casa, *, before_ms, after_ms, requests):
                          request['field_name'], 'spw_id': request['spw_id'], 'virtual_id': request['virtual_id'],
                          'spw_name': spw_name(casa, before_ms, request['spw_id']),
                          'frequency_hz': list(frequencies), 'before': before, 'after': after, 'shade_hz': shade,
-                         'fraction': fraction, 'frames': sorted({r[2] for r in request['ranges']})})
+                         'fraction': fraction, 'frames': sorted({r[2] for r in request['ranges']}),
+                         'column': column})
     return measured
 
 
@@ -74,7 +79,7 @@ def lsrk_channel_frequencies(casa, ms, field_id, spw_id):
     return [float(v) for v in values]
 
 
-def average_spectrum(casa, ms, field_ids, spw_id, *, budget=SPECTRUM_BUDGET):
+def average_spectrum(casa, ms, field_ids, spw_id, *, budget=SPECTRUM_BUDGET, column='DATA'):
     """(|<V>| per channel over baselines, time and correlations, fraction of rows used).
 
     Flagged visibilities are left out (TaQL's masked arrays); channels with no unflagged data are
@@ -90,7 +95,7 @@ def average_spectrum(casa, ms, field_ids, spw_id, *, budget=SPECTRUM_BUDGET):
         selected = table.query(where)
         try:
             rows = selected.rownumbers()
-            cell = selected.getcell('DATA', 0) if len(rows) else None
+            cell = selected.getcell(column, 0) if len(rows) else None
         finally:
             selected.close()
         if cell is None:
@@ -103,7 +108,7 @@ def average_spectrum(casa, ms, field_ids, spw_id, *, budget=SPECTRUM_BUDGET):
         used = len(rows) if not windows else sum(
             int(((row_numbers >= first) & (row_numbers <= last)).sum()) for first, last in windows)
         # DATA[FLAG] is a masked array: flagged values are left out of the mean.
-        result = table.taql('SELECT GMEANS(DATA[FLAG]) AS AVERAGE, GSUMS(IIF(FLAG, 0.0, 1.0)) AS UNFLAGGED '
+        result = table.taql('SELECT GMEANS(' + column + '[FLAG]) AS AVERAGE, GSUMS(IIF(FLAG, 0.0, 1.0)) AS UNFLAGGED '
                             'FROM "%s" WHERE %s' % (ms, where))
         try:
             mean = numpy.asarray(result.getcol('AVERAGE'))[..., 0]
@@ -152,7 +157,10 @@ def plot_contsub_spectra(*, before_ms, after_ms, contdat, out_dir, casa):
             request['after_field_ids'] = after_layout.fields[request['field_name']]
             request['after_spw_id'] = after_spw
             requests.append(request)
-        spectra.extend(measure_spectra_pair(casa, before_ms=before, after_ms=after, requests=requests))
+        # the self-calibrated data where both MSes hold them, as imaging uses them
+        column = 'CORRECTED_DATA' if all('CORRECTED_DATA' in column_names(casa, ms) for ms in (before, after)) \
+            else 'DATA'
+        spectra.extend(measure_spectra_pair(casa, before_ms=before, after_ms=after, requests=requests, column=column))
     return draw_spectra(spectra, Path(out_dir))
 
 
@@ -179,8 +187,9 @@ def draw_spectra(spectra, out_dir):
         FigureCanvasAgg(figure)
         top = figure.add_subplot(2, 1, 1)
         bottom = figure.add_subplot(2, 1, 2, sharex=top)
-        for axes, key, title in ((top, 'before', 'before: uid*_targets.ms'),
-                                 (bottom, 'after', 'after: uid*_targets_line.ms (continuum subtracted)')):
+        shown = describe_spectrum_columns(items)
+        for axes, key, title in ((top, 'before', 'before: uid*_targets.ms, ' + shown),
+                                 (bottom, 'after', 'after: uid*_targets_line.ms (continuum subtracted), ' + shown)):
             for lo_hz, hi_hz in items[0]['shade_hz']:
                 axes.axvspan(lo_hz / 1e9, hi_hz / 1e9, color='tab:green', alpha=0.18, linewidth=0)
             for item in items:
@@ -206,6 +215,18 @@ def draw_spectra(spectra, out_dir):
             figure.savefig(str(temporary), dpi=90, format='png')
         pictures.append(out_dir / name)
     return pictures
+
+
+def describe_spectrum_columns(items):
+    """Which data column the curves show ('CORRECTED_DATA (self-calibrated)'), per EB where they differ."""
+    def name(column):
+        return 'CORRECTED_DATA (self-calibrated)' if column == 'CORRECTED_DATA' else 'DATA'
+    columns = sorted({item.get('column', 'DATA') for item in items})
+    if len(columns) == 1:
+        return name(columns[0])
+    return '; '.join('%s: %s' % (name(column), ', '.join(item['eb'] for item in items
+                                                          if item.get('column', 'DATA') == column))
+                     for column in columns)
 
 
 def plots_or_warning(make):

@@ -137,14 +137,15 @@ def make_pipeline_ready(ms_path, *, casa, ous_uid=_DEFAULT_OUS_UID, eb_uid=None,
                 basebands=dict((spw, w['baseband']) for spw, w in windows.items()))
 
 
-def make_delivery_pipeline_ready(ms_dir, *, casa, ous_uid=_DEFAULT_OUS_UID):
+def make_delivery_pipeline_ready(ms_dir, *, casa, ous_uid=_DEFAULT_OUS_UID, selfcal=False):
     """Make every delivered MS in ``ms_dir`` pipeline-ready, each declared with what it holds:
     ``*_targets.ms`` continuum + line, ``*_targets_line.ms`` line only, a Cycle 8 ``*_target.ms``
-    continuum + line in DATA and line only in CORRECTED_DATA.  Other MSes (a working
-    directory's full ``uid*.ms``) are left alone.  Returns {MS name: make_pipeline_ready result}.
+    continuum + line in DATA and line only in CORRECTED_DATA.  ``selfcal``: a Cycle 11+ delivery
+    whose CORRECTED_DATA holds hif_selfcal's self-calibrated data (SELFCAL_* types).  Other MSes (a
+    working directory's full ``uid*.ms``) are left alone.  Returns {MS name: make_pipeline_ready result}.
     """
-    kinds = (('_targets_line.ms', 'REGCAL_LINE_SCIENCE', None),
-             ('_targets.ms', 'REGCAL_CONTLINE_SCIENCE', None),
+    kinds = (('_targets_line.ms', 'REGCAL_LINE_SCIENCE', 'SELFCAL_LINE_SCIENCE' if selfcal else None),
+             ('_targets.ms', 'REGCAL_CONTLINE_SCIENCE', 'SELFCAL_CONTLINE_SCIENCE' if selfcal else None),
              ('_target.ms', 'REGCAL_CONTLINE_SCIENCE', 'REGCAL_LINE_SCIENCE'))
     results = {}
     for name in sorted(os.listdir(str(ms_dir))):

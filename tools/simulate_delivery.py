@@ -301,6 +301,9 @@ def _validate(kw):
         raise ValueError('line_fwhm_kms must be > 0')
     if len(kw['offset_arcsec']) != 2:
         raise ValueError('offset_arcsec must be (east, north) arcsec')
+    if kw.get('selfcal_phase_rms_deg', 0.0) and (kw['selfcal_phase_rms_deg'] < 0 or kw['layout'].startswith('cycle8')):
+        raise ValueError('selfcal_phase_rms_deg must be >= 0, and self-calibrated deliveries are Cycle 11+ '
+                         '(not the cycle8 layouts)')
     mosaic = kw.get('mosaic_offsets_arcsec')
     if mosaic is not None and (len(mosaic) < 2 or any(len(p) != 2 for p in mosaic)):
         raise ValueError('mosaic_offsets_arcsec must list 2 or more (east, north) pointing offsets, arcsec')
@@ -652,6 +655,35 @@ def _add_corrected(casa, frames, plan, path):
                 sub.close()
 
 
+def _antenna_phase_errors(casa, path, rms_deg, rng):
+    """{(TIME, antenna): phase (rad)}: the regular calibration's residual phase errors, drawn once per EB."""
+    with _opened(casa.tb, path):
+        times = sorted(set(casa.tb.getcol('TIME').tolist()))
+        antennas = sorted(set(casa.tb.getcol('ANTENNA1').tolist()) | set(casa.tb.getcol('ANTENNA2').tolist()))
+    draws = rng.normal(0.0, math.radians(rms_deg), (len(times), len(antennas)))
+    return dict(((t, a), draws[i, j]) for i, t in enumerate(times) for j, a in enumerate(antennas))
+
+
+def _split_into_regcal_and_selfcal(casa, path, phases):
+    """hif_selfcal's layout: CORRECTED_DATA = DATA as it is (self-calibrated), DATA = it with phase errors."""
+    cb = casa.ct.calibrater()
+    cb.open(path, compress=False, addcorr=True, addmodel=False)
+    cb.close()
+    cb.done()
+    tb = casa.tb
+    with _opened(tb, path, nomodify=False):
+        for ddid in sorted(set(tb.getcol('DATA_DESC_ID').tolist())):
+            sub = tb.query('DATA_DESC_ID==%d' % ddid)
+            try:
+                data = sub.getcol('DATA')
+                sub.putcol('CORRECTED_DATA', data)
+                ant1, ant2, times = sub.getcol('ANTENNA1'), sub.getcol('ANTENNA2'), sub.getcol('TIME')
+                error = np.array([phases[(t, a)] - phases[(t, b)] for t, a, b in zip(times, ant1, ant2)])
+                sub.putcol('DATA', (data * np.exp(1j * error)[None, None, :]).astype(np.complex64))
+            finally:
+                sub.close()
+
+
 def _solve_uvcont(casa, ms_path, table_path, plan, eb, scratch):
     """AMueller continuum fit over the cont.dat channels (per field), as hif_uvcontfit."""
     work = os.path.join(scratch, 'uvcont-%s' % eb['uid'])
@@ -802,7 +834,7 @@ def simulate_delivery(outdir, *, n_ebs=2, n_fields=1, spw_ids=(25, 27), nchan=64
                       contdat_version=2, continuum_jy=0.05, spectral_index=0.0,
                       offset_arcsec=(0.0, 0.0), line_peak_jy=0.2, line_fwhm_kms=None,
                       line_restfreq_ghz=None, noise_jy=0.002, seed=1, pipeline_ready=False,
-                      casa_logfile=None, mosaic_offsets_arcsec=None):
+                      casa_logfile=None, mosaic_offsets_arcsec=None, selfcal_phase_rms_deg=0.0):
     """Write a simulated ALMA delivery into ``outdir`` (new or empty); return the truth dict.
 
     See the module docstring for the layouts and the model.  ``pipeline_ready`` adds the
@@ -811,6 +843,10 @@ def simulate_delivery(outdir, *, n_ebs=2, n_fields=1, spw_ids=(25, 27), nchan=64
     ``mosaic_offsets_arcsec`` [(east, north), ...]: field 0 becomes a mosaic of these pointings
     (FIELD rows of the same name, offsets from the field's position); each pointing sees the
     source through a Gaussian primary beam (FWHM 1.16 lambda / 12 m, as CASA's ALMA model).
+    ``selfcal_phase_rms_deg`` > 0: the Cycle 11+ era (hif_selfcal).  Each ``*_targets.ms`` (and
+    ``*_targets_line.ms`` with ``with_line_ms``) holds DATA = the visibilities times per-antenna,
+    per-integration phase errors of that rms (the regular calibration) and CORRECTED_DATA = the
+    uncorrupted visibilities (the self-calibrated data), as hif_selfcal leaves them.
     """
     kw = dict(n_ebs=int(n_ebs), n_fields=int(n_fields), spw_ids=[int(s) for s in spw_ids],
               nchan=int(nchan), n_antennas=int(n_antennas), layout=layout,
@@ -821,6 +857,8 @@ def simulate_delivery(outdir, *, n_ebs=2, n_fields=1, spw_ids=(25, 27), nchan=64
               line_fwhm_kms=None if line_fwhm_kms is None else float(line_fwhm_kms),
               line_restfreq_ghz=None if line_restfreq_ghz is None else float(line_restfreq_ghz),
               noise_jy=float(noise_jy), seed=int(seed), pipeline_ready=bool(pipeline_ready))
+    if selfcal_phase_rms_deg:
+        kw['selfcal_phase_rms_deg'] = float(selfcal_phase_rms_deg)
     if mosaic_offsets_arcsec is not None:
         kw['mosaic_offsets_arcsec'] = [[float(v) for v in pointing] for pointing in mosaic_offsets_arcsec]
     spw_ids = _validate(kw)
@@ -958,9 +996,15 @@ def _simulate(casa, outdir, scratch, kw, spw_ids):
         eb['ms'] = os.path.relpath(target, outdir)
         if cycle8:
             _add_corrected(casa, frames, plan, target)
+        phase_rms_deg = kw.get('selfcal_phase_rms_deg', 0.0)
+        if phase_rms_deg:
+            phases = _antenna_phase_errors(casa, target, phase_rms_deg, rng)
+            _split_into_regcal_and_selfcal(casa, target, phases)
         if kw['with_line_ms']:
             line_ms = os.path.join(ms_dir, eb['uid'] + '_targets_line.ms')
             _mstransform(casa, raw, line_ms, 'corrected', kw['noise_jy'])
+            if phase_rms_deg:
+                _split_into_regcal_and_selfcal(casa, line_ms, phases)
             eb['line_ms'] = os.path.relpath(line_ms, outdir)
         if kw['with_uvcont']:
             tab = os.path.join(cal_dir, os.path.basename(target) + '.hif_uvcontfit.s10_1.uvcont.tbl')
@@ -981,7 +1025,7 @@ def _simulate(casa, outdir, scratch, kw, spw_ids):
         _working_clutter(ms_dir, ebs)
     if kw['pipeline_ready']:
         from pipeline_ready import make_delivery_pipeline_ready
-        make_delivery_pipeline_ready(ms_dir, casa=casa.ct)
+        make_delivery_pipeline_ready(ms_dir, casa=casa.ct, selfcal=bool(kw.get('selfcal_phase_rms_deg')))
 
     contdat = os.path.join(cal_dir, 'cont.dat')
     _write_contdat(contdat, plan, ranges, kw['contdat_version'])
@@ -1003,6 +1047,9 @@ def _truth(kw, plan, ebs, ranges, outdir, contdat, ms_dir, frames):
                                         source_separation_arcsec=f['pb_separation_arcsec'])
                                    for f in plan['fields'] if 'pointing_offset_arcsec' in f],
                  pb_fwhm_lambda_over_d=_PB_FWHM_LAMBDA_OVER_D,
+                 selfcal_phase_rms_deg=kw.get('selfcal_phase_rms_deg', 0.0),
+                 # |vector average| of DATA over the true one: a baseline's phase error has variance 2 rms^2
+                 regcal_coherence=math.exp(-math.radians(kw.get('selfcal_phase_rms_deg', 0.0)) ** 2),
                  uvcont_fitorder=plan['uvcont_fitorder'] if kw['with_uvcont'] else None,
                  antenna_config=_ANTENNA_CFG, antennas=plan['antennas']['names'],
                  stations=plan['antennas']['pads'])
@@ -1174,6 +1221,9 @@ def _parse_args(argv):
     p.add_argument('--line-restfreq-ghz', type=float, default=None)
     p.add_argument('--noise-jy', type=float, default=0.002)
     p.add_argument('--seed', type=int, default=1)
+    p.add_argument('--selfcal-phase-rms-deg', type=float, default=0.0,
+                   help='Cycle 11+ self-calibrated era: DATA with per-antenna phase errors of this rms, '
+                        'CORRECTED_DATA without (default 0: off)')
     p.add_argument('--pipeline-ready', action='store_true', help='add the metadata the ALMA pipeline needs (tools/pipeline_ready.py)')
     p.add_argument('--overwrite', action='store_true', help='delete OUTDIR first if it exists')
     return p.parse_args(argv)
@@ -1199,7 +1249,8 @@ def main(argv=None):
             continuum_jy=args.continuum_jy, spectral_index=args.spectral_index,
             offset_arcsec=tuple(args.offset_arcsec), line_peak_jy=args.line_peak_jy,
             line_fwhm_kms=args.line_fwhm_kms, line_restfreq_ghz=args.line_restfreq_ghz,
-            noise_jy=args.noise_jy, seed=args.seed, pipeline_ready=args.pipeline_ready)
+            noise_jy=args.noise_jy, seed=args.seed, pipeline_ready=args.pipeline_ready,
+            selfcal_phase_rms_deg=args.selfcal_phase_rms_deg)
     except ValueError as exc:
         print('simulate_delivery: %s' % exc, file=sys.stderr)
         return 2

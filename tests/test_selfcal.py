@@ -1,0 +1,219 @@
+"""Self-calibrated deliveries (Cycle 11+, hif_selfcal): the self-calibration survives every path.
+
+A delivery of that era holds DATA = regular calibration and CORRECTED_DATA = self-calibrated data
+in each uid*_targets.ms (and uid*_targets_line.ms).  The simulator makes DATA with 60 deg rms
+per-antenna phase errors (a vector-averaged line at ~1/3 of its flux) and CORRECTED_DATA without
+them.  Proven on real CASA:
+  * --contsub_fast (fresh, and with --overwrite-line) writes line MSes laid out as the pipeline
+    delivers them: CORRECTED_DATA holds the self-calibrated line at its injected flux (within 5%),
+    continuum gone; DATA holds the regular-calibration line, decohered;
+  * a cube made by --image --engine casa from them has its line peak within 15% of the injected one;
+  * --overwrite-line refuses to replace a self-calibrated line MS by one that would not be;
+  * a mixed delivery (one EB without CORRECTED_DATA) works and is reported as such, and
+    --calibrated_final keeps both columns;
+  * the plan (--dry-run) says which data column each step reads;
+  * the user's MSes stay byte-identical.
+"""
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import requires_pipeline, user_ms_digests
+
+PHASE_RMS_DEG = 60.0
+# 25 antennas and a coarse spw: cubes with automasking that finds the line (as tests/test_image.py)
+SELFCAL = dict(nchan=32, n_antennas=25, line_fwhm_kms=8.0, noise_jy=0.2, line_peak_jy=0.5, n_ebs=2,
+               selfcal_phase_rms_deg=PHASE_RMS_DEG)
+
+
+def truth_of(delivery):
+    return json.loads((Path(delivery) / 'truth.json').read_text())
+
+
+def column_spectrum(casa, ms, spw_id, column):
+    """(vector average over rows and correlations per channel, its noise per channel) of one column."""
+    import numpy
+    table = casa.casatools.table()
+    table.open(str(Path(ms) / 'DATA_DESCRIPTION'))
+    try:
+        dd_id = list(table.getcol('SPECTRAL_WINDOW_ID')).index(spw_id)
+    finally:
+        table.close()
+    table.open(str(ms))
+    try:
+        rows = table.query('DATA_DESC_ID==%d' % dd_id)
+        data = rows.getcol(column)
+        rows.close()
+    finally:
+        table.close()
+    samples = data.shape[0] * data.shape[2]
+    return data.mean(axis=(0, 2)), None if samples == 0 else samples
+
+
+def columns_of(casa, ms):
+    table = casa.casatools.table()
+    table.open(str(ms))
+    try:
+        return list(table.colnames())
+    finally:
+        table.close()
+
+
+def line_ms_of(target):
+    return Path(str(target).replace('_targets.ms', '_targets_line.ms'))
+
+
+def assert_self_calibrated_line_ms(casa, delivery, truth, *, ebs=None):
+    """In CORRECTED_DATA the line at its injected flux and no continuum; in DATA the decohered one."""
+    import numpy
+    peak, noise = truth['line_peak_jy'], truth['noise_jy']
+    for eb in truth['ebs']:
+        if ebs is not None and eb['uid'] not in ebs:
+            continue
+        line_ms = line_ms_of(Path(delivery) / eb['ms'])
+        assert 'CORRECTED_DATA' in columns_of(casa, line_ms), line_ms.name
+        for spw in eb['spws']:
+            channel = int(round(spw['line_topo_channel']))
+            selfcal, samples = column_spectrum(casa, line_ms, spw['id'], 'CORRECTED_DATA')
+            regcal, _ = column_spectrum(casa, line_ms, spw['id'], 'DATA')
+            # the line is sampled at its nearest channel: within 5% of the injected peak
+            assert abs(selfcal[channel]) == pytest.approx(peak, rel=0.05), (eb['uid'], spw['id'])
+            # line-free channels (far from the line): mean within 3 sigma of zero
+            free = [k for k in range(len(selfcal)) if abs(k - spw['line_topo_channel']) > 10]
+            sigma = noise / numpy.sqrt(samples * len(free))
+            assert abs(selfcal[free].mean()) < 3 * sigma * numpy.sqrt(2), (eb['uid'], spw['id'])
+            # the regular calibration: the same line, decohered by the phase errors
+            assert abs(regcal[channel]) < 0.6 * peak, (eb['uid'], spw['id'], abs(regcal[channel]))
+            assert abs(regcal[channel]) > 0.1 * peak, (eb['uid'], spw['id'], abs(regcal[channel]))
+
+
+@pytest.fixture(scope='module')
+def selfcal_run(delivery_cache, tmp_path_factory, casa):
+    """A self-calibrated delivery, --contsub_fast --image (cubes, CASA engine), run once."""
+    import subprocess
+    import sys
+    from conftest import SCRIPT
+    from simulate_delivery import cached_delivery, copy_delivery
+    delivery = tmp_path_factory.mktemp('selfcal') / 'delivery'
+    copy_delivery(Path(cached_delivery(delivery_cache, **SELFCAL)), delivery)
+    before = user_ms_digests(delivery)
+    dry = subprocess.run([sys.executable, str(SCRIPT), '--contsub_fast', '--image', 'imgs', '--engine', 'casa',
+                          '--specmodes', 'cube', '--dry-run'], cwd=str(delivery), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, universal_newlines=True)
+    result = subprocess.run([sys.executable, str(SCRIPT), '--contsub_fast', '--image', 'imgs', '--engine', 'casa',
+                             '--specmodes', 'cube'], cwd=str(delivery), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, universal_newlines=True, timeout=900)
+    return dict(delivery=delivery, truth=truth_of(delivery), before=before, dry=dry, result=result)
+
+
+def test_contsub_fast_keeps_the_self_calibration_in_corrected_data(selfcal_run, casa):
+    result = selfcal_run['result']
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert 'DATA = regular calibration, CORRECTED_DATA = self-calibrated' in result.stdout
+    assert_self_calibrated_line_ms(casa, selfcal_run['delivery'], selfcal_run['truth'])
+
+
+def test_user_measurement_sets_stay_byte_identical(selfcal_run):
+    after = user_ms_digests(selfcal_run['delivery'])
+    for name, digests in selfcal_run['before'].items():
+        assert after[name] == digests, name
+
+
+def test_dry_run_says_which_column_is_read(selfcal_run):
+    dry = selfcal_run['dry']
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert 'self-calibrated data (CORRECTED_DATA) in 2 of 2 execution blocks' in dry.stdout
+    assert 'imaging reads CORRECTED_DATA' in dry.stdout
+    assert '--contsub_fast fits both columns and each line MS keeps both' in dry.stdout
+
+
+def test_spectra_show_the_self_calibrated_column(selfcal_run):
+    report = selfcal_run['delivery'] / 'working_reprocess' / 'report' / 'spectra'
+    assert sorted(p.name for p in report.glob('*.png'))
+
+
+def test_cube_from_the_new_line_mses_has_the_self_calibrated_line_flux(selfcal_run, casa):
+    import numpy
+    from test_image import fits_named, read_image, source_pixel
+    truth = selfcal_run['truth']
+    source = truth['fields'][0]['source_direction']
+    for spw in (25, 27):
+        cube = fits_named(selfcal_run['delivery'] / 'imgs', r'spw%d\.cube\.I\.pbcor' % spw)
+        pixels, coordinates, _beam, _unit = read_image(casa, cube)
+        sx, sy = source_pixel(coordinates, source['ra_deg'], source['dec_deg'])
+        spectrum = pixels[int(round(sx)), int(round(sy)), :]
+        # a cube of the regular calibration peaks at ~1/3 of this (exp(-rms^2) for 60 deg)
+        assert float(numpy.nanmax(spectrum)) == pytest.approx(truth['line_peak_jy'], rel=0.15), spw
+
+
+@pytest.fixture
+def selfcal_with_line_ms(delivery_factory):
+    return delivery_factory(**dict(SELFCAL, nchan=64, n_antennas=12, noise_jy=0.02, with_line_ms=True))
+
+
+def test_overwrite_line_replaces_self_calibrated_line_mses_with_self_calibrated_ones(selfcal_with_line_ms, run_script,
+                                                                                      casa):
+    delivery = selfcal_with_line_ms
+    targets = {name: digests for name, digests in user_ms_digests(delivery).items() if '_line' not in name}
+    result = run_script('--contsub_fast', '--overwrite-line', delivery=delivery)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert_self_calibrated_line_ms(casa, delivery, truth_of(delivery))
+    after = user_ms_digests(delivery)
+    for name, digests in targets.items():
+        assert after[name] == digests, name
+
+
+def test_overwrite_line_never_replaces_self_calibrated_data_with_regular_calibration(selfcal_with_line_ms,
+                                                                                       run_script, casa):
+    delivery = selfcal_with_line_ms
+    truth = truth_of(delivery)
+    target = delivery / truth['ebs'][0]['ms']
+    table = casa.casatools.table()
+    table.open(str(target), nomodify=False)  # this EB's targets MS as a non-self-calibrated delivery has it
+    try:
+        table.removecols('CORRECTED_DATA')
+    finally:
+        table.close()
+    before = user_ms_digests(delivery)
+    result = run_script('--contsub_fast', '--overwrite-line', delivery=delivery)
+    assert result.returncode == 1, result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith('ERROR:')]
+    assert len(errors) == 1 and 'never replaces self-calibrated data' in errors[0], result.stderr
+    assert line_ms_of(target).name in errors[0]
+    assert 'Traceback' not in result.stderr
+    assert user_ms_digests(delivery) == before
+
+
+def test_mixed_delivery_is_reported_and_concat_keeps_both_columns(delivery_factory, run_script, casa):
+    delivery = delivery_factory(**dict(SELFCAL, nchan=64, n_antennas=12, noise_jy=0.02))
+    truth = truth_of(delivery)
+    plain = delivery / truth['ebs'][1]['ms']
+    shutil.rmtree(str(plain))
+    # the second EB as delivered without self-calibration: its DATA is its best data
+    casa.casatasks.mstransform(vis=str(delivery / truth['ebs'][0]['ms']), outputvis=str(plain), datacolumn='corrected')
+    before = user_ms_digests(delivery)
+    result = run_script('--contsub_fast', '--calibrated_final', '--calibrated_final_line', delivery=delivery)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert '%s has no CORRECTED_DATA (not self-calibrated)' % plain.name in result.stdout
+    assert 'DATA only of the other 1' in result.stdout
+    assert 'CORRECTED_DATA' not in columns_of(casa, line_ms_of(plain))
+    assert_self_calibrated_line_ms(casa, delivery, truth, ebs=[truth['ebs'][0]['uid']])
+    for name in ('calibrated_final.ms', 'calibrated_final_line.ms'):
+        assert 'CORRECTED_DATA' in columns_of(casa, delivery / 'measurement_sets' / name), name
+    assert re.search(r'data columns: DATA \(regular calibration\) and CORRECTED_DATA \(self-calibrated\), both kept',
+                     result.stdout)
+    after = user_ms_digests(delivery)
+    for name, digests in before.items():
+        assert after[name] == digests, name
+
+
+@pytest.mark.pipeline
+@requires_pipeline
+def test_pipeline_contsub_and_image_keep_the_self_calibration(delivery_factory, run_script, casa):
+    delivery = delivery_factory(**dict(SELFCAL, pipeline_ready=True))
+    result = run_script('--contsub', '--image', 'imgs', '--specmodes', 'cube', delivery=delivery, timeout=3600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert_self_calibrated_line_ms(casa, delivery, truth_of(delivery))
