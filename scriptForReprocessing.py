@@ -6160,7 +6160,7 @@ def preflight_data_columns(plan):
     if options.image is not None:
         readers.append('imaging reads CORRECTED_DATA (DATA where an MS has no CORRECTED_DATA)')
     if options.calibrated_final or options.calibrated_final_line:
-        readers.append('concat keeps both columns in calibrated_final*.ms')
+        readers.append('concat keeps both columns in calibrated_final*.ms')  # and says so when it runs
     for line in describe_selfcal(plan.column_surveys, reader='; '.join(readers) or 'no step of this run reads them'):
         plan.notes.append(line)
     return plan.column_surveys
@@ -6397,7 +6397,7 @@ def run(options, args):
         raise ReprocessingError('MPI rank %d reached the steps, which only rank 0 runs — start the run with mpirun '
                                 'and casampi installed, or without mpirun' % mpi_info().rank)
     plan = make_plan(options, delivery)
-    if {'contsub', 'contsub_fast', 'image', 'calibrated_final', 'calibrated_final_line'} & set(chosen_actions(options)):
+    if {'contsub', 'contsub_fast', 'image'} & set(chosen_actions(options)):
         preflight_data_columns(plan)  # which MSes are self-calibrated: CASA reads their columns (read-only)
     if options.image is not None:
         preflight_images(plan)  # reads the MSes' metadata with CASA: after every check that does not need it

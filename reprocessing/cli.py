@@ -244,7 +244,7 @@ def run(options, args):
         raise ReprocessingError('MPI rank %d reached the steps, which only rank 0 runs — start the run with mpirun '
                                 'and casampi installed, or without mpirun' % mpi_info().rank)
     plan = make_plan(options, delivery)
-    if {'contsub', 'contsub_fast', 'image', 'calibrated_final', 'calibrated_final_line'} & set(chosen_actions(options)):
+    if {'contsub', 'contsub_fast', 'image'} & set(chosen_actions(options)):
         preflight_data_columns(plan)  # which MSes are self-calibrated: CASA reads their columns (read-only)
     if options.image is not None:
         preflight_images(plan)  # reads the MSes' metadata with CASA: after every check that does not need it

@@ -267,7 +267,7 @@ def preflight_data_columns(plan):
     if options.image is not None:
         readers.append('imaging reads CORRECTED_DATA (DATA where an MS has no CORRECTED_DATA)')
     if options.calibrated_final or options.calibrated_final_line:
-        readers.append('concat keeps both columns in calibrated_final*.ms')
+        readers.append('concat keeps both columns in calibrated_final*.ms')  # and says so when it runs
     for line in describe_selfcal(plan.column_surveys, reader='; '.join(readers) or 'no step of this run reads them'):
         plan.notes.append(line)
     return plan.column_surveys

@@ -125,7 +125,7 @@ def test_a_top_level_import_of_casa_is_refused(package_copy):
 
 
 def test_an_import_of_a_name_a_module_does_not_define_is_refused(package_copy):
-    add_line(package_copy / 'concat.py', 'from .ms_tables import count_rows, spws_with_data',
+    add_line(package_copy / 'concat.py', 'from .casa_engine import casa_task',
              'from .fileops import read_ms_layout')
     with pytest.raises(build.BuildError, match='imports read_ms_layout from .fileops, which does not define it'):
         build.generate('scriptForReprocessing.py', 'cli')

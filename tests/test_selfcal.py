@@ -62,6 +62,22 @@ def columns_of(casa, ms):
         table.close()
 
 
+def differs_per_observation(casa, ms):
+    """Per OBSERVATION_ID (one per concatenated EB): does CORRECTED_DATA differ from DATA anywhere?"""
+    import numpy
+    table = casa.casatools.table()
+    table.open(str(ms))
+    try:
+        answers = []
+        for observation in sorted(set(int(v) for v in table.getcol('OBSERVATION_ID'))):
+            rows = table.query('OBSERVATION_ID==%d' % observation)
+            answers.append(bool(numpy.abs(rows.getcol('CORRECTED_DATA') - rows.getcol('DATA')).max() > 0))
+            rows.close()
+        return answers
+    finally:
+        table.close()
+
+
 def line_ms_of(target):
     return Path(str(target).replace('_targets.ms', '_targets_line.ms'))
 
@@ -191,9 +207,11 @@ def test_mixed_delivery_is_reported_and_concat_keeps_both_columns(delivery_facto
     delivery = delivery_factory(**dict(SELFCAL, nchan=64, n_antennas=12, noise_jy=0.02))
     truth = truth_of(delivery)
     plain = delivery / truth['ebs'][1]['ms']
+    # the second EB as delivered without self-calibration: its DATA is its best data, no CORRECTED_DATA
+    scratch = delivery / 'plain.ms'
+    casa.casatasks.mstransform(vis=str(plain), outputvis=str(scratch), datacolumn='corrected', reindex=False)
     shutil.rmtree(str(plain))
-    # the second EB as delivered without self-calibration: its DATA is its best data
-    casa.casatasks.mstransform(vis=str(delivery / truth['ebs'][0]['ms']), outputvis=str(plain), datacolumn='corrected')
+    scratch.rename(plain)
     before = user_ms_digests(delivery)
     result = run_script('--contsub_fast', '--calibrated_final', '--calibrated_final_line', delivery=delivery)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -205,6 +223,8 @@ def test_mixed_delivery_is_reported_and_concat_keeps_both_columns(delivery_facto
         assert 'CORRECTED_DATA' in columns_of(casa, delivery / 'measurement_sets' / name), name
     assert re.search(r'data columns: DATA \(regular calibration\) and CORRECTED_DATA \(self-calibrated\), both kept',
                      result.stdout)
+    # concat fills the CORRECTED_DATA of the EB that had none with its DATA
+    assert sorted(differs_per_observation(casa, delivery / 'measurement_sets' / 'calibrated_final.ms')) == [False, True]
     after = user_ms_digests(delivery)
     for name, digests in before.items():
         assert after[name] == digests, name
