@@ -270,6 +270,14 @@ def preflight_data_columns(plan):
         readers.append('concat keeps both columns in calibrated_final*.ms')  # and says so when it runs
     for line in describe_selfcal(plan.column_surveys, reader='; '.join(readers) or 'no step of this run reads them'):
         plan.notes.append(line)
+    selfcal_sizes = [directory_bytes(survey.path) for survey in plan.column_surveys if survey.has_selfcal]
+    if selfcal_sizes and (options.contsub or options.contsub_fast):
+        # the fit of CORRECTED_DATA is written beside its line MS (one column: about half the MS) before
+        # it is folded in; workers run side by side, so count one per process
+        scratch = max(selfcal_sizes) // 2 * max(1, min(len(selfcal_sizes), options.jobs or 1))
+        plan.steps[:] = [step._replace(extra_bytes=step.extra_bytes + scratch) if step.name == 'contsub' else step
+                         for step in plan.steps]
+        _check_free_space(plan)
     return plan.column_surveys
 
 
