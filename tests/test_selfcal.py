@@ -236,4 +236,16 @@ def test_pipeline_contsub_and_image_keep_the_self_calibration(delivery_factory, 
     delivery = delivery_factory(**dict(SELFCAL, pipeline_ready=True))
     result = run_script('--contsub', '--image', 'imgs', '--specmodes', 'cube', delivery=delivery, timeout=3600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # what the pipeline did with the self-calibrated data, for the record (pytest -s shows it)
+    print('\n'.join(line for line in result.stdout.splitlines() if 'CORRECTED' in line or 'pipeline' in line))
     assert_self_calibrated_line_ms(casa, delivery, truth_of(delivery))
+    import numpy
+    from test_image import fits_named, read_image, source_pixel
+    truth = truth_of(delivery)
+    source = truth['fields'][0]['source_direction']
+    cube = fits_named(delivery / 'imgs', r'spw25\.cube\.I\.pbcor')
+    pixels, coordinates, _beam, _unit = read_image(casa, cube)
+    sx, sy = source_pixel(coordinates, source['ra_deg'], source['dec_deg'])
+    peak = float(numpy.nanmax(pixels[int(round(sx)), int(round(sy)), :]))
+    print('pipeline cube spw25 peak %.3f Jy/beam (injected %.3f)' % (peak, truth['line_peak_jy']))
+    assert peak == pytest.approx(truth['line_peak_jy'], rel=0.15)
