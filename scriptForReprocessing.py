@@ -3544,11 +3544,13 @@ def contsub_with_uvcontsub(plan, state, step, casa, reason):
     for task in tasks:
         if task['arguments']['selfcal_fit']:
             state.created_for_good(Path(task['arguments']['selfcal_fit']))  # removed by the worker
+    replaced = {str(final) for _partial, final in outputs if final.exists()}
     publish_line_outputs(state, outputs, replace=options.overwrite_line)
     for (_partial, final), result in zip(outputs, results):
-        say('  wrote %s: %d rows, spws %s, %s (%s, %.1f s)' % (
+        say('  wrote %s: %d rows, spws %s, %s (%s, %.1f s)%s' % (
             relative_path(final, delivery.root), result['rows'], result['spw'], describe_line_columns(result['columns']),
-            human_bytes(directory_bytes(final)), result['seconds']))
+            human_bytes(directory_bytes(final)), result['seconds'],
+            '; it replaced the earlier line MS (--overwrite-line)' if str(final) in replaced else ''))
     spectra = []
     for result in results:
         for spectrum in result.get('spectra', []):
@@ -4082,12 +4084,15 @@ def run_contsub(plan, state, step, casa):
         move_tree(path, partial)
         state.created_for_good(path)
         outputs.append((partial, final))
+    replaced = {str(final) for _partial, final in outputs if final.exists()}
     publish_line_outputs(state, outputs, replace=plan.options.overwrite_line)
     for stand_in in staged.values():
         remove_tree(stand_in)
         state.created_for_good(stand_in)
     for _partial, final in outputs:
-        say('  wrote %s (%s)' % (relative_path(final, delivery.root), human_bytes(directory_bytes(final))))
+        say('  wrote %s (%s)%s' % (relative_path(final, delivery.root), human_bytes(directory_bytes(final)),
+                                   '; it replaced the earlier line MS (--overwrite-line)' if str(final) in replaced
+                                   else ''))
     return {'outputs': [str(final) for _partial, final in outputs], 'method': 'pipeline',
             'pipeline': revision, 'release': decided.release, 'flow': decided.flow,
             'calls': [[name, kwargs] for name, kwargs in decided.calls]}

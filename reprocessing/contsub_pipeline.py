@@ -58,12 +58,15 @@ def run_contsub(plan, state, step, casa):
         move_tree(path, partial)
         state.created_for_good(path)
         outputs.append((partial, final))
+    replaced = {str(final) for _partial, final in outputs if final.exists()}
     publish_line_outputs(state, outputs, replace=plan.options.overwrite_line)
     for stand_in in staged.values():
         remove_tree(stand_in)
         state.created_for_good(stand_in)
     for _partial, final in outputs:
-        say('  wrote %s (%s)' % (relative_path(final, delivery.root), human_bytes(directory_bytes(final))))
+        say('  wrote %s (%s)%s' % (relative_path(final, delivery.root), human_bytes(directory_bytes(final)),
+                                   '; it replaced the earlier line MS (--overwrite-line)' if str(final) in replaced
+                                   else ''))
     return {'outputs': [str(final) for _partial, final in outputs], 'method': 'pipeline',
             'pipeline': revision, 'release': decided.release, 'flow': decided.flow,
             'calls': [[name, kwargs] for name, kwargs in decided.calls]}

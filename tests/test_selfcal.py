@@ -176,6 +176,7 @@ def test_overwrite_line_replaces_self_calibrated_line_mses_with_self_calibrated_
     targets = {name: digests for name, digests in user_ms_digests(delivery).items() if '_line' not in name}
     result = run_script('--contsub_fast', '--overwrite-line', delivery=delivery)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count('it replaced the earlier line MS (--overwrite-line)') == 2, result.stdout
     assert_self_calibrated_line_ms(casa, delivery, truth_of(delivery))
     after = user_ms_digests(delivery)
     for name, digests in targets.items():
