@@ -5,13 +5,17 @@ and lets Interrupted through; what CASA's C++ prints is kept off the terminal he
 scripts load CASA with load_casa().
 """
 
+import atexit
 import collections
 import contextlib
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
-from .messages import ReprocessingError, one_line
+from .fileops import free_bytes, human_bytes
+from .messages import ReprocessingError, one_line, say
 
 CasaModules = collections.namedtuple('CasaModules', 'casatools casatasks version kind')
 
@@ -47,6 +51,7 @@ def load_casa(*, logfile=None, script='scriptForReprocessing.py', native_output=
     """
     if _LOADED:
         return _LOADED[0]
+    give_casa_a_home()
     configured = is_monolithic_casa() or 'casatools' in sys.modules
     # casaconfig (CASA 6.6 and later) must be told before the first import; a CASA without it
     # (monolithic CASA's own Python in a worker process, modular CASA 6.4/6.5) configures itself.
@@ -69,6 +74,24 @@ def load_casa(*, logfile=None, script='scriptForReprocessing.py', native_output=
     kind = 'monolithic' if is_monolithic_casa() else 'modular'
     _LOADED.append(CasaModules(casatools, casatasks, casatools.version_string(), kind))
     return _LOADED[0]
+
+
+def give_casa_a_home():
+    """Set HOME to a private empty folder for this run when it is not set (a batch system, env -u HOME).
+
+    Measured with CASA 6.7: without HOME, "import casatasks" dies of a segmentation fault (exit 139),
+    which no Python code can report.  Nothing of the run is kept there (CASA writes nothing into
+    HOME; matplotlib, which draws the report's thumbnails, caches its font list), so the folder is
+    made in the system's temporary directory, not in the delivery (a --dry-run writes nothing
+    there), and is removed when the run ends.
+    """
+    if os.environ.get('HOME'):
+        return None
+    home = tempfile.mkdtemp(prefix='scriptForReprocessing-home-')
+    os.environ['HOME'] = home
+    atexit.register(shutil.rmtree, home, True)
+    say('Note: HOME is not set: CASA gets an empty one for this run (%s, removed at the end)' % home)
+    return home
 
 
 def configure_modular_casa(*, logfile=None, script='scriptForReprocessing.py'):
@@ -120,8 +143,37 @@ def casa_task(casa, name, *, about, **arguments):
     except ReprocessingError:
         raise
     except Exception as error:
+        full = _full_disk_among([os.getcwd()] + [arguments[key] for key in OUTPUT_ARGUMENTS if arguments.get(key)],
+                                error)
+        if full:
+            raise ReprocessingError('%s failed on %s (%s): the disk of %s is full (%s free) — free some space, '
+                                    'then run the same command again; your MS was not changed'
+                                    % (name, about, one_line(error), full[0], human_bytes(full[1])))
         raise ReprocessingError('%s failed on %s (%s) — see the CASA log %s; your MS was not '
                                 'changed' % (name, about, one_line(error), casa_log_path(casa)))
+
+
+# The arguments naming what a CASA task writes, and when a failed task's disk counts as full.
+# Measured with CASA 6.7, a tclean that runs out of disk raises "Failed AlwaysAssert tracePWRITE(...)"
+# (a lock file it could not write), which does not say why; or CASA aborts the process (exit 134).
+OUTPUT_ARGUMENTS = ('imagename', 'concatvis', 'outputvis', 'fitsimage')
+FULL_DISK_BYTES = 16 * 1000 * 1000
+
+
+def _full_disk_among(paths, error):
+    """(folder, free bytes) of the first path whose disk is (nearly) full after error, else None."""
+    said_so = any(sign in str(error) for sign in ('No space left on device', 'Disk quota exceeded'))
+    for path in paths:
+        probe = Path(str(path))
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        try:
+            free = free_bytes(probe)
+        except OSError:
+            continue
+        if said_so or free < FULL_DISK_BYTES:
+            return probe, free
+    return None
 
 
 @contextlib.contextmanager

@@ -45,7 +45,7 @@ from .imaging_options import IMAGING_ENGINES, argparse_type, check_imaging_optio
 from .layout import Delivery, SCRIPT_NAME, WORK_DIR_NAME
 from .messages import DEBUG_ENV, EXIT_FAILED, EXIT_OK, EXIT_USAGE, Interrupted, ReprocessingError, UsageError, one_line, report_error, say, signals_as_exceptions
 from .mpi import casa_mpi_job, mpi_info, mpi_launch, share_logs_with_mpi_servers
-from .plan import chosen_actions, describe_plan, make_plan, preflight_data_columns, preflight_images
+from .plan import check_measurement_sets, chosen_actions, describe_plan, make_plan, preflight_data_columns, preflight_images
 from .report import write_report
 from .run_state import RunState
 from .weblog import WEBLOG_PORTS
@@ -244,6 +244,7 @@ def run(options, args):
         raise ReprocessingError('MPI rank %d reached the steps, which only rank 0 runs — start the run with mpirun '
                                 'and casampi installed, or without mpirun' % mpi_info().rank)
     plan = make_plan(options, delivery)
+    check_measurement_sets(plan)  # opens every input MS with CASA (metadata only), --dry-run too
     if {'contsub', 'contsub_fast', 'image'} & set(chosen_actions(options)):
         preflight_data_columns(plan)  # which MSes are self-calibrated: CASA reads their columns (read-only)
     if options.image is not None:
@@ -318,6 +319,7 @@ def _start_casa(plan, state):
         casa.casatasks.casalog.setlogfile(str(logfile))  # loaded by the plan (preflight_images), logging nowhere
     share_logs_with_mpi_servers(casa, logfile, state.console_log)
     state.casa_logfile = Path(casa.casatasks.casalog.logfile()).resolve()
+    state.record_logs(state.console_log, state.casa_logfile)
     record_created_log(plan.delivery, state.casa_logfile)
     say('  CASA log: %s (messages CASA prints itself: %s)' % (state.casa_logfile, state.console_log.name))
     return casa

@@ -1,13 +1,14 @@
 """Step --calibrated_final(_line): concat of shadows into a temporary MS, checked, then published."""
 
+import shutil
 from pathlib import Path
 
-from .casa_engine import casa_task
-from .fileops import directory_bytes, human_bytes, relative_path, remove_tree
+from .casa_engine import casa_task, opened_table
+from .fileops import directory_bytes, human_bytes, make_user_writable, relative_path, remove_tree
 from .messages import ReprocessingError, say
 from .ms_tables import column_names, count_rows, spws_with_data
 from .run_state import pause_point
-from .staging import make_shadow
+from .staging import make_stand_in_to_update, space_free_path
 
 
 def run_concat(plan, state, step, casa):
@@ -18,15 +19,27 @@ def run_concat(plan, state, step, casa):
     if missing:
         raise ReprocessingError('cannot concatenate: %s missing — make them first (--contsub_fast or --contsub)'
                                 % ', '.join(missing))
+    first, later = _earliest_first(casa, inputs)
     staging = state.staging_dir / step.name
     state.will_create(staging)
-    shadows = [make_shadow(ms, staging / ms.name) for ms in inputs]
+    # concat appends HISTORY rows to every input after the first: they get stand-ins (shadows, or
+    # copies of read-only MSes), which CASA reaches by a path without spaces
+    shadows = [make_stand_in_to_update(ms, staging / ms.name) for ms in later]
+    reachable = space_free_path(state, staging) if shadows else staging
+    shadows = [reachable / shadow.name for shadow in shadows]
     partial = state.partial_name(output)
     state.will_create(partial)
     say('  concatenating %d measurement sets into %s' % (len(inputs), relative_path(output, plan.delivery.root)))
     pause_point('concat', state)
-    casa_task(casa, 'concat', about='%d measurement sets' % len(inputs), vis=[str(s) for s in shadows],
-              concatvis=str(partial), copypointing=True)
+    # concat would copy the first MS itself, with shutil.copytree, which keeps the modes: the copy of a
+    # read-only MS (an archive copy, another user's data) could not be appended to ("table.dat: Permission
+    # denied", CASA 6.7).  So the first MS is copied here and made writable, and concat appends the others
+    # to it in their time order, as it does after its own copy.
+    shutil.copytree(str(first), str(partial), symlinks=False)
+    make_user_writable(partial)
+    if shadows:
+        casa_task(casa, 'concat', about='%d measurement sets' % len(inputs), vis=[str(s) for s in shadows],
+                  concatvis=str(partial), copypointing=True)
     if not partial.is_dir():
         raise ReprocessingError('concat did not write %s — see the CASA log %s' % (partial, state.casa_logfile))
     pause_point('concat-written', state)
@@ -43,6 +56,15 @@ def run_concat(plan, state, step, casa):
             'select spws by name (e.g. spw="*FULL_RES*") rather than by id in this MS')
     return {'outputs': [str(output)], 'rows': summary['rows'], 'spw_ids': summary['spw_ids'],
             'columns': summary['columns']}
+
+
+def _earliest_first(casa, inputs):
+    """(the input with the earliest TIME, the others in time order): concat's own order (sort_mslist)."""
+    def first_time(ms):
+        with opened_table(casa, ms) as table:
+            return float(table.getcol('TIME').min()) if table.nrows() else float('inf')
+    ordered = sorted(inputs, key=first_time)
+    return ordered[0], ordered[1:]
 
 
 def summarize_concat(casa, concatenated, inputs):

@@ -119,6 +119,24 @@ def remove_tree(path):
                                 % (path, error.strerror or error))
 
 
+def removal_blocker(path):
+    """The first folder below path (itself included) that keeps this user from removing the tree, or None.
+
+    Removing an entry needs write permission on its folder; remove_tree gives that permission to
+    folders this user owns, but not to another user's (chmod: "Operation not permitted").
+    """
+    path = Path(path)
+    if path.is_symlink() or not path.is_dir():
+        return None if os.access(str(path.parent), os.W_OK) else path.parent
+    if not os.access(str(path.parent), os.W_OK):
+        return path.parent
+    for root, dirs, _files in os.walk(str(path)):
+        if not os.access(root, os.W_OK | os.X_OK) and os.lstat(root).st_uid != os.geteuid():
+            return Path(root)
+        dirs[:] = [name for name in dirs if not os.path.islink(os.path.join(root, name))]
+    return None
+
+
 def make_user_writable(path):
     """Give the user write permission on a copy this tool made (archive files may be read-only)."""
     for root, dirs, files in os.walk(str(path)):
@@ -188,11 +206,15 @@ def atomic_file(path):
 
 def write_atomically(path, text):
     """Write text so that path is always either the old or the new complete file."""
-    with atomic_file(path) as temporary:
-        with open(str(temporary), 'w', encoding='utf-8') as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
+    try:
+        with atomic_file(path) as temporary:
+            with open(str(temporary), 'w', encoding='utf-8') as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+    except OSError as error:  # a full disk (ENOSPC), a folder that became read-only
+        raise ReprocessingError('cannot write %s (%s) — check the free space and permissions of %s'
+                                % (path, error.strerror or error, Path(path).parent))
 
 
 # Margin on every free-disk estimate: CASA writes subtables, flag versions and logs beside the data.

@@ -9,6 +9,7 @@ from .casa_engine import casa_task, opened_table, opened_tool
 from .channels import ChannelConverter
 from .heuristics import autobox_parameters, baseline_percentile, distinct_pointings, fractional_bandwidth, heuristic_cell_arcsec, mosaic_pixels, mtmfs_reffreq_hz, pointing_geometry, primary_beam_radius_arcsec, sanitize_name, single_field_pixels, synthesized_beam_arcsec
 from .image_stats import image_statistics
+from .fileops import require_free_space
 from .imaging_options import nbins_for_spw
 from .messages import ReprocessingError, say
 from .mpi import change_directory, tclean_parallel
@@ -402,6 +403,11 @@ def run_tclean_jobs(casa, request, jobs, *, work_dir, state):
                 number, len(jobs), job.name, job.specmode, job.imsize[0], job.imsize[1],
                 ' x %d channels' % job.nchan if job.spectral else '', job.cell[0], job.gridder,
                 ', %s nterms=%d' % (job.deconvolver, job.nterms) if job.nterms else ''))
+            pause_point('image-product', state)
+            # again before each image: the disk may have filled since the plan (other jobs, other
+            # users), and a tclean that finds it full is aborted by CASA with no message (exit 134)
+            require_free_space(work_dir, estimate_image_bytes([job], all_products=request.all_products)[1],
+                               what='the image %s' % job.name, advice=IMAGE_SPACE_ADVICE)
             pause_point('tclean', state)
             summary = casa_task(casa, 'tclean', about=job.name, **arguments)
             made = sorted(name for name in set(os.listdir('.')) - before if is_casa_image(name))

@@ -5,7 +5,8 @@ import os
 from pathlib import Path
 
 from .casa_engine import casa_task, opened_tool
-from .fileops import directory_bytes, human_bytes, move_tree, remove_tree
+from .fileops import directory_bytes, human_bytes, move_tree, remove_tree, require_free_space
+from .image_casa import IMAGE_SPACE_ADVICE
 from .image_stats import image_statistics
 from .messages import ReprocessingError
 from .products import products_destinations
@@ -52,6 +53,11 @@ def publish_products(state, products, *, images_dir, all_products, ous, casa):
         raise ReprocessingError('cannot create %s (%s) — check that you may write in %s'
                                 % (partial, error.strerror, partial.parent))
     for product, casa_name, fits_name in placed:
+        # before each product: its FITS file, and the CASA image itself where the move is a copy
+        size = directory_bytes(product.path)
+        copied = os.stat(str(product.path)).st_dev != os.stat(str(partial)).st_dev
+        require_free_space(partial, size * ((1 if fits_name else 0) + (1 if copied else 0)),
+                           what=casa_name, advice=IMAGE_SPACE_ADVICE)
         if fits_name:
             export_fits(casa, product.path, partial / fits_name)
         move_tree(product.path, partial / casa_name)

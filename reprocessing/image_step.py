@@ -15,7 +15,7 @@ from .messages import ReprocessingError, say
 from .ms_tables import column_names
 from .pipeline_engine import pipeline_is_installed, stage_for_pipeline_contsub
 from .products import ImageProduct, ous_from_path
-from .staging import make_shadow
+from .staging import make_shadow, space_free_path
 
 
 def choose_imaging_engine(requested):
@@ -96,8 +96,10 @@ def run_image(plan, state, step, casa):
         staging = state.staging_dir / 'image'
         state.will_create(staging)
         work_dir.mkdir(parents=True)
-        target_shadows = [make_shadow(ms, staging / ms.name) for ms in delivery.targets]
-        line_shadows = [make_shadow(ms, staging / ms.name) for ms in lines]
+        # tclean is given these paths (several MSes per image): none may have a space (space_free_path)
+        reachable = space_free_path(state, staging)
+        target_shadows = [reachable / make_shadow(ms, staging / ms.name).name for ms in delivery.targets]
+        line_shadows = [reachable / make_shadow(ms, staging / ms.name).name for ms in lines]
         say('  reading %d measurement sets' % (len(target_shadows) + len(line_shadows)))
         targets = sorted((read_ms_for_imaging(casa, ms) for ms in target_shadows), key=observed_first)
         line_infos = sorted((read_ms_for_imaging(casa, ms) for ms in line_shadows), key=observed_first)

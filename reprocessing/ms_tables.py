@@ -8,6 +8,8 @@ import collections
 from pathlib import Path
 
 from .casa_engine import opened_table
+from .fileops import relative_path
+from .messages import ReprocessingError, one_line
 from .layout import eb_name
 
 
@@ -68,6 +70,54 @@ def read_ms_layout(casa, ms):
         for spw_id in sorted({pair[1] for pair in pairs}))
     start = float(numpy.min(time_range)) if len(time_range) else 0.0
     return MsLayout(path=ms, start=start, fields=fields, spws=spws, pairs=pairs, rows=len(field_ids))
+
+
+def check_measurement_set(casa, ms, *, root=None):
+    """Stop with one line naming what is wrong when ms cannot be read as an MS (its metadata only).
+
+    An empty directory, a missing table.dat or a missing subtable (FIELD, ...) would otherwise end
+    a step in CASA's "Table .../FIELD does not exist" once the run has begun.  The main table and
+    every subtable its keywords name are opened; no column is read.
+    """
+    ms = Path(ms)
+    shown = relative_path(ms, root) if root is not None else str(ms)
+    advice = 'restore it from the delivery, or move it out of %s' % (ms.parent.name + '/')
+    try:
+        empty = not any(ms.iterdir())
+    except OSError as error:
+        raise ReprocessingError('cannot read %s (%s) — ask its owner for read permission, or reprocess a copy '
+                                'of the delivery' % (shown, error.strerror or error))
+    if empty:
+        raise ReprocessingError('%s is an empty directory, not a measurement set — %s' % (shown, advice))
+    if not (ms / 'table.dat').is_file():
+        raise ReprocessingError('%s has no table.dat, so it is not a complete measurement set — %s'
+                                % (shown, advice))
+    try:
+        table = casa.casatools.table()
+        table.open(str(ms))
+        try:
+            keywords = table.getkeywords()
+        finally:
+            table.close()
+    except Exception as error:  # casatools raises RuntimeError for an unreadable table
+        raise ReprocessingError('%s cannot be opened as a measurement set (%s) — %s' % (shown, one_line(error), advice))
+    subtables = [name for name, value in keywords.items() if str(value).startswith('Table: ')]
+    for name in REQUIRED_SUBTABLES:
+        if name not in subtables:
+            raise ReprocessingError('%s has no %s subtable, so it is not a complete measurement set — %s'
+                                    % (shown, name, advice))
+    for name in subtables:
+        table = casa.casatools.table()
+        try:
+            table.open(str(ms / name))
+            table.close()
+        except Exception as error:
+            reason = 'missing' if not (ms / name / 'table.dat').is_file() else 'unreadable (%s)' % one_line(error)
+            raise ReprocessingError('the %s subtable of %s is %s — %s' % (name, shown, reason, advice))
+
+
+# The subtables this tool reads from every MS (read_ms_layout and the tasks it runs).
+REQUIRED_SUBTABLES = ('ANTENNA', 'DATA_DESCRIPTION', 'FIELD', 'OBSERVATION', 'POLARIZATION', 'SPECTRAL_WINDOW')
 
 
 def spws_with_data(casa, ms):

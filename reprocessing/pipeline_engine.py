@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .casa_engine import opened_table
 from .contdat import contdat_text
-from .fileops import atomic_file, remove_tree
+from .fileops import atomic_file, make_user_writable, remove_tree
 from .layout import SCRIPT_NAME, SHADOW_MARKER, STAGED_COPY_MARKER, WORK_DIR_NAME
 from .messages import ReprocessingError, one_line, say, warn
 from .mpi import change_directory
@@ -157,6 +157,7 @@ def stage_for_pipeline_contsub(state, targets, work_dir, *, copy):
         state.will_create(stand_in)
         if copy:
             shutil.copytree(str(ms), str(stand_in), symlinks=False)
+            make_user_writable(stand_in)  # copytree keeps the modes of a read-only MS; the pipeline writes here
             (stand_in / STAGED_COPY_MARKER).write_text(str(Path(ms).resolve()))
         else:
             make_shadow(ms, stand_in, private=tuple(entry.name for entry in Path(ms).iterdir() if entry.is_dir()))

@@ -12,15 +12,17 @@ from .contdat_check import read_delivery_contdat
 from .contsub_fast import choose_contsub_fast_method, run_contsub_fast
 from .data_columns import describe_selfcal, survey_data_columns
 from .contsub_pipeline import run_contsub
-from .fileops import directory_bytes, free_bytes, human_bytes, relative_path, require_free_space
+from .fileops import directory_bytes, free_bytes, human_bytes, relative_path, removal_blocker, require_free_space
 from .image_casa import IMAGE_SPACE_ADVICE, estimate_image_bytes, plan_casa_images, read_ms_for_imaging
 from .image_publish import check_no_collisions, check_reused_images_dir
 from .image_step import choose_imaging_engine, expected_finals, observed_first, run_image
 from .imaging_options import imaging_request
 from .layout import WORK_DIR_NAME, line_ms_path
 from .messages import ReprocessingError, one_line
+from .ms_tables import check_measurement_set
 from .pipeline_engine import require_pipeline_for_contsub
 from .products import ous_from_path
+from .staging import is_read_only
 from .weblog import choose_weblog, report_weblog, run_weblog
 
 
@@ -94,9 +96,17 @@ def _plan_contsub(plan):
         raise ReprocessingError(
             'measurement_sets/ already holds %d uid*_targets_line.ms — move them elsewhere, or add '
             '--overwrite-line to replace them once the new ones are complete' % len(delivery.targets_line))
+    for line_ms in delivery.targets_line if options.overwrite_line else []:
+        blocker = removal_blocker(line_ms)  # replacing removes the old one once the new ones are published
+        if blocker is not None:
+            raise ReprocessingError(
+                '--overwrite-line would replace %s, which you may not remove (%s is another user\'s and not '
+                'writable for you) — ask its owner to remove it, or reprocess a copy of the delivery that you own'
+                % (relative_path(line_ms, delivery.root), relative_path(blocker, delivery.root)))
     engine = 'pipeline' if options.contsub else 'CASA'
     function = run_contsub if options.contsub else run_contsub_fast
     outputs = [line_ms_path(ms) for ms in delivery.targets]
+    _require_writable_folder(delivery, outputs[0])
     extra = sum(directory_bytes(ms) for ms in delivery.targets)
     plan.steps.append(Step('contsub', 'continuum subtraction (%s) from %s' % (engine, delivery.contdat),
                            list(delivery.targets), outputs, extra, function))
@@ -142,9 +152,24 @@ def _plan_concat(plan, inputs, output_name):
     output = delivery.output(output_name)
     if output.exists() or output.is_symlink():
         raise ReprocessingError('%s already exists — rename or remove it to make a new one' % output)
+    _require_writable_folder(delivery, output)
     extra = sum(directory_bytes(ms) for ms in inputs if ms.exists())
+    read_only = [ms for ms in inputs if ms.exists() and is_read_only(ms)]
+    if read_only:  # concat writes into its inputs: it gets copies of these (make_stand_in_to_update)
+        extra += sum(directory_bytes(ms) for ms in read_only)
+        plan.notes.append('%d of the measurement sets for %s are read-only: concat works on copies of them '
+                          '(%s more disk while it runs)' % (len(read_only), output_name, human_bytes(
+                              sum(directory_bytes(ms) for ms in read_only))))
     plan.steps.append(Step(output_name[:-3], 'concatenate %d MS into %s' % (len(inputs), output),
                            list(inputs), [output], extra, run_concat))
+
+
+def _require_writable_folder(delivery, output):
+    """Outputs go beside the user's MSes: a measurement_sets/ the user may not write stops the plan."""
+    if not os.access(str(output.parent), os.W_OK | os.X_OK):
+        raise ReprocessingError('%s would be written into %s, which is not writable for you — make it writable '
+                                '(chmod u+w %s) if it is yours, or reprocess a copy of the delivery'
+                                % (output.name, relative_path(output.parent, delivery.root) + '/', output.parent))
 
 
 def _check_free_space(plan):
@@ -180,6 +205,29 @@ def _plan_check(plan):
     plan.steps.append(Step('check', 'check %s against %d measurement set(s)' % (
         relative_path(delivery.contdat, delivery.root), len(delivery.targets)), [delivery.contdat] + list(
         delivery.targets), [], 0, run_check))
+
+
+# --- The plan's pre-flight: every input MS opens (metadata only), before the first step ------------
+
+def check_measurement_sets(plan):
+    """Open every measurement set a step reads (main table and subtables, no column): a broken one
+    (an empty directory, no table.dat, a missing FIELD) is named in one line now, --dry-run too.
+
+    Called by run() right after make_plan, like preflight_images: CASA is loaded and logs nowhere.
+    """
+    delivery = plan.delivery
+    inputs = []
+    for step in plan.steps:
+        inputs.extend(path for path in step.inputs if str(path).endswith('.ms') and path not in inputs)
+    if (plan.options.contsub or plan.options.contsub_fast) and plan.options.overwrite_line:
+        inputs.extend(delivery.targets_line)  # the line MSes to replace: preflight_data_columns reads them
+    inputs = [path for path in inputs if path.is_dir()]  # line MSes this run makes do not exist yet
+    if not inputs:
+        return
+    casa = _casa_for_planning()
+    with native_output_into(os.devnull), native_stdout_silenced():
+        for ms in inputs:
+            check_measurement_set(casa, ms, root=delivery.root)
 
 
 # --- The plan's pre-flight: what the images will take, before the first long step --

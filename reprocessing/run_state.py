@@ -5,7 +5,7 @@ import os
 import time
 from pathlib import Path
 
-from .fileops import PARTIAL_TAG, is_inside, is_partial_name, relative_path, remove_file, remove_tree, write_atomically
+from .fileops import PARTIAL_TAG, free_bytes, human_bytes, is_inside, is_partial_name, relative_path, remove_file, remove_tree, write_atomically
 from .host import host_name, now_text, owner_name
 from .layout import JOURNAL_NAME, LOCK_NAME
 from .messages import ReprocessingError, say
@@ -103,6 +103,12 @@ class RunState(object):
         self._journal['set_aside'] = [pair for pair in self._journal['set_aside'] if pair[0] != str(aside)]
         self._write_journal()
 
+    def record_logs(self, *logs):
+        """Remember where CASA writes (its log, and what its C++ prints): if CASA kills the process (an
+        abort when the disk is full), the next run looks there for what happened."""
+        self._journal['logs'] = [str(log) for log in logs if log]
+        self._write_journal()
+
     def will_create(self, path):
         """Record path before creating it: the next run removes it if this one dies."""
         self._journal['created'].append(str(path))
@@ -140,7 +146,9 @@ class RunState(object):
         set_aside = [pair for pair in journal.get('set_aside') or [] if isinstance(pair, list) and len(pair) == 2
                      and all(isinstance(text, str) for text in pair)] \
             if isinstance(journal.get('set_aside'), list) else []
-        return dict(journal, created=created, set_aside=set_aside)
+        logs = [text for text in journal.get('logs') or [] if isinstance(text, str)] \
+            if isinstance(journal.get('logs'), list) else []
+        return dict(journal, created=created, set_aside=set_aside, logs=logs)
 
     def made_by_this_tool(self, path):
         """True for what this tool creates: anything in working_reprocess/, or a .NAME.partial-PID temporary.
@@ -162,6 +170,7 @@ class RunState(object):
         journal = self._read_journal()
         say('Recovering from an interrupted run (pid %s, started %s: %s):'
             % (journal.get('pid', '?'), journal.get('started', '?'), journal.get('command', '?')))
+        say('  ' + describe_unfinished_run(journal, self.delivery.root))
         removed = self.undo(journal)
         removed += self._sweep_partials(quiet=True)
         for path in removed:
@@ -224,8 +233,67 @@ class RunState(object):
         self.published.append(final)
 
 
+# What a dying CASA prints (it goes to the run's console log), and what it means.  Measured with CASA
+# 6.7 when the disk fills up during tclean: "terminate called after throwing an instance of
+# 'casacore::AipsError'  what():  FilebufIO: write error for file .../img.pb.tt0/logtable/table.dat_tmp:
+# No space left on device", then SIGABRT (exit status 134), with no Python code run.
+DISK_FULL_SIGNS = ('No space left on device', 'Disk quota exceeded')
+CRASH_SIGNS = ('terminate called after throwing', 'Segmentation fault', 'Fatal Python error')
+
+
+def describe_unfinished_run(journal, root):
+    """One line on how the run of a journal ended, from what CASA printed in its last moments."""
+    pid = journal.get('pid', '?')
+    for log in journal.get('logs', []):
+        tail = _tail(log)
+        for sign in DISK_FULL_SIGNS:
+            line = _last_line_with(tail, sign)
+            if line:
+                return ('the previous run (pid %s) ended without finishing: the disk was full (%s says "%s") — '
+                        '%s free now in %s; free some space before running it again'
+                        % (pid, Path(log).name, line, human_bytes(free_bytes(root)), root))
+        for sign in CRASH_SIGNS:
+            line = _last_line_with(tail, sign)
+            if line:
+                return ('the previous run (pid %s) ended without finishing: CASA crashed (%s says "%s")'
+                        % (pid, Path(log).name, line))
+    return ('the previous run (pid %s) ended without finishing — killed (SIGKILL, a time limit, out of memory) or '
+            'crashed; %s free now in %s' % (pid, human_bytes(free_bytes(root)), root))
+
+
+def _tail(path, size=65536):
+    try:
+        with open(str(path), 'rb') as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - size))
+            return handle.read().decode('utf-8', 'replace')
+    except OSError:
+        return ''
+
+
+def _last_line_with(text, sign):
+    """The last line of text with sign in it, its end kept when it is long (where CASA says why)."""
+    lines = [' '.join(line.split()) for line in text.splitlines() if sign in line]
+    if not lines:
+        return None
+    return lines[-1] if len(lines[-1]) <= 160 else '...' + lines[-1][-157:]
+
+
+# Test-only: the name of a checkpoint at which the run waits until the test removes the marker it writes.
+HOLD_ENV = 'SCRIPTFORREPROCESSING_TEST_HOLD_AT'
+_HELD = set()
+
+
 def pause_point(name, state):
-    """Test-only: stop here and wait to be killed when the test asks for it."""
+    """Test-only: stop here and wait to be killed when the test asks for it (PAUSE_ENV), or hold here
+    once until the test removes the marker (HOLD_ENV), e.g. to fill the disk meanwhile."""
+    if os.environ.get(HOLD_ENV) == name and name not in _HELD:
+        _HELD.add(name)
+        marker = state.delivery.root / ('.held-at-' + name)
+        marker.write_text(str(os.getpid()))
+        while marker.exists():
+            time.sleep(0.1)
+        return
     if os.environ.get(PAUSE_ENV) != name:
         return
     marker = state.delivery.root / ('.paused-at-' + name)

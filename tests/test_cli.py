@@ -127,17 +127,6 @@ def test_not_enough_disk_stops_before_any_work(tmp_path, capsys, monkeypatch):
     assert tree_listing(tmp_path) == before
 
 
-def test_dry_run_prints_the_plan_and_touches_nothing(tmp_path, capsys):
-    make_layout(tmp_path, targets=('uid___A002_X1_X1_targets.ms', 'uid___A002_X1_X2_targets.ms'))
-    before = tree_listing(tmp_path)
-    assert sfr.main(['--delivery', str(tmp_path), '--calibrated_final', '--cleanup', '--dry-run']) == 0
-    out = capsys.readouterr().out
-    assert out.startswith('Environment: CASA ')
-    assert 'concatenate 2 MS' in out and 'out: measurement_sets/calibrated_final.ms' in out
-    assert 'Extra disk needed' in out and 'Dry run: nothing was changed.' in out
-    assert tree_listing(tmp_path) == before
-
-
 def test_a_second_concurrent_run_is_refused(tmp_path, capsys):
     make_layout(tmp_path)
     with open(str(tmp_path / sfr.LOCK_NAME), 'a+') as held:

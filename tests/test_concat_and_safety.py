@@ -10,6 +10,7 @@ import pytest
 
 import scriptForReprocessing as sfr
 from conftest import start_paused, user_ms_digests
+from test_cli import tree_listing
 
 THREE_EBS = dict(n_ebs=3, spw_ids=(25, 27, 29, 31), nchan=16, n_antennas=8, with_line_ms=True)
 
@@ -60,6 +61,17 @@ def test_calibrated_final_concatenates_every_execution_block(delivery_factory, r
     assert not list((delivery / 'measurement_sets').glob('.*')), 'a temporary output was left behind'
     assert not (delivery / sfr.JOURNAL_NAME).exists()
 
+
+
+def test_dry_run_prints_the_plan_and_touches_nothing(delivery_factory, capsys):
+    delivery = delivery_factory(**THREE_EBS)  # real MSes: the plan opens every one
+    before = tree_listing(delivery)
+    assert sfr.main(['--delivery', str(delivery), '--calibrated_final', '--cleanup', '--dry-run']) == 0
+    out = capsys.readouterr().out
+    assert out.startswith('Environment: CASA ')
+    assert 'concatenate 3 MS' in out and 'out: measurement_sets/calibrated_final.ms' in out
+    assert 'Extra disk needed' in out and 'Dry run: nothing was changed.' in out
+    assert tree_listing(delivery) == before
 
 
 @pytest.mark.parametrize('pause_at', ['concat', 'concat-written'])

@@ -272,7 +272,8 @@ def test_text_from_files_and_errors_is_escaped(tmp_path):
 
 def test_dry_runs_and_usage_errors_write_no_report(tmp_path, run_script):
     delivery = stub_delivery(tmp_path, contdat_text='Field: A\n')
-    assert run_script('--calibrated_final', '--dry-run', delivery=delivery).returncode == 0
+    assert run_script('--cleanup', '--dry-run', delivery=delivery).returncode == 0
+    assert run_script('--calibrated_final', '--dry-run', delivery=delivery).returncode == 1  # stand-in MSes
     assert run_script('--calibrated_final', '--bogus', delivery=delivery).returncode == 2
     assert run_script('--help', delivery=delivery).returncode == 0
     assert not (delivery / sfr.WORK_DIR_NAME).exists()
