@@ -1595,6 +1595,9 @@ def check_imaging_options(options):
 
 # -- what the checker and the fit need to know of each measurement set ------------------------------
 
+# Rows of the main table read at once where a column of every row is needed (2 int columns: 16 MB).
+ROWS_PER_CHUNK = 1000000
+
 SpwInfo = collections.namedtuple('SpwInfo', 'id name nchan low_hz high_hz')
 SpwInfo.__new__.__defaults__ = (None, None)  # the frequency range: unknown where a test builds one by hand
 
@@ -1634,12 +1637,16 @@ def read_ms_layout(casa, ms):
     field_names, = columns('FIELD', 'NAME')
     spw_names, spw_nchan, spw_freqs = columns('SPECTRAL_WINDOW', 'NAME', 'NUM_CHAN', 'CHAN_FREQ')
     dd_spw, = columns('DATA_DESCRIPTION', 'SPECTRAL_WINDOW_ID')
-    field_ids, dd_ids = columns('', 'FIELD_ID', 'DATA_DESC_ID')
     time_range, = columns('OBSERVATION', 'TIME_RANGE')
-    pairs = set()
-    if len(field_ids):
-        combined = numpy.unique(numpy.asarray(field_ids, dtype=numpy.int64) * 100000 + numpy.asarray(dd_ids))
-        pairs = {(int(value // 100000), int(dd_spw[value % 100000])) for value in combined}
+    pairs, rows = set(), 0
+    with opened_table(casa, ms, missing=missing) as table:
+        rows = table.nrows()
+        # a chunk of rows at a time: memory bounded by the chunk, not by the MS
+        for start in range(0, rows, ROWS_PER_CHUNK):
+            field_ids = table.getcol('FIELD_ID', startrow=start, nrow=ROWS_PER_CHUNK)
+            dd_ids = table.getcol('DATA_DESC_ID', startrow=start, nrow=ROWS_PER_CHUNK)
+            combined = numpy.unique(numpy.asarray(field_ids, dtype=numpy.int64) * 100000 + numpy.asarray(dd_ids))
+            pairs.update((int(value // 100000), int(dd_spw[value % 100000])) for value in combined)
     fields = collections.OrderedDict()
     for field_id, name in enumerate(field_names):
         if any(pair[0] == field_id for pair in pairs):
@@ -1649,7 +1656,7 @@ def read_ms_layout(casa, ms):
                          float(numpy.min(spw_freqs[spw_id])), float(numpy.max(spw_freqs[spw_id]))))
         for spw_id in sorted({pair[1] for pair in pairs}))
     start = float(numpy.min(time_range)) if len(time_range) else 0.0
-    return MsLayout(path=ms, start=start, fields=fields, spws=spws, pairs=pairs, rows=len(field_ids))
+    return MsLayout(path=ms, start=start, fields=fields, spws=spws, pairs=pairs, rows=rows)
 
 
 def check_measurement_set(casa, ms, *, root=None):
@@ -2159,6 +2166,7 @@ def run_concat(plan, state, step, casa):
     if not partial.is_dir():
         raise ReprocessingError('concat did not write %s — see the CASA log %s' % (partial, state.casa_logfile))
     pause_point('concat-written', state)
+    moved = put_back_merged_windows(casa, partial, inputs)
     summary = summarize_concat(casa, partial, inputs)
     state.publish(partial, output)
     remove_tree(staging)
@@ -2167,6 +2175,9 @@ def run_concat(plan, state, step, casa):
         relative_path(output, plan.delivery.root), summary['rows'], human_bytes(directory_bytes(output))))
     say('  spectral windows: %s' % ', '.join(str(i) for i in summary['spw_ids']))
     say('  data columns: %s' % summary['columns'])
+    for wrong, right, rows in moved:
+        say('  note: concat had filed %d rows of spw %d under spw %d (a calibration window with the same '
+            'frequencies); they were put back under spw %d' % (rows, right, wrong, right))
     if summary['renumbered']:
         say('  note: concat gave later execution blocks new spw ids where their TOPO frequencies differ; '
             'select spws by name (e.g. spw="*FULL_RES*") rather than by id in this MS')
@@ -2209,6 +2220,65 @@ def describe_concat_columns(casa, concatenated, inputs):
         text += ('; %d input(s) without CORRECTED_DATA have their DATA there (concat fills it)'
                  % (len(inputs) - len(with_selfcal)))
     return text
+
+
+def put_back_merged_windows(casa, concatenated, inputs, *, chunk=ROWS_PER_CHUNK):
+    """Put rows that concat filed under a look-alike window back under the window of their name.
+
+    concat files each input window under the first SPECTRAL_WINDOW row of the output with the same
+    frequencies.  ALMA MSes keep the calibration windows (ATM, pointing) beside the science ones,
+    and a 128-channel TDM science window can have exactly the frequencies of one of them: measured
+    with CASA 6.7 on 4 EBs, the rows of spw 25 of EBs 2-4 landed under spw 1 (a calibration
+    window with no data).  Returns [(wrong spw, right spw, rows moved)]; DATA_DESC_ID is rewritten
+    a chunk of rows at a time.
+    """
+    import numpy
+    names = {spw.name for ms in inputs for spw in read_ms_layout(casa, ms).spws.values()}
+    table = casa.casatools.table()
+    table.open(str(Path(concatenated) / 'SPECTRAL_WINDOW'))
+    try:
+        spw_names = [str(n) for n in table.getcol('NAME')]
+        setups = [(tuple(table.getcell('CHAN_FREQ', i)), tuple(table.getcell('CHAN_WIDTH', i)))
+                  for i in range(table.nrows())]
+    finally:
+        table.close()
+    table.open(str(Path(concatenated) / 'DATA_DESCRIPTION'))
+    try:
+        dd_rows = list(zip((int(v) for v in table.getcol('SPECTRAL_WINDOW_ID')),
+                           (int(v) for v in table.getcol('POLARIZATION_ID'))))
+    finally:
+        table.close()
+    layout = read_ms_layout(casa, concatenated)
+    remap, moved = {}, []
+    for wrong in layout.spws:
+        if spw_names[wrong] in names:
+            continue
+        right = [i for i, name in enumerate(spw_names) if name in names and setups[i] == setups[wrong]]
+        if len(right) != 1:
+            continue
+        for dd, (spw, pol) in enumerate(dd_rows):
+            if spw == wrong and (right[0], pol) in dd_rows:
+                remap[dd] = dd_rows.index((right[0], pol))
+        moved.append([wrong, right[0], 0])
+    if not remap:
+        return []
+    table.open(str(concatenated), nomodify=False)
+    try:
+        for start in range(0, table.nrows(), chunk):
+            dd = table.getcol('DATA_DESC_ID', startrow=start, nrow=chunk)
+            changed = numpy.zeros(dd.shape, bool)
+            for wrong_dd, right_dd in remap.items():
+                here = dd == wrong_dd
+                for entry in moved:
+                    if dd_rows[wrong_dd][0] == entry[0]:
+                        entry[2] += int(here.sum())
+                changed |= here
+                dd = numpy.where(here, right_dd, dd)
+            if changed.any():
+                table.putcol('DATA_DESC_ID', dd, startrow=start, nrow=chunk)
+    finally:
+        table.close()
+    return [tuple(entry) for entry in moved if entry[2]]
 
 
 # ==================================================================================================
@@ -4769,7 +4839,7 @@ def _datacolumn(infos):
 
 def continuum_job(casa, request, specmode, field, virtual_ids, *, infos, spw_map, channels_for, contdat, ous):
     """The mfs (one spw) or cont (all spws) image of a field, from the continuum channels of cont.dat."""
-    vis, field_ids, selections, used, pointings, notes = [], [], [], [], [], []
+    vis, field_ids, selections, used, pointings, notes, observed = [], [], [], [], [], [], set()
     for info in infos:
         ids = [p.field_id for p in info.fields.get(field, [])]
         parts = []
@@ -4777,6 +4847,7 @@ def continuum_job(casa, request, specmode, field, virtual_ids, *, infos, spw_map
             spw = spw_map[virtual_id].get(info.name)
             if not ids or spw is None or not info.layout.has_data(ids, spw.spw_id):
                 continue
+            observed.add(virtual_id)
             channels, note = channels_for(info, field, spw.spw_id, virtual_id)
             parts.append('%d:%s' % (spw.spw_id, channels) if channels else str(spw.spw_id))
             if note and note not in notes:
@@ -4789,6 +4860,9 @@ def continuum_job(casa, request, specmode, field, virtual_ids, *, infos, spw_map
             pointings.extend(info.fields[field])
     if not vis:
         return None, ['no data of field %s in spw %s' % (field, ','.join(str(i) for i in virtual_ids))]
+    # A target observed in some of the spws only (multi-source SBs set up spws per target): its cont
+    # image is named after, and its frequencies taken from, the spws that hold its data.
+    virtual_ids = [v for v in virtual_ids if v in observed]
     reference = [next(iter(spw_map[v].values())) for v in virtual_ids if spw_map[v]]
     low = min(min(s.freqs) - s.width / 2.0 for s in reference)
     high = max(max(s.freqs) + s.width / 2.0 for s in reference)

@@ -6,7 +6,7 @@ from pathlib import Path
 from .casa_engine import casa_task, opened_table
 from .fileops import directory_bytes, human_bytes, make_user_writable, relative_path, remove_tree
 from .messages import ReprocessingError, say
-from .ms_tables import column_names, count_rows, spws_with_data
+from .ms_tables import ROWS_PER_CHUNK, column_names, count_rows, read_ms_layout, spws_with_data
 from .run_state import pause_point
 from .staging import make_stand_in_to_update, space_free_path
 
@@ -43,6 +43,7 @@ def run_concat(plan, state, step, casa):
     if not partial.is_dir():
         raise ReprocessingError('concat did not write %s — see the CASA log %s' % (partial, state.casa_logfile))
     pause_point('concat-written', state)
+    moved = put_back_merged_windows(casa, partial, inputs)
     summary = summarize_concat(casa, partial, inputs)
     state.publish(partial, output)
     remove_tree(staging)
@@ -51,6 +52,9 @@ def run_concat(plan, state, step, casa):
         relative_path(output, plan.delivery.root), summary['rows'], human_bytes(directory_bytes(output))))
     say('  spectral windows: %s' % ', '.join(str(i) for i in summary['spw_ids']))
     say('  data columns: %s' % summary['columns'])
+    for wrong, right, rows in moved:
+        say('  note: concat had filed %d rows of spw %d under spw %d (a calibration window with the same '
+            'frequencies); they were put back under spw %d' % (rows, right, wrong, right))
     if summary['renumbered']:
         say('  note: concat gave later execution blocks new spw ids where their TOPO frequencies differ; '
             'select spws by name (e.g. spw="*FULL_RES*") rather than by id in this MS')
@@ -93,3 +97,62 @@ def describe_concat_columns(casa, concatenated, inputs):
         text += ('; %d input(s) without CORRECTED_DATA have their DATA there (concat fills it)'
                  % (len(inputs) - len(with_selfcal)))
     return text
+
+
+def put_back_merged_windows(casa, concatenated, inputs, *, chunk=ROWS_PER_CHUNK):
+    """Put rows that concat filed under a look-alike window back under the window of their name.
+
+    concat files each input window under the first SPECTRAL_WINDOW row of the output with the same
+    frequencies.  ALMA MSes keep the calibration windows (ATM, pointing) beside the science ones,
+    and a 128-channel TDM science window can have exactly the frequencies of one of them: measured
+    with CASA 6.7 on 4 EBs, the rows of spw 25 of EBs 2-4 landed under spw 1 (a calibration
+    window with no data).  Returns [(wrong spw, right spw, rows moved)]; DATA_DESC_ID is rewritten
+    a chunk of rows at a time.
+    """
+    import numpy
+    names = {spw.name for ms in inputs for spw in read_ms_layout(casa, ms).spws.values()}
+    table = casa.casatools.table()
+    table.open(str(Path(concatenated) / 'SPECTRAL_WINDOW'))
+    try:
+        spw_names = [str(n) for n in table.getcol('NAME')]
+        setups = [(tuple(table.getcell('CHAN_FREQ', i)), tuple(table.getcell('CHAN_WIDTH', i)))
+                  for i in range(table.nrows())]
+    finally:
+        table.close()
+    table.open(str(Path(concatenated) / 'DATA_DESCRIPTION'))
+    try:
+        dd_rows = list(zip((int(v) for v in table.getcol('SPECTRAL_WINDOW_ID')),
+                           (int(v) for v in table.getcol('POLARIZATION_ID'))))
+    finally:
+        table.close()
+    layout = read_ms_layout(casa, concatenated)
+    remap, moved = {}, []
+    for wrong in layout.spws:
+        if spw_names[wrong] in names:
+            continue
+        right = [i for i, name in enumerate(spw_names) if name in names and setups[i] == setups[wrong]]
+        if len(right) != 1:
+            continue
+        for dd, (spw, pol) in enumerate(dd_rows):
+            if spw == wrong and (right[0], pol) in dd_rows:
+                remap[dd] = dd_rows.index((right[0], pol))
+        moved.append([wrong, right[0], 0])
+    if not remap:
+        return []
+    table.open(str(concatenated), nomodify=False)
+    try:
+        for start in range(0, table.nrows(), chunk):
+            dd = table.getcol('DATA_DESC_ID', startrow=start, nrow=chunk)
+            changed = numpy.zeros(dd.shape, bool)
+            for wrong_dd, right_dd in remap.items():
+                here = dd == wrong_dd
+                for entry in moved:
+                    if dd_rows[wrong_dd][0] == entry[0]:
+                        entry[2] += int(here.sum())
+                changed |= here
+                dd = numpy.where(here, right_dd, dd)
+            if changed.any():
+                table.putcol('DATA_DESC_ID', dd, startrow=start, nrow=chunk)
+    finally:
+        table.close()
+    return [tuple(entry) for entry in moved if entry[2]]

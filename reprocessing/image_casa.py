@@ -174,7 +174,7 @@ def _datacolumn(infos):
 
 def continuum_job(casa, request, specmode, field, virtual_ids, *, infos, spw_map, channels_for, contdat, ous):
     """The mfs (one spw) or cont (all spws) image of a field, from the continuum channels of cont.dat."""
-    vis, field_ids, selections, used, pointings, notes = [], [], [], [], [], []
+    vis, field_ids, selections, used, pointings, notes, observed = [], [], [], [], [], [], set()
     for info in infos:
         ids = [p.field_id for p in info.fields.get(field, [])]
         parts = []
@@ -182,6 +182,7 @@ def continuum_job(casa, request, specmode, field, virtual_ids, *, infos, spw_map
             spw = spw_map[virtual_id].get(info.name)
             if not ids or spw is None or not info.layout.has_data(ids, spw.spw_id):
                 continue
+            observed.add(virtual_id)
             channels, note = channels_for(info, field, spw.spw_id, virtual_id)
             parts.append('%d:%s' % (spw.spw_id, channels) if channels else str(spw.spw_id))
             if note and note not in notes:
@@ -194,6 +195,9 @@ def continuum_job(casa, request, specmode, field, virtual_ids, *, infos, spw_map
             pointings.extend(info.fields[field])
     if not vis:
         return None, ['no data of field %s in spw %s' % (field, ','.join(str(i) for i in virtual_ids))]
+    # A target observed in some of the spws only (multi-source SBs set up spws per target): its cont
+    # image is named after, and its frequencies taken from, the spws that hold its data.
+    virtual_ids = [v for v in virtual_ids if v in observed]
     reference = [next(iter(spw_map[v].values())) for v in virtual_ids if spw_map[v]]
     low = min(min(s.freqs) - s.width / 2.0 for s in reference)
     high = max(max(s.freqs) + s.width / 2.0 for s in reference)

@@ -15,6 +15,9 @@ from .layout import eb_name
 
 # -- what the checker and the fit need to know of each measurement set ------------------------------
 
+# Rows of the main table read at once where a column of every row is needed (2 int columns: 16 MB).
+ROWS_PER_CHUNK = 1000000
+
 SpwInfo = collections.namedtuple('SpwInfo', 'id name nchan low_hz high_hz')
 SpwInfo.__new__.__defaults__ = (None, None)  # the frequency range: unknown where a test builds one by hand
 
@@ -54,12 +57,16 @@ def read_ms_layout(casa, ms):
     field_names, = columns('FIELD', 'NAME')
     spw_names, spw_nchan, spw_freqs = columns('SPECTRAL_WINDOW', 'NAME', 'NUM_CHAN', 'CHAN_FREQ')
     dd_spw, = columns('DATA_DESCRIPTION', 'SPECTRAL_WINDOW_ID')
-    field_ids, dd_ids = columns('', 'FIELD_ID', 'DATA_DESC_ID')
     time_range, = columns('OBSERVATION', 'TIME_RANGE')
-    pairs = set()
-    if len(field_ids):
-        combined = numpy.unique(numpy.asarray(field_ids, dtype=numpy.int64) * 100000 + numpy.asarray(dd_ids))
-        pairs = {(int(value // 100000), int(dd_spw[value % 100000])) for value in combined}
+    pairs, rows = set(), 0
+    with opened_table(casa, ms, missing=missing) as table:
+        rows = table.nrows()
+        # a chunk of rows at a time: memory bounded by the chunk, not by the MS
+        for start in range(0, rows, ROWS_PER_CHUNK):
+            field_ids = table.getcol('FIELD_ID', startrow=start, nrow=ROWS_PER_CHUNK)
+            dd_ids = table.getcol('DATA_DESC_ID', startrow=start, nrow=ROWS_PER_CHUNK)
+            combined = numpy.unique(numpy.asarray(field_ids, dtype=numpy.int64) * 100000 + numpy.asarray(dd_ids))
+            pairs.update((int(value // 100000), int(dd_spw[value % 100000])) for value in combined)
     fields = collections.OrderedDict()
     for field_id, name in enumerate(field_names):
         if any(pair[0] == field_id for pair in pairs):
@@ -69,7 +76,7 @@ def read_ms_layout(casa, ms):
                          float(numpy.min(spw_freqs[spw_id])), float(numpy.max(spw_freqs[spw_id]))))
         for spw_id in sorted({pair[1] for pair in pairs}))
     start = float(numpy.min(time_range)) if len(time_range) else 0.0
-    return MsLayout(path=ms, start=start, fields=fields, spws=spws, pairs=pairs, rows=len(field_ids))
+    return MsLayout(path=ms, start=start, fields=fields, spws=spws, pairs=pairs, rows=rows)
 
 
 def check_measurement_set(casa, ms, *, root=None):

@@ -315,3 +315,96 @@ def test_cache_copy_and_cli(casa, tmp_path):
     assert sd.main([str(tmp_path / 'cli')]) == 2          # not empty
     with pytest.raises(ValueError):
         sd.simulate_delivery(str(tmp_path / 'bad'), layout='nope')
+
+
+# --------------------------------------------------------------------------- real delivery shapes
+
+def test_full_polarization_puts_the_polarized_continuum_in_xy_and_yx(casa, tmp_path):
+    out = str(tmp_path / 'pol')
+    truth = sd.simulate_delivery(out, n_ebs=1, n_antennas=4, nchan=16, full_polarization=True,
+                                 line_peak_jy=0.0, continuum_jy=1.0, integrations_per_scan=2)
+    ms = os.path.join(out, truth['ebs'][0]['ms'])
+    corr, = _cols(casa, ms + '/POLARIZATION', 'CORR_TYPE')
+    assert corr[:, 0].tolist() == [9, 10, 11, 12]           # XX XY YX YY
+    assert truth['correlations'] == ['XX', 'XY', 'YX', 'YY'] and truth['continuum_pol_fraction'] == 0.05
+    data, weight = _cols(casa, ms, 'DATA', 'WEIGHT')
+    assert data.shape[0] == 4 and weight.shape[0] == 4
+    mean = data.mean(axis=(1, 2))                            # source at the phase centre: real visibilities
+    assert np.allclose(mean.real, [1.0, 0.05, 0.05, 1.0], atol=0.005) and np.abs(mean.imag).max() < 0.005
+
+
+def test_aca_7m_antennas(casa, tmp_path):
+    out = str(tmp_path / 'aca')
+    truth = sd.simulate_delivery(out, n_ebs=1, n_antennas=6, nchan=8, array='7m', integrations_per_scan=1)
+    ms = os.path.join(out, truth['ebs'][0]['ms'])
+    names, diam, stations = _cols(casa, ms + '/ANTENNA', 'NAME', 'DISH_DIAMETER', 'STATION')
+    assert all(re.match(r'^CM\d\d$', n) for n in names) and (diam == 7).all()
+    assert all(re.match(r'^[NJ]\d\d\d$', s) for s in stations)
+    tel, = _cols(casa, ms + '/OBSERVATION', 'TELESCOPE_NAME')
+    assert list(tel) == ['ALMA'] and truth['antenna_config'] == 'aca.cycle10.cfg'
+    uvw, = _cols(casa, ms, 'UVW')
+    assert np.hypot(uvw[0], uvw[1]).max() < 60          # the compact ACA: baselines of tens of metres
+    with pytest.raises(ValueError):
+        sd.simulate_delivery(str(tmp_path / 'too-many'), array='7m', n_antennas=11)
+
+
+def test_wide_and_tdm_spws_side_by_side(casa, tmp_path):
+    out = str(tmp_path / 'wide')
+    truth = sd.simulate_delivery(out, n_ebs=1, n_antennas=3, spw_ids=(25, 27, 29, 31),
+                                 spw_nchan=(128, 1920, 3840, 128), integrations_per_scan=1)
+    spws = dict((s['id'], s) for s in truth['spws'])
+    assert [spws[i]['nchan'] for i in (25, 27, 29, 31)] == [128, 1920, 3840, 128]
+    assert [abs(spws[i]['chan_width_hz']) for i in (25, 27, 29, 31)] == [15.625e6, 976562.5, 488281.25, 15.625e6]
+    # the TDM windows are continuum windows: the lines are in the FDM ones
+    assert sorted(truth['line_lsrk_freq_ghz']) == ['27', '29']
+    ms = os.path.join(out, truth['ebs'][0]['ms'])
+    nchan, = _cols(casa, ms + '/SPECTRAL_WINDOW', 'NUM_CHAN')
+    assert [nchan[i] for i in (25, 27, 29, 31)] == [128, 1920, 3840, 128]
+    # one spw at a time: getcol of DATA over windows of different shapes crashes CASA
+    data = _tb(casa, ms, lambda tb: tb.query('DATA_DESC_ID==29').getcol('DATA'))
+    spec = data.real.mean(axis=(0, 2))
+    top = spec > 0.5 * spec.max()
+    peak = (spec[top] * np.nonzero(top)[0]).sum() / spec[top].sum() - truth['ebs'][0]['spws'][2]['line_topo_channel']
+    assert abs(peak) < 0.5 and truth['line_fwhm_kms'] == 10.0
+
+
+def test_two_targets_with_their_own_spws(casa, tmp_path):
+    out = str(tmp_path / 'two')
+    truth = sd.simulate_delivery(out, n_ebs=1, n_antennas=3, nchan=16, n_fields=2, spw_ids=(25, 27, 29, 31),
+                                 field_spw_ids=[[25, 27], [29, 31]], integrations_per_scan=1)
+    ms = os.path.join(out, truth['ebs'][0]['ms'])
+    msmd = casa.casatools.msmetadata()
+    msmd.open(ms)
+    try:
+        assert sorted(msmd.spwsforfield('IRAS_16293-2422').tolist()) == [25, 27]
+        assert sorted(msmd.spwsforfield('Elias_2-27').tolist()) == [29, 31]
+    finally:
+        msmd.close()
+    parsed = _parse_contdat(os.path.join(out, truth['contdat']))
+    assert sorted(parsed['IRAS_16293-2422']) == ['25', '27'] and sorted(parsed['Elias_2-27']) == ['29', '31']
+    assert [f['spw_ids'] for f in truth['fields']] == [[25, 27], [29, 31]]
+    assert truth['ebs'][0]['fitspw']['Elias_2-27'].startswith('29:')
+    with pytest.raises(ValueError):
+        sd.simulate_delivery(str(tmp_path / 'bad'), n_fields=2, spw_ids=(25, 27), field_spw_ids=[[25], [29]])
+
+
+def test_hexagonal_mosaic_is_nyquist_spaced():
+    offsets = sd.hexagonal_mosaic_offsets(61, freq_ghz=230.0, dish_m=12.0)
+    assert len(offsets) == 61 and (0.0, 0.0) in offsets
+    spacing = C_KMS * 1e3 / 230e9 / (math.sqrt(3) * 12.0) * 180 / math.pi * 3600      # lambda / (sqrt 3 D)
+    assert 12.8 < spacing < 13.0
+    points = np.array(offsets)
+    distances = np.hypot(points[:, None, 0] - points[None, :, 0], points[:, None, 1] - points[None, :, 1])
+    nearest = np.sort(distances, axis=1)[:, 1]
+    assert np.allclose(nearest, spacing, rtol=1e-6)
+    # every inner pointing has 6 neighbours at that spacing: a hexagonal grid
+    assert (np.isclose(distances, spacing, rtol=1e-6).sum(axis=1) == 6).sum() == 37
+    assert len(sd.hexagonal_mosaic_offsets(50, 100.0, 7.0)) == 50
+
+
+def test_four_execution_blocks_each_move_the_line(casa, tmp_path):
+    truth = sd.simulate_delivery(str(tmp_path / 'four'), n_ebs=4, n_antennas=2, nchan=64, integrations_per_scan=1)
+    channels = [eb['spws'][0]['line_topo_channel'] for eb in truth['ebs']]
+    dates = [eb['date'] for eb in truth['ebs']]
+    assert sorted(dates) == dates and len(set(dates)) == 4
+    assert np.allclose(np.abs(np.array(channels) - channels[0]), [0, 2, 4, 6], atol=0.5), channels

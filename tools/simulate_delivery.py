@@ -58,8 +58,11 @@ injected model.  Model details worth knowing:
   continuum S = continuum_jy * (nu_LSRK / continuum_reffreq)**spectral_index, where
   continuum_reffreq is the mean of the science spw centres (recorded); plus a Gaussian
   line (peak line_peak_jy, FWHM line_fwhm_kms) fixed in LSRK, by default one line at
-  each science spw's centre, else one at line_restfreq_ghz (systemic velocity 0).
-  Channels are point-sampled at their centre frequency; no primary-beam attenuation.
+  each science spw's centre (not in 128-channel TDM windows beside FDM ones: those are the
+  continuum windows), else one at line_restfreq_ghz (systemic velocity 0).
+  Channels are point-sampled at their centre frequency; primary-beam attenuation only in
+  mosaics.  New shapes (keywords of simulate_delivery): ACA 7 m, full polarization, per-spw
+  channel counts (TDM 128 beside 1920/3840 FDM), per-target spw set-ups, hexagonal mosaics.
 * Noise: complex Gaussian, sigma = noise_jy on each of the real and imaginary parts
   of every channel and correlation; WEIGHT = 1/sigma**2, SIGMA = sigma, FLAG false.
 * cont.dat: the pipeline format (v2 default, v1, v3); ranges lie inside every EB's
@@ -90,7 +93,7 @@ import time
 
 import numpy as np
 
-__all__ = ['simulate_delivery', 'cached_delivery', 'copy_delivery', 'main', 'LAYOUTS']
+__all__ = ['simulate_delivery', 'cached_delivery', 'copy_delivery', 'hexagonal_mosaic_offsets', 'main', 'LAYOUTS']
 
 SIMULATOR_VERSION = 1
 LAYOUTS = ('calibrated_final', 'working', 'cycle8', 'cycle8_working')
@@ -115,6 +118,15 @@ _PROJECT = '2022.1.01234.S'
 _SB_UID = 'uid://A001/X3570/X10f'
 _ANTENNA_CFG = 'alma.cycle10.1.cfg'
 _ANTENNA_NAMES = (['DA%02d' % i for i in range(41, 66)] + ['DV%02d' % i for i in range(1, 26)])
+# The arrays: simmos configuration, antenna names, dish diameter (m), primary-beam FWHM in
+# lambda / D (CASA's models, measured at 50 % on tclean .pb images at 217 GHz: 12 m 1.162,
+# 7 m 1.175).  ACA 7 m antennas are CMnn and the MS still says TELESCOPE_NAME ALMA, as
+# delivered 7 m data do.
+_ARRAYS = {'12m': (_ANTENNA_CFG, _ANTENNA_NAMES, 12.0, 1.16),
+           '7m': ('aca.cycle10.cfg', ['CM%02d' % i for i in range(1, 13)], 7.0, 1.175)}
+_TDM_CHAN_WIDTH_HZ = 15.625e6      # 128-channel TDM windows: 2 GHz
+_WIDE_FDM_BANDWIDTH_HZ = 1.875e9   # 1920 or 3840 channels over 1.875 GHz
+_CORRELATIONS = {False: 'XX YY', True: 'XX XY YX YY'}
 # (centre GHz, sideband) per science window, in order BB_1..BB_4, then SW-02 windows.
 _SPW_PLAN = ((216.95, 'LSB'), (230.55, 'USB'), (218.95, 'LSB'), (232.55, 'USB'),
              (217.45, 'LSB'), (231.05, 'USB'), (219.45, 'LSB'), (233.05, 'USB'))
@@ -207,8 +219,8 @@ def _read_cfg(path):
     return rows
 
 
-def _antenna_cfg(casa):
-    rel = os.path.join('alma', 'simmos', _ANTENNA_CFG)
+def _antenna_cfg(casa, name=_ANTENNA_CFG):
+    rel = os.path.join('alma', 'simmos', name)
     try:
         import casadata
         path = os.path.join(casadata.datapath, rel)
@@ -290,6 +302,21 @@ def _validate(kw):
         raise ValueError('n_ebs must be >= 1')
     if kw['nchan'] < 8:
         raise ValueError('nchan must be >= 8')
+    if kw.get('array', '12m') not in _ARRAYS:
+        raise ValueError('array must be one of %s' % ', '.join(sorted(_ARRAYS)))
+    per_spw = kw.get('spw_nchan')
+    if per_spw is not None and (len(per_spw) != len(spw_ids) or min(per_spw) < 8):
+        raise ValueError('spw_nchan must give one channel count >= 8 per science spw (%d)' % len(spw_ids))
+    per_field = kw.get('field_spw_ids')
+    if per_field is not None:
+        if len(per_field) != kw['n_fields'] or any(not ids or not set(ids) <= set(spw_ids) for ids in per_field):
+            raise ValueError('field_spw_ids must give, per field (n_fields), a non-empty list of ids from spw_ids')
+        if set(s for ids in per_field for s in ids) != set(spw_ids):
+            raise ValueError('field_spw_ids must use every id of spw_ids')
+    if kw.get('integrations_per_scan', 1) < 1:
+        raise ValueError('integrations_per_scan must be >= 1')
+    if not 0.0 <= kw.get('continuum_pol_fraction', 0.0) <= 1.0:
+        raise ValueError('continuum_pol_fraction must be 0..1')
     if kw['n_antennas'] < 2:
         raise ValueError('n_antennas must be >= 2')
     if kw['noise_jy'] <= 0:
@@ -322,8 +349,20 @@ def _make_uids(rng, n_ebs, first_date):
     return uids
 
 
-def _spw_table(spw_ids, nchan):
-    """All SPECTRAL_WINDOW rows 0..max(spw_ids): dicts for the simulator and the fix-ups."""
+def _science_chan_width(nchan):
+    """ALMA-like channel width for a science window of nchan channels: 128 = TDM (15.625 MHz),
+    3840 = 1.875 GHz / 3840; otherwise the 1920-channel FDM width (976.5625 kHz)."""
+    if nchan == 128:
+        return _TDM_CHAN_WIDTH_HZ
+    return min(_CHAN_WIDTH_HZ, _WIDE_FDM_BANDWIDTH_HZ / nchan)
+
+
+def _spw_table(spw_ids, nchan, spw_nchan=None):
+    """All SPECTRAL_WINDOW rows 0..max(spw_ids): dicts for the simulator and the fix-ups.
+
+    ``nchan`` channels of 976.5625 kHz in every science spw, or ``spw_nchan`` (one count per
+    science spw) with the widths of _science_chan_width.
+    """
     rows = []
     science = {}
     for k, sid in enumerate(spw_ids):
@@ -332,8 +371,10 @@ def _spw_table(spw_ids, nchan):
     for sid in range(max(spw_ids) + 1):
         if sid in science:
             k, centre, sideband = science[sid]
-            width = _CHAN_WIDTH_HZ * (-1.0 if sideband == 'LSB' else 1.0)
-            rows.append(dict(id=sid, science=True, index=k, nchan=nchan, width=width, centre=centre,
+            n_k = nchan if spw_nchan is None else int(spw_nchan[k])
+            width = (_CHAN_WIDTH_HZ if spw_nchan is None else _science_chan_width(n_k)) * (
+                -1.0 if sideband == 'LSB' else 1.0)
+            rows.append(dict(id=sid, science=True, index=k, nchan=n_k, width=width, centre=centre,
                              sideband=sideband, bb=k % 4 + 1,
                              name='%s#ALMA_RB_06#BB_%d#SW-%02d#FULL_RES' % (_SPECTRAL_SPEC, k % 4 + 1, k // 4 + 1)))
         elif sid == 0:
@@ -398,12 +439,12 @@ def _schedule(frames, fields, n_ebs, sci_spws, first_date):
     return starts
 
 
-def _scan_plan(n_fields):
+def _scan_plan(n_fields, integrations=_INTEGRATIONS_PER_SCAN):
     """[(field index, start offset s, stop offset s, scan number)] for one EB."""
     plan = []
     t = 0.0
     scan = 5
-    length = _INTEGRATIONS_PER_SCAN * _INTEGRATION_S
+    length = integrations * _INTEGRATION_S
     for _ in range(_VISITS_PER_FIELD):
         for f in range(n_fields):
             plan.append((f, t, t + length, scan))
@@ -425,13 +466,13 @@ def _simulate_raw(casa, path, plan, eb):
         ants = plan['antennas']
         obs = me.observatory('ALMA')
         sm.setconfig(telescopename='ALMA', x=list(ants['x']), y=list(ants['y']), z=list(ants['z']),
-                     dishdiameter=[12.0] * len(ants['names']), mount=['alt-az'],
+                     dishdiameter=[plan['dish_m']] * len(ants['names']), mount=['alt-az'],
                      antname=list(ants['names']), padname=list(ants['pads']),
                      coordsystem='global', referencelocation=obs)
         for r in plan['spw_rows']:
             sm.setspwindow(spwname='spw%d' % r['id'], freq='%.6fHz' % r['chan_freq'][0],
                            deltafreq='%.6fHz' % r['width'], freqresolution='%.6fHz' % abs(r['width']),
-                           nchannels=r['nchan'], stokes='XX YY', refcode='TOPO')
+                           nchannels=r['nchan'], stokes=plan['correlations'], refcode='TOPO')
         sm.setfeed(mode='perfect X Y', pol=[''])
         for f in plan['fields']:
             # mosaic pointings get unique names here (observe selects by name); _fix_metadata restores them
@@ -444,8 +485,8 @@ def _simulate_raw(casa, path, plan, eb):
                     referencetime=me.epoch('UTC', qa.quantity(eb['start_mjd'], 'd')))
         for fidx, t0, t1, _scan in plan['scans']:
             for r in plan['spw_rows']:
-                if r['science']:
-                    field = plan['fields'][fidx]
+                field = plan['fields'][fidx]
+                if r['science'] and r['id'] in field['spw_ids']:
                     sm.observe(sourcename=field.get('sim_name', field['name']), spwname='spw%d' % r['id'],
                                starttime='%.3fs' % t0, stoptime='%.3fs' % t1)
     finally:
@@ -530,29 +571,48 @@ def _fill(casa, frames, plan, path, rng, noise=True):
         for ddid in sorted(set(tb.getcol('DATA_DESC_ID').tolist())):
             sub = tb.query('DATA_DESC_ID==%d' % ddid)
             try:
-                cont, line = _model(frames, plan, sub, ddspw[ddid])
-                npol, nchan, nrow = cont.shape
-                if noise:
-                    nz = (rng.normal(0.0, sigma, cont.shape) + 1j * rng.normal(0.0, sigma, cont.shape))
-                else:
-                    nz = np.zeros(cont.shape, complex)
-                sub.putcol('DATA', (cont + line + nz).astype(np.complex64))
-                sub.putcol('CORRECTED_DATA', (line + nz).astype(np.complex64))
-                sub.putcol('MODEL_DATA', np.zeros(cont.shape, np.complex64))
-                sub.putcol('WEIGHT', np.full((npol, nrow), 1.0 / sigma ** 2, np.float32))
-                sub.putcol('SIGMA', np.full((npol, nrow), sigma, np.float32))
-                sub.putcol('FLAG', np.zeros(cont.shape, bool))
-                sub.putcol('FLAG_ROW', np.zeros(nrow, bool))
+                for start, count in _row_chunks(sub.nrows(), plan['spw_by_id'][ddspw[ddid]]['nchan']):
+                    cont, line = _model(frames, plan, sub, ddspw[ddid], start, count)
+                    npol, nchan, nrow = cont.shape
+                    if noise:
+                        nz = (rng.normal(0.0, sigma, cont.shape) + 1j * rng.normal(0.0, sigma, cont.shape))
+                    else:
+                        nz = np.zeros(cont.shape, complex)
+                    rows = dict(startrow=start, nrow=count)
+                    sub.putcol('DATA', (cont + line + nz).astype(np.complex64), **rows)
+                    sub.putcol('CORRECTED_DATA', (line + nz).astype(np.complex64), **rows)
+                    sub.putcol('MODEL_DATA', np.zeros(cont.shape, np.complex64), **rows)
+                    sub.putcol('WEIGHT', np.full((npol, nrow), 1.0 / sigma ** 2, np.float32), **rows)
+                    sub.putcol('SIGMA', np.full((npol, nrow), sigma, np.float32), **rows)
+                    sub.putcol('FLAG', np.zeros(cont.shape, bool), **rows)
+                    sub.putcol('FLAG_ROW', np.zeros(nrow, bool), **rows)
             finally:
                 sub.close()
 
 
-def _model(frames, plan, tb, spw_id):
-    """(continuum, line) visibilities, shape (2, nchan, nrow), for the rows of tb."""
+def _row_chunks(nrows, nchan, values=4000000):
+    """(start, count) pieces of about `values` visibilities per correlation, so that big
+    deliveries (bench/) are written in bounded memory."""
+    step = max(1, values // max(1, nchan))
+    return [(start, min(step, nrows - start)) for start in range(0, nrows, step)]
+
+
+def _pol_factors(plan):
+    """Per correlation: (continuum, line) factors.  Linear feeds see an unpolarized source in XX
+    and YY only; with full polarization the continuum has Stokes U = continuum_pol_fraction * I
+    (Q = V = 0), so XY = YX = U, and the line is unpolarized (0 in XY and YX)."""
+    if plan['correlations'] == 'XX YY':
+        return np.ones(2), np.ones(2)
+    u = plan['continuum_pol_fraction']
+    return np.array([1.0, u, u, 1.0]), np.array([1.0, 0.0, 0.0, 1.0])
+
+
+def _model(frames, plan, tb, spw_id, startrow=0, nrow=-1):
+    """(continuum, line) visibilities, shape (ncorr, nchan, nrow), for those rows of tb."""
     spw = plan['spw_by_id'][spw_id]
-    uvw = tb.getcol('UVW')
-    times = tb.getcol('TIME')
-    fids = tb.getcol('FIELD_ID')
+    uvw = tb.getcol('UVW', startrow=startrow, nrow=nrow)
+    times = tb.getcol('TIME', startrow=startrow, nrow=nrow)
+    fids = tb.getcol('FIELD_ID', startrow=startrow, nrow=nrow)
     f_topo = spw['chan_freq']
     nrow = len(times)
     ratio = np.empty(nrow)
@@ -573,12 +633,12 @@ def _model(frames, plan, tb, spw_id):
     lmn = np.array([plan['fields'][fid]['lmn'] for fid in fids])      # (nrow, 3)
     path_m = uvw[0] * lmn[:, 0] + uvw[1] * lmn[:, 1] + uvw[2] * (lmn[:, 2] - 1.0)
     phase = np.exp(_PHASE_SIGN * 2j * math.pi * path_m[None, :] * f_topo[:, None] / _C_MS)
-    cont = (amp_c * phase)[None, :, :].repeat(2, axis=0)
-    line = (amp_l * phase)[None, :, :].repeat(2, axis=0)
+    cont_factors, line_factors = _pol_factors(plan)
+    cont = cont_factors[:, None, None] * (amp_c * phase)[None, :, :]
+    line = line_factors[:, None, None] * (amp_l * phase)[None, :, :]
     return cont, line
 
 
-_PB_FWHM_LAMBDA_OVER_D = 1.16  # CASA's ALMA 12 m primary beam (Airy), measured on a tclean .pb image
 
 
 def _mosaic_pointings(fields, offsets):
@@ -601,13 +661,40 @@ def _mosaic_pointings(fields, offsets):
     return pointings
 
 
+def hexagonal_mosaic_offsets(n_pointings, freq_ghz=230.0, dish_m=12.0):
+    """[(east, north) arcsec] of an ALMA-like hexagonal mosaic: the n_pointings points of a
+    hexagonal grid nearest its centre, in raster order (rows south to north, west to east).
+
+    Spacing lambda / (sqrt(3) D), the Nyquist spacing of a hexagonal grid for a dish D (the
+    ALMA OT's default, 0.511 x its 1.13 lambda / D beam), at freq_ghz.
+    """
+    n_pointings = int(n_pointings)
+    if n_pointings < 2:
+        raise ValueError('a mosaic needs at least 2 pointings')
+    spacing = _C_MS / (freq_ghz * 1e9) / (math.sqrt(3.0) * dish_m) / _ARCSEC
+    rings = int(math.ceil(math.sqrt(n_pointings))) + 1
+    grid = []
+    for j in range(-rings, rings + 1):
+        for i in range(-rings, rings + 1):
+            east = (i + 0.5 * (j % 2)) * spacing
+            north = j * spacing * math.sqrt(3.0) / 2.0
+            grid.append((round(math.hypot(east, north), 6), north, east))
+    chosen = sorted(grid)[:n_pointings]
+    return [(east, north) for _r, north, east in sorted(chosen, key=lambda p: (p[1], p[2]))]
+
+
 def _primary_beam(plan, fids, f_topo):
     """Gaussian primary-beam gain of the source in each row's pointing, per channel (mosaics only)."""
     separations = np.array([plan['fields'][fid].get('pb_separation_arcsec', 0.0) for fid in fids])
     if not separations.any():
         return np.ones((len(f_topo), len(fids)))
-    fwhm_arcsec = _PB_FWHM_LAMBDA_OVER_D * _C_MS / f_topo / 12.0 / _ARCSEC   # (nchan,)
+    fwhm_arcsec = plan['pb_fwhm_lambda_over_d'] * _C_MS / f_topo / plan['dish_m'] / _ARCSEC   # (nchan,)
     return np.exp(-4.0 * math.log(2.0) * (separations[None, :] / fwhm_arcsec[:, None]) ** 2)
+
+
+def _spws_of(plan, field):
+    """The science spws (plan rows) a field is observed in."""
+    return [spw for spw in plan['sci_spws'] if spw['id'] in field['spw_ids']]
 
 
 def _unique_by_name(fields):
@@ -648,9 +735,10 @@ def _add_corrected(casa, frames, plan, path):
         for ddid in sorted(set(tb.getcol('DATA_DESC_ID').tolist())):
             sub = tb.query('DATA_DESC_ID==%d' % ddid)
             try:
-                cont, _line = _model(frames, plan, sub, ddspw[ddid])
-                data = sub.getcol('DATA')
-                sub.putcol('CORRECTED_DATA', (data - cont).astype(np.complex64))
+                for start, count in _row_chunks(sub.nrows(), plan['spw_by_id'][ddspw[ddid]]['nchan']):
+                    cont, _line = _model(frames, plan, sub, ddspw[ddid], start, count)
+                    data = sub.getcol('DATA', startrow=start, nrow=count)
+                    sub.putcol('CORRECTED_DATA', (data - cont).astype(np.complex64), startrow=start, nrow=count)
             finally:
                 sub.close()
 
@@ -739,7 +827,7 @@ def _cont_ranges(plan, ebs):
     result = {}
     for fld in plan['fields']:
         per_spw = {}
-        for spw in plan['sci_spws']:
+        for spw in _spws_of(plan, fld):
             f = spw['chan_freq']
             dw = abs(spw['width'])
             topo_lo, topo_hi = f.min() - dw / 2.0, f.max() + dw / 2.0
@@ -773,7 +861,7 @@ def _fitspw(plan, eb, ranges):
     for fld in plan['fields']:
         r = eb['mid_ratio'][fld['name']]
         parts = []
-        for spw in plan['sci_spws']:
+        for spw in _spws_of(plan, fld):
             f = spw['chan_freq'] * r
             dw = abs(spw['width']) * r
             ok = np.zeros(spw['nchan'], bool)
@@ -793,7 +881,7 @@ def _write_contdat(path, plan, ranges, version):
     for fld in _unique_by_name(plan['fields']):
         lines.append(fld['name'] if version == 1 else 'Field: %s' % fld['name'])
         lines.append('')
-        for spw in plan['sci_spws']:
+        for spw in _spws_of(plan, fld):
             rr = ranges[fld['name']][spw['id']]
             if version == 1:
                 lines.append('SPW%d' % spw['id'])
@@ -834,7 +922,9 @@ def simulate_delivery(outdir, *, n_ebs=2, n_fields=1, spw_ids=(25, 27), nchan=64
                       contdat_version=2, continuum_jy=0.05, spectral_index=0.0,
                       offset_arcsec=(0.0, 0.0), line_peak_jy=0.2, line_fwhm_kms=None,
                       line_restfreq_ghz=None, noise_jy=0.002, seed=1, pipeline_ready=False,
-                      casa_logfile=None, mosaic_offsets_arcsec=None, selfcal_phase_rms_deg=0.0):
+                      casa_logfile=None, mosaic_offsets_arcsec=None, array='12m', full_polarization=False,
+                      continuum_pol_fraction=None, spw_nchan=None, field_spw_ids=None,
+                      integrations_per_scan=_INTEGRATIONS_PER_SCAN, selfcal_phase_rms_deg=0.0):
     """Write a simulated ALMA delivery into ``outdir`` (new or empty); return the truth dict.
 
     See the module docstring for the layouts and the model.  ``pipeline_ready`` adds the
@@ -842,7 +932,17 @@ def simulate_delivery(outdir, *, n_ebs=2, n_fields=1, spw_ids=(25, 27), nchan=64
     directory) only takes effect if CASA was not imported yet in this process.
     ``mosaic_offsets_arcsec`` [(east, north), ...]: field 0 becomes a mosaic of these pointings
     (FIELD rows of the same name, offsets from the field's position); each pointing sees the
-    source through a Gaussian primary beam (FWHM 1.16 lambda / 12 m, as CASA's ALMA model).
+    source through a Gaussian primary beam (FWHM 1.16 lambda / 12 m, as CASA's ALMA model);
+    ``hexagonal_mosaic_offsets`` makes ALMA's Nyquist-spaced pattern.
+    ``array='7m'``: ACA 7 m antennas (CMnn, 7 m dishes, pads of casadata's aca.cycle10.cfg, at most
+    10), the primary beam scaled to 7 m.  ``full_polarization``: four correlations XX XY YX YY; the
+    continuum has Stokes U = ``continuum_pol_fraction`` (default 0.05) of I, so XY = YX = that
+    fraction of the continuum, the line is unpolarized (XX = YY = I, Stokes I = (XX + YY) / 2).
+    ``spw_nchan`` [n, ...]: channels per science spw (128 = TDM, 15.625 MHz channels; 3840 =
+    488 kHz; others 976.5625 kHz), instead of ``nchan`` everywhere.  ``field_spw_ids`` [[ids], ...]:
+    per field, the science spws it is observed in (a multi-source SB with one spw set-up per
+    target; cont.dat, fits and truth follow).  ``integrations_per_scan`` (default 5) keeps large
+    mosaics small.
     ``selfcal_phase_rms_deg`` > 0: the Cycle 11+ era (hif_selfcal).  Each ``*_targets.ms`` (and
     ``*_targets_line.ms`` with ``with_line_ms``) holds DATA = the visibilities times per-antenna,
     per-integration phase errors of that rms (the regular calibration) and CORRECTED_DATA = the
@@ -861,6 +961,18 @@ def simulate_delivery(outdir, *, n_ebs=2, n_fields=1, spw_ids=(25, 27), nchan=64
         kw['selfcal_phase_rms_deg'] = float(selfcal_phase_rms_deg)
     if mosaic_offsets_arcsec is not None:
         kw['mosaic_offsets_arcsec'] = [[float(v) for v in pointing] for pointing in mosaic_offsets_arcsec]
+    # New shapes are recorded only when asked for, so older deliveries' parameters stay as they were.
+    if array != '12m':
+        kw['array'] = str(array)
+    if full_polarization:
+        kw['full_polarization'] = True
+        kw['continuum_pol_fraction'] = 0.05 if continuum_pol_fraction is None else float(continuum_pol_fraction)
+    if spw_nchan is not None:
+        kw['spw_nchan'] = [int(n) for n in spw_nchan]
+    if field_spw_ids is not None:
+        kw['field_spw_ids'] = [[int(s) for s in ids] for ids in field_spw_ids]
+    if int(integrations_per_scan) != _INTEGRATIONS_PER_SCAN:
+        kw['integrations_per_scan'] = int(integrations_per_scan)
     spw_ids = _validate(kw)
     t_begin = time.time()
     outdir = os.path.abspath(str(outdir))
@@ -891,12 +1003,13 @@ def _simulate(casa, outdir, scratch, kw, spw_ids):
     cycle8 = layout.startswith('cycle8')
 
     # ---- antennas: a seeded subset of the pads of a compact Cycle-10 configuration
-    cfg = _antenna_cfg(casa)
+    cfg_name, antenna_names, dish_m, pb_fwhm = _ARRAYS[kw.get('array', '12m')]
+    cfg = _antenna_cfg(casa, cfg_name)
     pads = _read_cfg(cfg)
-    if kw['n_antennas'] > len(pads):
-        raise ValueError('n_antennas must be <= %d (pads in %s)' % (len(pads), _ANTENNA_CFG))
+    if kw['n_antennas'] > min(len(pads), len(antenna_names)):
+        raise ValueError('n_antennas must be <= %d (pads in %s)' % (min(len(pads), len(antenna_names)), cfg_name))
     pick = sorted(rng.choice(len(pads), kw['n_antennas'], replace=False).tolist())
-    names = sorted(rng.choice(_ANTENNA_NAMES, kw['n_antennas'], replace=False).tolist())
+    names = sorted(rng.choice(antenna_names, kw['n_antennas'], replace=False).tolist())
     obs_itrf = casa.me.measure(casa.me.observatory('ALMA'), 'ITRF')
     e = [pads[i][0] for i in pick]
     n = [pads[i][1] for i in pick]
@@ -918,23 +1031,26 @@ def _simulate(casa, outdir, scratch, kw, spw_ids):
         m = math.sin(sdec) * math.cos(dec) - math.cos(sdec) * math.sin(dec) * math.cos(dra)
         nn = math.sin(sdec) * math.sin(dec) + math.cos(sdec) * math.cos(dec) * math.cos(dra)
         fields.append(dict(name=name, field_id=i, ra=ra, dec=dec, lmn=(l, m, nn),
-                           source_ra=sra, source_dec=sdec))
+                           source_ra=sra, source_dec=sdec,
+                           spw_ids=kw['field_spw_ids'][i] if kw.get('field_spw_ids') else list(spw_ids)))
     if kw.get('mosaic_offsets_arcsec'):
         fields = _mosaic_pointings(fields, kw['mosaic_offsets_arcsec'])
 
-    spw_rows = _spw_table(spw_ids, kw['nchan'])
+    spw_rows = _spw_table(spw_ids, kw['nchan'], kw.get('spw_nchan'))
     sci = [r for r in spw_rows if r['science']]
     first_date = datetime.datetime(*_FIRST_DATE)
     uids = _make_uids(rng, kw['n_ebs'], first_date)
     starts = _schedule(frames, fields, kw['n_ebs'], sci, _FIRST_DATE)
-    scans = _scan_plan(len(fields))  # one per FIELD row: a mosaic's pointings each get their scans
+    scans = _scan_plan(len(fields), kw.get('integrations_per_scan', _INTEGRATIONS_PER_SCAN))  # one per FIELD row: a mosaic's pointings each get their scans
     t_mid_off = (scans[0][1] + scans[-1][2]) / 2.0 / 86400.0
 
     # ---- lines (LSRK, Hz)
     lines = {}
     if kw['line_peak_jy'] != 0.0:
         if kw['line_restfreq_ghz'] is None:
-            for r in sci:
+            # TDM windows of a spectral set-up are its continuum windows: lines go in the others
+            line_spws = [r for r in sci if abs(r['width']) < _TDM_CHAN_WIDTH_HZ] or sci
+            for r in line_spws:
                 rat = [frames.ratio(s + t_mid_off, fields[0]['ra'], fields[0]['dec']) for s in starts]
                 lines[r['id']] = [float(np.mean(rat)) * r['centre']]
         else:
@@ -953,8 +1069,9 @@ def _simulate(casa, outdir, scratch, kw, spw_ids):
     # default line width: 10 km/s (8 channels at 64 x 0.98 MHz), narrower in narrow bands
     fwhm = kw['line_fwhm_kms']
     if fwhm is None:
-        chan_kms = _CHAN_WIDTH_HZ / min(r['centre'] for r in sci) * _C_KMS
-        fwhm = round(min(10.0, kw['nchan'] / 8.0 * chan_kms), 3)
+        # the narrowest band decides (TDM windows are wide in km/s: 10 km/s there)
+        lowest = min(r['centre'] for r in sci)
+        fwhm = round(min([10.0] + [r['nchan'] / 8.0 * abs(r['width']) / lowest * _C_KMS for r in sci]), 3)
 
     plan = dict(antennas=antennas, fields=fields, spw_rows=spw_rows, sci_spws=sci,
                 spw_by_id=dict((r['id'], r) for r in spw_rows), scans=scans, lines=lines,
@@ -962,7 +1079,9 @@ def _simulate(casa, outdir, scratch, kw, spw_ids):
                 spectral_index=kw['spectral_index'],
                 continuum_reffreq=float(np.mean([r['centre'] for r in sci])),
                 line_peak_jy=kw['line_peak_jy'], line_fwhm_kms=fwhm,
-                uvcont_fitorder=0 if kw['spectral_index'] == 0.0 else 1)
+                uvcont_fitorder=0 if kw['spectral_index'] == 0.0 else 1,
+                dish_m=dish_m, pb_fwhm_lambda_over_d=pb_fwhm, correlations=_CORRELATIONS[bool(kw.get('full_polarization'))],
+                continuum_pol_fraction=kw.get('continuum_pol_fraction', 0.0))
 
     ebs = []
     for k, uid in enumerate(uids):
@@ -1046,13 +1165,15 @@ def _truth(kw, plan, ebs, ranges, outdir, contdat, ms_dir, frames):
                                         ra_deg=math.degrees(f['ra']), dec_deg=math.degrees(f['dec']),
                                         source_separation_arcsec=f['pb_separation_arcsec'])
                                    for f in plan['fields'] if 'pointing_offset_arcsec' in f],
-                 pb_fwhm_lambda_over_d=_PB_FWHM_LAMBDA_OVER_D,
+                 pb_fwhm_lambda_over_d=plan['pb_fwhm_lambda_over_d'],
                  selfcal_phase_rms_deg=kw.get('selfcal_phase_rms_deg', 0.0),
                  # |vector average| of DATA over the true one: a baseline's phase error has variance 2 rms^2
                  regcal_coherence=math.exp(-math.radians(kw.get('selfcal_phase_rms_deg', 0.0)) ** 2),
                  uvcont_fitorder=plan['uvcont_fitorder'] if kw['with_uvcont'] else None,
-                 antenna_config=_ANTENNA_CFG, antennas=plan['antennas']['names'],
-                 stations=plan['antennas']['pads'])
+                 antenna_config=_ARRAYS[kw.get('array', '12m')][0], antennas=plan['antennas']['names'],
+                 stations=plan['antennas']['pads'], array=kw.get('array', '12m'), dish_m=plan['dish_m'],
+                 correlations=plan['correlations'].split(),
+                 continuum_pol_fraction=plan['continuum_pol_fraction'])
     truth['line_lsrk_freq_ghz'] = dict((str(s), [nu / 1e9 for nu in v]) for s, v in plan['lines'].items())
     truth['fields'] = [dict(name=f['name'], field_id=f['field_id'],
                             direction=dict(ra_deg=math.degrees(f['ra']), dec_deg=math.degrees(f['dec']),
@@ -1060,7 +1181,8 @@ def _truth(kw, plan, ebs, ranges, outdir, contdat, ms_dir, frames):
                             offset_arcsec=list(kw['offset_arcsec']),
                             source_direction=dict(ra_deg=math.degrees(f['source_ra']),
                                                   dec_deg=math.degrees(f['source_dec']),
-                                                  ra=_hms(f['source_ra']), dec=_dms(f['source_dec'])))
+                                                  ra=_hms(f['source_ra']), dec=_dms(f['source_dec'])),
+                            spw_ids=list(f['spw_ids']))
                        for f in plan['fields']]
     spws = []
     for r in plan['sci_spws']:
@@ -1099,13 +1221,14 @@ def _truth(kw, plan, ebs, ranges, outdir, contdat, ms_dir, frames):
             f = r['chan_freq']
             item = dict(id=r['id'])
             by_field = {}
-            for fld in plan['fields']:
+            observed = [fld for fld in plan['fields'] if r['id'] in fld['spw_ids']]
+            for fld in observed:
                 ratio = frames.ratio(eb['mid_mjd'], fld['ra'], fld['dec'])
                 by_field[fld['name']] = [(nu / ratio - f[0]) / r['width'] for nu in plan['lines'].get(r['id'], [])]
-            first = by_field[plan['fields'][0]['name']]
+            first = by_field[observed[0]['name']]
             item['line_topo_channel'] = first[0] if first else None
             item['line_topo_channel_by_field'] = by_field
-            ratio0 = eb['mid_ratio'][plan['fields'][0]['name']]
+            ratio0 = eb['mid_ratio'][observed[0]['name']]
             item['lsrk_freq_range_ghz'] = [f.min() * ratio0 / 1e9, f.max() * ratio0 / 1e9]
             espws.append(item)
         e['spws'] = espws
