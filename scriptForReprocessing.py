@@ -1605,7 +1605,7 @@ SpwInfo.__new__.__defaults__ = (None, None)  # the frequency range: unknown wher
 class MsLayout(object):
     """Fields, science spws and (field, spw) pairs with data of one MS, read once with the table tool."""
 
-    def __init__(self, *, path, start, fields, spws, pairs, rows):
+    def __init__(self, *, path, start, fields, spws, pairs, rows, ephemeris_fields=()):
         self.path = Path(path)
         self.name = self.path.name
         self.eb = eb_name(self.path)
@@ -1614,6 +1614,7 @@ class MsLayout(object):
         self.spws = spws      # OrderedDict spw id -> SpwInfo, only spws with data
         self.pairs = pairs    # {(field id, spw id)} with rows
         self.rows = rows
+        self.ephemeris_fields = set(ephemeris_fields)  # names of fields with an ephemeris (EPHEMERIS_ID >= 0)
 
     def spw_ids_by_name(self, name):
         return [spw.id for spw in self.spws.values() if spw.name == name]
@@ -1635,6 +1636,9 @@ def read_ms_layout(casa, ms):
                     else table.getcol(name) for name in names]
 
     field_names, = columns('FIELD', 'NAME')
+    with opened_table(casa, Path(ms) / 'FIELD', missing=missing) as table:
+        ephemeris_ids = (list(table.getcol('EPHEMERIS_ID')) if 'EPHEMERIS_ID' in table.colnames() and table.nrows()
+                         else [-1] * len(field_names))
     spw_names, spw_nchan, spw_freqs = columns('SPECTRAL_WINDOW', 'NAME', 'NUM_CHAN', 'CHAN_FREQ')
     dd_spw, = columns('DATA_DESCRIPTION', 'SPECTRAL_WINDOW_ID')
     time_range, = columns('OBSERVATION', 'TIME_RANGE')
@@ -1656,7 +1660,9 @@ def read_ms_layout(casa, ms):
                          float(numpy.min(spw_freqs[spw_id])), float(numpy.max(spw_freqs[spw_id]))))
         for spw_id in sorted({pair[1] for pair in pairs}))
     start = float(numpy.min(time_range)) if len(time_range) else 0.0
-    return MsLayout(path=ms, start=start, fields=fields, spws=spws, pairs=pairs, rows=rows)
+    ephemeris_fields = {str(name) for name, ephemeris in zip(field_names, ephemeris_ids) if ephemeris >= 0}
+    return MsLayout(path=ms, start=start, fields=fields, spws=spws, pairs=pairs, rows=rows,
+                    ephemeris_fields=ephemeris_fields)
 
 
 def check_measurement_set(casa, ms, *, root=None):
@@ -4876,12 +4882,27 @@ def continuum_job(casa, request, specmode, field, virtual_ids, *, infos, spw_map
     imsize, cell, cell_arcsec, phasecenter, gridder, beam = image_geometry(
         casa, request, infos=used, pointings=pointings, beam_frequency_hz=beam_frequency,
         pb_frequency_hz=min(centres))
+    phasecenter = _ephemeris_phasecenter(used, field, phasecenter)
     autobox = autobox_parameters(specmode, l75_m=baseline_percentile(used, 75.0),
                                  diameter_m=min(i.min_diameter for i in used))
     job = ImageJob(image_name(ous, field, virtual_ids, specmode), specmode, field, list(virtual_ids), vis, field_ids,
                    selections, _datacolumn(used), imsize, cell, cell_arcsec, phasecenter, gridder, deconvolver,
                    nterms, reffreq, None, autobox, 1, beam)
     return job, notes
+
+
+def _is_ephemeris(infos, field):
+    return any(field in info.layout.ephemeris_fields for info in infos)
+
+
+def _ephemeris_phasecenter(infos, field, phasecenter):
+    """An ephemeris target (a solar-system body) is imaged on its track, as the pipeline does."""
+    return 'TRACKFIELD' if _is_ephemeris(infos, field) else phasecenter
+
+
+def _cube_frame(infos, field):
+    """Cubes of an ephemeris target are in its rest frame (tclean specmode cubesource), else LSRK."""
+    return 'SOURCE' if _is_ephemeris(infos, field) else 'LSRK'
 
 
 def _contdat_ranges(contdat, field, virtual_ids):
@@ -4906,7 +4927,7 @@ def cube_job(casa, request, specmode, field, virtual_id, nbins, *, infos, spw_ma
         selections.append(str(spw.spw_id))
         used.append(info)
         pointings.extend(info.fields[field])
-        coverage.append(sorted(converter.coverage(info.path, ids[0], spw.spw_id, 'LSRK')))
+        coverage.append(sorted(converter.coverage(info.path, ids[0], spw.spw_id, _cube_frame(infos, field))))
     if not vis:
         return None, ['no data of field %s in spw %d' % (field, virtual_id)]
     reference = spw_map[virtual_id][used[0].name]
@@ -4921,6 +4942,7 @@ def cube_job(casa, request, specmode, field, virtual_id, nbins, *, infos, spw_ma
     imsize, cell, cell_arcsec, phasecenter, gridder, beam = image_geometry(
         casa, request, infos=used, pointings=pointings, beam_frequency_hz=reference.centre,
         pb_frequency_hz=reference.centre)
+    phasecenter = _ephemeris_phasecenter(used, field, phasecenter)
     autobox = autobox_parameters(specmode, l75_m=baseline_percentile(used, 75.0),
                                  diameter_m=min(i.min_diameter for i in used))
     job = ImageJob(image_name(ous, field, [virtual_id], specmode), specmode, field, [virtual_id], vis, field_ids,
@@ -5027,6 +5049,9 @@ def tclean_arguments(job, request, *, imagename, parallel=False):
     if job.spectral:
         arguments.update(job.spectral)
         arguments.update(outframe='LSRK', veltype='radio', interpolation='linear', perchanweightdensity=True)
+        if job.phasecenter == 'TRACKFIELD':  # an ephemeris target: frequencies in its rest frame
+            arguments.update(specmode='cubesource')
+            del arguments['outframe']
     return arguments
 
 

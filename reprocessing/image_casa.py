@@ -211,12 +211,27 @@ def continuum_job(casa, request, specmode, field, virtual_ids, *, infos, spw_map
     imsize, cell, cell_arcsec, phasecenter, gridder, beam = image_geometry(
         casa, request, infos=used, pointings=pointings, beam_frequency_hz=beam_frequency,
         pb_frequency_hz=min(centres))
+    phasecenter = _ephemeris_phasecenter(used, field, phasecenter)
     autobox = autobox_parameters(specmode, l75_m=baseline_percentile(used, 75.0),
                                  diameter_m=min(i.min_diameter for i in used))
     job = ImageJob(image_name(ous, field, virtual_ids, specmode), specmode, field, list(virtual_ids), vis, field_ids,
                    selections, _datacolumn(used), imsize, cell, cell_arcsec, phasecenter, gridder, deconvolver,
                    nterms, reffreq, None, autobox, 1, beam)
     return job, notes
+
+
+def _is_ephemeris(infos, field):
+    return any(field in info.layout.ephemeris_fields for info in infos)
+
+
+def _ephemeris_phasecenter(infos, field, phasecenter):
+    """An ephemeris target (a solar-system body) is imaged on its track, as the pipeline does."""
+    return 'TRACKFIELD' if _is_ephemeris(infos, field) else phasecenter
+
+
+def _cube_frame(infos, field):
+    """Cubes of an ephemeris target are in its rest frame (tclean specmode cubesource), else LSRK."""
+    return 'SOURCE' if _is_ephemeris(infos, field) else 'LSRK'
 
 
 def _contdat_ranges(contdat, field, virtual_ids):
@@ -241,7 +256,7 @@ def cube_job(casa, request, specmode, field, virtual_id, nbins, *, infos, spw_ma
         selections.append(str(spw.spw_id))
         used.append(info)
         pointings.extend(info.fields[field])
-        coverage.append(sorted(converter.coverage(info.path, ids[0], spw.spw_id, 'LSRK')))
+        coverage.append(sorted(converter.coverage(info.path, ids[0], spw.spw_id, _cube_frame(infos, field))))
     if not vis:
         return None, ['no data of field %s in spw %d' % (field, virtual_id)]
     reference = spw_map[virtual_id][used[0].name]
@@ -256,6 +271,7 @@ def cube_job(casa, request, specmode, field, virtual_id, nbins, *, infos, spw_ma
     imsize, cell, cell_arcsec, phasecenter, gridder, beam = image_geometry(
         casa, request, infos=used, pointings=pointings, beam_frequency_hz=reference.centre,
         pb_frequency_hz=reference.centre)
+    phasecenter = _ephemeris_phasecenter(used, field, phasecenter)
     autobox = autobox_parameters(specmode, l75_m=baseline_percentile(used, 75.0),
                                  diameter_m=min(i.min_diameter for i in used))
     job = ImageJob(image_name(ous, field, [virtual_id], specmode), specmode, field, [virtual_id], vis, field_ids,
@@ -362,6 +378,9 @@ def tclean_arguments(job, request, *, imagename, parallel=False):
     if job.spectral:
         arguments.update(job.spectral)
         arguments.update(outframe='LSRK', veltype='radio', interpolation='linear', perchanweightdensity=True)
+        if job.phasecenter == 'TRACKFIELD':  # an ephemeris target: frequencies in its rest frame
+            arguments.update(specmode='cubesource')
+            del arguments['outframe']
     return arguments
 
 

@@ -25,7 +25,7 @@ SpwInfo.__new__.__defaults__ = (None, None)  # the frequency range: unknown wher
 class MsLayout(object):
     """Fields, science spws and (field, spw) pairs with data of one MS, read once with the table tool."""
 
-    def __init__(self, *, path, start, fields, spws, pairs, rows):
+    def __init__(self, *, path, start, fields, spws, pairs, rows, ephemeris_fields=()):
         self.path = Path(path)
         self.name = self.path.name
         self.eb = eb_name(self.path)
@@ -34,6 +34,7 @@ class MsLayout(object):
         self.spws = spws      # OrderedDict spw id -> SpwInfo, only spws with data
         self.pairs = pairs    # {(field id, spw id)} with rows
         self.rows = rows
+        self.ephemeris_fields = set(ephemeris_fields)  # names of fields with an ephemeris (EPHEMERIS_ID >= 0)
 
     def spw_ids_by_name(self, name):
         return [spw.id for spw in self.spws.values() if spw.name == name]
@@ -55,6 +56,9 @@ def read_ms_layout(casa, ms):
                     else table.getcol(name) for name in names]
 
     field_names, = columns('FIELD', 'NAME')
+    with opened_table(casa, Path(ms) / 'FIELD', missing=missing) as table:
+        ephemeris_ids = (list(table.getcol('EPHEMERIS_ID')) if 'EPHEMERIS_ID' in table.colnames() and table.nrows()
+                         else [-1] * len(field_names))
     spw_names, spw_nchan, spw_freqs = columns('SPECTRAL_WINDOW', 'NAME', 'NUM_CHAN', 'CHAN_FREQ')
     dd_spw, = columns('DATA_DESCRIPTION', 'SPECTRAL_WINDOW_ID')
     time_range, = columns('OBSERVATION', 'TIME_RANGE')
@@ -76,7 +80,9 @@ def read_ms_layout(casa, ms):
                          float(numpy.min(spw_freqs[spw_id])), float(numpy.max(spw_freqs[spw_id]))))
         for spw_id in sorted({pair[1] for pair in pairs}))
     start = float(numpy.min(time_range)) if len(time_range) else 0.0
-    return MsLayout(path=ms, start=start, fields=fields, spws=spws, pairs=pairs, rows=rows)
+    ephemeris_fields = {str(name) for name, ephemeris in zip(field_names, ephemeris_ids) if ephemeris >= 0}
+    return MsLayout(path=ms, start=start, fields=fields, spws=spws, pairs=pairs, rows=rows,
+                    ephemeris_fields=ephemeris_fields)
 
 
 def check_measurement_set(casa, ms, *, root=None):

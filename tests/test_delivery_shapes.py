@@ -5,7 +5,10 @@ Two small deliveries stand for the shapes real ALMA data have and the default on
     SB), full polarization (XX XY YX YY, the continuum 5 % polarized in XY/YX, the line not), and
     128-channel TDM windows beside 1920- and 3840-channel FDM windows;
   * MOSAIC_7M: ACA 7 m antennas, a 50-pointing hexagonal Nyquist mosaic under one source name,
-    the source between pointings.
+    the source between pointings;
+  * EPHEMERIS: a solar-system target (FIELD with an ephemeris table, radial velocity -20 km/s),
+    its line fixed in the SOURCE frame and cont.dat in SOURCE: a tool reading the ranges as LSRK
+    would be ~40 channels off, fitting the line.
 What must hold: in every (EB, field, spw, correlation) the continuum is gone and the line kept;
 the mosaic's image has the injected flux at the injected position (within 10 %); the user's
 measurement sets are byte-identical.
@@ -27,6 +30,8 @@ MULTI = dict(n_ebs=4, n_antennas=4, n_fields=2, spw_ids=(25, 27, 29, 31), field_
 MOSAIC_7M = dict(array='7m', n_antennas=10, n_ebs=1, spw_ids=(25,), nchan=16, integrations_per_scan=1,
                  mosaic_offsets_arcsec=hexagonal_mosaic_offsets(50, freq_ghz=217.0, dish_m=7.0),
                  offset_arcsec=(11.0, 9.5), noise_jy=0.1, line_fwhm_kms=5.0)
+
+EPHEMERIS = dict(n_ebs=2, n_antennas=12, nchan=64, ephemeris_radvel_kms=-20.0, noise_jy=0.05)
 
 
 def truth_of(delivery):
@@ -206,4 +211,53 @@ def test_mosaic_image_has_the_flux_at_the_injected_position(mosaic, casa):
 
 def test_mosaic_user_measurement_sets_are_byte_identical(mosaic):
     before, after = mosaic['before'], mosaic['after']
+    assert {name: after[name] for name in before} == before
+
+
+def test_ephemeris_target_fits_source_frame_ranges_and_images_on_its_track(delivery_factory, run_script, casa):
+    delivery = delivery_factory(**EPHEMERIS)
+    truth = truth_of(delivery)
+    before = user_ms_digests(delivery)
+    check = run_script('--check', delivery=delivery)
+    assert check.returncode == 0 and 'no errors, 0 warnings' in check.stdout, check.stdout + check.stderr
+    done = run_script('--contsub_fast', '--jobs', '1', delivery=delivery)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert assert_continuum_gone_and_line_kept(casa, delivery, truth) == 2 * 2 * 2
+    image = run_script('--image', '--engine', 'casa', '--specmodes', 'mfs,cube', '--spw', '25', delivery=delivery,
+                       timeout=900)
+    assert image.returncode == 0, image.stdout + image.stderr
+    tool = casa.casatools.image()
+    source = truth['fields'][0]['source_direction']
+    for pattern in ('*mfs.I.pbcor.fits', '*cube.I.pbcor.fits'):
+        found = sorted((delivery / 'images').glob(pattern))
+        assert len(found) == 1, pattern
+        tool.open(str(found[0]))
+        try:
+            pixels = tool.getchunk(dropdeg=True)
+            coordinates = tool.coordsys()
+            frame = coordinates.getconversiontype('spectral')
+        finally:
+            tool.close()
+        world = coordinates.referencevalue(format='n')['numeric']
+        world[0], world[1] = math.radians(source['ra_deg']), math.radians(source['dec_deg'])
+        pixel = coordinates.topixel(list(world))['numeric']
+        x, y = int(round(pixel[0])), int(round(pixel[1]))
+        if pixels.ndim == 2:
+            assert numpy.unravel_index(numpy.nanargmax(pixels), pixels.shape) in [(x + i, y + j) for i in (-1, 0, 1)
+                                                                                    for j in (-1, 0, 1)]
+            assert pixels[x, y] == pytest.approx(truth['spws'][0]['continuum_jy_at_centre'], rel=0.10)
+            continue
+        # the cube is in the body's rest frame (tclean cubesource): the line at its SOURCE frequency
+        assert frame == 'REST', frame
+        spectrum = pixels[x, y, :]
+        peak = int(numpy.nanargmax(spectrum))
+        axis = coordinates.findcoordinate('spectral')
+        w, p = axis['world'][0], axis['pixel'][0]
+        frequency = (coordinates.referencevalue(format='n')['numeric'][w] + (peak - coordinates.referencepixel()[
+            'numeric'][p]) * coordinates.increment(format='n')['numeric'][w])
+        width = abs(coordinates.increment(format='n')['numeric'][w])
+        line = truth['spws'][0]['line_lsrk_freq_ghz'][0] * 1e9       # the SOURCE-frame line (truth)
+        assert abs(frequency - line) <= width, (frequency, line, width)
+        assert spectrum[peak] == pytest.approx(truth['line_peak_jy'], rel=0.10)
+    after = user_ms_digests(delivery)
     assert {name: after[name] for name in before} == before

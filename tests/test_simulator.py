@@ -408,3 +408,30 @@ def test_four_execution_blocks_each_move_the_line(casa, tmp_path):
     dates = [eb['date'] for eb in truth['ebs']]
     assert sorted(dates) == dates and len(set(dates)) == 4
     assert np.allclose(np.abs(np.array(channels) - channels[0]), [0, 2, 4, 6], atol=0.5), channels
+
+
+def test_ephemeris_target_has_an_ephemeris_table_and_source_frame_cont_dat(casa, tmp_path):
+    out = str(tmp_path / 'eph')
+    truth = sd.simulate_delivery(out, n_ebs=1, n_antennas=3, nchan=64, ephemeris_radvel_kms=-20.0,
+                                 integrations_per_scan=1)
+    ms = os.path.join(out, truth['ebs'][0]['ms'])
+    ids, names = _cols(casa, ms + '/FIELD', 'EPHEMERIS_ID', 'NAME')
+    assert list(ids) == [0] and list(names) == ['Ceres']
+    assert 'EPHEM0_Ceres.tab' in os.listdir(ms + '/FIELD')
+    text = open(os.path.join(out, truth['contdat'])).read()
+    assert text.startswith('Field: Ceres\n') and 'GHz SOURCE' in text and 'LSRK' not in text
+    # the track is the field's direction (ICRS), and the body recedes at -20 km/s (+ the Earth's rotation)
+    times, = _cols(casa, ms, 'TIME')
+    msmd, me, qa = casa.casatools.msmetadata(), casa.casatools.measures(), casa.casatools.quanta()
+    msmd.open(ms)
+    try:
+        centre = msmd.phasecenter(0, me.epoch('UTC', qa.quantity(times.min(), 's')))
+    finally:
+        msmd.close()
+    assert centre['refer'] == 'ICRS'
+    assert abs(math.degrees(centre['m0']['value']) % 360 - truth['fields'][0]['direction']['ra_deg']) < 1e-6
+    velocity = (truth['ephemeris']['source_over_topo'][0] - 1) * C_KMS
+    assert -20.6 < velocity < -19.4
+    # the line sits where the SOURCE frame puts it
+    channel = truth['ebs'][0]['spws'][0]['line_topo_channel']
+    assert abs(_line_peak_channel(casa, ms, 25) - channel) < 0.3

@@ -127,6 +127,9 @@ _ARRAYS = {'12m': (_ANTENNA_CFG, _ANTENNA_NAMES, 12.0, 1.16),
 _TDM_CHAN_WIDTH_HZ = 15.625e6      # 128-channel TDM windows: 2 GHz
 _WIDE_FDM_BANDWIDTH_HZ = 1.875e9   # 1920 or 3840 channels over 1.875 GHz
 _CORRELATIONS = {False: 'XX YY', True: 'XX XY YX YY'}
+_EPHEMERIS_NAME = 'Ceres'
+_EPHEMERIS_TEMPLATE = os.path.join('ephemerides', 'JPL-Horizons', 'Ceres_59214-62866dUTC_J2000.tab')
+_AU_KM = 149597870.7
 # (centre GHz, sideband) per science window, in order BB_1..BB_4, then SW-02 windows.
 _SPW_PLAN = ((216.95, 'LSB'), (230.55, 'USB'), (218.95, 'LSB'), (232.55, 'USB'),
              (217.45, 'LSB'), (231.05, 'USB'), (219.45, 'LSB'), (233.05, 'USB'))
@@ -313,6 +316,9 @@ def _validate(kw):
             raise ValueError('field_spw_ids must give, per field (n_fields), a non-empty list of ids from spw_ids')
         if set(s for ids in per_field for s in ids) != set(spw_ids):
             raise ValueError('field_spw_ids must use every id of spw_ids')
+    if kw.get('ephemeris_radvel_kms') is not None and (kw.get('mosaic_offsets_arcsec') or kw['with_uvcont']
+                                                        or kw['contdat_version'] == 1):
+        raise ValueError('ephemeris_radvel_kms: not with a mosaic, uvcont tables or a v1 (TOPO) cont.dat')
     if kw.get('integrations_per_scan', 1) < 1:
         raise ValueError('integrations_per_scan must be >= 1')
     if not 0.0 <= kw.get('continuum_pol_fraction', 0.0) <= 1.0:
@@ -561,6 +567,73 @@ def _fix_metadata(casa, path, plan, eb):
         tb.putcol('STATE_ID', np.zeros(len(times), dtype=np.int32))
 
 
+def _attach_ephemeris(casa, path, plan, scratch):
+    """Attach an ephemeris table to field 0 of the MS; return its SOURCE/TOPO frequency ratio.
+
+    The table has the columns and keywords of casadata's JPL-Horizons Ceres table (copied, rows
+    replaced): every 0.05 d from a day before to a day after the EB, RA/DEC constant at the
+    field's direction, Rho 1000 AU, RadVel the requested geocentric radial velocity.
+    """
+    tb, field = casa.tb, plan['fields'][0]
+    try:
+        import casadata
+        template = os.path.join(casadata.datapath, _EPHEMERIS_TEMPLATE)
+    except ImportError:
+        template = casa.ct.ctsys.resolve(_EPHEMERIS_TEMPLATE)
+    with _opened(tb, path):
+        times = tb.getcol('TIME')
+    first, last = times.min() / 86400.0, times.max() / 86400.0
+    with _opened(tb, path + '/FIELD', nomodify=False):
+        tb.putcell('TIME', 0, float(times.min()))     # addephemeris wants it inside the observation
+    table = os.path.join(scratch, '%s_%d.tab' % (_EPHEMERIS_NAME, int(first)))
+    if os.path.exists(table):
+        shutil.rmtree(table)
+    with _opened(tb, template):
+        tb.copy(table, deep=True, valuecopy=True).close()
+    step = 0.05
+    mjd = np.arange(first - 1.0, last + 1.0 + step, step)
+    n = len(mjd)
+    with _opened(tb, table, nomodify=False):
+        tb.removerows(list(range(tb.nrows())))
+        tb.addrows(n)
+        tb.putcol('MJD', mjd)
+        tb.putcol('RA', np.full(n, math.degrees(field['ra']) % 360.0))
+        tb.putcol('DEC', np.full(n, math.degrees(field['dec'])))
+        tb.putcol('Rho', np.full(n, 1000.0))     # far: a diurnal parallax < 0.01 arcsec
+        tb.putcol('RadVel', np.full(n, field['ephemeris_radvel_kms'] / _AU_KM * 86400.0))
+        for col in ('NP_ang', 'NP_dist', 'DiskLong', 'DiskLat', 'Sl_lon', 'Sl_lat', 'r', 'rdot', 'phang'):
+            tb.putcol(col, np.zeros(n))
+        tb.putkeyword('MJD0', float(mjd[0] - step))
+        tb.putkeyword('dMJD', step)
+        tb.putkeyword('NAME', _EPHEMERIS_NAME)
+        # without it CASA reads the positions as apparent (of date): 0.35 deg of precession away
+        tb.putkeyword('posrefsys', 'ICRF/ICRS')
+        for key, value in (('earliest', mjd[0]), ('latest', mjd[-1])):
+            tb.putkeyword(key, {'m0': {'unit': 'd', 'value': float(value)}, 'refer': 'UTC', 'type': 'epoch'})
+    ms = casa.ct.ms()
+    ms.open(path, nomodify=False)
+    try:
+        if not ms.addephemeris(id=0, ephemerisname=table, comment=_EPHEMERIS_NAME, field=0):
+            raise RuntimeError('ms.addephemeris failed on %s (see the CASA log)' % path)
+    finally:
+        ms.close()
+    # With an ephemeris, CASA reads the FIELD directions as offsets from the ephemeris position
+    # (measured: left at the field's direction, msmd.phasecenter moved to RA 143 deg, Dec +16 deg).
+    with _opened(tb, path + '/FIELD', nomodify=False):
+        for column in ('DELAY_DIR', 'PHASE_DIR', 'REFERENCE_DIR'):
+            tb.putcell(column, 0, np.zeros_like(tb.getcell(column, 0)))
+    spw = plan['sci_spws'][0]['id']
+    ms.open(path)
+    try:
+        mid = casa.qa.time(casa.qa.quantity((first + last) / 2.0, 'd'), form='ymd')[0]
+        topo = ms.cvelfreqs(spwids=[spw], fieldids=[0], mode='channel', outframe='TOPO', obstime=mid)
+        source = ms.cvelfreqs(spwids=[spw], fieldids=[0], mode='channel', outframe='SOURCE', obstime=mid)
+    finally:
+        ms.close()
+        ms.done()
+    return float(source[0] / topo[0])
+
+
 def _fill(casa, frames, plan, path, rng, noise=True):
     """Write DATA (= continuum + line + noise), CORRECTED_DATA (= line + noise), WEIGHT,
     SIGMA, FLAG.  Returns nothing; the noise is drawn from rng."""
@@ -620,7 +693,10 @@ def _model(frames, plan, tb, spw_id, startrow=0, nrow=-1):
         t, fid = key
         fld = plan['fields'][fid]
         sel = (times == t) & (fids == fid)
-        ratio[sel] = frames.ratio(t / 86400.0, fld['ra'], fld['dec'])
+        if 'ephemeris_radvel_kms' in fld:       # the line is fixed in the body's rest frame
+            ratio[sel] = plan['source_over_topo']
+        else:
+            ratio[sel] = frames.ratio(t / 86400.0, fld['ra'], fld['dec'])
     f_lsrk = ratio[None, :] * f_topo[:, None]                         # (nchan, nrow)
     amp_c = plan['continuum_jy'] * (f_lsrk / plan['continuum_reffreq']) ** plan['spectral_index']
     amp_l = np.zeros_like(f_lsrk)
@@ -891,7 +967,8 @@ def _write_contdat(path, plan, ranges, version):
                 if version == 3:
                     head += ' %s' % spw['name']
                 lines.append(head)
-                items = ['%.10f~%.10fGHz LSRK' % (a / 1e9, b / 1e9) for a, b in rr['lsrk']]
+                frame = 'SOURCE' if 'ephemeris_radvel_kms' in fld else 'LSRK'
+                items = ['%.10f~%.10fGHz %s' % (a / 1e9, b / 1e9, frame) for a, b in rr['lsrk']]
             lines.extend(items or ['NONE'])
             lines.append('')
     with open(path, 'w') as fh:
@@ -924,7 +1001,8 @@ def simulate_delivery(outdir, *, n_ebs=2, n_fields=1, spw_ids=(25, 27), nchan=64
                       line_restfreq_ghz=None, noise_jy=0.002, seed=1, pipeline_ready=False,
                       casa_logfile=None, mosaic_offsets_arcsec=None, array='12m', full_polarization=False,
                       continuum_pol_fraction=None, spw_nchan=None, field_spw_ids=None,
-                      integrations_per_scan=_INTEGRATIONS_PER_SCAN, selfcal_phase_rms_deg=0.0):
+                      integrations_per_scan=_INTEGRATIONS_PER_SCAN, selfcal_phase_rms_deg=0.0,
+                      ephemeris_radvel_kms=None):
     """Write a simulated ALMA delivery into ``outdir`` (new or empty); return the truth dict.
 
     See the module docstring for the layouts and the model.  ``pipeline_ready`` adds the
@@ -942,7 +1020,12 @@ def simulate_delivery(outdir, *, n_ebs=2, n_fields=1, spw_ids=(25, 27), nchan=64
     488 kHz; others 976.5625 kHz), instead of ``nchan`` everywhere.  ``field_spw_ids`` [[ids], ...]:
     per field, the science spws it is observed in (a multi-source SB with one spw set-up per
     target; cont.dat, fits and truth follow).  ``integrations_per_scan`` (default 5) keeps large
-    mosaics small.
+    mosaics small.  ``ephemeris_radvel_kms``: field 0 becomes an ephemeris target (named
+    Ceres) with an ephemeris table attached to FIELD (ms.addephemeris; the JPL-Horizons format
+    CASA's converter writes, copied from casadata's Ceres table) whose position is constant (the
+    field's, so the simulator's fixed-direction UVWs stay right) and whose geocentric radial
+    velocity is this; its line is fixed in the SOURCE frame (the body's rest frame, as CASA's
+    ms.cvelfreqs converts it) and its cont.dat ranges are written in SOURCE.
     ``selfcal_phase_rms_deg`` > 0: the Cycle 11+ era (hif_selfcal).  Each ``*_targets.ms`` (and
     ``*_targets_line.ms`` with ``with_line_ms``) holds DATA = the visibilities times per-antenna,
     per-integration phase errors of that rms (the regular calibration) and CORRECTED_DATA = the
@@ -973,6 +1056,8 @@ def simulate_delivery(outdir, *, n_ebs=2, n_fields=1, spw_ids=(25, 27), nchan=64
         kw['field_spw_ids'] = [[int(s) for s in ids] for ids in field_spw_ids]
     if int(integrations_per_scan) != _INTEGRATIONS_PER_SCAN:
         kw['integrations_per_scan'] = int(integrations_per_scan)
+    if ephemeris_radvel_kms is not None:
+        kw['ephemeris_radvel_kms'] = float(ephemeris_radvel_kms)
     spw_ids = _validate(kw)
     t_begin = time.time()
     outdir = os.path.abspath(str(outdir))
@@ -1035,6 +1120,9 @@ def _simulate(casa, outdir, scratch, kw, spw_ids):
                            spw_ids=kw['field_spw_ids'][i] if kw.get('field_spw_ids') else list(spw_ids)))
     if kw.get('mosaic_offsets_arcsec'):
         fields = _mosaic_pointings(fields, kw['mosaic_offsets_arcsec'])
+    if kw.get('ephemeris_radvel_kms') is not None:
+        fields[0]['name'] = _EPHEMERIS_NAME
+        fields[0]['ephemeris_radvel_kms'] = kw['ephemeris_radvel_kms']
 
     spw_rows = _spw_table(spw_ids, kw['nchan'], kw.get('spw_nchan'))
     sci = [r for r in spw_rows if r['science']]
@@ -1052,6 +1140,9 @@ def _simulate(casa, outdir, scratch, kw, spw_ids):
             line_spws = [r for r in sci if abs(r['width']) < _TDM_CHAN_WIDTH_HZ] or sci
             for r in line_spws:
                 rat = [frames.ratio(s + t_mid_off, fields[0]['ra'], fields[0]['dec']) for s in starts]
+                if 'ephemeris_radvel_kms' in fields[0]:
+                    # SOURCE = TOPO * (1 + v/c) to ~0.5 km/s (the Earth's rotation): near the centre
+                    rat = [1.0 + fields[0]['ephemeris_radvel_kms'] / _C_KMS]
                 lines[r['id']] = [float(np.mean(rat)) * r['centre']]
         else:
             nu = kw['line_restfreq_ghz'] * 1e9
@@ -1089,6 +1180,13 @@ def _simulate(casa, outdir, scratch, kw, spw_ids):
         eb['mid_ratio'] = dict((f['name'], frames.ratio(starts[k] + t_mid_off, f['ra'], f['dec']))
                                for f in fields)
         ebs.append(eb)
+    if 'ephemeris_radvel_kms' in fields[0]:
+        # The SOURCE frame needs the ephemeris in an MS: make the raw MSes first (small deliveries only).
+        for eb in ebs:
+            eb['raw'] = os.path.join(scratch, eb['uid'] + '.ms')
+            _simulate_raw(casa, eb['raw'], plan, eb)
+            _fix_metadata(casa, eb['raw'], plan, eb)
+            eb['mid_ratio'][fields[0]['name']] = _attach_ephemeris(casa, eb['raw'], plan, scratch)
     ranges = _cont_ranges(plan, ebs)
     for eb in ebs:
         eb['fitspw'] = _fitspw(plan, eb, ranges)
@@ -1107,8 +1205,10 @@ def _simulate(casa, outdir, scratch, kw, spw_ids):
     # ---- the EBs
     for eb in ebs:
         raw = os.path.join(scratch, eb['uid'] + '.ms')
-        _simulate_raw(casa, raw, plan, eb)
-        _fix_metadata(casa, raw, plan, eb)
+        if 'raw' not in eb:
+            _simulate_raw(casa, raw, plan, eb)
+            _fix_metadata(casa, raw, plan, eb)
+        plan['source_over_topo'] = eb['mid_ratio'][fields[0]['name']]
         _fill(casa, frames, plan, raw, rng)
         target = os.path.join(ms_dir, eb['uid'] + suffix)
         _mstransform(casa, raw, target, 'data', kw['noise_jy'])
@@ -1173,7 +1273,10 @@ def _truth(kw, plan, ebs, ranges, outdir, contdat, ms_dir, frames):
                  antenna_config=_ARRAYS[kw.get('array', '12m')][0], antennas=plan['antennas']['names'],
                  stations=plan['antennas']['pads'], array=kw.get('array', '12m'), dish_m=plan['dish_m'],
                  correlations=plan['correlations'].split(),
-                 continuum_pol_fraction=plan['continuum_pol_fraction'])
+                 continuum_pol_fraction=plan['continuum_pol_fraction'],
+                 ephemeris=(dict(field=_EPHEMERIS_NAME, radvel_kms=plan['fields'][0]['ephemeris_radvel_kms'],
+                                 frame='SOURCE', source_over_topo=[eb['mid_ratio'][_EPHEMERIS_NAME] for eb in ebs])
+                            if 'ephemeris_radvel_kms' in plan['fields'][0] else None))
     truth['line_lsrk_freq_ghz'] = dict((str(s), [nu / 1e9 for nu in v]) for s, v in plan['lines'].items())
     truth['fields'] = [dict(name=f['name'], field_id=f['field_id'],
                             direction=dict(ra_deg=math.degrees(f['ra']), dec_deg=math.degrees(f['dec']),
@@ -1223,7 +1326,8 @@ def _truth(kw, plan, ebs, ranges, outdir, contdat, ms_dir, frames):
             by_field = {}
             observed = [fld for fld in plan['fields'] if r['id'] in fld['spw_ids']]
             for fld in observed:
-                ratio = frames.ratio(eb['mid_mjd'], fld['ra'], fld['dec'])
+                ratio = (eb['mid_ratio'][fld['name']] if 'ephemeris_radvel_kms' in fld
+                         else frames.ratio(eb['mid_mjd'], fld['ra'], fld['dec']))
                 by_field[fld['name']] = [(nu / ratio - f[0]) / r['width'] for nu in plan['lines'].get(r['id'], [])]
             first = by_field[observed[0]['name']]
             item['line_topo_channel'] = first[0] if first else None
