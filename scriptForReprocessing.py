@@ -3623,7 +3623,11 @@ class EbWorkers(object):
     def run(self, tasks, *, casa):
         """Results of the tasks, in their order; the first failure stops the others and is raised."""
         if self.count <= 1 or not self.processes:
-            return [self._run_here(task, casa) for task in tasks]
+            results, started = [], time.time()
+            for task in tasks:
+                results.append(self._run_here(task, casa))
+                say_progress(len(results), len(tasks), started)
+            return results
         return self._run_in_workers(tasks)
 
     @staticmethod
@@ -3638,6 +3642,7 @@ class EbWorkers(object):
         results = [None] * len(tasks)
         failures = []
         guard = threading.Lock()
+        started, done = time.time(), [0]
 
         def serve(process, logfile):
             while True:
@@ -3661,6 +3666,8 @@ class EbWorkers(object):
                         failures.append(answer.get('error', 'unknown error'))
                     else:
                         results[index] = answer['result']
+                        done[0] += 1
+                        say_progress(done[0], len(tasks), started, queued=len(queue))
 
         threads = [threading.Thread(target=serve, args=(process, logfile))
                    for process, logfile in zip(self.processes, self.logfiles)]
@@ -3700,6 +3707,24 @@ class EbWorkers(object):
             if process.stdout is not None:
                 process.stdout.close()
         self.processes = []
+
+
+def say_progress(done, total, started, *, queued=None):
+    """'k of n execution blocks done in T s, about X s left' (left: the time per block so far).
+
+    queued: blocks not started yet in parallel runs; when none is, the rest are running and no
+    estimate is made (the first ones' time includes starting the workers).
+    """
+    if total < 2:
+        return
+    elapsed = time.time() - started
+    if done == total:
+        left = ''
+    elif queued == 0:
+        left = ', the other %d running' % (total - done)
+    else:
+        left = ', about %.0f s left' % (elapsed / done * (total - done))
+    say('  %d of %d execution blocks done in %.0f s%s' % (done, total, elapsed, left))
 
 
 def _start_worker_process(command, *, cwd, env, pass_fds=(), stderr_path):
