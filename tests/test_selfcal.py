@@ -244,7 +244,8 @@ def test_pipeline_contsub_and_image_keep_the_self_calibration(delivery_factory, 
     from test_image import fits_named, read_image, source_pixel
     truth = truth_of(delivery)
     source = truth['fields'][0]['source_direction']
-    cube = fits_named(delivery / 'imgs', r'spw25\.cube\.I\.pbcor')
+    # the pipeline names products of self-calibrated data .selfcal (pipeline main 2026.0.0.0+1377 did)
+    cube = fits_named(delivery / 'imgs', r'spw25\.cube\.selfcal\.I\.pbcor')
     pixels, coordinates, _beam, _unit = read_image(casa, cube)
     sx, sy = source_pixel(coordinates, source['ra_deg'], source['dec_deg'])
     peak = float(numpy.nanmax(pixels[int(round(sx)), int(round(sy)), :]))
