@@ -1919,6 +1919,36 @@ class RunState(object):
         self._journal['logs'] = [str(log) for log in logs if log]
         self._write_journal()
 
+    def begin_publishing_set(self, outputs):
+        """Journal a set of outputs to be published together, before the first rename.
+
+        Each new output is recorded with its inode (a rename keeps it), so that a rollback removes
+        only what this run published, never an old or a user's file a journal happens to name.
+        """
+        members = []
+        for partial, final in outputs:
+            info = os.stat(str(partial))
+            members.append({'final': str(final), 'inode': [info.st_dev, info.st_ino]})
+        self._journal['publishing'] = {'members': members, 'complete': False}
+        self._write_journal()
+
+    def publishing_set_complete(self):
+        """Every member has its new name: from now on the next run keeps the new set."""
+        self._journal['publishing']['complete'] = True
+        self._write_journal()
+
+    def roll_back_publishing_set(self):
+        """Publishing failed or was stopped in this run: every member back to its state before it."""
+        self.recover_publishing_set(self._journal['publishing'], self._journal['set_aside'])
+        finals = set(member['final'] for member in self._journal['publishing']['members'])
+        self.published = [path for path in self.published if str(path) not in finals]
+        self._journal['set_aside'] = [pair for pair in self._journal['set_aside'] if pair[1] not in finals]
+        self.end_publishing_set()
+
+    def end_publishing_set(self):
+        self._journal.pop('publishing', None)
+        self._write_journal()
+
     def will_create(self, path):
         """Record path before creating it: the next run removes it if this one dies."""
         self._journal['created'].append(str(path))
@@ -1958,7 +1988,13 @@ class RunState(object):
             if isinstance(journal.get('set_aside'), list) else []
         logs = [text for text in journal.get('logs') or [] if isinstance(text, str)] \
             if isinstance(journal.get('logs'), list) else []
-        return dict(journal, created=created, set_aside=set_aside, logs=logs)
+        publishing = journal.get('publishing')
+        members = publishing.get('members') if isinstance(publishing, dict) else None
+        members = [m for m in members if isinstance(m, dict) and isinstance(m.get('final'), str)
+                   and isinstance(m.get('inode'), list) and len(m['inode']) == 2
+                   and all(isinstance(n, int) for n in m['inode'])] if isinstance(members, list) else []
+        publishing = {'members': members, 'complete': bool(publishing.get('complete'))} if members else None
+        return dict(journal, created=created, set_aside=set_aside, logs=logs, publishing=publishing)
 
     def made_by_this_tool(self, path):
         """True for what this tool creates: anything in working_reprocess/, or a .NAME.partial-PID temporary.
@@ -1981,6 +2017,8 @@ class RunState(object):
         say('Recovering from an interrupted run (pid %s, started %s: %s):'
             % (journal.get('pid', '?'), journal.get('started', '?'), journal.get('command', '?')))
         say('  ' + describe_unfinished_run(journal, self.delivery.root))
+        if journal.get('publishing'):
+            self.recover_publishing_set(journal['publishing'], journal.get('set_aside', []))
         removed = self.undo(journal)
         removed += self._sweep_partials(quiet=True)
         for path in removed:
@@ -1989,6 +2027,45 @@ class RunState(object):
             say('  it left nothing behind to remove')
         say('  your measurement sets were never moved: nothing else to restore')
         remove_file(self.journal_path)
+
+    def recover_publishing_set(self, publishing, set_aside):
+        """A killed run was publishing a set of outputs: keep the whole new set, or roll it all back."""
+        members = publishing['members']
+        names = [relative_path(member['final'], self.delivery.root) for member in members]
+        if publishing['complete']:
+            say('  it had published all %d of %s: the new ones are kept (their old versions are removed)'
+                % (len(members), ', '.join(names)))
+            return  # undo removes the old versions still set aside
+        asides = dict((original, aside) for aside, original in set_aside)
+        restored, removed, missing = [], [], []
+        for member in members:
+            final = Path(member['final'])
+            aside = Path(asides[member['final']]) if member['final'] in asides else None
+            ours = aside is not None and aside.parent == final.parent \
+                and aside.name.startswith('.%s.replaced-' % final.name) and aside.exists()
+            try:
+                info = os.lstat(str(final))
+                published = [info.st_dev, info.st_ino] == member['inode']
+            except OSError:
+                published = False
+            if published:
+                remove_tree(final)   # this member's new version: its rename carried the inode journalled
+                removed.append(relative_path(final, self.delivery.root))
+            if ours and not (final.exists() or final.is_symlink()):
+                os.rename(str(aside), str(final))
+                restored.append(relative_path(final, self.delivery.root))
+            elif not (final.exists() or final.is_symlink()):
+                missing.append(relative_path(final, self.delivery.root))
+        say('  publishing %d line outputs together (%s) was interrupted: all are rolled back to their state '
+            'before that run' % (len(members), ', '.join(names)))
+        if removed:
+            say('  removed the new %s it had published' % ', '.join(removed))
+        if restored:
+            say('  put back the old %s' % ', '.join(restored))
+        if missing:
+            say('  %s had no earlier version: none now' % ', '.join(missing))
+        say('  so every execution block has its line MS from before that run — run the same command again to '
+            'make them all new')
 
     def undo(self, journal):
         removed = []
@@ -2113,11 +2190,19 @@ def pause_point(name, state):
 
 
 def publish_line_outputs(state, outputs, *, replace):
-    """Give complete line MSes their final names: [(partial, final)].
+    """Give complete line MSes their final names: [(partial, final)], all or none as the next run sees it.
 
-    With replace (--overwrite-line), an existing line MS is renamed aside just before its new one
-    is published and removed once all are; if publishing fails, the old ones are put back.
+    The set is journalled before its first rename; a run killed before the last new line MS has its
+    name is rolled back whole by the next run (every old line MS put back, every new one removed), so
+    execution blocks never end with a mix of old and new line MSes.  With replace (--overwrite-line),
+    an existing line MS is renamed aside just before its new one is published, and removed once all are.
     """
+    if not replace:
+        existing = [final for _partial, final in outputs if final.exists() or final.is_symlink()]
+        if existing:
+            raise ReprocessingError('%s already exists — move it away, or add --overwrite-line to replace it'
+                                    % existing[0])
+    state.begin_publishing_set(outputs)
     retired = []
     try:
         for partial, final in outputs:
@@ -2128,12 +2213,15 @@ def publish_line_outputs(state, outputs, *, replace):
                 retired.append((state.set_aside(final), final))
                 pause_point('line-set-aside', state)
             state.publish(partial, final)
+            pause_point('line-published', state)
     except BaseException:
-        for aside, final in retired:
-            state.put_back(aside, final)
+        state.roll_back_publishing_set()
         raise
+    state.publishing_set_complete()
+    pause_point('line-set-complete', state)
     for aside, _final in retired:
         state.discard_aside(aside)
+    state.end_publishing_set()
 
 
 # ==================================================================================================

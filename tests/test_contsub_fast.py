@@ -15,7 +15,7 @@ import numpy
 import pytest
 
 import scriptForReprocessing as sfr
-from conftest import mean_spectrum, user_ms_digests
+from conftest import md5_tree, mean_spectrum, start_paused, user_ms_digests
 
 TWO_EBS = dict(n_ebs=2)
 
@@ -222,6 +222,47 @@ def test_existing_line_mses_are_replaced_only_with_overwrite_line(delivery_facto
     assert all((p / 'table.dat').stat().st_mtime_ns != stamps[p.name] for p in lines), 'not replaced'
     assert [name for name in listing(delivery) if name.startswith('.') or 'replaced' in name] == []
     assert_continuum_gone_and_line_kept(casa, delivery, truth_of(delivery))
+
+
+def test_a_sigkill_between_two_line_ms_renames_is_rolled_back_whole_by_the_next_run(delivery_factory, run_script):
+    """--overwrite-line killed after EB 1's new line MS has its name and before EB 2's: the next run puts
+    back both old line MSes (byte-identical) and removes the new one, and says so; never one old, one new."""
+    delivery = delivery_factory(n_ebs=2, with_line_ms=True)
+    lines = sorted(ms_dir(delivery).glob('*_targets_line.ms'))
+    old = dict((p.name, md5_tree(p)) for p in lines)
+    process = start_paused(delivery, 'line-published', '--contsub_fast', '--overwrite-line')
+    process.kill()
+    process.communicate()
+    asides = [name for name in listing(delivery) if '.replaced-' in name]
+    assert [md5_tree(p) == old[p.name] for p in lines] == [False, True], 'not paused between the two renames'
+    assert len(asides) == 1 and asides[0].startswith('.' + lines[0].name), asides
+
+    rerun = run_script('--check', delivery=delivery)
+    assert rerun.returncode == 0, rerun.stderr
+    names = ', '.join('measurement_sets/' + p.name for p in lines)
+    assert 'publishing 2 line outputs together (%s) was interrupted: all are rolled back' % names in rerun.stdout
+    assert 'removed the new measurement_sets/%s it had published' % lines[0].name in rerun.stdout
+    assert 'put back the old measurement_sets/%s\n' % lines[0].name in rerun.stdout
+    assert 'every execution block has its line MS from before that run' in rerun.stdout
+    assert dict((p.name, md5_tree(p)) for p in lines) == old, 'a mix of old and new line MSes'
+    assert [name for name in listing(delivery) if name.startswith('.')] == []
+    assert not (delivery / sfr.JOURNAL_NAME).exists()
+
+
+def test_a_sigkill_after_the_whole_set_is_published_keeps_the_new_set(delivery_factory, run_script):
+    delivery = delivery_factory(n_ebs=2, with_line_ms=True)
+    lines = sorted(ms_dir(delivery).glob('*_targets_line.ms'))
+    old = dict((p.name, md5_tree(p)) for p in lines)
+    process = start_paused(delivery, 'line-set-complete', '--contsub_fast', '--overwrite-line')
+    process.kill()
+    process.communicate()
+    new = dict((p.name, md5_tree(p)) for p in lines)
+    assert all(new[name] != old[name] for name in old)
+    rerun = run_script('--check', delivery=delivery)
+    assert rerun.returncode == 0, rerun.stderr
+    assert 'it had published all 2 of' in rerun.stdout and 'the new ones are kept' in rerun.stdout
+    assert dict((p.name, md5_tree(p)) for p in lines) == new
+    assert [name for name in listing(delivery) if name.startswith('.')] == []
 
 
 def test_cycle9_tables_are_applied_until_cont_dat_is_edited_and_both_ways_plot_spectra(delivery_factory,
