@@ -48,7 +48,7 @@ from .fileops import directory_bytes, free_bytes
 from .layout import PREP_SCRIPT_NAME, SCRIPT_NAME
 from .messages import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Interrupted, ReprocessingError, UsageError, report_error, say, signals_as_exceptions, warn
 from .prep_build import _os_error, casa_logfile_for, execute_plan, has_corrected_column
-from .prep_plan import DEFAULT_OUTPUT_NAME, MODE_COPY, MODE_LINK, MODE_MOVE, _describe_missing_products, build_plan, check_free_space, check_move_is_possible, check_output_is_free, check_output_outside_sources, find_delivery_products, format_plan, leftover_partial_outputs, next_steps_text
+from .prep_plan import DEFAULT_OUTPUT_NAME, MODE_COPY, MODE_LINK, MODE_MOVE, _describe_missing_products, build_plan, check_free_space, check_move_is_possible, check_not_a_delivery, check_output_is_free, check_output_outside_sources, find_delivery_products, format_plan, leftover_partial_outputs, next_steps_text
 
 
 def output_directory(text):
@@ -91,6 +91,7 @@ def prepare(options):
     """Everything after the command line; raises ReprocessingError."""
     working = options.working or Path(os.getcwd()).resolve()
     output = options.output or working.parent / DEFAULT_OUTPUT_NAME
+    check_not_a_delivery(working=working)
     check_output_is_free(output=output)
     products = find_delivery_products(working=working)
     if not products.targets_ms and not products.cycle8_conversions:

@@ -6,6 +6,7 @@ checks run before anything is written.
 
 import collections
 import os
+from pathlib import Path
 from pathlib import PurePosixPath
 
 from .fileops import FREE_SPACE_MARGIN, PARTIAL_TAG, human_bytes, require_free_space, with_free_space_margin
@@ -192,6 +193,20 @@ def next_steps_text(*, output, reprocessing_script_copied):
         % SCRIPT_NAME,
     ]
     return '\n'.join(lines)
+
+
+def check_not_a_delivery(*, working):
+    """Refuse a working directory that is a delivery (calibrated_final/): its output would be the delivery itself."""
+    working = Path(working)
+    looks_like_delivery = (working / 'measurement_sets').is_dir() or (working / 'caltables' / 'cont.dat').is_file()
+    if not looks_like_delivery:
+        return
+    sibling = working.parent / 'working'
+    where = ('run it in %s' % sibling) if sibling.is_dir() else 'run it inside the restored pipeline working/ directory'
+    raise ReprocessingError('%s is a delivery (it holds %s), not a pipeline working/ directory — %s, or give '
+                            '--working DIR; to reprocess this delivery run scriptForReprocessing.py here instead'
+                            % (working, 'measurement_sets/' if (working / 'measurement_sets').is_dir()
+                               else 'caltables/', where))
 
 
 def check_output_is_free(*, output):

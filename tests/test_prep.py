@@ -349,6 +349,21 @@ def test_refuses_an_existing_output(working, capsys):
     assert snapshot(working.parent) == before
 
 
+def test_run_inside_a_delivery_says_where_to_run_it_and_touches_nothing(working, monkeypatch, capsys):
+    assert prep.main([]) == 0  # makes ../calibrated_final, a delivery
+    capsys.readouterr()
+    delivery = working.parent / 'calibrated_final'
+    monkeypatch.chdir(str(delivery))
+    before = snapshot(working.parent)
+
+    assert prep.main([]) == 1
+
+    line = one_error_line(capsys.readouterr())
+    assert 'is a delivery' in line and 'run it in %s' % working in line, line
+    assert 'remove or rename' not in line  # the old advice would have pointed at the user's delivery
+    assert snapshot(working.parent) == before
+
+
 def test_refuses_when_there_is_nothing_to_prep(tmp_path, monkeypatch, capsys):
     working = tmp_path / 'working'
     working.mkdir()
