@@ -4682,17 +4682,33 @@ PB_STATISTICS_LEVEL = 0.5
 MAD_TO_RMS = 1.4826  # for Gaussian noise, rms = 1.4826 x the median absolute deviation
 
 
+def pb_mask_expression(pb):
+    """The LEL mask of the pixels the statistics use: where the primary beam is above PB_STATISTICS_LEVEL."""
+    return '"%s" > %s' % (str(pb).replace('"', '\\"'), PB_STATISTICS_LEVEL)
+
+
 def image_statistics(casa, image, *, pb=None):
-    """{'peak', 'min', 'rms'} of a CASA image (its unit, e.g. Jy/beam); NaN where it holds no valid pixel."""
+    """{'peak', 'min', 'rms', 'peak_position'} of a CASA image (its unit, e.g. Jy/beam); NaN (position None)
+    where it holds no valid pixel.  peak_position is the pixel [x, y, ...] of the peak."""
     mask = ''
     if pb is not None and Path(pb).exists():
-        mask = '"%s" > %s' % (str(pb).replace('"', '\\"'), PB_STATISTICS_LEVEL)
+        mask = pb_mask_expression(pb)
     with opened_tool(casa.casatools.image(), image) as tool:
         stats = tool.statistics(robust=True, mask=mask, verbose=False, list=False)
     if not len(stats.get('max', [])):
-        return {'peak': float('nan'), 'min': float('nan'), 'rms': float('nan')}
+        return {'peak': float('nan'), 'min': float('nan'), 'rms': float('nan'), 'peak_position': None}
     return {'peak': float(stats['max'][0]), 'min': float(stats['min'][0]),
-            'rms': MAD_TO_RMS * float(stats['medabsdevmed'][0])}
+            'rms': MAD_TO_RMS * float(stats['medabsdevmed'][0]),
+            'peak_position': [int(i) for i in stats['maxpos']]}
+
+
+def flux_text(value, unit='Jy/beam'):
+    """A peak or rms as the report and the thumbnails print it: '%.3g mJy/beam' (one format, one reading)."""
+    if value is None or value != value:
+        return '—'
+    if unit == 'Jy/beam':
+        return '%.3g mJy/beam' % (value * 1e3)
+    return '%.3g %s' % (value, unit)
 
 
 # ==================================================================================================
@@ -5272,63 +5288,111 @@ def residual_peak_and_rms(casa, residual):
 
 
 # ==================================================================================================
-# reprocessing/thumbnails.py: Report pictures of images, and the one image-statistics definition (peak, robust rms) everyone uses.
+# reprocessing/thumbnails.py: Report pictures of images: a map (a cube's peak-intensity map) and a cube's spectrum at its peak.
 # ==================================================================================================
 
-def thumbnail_or_warning(casa, image, png_path, *, statistics=None):
-    """The report's picture of an image (a view of a finished result: a failure is only a warning)."""
+def thumbnail_or_warning(casa, image, png_path, *, pb=None, statistics=None):
+    """The report's picture of an image, or None (a view of a finished result: a failure is only a warning).
+
+    Returns {'png', 'title'} — the title as printed on the picture, so the page can show the same text."""
     try:
-        render_image_thumbnail(image_path=image, png_path=png_path, casa=casa, statistics=statistics)
+        found = render_image_thumbnail(image_path=image, png_path=png_path, casa=casa, pb=pb, statistics=statistics)
     except Exception as error:
         warn('no report thumbnail for %s (%s) — the image is complete' % (Path(image).name, one_line(error)))
         return None
-    return str(png_path)
+    return {'png': str(png_path), 'title': found['title']}
 
 
-def render_image_thumbnail(*, image_path, png_path, casa, statistics=None):
-    """A PNG of a CASA image (of a cube: its brightest plane) with the beam, a colour bar, peak and rms.
+def render_image_thumbnail(*, image_path, png_path, casa, pb=None, statistics=None):
+    """A PNG of a primary-beam corrected CASA image: the sky without the primary-beam correction (pbcor x pb:
+    flat noise, so the edges do not outshine the source), for a cube the peak-intensity (moment 8) map of
+    it and beside it the pbcor spectrum at the peak pixel; the pb > PB_STATISTICS_LEVEL contour the
+    statistics use, the peak marked, the beam, a colour bar, and the table's peak and rms in the title.
 
-    Returns {'peak', 'rms' (in the image's unit, e.g. Jy/beam), 'unit', 'beam' ({'major', 'minor'} in
-    arcsec, 'pa' in degrees, or None), 'plane'}.  peak and rms are the image table's (statistics, or
-    image_statistics of the image when not given): one computation for every number shown.
+    Returns {'peak', 'rms' (the image's unit, e.g. Jy/beam), 'unit', 'beam' ({'major', 'minor'} arcsec,
+    'pa' deg, or None), 'peak_position' (pixel), 'map_peak' and 'map_peak_position' (the map's brightest
+    pixel), 'title'}.
     """
+    statistics = statistics or image_statistics(casa, image_path, pb=pb)
+    pb = pb if pb is not None and Path(str(pb)).exists() else None
+    picture = _read_picture(image_path, pb, casa, statistics.get('peak_position'))
+    title = '%s\npeak %s, rms %s%s' % (
+        Path(str(image_path)).name, flux_text(statistics['peak'], picture['unit']),
+        flux_text(statistics['rms'], picture['unit']),
+        ' (pb > %g)' % PB_STATISTICS_LEVEL if pb is not None else '')
+    _plot_thumbnail(picture, title=title, png_path=Path(png_path))
     import numpy
-    plane, mask, info = _read_brightest_plane(image_path, casa)
-    statistics = statistics or image_statistics(casa, image_path)
-    peak, rms = statistics['peak'], statistics['rms']
-    shown = numpy.where(mask, plane, numpy.nan)
-    _plot_thumbnail(shown, info, peak=peak, rms=rms, title=Path(str(image_path)).name, png_path=Path(png_path))
-    return {'peak': peak, 'rms': rms, 'unit': info['unit'], 'beam': info['beam'], 'plane': info['plane']}
+    finite = picture['map'][numpy.isfinite(picture['map'])]
+    return {'peak': statistics['peak'], 'rms': statistics['rms'], 'unit': picture['unit'], 'beam': picture['beam'],
+            'peak_position': statistics.get('peak_position'), 'title': title,
+            'map_peak': float(finite.max()) if finite.size else float('nan'),
+            'map_peak_position': [int(i) for i in numpy.unravel_index(
+                numpy.nanargmax(picture['map']), picture['map'].shape)] if finite.size else None}
 
 
-def _read_brightest_plane(image_path, casa):
-    """The (x, y) plane with the highest peak, its mask, and what the plot needs to know."""
+def _read_picture(image_path, pb, casa, peak_position):
+    """The map (moment 8 over channels of pbcor x pb), the pb map, the spectrum at the peak, and axes."""
     import numpy
     with opened_tool(casa.casatools.image(), image_path) as image:
         shape = [int(n) for n in image.shape()]
-        plane_index = [0] * len(shape)
-        if int(numpy.prod(shape[2:])) > 1:
-            statistics = image.statistics(axes=[0, 1], list=False, verbose=False)
-            maxima = numpy.asarray(statistics.get('max', []), dtype=float)
-            if maxima.size == int(numpy.prod(shape[2:])):
-                if maxima.shape != tuple(shape[2:]):
-                    maxima = maxima.reshape(shape[2:], order='F')  # CASA's own axis order
-                flat = int(numpy.nanargmax(numpy.where(numpy.isfinite(maxima), maxima, -numpy.inf)))
-                plane_index[2:] = [int(i) for i in numpy.unravel_index(flat, maxima.shape)]
-        blc = [0, 0] + plane_index[2:]
-        trc = [shape[0] - 1, shape[1] - 1] + plane_index[2:]
-        plane = numpy.asarray(image.getchunk(blc=blc, trc=trc, dropdeg=True), dtype=float).reshape(shape[:2])
-        mask = numpy.asarray(image.getchunk(blc=blc, trc=trc, dropdeg=True, getmask=True),
-                             dtype=bool).reshape(shape[:2])
-        quanta = casa.casatools.quanta()
         coordinates = image.coordsys()
         try:
+            spectral = coordinates.findcoordinate('spectral')
+            axis = int(spectral['pixel'][0]) if spectral['return'] else None
             increments = coordinates.increment(type='direction', format='q')['quantity']
+            frequencies = None
+            if axis is not None and shape[axis] > 1:
+                reference = coordinates.referencepixel(type='spectral')['numeric'][0]
+                value = coordinates.referencevalue(type='spectral')['numeric'][0]
+                step = coordinates.increment(type='spectral')['numeric'][0]
+                frequencies = [(value + (channel - reference) * step) / 1e9 for channel in range(shape[axis])]
         finally:
             coordinates.done()
-        info = {'unit': image.brightnessunit() or '', 'beam': _image_beam(image, quanta), 'plane': plane_index[2:],
-                'arcsec_per_pixel': [quanta.convert(increments[axis], 'arcsec')['value'] for axis in ('*1', '*2')]}
-    return plane, mask, info
+        quanta = casa.casatools.quanta()
+        info = {'unit': image.brightnessunit() or '', 'beam': _image_beam(image, quanta),
+                'arcsec_per_pixel': [quanta.convert(increments[key], 'arcsec')['value'] for key in ('*1', '*2')]}
+        planes = [0] * len(shape)
+        others = [index for index in range(2, len(shape)) if index != axis]
+        channels = shape[axis] if axis is not None else 1
+        pb_tool = casa.casatools.image() if pb is not None else None
+        try:
+            if pb_tool is not None:
+                pb_tool.open(str(pb))
+            peak_map, pb_map = None, None
+            for channel in range(channels):  # one plane at a time: a cube never has to fit in memory
+                blc = list(planes)
+                if axis is not None:
+                    blc[axis] = channel
+                trc = [shape[0] - 1, shape[1] - 1] + blc[2:]
+                plane = _plane(image, blc, trc, shape)
+                if pb_tool is not None:
+                    response = _plane(pb_tool, blc, trc, shape)
+                    plane = plane * response
+                    pb_map = response if pb_map is None else numpy.fmax(pb_map, response)
+                peak_map = plane if peak_map is None else numpy.fmax(peak_map, plane)
+        finally:
+            if pb_tool is not None:
+                pb_tool.close()
+        spectrum = None
+        if frequencies is not None and peak_position is not None:
+            blc = [int(i) for i in peak_position[:2]] + [0] * (len(shape) - 2)
+            for index in others:
+                blc[index] = int(peak_position[index]) if index < len(peak_position) else 0
+            trc = list(blc)
+            trc[axis] = shape[axis] - 1
+            values = numpy.asarray(image.getchunk(blc=blc, trc=trc, dropdeg=True), dtype=float).ravel()
+            valid = numpy.asarray(image.getchunk(blc=blc, trc=trc, dropdeg=True, getmask=True), dtype=bool).ravel()
+            spectrum = (frequencies, numpy.where(valid, values, numpy.nan))
+    info.update(map=peak_map, pb=pb_map, spectrum=spectrum, peak_position=peak_position, cube=frequencies is not None)
+    return info
+
+
+def _plane(image, blc, trc, shape):
+    """One (x, y) plane of an image tool as floats, NaN where masked."""
+    import numpy
+    values = numpy.asarray(image.getchunk(blc=blc, trc=trc, dropdeg=True), dtype=float).reshape(shape[:2])
+    valid = numpy.asarray(image.getchunk(blc=blc, trc=trc, dropdeg=True, getmask=True), dtype=bool).reshape(shape[:2])
+    return numpy.where(valid, values, numpy.nan)
 
 
 def _image_beam(image, quanta):
@@ -5341,28 +5405,40 @@ def _image_beam(image, quanta):
             'pa': quanta.convert(beam.get('pa', beam.get('positionangle')), 'deg')['value']}
 
 
-def _plot_thumbnail(plane, info, *, peak, rms, title, png_path):
+def _plot_thumbnail(picture, *, title, png_path):
     import numpy
     # The object interface with the Agg canvas: no pyplot, so no display and no clash with CASA's backend.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Ellipse
+    from matplotlib.ticker import MaxNLocator
+    plane = picture['map']
     nx, ny = plane.shape
-    dx, dy = info['arcsec_per_pixel']
+    dx, dy = picture['arcsec_per_pixel']
     cx, cy = (nx - 1) / 2.0, (ny - 1) / 2.0
     # Offsets from the centre in arcsec; dx < 0, so east (larger RA) is on the left as on the sky.
     extent = [(-0.5 - cx) * dx, (nx - 0.5 - cx) * dx, (-0.5 - cy) * dy, (ny - 0.5 - cy) * dy]
-    unit = info['unit']
+    unit = picture['unit']
     scale, shown_unit = (1e3, 'mJy/beam') if unit == 'Jy/beam' else (1.0, unit)
-    figure = Figure(figsize=(4.6, 4.0), dpi=100)
+    cube = picture['spectrum'] is not None
+    figure = Figure(figsize=(8.6 if cube else 4.6, 4.0), dpi=100)
     FigureCanvasAgg(figure)
-    axes = figure.add_subplot(1, 1, 1)
+    axes = figure.add_subplot(1, 2, 1) if cube else figure.add_subplot(1, 1, 1)
     finite = plane[numpy.isfinite(plane)]
     low = float(numpy.percentile(finite, 0.5)) * scale if finite.size else None
-    picture = axes.imshow(plane.T * scale, origin='lower', extent=extent, cmap='inferno', vmin=low,
-                          interpolation='nearest')
-    figure.colorbar(picture, ax=axes, label=shown_unit)
-    beam = info['beam']
+    image = axes.imshow(plane.T * scale, origin='lower', extent=extent, cmap='inferno', vmin=low,
+                        interpolation='nearest')
+    figure.colorbar(image, ax=axes, label=shown_unit + (' (not pb-corrected)' if picture['pb'] is not None else ''))
+    axes.set_title('peak over channels (moment 8)' if cube else 'intensity', fontsize=8)
+    if picture['pb'] is not None:
+        x = (numpy.arange(nx) - cx) * dx
+        y = (numpy.arange(ny) - cy) * dy
+        axes.contour(x, y, numpy.nan_to_num(picture['pb']).T, levels=[PB_STATISTICS_LEVEL], colors='white',
+                     linewidths=0.7, linestyles='dashed')
+    position = picture['peak_position']
+    if position is not None:
+        axes.plot([(position[0] - cx) * dx], [(position[1] - cy) * dy], marker='+', color='cyan', markersize=10)
+    beam = picture['beam']
     if beam:
         width, height = extent[1] - extent[0], extent[3] - extent[2]
         size = max(beam['major'], beam['minor'])
@@ -5373,8 +5449,17 @@ def _plot_thumbnail(plane, info, *, peak, rms, title, png_path):
     axes.set_xlabel('RA offset (arcsec)')
     axes.set_ylabel('Dec offset (arcsec)')
     beam_text = ', beam %.2f" × %.2f"' % (beam['major'], beam['minor']) if beam else ''
-    axes.set_title('%s\npeak %.3g %s, rms %.2g %s%s' % (title, peak * scale, shown_unit, rms * scale, shown_unit,
-                                                        beam_text), fontsize=8)
+    figure.suptitle(title + beam_text, fontsize=8)
+    if cube:
+        frequencies, values = picture['spectrum']
+        right = figure.add_subplot(1, 2, 2)
+        right.step(frequencies, values * scale, where='mid', color='black', linewidth=0.9)
+        right.set_xlabel('frequency (GHz)')
+        right.set_ylabel('%s (pb-corrected)' % shown_unit)
+        right.set_title('spectrum at the peak (+)', fontsize=8)
+        right.ticklabel_format(axis='x', useOffset=False)
+        right.xaxis.set_major_locator(MaxNLocator(4))
+    figure.tight_layout(rect=(0, 0, 1, 0.9))
     png_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(png_path) as temporary:
         figure.savefig(str(temporary), format='png')
@@ -5478,7 +5563,7 @@ def describe_image(casa, pbcor, pb=None):
     return {'beam_arcsec': (round(arcsec(beam['major']), 4), round(arcsec(beam['minor']), 4),
                             round(float(angle['value']), 1)),
             'cell_arcsec': round(cell_arcsec, 5), 'imsize': shape[:2], 'nchan': nchan,
-            'peak_jy': stats['peak'], 'rms_jy': stats['rms']}
+            'peak_jy': stats['peak'], 'rms_jy': stats['rms'], 'peak_pixel': stats['peak_position']}
 
 
 def image_table(casa, placed, *, ous, thumbnails_dir=None):
@@ -5504,8 +5589,11 @@ def image_table(casa, placed, *, ous, thumbnails_dir=None):
         if pbcor is not None:
             row.update(describe_image(casa, pbcor, pb))
             if thumbnails_dir is not None:  # the picture's numbers are the table's
-                row['thumbnail'] = thumbnail_or_warning(casa, pbcor, Path(thumbnails_dir) / (row['image'] + '.png'),
-                                                        statistics={'peak': row['peak_jy'], 'rms': row['rms_jy']})
+                picture = thumbnail_or_warning(casa, pbcor, Path(thumbnails_dir) / (row['image'] + '.png'), pb=pb,
+                                               statistics={'peak': row['peak_jy'], 'rms': row['rms_jy'],
+                                                           'peak_position': row['peak_pixel']})
+                if picture is not None:
+                    row.update(thumbnail=picture['png'], thumbnail_title=picture['title'])
         table.append(row)
     return table
 
@@ -5711,12 +5799,16 @@ def _check_image_space(jobs, request, images_dir, delivery):
 REPORT_STYLE = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; max-width: 80em; }
 h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.6em; border-bottom: 1px solid #ccc; }
-table { border-collapse: collapse; margin: 0.5em 0; } td, th { border: 1px solid #ccc; padding: 0.2em 0.5em;
-text-align: left; vertical-align: top; } th { background: #f0f0f0; }
+table { border-collapse: collapse; margin: 0.5em 0; max-width: 100%; }
+td, th { border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: left; vertical-align: top; }
+th { background: #f0f0f0; } .long { overflow-wrap: anywhere; }
+table.sub { font-size: 0.9em; margin: 0.2em 0 0.8em 0; } h3 { font-size: 1em; margin: 1em 0 0.2em 0; }
+ul.notes { margin: 0.2em 0; padding-left: 1.4em; } .kept { color: #176617; } .remade { color: #a06000; }
 .succeeded { color: #176617; font-weight: bold; } .failed, .interrupted { color: #b00000; font-weight: bold; }
 .running { color: #a06000; font-weight: bold; } .muted { color: #777; }
 pre { background: #f6f6f6; border: 1px solid #ddd; padding: 0.5em; overflow-x: auto; }
-figure { display: inline-block; margin: 0.5em; } figcaption { font-size: 0.85em; }
+figure { display: inline-block; margin: 0.5em; max-width: 100%; vertical-align: top; }
+figcaption { font-size: 0.85em; overflow-wrap: anywhere; }
 img { max-width: 100%; border: 1px solid #ddd; }
 """
 STATUS_LABELS = {'succeeded': 'succeeded', 'failed': 'FAILED', 'interrupted': 'INTERRUPTED',
@@ -5856,6 +5948,7 @@ def _run_page(plan, state, summary, steps, assets):
              _result_details(row['result'])]
             for number, row in enumerate(steps, 1)]),
     ]
+    parts.extend(_step_details_section(steps))
     parts.extend(_inputs_section(plan))
     parts.extend(_outputs_section(plan, state))
     parts.extend(_contdat_section(plan, state))
@@ -6016,9 +6109,10 @@ def _images_section(state, assets):
         rows.append([_format_value(column, values[column]) for column in IMAGE_COLUMNS])
         if image.get('thumbnail'):
             link = assets.link(image['thumbnail'])
-            caption = escape(str(values['image'] or ''))
+            # the picture's own title: its numbers are the table's, printed the same way
+            caption = escape(str(image.get('thumbnail_title') or values['image'] or '')).replace('\n', '<br>')
             figures.append('<figure><img src="%s" alt="%s"><figcaption>%s</figcaption></figure>'
-                           % (escape(link), caption, caption) if link else
+                           % (escape(link), escape(str(values['image'] or '')), caption) if link else
                            '<p class="muted">missing thumbnail: %s</p>' % escape(str(image['thumbnail'])))
     return ['<h2>Images</h2>', _table(list(IMAGE_COLUMNS), rows)] + figures
 
@@ -6032,10 +6126,10 @@ def _format_value(column, value):
         return '%.3g" × %.3g", %.1f°' % tuple(value)
     if column == 'cell' and isinstance(value, (int, float)):
         return '%.3g"' % value
-    if column == 'size' and isinstance(value, (int, float)):
+    if column in ('size', 'bytes') and isinstance(value, (int, float)):
         return human_bytes(value)
     if column in ('peak', 'rms') and isinstance(value, (int, float)):
-        return '%.3g mJy/beam' % (value * 1e3)
+        return flux_text(value)  # as the thumbnails print it
     if isinstance(value, float):
         return '%.4g' % value
     if isinstance(value, (list, tuple)):
@@ -6043,14 +6137,81 @@ def _format_value(column, value):
     return str(value)
 
 
-def _result_details(result, *, longest=160):
-    """What a step made that has no section of its own, as 'key: value' pairs (long values cut short)."""
-    pairs = []
-    for key, value in sorted(result.items()):
-        if key not in _RESULT_KEYS_SHOWN:
-            text = _format_value(key, value)
-            pairs.append('%s: %s' % (key, text if len(text) <= longest else text[:longest - 1] + '…'))
-    return '; '.join(pairs)
+# A step result's value is shown in the steps table when it is this short and no list or dict.
+SHORT_DETAIL = 60
+# Names of the levels of nested results (outer key first), for their sub-tables' headers.
+NESTED_LEVELS = {'fitspec': ('execution block', 'field ids', 'spw'), 'seconds_per_eb': ('execution block',),
+                 'provenance': ('product',)}
+VALUE_NAMES = {'seconds_per_eb': 'seconds'}
+
+
+def _is_short(value):
+    return not isinstance(value, (dict, list, tuple)) and len(str(value)) <= SHORT_DETAIL
+
+
+def _result_details(result):
+    """What a step made that has no section of its own and is short, one 'key: value' per line; longer
+    values, lists and dicts are in the step's sub-tables (_step_details_section)."""
+    from html import escape
+    pairs = [escape('%s: %s' % (key.replace('_', ' '), _format_value(key, value)))
+             for key, value in sorted(result.items()) if key not in _RESULT_KEYS_SHOWN and _is_short(value)]
+    return _Markup('<br>'.join(pairs))
+
+
+def _step_details_section(steps):
+    """Each step's long values as readable sub-tables: notes as a list, nested dicts flattened to rows."""
+    from html import escape
+    parts = []
+    for number, row in enumerate(steps, 1):
+        long_values = [(key, value) for key, value in sorted(row['result'].items())
+                       if key not in _RESULT_KEYS_SHOWN and not _is_short(value) and value not in ([], {}, ())]
+        if not long_values:
+            continue
+        parts.append('<h3>%d. %s</h3>' % (number, escape(row['step'])))
+        for key, value in long_values:
+            parts.append('<div><b>%s</b>%s</div>' % (escape(key.replace('_', ' ')), _detail_html(key, value)))
+    return ['<h2>Step details</h2>'] + parts if parts else []
+
+
+def _detail_html(key, value):
+    """One long result value as HTML: text, a list, or a table of its nested dicts' leaves."""
+    from html import escape
+    if isinstance(value, (list, tuple)):
+        if all(_is_short(item) or isinstance(item, str) for item in value):
+            return '<ul class="notes">%s</ul>' % ''.join('<li>%s</li>' % escape(str(item)) for item in value)
+        return '<ul class="notes">%s</ul>' % ''.join('<li>%s</li>' % _detail_html(key, item) for item in value)
+    if not isinstance(value, dict):
+        return ': ' + escape(_format_value(key, value))
+    rows = list(_leaves(value, ()))
+    if rows == [((), value)]:  # a dict of plain values: one row per key
+        rows = [((str(k),), v) for k, v in value.items()]
+    depth = max(len(path) for path, _leaf in rows) if rows else 0
+    leaf_keys = []
+    for _path, leaf in rows:
+        if isinstance(leaf, dict):
+            leaf_keys.extend(k for k in leaf if k not in leaf_keys)
+    names = list(NESTED_LEVELS.get(key, ()))[:depth]
+    names += ['key %d' % level for level in range(len(names) + 1, depth + 1)]
+    header = names + (leaf_keys or [VALUE_NAMES.get(key, 'value')])
+    table_rows = []
+    for path, leaf in rows:
+        cells = list(path) + [''] * (depth - len(path))
+        if isinstance(leaf, dict):
+            cells += [_format_value(k, leaf[k]) if k in leaf else '' for k in leaf_keys]
+        else:
+            cells += [_format_value(key, leaf)] + [''] * (len(leaf_keys) - 1 if leaf_keys else 0)
+        table_rows.append(cells)
+    return _table(header, table_rows).replace('<table>', '<table class="sub">', 1)
+
+
+def _leaves(value, path):
+    """(path of keys, leaf) of a nested dict: a leaf is a value that is no dict, or a dict of plain values."""
+    if isinstance(value, dict) and value and any(isinstance(v, dict) for v in value.values()):
+        for key, inner in value.items():
+            for found in _leaves(inner, path + (str(key),)):
+                yield found
+    else:
+        yield path, value
 
 
 def _duration(seconds):
@@ -6091,6 +6252,9 @@ def _runs_index_page(delivery, report_root):
     return _html_page('Reprocessing runs', body)
 
 
+LONG_WORD = 24
+
+
 class _Markup(str):
     """Text that is HTML already (built from escaped parts), so a table does not escape it again."""
 
@@ -6101,9 +6265,16 @@ def _table(header, rows):
 
     def cell(value):
         return value if isinstance(value, _Markup) else escape(str(value))
+
+    def opening(tag, value):
+        # A word longer than LONG_WORD (a path, a command, an image name) may break anywhere, so that no
+        # table is wider than the page; shorter ones never break ("contsub" stays whole).
+        words = str(value).replace('<br>', ' ').split()
+        return '<%s class="long">' % tag if any(len(word) > LONG_WORD for word in words) else '<%s>' % tag
     head = '<tr>%s</tr>' % ''.join('<th>%s</th>' % escape(h) for h in header) if header else ''
     body = ''.join('<tr>%s</tr>' % ''.join(
-        ('<th>%s</th>' if index == 0 and not header else '<td>%s</td>') % cell(value)
+        ('%s%s</th>' % (opening('th', value), cell(value)) if index == 0 and not header else
+         '%s%s</td>' % (opening('td', value), cell(value)))
         for index, value in enumerate(row)) for row in rows)
     return '<table>%s%s</table>' % (head, body)
 

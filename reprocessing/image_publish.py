@@ -107,7 +107,7 @@ def describe_image(casa, pbcor, pb=None):
     return {'beam_arcsec': (round(arcsec(beam['major']), 4), round(arcsec(beam['minor']), 4),
                             round(float(angle['value']), 1)),
             'cell_arcsec': round(cell_arcsec, 5), 'imsize': shape[:2], 'nchan': nchan,
-            'peak_jy': stats['peak'], 'rms_jy': stats['rms']}
+            'peak_jy': stats['peak'], 'rms_jy': stats['rms'], 'peak_pixel': stats['peak_position']}
 
 
 def image_table(casa, placed, *, ous, thumbnails_dir=None):
@@ -133,8 +133,11 @@ def image_table(casa, placed, *, ous, thumbnails_dir=None):
         if pbcor is not None:
             row.update(describe_image(casa, pbcor, pb))
             if thumbnails_dir is not None:  # the picture's numbers are the table's
-                row['thumbnail'] = thumbnail_or_warning(casa, pbcor, Path(thumbnails_dir) / (row['image'] + '.png'),
-                                                        statistics={'peak': row['peak_jy'], 'rms': row['rms_jy']})
+                picture = thumbnail_or_warning(casa, pbcor, Path(thumbnails_dir) / (row['image'] + '.png'), pb=pb,
+                                               statistics={'peak': row['peak_jy'], 'rms': row['rms_jy'],
+                                                           'peak_position': row['peak_pixel']})
+                if picture is not None:
+                    row.update(thumbnail=picture['png'], thumbnail_title=picture['title'])
         table.append(row)
     return table
 

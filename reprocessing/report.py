@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .casa_engine import load_casa
 from .environment import describe_environment, engine_description
+from .image_stats import flux_text
 from .fileops import PARTIAL_TAG, atomic_file, directory_bytes, human_bytes, relative_path, remove_file, write_atomically
 from .host import full_host_name, now_text, time_text, user_name
 from .layout import SCRIPT_NAME, report_folder
@@ -23,12 +24,16 @@ from .ms_tables import read_ms_layout
 REPORT_STYLE = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; max-width: 80em; }
 h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.6em; border-bottom: 1px solid #ccc; }
-table { border-collapse: collapse; margin: 0.5em 0; } td, th { border: 1px solid #ccc; padding: 0.2em 0.5em;
-text-align: left; vertical-align: top; } th { background: #f0f0f0; }
+table { border-collapse: collapse; margin: 0.5em 0; max-width: 100%; }
+td, th { border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: left; vertical-align: top; }
+th { background: #f0f0f0; } .long { overflow-wrap: anywhere; }
+table.sub { font-size: 0.9em; margin: 0.2em 0 0.8em 0; } h3 { font-size: 1em; margin: 1em 0 0.2em 0; }
+ul.notes { margin: 0.2em 0; padding-left: 1.4em; } .kept { color: #176617; } .remade { color: #a06000; }
 .succeeded { color: #176617; font-weight: bold; } .failed, .interrupted { color: #b00000; font-weight: bold; }
 .running { color: #a06000; font-weight: bold; } .muted { color: #777; }
 pre { background: #f6f6f6; border: 1px solid #ddd; padding: 0.5em; overflow-x: auto; }
-figure { display: inline-block; margin: 0.5em; } figcaption { font-size: 0.85em; }
+figure { display: inline-block; margin: 0.5em; max-width: 100%; vertical-align: top; }
+figcaption { font-size: 0.85em; overflow-wrap: anywhere; }
 img { max-width: 100%; border: 1px solid #ddd; }
 """
 STATUS_LABELS = {'succeeded': 'succeeded', 'failed': 'FAILED', 'interrupted': 'INTERRUPTED',
@@ -168,6 +173,7 @@ def _run_page(plan, state, summary, steps, assets):
              _result_details(row['result'])]
             for number, row in enumerate(steps, 1)]),
     ]
+    parts.extend(_step_details_section(steps))
     parts.extend(_inputs_section(plan))
     parts.extend(_outputs_section(plan, state))
     parts.extend(_contdat_section(plan, state))
@@ -328,9 +334,10 @@ def _images_section(state, assets):
         rows.append([_format_value(column, values[column]) for column in IMAGE_COLUMNS])
         if image.get('thumbnail'):
             link = assets.link(image['thumbnail'])
-            caption = escape(str(values['image'] or ''))
+            # the picture's own title: its numbers are the table's, printed the same way
+            caption = escape(str(image.get('thumbnail_title') or values['image'] or '')).replace('\n', '<br>')
             figures.append('<figure><img src="%s" alt="%s"><figcaption>%s</figcaption></figure>'
-                           % (escape(link), caption, caption) if link else
+                           % (escape(link), escape(str(values['image'] or '')), caption) if link else
                            '<p class="muted">missing thumbnail: %s</p>' % escape(str(image['thumbnail'])))
     return ['<h2>Images</h2>', _table(list(IMAGE_COLUMNS), rows)] + figures
 
@@ -344,10 +351,10 @@ def _format_value(column, value):
         return '%.3g" × %.3g", %.1f°' % tuple(value)
     if column == 'cell' and isinstance(value, (int, float)):
         return '%.3g"' % value
-    if column == 'size' and isinstance(value, (int, float)):
+    if column in ('size', 'bytes') and isinstance(value, (int, float)):
         return human_bytes(value)
     if column in ('peak', 'rms') and isinstance(value, (int, float)):
-        return '%.3g mJy/beam' % (value * 1e3)
+        return flux_text(value)  # as the thumbnails print it
     if isinstance(value, float):
         return '%.4g' % value
     if isinstance(value, (list, tuple)):
@@ -355,14 +362,81 @@ def _format_value(column, value):
     return str(value)
 
 
-def _result_details(result, *, longest=160):
-    """What a step made that has no section of its own, as 'key: value' pairs (long values cut short)."""
-    pairs = []
-    for key, value in sorted(result.items()):
-        if key not in _RESULT_KEYS_SHOWN:
-            text = _format_value(key, value)
-            pairs.append('%s: %s' % (key, text if len(text) <= longest else text[:longest - 1] + '…'))
-    return '; '.join(pairs)
+# A step result's value is shown in the steps table when it is this short and no list or dict.
+SHORT_DETAIL = 60
+# Names of the levels of nested results (outer key first), for their sub-tables' headers.
+NESTED_LEVELS = {'fitspec': ('execution block', 'field ids', 'spw'), 'seconds_per_eb': ('execution block',),
+                 'provenance': ('product',)}
+VALUE_NAMES = {'seconds_per_eb': 'seconds'}
+
+
+def _is_short(value):
+    return not isinstance(value, (dict, list, tuple)) and len(str(value)) <= SHORT_DETAIL
+
+
+def _result_details(result):
+    """What a step made that has no section of its own and is short, one 'key: value' per line; longer
+    values, lists and dicts are in the step's sub-tables (_step_details_section)."""
+    from html import escape
+    pairs = [escape('%s: %s' % (key.replace('_', ' '), _format_value(key, value)))
+             for key, value in sorted(result.items()) if key not in _RESULT_KEYS_SHOWN and _is_short(value)]
+    return _Markup('<br>'.join(pairs))
+
+
+def _step_details_section(steps):
+    """Each step's long values as readable sub-tables: notes as a list, nested dicts flattened to rows."""
+    from html import escape
+    parts = []
+    for number, row in enumerate(steps, 1):
+        long_values = [(key, value) for key, value in sorted(row['result'].items())
+                       if key not in _RESULT_KEYS_SHOWN and not _is_short(value) and value not in ([], {}, ())]
+        if not long_values:
+            continue
+        parts.append('<h3>%d. %s</h3>' % (number, escape(row['step'])))
+        for key, value in long_values:
+            parts.append('<div><b>%s</b>%s</div>' % (escape(key.replace('_', ' ')), _detail_html(key, value)))
+    return ['<h2>Step details</h2>'] + parts if parts else []
+
+
+def _detail_html(key, value):
+    """One long result value as HTML: text, a list, or a table of its nested dicts' leaves."""
+    from html import escape
+    if isinstance(value, (list, tuple)):
+        if all(_is_short(item) or isinstance(item, str) for item in value):
+            return '<ul class="notes">%s</ul>' % ''.join('<li>%s</li>' % escape(str(item)) for item in value)
+        return '<ul class="notes">%s</ul>' % ''.join('<li>%s</li>' % _detail_html(key, item) for item in value)
+    if not isinstance(value, dict):
+        return ': ' + escape(_format_value(key, value))
+    rows = list(_leaves(value, ()))
+    if rows == [((), value)]:  # a dict of plain values: one row per key
+        rows = [((str(k),), v) for k, v in value.items()]
+    depth = max(len(path) for path, _leaf in rows) if rows else 0
+    leaf_keys = []
+    for _path, leaf in rows:
+        if isinstance(leaf, dict):
+            leaf_keys.extend(k for k in leaf if k not in leaf_keys)
+    names = list(NESTED_LEVELS.get(key, ()))[:depth]
+    names += ['key %d' % level for level in range(len(names) + 1, depth + 1)]
+    header = names + (leaf_keys or [VALUE_NAMES.get(key, 'value')])
+    table_rows = []
+    for path, leaf in rows:
+        cells = list(path) + [''] * (depth - len(path))
+        if isinstance(leaf, dict):
+            cells += [_format_value(k, leaf[k]) if k in leaf else '' for k in leaf_keys]
+        else:
+            cells += [_format_value(key, leaf)] + [''] * (len(leaf_keys) - 1 if leaf_keys else 0)
+        table_rows.append(cells)
+    return _table(header, table_rows).replace('<table>', '<table class="sub">', 1)
+
+
+def _leaves(value, path):
+    """(path of keys, leaf) of a nested dict: a leaf is a value that is no dict, or a dict of plain values."""
+    if isinstance(value, dict) and value and any(isinstance(v, dict) for v in value.values()):
+        for key, inner in value.items():
+            for found in _leaves(inner, path + (str(key),)):
+                yield found
+    else:
+        yield path, value
 
 
 def _duration(seconds):
@@ -403,6 +477,9 @@ def _runs_index_page(delivery, report_root):
     return _html_page('Reprocessing runs', body)
 
 
+LONG_WORD = 24
+
+
 class _Markup(str):
     """Text that is HTML already (built from escaped parts), so a table does not escape it again."""
 
@@ -413,9 +490,16 @@ def _table(header, rows):
 
     def cell(value):
         return value if isinstance(value, _Markup) else escape(str(value))
+
+    def opening(tag, value):
+        # A word longer than LONG_WORD (a path, a command, an image name) may break anywhere, so that no
+        # table is wider than the page; shorter ones never break ("contsub" stays whole).
+        words = str(value).replace('<br>', ' ').split()
+        return '<%s class="long">' % tag if any(len(word) > LONG_WORD for word in words) else '<%s>' % tag
     head = '<tr>%s</tr>' % ''.join('<th>%s</th>' % escape(h) for h in header) if header else ''
     body = ''.join('<tr>%s</tr>' % ''.join(
-        ('<th>%s</th>' if index == 0 and not header else '<td>%s</td>') % cell(value)
+        ('%s%s</th>' % (opening('th', value), cell(value)) if index == 0 and not header else
+         '%s%s</td>' % (opening('td', value), cell(value)))
         for index, value in enumerate(row)) for row in rows)
     return '<table>%s%s</table>' % (head, body)
 

@@ -2,7 +2,9 @@
 
 Static HTML a user can open as a file or serve with --weblog report: no JavaScript, every image beside it.
 """
+import html
 import html.parser
+import re
 import json
 import os
 import shutil
@@ -172,7 +174,7 @@ def casa(tmp_path_factory):
 
 
 @pytest.mark.parametrize('nchan, peak_channel', [(1, 0), (8, 5)])
-def test_image_thumbnails_show_the_brightest_plane_with_peak_rms_and_beam(tmp_path, casa, nchan, peak_channel):
+def test_image_thumbnails_show_the_peak_with_the_tables_peak_rms_and_beam(tmp_path, casa, nchan, peak_channel):
     image = make_test_image(casa, tmp_path / 'test.image.pbcor', nchan=nchan, peak_channel=peak_channel)
     png = tmp_path / 'thumbnails' / 'test.png'
     found = sfr.render_image_thumbnail(image_path=image, png_path=png, casa=casa)
@@ -181,8 +183,46 @@ def test_image_thumbnails_show_the_brightest_plane_with_peak_rms_and_beam(tmp_pa
     assert 0.0016 < found['rms'] < 0.0024
     assert found['unit'] == 'Jy/beam'
     assert found['beam'] == pytest.approx({'major': 0.5, 'minor': 0.3, 'pa': 30.0})
-    assert found['plane'] == [0, peak_channel]
+    assert found['peak_position'] == [40, 28, 0, peak_channel], 'the source, in its channel'
+    assert found['map_peak'] == pytest.approx(found['peak']), 'a cube is shown by its peak over channels'
+    assert 'peak %s, rms %s' % (sfr.flux_text(found['peak']), sfr.flux_text(found['rms'])) in found['title']
     assert not list(png.parent.glob('.*')), 'a temporary PNG was left behind'
+
+
+def make_primary_beam_pair(casa, folder, *, nchan=6, peak_channel=3):
+    """A pbcor cube and its pb as tclean makes them: noise divided by a Gaussian primary beam, so the
+    edges of the pbcor cube (pb 0.03) are brighter than the source (0.2 Jy/beam at the centre)."""
+    import numpy
+    pbcor = make_test_image(casa, folder / 'cube.image.pbcor', nchan=nchan, peak_channel=peak_channel,
+                            peak_jy=0.2, noise_jy=0.005)
+    pb_path = folder / 'cube.pb'
+    x, y = numpy.meshgrid(numpy.arange(64), numpy.arange(64), indexing='ij')
+    response = numpy.exp(-((x - 31.5) ** 2 + (y - 31.5) ** 2) / (2 * 17.0 ** 2))
+    cube = numpy.repeat(response[:, :, None, None], nchan, axis=3)
+    image = casa.casatools.image()
+    image.fromshape(str(pb_path), [64, 64, 1, nchan], overwrite=True)
+    image.putchunk(cube)
+    image.close()
+    image.open(str(pbcor))
+    noisy = image.getchunk()
+    source = numpy.zeros_like(noisy)
+    source[:, :, 0, peak_channel] = 0.2 * numpy.exp(-((x - 40) ** 2 + (y - 28) ** 2) / (2 * 2.0 ** 2))
+    image.putchunk(source + (noisy - source) / cube)  # the noise, not the source, is amplified by 1/pb
+    image.close()
+    return pbcor, pb_path
+
+
+def test_a_cube_thumbnail_shows_the_source_not_the_edge_noise_of_the_pbcor_cube(tmp_path, casa):
+    pbcor, pb = make_primary_beam_pair(casa, tmp_path)
+    whole = sfr.image_statistics(casa, pbcor)
+    assert whole['peak'] > 0.3, 'the test cube must have edges brighter than its source'
+    statistics = sfr.image_statistics(casa, pbcor, pb=pb)
+    found = sfr.render_image_thumbnail(image_path=pbcor, png_path=tmp_path / 'cube.png', casa=casa, pb=pb,
+                                       statistics=statistics)
+    assert abs(found['peak'] - 0.2) < 0.03 and found['peak_position'][:2] == [40, 28]
+    assert found['peak_position'][3] == 3, 'the peak is in the source\'s channel'
+    assert found['map_peak_position'] == [40, 28], 'the map is pbcor x pb: the source is its brightest pixel'
+    assert 'rms %s (pb > 0.5)' % sfr.flux_text(statistics['rms']) in found['title']
 
 
 def stub_delivery(root, *, contdat_text):
@@ -317,3 +357,88 @@ def test_the_report_and_a_weblog_render_in_headless_chromium(tmp_path, serve):
     assert 'Pipeline Summary' in dom and 'stage3/thumbs/spectrum.png' in dom
     assert weblog.stop()[0] == 0
 
+
+
+def page_overflow_in_chromium(page, profile, *, width=1000):
+    """{'scroll', 'client', 'wide'} of the page in headless Chromium at a window `width` px wide: the
+    document's scroll and client widths, and the first elements that reach past the window's right edge.
+    Measured by a copy of the page with a probe script (the report itself has none), removed after."""
+    probe = page.with_name('probe-overflow.html')
+    script = ('<script>window.addEventListener("load", function () { var d = document.documentElement, wide = [];'
+              ' document.querySelectorAll("body *").forEach(function (e) { if (e.getBoundingClientRect().right >'
+              ' d.clientWidth + 1) wide.push(e.tagName + ": " + (e.textContent || "").slice(0, 60)); });'
+              ' document.body.setAttribute("data-overflow", JSON.stringify({scroll: d.scrollWidth,'
+              ' client: d.clientWidth, wide: wide.slice(0, 5)})); });</script>')
+    probe.write_text(page.read_text(encoding='utf-8').replace('</body>', script + '</body>'), encoding='utf-8')
+    try:
+        command = [chromium(), '--headless', '--no-sandbox', '--disable-gpu', '--no-first-run',
+                   '--disable-background-networking', '--disable-component-update', '--disable-sync',
+                   '--user-data-dir=%s' % profile, '--window-size=%d,900' % width, '--virtual-time-budget=10000',
+                   '--dump-dom', probe.resolve().as_uri()]
+        result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                                timeout=120)
+    finally:
+        probe.unlink()
+    assert result.returncode == 0, result.stderr[-2000:]
+    import re
+    found = re.search(r'data-overflow="([^"]*)"', result.stdout)
+    assert found, 'the probe did not run: %s' % result.stdout[-500:]
+    return json.loads(html.unescape(found.group(1)))
+
+
+def wide_results(delivery, casa, folder):
+    """The results of a contsub and an image step as a 6-EB, 4-spw delivery gives them, with real images
+    (a pbcor cube with its pb, and an mfs image) described and drawn by the imaging step's own code."""
+    fitspec = dict(('uid___A002_X%x_X%x' % (0x10f0000 + eb, 0x1000 + eb), {'0,1,2,3,4,5,6': dict(
+        (str(spw), {'chan': ';'.join('%d~%d' % (c, c + 7) for c in range(0, 3840, 97)), 'fitorder': 1})
+        for spw in (25, 27, 29, 31))}) for eb in range(6))
+    cube, pb = make_primary_beam_pair(casa, folder)
+    ous = 'uid___A001_X1_X2'
+    products = []
+    for path, name in ((cube, 'IRAS_16293-2422_sci.spw25.cube.I.iter1.image.pbcor'),
+                       (pb, 'IRAS_16293-2422_sci.spw25.cube.I.iter1.pb')):
+        renamed = folder / ('%s.%s' % (ous, name))
+        path.rename(renamed)
+        products.append(sfr.ImageProduct.from_working_name(renamed))
+    mfs = make_test_image(casa, folder / ('%s.IRAS_16293-2422_sci.spw27.mfs.I.iter1.image.pbcor' % ous))
+    products.append(sfr.ImageProduct.from_working_name(mfs))
+    placed = [(product, product.path, None) for product in products]
+    table = sfr.image_table(casa, placed, ous=ous, thumbnails_dir=folder / 'thumbnails')
+    notes = ['cont.dat gives no continuum ranges for field IRAS_16293-2422 spw %d (LOWBANDWIDTH): its mfs/cont images '
+             'use every channel, as the pipeline does' % spw for spw in (25, 27)]
+    return [
+        {'step': 'contsub', 'method': 'uvcontsub', 'jobs': 2, 'fitspec': fitspec,
+         'reason': 'fitting the continuum from caltables/cont.dat with CASA uvcontsub: caltables/ holds no '
+                   '*uvcont.tbl (Cycle 10 and later deliver none)',
+         'seconds_per_eb': dict((eb, 12.5) for eb in fitspec)},
+        {'step': 'image', 'engine': 'casa', 'images': table, 'notes': notes, 'bytes': 123456789, 'fits': 0,
+         'casa_images': 3}]
+
+
+@pytest.mark.skipif(chromium() is None, reason='Chromium is not installed (Debian package "chromium")')
+def test_the_page_fits_the_window_and_shows_each_number_once_computed(tmp_path, casa):
+    delivery = stub_delivery(tmp_path / 'calibrated_final', contdat_text='Field: A\n')
+    folder = tmp_path / 'images'
+    folder.mkdir()
+    results = wide_results(delivery, casa, folder)
+    page = Page(write_report_for(delivery, ['--contsub_fast', '--image'], results))
+    page.assert_self_contained()
+    assert '{' not in page.row('1')[7] and 'fitspec' not in page.row('1')[7], 'no dict dumped in the steps table'
+    eb = sorted(results[0]['fitspec'])[0]
+    chan = results[0]['fitspec'][eb]['0,1,2,3,4,5,6']['27']['chan']
+    assert [eb, '0,1,2,3,4,5,6', '27', chan, '1'] in page.rows, 'fitspec is a table: one row per EB, fields, spw'
+    assert ['uid___A002_X10f0003_X1003', '12.5'] in page.rows
+
+    for width in (1000, 1400):
+        measured = page_overflow_in_chromium(page.path, tmp_path / ('profile%d' % width), width=width)
+        assert measured['scroll'] <= measured['client'], 'wider than a %d px window: %s' % (width, measured)
+
+    captions = re.findall(r'<figcaption>(.*?)</figcaption>', page.raw)
+    assert len(captions) == 2
+    for image in results[1]['images']:
+        name, _specmode, _field, _spw, _beam, _cell, _imsize, _nchan, peak, rms, _size = page.row(image['image'])
+        caption, = [c for c in captions if c.startswith(Path(image['thumbnail_title'].split('\n')[0]).name)]
+        assert 'peak %s, rms %s' % (peak, rms) in html.unescape(caption), 'the picture and the table disagree'
+        assert 'peak %s, rms %s' % (peak, rms) in image['thumbnail_title']
+    cube = results[1]['images'][0]
+    assert cube['specmode'] == 'cube' and abs(cube['peak_jy'] - 0.2) < 0.03, 'the source, not the pbcor edges'
