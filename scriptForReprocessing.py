@@ -4,9 +4,9 @@
 # (except the user-editable defaults block below): edit the modules and run "make build".
 # Modules, in order: messages, fileops, casa_engine, layout, staging, cleanup, command_line, defaults, mpi,
 #   environment, imaging_options, ms_tables, host, run_state, concat, contdat, channels, contdat_check,
-#   check_step, data_columns, eb_tasks, spectra, uvcont_tables, workers, contsub_fast, pipeline_calls,
-#   pipeline_engine, contsub_pipeline, heuristics, image_stats, products, image_casa, thumbnails,
-#   image_publish, image_pipeline, image_step, report, weblog, plan, cli
+#   check_step, data_columns, eb_tasks, provenance, line_provenance, spectra, uvcont_tables, workers,
+#   contsub_fast, pipeline_calls, pipeline_engine, contsub_pipeline, heuristics, image_stats, products,
+#   image_casa, thumbnails, image_publish, image_pipeline, image_update, image_step, report, weblog, plan, cli
 """Reprocess an ALMA delivery: redo continuum subtraction, make new images, concatenate.
 
 Copy this file into a delivery's ``calibrated_final/`` directory, which holds
@@ -66,6 +66,7 @@ import contextlib
 import datetime
 import errno
 import fnmatch
+import hashlib
 import json
 import os
 import shutil
@@ -3152,6 +3153,241 @@ def run_eb_task_on_mpi_server(task_json):
 
 
 # ==================================================================================================
+# reprocessing/provenance.py: Provenance records: what each product (line MS, image) was made from, in a JSON file beside it (pure).
+# ==================================================================================================
+
+PROVENANCE_FORMAT = 1
+PROVENANCE_SUFFIX = '.provenance.json'
+
+
+def ms_identity(ms):
+    """{'path', 'table_dat_sha1', 'main_files': {name: [bytes, mtime ns]}} of a measurement set."""
+    ms = Path(ms)
+    with open(str(ms / 'table.dat'), 'rb') as handle:
+        digest = hashlib.sha1(handle.read()).hexdigest()
+    files = {}
+    for entry in sorted(os.listdir(str(ms))):
+        if entry.startswith('table.f'):
+            info = os.stat(str(ms / entry))
+            files[entry] = [info.st_size, info.st_mtime_ns]
+    return {'path': str(ms.resolve()), 'table_dat_sha1': digest, 'main_files': files}
+
+
+def line_ms_record_path(line_ms):
+    """uid..._targets_line.ms -> uid..._targets_line.ms.provenance.json, beside it."""
+    return Path(str(line_ms) + PROVENANCE_SUFFIX)
+
+
+def image_record_path(images_dir, stem):
+    """The record of an image (all its files) in the images folder: <archive stem>.provenance.json."""
+    return Path(images_dir) / (stem + PROVENANCE_SUFFIX)
+
+
+def write_record(path, record):
+    record = dict(record, format=PROVENANCE_FORMAT)
+    write_atomically(path, json.dumps(record, indent=1, sort_keys=True))
+
+
+def read_record(path):
+    """The record at path, or (None, why it cannot be used)."""
+    try:
+        with open(str(path), encoding='utf-8') as handle:
+            record = json.load(handle)
+    except FileNotFoundError:
+        return None, 'it has no provenance record (%s)' % Path(path).name
+    except (OSError, ValueError) as error:
+        return None, 'its provenance record %s cannot be read (%s)' % (Path(path).name, error)
+    if not isinstance(record, dict) or record.get('format') != PROVENANCE_FORMAT:
+        return None, 'its provenance record %s is not one this version writes' % Path(path).name
+    return record, None
+
+
+def line_ms_record(*, source, method, continuum, seconds, line_ms, tables=None):
+    """The record of a line MS: its source MS's identity, how the continuum was fitted (continuum:
+    {spw name: {'spw': virtual id, 'fields': {field name: {'chan', 'fitorder'}}}}), and its own identity
+    when written (a line MS changed since is no longer what its record says)."""
+    return {'product': 'line MS', 'source': ms_identity(source), 'method': method, 'continuum': continuum,
+            'tables': [ms_identity(table) for table in tables or []], 'seconds': round(seconds, 2),
+            'identity': ms_identity(line_ms)}
+
+
+def line_ms_differences(recorded, expected):
+    """Why a line MS's record does not match what this run would make (expected: a line_ms_record
+    without 'identity' and 'seconds'), per spw: {spw name or '': [reasons]}; empty when it matches."""
+    reasons = {}
+    if recorded.get('method') != expected['method']:
+        reasons.setdefault('', []).append('method %s → %s' % (recorded.get('method'), expected['method']))
+    if _identity_key(recorded.get('source')) != _identity_key(expected['source']):
+        reasons.setdefault('', []).append('%s changed since' % Path(expected['source']['path']).name)
+    if [_identity_key(t) for t in recorded.get('tables') or []] != [_identity_key(t) for t in expected['tables']]:
+        reasons.setdefault('', []).append('the continuum tables changed')
+    old, new = recorded.get('continuum') or {}, expected['continuum']
+    for name in sorted(set(old) | set(new)):
+        for reason in continuum_differences(old.get(name), new.get(name)):
+            reasons.setdefault(name, []).append(reason)
+    return reasons
+
+
+def continuum_differences(old, new):
+    """What changed in the continuum fit of one spw ({'spw', 'fields': {field: {'chan', 'fitorder'}}}), as
+    reasons 'spw 25: cont.dat ranges changed for FIELD (channels a → b)'."""
+    return ['%s (%s)' % (head, detail) if detail else head for head, detail in continuum_changes(old, new)]
+
+
+def continuum_changes(old, new):
+    """[(what changed, its detail or '')] of one spw's continuum fit, so that an image made from several
+    line MSes can say each change once, with every execution block's detail."""
+    if old == new:
+        return []
+    if old is None or new is None:
+        spw = (new or old).get('spw') if isinstance(new or old, dict) else '?'
+        return [('spw %s is %s the line MS' % (spw, 'now in' if old is None else 'no longer in'), '')]
+    spw = new.get('spw')
+    changes = []
+    old_fields, new_fields = old.get('fields') or {}, new.get('fields') or {}
+    for field in sorted(set(old_fields) | set(new_fields)):
+        before, after = old_fields.get(field), new_fields.get(field)
+        if before == after:
+            continue
+        if before is None or after is None:
+            changes.append(('spw %s: field %s %s' % (spw, field, 'added' if before is None else 'removed'), ''))
+            continue
+        if before.get('chan') != after.get('chan'):
+            changes.append(('spw %s: cont.dat ranges changed for %s' % (spw, field), 'channels %s → %s' % (
+                before.get('chan') or 'all', after.get('chan') or 'all')))
+        if before.get('fitorder') != after.get('fitorder'):
+            changes.append(('spw %s: fit order changed for %s' % (spw, field), '%s → %s' % (
+                before.get('fitorder'), after.get('fitorder'))))
+    return changes or [('spw %s: the continuum fit changed' % spw, '')]
+
+
+def _identity_key(identity):
+    """What of an identity must stay the same (the path may change: a delivery moved keeps its products)."""
+    if not isinstance(identity, dict):
+        return None
+    return identity.get('table_dat_sha1'), json.dumps(identity.get('main_files'), sort_keys=True)
+
+
+def same_ms(recorded, identity):
+    return _identity_key(recorded) == _identity_key(identity)
+
+
+def image_differences(recorded, expected):
+    """Why an image's record does not match this run's (both image records, expected without 'seconds'
+    and 'files'): a list of short reasons, empty when it matches."""
+    reasons = []
+    for key, what in (('engine', 'engine'), ('engine_version', 'CASA version'), ('datacolumn', 'data column')):
+        if recorded.get(key) != expected.get(key):
+            reasons.append('%s %s → %s' % (what, recorded.get(key), expected.get(key)))
+    old_inputs = dict((item.get('name'), item) for item in recorded.get('inputs') or [] if isinstance(item, dict))
+    new_inputs = dict((item['name'], item) for item in expected['inputs'])
+    if set(old_inputs) != set(new_inputs):
+        reasons.append('its measurement sets changed (%s → %s)' % (', '.join(sorted(old_inputs)) or 'none',
+                                                                  ', '.join(sorted(new_inputs))))
+    fit_changes = []  # (what, execution block, detail), said once per what
+    for name in sorted(set(old_inputs) & set(new_inputs)):
+        old, new = old_inputs[name], new_inputs[name]
+        if 'identity' in new:
+            if not same_ms(old.get('identity'), new['identity']):
+                reasons.append('%s changed' % name)
+            continue
+        if old == dict(new, made_from=old.get('made_from')) and same_ms(old.get('made_from'), new.get('made_from')):
+            continue
+        if 'continuum' in new and 'continuum' in old and same_ms(old.get('made_from'), new.get('made_from')) \
+                and old.get('method') == new.get('method'):
+            eb = name.split('_targets')[0]
+            fit_changes.extend((head, eb, detail) for head, detail in continuum_changes(old['continuum'],
+                                                                                       new['continuum']))
+        elif 'continuum' in new and 'continuum' in old and not same_ms(old.get('made_from'), new.get('made_from')):
+            reasons.append('%s was made from a changed %s' % (name, Path(new['made_from']['path']).name))
+        else:
+            reasons.append('%s changed' % name)
+    for head in [h for index, (h, _eb, _d) in enumerate(fit_changes) if h not in [c[0] for c in fit_changes[:index]]]:
+        details = ['%s: %s' % (eb, detail) for h, eb, detail in fit_changes if h == head and detail]
+        reasons.append('%s (%s)' % (head, '; '.join(details)) if details else head)
+    old_parameters, new_parameters = recorded.get('parameters') or {}, expected['parameters']
+    for key in sorted(set(old_parameters) | set(new_parameters)):
+        if key == 'spw' and old_parameters.get(key) != new_parameters.get(key) and expected.get('specmode') in (
+                'mfs', 'cont'):
+            reasons.append('spw %s: its continuum channels changed (cont.dat): %s → %s' % (
+                ','.join(str(spw) for spw in expected.get('spws') or []), _short(old_parameters.get(key)),
+                _short(new_parameters.get(key))))
+        elif key != 'vis' and old_parameters.get(key) != new_parameters.get(key):
+            reasons.append('%s %s → %s' % (key, _short(old_parameters.get(key)), _short(new_parameters.get(key))))
+    return reasons
+
+
+def _short(value, longest=60):
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= longest else text[:longest - 1] + '…'
+
+
+# ==================================================================================================
+# reprocessing/line_provenance.py: Provenance of line MSes: the record beside each uid*_targets_line.ms, and --update's keep-or-remake of them.
+# ==================================================================================================
+
+def continuum_by_spw(analysis, ms, *, fitorder=None):
+    """{spw name: {'spw': virtual id, 'fields': {field: {'chan', 'fitorder'}}}} of what uvcontsub fits in ms."""
+    layout = next((layout for layout in analysis.layouts if str(layout.path) == str(ms)), None)
+    continuum = collections.OrderedDict()
+    for selection in analysis.selections.get(str(ms), []):
+        spw = layout.spws.get(selection.spw_id) if layout is not None else None
+        name = spw.name if spw is not None else str(selection.spw_id)
+        entry = continuum.setdefault(name, {'spw': selection.virtual_id, 'fields': {}})
+        order = selection.fitorder if fitorder is None else fitorder
+        entry['fields'][selection.field_name] = {'chan': selection.chan, 'fitorder': int(order)}
+    return continuum
+
+
+def expected_line_record(ms, *, method, continuum, tables=()):
+    """What the record of ms's line MS would say if it were made now (no identity, no duration)."""
+    return {'product': 'line MS', 'source': ms_identity(ms), 'method': method, 'continuum': continuum,
+            'tables': [ms_identity(table) for table in tables]}
+
+
+def line_ms_decision(ms, expected):
+    """(True, None) when the existing line MS of ms matches expected; else (False, why: one line)."""
+    line = line_ms_path(ms)
+    if not line.exists():
+        return False, 'not made yet'
+    record, why = read_record(line_ms_record_path(line))
+    if record is None:
+        return False, why
+    if not same_ms(record.get('identity'), ms_identity(line)):
+        return False, 'it changed since its record was written'
+    reasons = line_ms_differences(record, expected)
+    if not reasons:
+        return True, None
+    return False, '; '.join(reason for key in sorted(reasons) for reason in reasons[key])
+
+
+def is_recorded_line_ms(line):
+    """True when a line MS has a readable record: this tool made it (--update may replace it)."""
+    return read_record(line_ms_record_path(line))[0] is not None
+
+
+def say_line_decisions(decisions, delivery):
+    """decisions: [(ms, keep, why)]."""
+    for ms, keep, why in decisions:
+        line = line_ms_path(ms).name
+        say('  --update: %s %s' % (line, 'kept: its source MS and continuum fits are unchanged' if keep
+                                   else 'to make: %s' % why))
+
+
+def forget_line_record(line):
+    """Before a line MS is replaced: its old record goes first, so it can never describe the new one."""
+    remove_file(line_ms_record_path(line))
+
+
+def write_line_record(ms, expected, *, seconds):
+    """Beside a line MS just published: its record (written atomically)."""
+    line = line_ms_path(ms)
+    record = line_ms_record(source=ms, method=expected['method'], continuum=expected['continuum'],
+                            seconds=seconds, line_ms=line, tables=[Path(t['path']) for t in expected['tables']])
+    write_record(line_ms_record_path(line), record)
+
+
+# ==================================================================================================
 # reprocessing/spectra.py: Before/after spectra of a continuum subtraction: measured on a sample of the data, drawn as PNGs.
 # ==================================================================================================
 
@@ -3886,6 +4122,11 @@ def run_contsub_fast(plan, state, step, casa):
         contdat_preflight(plan, casa)
         result = contsub_apply_uvcont_tables(plan, state, step, casa, list(plan.delivery.uvcont_tables))
         result['reason'] = reason
+        for ms in step.inputs:
+            if line_ms_path(Path(ms)).is_dir():
+                write_line_record(Path(ms), expected_line_record(Path(ms), method='uvcont tables', continuum={},
+                                                                 tables=list(plan.delivery.uvcont_tables)),
+                                  seconds=result.get('seconds', 0.0) or 0.0)
         result['spectra'] = _spectra_after_contsub(plan, casa, step.inputs, result.get('outputs', []))
         return result
     return contsub_with_uvcontsub(plan, state, step, casa, reason)
@@ -3969,8 +4210,15 @@ def contsub_with_uvcontsub(plan, state, step, casa, reason):
     with eb_workers(jobs, state=state) as workers:
         analysis = contdat_preflight(plan, casa)
         say_fit_table(analysis, fitorder=options.fitorder)
+        expected = dict((str(ms), expected_line_record(ms, method='uvcontsub', continuum=continuum_by_spw(
+            analysis, ms, fitorder=options.fitorder))) for ms in targets)
+        decisions = [(ms, False, None) for ms in targets]
+        if getattr(options, 'update', False):
+            decisions = [(ms,) + line_ms_decision(ms, expected[str(ms)]) for ms in targets]
+            say_line_decisions(decisions, delivery)
+        made = [ms for ms, keep, _why in decisions if not keep]
         tasks, outputs = [], []
-        for ms in targets:
+        for ms in made:
             field, spw, fitspec = build_fitspec(analysis.selections[str(ms)], fitorder=options.fitorder)
             if not fitspec:
                 raise ReprocessingError('cont.dat selects nothing to fit in %s (see the notes above) — add blocks for '
@@ -3991,18 +4239,19 @@ def contsub_with_uvcontsub(plan, state, step, casa, reason):
         say('  subtracting the continuum of %d execution block%s%s' % (
             len(tasks), '' if len(tasks) == 1 else 's', ' in %d processes' % workers.count if workers.count > 1
             else ''))
-        results = workers.run(tasks, casa=casa)
+        results = workers.run(tasks, casa=casa) if tasks else []
     pause_point('contsub-written', state)
     for task in tasks:
         if task['arguments']['selfcal_fit']:
             state.created_for_good(Path(task['arguments']['selfcal_fit']))  # removed by the worker
     replaced = {str(final) for _partial, final in outputs if final.exists()}
     publish_line_outputs(state, outputs, replace=options.overwrite_line)
-    for (_partial, final), result in zip(outputs, results):
+    for ms, (_partial, final), result in zip(made, outputs, results):
+        write_line_record(ms, expected[str(ms)], seconds=result['seconds'])
         say('  wrote %s: %d rows, spws %s, %s (%s, %.1f s)%s' % (
             relative_path(final, delivery.root), result['rows'], result['spw'], describe_line_columns(result['columns']),
             human_bytes(directory_bytes(final)), result['seconds'],
-            '; it replaced the earlier line MS (--overwrite-line)' if str(final) in replaced else ''))
+            '; it replaced the earlier line MS (%s)' % ('--update' if getattr(options, 'update', False) else '--overwrite-line') if str(final) in replaced else ''))
     spectra = []
     for result in results:
         for spectrum in result.get('spectra', []):
@@ -4010,9 +4259,11 @@ def contsub_with_uvcontsub(plan, state, step, casa, reason):
             spectra.append(spectrum)
     pictures = plots_or_warning(lambda: draw_spectra(spectra, spectra_directory(delivery)))
     say_spectra(pictures, delivery)
-    return {'outputs': [str(final) for _partial, final in outputs], 'method': 'uvcontsub', 'reason': reason,
-            'jobs': workers.count, 'fitspec': dict((eb_name(ms), task['arguments']['fitspec'])
-                                                   for ms, task in zip(targets, tasks)),
+    update = dict((line_ms_path(ms).name, 'kept: unchanged' if keep else 'made: %s' % why)
+                  for ms, keep, why in decisions) if getattr(options, 'update', False) else {}
+    return {'outputs': [str(line_ms_path(ms)) for ms in targets], 'method': 'uvcontsub', 'reason': reason,
+            'update': update, 'jobs': workers.count, 'fitspec': dict((eb_name(ms), task['arguments']['fitspec'])
+                                                                     for ms, task in zip(made, tasks)),
             'seconds_per_eb': dict((task['eb'], result['seconds']) for task, result in zip(tasks, results)),
             'columns': dict((task['eb'], result['columns']) for task, result in zip(tasks, results)),
             'spectra': [str(path) for path in pictures]}
@@ -5215,8 +5466,9 @@ _STOP_REASONS = {0: 'not cleaned', 1: 'iteration limit', 2: 'threshold', 3: 'sto
                  5: 'residual grew', 6: 'diverged', 7: 'no automask found: dirty image', 8: 'noise threshold'}
 
 
-def run_tclean_jobs(casa, request, jobs, *, work_dir, state):
-    """Run each job's tclean in work_dir; the products are what each call added to it."""
+def run_tclean_jobs(casa, request, jobs, *, work_dir, state, seconds=None):
+    """Run each job's tclean in work_dir; the products are what each call added to it.
+    seconds: a dict given gets each job's duration (by job name), for its provenance record."""
     products = []
     previous_dir = os.getcwd()
     change_directory(work_dir)  # tclean (and monolithic CASA's .last files) write into the working directory
@@ -5247,6 +5499,8 @@ def run_tclean_jobs(casa, request, jobs, *, work_dir, state):
                 stop = summary.get('stopcode') if isinstance(summary, dict) else stop
                 iterations += int(summary.get('iterdone', 0)) if isinstance(summary, dict) else 0
             products.extend(ImageProduct.from_working_name(work_dir / name) for name in made)
+            if seconds is not None:
+                seconds[job.name] = round(time.time() - started, 1)
             say('        %d clean iterations, stopped by %s, %.0f s' % (
                 iterations, _STOP_REASONS.get(stop, 'code %s' % stop), time.time() - started))
     finally:
@@ -5643,6 +5897,218 @@ def run_pipeline_imaging(plan, state, casa, request, *, inputs, work_dir):
 
 
 # ==================================================================================================
+# reprocessing/image_update.py: --update of images: each image's provenance record, and which requested images are kept or remade (and why).
+# ==================================================================================================
+
+ImageDecision = collections.namedtuple('ImageDecision', 'job stem record_path expected recorded reasons')
+
+
+def image_stem(job, ous):
+    return ImageProduct.from_working_name(Path(job.name + '.image')).archive_stem(ous)
+
+
+def engine_version(casa):
+    return str(casa.casatools.version_string())
+
+
+def measurement_set_input(ms, infos_by_name, spw_selection, *, delivery_ms_dir, line_records=None):
+    """What an image records of one of its measurement sets.
+
+    A line MS with a valid record of its own (unchanged since it was written) is described by what it
+    was made from and the continuum fit of the image's spws only, so that refitting another spw does
+    not make this image stale; any other MS by its identity.
+    """
+    name = Path(ms).name
+    line_records = line_records or {}
+    original = Path(delivery_ms_dir) / name
+    identity = ms_identity(original)
+    if name in line_records:  # --dry-run: the record this run's continuum subtraction would write
+        record = dict(line_records[name], identity=identity)
+    else:
+        record, _why = read_record(line_ms_record_path(original))
+    if record is None or not same_ms(record.get('identity'), identity) or record.get('product') != 'line MS':
+        return {'name': name, 'identity': identity}
+    info = infos_by_name.get(name)
+    continuum = {}
+    for part in str(spw_selection).split(','):
+        spw_id = int(part.split(':')[0])
+        spw = info.spws.get(spw_id) if info is not None else None
+        if spw is None:
+            return {'name': name, 'identity': identity}
+        continuum[spw.name] = (record.get('continuum') or {}).get(spw.name)
+    if len(continuum) == 1:
+        continuum = next(iter(continuum.values()))
+    return {'name': name, 'made_from': record.get('source'), 'method': record.get('method'),
+            'tables': record.get('tables') or [], 'continuum': continuum}
+
+
+def expected_record(casa, job, request, *, infos, delivery_ms_dir, ous, line_records=None):
+    """The record this run would write for a job's image (without its duration and files)."""
+    infos_by_name = dict((info.name, info) for info in infos)
+    parameters = tclean_arguments(job, request, imagename=job.name, parallel=False)
+    parameters.pop('parallel', None)
+    parameters['vis'] = [Path(vis).name for vis in parameters['vis']]
+    inputs = [measurement_set_input(vis, infos_by_name, selection, delivery_ms_dir=delivery_ms_dir,
+                                    line_records=line_records)
+              for vis, selection in zip(job.vis, job.spw_selection)]
+    return {'product': 'image', 'image': image_stem(job, ous), 'specmode': job.specmode, 'field': job.field,
+            'spws': list(job.spw_ids), 'engine': 'casa', 'engine_version': engine_version(casa),
+            'datacolumn': job.datacolumn, 'inputs': inputs, 'parameters': _plain(parameters)}
+
+
+def _plain(value):
+    """JSON's view of a value (tuples as lists), so that a record read back compares equal."""
+    import json
+    return json.loads(json.dumps(value))
+
+
+def decide_images(casa, jobs, request, *, images_dir, infos, delivery_ms_dir, ous, line_records=None):
+    """[ImageDecision] for every job: reasons [] means the image in images_dir is kept."""
+    decisions = []
+    for job in jobs:
+        expected = expected_record(casa, job, request, infos=infos, delivery_ms_dir=delivery_ms_dir, ous=ous,
+                                   line_records=line_records)
+        path = image_record_path(images_dir, expected['image'])
+        recorded, why = read_record(path)
+        if recorded is None:
+            reasons = [why if path.exists() else 'not in %s yet (no record of it there)' % Path(images_dir).name]
+        else:
+            reasons = image_differences(recorded, expected)
+            missing = [name for name in recorded.get('files') or [] if not (Path(images_dir) / name).exists()]
+            if missing:
+                reasons.append('%d of its files are missing (%s)' % (len(missing), ', '.join(missing[:2])))
+            if not recorded.get('files'):
+                reasons.append('its record lists no files')
+        decisions.append(ImageDecision(job, expected['image'], path, expected, recorded, reasons))
+    return decisions
+
+
+def say_decisions(decisions, *, dry_run=False):
+    """One line per image: kept, or remade and why; with the time the remade ones took last time."""
+    kept = [d for d in decisions if not d.reasons]
+    remade = [d for d in decisions if d.reasons]
+    say('  --update: %d image%s kept, %d to %s' % (len(kept), '' if len(kept) == 1 else 's', len(remade),
+                                                    'remake' if dry_run else 'make'))
+    for decision in kept:
+        say('    kept    %s: its inputs and parameters are unchanged' % decision.stem)
+    for decision in remade:
+        seconds = (decision.recorded or {}).get('seconds')
+        say('    remake  %s: %s%s' % (decision.stem, '; '.join(decision.reasons),
+                                      ' (took %.0f s last time)' % seconds if isinstance(seconds, (int, float))
+                                      else ''))
+    expected = [(d.recorded or {}).get('seconds') for d in remade]
+    known = [s for s in expected if isinstance(s, (int, float))]
+    if remade:
+        say('    expected imaging time: %s' % (
+            'about %.0f s (from the durations recorded by earlier runs%s)' % (
+                sum(known), '' if len(known) == len(remade) else
+                '; %d image%s without one not counted' % (len(remade) - len(known),
+                                                          '' if len(remade) - len(known) == 1 else 's'))
+            if known else 'unknown (no earlier durations recorded)'))
+
+
+def update_summary(decisions):
+    """The step result's view of the decisions: {image: 'kept' or 'remade: why'} (for the report)."""
+    return collections.OrderedDict(
+        (d.stem, 'kept: unchanged' if not d.reasons else 'remade: ' + '; '.join(d.reasons)) for d in decisions)
+
+
+def retire_stale_images(state, decisions, *, images_dir, expected_names):
+    """Move the files of stale images that this tool made (they have a record) out of the way, into a
+    temporary folder the journal knows, before their new versions are published.
+
+    expected_names: {stem: [names the new products take]}.  A name this run will write that is taken
+    by a file without a record is the user's: an error, nothing is moved.
+    Returns the temporary folder (to remove once the new images are in place) or None.
+    """
+    images_dir = Path(images_dir)
+    moves = []
+    for decision in decisions:
+        if not decision.reasons:
+            continue
+        names = set(expected_names.get(decision.stem, []))
+        ours = decision.record_path.exists()
+        if decision.recorded is not None:
+            names.update(decision.recorded.get('files') or [])
+        taken = sorted(name for name in names if (images_dir / name).exists() or (images_dir / name).is_symlink())
+        if taken and not ours:
+            raise ReprocessingError('%s holds %s, which no record says this tool made — move it away, or choose '
+                                    'another --image DIR' % (images_dir, ', '.join(taken[:3])))
+        moves.extend(taken)
+        if ours:
+            moves.append(decision.record_path.name)
+    if not moves:
+        return None
+    aside = state.partial_name(images_dir / 'stale-images')
+    state.will_create(aside)
+    aside.mkdir()
+    for name in moves:
+        move_tree(images_dir / name, aside / name)
+    return aside
+
+
+def discard_retired(state, aside):
+    if aside is not None:
+        remove_tree(aside)
+        state.created_for_good(aside)
+
+
+def write_image_records(decisions, table, *, images_dir, seconds_by_job, placed, ous):
+    """After publishing: a record beside each image made, with its files, duration and table row."""
+    rows = dict((row['image'], row) for row in table)
+    files = collections.defaultdict(list)
+    for product, casa_path, fits_path in placed:
+        for path in (casa_path, fits_path):
+            if path is not None:
+                files[product.archive_stem(ous)].append(Path(path).name)
+    for decision in decisions:
+        if not decision.reasons:
+            continue
+        record = dict(decision.expected, seconds=seconds_by_job.get(decision.job.name),
+                      files=sorted(files.get(decision.stem, [])), table_row=rows.get(decision.stem))
+        write_record(image_record_path(images_dir, decision.stem), record)
+
+
+def kept_rows(decisions):
+    """The image-table rows of the kept images, as their records hold them (computed when they were made)."""
+    rows = []
+    for decision in decisions:
+        if not decision.reasons and isinstance(decision.recorded.get('table_row'), dict):
+            row = dict(decision.recorded['table_row'])
+            if isinstance(row.get('beam_arcsec'), list):
+                row['beam_arcsec'] = tuple(row['beam_arcsec'])  # as describe_image gives it (JSON made it a list)
+            if row.get('thumbnail') and not Path(row['thumbnail']).is_file():
+                row.pop('thumbnail')
+            rows.append(row)
+    return rows
+
+
+def describe_kept(decisions, images_dir):
+    kept = [d for d in decisions if not d.reasons]
+    total = 0
+    for decision in kept:
+        for name in decision.recorded.get('files') or []:
+            path = Path(images_dir) / name
+            if path.exists():
+                total += directory_bytes(path)
+    return '%d image%s kept (%s)' % (len(kept), '' if len(kept) == 1 else 's', human_bytes(total))
+
+
+def check_update_names(jobs, images_dir, *, ous, expected_names):
+    """Before the first long step: a name an --update run would write that is taken by a file no record
+    claims is the user's — stop now, rather than after the continuum subtraction."""
+    images_dir = Path(images_dir)
+    for job in jobs:
+        stem = image_stem(job, ous)
+        if image_record_path(images_dir, stem).exists():
+            continue
+        taken = sorted(name for name in expected_names(job) if (images_dir / name).exists())
+        if taken:
+            raise ReprocessingError('%s holds %s, which no record says this tool made — move it away, or choose '
+                                    'another --image DIR' % (images_dir, ', '.join(taken[:3])))
+
+
+# ==================================================================================================
 # reprocessing/image_step.py: Step --image: make the images with the chosen engine, publish them, describe them.
 # ==================================================================================================
 
@@ -5664,7 +6130,7 @@ def _say_notes(notes):
         say('  note: ' + note)
 
 
-def _continuum_channel_finder(plan, casa):
+def continuum_channel_finder(plan, casa):
     """(info, field, real spw, virtual spw) -> (TOPO channels of cont.dat's ranges or '' for all, note)."""
     delivery = plan.delivery
     if not delivery.contdat.is_file():
@@ -5733,18 +6199,32 @@ def run_image(plan, state, step, casa):
         line_infos = sorted((read_ms_for_imaging(casa, ms) for ms in line_shadows), key=observed_first)
         channels_for, contdat = None, None
         if {'mfs', 'cont'} & set(request.specmodes):
-            channels_for, contdat = _continuum_channel_finder(plan, casa)
+            channels_for, contdat = continuum_channel_finder(plan, casa)
         jobs, notes = plan_casa_images(casa, request, targets=targets, lines=line_infos, channels_for=channels_for,
                                        contdat=contdat, ous=ous)
         _say_notes(notes)
         if not jobs:
             raise ReprocessingError('nothing to image with --specmodes %s (see the notes above) — choose other '
                                     'specmodes, fields or spws' % ','.join(request.specmodes))
+        decisions, aside = None, None
+        if getattr(plan.options, 'update', False):
+            decisions = decide_images(casa, jobs, request, images_dir=images_dir, infos=targets + line_infos,
+                                      delivery_ms_dir=delivery.ms_dir, ous=ous)
+            say_decisions(decisions)
+            jobs = [decision.job for decision in decisions if decision.reasons]
+        if not jobs:  # --update: every image is kept
+            return _kept_only_result(plan, state, decisions, images_dir=images_dir, notes=notes, work_dir=work_dir,
+                                     staging=staging, user_files=user_files)
         _check_image_space(jobs, request, images_dir, delivery)
-        if request.reuse_images:
+        if decisions is not None:
+            aside = retire_stale_images(state, decisions, images_dir=images_dir, expected_names=dict(
+                (image_stem(job, ous), [p.fits_name(ous) for p in expected_finals([job])]
+                 + [p.path.name for p in expected_finals([job])]) for job in jobs))
+        elif request.reuse_images:
             expected = expected_finals(jobs)
             check_no_collisions(images_dir, [p.fits_name(ous) for p in expected] + [p.path.name for p in expected])
-        products = run_tclean_jobs(casa, request, jobs, work_dir=work_dir, state=state)
+        seconds = {}
+        products = run_tclean_jobs(casa, request, jobs, work_dir=work_dir, state=state, seconds=seconds)
     if not products:
         raise ReprocessingError('the %s made no images — see the CASA log %s' % (engine, state.casa_logfile))
     placed = publish_products(state, products, images_dir=images_dir, all_products=request.all_products,
@@ -5758,7 +6238,16 @@ def run_image(plan, state, step, casa):
     if changed:
         raise ReprocessingError('files of your measurement sets changed during imaging (%s) — this must never '
                                 'happen: restore them from the delivery and report it' % ', '.join(changed[:3]))
+    if engine != 'pipeline':
+        records = dict(images_dir=images_dir, seconds_by_job=seconds, placed=placed, ous=ous)
+        decisions = decisions or decide_images(casa, jobs, request, images_dir=images_dir,
+                                               infos=targets + line_infos, delivery_ms_dir=delivery.ms_dir, ous=ous)
+        write_image_records(decisions, [], **records)  # at once: the files are this tool's from now on
+        discard_retired(state, aside)
     table = image_table(casa, placed, ous=ous, thumbnails_dir=report_folder(delivery) / 'images')
+    if engine != 'pipeline':
+        write_image_records(decisions, table, **records)  # again, with the table's row for later reports
+        table = kept_rows(decisions) + table
     fits_count = sum(1 for _p, _c, fits in placed if fits)
     total = sum(directory_bytes(path) for _p, casa_path, fits in placed for path in (casa_path, fits) if path)
     say('  %d images: %d FITS files and %d CASA images, %s, in %s' % (
@@ -5766,7 +6255,27 @@ def run_image(plan, state, step, casa):
     for line in format_image_table(table):
         say(line)
     return {'outputs': [str(images_dir)], 'engine': engine, 'images': table, 'notes': notes, 'bytes': total,
-            'fits': fits_count, 'casa_images': len(placed)}
+            'fits': fits_count, 'casa_images': len(placed),
+            'update': update_summary(decisions) if getattr(plan.options, 'update', False) else {}}
+
+
+def _kept_only_result(plan, state, decisions, *, images_dir, notes, work_dir, staging, user_files):
+    """--update found every requested image up to date: nothing to make, the records' rows are the table."""
+    remove_tree(staging)
+    state.created_for_good(staging)
+    remove_tree(work_dir)
+    state.created_for_good(work_dir)
+    changed = changed_files(user_files)
+    if changed:
+        raise ReprocessingError('files of your measurement sets changed during imaging (%s) — this must never '
+                                'happen: restore them from the delivery and report it' % ', '.join(changed[:3]))
+    table = kept_rows(decisions)
+    say('  nothing to image: %s in %s' % (describe_kept(decisions, images_dir),
+                                           relative_path(images_dir, plan.delivery.root)))
+    for line in format_image_table(table):
+        say(line)
+    return {'outputs': [str(images_dir)], 'engine': 'casa', 'images': table, 'notes': notes, 'bytes': 0, 'fits': 0,
+            'casa_images': 0, 'update': update_summary(decisions)}
 
 
 def observed_first(info):
@@ -6141,8 +6650,8 @@ def _format_value(column, value):
 SHORT_DETAIL = 60
 # Names of the levels of nested results (outer key first), for their sub-tables' headers.
 NESTED_LEVELS = {'fitspec': ('execution block', 'field ids', 'spw'), 'seconds_per_eb': ('execution block',),
-                 'provenance': ('product',)}
-VALUE_NAMES = {'seconds_per_eb': 'seconds'}
+                 'update': ('product',)}
+VALUE_NAMES = {'seconds_per_eb': 'seconds', 'update': '--update: kept, or made and why'}
 
 
 def _is_short(value):
@@ -6647,6 +7156,15 @@ def _plan_contsub(plan):
     plan.contdat = plan.contdat or read_delivery_contdat(delivery)  # syntax errors stop the run here
     if options.contsub:
         require_pipeline_for_contsub()
+    if delivery.targets_line and not options.overwrite_line and getattr(options, 'update', False):
+        unrecorded = [line for line in delivery.targets_line if not is_recorded_line_ms(line)]
+        if unrecorded:
+            raise ReprocessingError(
+                '--update: %s has no provenance record, so this tool did not make it (or its record is damaged) '
+                '— move it away, or add --overwrite-line to replace it' % unrecorded[0].name)
+        options.overwrite_line = True  # this tool's own line MSes: the stale ones are replaced
+        plan.notes.append('--update: line MSes whose source MS or continuum fit changed are made again, the '
+                          'others kept')
     if delivery.targets_line and not options.overwrite_line:
         raise ReprocessingError(
             'measurement_sets/ already holds %d uid*_targets_line.ms — move them elsewhere, or add '
@@ -6674,7 +7192,11 @@ def _plan_image(plan):
     images = delivery.root / options.image
     if images.exists() and not images.is_dir():
         raise ReprocessingError('%s exists and is not a directory — choose another name with --image DIR' % images)
-    if images.is_dir() and any(images.iterdir()):
+    update = getattr(options, 'update', False)
+    if update and engine != 'casa':
+        raise ReprocessingError('--update works with the CASA imaging engine (the pipeline\'s imaging parameters '
+                                'are not recorded) — add --engine casa')
+    if images.is_dir() and any(images.iterdir()) and not update:
         if not request.reuse_images:
             raise ReprocessingError('the images directory %s exists and is not empty — choose another name '
                                     'with --image DIR, move it away, or add --reuse-images' % images)
@@ -6822,7 +7344,10 @@ def preflight_images(plan):
     images_dir = delivery.root / plan.options.image
     available = require_free_space(images_dir, peak, what='the images', advice=IMAGE_SPACE_ADVICE)
     plan.image_estimate = ImageEstimate(len(jobs), delivered, peak, available, engine)
-    if images_dir.is_dir():  # --reuse-images: none of this run's names may be taken
+    if images_dir.is_dir() and getattr(plan.options, 'update', False):
+        check_update_names(jobs, images_dir, ous=ous_from_path(delivery.root), expected_names=lambda job: [
+            name for p in expected_finals([job]) for name in (p.fits_name(ous_from_path(delivery.root)), p.path.name)])
+    elif images_dir.is_dir():  # --reuse-images: none of this run's names may be taken
         expected = expected_finals(jobs)
         ous = ous_from_path(delivery.root)
         names = [p.fits_name(ous) for p in expected]
@@ -6919,6 +7444,47 @@ def _plan_weblog(plan):
     plan.steps.append(Step('weblog', summary, [], [], 0, run_weblog))
 
 
+def preview_update(plan):
+    """--dry-run --update: which line MSes and images would be kept, which remade and why, and how long the
+    remade images took when last made.  Reads the measurement sets and cont.dat with CASA; writes nothing."""
+    delivery, options = plan.delivery, plan.options
+    casa = _casa_for_planning()
+    with native_output_into(os.devnull), native_stdout_silenced():
+        say_lines = []
+        line_records = {}
+        if options.contsub_fast:
+            method = choose_contsub_fast_method(options, delivery, delivery.targets)[0]
+            analysis = contdat_preflight(plan, casa)
+            for ms in delivery.targets:
+                expected = expected_line_record(ms, method='uvcontsub', continuum=continuum_by_spw(
+                    analysis, ms, fitorder=options.fitorder)) if method == 'uvcontsub' else expected_line_record(
+                    ms, method='uvcont tables', continuum={}, tables=list(delivery.uvcont_tables))
+                keep, why = line_ms_decision(ms, expected)
+                say_lines.append((ms, keep, why))
+                line_records[line_ms_path(ms).name] = expected
+        decisions = None
+        lines = list(delivery.targets_line)
+        if options.image is not None and (lines or not {'cube', 'repBW'} & set(plan.imaging.specmodes)):
+            request = plan.imaging
+            targets = sorted((read_ms_for_imaging(casa, ms) for ms in delivery.targets), key=observed_first)
+            line_infos = sorted((read_ms_for_imaging(casa, ms) for ms in lines), key=observed_first)
+            channels_for, contdat = (None, None)
+            if {'mfs', 'cont'} & set(request.specmodes):
+                channels_for, contdat = continuum_channel_finder(plan, casa)
+            jobs, _notes = plan_casa_images(casa, request, targets=targets, lines=line_infos,
+                                            channels_for=channels_for, contdat=contdat,
+                                            ous=ous_from_path(delivery.root))
+            decisions = decide_images(casa, jobs, request, images_dir=delivery.root / options.image,
+                                      infos=targets + line_infos, delivery_ms_dir=delivery.ms_dir,
+                                      ous=ous_from_path(delivery.root), line_records=line_records)
+    if say_lines:
+        say_line_decisions(say_lines, delivery)
+    if decisions is not None:
+        say_decisions(decisions, dry_run=True)
+    elif options.image is not None:
+        say('  --update: no line MSes yet, so every image is made')
+
+
 # ==================================================================================================
 # reprocessing/cli.py: Reprocess an ALMA delivery: redo continuum subtraction, make new images, concatenate.
 # ==================================================================================================
@@ -6961,6 +7527,10 @@ def build_parser():
                          help='with --weblog: the first port to try (default: a free one in %d-%d)' % WEBLOG_PORTS)
     general.add_argument('--no-browser', action='store_true',
                          help='with --weblog: only print the address, do not open a browser')
+    general.add_argument('--update', action='store_true',
+                         help='with --image DIR (and --contsub_fast): DIR may hold the images of an earlier run; '
+                              'keep each requested image (and line MS) whose recorded inputs and parameters are '
+                              'unchanged, remake only the others and say why; with --dry-run: only say it')
     general.add_argument('--overwrite-line', action='store_true',
                          help='with --contsub/--contsub_fast: replace existing uid*_targets_line.ms '
                               '(the old ones are kept until the new ones are complete)')
@@ -7012,6 +7582,18 @@ def check_combinations(options):
         raise UsageError('--port and --no-browser only apply to --weblog — add --weblog')
     if options.overwrite_line and not (options.contsub or options.contsub_fast):
         raise UsageError('--overwrite-line only applies to --contsub or --contsub_fast — add one of them')
+    if options.update:
+        if options.image is None and not options.contsub_fast:
+            raise UsageError('--update keeps the images (and line MSes) that are up to date — add --image DIR '
+                             '(and --contsub_fast)')
+        if options.contsub:
+            raise UsageError('--update works with --contsub_fast, whose line MSes record what they were made '
+                             'from; the pipeline\'s --contsub does not — use --contsub_fast')
+        if options.reuse_images:
+            raise UsageError('--update and --reuse-images both allow an existing images folder — choose one')
+        if options.engine == 'pipeline':
+            raise UsageError('--update works with --engine casa (the pipeline\'s imaging parameters are not '
+                             'recorded) — add --engine casa')
     if options.image is not None:
         _check_relative_output_name(options.image, '--image')
     check_imaging_options(options)
@@ -7123,6 +7705,8 @@ def run(options, args):
     say(describe_environment())
     if options.dry_run:
         say(describe_plan(plan))
+        if options.update:
+            preview_update(plan)
         say('Dry run: nothing was changed.')
         return EXIT_OK
     for note in plan.notes:

@@ -45,7 +45,7 @@ from .imaging_options import IMAGING_ENGINES, argparse_type, check_imaging_optio
 from .layout import Delivery, SCRIPT_NAME, WORK_DIR_NAME
 from .messages import DEBUG_ENV, EXIT_FAILED, EXIT_OK, EXIT_USAGE, Interrupted, ReprocessingError, UsageError, one_line, report_error, say, signals_as_exceptions
 from .mpi import casa_mpi_job, mpi_info, mpi_launch, share_logs_with_mpi_servers
-from .plan import check_measurement_sets, chosen_actions, describe_plan, make_plan, preflight_data_columns, preflight_images
+from .plan import check_measurement_sets, chosen_actions, describe_plan, make_plan, preflight_data_columns, preflight_images, preview_update
 from .report import write_report
 from .run_state import RunState
 from .weblog import WEBLOG_PORTS
@@ -90,6 +90,10 @@ def build_parser():
                          help='with --weblog: the first port to try (default: a free one in %d-%d)' % WEBLOG_PORTS)
     general.add_argument('--no-browser', action='store_true',
                          help='with --weblog: only print the address, do not open a browser')
+    general.add_argument('--update', action='store_true',
+                         help='with --image DIR (and --contsub_fast): DIR may hold the images of an earlier run; '
+                              'keep each requested image (and line MS) whose recorded inputs and parameters are '
+                              'unchanged, remake only the others and say why; with --dry-run: only say it')
     general.add_argument('--overwrite-line', action='store_true',
                          help='with --contsub/--contsub_fast: replace existing uid*_targets_line.ms '
                               '(the old ones are kept until the new ones are complete)')
@@ -141,6 +145,18 @@ def check_combinations(options):
         raise UsageError('--port and --no-browser only apply to --weblog — add --weblog')
     if options.overwrite_line and not (options.contsub or options.contsub_fast):
         raise UsageError('--overwrite-line only applies to --contsub or --contsub_fast — add one of them')
+    if options.update:
+        if options.image is None and not options.contsub_fast:
+            raise UsageError('--update keeps the images (and line MSes) that are up to date — add --image DIR '
+                             '(and --contsub_fast)')
+        if options.contsub:
+            raise UsageError('--update works with --contsub_fast, whose line MSes record what they were made '
+                             'from; the pipeline\'s --contsub does not — use --contsub_fast')
+        if options.reuse_images:
+            raise UsageError('--update and --reuse-images both allow an existing images folder — choose one')
+        if options.engine == 'pipeline':
+            raise UsageError('--update works with --engine casa (the pipeline\'s imaging parameters are not '
+                             'recorded) — add --engine casa')
     if options.image is not None:
         _check_relative_output_name(options.image, '--image')
     check_imaging_options(options)
@@ -252,6 +268,8 @@ def run(options, args):
     say(describe_environment())
     if options.dry_run:
         say(describe_plan(plan))
+        if options.update:
+            preview_update(plan)
         say('Dry run: nothing was changed.')
         return EXIT_OK
     for note in plan.notes:

@@ -12,6 +12,7 @@ from .contdat_check import contdat_preflight, read_delivery_contdat, say_fit_tab
 from .eb_tasks import eb_task
 from .fileops import directory_bytes, human_bytes, relative_path, remove_tree
 from .layout import eb_name, line_ms_path
+from .line_provenance import continuum_by_spw, expected_line_record, line_ms_decision, say_line_decisions, write_line_record
 from .messages import ReprocessingError, one_line, say
 from .ms_tables import count_rows
 from .run_state import pause_point, publish_line_outputs
@@ -32,6 +33,11 @@ def run_contsub_fast(plan, state, step, casa):
         contdat_preflight(plan, casa)
         result = contsub_apply_uvcont_tables(plan, state, step, casa, list(plan.delivery.uvcont_tables))
         result['reason'] = reason
+        for ms in step.inputs:
+            if line_ms_path(Path(ms)).is_dir():
+                write_line_record(Path(ms), expected_line_record(Path(ms), method='uvcont tables', continuum={},
+                                                                 tables=list(plan.delivery.uvcont_tables)),
+                                  seconds=result.get('seconds', 0.0) or 0.0)
         result['spectra'] = _spectra_after_contsub(plan, casa, step.inputs, result.get('outputs', []))
         return result
     return contsub_with_uvcontsub(plan, state, step, casa, reason)
@@ -115,8 +121,15 @@ def contsub_with_uvcontsub(plan, state, step, casa, reason):
     with eb_workers(jobs, state=state) as workers:
         analysis = contdat_preflight(plan, casa)
         say_fit_table(analysis, fitorder=options.fitorder)
+        expected = dict((str(ms), expected_line_record(ms, method='uvcontsub', continuum=continuum_by_spw(
+            analysis, ms, fitorder=options.fitorder))) for ms in targets)
+        decisions = [(ms, False, None) for ms in targets]
+        if getattr(options, 'update', False):
+            decisions = [(ms,) + line_ms_decision(ms, expected[str(ms)]) for ms in targets]
+            say_line_decisions(decisions, delivery)
+        made = [ms for ms, keep, _why in decisions if not keep]
         tasks, outputs = [], []
-        for ms in targets:
+        for ms in made:
             field, spw, fitspec = build_fitspec(analysis.selections[str(ms)], fitorder=options.fitorder)
             if not fitspec:
                 raise ReprocessingError('cont.dat selects nothing to fit in %s (see the notes above) — add blocks for '
@@ -137,18 +150,19 @@ def contsub_with_uvcontsub(plan, state, step, casa, reason):
         say('  subtracting the continuum of %d execution block%s%s' % (
             len(tasks), '' if len(tasks) == 1 else 's', ' in %d processes' % workers.count if workers.count > 1
             else ''))
-        results = workers.run(tasks, casa=casa)
+        results = workers.run(tasks, casa=casa) if tasks else []
     pause_point('contsub-written', state)
     for task in tasks:
         if task['arguments']['selfcal_fit']:
             state.created_for_good(Path(task['arguments']['selfcal_fit']))  # removed by the worker
     replaced = {str(final) for _partial, final in outputs if final.exists()}
     publish_line_outputs(state, outputs, replace=options.overwrite_line)
-    for (_partial, final), result in zip(outputs, results):
+    for ms, (_partial, final), result in zip(made, outputs, results):
+        write_line_record(ms, expected[str(ms)], seconds=result['seconds'])
         say('  wrote %s: %d rows, spws %s, %s (%s, %.1f s)%s' % (
             relative_path(final, delivery.root), result['rows'], result['spw'], describe_line_columns(result['columns']),
             human_bytes(directory_bytes(final)), result['seconds'],
-            '; it replaced the earlier line MS (--overwrite-line)' if str(final) in replaced else ''))
+            '; it replaced the earlier line MS (%s)' % ('--update' if getattr(options, 'update', False) else '--overwrite-line') if str(final) in replaced else ''))
     spectra = []
     for result in results:
         for spectrum in result.get('spectra', []):
@@ -156,9 +170,11 @@ def contsub_with_uvcontsub(plan, state, step, casa, reason):
             spectra.append(spectrum)
     pictures = plots_or_warning(lambda: draw_spectra(spectra, spectra_directory(delivery)))
     say_spectra(pictures, delivery)
-    return {'outputs': [str(final) for _partial, final in outputs], 'method': 'uvcontsub', 'reason': reason,
-            'jobs': workers.count, 'fitspec': dict((eb_name(ms), task['arguments']['fitspec'])
-                                                   for ms, task in zip(targets, tasks)),
+    update = dict((line_ms_path(ms).name, 'kept: unchanged' if keep else 'made: %s' % why)
+                  for ms, keep, why in decisions) if getattr(options, 'update', False) else {}
+    return {'outputs': [str(line_ms_path(ms)) for ms in targets], 'method': 'uvcontsub', 'reason': reason,
+            'update': update, 'jobs': workers.count, 'fitspec': dict((eb_name(ms), task['arguments']['fitspec'])
+                                                                     for ms, task in zip(made, tasks)),
             'seconds_per_eb': dict((task['eb'], result['seconds']) for task, result in zip(tasks, results)),
             'columns': dict((task['eb'], result['columns']) for task, result in zip(tasks, results)),
             'spectra': [str(path) for path in pictures]}

@@ -412,8 +412,9 @@ _STOP_REASONS = {0: 'not cleaned', 1: 'iteration limit', 2: 'threshold', 3: 'sto
                  5: 'residual grew', 6: 'diverged', 7: 'no automask found: dirty image', 8: 'noise threshold'}
 
 
-def run_tclean_jobs(casa, request, jobs, *, work_dir, state):
-    """Run each job's tclean in work_dir; the products are what each call added to it."""
+def run_tclean_jobs(casa, request, jobs, *, work_dir, state, seconds=None):
+    """Run each job's tclean in work_dir; the products are what each call added to it.
+    seconds: a dict given gets each job's duration (by job name), for its provenance record."""
     products = []
     previous_dir = os.getcwd()
     change_directory(work_dir)  # tclean (and monolithic CASA's .last files) write into the working directory
@@ -444,6 +445,8 @@ def run_tclean_jobs(casa, request, jobs, *, work_dir, state):
                 stop = summary.get('stopcode') if isinstance(summary, dict) else stop
                 iterations += int(summary.get('iterdone', 0)) if isinstance(summary, dict) else 0
             products.extend(ImageProduct.from_working_name(work_dir / name) for name in made)
+            if seconds is not None:
+                seconds[job.name] = round(time.time() - started, 1)
             say('        %d clean iterations, stopped by %s, %.0f s' % (
                 iterations, _STOP_REASONS.get(stop, 'code %s' % stop), time.time() - started))
     finally:

@@ -10,6 +10,7 @@ from .fileops import changed_files, directory_bytes, file_states, human_bytes, r
 from .image_casa import IMAGE_SPACE_ADVICE, estimate_image_bytes, plan_casa_images, read_ms_for_imaging, run_tclean_jobs
 from .image_pipeline import run_pipeline_imaging
 from .image_publish import check_no_collisions, format_image_table, image_table, publish_products
+from .image_update import decide_images, describe_kept, discard_retired, image_stem, kept_rows, retire_stale_images, say_decisions, update_summary, write_image_records
 from .layout import Delivery, report_folder
 from .messages import ReprocessingError, say
 from .ms_tables import column_names
@@ -36,7 +37,7 @@ def _say_notes(notes):
         say('  note: ' + note)
 
 
-def _continuum_channel_finder(plan, casa):
+def continuum_channel_finder(plan, casa):
     """(info, field, real spw, virtual spw) -> (TOPO channels of cont.dat's ranges or '' for all, note)."""
     delivery = plan.delivery
     if not delivery.contdat.is_file():
@@ -105,18 +106,32 @@ def run_image(plan, state, step, casa):
         line_infos = sorted((read_ms_for_imaging(casa, ms) for ms in line_shadows), key=observed_first)
         channels_for, contdat = None, None
         if {'mfs', 'cont'} & set(request.specmodes):
-            channels_for, contdat = _continuum_channel_finder(plan, casa)
+            channels_for, contdat = continuum_channel_finder(plan, casa)
         jobs, notes = plan_casa_images(casa, request, targets=targets, lines=line_infos, channels_for=channels_for,
                                        contdat=contdat, ous=ous)
         _say_notes(notes)
         if not jobs:
             raise ReprocessingError('nothing to image with --specmodes %s (see the notes above) — choose other '
                                     'specmodes, fields or spws' % ','.join(request.specmodes))
+        decisions, aside = None, None
+        if getattr(plan.options, 'update', False):
+            decisions = decide_images(casa, jobs, request, images_dir=images_dir, infos=targets + line_infos,
+                                      delivery_ms_dir=delivery.ms_dir, ous=ous)
+            say_decisions(decisions)
+            jobs = [decision.job for decision in decisions if decision.reasons]
+        if not jobs:  # --update: every image is kept
+            return _kept_only_result(plan, state, decisions, images_dir=images_dir, notes=notes, work_dir=work_dir,
+                                     staging=staging, user_files=user_files)
         _check_image_space(jobs, request, images_dir, delivery)
-        if request.reuse_images:
+        if decisions is not None:
+            aside = retire_stale_images(state, decisions, images_dir=images_dir, expected_names=dict(
+                (image_stem(job, ous), [p.fits_name(ous) for p in expected_finals([job])]
+                 + [p.path.name for p in expected_finals([job])]) for job in jobs))
+        elif request.reuse_images:
             expected = expected_finals(jobs)
             check_no_collisions(images_dir, [p.fits_name(ous) for p in expected] + [p.path.name for p in expected])
-        products = run_tclean_jobs(casa, request, jobs, work_dir=work_dir, state=state)
+        seconds = {}
+        products = run_tclean_jobs(casa, request, jobs, work_dir=work_dir, state=state, seconds=seconds)
     if not products:
         raise ReprocessingError('the %s made no images — see the CASA log %s' % (engine, state.casa_logfile))
     placed = publish_products(state, products, images_dir=images_dir, all_products=request.all_products,
@@ -130,7 +145,16 @@ def run_image(plan, state, step, casa):
     if changed:
         raise ReprocessingError('files of your measurement sets changed during imaging (%s) — this must never '
                                 'happen: restore them from the delivery and report it' % ', '.join(changed[:3]))
+    if engine != 'pipeline':
+        records = dict(images_dir=images_dir, seconds_by_job=seconds, placed=placed, ous=ous)
+        decisions = decisions or decide_images(casa, jobs, request, images_dir=images_dir,
+                                               infos=targets + line_infos, delivery_ms_dir=delivery.ms_dir, ous=ous)
+        write_image_records(decisions, [], **records)  # at once: the files are this tool's from now on
+        discard_retired(state, aside)
     table = image_table(casa, placed, ous=ous, thumbnails_dir=report_folder(delivery) / 'images')
+    if engine != 'pipeline':
+        write_image_records(decisions, table, **records)  # again, with the table's row for later reports
+        table = kept_rows(decisions) + table
     fits_count = sum(1 for _p, _c, fits in placed if fits)
     total = sum(directory_bytes(path) for _p, casa_path, fits in placed for path in (casa_path, fits) if path)
     say('  %d images: %d FITS files and %d CASA images, %s, in %s' % (
@@ -138,7 +162,27 @@ def run_image(plan, state, step, casa):
     for line in format_image_table(table):
         say(line)
     return {'outputs': [str(images_dir)], 'engine': engine, 'images': table, 'notes': notes, 'bytes': total,
-            'fits': fits_count, 'casa_images': len(placed)}
+            'fits': fits_count, 'casa_images': len(placed),
+            'update': update_summary(decisions) if getattr(plan.options, 'update', False) else {}}
+
+
+def _kept_only_result(plan, state, decisions, *, images_dir, notes, work_dir, staging, user_files):
+    """--update found every requested image up to date: nothing to make, the records' rows are the table."""
+    remove_tree(staging)
+    state.created_for_good(staging)
+    remove_tree(work_dir)
+    state.created_for_good(work_dir)
+    changed = changed_files(user_files)
+    if changed:
+        raise ReprocessingError('files of your measurement sets changed during imaging (%s) — this must never '
+                                'happen: restore them from the delivery and report it' % ', '.join(changed[:3]))
+    table = kept_rows(decisions)
+    say('  nothing to image: %s in %s' % (describe_kept(decisions, images_dir),
+                                           relative_path(images_dir, plan.delivery.root)))
+    for line in format_image_table(table):
+        say(line)
+    return {'outputs': [str(images_dir)], 'engine': 'casa', 'images': table, 'notes': notes, 'bytes': 0, 'fits': 0,
+            'casa_images': 0, 'update': update_summary(decisions)}
 
 
 def observed_first(info):

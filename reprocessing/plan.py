@@ -8,16 +8,19 @@ from .casa_engine import is_monolithic_casa, load_casa, native_output_into, nati
 from .cleanup import run_cleanup
 from .concat import run_concat
 from .check_step import run_check
-from .contdat_check import read_delivery_contdat
+from .contdat_check import contdat_preflight, read_delivery_contdat
 from .contsub_fast import choose_contsub_fast_method, run_contsub_fast
 from .data_columns import describe_selfcal, survey_data_columns
 from .contsub_pipeline import run_contsub
 from .fileops import directory_bytes, free_bytes, human_bytes, relative_path, removal_blocker, require_free_space
 from .image_casa import IMAGE_SPACE_ADVICE, estimate_image_bytes, plan_casa_images, read_ms_for_imaging
 from .image_publish import check_no_collisions, check_reused_images_dir
-from .image_step import choose_imaging_engine, expected_finals, observed_first, run_image
+from .image_step import choose_imaging_engine, continuum_channel_finder, expected_finals, observed_first, run_image
+from .image_update import check_update_names, decide_images, say_decisions
+from .line_provenance import continuum_by_spw, expected_line_record, is_recorded_line_ms, line_ms_decision, say_line_decisions
 from .imaging_options import imaging_request
 from .layout import WORK_DIR_NAME, line_ms_path
+from .messages import say
 from .messages import ReprocessingError, one_line
 from .ms_tables import check_measurement_set
 from .pipeline_engine import require_pipeline_for_contsub
@@ -92,6 +95,15 @@ def _plan_contsub(plan):
     plan.contdat = plan.contdat or read_delivery_contdat(delivery)  # syntax errors stop the run here
     if options.contsub:
         require_pipeline_for_contsub()
+    if delivery.targets_line and not options.overwrite_line and getattr(options, 'update', False):
+        unrecorded = [line for line in delivery.targets_line if not is_recorded_line_ms(line)]
+        if unrecorded:
+            raise ReprocessingError(
+                '--update: %s has no provenance record, so this tool did not make it (or its record is damaged) '
+                '— move it away, or add --overwrite-line to replace it' % unrecorded[0].name)
+        options.overwrite_line = True  # this tool's own line MSes: the stale ones are replaced
+        plan.notes.append('--update: line MSes whose source MS or continuum fit changed are made again, the '
+                          'others kept')
     if delivery.targets_line and not options.overwrite_line:
         raise ReprocessingError(
             'measurement_sets/ already holds %d uid*_targets_line.ms — move them elsewhere, or add '
@@ -119,7 +131,11 @@ def _plan_image(plan):
     images = delivery.root / options.image
     if images.exists() and not images.is_dir():
         raise ReprocessingError('%s exists and is not a directory — choose another name with --image DIR' % images)
-    if images.is_dir() and any(images.iterdir()):
+    update = getattr(options, 'update', False)
+    if update and engine != 'casa':
+        raise ReprocessingError('--update works with the CASA imaging engine (the pipeline\'s imaging parameters '
+                                'are not recorded) — add --engine casa')
+    if images.is_dir() and any(images.iterdir()) and not update:
         if not request.reuse_images:
             raise ReprocessingError('the images directory %s exists and is not empty — choose another name '
                                     'with --image DIR, move it away, or add --reuse-images' % images)
@@ -267,7 +283,10 @@ def preflight_images(plan):
     images_dir = delivery.root / plan.options.image
     available = require_free_space(images_dir, peak, what='the images', advice=IMAGE_SPACE_ADVICE)
     plan.image_estimate = ImageEstimate(len(jobs), delivered, peak, available, engine)
-    if images_dir.is_dir():  # --reuse-images: none of this run's names may be taken
+    if images_dir.is_dir() and getattr(plan.options, 'update', False):
+        check_update_names(jobs, images_dir, ous=ous_from_path(delivery.root), expected_names=lambda job: [
+            name for p in expected_finals([job]) for name in (p.fits_name(ous_from_path(delivery.root)), p.path.name)])
+    elif images_dir.is_dir():  # --reuse-images: none of this run's names may be taken
         expected = expected_finals(jobs)
         ous = ous_from_path(delivery.root)
         names = [p.fits_name(ous) for p in expected]
@@ -362,3 +381,44 @@ def _plan_weblog(plan):
         weblog = choose_weblog(delivery, name)
         summary = 'serve the weblog %s' % weblog.name
     plan.steps.append(Step('weblog', summary, [], [], 0, run_weblog))
+
+
+def preview_update(plan):
+    """--dry-run --update: which line MSes and images would be kept, which remade and why, and how long the
+    remade images took when last made.  Reads the measurement sets and cont.dat with CASA; writes nothing."""
+    delivery, options = plan.delivery, plan.options
+    casa = _casa_for_planning()
+    with native_output_into(os.devnull), native_stdout_silenced():
+        say_lines = []
+        line_records = {}
+        if options.contsub_fast:
+            method = choose_contsub_fast_method(options, delivery, delivery.targets)[0]
+            analysis = contdat_preflight(plan, casa)
+            for ms in delivery.targets:
+                expected = expected_line_record(ms, method='uvcontsub', continuum=continuum_by_spw(
+                    analysis, ms, fitorder=options.fitorder)) if method == 'uvcontsub' else expected_line_record(
+                    ms, method='uvcont tables', continuum={}, tables=list(delivery.uvcont_tables))
+                keep, why = line_ms_decision(ms, expected)
+                say_lines.append((ms, keep, why))
+                line_records[line_ms_path(ms).name] = expected
+        decisions = None
+        lines = list(delivery.targets_line)
+        if options.image is not None and (lines or not {'cube', 'repBW'} & set(plan.imaging.specmodes)):
+            request = plan.imaging
+            targets = sorted((read_ms_for_imaging(casa, ms) for ms in delivery.targets), key=observed_first)
+            line_infos = sorted((read_ms_for_imaging(casa, ms) for ms in lines), key=observed_first)
+            channels_for, contdat = (None, None)
+            if {'mfs', 'cont'} & set(request.specmodes):
+                channels_for, contdat = continuum_channel_finder(plan, casa)
+            jobs, _notes = plan_casa_images(casa, request, targets=targets, lines=line_infos,
+                                            channels_for=channels_for, contdat=contdat,
+                                            ous=ous_from_path(delivery.root))
+            decisions = decide_images(casa, jobs, request, images_dir=delivery.root / options.image,
+                                      infos=targets + line_infos, delivery_ms_dir=delivery.ms_dir,
+                                      ous=ous_from_path(delivery.root), line_records=line_records)
+    if say_lines:
+        say_line_decisions(say_lines, delivery)
+    if decisions is not None:
+        say_decisions(decisions, dry_run=True)
+    elif options.image is not None:
+        say('  --update: no line MSes yet, so every image is made')

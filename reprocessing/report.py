@@ -366,8 +366,8 @@ def _format_value(column, value):
 SHORT_DETAIL = 60
 # Names of the levels of nested results (outer key first), for their sub-tables' headers.
 NESTED_LEVELS = {'fitspec': ('execution block', 'field ids', 'spw'), 'seconds_per_eb': ('execution block',),
-                 'provenance': ('product',)}
-VALUE_NAMES = {'seconds_per_eb': 'seconds'}
+                 'update': ('product',)}
+VALUE_NAMES = {'seconds_per_eb': 'seconds', 'update': '--update: kept, or made and why'}
 
 
 def _is_short(value):

@@ -130,6 +130,7 @@ def test_images_folder_holds_the_final_products_as_fits_with_archive_names(image
         expected += [stem + '.pbcor.fits', stem + '.pb.fits', stem + '.mask.fits']
         working = stem + '.iter1'
         expected += [working + '.image.pbcor', working + '.pb', working + '.mask']
+        expected += [stem + '.provenance.json']  # what the image was made from, for --update
     assert names == sorted(expected)
     assert not any('iter0' in n or n.endswith(('.psf', '.residual', '.model', '.sumwt')) for n in names)
     # leftovers of an earlier run are never collected, and nothing of this run is left behind
@@ -307,7 +308,7 @@ def test_report_shows_every_image_with_a_thumbnail_beam_peak_and_rms(imaged):
     page = next(report.glob('run-*/index.html')).read_text()
     images = page.split('<h2>Images</h2>', 1)[1]
     for stem in stems:
-        row = re.search(r'<tr><td>%s</td>.*?</tr>' % re.escape(stem), images).group(0)
+        row = re.search(r'<tr><td[^>]*>%s</td>.*?</tr>' % re.escape(stem), images).group(0)
         assert re.search(r'<td>[0-9.]+&quot; × [0-9.]+&quot;, -?[0-9.]+°</td>', row), row  # the beam
         assert len(re.findall(r'<td>[0-9.]+ mJy/beam</td>', row)) == 2, row  # peak and rms
         assert '<img src="assets/%s.png"' % stem in images
