@@ -159,6 +159,8 @@ def check_combinations(options):
                              'recorded) — add --engine casa')
     if options.image is not None:
         _check_relative_output_name(options.image, '--image')
+    elif options.archive_products is not None:
+        raise UsageError('--archive-products compares the images of --image with the archive\'s — add --image [DIR]')
     check_imaging_options(options)
 
 
@@ -198,6 +200,9 @@ def add_imaging_arguments(parser):
         help='make cube/repBW images from uid*_targets.ms when no continuum-subtracted line MS exists')
     add('--all-products', action='store_true',
         help='keep every image the engine made (psf, residual, model, iter0, ...), not only the final ones')
+    add('--archive-products', metavar='DIR', default=None,
+        help='the archive\'s image products (*_sci.spw*.I.pbcor.fits) to compare the new images with (default: '
+             'a product/ folder beside the delivery, when there is one)')
     add('--reuse-images', action='store_true',
         help='allow an existing, non-empty images directory (no product name may already be in it)')
 

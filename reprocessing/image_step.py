@@ -5,6 +5,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from .archive_compare import compare_with_archive, find_archive_products, format_comparison
 from .contdat_check import contdat_preflight
 from .fileops import changed_files, directory_bytes, file_states, human_bytes, relative_path, remove_tree, require_free_space
 from .image_casa import IMAGE_SPACE_ADVICE, estimate_image_bytes, plan_casa_images, read_ms_for_imaging, run_tclean_jobs
@@ -155,6 +156,7 @@ def run_image(plan, state, step, casa):
     if engine != 'pipeline':
         write_image_records(decisions, table, **records)  # again, with the table's row for later reports
         table = kept_rows(decisions) + table
+    comparison = _compare_with_archive(plan, casa, placed, ous)
     fits_count = sum(1 for _p, _c, fits in placed if fits)
     total = sum(directory_bytes(path) for _p, casa_path, fits in placed for path in (casa_path, fits) if path)
     say('  %d images: %d FITS files and %d CASA images, %s, in %s' % (
@@ -163,7 +165,22 @@ def run_image(plan, state, step, casa):
         say(line)
     return {'outputs': [str(images_dir)], 'engine': engine, 'images': table, 'notes': notes, 'bytes': total,
             'fits': fits_count, 'casa_images': len(placed),
-            'update': update_summary(decisions) if getattr(plan.options, 'update', False) else {}}
+            'update': update_summary(decisions) if getattr(plan.options, 'update', False) else {},
+            'archive_comparison': comparison}
+
+
+def _compare_with_archive(plan, casa, placed, ous):
+    """The new images beside the archive's (when the delivery has them, or --archive-products points at them)."""
+    archive = find_archive_products(plan.delivery.root, getattr(plan.options, 'archive_products', None))
+    if archive is None:
+        return []
+    rows = compare_with_archive(casa, placed, archive, ous=ous)
+    say('  compared with the archive\'s images in %s: %d of %d images have a twin' % (
+        relative_path(archive, plan.delivery.root), len(rows), len({p.image_key for p, _c, _f in placed})))
+    if rows:
+        for line in format_comparison(rows):
+            say(line)
+    return rows
 
 
 def _kept_only_result(plan, state, decisions, *, images_dir, notes, work_dir, staging, user_files):

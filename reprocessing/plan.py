@@ -5,6 +5,7 @@ import os
 import sys
 
 from .casa_engine import is_monolithic_casa, load_casa, native_output_into, native_stdout_silenced
+from .archive_compare import find_archive_products
 from .cleanup import run_cleanup
 from .concat import run_concat
 from .check_step import run_check
@@ -156,6 +157,8 @@ def _plan_image(plan):
     if engine == 'casa' and (limits or not request.mitigation):
         plan.notes.append('%s only apply to the pipeline\'s size mitigation: the CASA engine checks the free '
                           'disk instead' % ', '.join('--' + n for n in limits or ['no-mitigation']))
+    if getattr(options, 'archive_products', None) is not None:
+        find_archive_products(delivery.root, options.archive_products)  # a folder without archive images stops here
     plan.imaging, plan.imaging_engine = request, engine
     engine_name = 'ALMA pipeline' if engine == 'pipeline' else 'CASA tclean, no pipeline'
     inputs = list(delivery.targets) + ([] if makes_line_ms else list(delivery.targets_line) if cubes else [])

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from .archive_compare import COMPARISON_HEADER, comparison_cells
 from .casa_engine import load_casa
 from .environment import describe_environment, engine_description
 from .image_stats import flux_text
@@ -40,7 +41,7 @@ STATUS_LABELS = {'succeeded': 'succeeded', 'failed': 'FAILED', 'interrupted': 'I
                  'running': 'running (or killed)'}
 # Result keys the report shows in their own sections; any other key is listed beside its step.
 _RESULT_KEYS_SHOWN = ('step', 'seconds', 'started', 'ended', 'outputs', 'spectra', 'images', 'contdat_problems',
-                      'problems')
+                      'problems', 'archive_comparison')
 
 
 def write_report(plan, state, *, status, error=None):
@@ -179,6 +180,7 @@ def _run_page(plan, state, summary, steps, assets):
     parts.extend(_contdat_section(plan, state))
     parts.extend(_spectra_section(state, assets))
     parts.extend(_images_section(state, assets))
+    parts.extend(_archive_section(state))
     title = 'Reprocessing report %s' % summary['run']
     return _html_page(title, '\n'.join(parts))
 
@@ -340,6 +342,20 @@ def _images_section(state, assets):
                            % (escape(link), escape(str(values['image'] or '')), caption) if link else
                            '<p class="muted">missing thumbnail: %s</p>' % escape(str(image['thumbnail'])))
     return ['<h2>Images</h2>', _table(list(IMAGE_COLUMNS), rows)] + figures
+
+
+def _archive_section(state):
+    """Each new image beside its archive twin: the images table's numbers for both versions."""
+    rows = [row for result in state.results for row in (result.get('archive_comparison') or [])]
+    if not rows:
+        return []
+    cells = []
+    for row in rows:
+        cells.append([row['image'], 'new'] + comparison_cells(row['new']))
+        cells.append([row['archive'], 'archive'] + comparison_cells(row['old']))
+    return ['<h2>Compared with the archive\'s images</h2>',
+            '<p class="muted">Peak and rms where the primary beam is above 0.5, as in the images table; flux '
+            'inside the clean mask (continuum images).</p>', _table(COMPARISON_HEADER, cells)]
 
 
 def _format_value(column, value):

@@ -38,7 +38,7 @@ DEFAULTS_MODULE = 'defaults'   # the user-editable block: first in the generated
 LAYERS = collections.OrderedDict([
     ('top: command line and plan', ['cli', 'plan', 'prep']),
     ('steps', ['prep_build', 'check_step', 'contsub_fast', 'uvcont_tables', 'contsub_pipeline', 'spectra', 'image_step',
-               'image_pipeline', 'image_publish', 'image_update', 'concat', 'cleanup', 'weblog', 'report']),
+               'image_pipeline', 'image_publish', 'image_update', 'archive_compare', 'concat', 'cleanup', 'weblog', 'report']),
     ('engines', ['image_stats', 'environment', 'workers', 'mpi', 'eb_tasks', 'pipeline_engine', 'image_casa', 'thumbnails',
                  'contdat_check', 'channels', 'data_columns', 'ms_tables', 'run_state', 'staging', 'line_provenance',
                  'casa_engine']),

@@ -1,0 +1,62 @@
+"""The new images beside the archive's: the twins are found in product/, matched, and described with the
+images table's numbers, in the terminal and the report.  The "archive" products are made by the tool
+itself with robust 0.5, and the new images with robust 2: the beam must grow and the noise drop."""
+import re
+import shutil
+
+import scriptForReprocessing as sfr
+from test_image import CENTRED
+from test_report import Page, run_pages
+
+MFS = ['--specmodes', 'mfs', '--spw', '25', '--imsize', '96']
+STEM = 'oussid.IRAS_16293-2422_sci.spw25.mfs.I'
+
+
+def arcsec_pair(text):
+    return [float(x) for x in re.findall(r'([0-9.]+)"', text)[:2]]
+
+
+def value(text):
+    return float(text.split()[0])
+
+
+def test_new_images_are_compared_with_their_archive_twins(delivery_factory, run_script):
+    delivery = delivery_factory(**CENTRED)
+    archive = run_script('--image', 'archive_run', *MFS, delivery=delivery)
+    assert archive.returncode == 0, archive.stderr
+    product = delivery.parent / 'product'  # beside calibrated_final/, as in a member.uid___ folder
+    product.mkdir()
+    for fits in (delivery / 'archive_run').glob('*.fits'):
+        shutil.copyfile(str(fits), str(product / fits.name))
+    (product / 'uid___A001_X1_X2.other_sci.spw99.cube.I.pbcor.fits').write_bytes(b'')  # no twin: ignored
+
+    new = run_script('--image', 'robust2', '--robust', '2', *MFS, delivery=delivery)
+    assert new.returncode == 0, new.stderr
+    assert "compared with the archive's images in %s: 1 of 1 images have a twin" % product in new.stdout
+    lines = new.stdout.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.split()[:2] == [STEM, 'new'])
+    assert lines[first + 1].split()[0] == 'archive'
+
+    page = Page(run_pages(delivery)[-1].path)
+    page.assert_self_contained()
+    compared = [row for row in page.rows if len(row) == 8 and row[1] in ('new', 'archive')]
+    assert [row[:2] for row in compared] == [[STEM, 'new'], [STEM + '.pbcor.fits', 'archive']]
+    (_n, _v, new_beam, new_cell, new_size, new_peak, new_rms, new_flux), \
+        (_n, _v, old_beam, old_cell, old_size, old_peak, old_rms, old_flux) = compared
+    assert (new_cell, new_size) == (old_cell, old_size) == ('%s' % new_cell, '96 × 96 × 1')
+    assert arcsec_pair(new_beam)[0] > 1.05 * arcsec_pair(old_beam)[0], 'robust 2 gives a larger beam'
+    assert value(new_rms) < value(old_rms), 'robust 2 gives a lower noise (measured: 0.658 against 0.68 mJy/beam)'
+    for peak, flux in ((new_peak, new_flux), (old_peak, old_flux)):  # a 50 mJy point source
+        assert abs(value(peak) - 50) < 5
+        assert flux == '—' or abs(value(flux) - 50) < 10
+    images_row = [row for row in page.rows if row and row[0] == STEM and len(row) == 11][0]
+    assert (images_row[8], images_row[9]) == (new_peak, new_rms), 'one computation: the images table agrees'
+
+
+def test_archive_products_must_hold_archive_images(delivery_factory, run_script, tmp_path):
+    delivery = delivery_factory(**CENTRED)
+    result = run_script('--image', '--archive-products', str(tmp_path), *MFS, delivery=delivery)
+    assert result.returncode == 1
+    assert 'holds no *_sci.spw*' in result.stderr and not (delivery / 'images').exists()
+    assert run_script('--archive-products', str(tmp_path), '--contsub_fast', delivery=delivery).returncode == 2
+    assert sfr.find_archive_products(delivery) is None
