@@ -3647,7 +3647,7 @@ def flux_in_mask(casa, pbcor, mask):
     if mask is None:
         return None
     with opened_tool(casa.casatools.image(), pbcor) as image:
-        if int(image.shape()[3] if len(image.shape()) > 3 else 1) > 1:
+        if int(image.shape()[_spectral_axis(image)[0]]) > 1:
             return None
         stats = image.statistics(mask='"%s" > 0.5' % str(mask).replace('"', '\\"'), verbose=False, list=False)
     if not len(stats.get('flux', [])) or not stats.get('npts', [0])[0]:
@@ -3655,7 +3655,7 @@ def flux_in_mask(casa, pbcor, mask):
     return float(stats['flux'][0])
 
 
-def compare_with_archive(casa, placed, archive_dir, *, ous):
+def compare_with_archive(casa, placed, archive_dir, *, ous, pictures_dir=None):
     """[{'image', 'archive', 'new', 'old'}] for each new image with an archive twin; new/old: describe_image
     plus 'flux_jy'.  A twin that cannot be read is a warning, not a failed run."""
     twins = archive_twins(archive_dir)
@@ -3678,7 +3678,12 @@ def compare_with_archive(casa, placed, archive_dir, *, ous):
             warn('cannot compare %s with the archive\'s %s (%s)' % (product.archive_stem(), twin['pbcor'].name,
                                                                  one_line(error)))
             continue
-        rows.append({'image': product.archive_stem(ous), 'archive': twin['pbcor'].name, 'new': new, 'old': old})
+        row = {'image': product.archive_stem(ous), 'archive': twin['pbcor'].name, 'new': new, 'old': old}
+        if pictures_dir is not None:
+            row['picture'] = comparison_picture_or_warning(
+                casa, row, {'new': (files['image'], files.get('pb')), 'old': (twin['pbcor'], twin['pb'])},
+                Path(pictures_dir) / (row['image'] + '.archive.png'))
+        rows.append(row)
     return rows
 
 
@@ -3702,6 +3707,119 @@ def format_comparison(rows):
         lines.append(['', 'archive'] + comparison_cells(row['old']))
     widths = [max(len(line[i]) for line in lines) for i in range(len(COMPARISON_HEADER))]
     return ['  ' + '  '.join(value.ljust(width) for value, width in zip(line, widths)).rstrip() for line in lines]
+
+
+def comparison_picture_or_warning(casa, row, files, png_path):
+    """The picture of one twin pair (None and a warning when it cannot be drawn: it is a view)."""
+    try:
+        render_comparison(casa, row, files, Path(png_path))
+    except Exception as error:
+        warn('no comparison picture for %s (%s) — the images are complete' % (row['image'], one_line(error)))
+        return None
+    return str(png_path)
+
+
+def render_comparison(casa, row, files, png_path):
+    """A continuum image: new, archive and new − archive (same grid only) side by side.  A cube: the rms of
+    each channel (pb > 0.5) and the spectrum at each version's brightest pixel, both versions on one plot.
+    files: {'new': (pbcor, pb), 'old': (pbcor, pb)}."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    import numpy
+    cube = row['new']['nchan'] > 1
+    figure = Figure(figsize=(9.0, 3.4), dpi=100)
+    FigureCanvasAgg(figure)
+    scale = 1e3
+    if cube:
+        for index, (title, reader) in enumerate((('rms per channel (pb > 0.5)', channel_rms),
+                                                 ('spectrum at the brightest pixel', peak_spectrum))):
+            axes = figure.add_subplot(1, 2, index + 1)
+            for side, label, style in (('new', 'new', '-'), ('old', 'archive', '--')):
+                frequencies, values = reader(casa, *files[side])
+                axes.step(frequencies, [v * scale for v in values], where='mid', linestyle=style, label=label)
+            axes.set_title(title, fontsize=8)
+            axes.set_xlabel('frequency (GHz)')
+            axes.set_ylabel('mJy/beam')
+            axes.ticklabel_format(axis='x', useOffset=False)
+            axes.legend(fontsize=7)
+    else:
+        new, old = _continuum_plane(casa, *files['new']), _continuum_plane(casa, *files['old'])
+        panels = [('new: peak %s, rms %s' % (flux_text(row['new']['peak_jy']), flux_text(row['new']['rms_jy'])), new),
+                  ('archive: peak %s, rms %s' % (flux_text(row['old']['peak_jy']), flux_text(row['old']['rms_jy'])),
+                   old)]
+        if new.shape == old.shape and row['new']['cell_arcsec'] == row['old']['cell_arcsec']:
+            panels.append(('new − archive', new - old))
+        for index, (title, plane) in enumerate(panels):
+            axes = figure.add_subplot(1, 3, index + 1)
+            finite = plane[numpy.isfinite(plane)]
+            limit = float(numpy.abs(finite).max()) * scale if finite.size else 1.0
+            low = -limit if index == 2 else None
+            picture = axes.imshow(plane.T * scale, origin='lower', cmap='RdBu_r' if index == 2 else 'inferno',
+                                  vmin=low, vmax=limit if index == 2 else None, interpolation='nearest')
+            figure.colorbar(picture, ax=axes, label='mJy/beam', shrink=0.8)
+            axes.set_title(title, fontsize=7)
+            axes.set_xticks([])
+            axes.set_yticks([])
+    figure.suptitle('%s: new and archive' % row['image'], fontsize=8)
+    figure.tight_layout(rect=(0, 0, 1, 0.92))
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(png_path) as temporary:
+        figure.savefig(str(temporary), format='png')
+
+
+def _continuum_plane(casa, pbcor, pb):
+    """The (x, y) plane of a continuum image, NaN where masked or where pb < 0.2 (outside the image)."""
+    import numpy
+    with opened_tool(casa.casatools.image(), pbcor) as image:
+        shape = [int(n) for n in image.shape()]
+        values = numpy.asarray(image.getchunk(dropdeg=True), dtype=float).reshape(shape[:2])
+        valid = numpy.asarray(image.getchunk(dropdeg=True, getmask=True), dtype=bool).reshape(shape[:2])
+    if pb is not None:
+        with opened_tool(casa.casatools.image(), pb) as image:
+            valid &= numpy.asarray(image.getchunk(dropdeg=True), dtype=float).reshape(shape[:2]) >= 0.2
+    return numpy.where(valid, values, numpy.nan)
+
+
+def _spectral_axis(image):
+    """(pixel axis of frequency, its channel frequencies in GHz): exportfits puts Stokes last (x, y, freq,
+    stokes) while CASA images have (x, y, stokes, freq)."""
+    coordinates = image.coordsys()
+    try:
+        axis = int(coordinates.findcoordinate('spectral')['pixel'][0])
+        reference = coordinates.referencepixel(type='spectral')['numeric'][0]
+        value = coordinates.referencevalue(type='spectral')['numeric'][0]
+        step = coordinates.increment(type='spectral')['numeric'][0]
+    finally:
+        coordinates.done()
+    nchan = int(image.shape()[axis])
+    return axis, [(value + (channel - reference) * step) / 1e9 for channel in range(nchan)]
+
+
+def channel_rms(casa, pbcor, pb):
+    """(GHz, rms per channel): image_statistics' definition (robust, pb > 0.5), one channel at a time."""
+    import numpy
+    with opened_tool(casa.casatools.image(), pbcor) as image:
+        axis, frequencies = _spectral_axis(image)
+        others = [index for index in range(len(image.shape())) if index != axis]
+        stats = image.statistics(axes=others, robust=True, mask=pb_mask_expression(pb) if pb else '',
+                                 verbose=False, list=False)
+    mad = numpy.asarray(stats.get('medabsdevmed', []), dtype=float).ravel()
+    if mad.size != len(frequencies):
+        raise ValueError('no per-channel statistics')
+    return frequencies, list(MAD_TO_RMS * mad)
+
+
+def peak_spectrum(casa, pbcor, pb):
+    """(GHz, the spectrum at the pixel of the image's peak, image_statistics' peak_position)."""
+    import numpy
+    position = image_statistics(casa, pbcor, pb=pb)['peak_position']
+    with opened_tool(casa.casatools.image(), pbcor) as image:
+        axis, frequencies = _spectral_axis(image)
+        blc = [int(i) for i in position]
+        trc = list(blc)
+        blc[axis], trc[axis] = 0, len(frequencies) - 1
+        values = numpy.asarray(image.getchunk(blc=blc, trc=trc, dropdeg=True), dtype=float).ravel()
+    return frequencies, list(values)
 
 
 # ==================================================================================================
@@ -6121,7 +6239,8 @@ def say_decisions(decisions, *, dry_run=False):
 def update_summary(decisions):
     """The step result's view of the decisions: {image: 'kept' or 'remade: why'} (for the report)."""
     return collections.OrderedDict(
-        (d.stem, 'kept: unchanged' if not d.reasons else 'remade: ' + '; '.join(d.reasons)) for d in decisions)
+        (d.stem, 'kept: unchanged' if not d.reasons else ('remade: ' if d.record_path.exists() or d.recorded
+                                                          else 'made: ') + '; '.join(d.reasons)) for d in decisions)
 
 
 def retire_stale_images(state, decisions, *, images_dir, expected_names):
@@ -6377,7 +6496,7 @@ def _compare_with_archive(plan, casa, placed, ous):
     archive = find_archive_products(plan.delivery.root, getattr(plan.options, 'archive_products', None))
     if archive is None:
         return []
-    rows = compare_with_archive(casa, placed, archive, ous=ous)
+    rows = compare_with_archive(casa, placed, archive, ous=ous, pictures_dir=report_folder(plan.delivery) / 'archive')
     say('  compared with the archive\'s images in %s: %d of %d images have a twin' % (
         relative_path(archive, plan.delivery.root), len(rows), len({p.image_key for p, _c, _f in placed})))
     if rows:
@@ -6590,7 +6709,7 @@ def _run_page(plan, state, summary, steps, assets):
     parts.extend(_contdat_section(plan, state))
     parts.extend(_spectra_section(state, assets))
     parts.extend(_images_section(state, assets))
-    parts.extend(_archive_section(state))
+    parts.extend(_archive_section(state, assets))
     title = 'Reprocessing report %s' % summary['run']
     return _html_page(title, '\n'.join(parts))
 
@@ -6754,7 +6873,7 @@ def _images_section(state, assets):
     return ['<h2>Images</h2>', _table(list(IMAGE_COLUMNS), rows)] + figures
 
 
-def _archive_section(state):
+def _archive_section(state, assets):
     """Each new image beside its archive twin: the images table's numbers for both versions."""
     rows = [row for result in state.results for row in (result.get('archive_comparison') or [])]
     if not rows:
@@ -6763,9 +6882,16 @@ def _archive_section(state):
     for row in rows:
         cells.append([row['image'], 'new'] + comparison_cells(row['new']))
         cells.append([row['archive'], 'archive'] + comparison_cells(row['old']))
+    from html import escape
+    figures = []
+    for row in rows:
+        link = assets.link(row['picture']) if row.get('picture') else None
+        if link:
+            figures.append('<figure><img src="%s" alt="%s"><figcaption>%s: new and archive</figcaption></figure>'
+                           % (escape(link), escape(row['image']), escape(row['image'])))
     return ['<h2>Compared with the archive\'s images</h2>',
             '<p class="muted">Peak and rms where the primary beam is above 0.5, as in the images table; flux '
-            'inside the clean mask (continuum images).</p>', _table(COMPARISON_HEADER, cells)]
+            'inside the clean mask (continuum images).</p>', _table(COMPARISON_HEADER, cells)] + figures
 
 
 def _format_value(column, value):
@@ -7411,7 +7537,8 @@ def describe_plan(plan):
         lines.append('  Extra disk needed: about %s (%s free)'
                      % (human_bytes(plan.extra_bytes), human_bytes(free_bytes(delivery.root))))
     if getattr(plan, 'image_estimate', None) is not None:
-        lines.append('  ' + describe_image_estimate(plan.image_estimate))
+        lines.append('  ' + describe_image_estimate(plan.image_estimate) + (
+            ' (before --update keeps the unchanged ones)' if getattr(plan.options, 'update', False) else ''))
     for note in plan.notes:
         lines.append('  Note: ' + note)
     return '\n'.join(lines)

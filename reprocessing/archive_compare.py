@@ -13,7 +13,8 @@ from pathlib import Path
 
 from .casa_engine import opened_tool
 from .image_publish import describe_image
-from .image_stats import flux_text
+from .fileops import atomic_file
+from .image_stats import MAD_TO_RMS, flux_text, image_statistics, pb_mask_expression
 from .messages import ReprocessingError, one_line, warn
 
 _ARCHIVE_NAME = re.compile(r'^(?P<ous>[^.]+)\.(?P<target>.+?_[a-z]+)\.spw(?P<spw>[0-9_]+)\.(?P<specmode>mfs|cont|cube|repBW)'
@@ -64,7 +65,7 @@ def flux_in_mask(casa, pbcor, mask):
     if mask is None:
         return None
     with opened_tool(casa.casatools.image(), pbcor) as image:
-        if int(image.shape()[3] if len(image.shape()) > 3 else 1) > 1:
+        if int(image.shape()[_spectral_axis(image)[0]]) > 1:
             return None
         stats = image.statistics(mask='"%s" > 0.5' % str(mask).replace('"', '\\"'), verbose=False, list=False)
     if not len(stats.get('flux', [])) or not stats.get('npts', [0])[0]:
@@ -72,7 +73,7 @@ def flux_in_mask(casa, pbcor, mask):
     return float(stats['flux'][0])
 
 
-def compare_with_archive(casa, placed, archive_dir, *, ous):
+def compare_with_archive(casa, placed, archive_dir, *, ous, pictures_dir=None):
     """[{'image', 'archive', 'new', 'old'}] for each new image with an archive twin; new/old: describe_image
     plus 'flux_jy'.  A twin that cannot be read is a warning, not a failed run."""
     twins = archive_twins(archive_dir)
@@ -95,7 +96,12 @@ def compare_with_archive(casa, placed, archive_dir, *, ous):
             warn('cannot compare %s with the archive\'s %s (%s)' % (product.archive_stem(), twin['pbcor'].name,
                                                                  one_line(error)))
             continue
-        rows.append({'image': product.archive_stem(ous), 'archive': twin['pbcor'].name, 'new': new, 'old': old})
+        row = {'image': product.archive_stem(ous), 'archive': twin['pbcor'].name, 'new': new, 'old': old}
+        if pictures_dir is not None:
+            row['picture'] = comparison_picture_or_warning(
+                casa, row, {'new': (files['image'], files.get('pb')), 'old': (twin['pbcor'], twin['pb'])},
+                Path(pictures_dir) / (row['image'] + '.archive.png'))
+        rows.append(row)
     return rows
 
 
@@ -119,3 +125,116 @@ def format_comparison(rows):
         lines.append(['', 'archive'] + comparison_cells(row['old']))
     widths = [max(len(line[i]) for line in lines) for i in range(len(COMPARISON_HEADER))]
     return ['  ' + '  '.join(value.ljust(width) for value, width in zip(line, widths)).rstrip() for line in lines]
+
+
+def comparison_picture_or_warning(casa, row, files, png_path):
+    """The picture of one twin pair (None and a warning when it cannot be drawn: it is a view)."""
+    try:
+        render_comparison(casa, row, files, Path(png_path))
+    except Exception as error:
+        warn('no comparison picture for %s (%s) — the images are complete' % (row['image'], one_line(error)))
+        return None
+    return str(png_path)
+
+
+def render_comparison(casa, row, files, png_path):
+    """A continuum image: new, archive and new − archive (same grid only) side by side.  A cube: the rms of
+    each channel (pb > 0.5) and the spectrum at each version's brightest pixel, both versions on one plot.
+    files: {'new': (pbcor, pb), 'old': (pbcor, pb)}."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    import numpy
+    cube = row['new']['nchan'] > 1
+    figure = Figure(figsize=(9.0, 3.4), dpi=100)
+    FigureCanvasAgg(figure)
+    scale = 1e3
+    if cube:
+        for index, (title, reader) in enumerate((('rms per channel (pb > 0.5)', channel_rms),
+                                                 ('spectrum at the brightest pixel', peak_spectrum))):
+            axes = figure.add_subplot(1, 2, index + 1)
+            for side, label, style in (('new', 'new', '-'), ('old', 'archive', '--')):
+                frequencies, values = reader(casa, *files[side])
+                axes.step(frequencies, [v * scale for v in values], where='mid', linestyle=style, label=label)
+            axes.set_title(title, fontsize=8)
+            axes.set_xlabel('frequency (GHz)')
+            axes.set_ylabel('mJy/beam')
+            axes.ticklabel_format(axis='x', useOffset=False)
+            axes.legend(fontsize=7)
+    else:
+        new, old = _continuum_plane(casa, *files['new']), _continuum_plane(casa, *files['old'])
+        panels = [('new: peak %s, rms %s' % (flux_text(row['new']['peak_jy']), flux_text(row['new']['rms_jy'])), new),
+                  ('archive: peak %s, rms %s' % (flux_text(row['old']['peak_jy']), flux_text(row['old']['rms_jy'])),
+                   old)]
+        if new.shape == old.shape and row['new']['cell_arcsec'] == row['old']['cell_arcsec']:
+            panels.append(('new − archive', new - old))
+        for index, (title, plane) in enumerate(panels):
+            axes = figure.add_subplot(1, 3, index + 1)
+            finite = plane[numpy.isfinite(plane)]
+            limit = float(numpy.abs(finite).max()) * scale if finite.size else 1.0
+            low = -limit if index == 2 else None
+            picture = axes.imshow(plane.T * scale, origin='lower', cmap='RdBu_r' if index == 2 else 'inferno',
+                                  vmin=low, vmax=limit if index == 2 else None, interpolation='nearest')
+            figure.colorbar(picture, ax=axes, label='mJy/beam', shrink=0.8)
+            axes.set_title(title, fontsize=7)
+            axes.set_xticks([])
+            axes.set_yticks([])
+    figure.suptitle('%s: new and archive' % row['image'], fontsize=8)
+    figure.tight_layout(rect=(0, 0, 1, 0.92))
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(png_path) as temporary:
+        figure.savefig(str(temporary), format='png')
+
+
+def _continuum_plane(casa, pbcor, pb):
+    """The (x, y) plane of a continuum image, NaN where masked or where pb < 0.2 (outside the image)."""
+    import numpy
+    with opened_tool(casa.casatools.image(), pbcor) as image:
+        shape = [int(n) for n in image.shape()]
+        values = numpy.asarray(image.getchunk(dropdeg=True), dtype=float).reshape(shape[:2])
+        valid = numpy.asarray(image.getchunk(dropdeg=True, getmask=True), dtype=bool).reshape(shape[:2])
+    if pb is not None:
+        with opened_tool(casa.casatools.image(), pb) as image:
+            valid &= numpy.asarray(image.getchunk(dropdeg=True), dtype=float).reshape(shape[:2]) >= 0.2
+    return numpy.where(valid, values, numpy.nan)
+
+
+def _spectral_axis(image):
+    """(pixel axis of frequency, its channel frequencies in GHz): exportfits puts Stokes last (x, y, freq,
+    stokes) while CASA images have (x, y, stokes, freq)."""
+    coordinates = image.coordsys()
+    try:
+        axis = int(coordinates.findcoordinate('spectral')['pixel'][0])
+        reference = coordinates.referencepixel(type='spectral')['numeric'][0]
+        value = coordinates.referencevalue(type='spectral')['numeric'][0]
+        step = coordinates.increment(type='spectral')['numeric'][0]
+    finally:
+        coordinates.done()
+    nchan = int(image.shape()[axis])
+    return axis, [(value + (channel - reference) * step) / 1e9 for channel in range(nchan)]
+
+
+def channel_rms(casa, pbcor, pb):
+    """(GHz, rms per channel): image_statistics' definition (robust, pb > 0.5), one channel at a time."""
+    import numpy
+    with opened_tool(casa.casatools.image(), pbcor) as image:
+        axis, frequencies = _spectral_axis(image)
+        others = [index for index in range(len(image.shape())) if index != axis]
+        stats = image.statistics(axes=others, robust=True, mask=pb_mask_expression(pb) if pb else '',
+                                 verbose=False, list=False)
+    mad = numpy.asarray(stats.get('medabsdevmed', []), dtype=float).ravel()
+    if mad.size != len(frequencies):
+        raise ValueError('no per-channel statistics')
+    return frequencies, list(MAD_TO_RMS * mad)
+
+
+def peak_spectrum(casa, pbcor, pb):
+    """(GHz, the spectrum at the pixel of the image's peak, image_statistics' peak_position)."""
+    import numpy
+    position = image_statistics(casa, pbcor, pb=pb)['peak_position']
+    with opened_tool(casa.casatools.image(), pbcor) as image:
+        axis, frequencies = _spectral_axis(image)
+        blc = [int(i) for i in position]
+        trc = list(blc)
+        blc[axis], trc[axis] = 0, len(frequencies) - 1
+        values = numpy.asarray(image.getchunk(blc=blc, trc=trc, dropdeg=True), dtype=float).ravel()
+    return frequencies, list(values)

@@ -174,7 +174,7 @@ def _compare_with_archive(plan, casa, placed, ous):
     archive = find_archive_products(plan.delivery.root, getattr(plan.options, 'archive_products', None))
     if archive is None:
         return []
-    rows = compare_with_archive(casa, placed, archive, ous=ous)
+    rows = compare_with_archive(casa, placed, archive, ous=ous, pictures_dir=report_folder(plan.delivery) / 'archive')
     say('  compared with the archive\'s images in %s: %d of %d images have a twin' % (
         relative_path(archive, plan.delivery.root), len(rows), len({p.image_key for p, _c, _f in placed})))
     if rows:

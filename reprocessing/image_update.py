@@ -126,7 +126,8 @@ def say_decisions(decisions, *, dry_run=False):
 def update_summary(decisions):
     """The step result's view of the decisions: {image: 'kept' or 'remade: why'} (for the report)."""
     return collections.OrderedDict(
-        (d.stem, 'kept: unchanged' if not d.reasons else 'remade: ' + '; '.join(d.reasons)) for d in decisions)
+        (d.stem, 'kept: unchanged' if not d.reasons else ('remade: ' if d.record_path.exists() or d.recorded
+                                                          else 'made: ') + '; '.join(d.reasons)) for d in decisions)
 
 
 def retire_stale_images(state, decisions, *, images_dir, expected_names):

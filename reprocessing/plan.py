@@ -209,7 +209,8 @@ def describe_plan(plan):
         lines.append('  Extra disk needed: about %s (%s free)'
                      % (human_bytes(plan.extra_bytes), human_bytes(free_bytes(delivery.root))))
     if getattr(plan, 'image_estimate', None) is not None:
-        lines.append('  ' + describe_image_estimate(plan.image_estimate))
+        lines.append('  ' + describe_image_estimate(plan.image_estimate) + (
+            ' (before --update keeps the unchanged ones)' if getattr(plan.options, 'update', False) else ''))
     for note in plan.notes:
         lines.append('  Note: ' + note)
     return '\n'.join(lines)

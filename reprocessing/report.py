@@ -180,7 +180,7 @@ def _run_page(plan, state, summary, steps, assets):
     parts.extend(_contdat_section(plan, state))
     parts.extend(_spectra_section(state, assets))
     parts.extend(_images_section(state, assets))
-    parts.extend(_archive_section(state))
+    parts.extend(_archive_section(state, assets))
     title = 'Reprocessing report %s' % summary['run']
     return _html_page(title, '\n'.join(parts))
 
@@ -344,7 +344,7 @@ def _images_section(state, assets):
     return ['<h2>Images</h2>', _table(list(IMAGE_COLUMNS), rows)] + figures
 
 
-def _archive_section(state):
+def _archive_section(state, assets):
     """Each new image beside its archive twin: the images table's numbers for both versions."""
     rows = [row for result in state.results for row in (result.get('archive_comparison') or [])]
     if not rows:
@@ -353,9 +353,16 @@ def _archive_section(state):
     for row in rows:
         cells.append([row['image'], 'new'] + comparison_cells(row['new']))
         cells.append([row['archive'], 'archive'] + comparison_cells(row['old']))
+    from html import escape
+    figures = []
+    for row in rows:
+        link = assets.link(row['picture']) if row.get('picture') else None
+        if link:
+            figures.append('<figure><img src="%s" alt="%s"><figcaption>%s: new and archive</figcaption></figure>'
+                           % (escape(link), escape(row['image']), escape(row['image'])))
     return ['<h2>Compared with the archive\'s images</h2>',
             '<p class="muted">Peak and rms where the primary beam is above 0.5, as in the images table; flux '
-            'inside the clean mask (continuum images).</p>', _table(COMPARISON_HEADER, cells)]
+            'inside the clean mask (continuum images).</p>', _table(COMPARISON_HEADER, cells)] + figures
 
 
 def _format_value(column, value):

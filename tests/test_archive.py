@@ -8,8 +8,9 @@ import scriptForReprocessing as sfr
 from test_image import CENTRED
 from test_report import Page, run_pages
 
-MFS = ['--specmodes', 'mfs', '--spw', '25', '--imsize', '96']
+MFS = ['--specmodes', 'mfs,cube', '--spw', '25', '--imsize', '96']
 STEM = 'oussid.IRAS_16293-2422_sci.spw25.mfs.I'
+CUBE = 'oussid.IRAS_16293-2422_sci.spw25.cube.I'
 
 
 def arcsec_pair(text):
@@ -20,7 +21,7 @@ def value(text):
     return float(text.split()[0])
 
 
-def test_new_images_are_compared_with_their_archive_twins(delivery_factory, run_script):
+def test_new_images_are_compared_with_their_archive_twins(delivery_factory, run_script, casa):
     delivery = delivery_factory(**CENTRED)
     archive = run_script('--image', 'archive_run', *MFS, delivery=delivery)
     assert archive.returncode == 0, archive.stderr
@@ -32,7 +33,7 @@ def test_new_images_are_compared_with_their_archive_twins(delivery_factory, run_
 
     new = run_script('--image', 'robust2', '--robust', '2', *MFS, delivery=delivery)
     assert new.returncode == 0, new.stderr
-    assert "compared with the archive's images in %s: 1 of 1 images have a twin" % product in new.stdout
+    assert "compared with the archive's images in %s: 2 of 2 images have a twin" % product in new.stdout
     lines = new.stdout.splitlines()
     first = next(i for i, line in enumerate(lines) if line.split()[:2] == [STEM, 'new'])
     assert lines[first + 1].split()[0] == 'archive'
@@ -40,16 +41,32 @@ def test_new_images_are_compared_with_their_archive_twins(delivery_factory, run_
     page = Page(run_pages(delivery)[-1].path)
     page.assert_self_contained()
     compared = [row for row in page.rows if len(row) == 8 and row[1] in ('new', 'archive')]
-    assert [row[:2] for row in compared] == [[STEM, 'new'], [STEM + '.pbcor.fits', 'archive']]
+    assert sorted(row[:2] for row in compared) == sorted([[STEM, 'new'], [STEM + '.pbcor.fits', 'archive'],
+                                                          [CUBE, 'new'], [CUBE + '.pbcor.fits', 'archive']])
+    index = [row[0] for row in compared].index(STEM)
     (_n, _v, new_beam, new_cell, new_size, new_peak, new_rms, new_flux), \
-        (_n, _v, old_beam, old_cell, old_size, old_peak, old_rms, old_flux) = compared
+        (_n, _v, old_beam, old_cell, old_size, old_peak, old_rms, old_flux) = compared[index:index + 2]
+    cube = [row[0] for row in compared].index(CUBE)
+    assert compared[cube][4].endswith('× 1') is False and compared[cube][7] == '—', 'a cube: no flux in mask'
+    assert compared[cube][4] == compared[cube + 1][4]
+    for stem in (STEM, CUBE):  # the pictures: both versions, drawn for each twin
+        assert 'assets/%s.archive.png' % stem in page.images
     assert (new_cell, new_size) == (old_cell, old_size) == ('%s' % new_cell, '96 × 96 × 1')
     assert arcsec_pair(new_beam)[0] > 1.05 * arcsec_pair(old_beam)[0], 'robust 2 gives a larger beam'
     assert value(new_rms) < value(old_rms), 'robust 2 gives a lower noise (measured: 0.658 against 0.68 mJy/beam)'
     for peak, flux in ((new_peak, new_flux), (old_peak, old_flux)):  # a 50 mJy point source
         assert abs(value(peak) - 50) < 5
         assert flux == '—' or abs(value(flux) - 50) < 10
+    # the cube's curves, for both versions (the archive's FITS has Stokes last, the CASA image has it third)
+    nchan = int(compared[cube][4].split(' × ')[2])
+    for pbcor, pb in ((product / (CUBE + '.pbcor.fits'), product / (CUBE + '.pb.fits')),
+                      (delivery / 'robust2' / (CUBE + '.iter1.image.pbcor'), delivery / 'robust2' / (CUBE + '.iter1.pb'))):
+        frequencies, rms = sfr.channel_rms(casa, pbcor, pb)
+        assert len(frequencies) == len(rms) == nchan > 1 and all(0 < r < 1 for r in rms)
+        frequencies, spectrum = sfr.peak_spectrum(casa, pbcor, pb)
+        assert len(spectrum) == nchan and abs(max(spectrum) - 0.2) < 0.05, 'the 0.2 Jy line at its peak'
     images_row = [row for row in page.rows if row and row[0] == STEM and len(row) == 11][0]
+    assert len(page.images) == 4, 'two thumbnails and two comparison pictures'
     assert (images_row[8], images_row[9]) == (new_peak, new_rms), 'one computation: the images table agrees'
 
 
