@@ -5524,7 +5524,8 @@ def contsub_with_uvcontsub(plan, state, step, casa, reason):
         say('  wrote %s: %d rows, spws %s, %s (%s, %.1f s)%s' % (
             relative_path(final, delivery.root), result['rows'], result['spw'], describe_line_columns(result['columns']),
             human_bytes(directory_bytes(final)), result['seconds'],
-            '; it replaced the earlier line MS (%s)' % ('--update' if getattr(options, 'update', False) else '--overwrite-line') if str(final) in replaced else ''))
+            '; it replaced the earlier line MS (%s)' % ('--update' if getattr(options, 'update', False)
+                                                         else '--overwrite-line') if str(final) in replaced else ''))
     spectra = []
     for result in results:
         for spectrum in result.get('spectra', []):
