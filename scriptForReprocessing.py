@@ -425,7 +425,13 @@ _LOADED = []  # the CasaModules of this process, once loaded
 
 
 def is_monolithic_casa():
-    """True inside a monolithic CASA session (``casa -c``), where CASA is configured already."""
+    """True inside a monolithic CASA session (``casa -c``), where CASA is configured already.
+
+    Judged before CASA is loaded: casatools 6.4/6.5 import casashell themselves when it is
+    installed (to find ~/.casa), so after loading only what load_casa found counts.
+    """
+    if _LOADED:
+        return _LOADED[0].kind == 'monolithic'
     return 'casashell' in sys.modules
 
 
@@ -441,26 +447,31 @@ def load_casa(*, logfile=None, script='scriptForReprocessing.py', native_output=
     if _LOADED:
         return _LOADED[0]
     give_casa_a_home()
-    configured = is_monolithic_casa() or 'casatools' in sys.modules
+    monolithic = is_monolithic_casa()
+    configured = monolithic or 'casatools' in sys.modules
     # casaconfig (CASA 6.6 and later) must be told before the first import; a CASA without it
     # (monolithic CASA's own Python in a worker process, modular CASA 6.4/6.5) configures itself.
     with_casaconfig = not configured and (_importable('casaconfig') or not _importable('casatools'))
     if with_casaconfig:
         configure_modular_casa(logfile=logfile, script=script)
     try:
-        with native_output_into(native_output or logfile or os.devnull):
+        with native_output_into(native_output or logfile or os.devnull), \
+                casatasks_settings_without_casaconfig(None if configured or with_casaconfig else logfile):
             import casatools
             import casatasks
     except ImportError as error:
         missing = getattr(error, 'name', None) or ''
         advice = CASA_MODULE_PROVIDERS.get(missing.split('.')[0], 'check the CASA installation')
+        if 'measures data is not available' in str(error):
+            advice = MEASURES_MISSING_WITHOUT_CASACONFIG
         raise ReprocessingError('CASA failed to import in this Python (%s): %s — %s'
                                 % (sys.executable, one_line(error), advice))
-    if logfile is not None and not with_casaconfig and not is_monolithic_casa():
+    if logfile is not None and not with_casaconfig and not monolithic \
+            and casatasks.casalog.logfile() != os.path.realpath(str(logfile)):
         casatasks.casalog.setlogfile(str(logfile))
     # The terminal gets the script's own progress lines; CASA's messages go to its log.
     casatasks.casalog.showconsole(False)
-    kind = 'monolithic' if is_monolithic_casa() else 'modular'
+    kind = 'monolithic' if monolithic else 'modular'
     _LOADED.append(CasaModules(casatools, casatasks, casatools.version_string(), kind))
     return _LOADED[0]
 
@@ -481,6 +492,41 @@ def give_casa_a_home():
     atexit.register(shutil.rmtree, home, True)
     say('Note: HOME is not set: CASA gets an empty one for this run (%s, removed at the end)' % home)
     return home
+
+
+# Modular CASA 6.4/6.5 (casatools/__init__.py, casatasks/private/userconfig.py of those wheels) have
+# no casaconfig: casatools finds its data in ~/.casa/config.py's rundata/datapath, ~/.casa/data, or
+# the casadata package, in that order; casatasks reads its log file from ~/.casa/config.py, or from
+# a module casataskrc instead when one can be imported, and else opens casa-<UTC time>.log in the
+# current directory at import.
+MEASURES_MISSING_WITHOUT_CASACONFIG = (
+    'this modular CASA (6.4/6.5, no casaconfig) finds its measures data in the casadata package, '
+    '~/.casa/data or the rundata of ~/.casa/config.py: install casadata ("pip install casadata")')
+
+
+@contextlib.contextmanager
+def casatasks_settings_without_casaconfig(logfile):
+    """While casatasks 6.4/6.5 is imported: a casataskrc holding the user's ~/.casa/config.py
+    settings and logfile, so that CASA logs there from its first line and no stray
+    casa-<time>.log is left in the current directory; nothing is written into ~/.casa."""
+    if logfile is None or 'casataskrc' in sys.modules or _importable('casataskrc'):
+        yield  # CASA 6.6+ (casaconfig does it), or a casataskrc of the user's own: theirs is used
+        return
+    import types
+    settings = types.ModuleType('casataskrc')
+    settings.__dict__.update(os=os, sys=sys)  # what ~/.casa/config.py finds when casatasks runs it
+    user_config = Path(os.path.expanduser('~/.casa/config.py'))
+    if user_config.is_file():
+        try:
+            exec(compile(user_config.read_text(), str(user_config), 'exec'), settings.__dict__)
+        except Exception:  # casatasks, too, goes on with its defaults when the file fails
+            pass
+    settings.logfile = str(logfile)
+    sys.modules['casataskrc'] = settings
+    try:
+        yield
+    finally:
+        sys.modules.pop('casataskrc', None)
 
 
 def configure_modular_casa(*, logfile=None, script='scriptForReprocessing.py'):
@@ -1315,7 +1361,12 @@ def _pipeline_version():
 def _distribution_version(name):
     try:
         from importlib import metadata  # novermin (guarded: Python < 3.8 takes the except branch)
-    except ImportError:  # Python < 3.8
+    except ImportError:  # Python < 3.8 (CASA 6.4 runs on 3.6): the dist-info folder's name says the version
+        import glob
+        import os
+        for entry in sys.path:
+            for found in sorted(glob.glob(os.path.join(entry or '.', '%s-*.dist-info' % name))):
+                return os.path.basename(found)[len(name) + 1:-len('.dist-info')]
         return None
     try:
         return metadata.version(name)
@@ -1840,6 +1891,83 @@ def _dequote(text):
     if len(text) >= 2 and text[0] == text[-1] and text[0] in '"\'':
         return text[1:-1].strip()
     return text
+
+
+# -- cont.dat in the grammar a pipeline release reads ------------------------------------------------
+#
+# Measured in each tag's pipeline/infrastructure/contfilehandler.py, ContFileHandler.read():
+# * up to 2024.0.0.95 (PL2022, PL2023): v1 and v2 only.  Lines are not stripped (" SpectralWindow: 25"
+#   or "ALL " match nothing); "SpectralWindow: 25 NAME" makes the spw id "25 NAME", which no spw has
+#   (hif_uvcontfit: "No continuum region detection attempted"); "Flags: ..." and "ALLCONT" lines become
+#   field names, so the ranges after them are dropped; NONE means "no continuum found", ALL "every channel".
+# * from 2024.0.0.96 on (PL2024 and later): v1, v2 and v3.
+FIRST_REVISION_READING_V3 = (2024, 0, 0, 96)
+
+
+def contdat_grammar_read_by(revision, *, fits_with_uvcontfit=False):
+    """3 when the pipeline of this revision (e.g. '2023.1.0.124') reads cont.dat v3, else 2 (v1/v2 only).
+
+    An unreadable revision is judged by the flow: only PL2022 has hif_uvcontfit, and reads v2.
+    """
+    import re
+    match = re.match(r'^\D*(\d{4})\.(\d+)\.(\d+)\.(\d+)', str(revision or ''))
+    if not match:
+        return 2 if fits_with_uvcontfit else 3
+    return 3 if tuple(int(part) for part in match.groups()) >= FIRST_REVISION_READING_V3 else 2
+
+
+def contdat_in_grammar(text, grammar):
+    """(text, changes): cont.dat text, read without errors, as a pipeline reading `grammar` (2 or 3) reads it.
+
+    For grammar 3 the text is unchanged.  For grammar 2 every line is stripped and blank lines dropped;
+    "SpectralWindow: N NAME" becomes "SpectralWindow: N", "Flags:" lines are left out, and ALLCONT (the
+    line, or the flag of a block without ranges) becomes ALL.  changes: what was rewritten, in words
+    ([] when only spacing changed).
+    """
+    import re
+    if grammar >= 3:
+        return text, []
+    out = []
+    counts = collections.Counter()
+    block = {'allcont': False, 'selects': False}  # the current spw block: its ALLCONT flag, a range/keyword line
+
+    def end_block():
+        if block['allcont'] and not block['selects']:
+            out.append('ALL')
+            counts['allcont'] += 1
+
+    for line in (raw.strip() for raw in text.splitlines()):
+        if not line:
+            continue
+        if line.startswith(('Field:', 'SpectralWindow:')) or re.match(r'^SPW\s*\d+$', line):
+            end_block()
+            block = {'allcont': False, 'selects': False}
+            words = line.split()
+            if line.startswith('SpectralWindow:') and len(words) == 3:
+                counts['names'] += 1
+                line = ' '.join(words[:2])
+        elif line.startswith('Flags:'):
+            counts['flags'] += 1
+            block['allcont'] = block['allcont'] or 'ALLCONT' in line.split()[1:]
+            continue
+        else:
+            block['selects'] = True
+            if line == 'ALLCONT':
+                counts['allcont'] += 1
+                line = 'ALL'
+        out.append(line)
+    end_block()
+    def plural(number):
+        return '' if number == 1 else 's'
+
+    changes = []
+    if counts['names']:
+        changes.append('the spw names taken off %d "SpectralWindow: N NAME" line%s' % (counts['names'], plural(counts['names'])))
+    if counts['flags']:
+        changes.append('%d "Flags:" line%s left out' % (counts['flags'], plural(counts['flags'])))
+    if counts['allcont']:
+        changes.append('ALLCONT written as ALL (every channel is continuum)')
+    return '\n'.join(out) + '\n', changes
 
 
 # ==================================================================================================
@@ -5631,7 +5759,8 @@ TARGETS_DATA_TYPE = 'regcal_contline_science'
 
 # calls: [(task name, keyword arguments)] in order; h_save is called after them, even on failure.
 # copies_ms: the flow writes into the MS it imports, so the pipeline gets a copy, not a shadow.
-PipelineContsub = collections.namedtuple('PipelineContsub', 'release flow calls copies_ms notes')
+# contdat_grammar: the cont.dat version the release reads (2: v1/v2 only, 3: v3 too).
+PipelineContsub = collections.namedtuple('PipelineContsub', 'release flow calls copies_ms notes contdat_grammar')
 
 
 def pipeline_release_name(revision):
@@ -5681,7 +5810,8 @@ def pipeline_contsub_calls(*, revision, task_parameters, vis, mpi_size, datatype
     else:
         flow = 'hif_uvcontsub (CASA uvcontsub with the cont.dat ranges)'
     calls.append(('hif_uvcontsub', uvcontsub))
-    return PipelineContsub(release, flow, calls, fits_first, notes)
+    return PipelineContsub(release, flow, calls, fits_first, notes,
+                           contdat_grammar_read_by(revision, fits_with_uvcontfit=fits_first))
 
 
 def pipeline_line_name(ms_name):
@@ -5940,11 +6070,14 @@ def _check_pipeline_slot(path, *, ours):
                             % (WORK_DIR_NAME, path.name, 'import' if ours else 'replace'))
 
 
-def place_contdat_for_pipeline(delivery):
-    """The pipeline reads cont.dat in its working directory: copy caltables/cont.dat there."""
+def place_contdat_for_pipeline(delivery, *, grammar=3, release='the pipeline'):
+    """The pipeline reads cont.dat in its working directory: copy caltables/cont.dat there, in the
+    grammar the release reads (grammar 2: PL2022/PL2023 read no v3 line; contdat_in_grammar)."""
     destination = delivery.work_dir / 'cont.dat'
     # As text, without an editor's byte-order mark: the pipeline would read it as part of a field name.
-    source_text = contdat_text(delivery.contdat.read_bytes(), display=str(delivery.contdat)).encode('utf-8')
+    user_text = contdat_text(delivery.contdat.read_bytes(), display=str(delivery.contdat))
+    text, changes = contdat_in_grammar(user_text, grammar)
+    source_text = text.encode('utf-8')
     if destination.is_file() and destination.read_bytes() != source_text:
         kept = destination.with_name('cont.dat.before-%s' % datetime.datetime.now().strftime('%Y%m%d-%H%M%S'))
         os.rename(str(destination), str(kept))
@@ -5952,6 +6085,10 @@ def place_contdat_for_pipeline(delivery):
                                                                                  kept.name))
     with atomic_file(destination) as temporary:
         temporary.write_bytes(source_text)
+    if changes:
+        say('  %s reads cont.dat v1/v2 only: it gets %s/cont.dat converted to v2 (%s); caltables/cont.dat is '
+            'unchanged' % (release, WORK_DIR_NAME, '; '.join(changes)))
+    return changes
 
 
 @contextlib.contextmanager
@@ -6041,7 +6178,7 @@ def run_contsub(plan, state, step, casa):
     work_dir = delivery.work_dir
     state.pipeline_dir = work_dir
     staged = stage_for_pipeline_contsub(state, targets, work_dir, copy=decided.copies_ms)
-    place_contdat_for_pipeline(delivery)
+    place_contdat_for_pipeline(delivery, grammar=decided.contdat_grammar, release=decided.release)
     produced = collections.OrderedDict((ms, work_dir / pipeline_line_name(ms.name)) for ms in targets)
     for path in produced.values():
         state.will_create(path)  # removed by the journal if the pipeline fails or the run is killed

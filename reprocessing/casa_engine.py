@@ -36,7 +36,13 @@ _LOADED = []  # the CasaModules of this process, once loaded
 
 
 def is_monolithic_casa():
-    """True inside a monolithic CASA session (``casa -c``), where CASA is configured already."""
+    """True inside a monolithic CASA session (``casa -c``), where CASA is configured already.
+
+    Judged before CASA is loaded: casatools 6.4/6.5 import casashell themselves when it is
+    installed (to find ~/.casa), so after loading only what load_casa found counts.
+    """
+    if _LOADED:
+        return _LOADED[0].kind == 'monolithic'
     return 'casashell' in sys.modules
 
 
@@ -52,26 +58,31 @@ def load_casa(*, logfile=None, script='scriptForReprocessing.py', native_output=
     if _LOADED:
         return _LOADED[0]
     give_casa_a_home()
-    configured = is_monolithic_casa() or 'casatools' in sys.modules
+    monolithic = is_monolithic_casa()
+    configured = monolithic or 'casatools' in sys.modules
     # casaconfig (CASA 6.6 and later) must be told before the first import; a CASA without it
     # (monolithic CASA's own Python in a worker process, modular CASA 6.4/6.5) configures itself.
     with_casaconfig = not configured and (_importable('casaconfig') or not _importable('casatools'))
     if with_casaconfig:
         configure_modular_casa(logfile=logfile, script=script)
     try:
-        with native_output_into(native_output or logfile or os.devnull):
+        with native_output_into(native_output or logfile or os.devnull), \
+                casatasks_settings_without_casaconfig(None if configured or with_casaconfig else logfile):
             import casatools
             import casatasks
     except ImportError as error:
         missing = getattr(error, 'name', None) or ''
         advice = CASA_MODULE_PROVIDERS.get(missing.split('.')[0], 'check the CASA installation')
+        if 'measures data is not available' in str(error):
+            advice = MEASURES_MISSING_WITHOUT_CASACONFIG
         raise ReprocessingError('CASA failed to import in this Python (%s): %s — %s'
                                 % (sys.executable, one_line(error), advice))
-    if logfile is not None and not with_casaconfig and not is_monolithic_casa():
+    if logfile is not None and not with_casaconfig and not monolithic \
+            and casatasks.casalog.logfile() != os.path.realpath(str(logfile)):
         casatasks.casalog.setlogfile(str(logfile))
     # The terminal gets the script's own progress lines; CASA's messages go to its log.
     casatasks.casalog.showconsole(False)
-    kind = 'monolithic' if is_monolithic_casa() else 'modular'
+    kind = 'monolithic' if monolithic else 'modular'
     _LOADED.append(CasaModules(casatools, casatasks, casatools.version_string(), kind))
     return _LOADED[0]
 
@@ -92,6 +103,41 @@ def give_casa_a_home():
     atexit.register(shutil.rmtree, home, True)
     say('Note: HOME is not set: CASA gets an empty one for this run (%s, removed at the end)' % home)
     return home
+
+
+# Modular CASA 6.4/6.5 (casatools/__init__.py, casatasks/private/userconfig.py of those wheels) have
+# no casaconfig: casatools finds its data in ~/.casa/config.py's rundata/datapath, ~/.casa/data, or
+# the casadata package, in that order; casatasks reads its log file from ~/.casa/config.py, or from
+# a module casataskrc instead when one can be imported, and else opens casa-<UTC time>.log in the
+# current directory at import.
+MEASURES_MISSING_WITHOUT_CASACONFIG = (
+    'this modular CASA (6.4/6.5, no casaconfig) finds its measures data in the casadata package, '
+    '~/.casa/data or the rundata of ~/.casa/config.py: install casadata ("pip install casadata")')
+
+
+@contextlib.contextmanager
+def casatasks_settings_without_casaconfig(logfile):
+    """While casatasks 6.4/6.5 is imported: a casataskrc holding the user's ~/.casa/config.py
+    settings and logfile, so that CASA logs there from its first line and no stray
+    casa-<time>.log is left in the current directory; nothing is written into ~/.casa."""
+    if logfile is None or 'casataskrc' in sys.modules or _importable('casataskrc'):
+        yield  # CASA 6.6+ (casaconfig does it), or a casataskrc of the user's own: theirs is used
+        return
+    import types
+    settings = types.ModuleType('casataskrc')
+    settings.__dict__.update(os=os, sys=sys)  # what ~/.casa/config.py finds when casatasks runs it
+    user_config = Path(os.path.expanduser('~/.casa/config.py'))
+    if user_config.is_file():
+        try:
+            exec(compile(user_config.read_text(), str(user_config), 'exec'), settings.__dict__)
+        except Exception:  # casatasks, too, goes on with its defaults when the file fails
+            pass
+    settings.logfile = str(logfile)
+    sys.modules['casataskrc'] = settings
+    try:
+        yield
+    finally:
+        sys.modules.pop('casataskrc', None)
 
 
 def configure_modular_casa(*, logfile=None, script='scriptForReprocessing.py'):

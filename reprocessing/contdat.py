@@ -247,3 +247,80 @@ def _dequote(text):
     if len(text) >= 2 and text[0] == text[-1] and text[0] in '"\'':
         return text[1:-1].strip()
     return text
+
+
+# -- cont.dat in the grammar a pipeline release reads ------------------------------------------------
+#
+# Measured in each tag's pipeline/infrastructure/contfilehandler.py, ContFileHandler.read():
+# * up to 2024.0.0.95 (PL2022, PL2023): v1 and v2 only.  Lines are not stripped (" SpectralWindow: 25"
+#   or "ALL " match nothing); "SpectralWindow: 25 NAME" makes the spw id "25 NAME", which no spw has
+#   (hif_uvcontfit: "No continuum region detection attempted"); "Flags: ..." and "ALLCONT" lines become
+#   field names, so the ranges after them are dropped; NONE means "no continuum found", ALL "every channel".
+# * from 2024.0.0.96 on (PL2024 and later): v1, v2 and v3.
+FIRST_REVISION_READING_V3 = (2024, 0, 0, 96)
+
+
+def contdat_grammar_read_by(revision, *, fits_with_uvcontfit=False):
+    """3 when the pipeline of this revision (e.g. '2023.1.0.124') reads cont.dat v3, else 2 (v1/v2 only).
+
+    An unreadable revision is judged by the flow: only PL2022 has hif_uvcontfit, and reads v2.
+    """
+    import re
+    match = re.match(r'^\D*(\d{4})\.(\d+)\.(\d+)\.(\d+)', str(revision or ''))
+    if not match:
+        return 2 if fits_with_uvcontfit else 3
+    return 3 if tuple(int(part) for part in match.groups()) >= FIRST_REVISION_READING_V3 else 2
+
+
+def contdat_in_grammar(text, grammar):
+    """(text, changes): cont.dat text, read without errors, as a pipeline reading `grammar` (2 or 3) reads it.
+
+    For grammar 3 the text is unchanged.  For grammar 2 every line is stripped and blank lines dropped;
+    "SpectralWindow: N NAME" becomes "SpectralWindow: N", "Flags:" lines are left out, and ALLCONT (the
+    line, or the flag of a block without ranges) becomes ALL.  changes: what was rewritten, in words
+    ([] when only spacing changed).
+    """
+    import re
+    if grammar >= 3:
+        return text, []
+    out = []
+    counts = collections.Counter()
+    block = {'allcont': False, 'selects': False}  # the current spw block: its ALLCONT flag, a range/keyword line
+
+    def end_block():
+        if block['allcont'] and not block['selects']:
+            out.append('ALL')
+            counts['allcont'] += 1
+
+    for line in (raw.strip() for raw in text.splitlines()):
+        if not line:
+            continue
+        if line.startswith(('Field:', 'SpectralWindow:')) or re.match(r'^SPW\s*\d+$', line):
+            end_block()
+            block = {'allcont': False, 'selects': False}
+            words = line.split()
+            if line.startswith('SpectralWindow:') and len(words) == 3:
+                counts['names'] += 1
+                line = ' '.join(words[:2])
+        elif line.startswith('Flags:'):
+            counts['flags'] += 1
+            block['allcont'] = block['allcont'] or 'ALLCONT' in line.split()[1:]
+            continue
+        else:
+            block['selects'] = True
+            if line == 'ALLCONT':
+                counts['allcont'] += 1
+                line = 'ALL'
+        out.append(line)
+    end_block()
+    def plural(number):
+        return '' if number == 1 else 's'
+
+    changes = []
+    if counts['names']:
+        changes.append('the spw names taken off %d "SpectralWindow: N NAME" line%s' % (counts['names'], plural(counts['names'])))
+    if counts['flags']:
+        changes.append('%d "Flags:" line%s left out' % (counts['flags'], plural(counts['flags'])))
+    if counts['allcont']:
+        changes.append('ALLCONT written as ALL (every channel is continuum)')
+    return '\n'.join(out) + '\n', changes

@@ -37,7 +37,7 @@ def run_contsub(plan, state, step, casa):
     work_dir = delivery.work_dir
     state.pipeline_dir = work_dir
     staged = stage_for_pipeline_contsub(state, targets, work_dir, copy=decided.copies_ms)
-    place_contdat_for_pipeline(delivery)
+    place_contdat_for_pipeline(delivery, grammar=decided.contdat_grammar, release=decided.release)
     produced = collections.OrderedDict((ms, work_dir / pipeline_line_name(ms.name)) for ms in targets)
     for path in produced.values():
         state.will_create(path)  # removed by the journal if the pipeline fails or the run is killed

@@ -50,7 +50,12 @@ def _pipeline_version():
 def _distribution_version(name):
     try:
         from importlib import metadata  # novermin (guarded: Python < 3.8 takes the except branch)
-    except ImportError:  # Python < 3.8
+    except ImportError:  # Python < 3.8 (CASA 6.4 runs on 3.6): the dist-info folder's name says the version
+        import glob
+        import os
+        for entry in sys.path:
+            for found in sorted(glob.glob(os.path.join(entry or '.', '%s-*.dist-info' % name))):
+                return os.path.basename(found)[len(name) + 1:-len('.dist-info')]
         return None
     try:
         return metadata.version(name)

@@ -3,6 +3,7 @@
 import collections
 import json
 
+from .contdat import contdat_grammar_read_by
 from .messages import ReprocessingError
 
 
@@ -11,7 +12,8 @@ TARGETS_DATA_TYPE = 'regcal_contline_science'
 
 # calls: [(task name, keyword arguments)] in order; h_save is called after them, even on failure.
 # copies_ms: the flow writes into the MS it imports, so the pipeline gets a copy, not a shadow.
-PipelineContsub = collections.namedtuple('PipelineContsub', 'release flow calls copies_ms notes')
+# contdat_grammar: the cont.dat version the release reads (2: v1/v2 only, 3: v3 too).
+PipelineContsub = collections.namedtuple('PipelineContsub', 'release flow calls copies_ms notes contdat_grammar')
 
 
 def pipeline_release_name(revision):
@@ -61,7 +63,8 @@ def pipeline_contsub_calls(*, revision, task_parameters, vis, mpi_size, datatype
     else:
         flow = 'hif_uvcontsub (CASA uvcontsub with the cont.dat ranges)'
     calls.append(('hif_uvcontsub', uvcontsub))
-    return PipelineContsub(release, flow, calls, fits_first, notes)
+    return PipelineContsub(release, flow, calls, fits_first, notes,
+                           contdat_grammar_read_by(revision, fits_with_uvcontfit=fits_first))
 
 
 def pipeline_line_name(ms_name):

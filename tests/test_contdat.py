@@ -116,6 +116,67 @@ def test_windows_line_ends_and_surrounding_spaces_are_accepted():
     assert contdat.fields['A'].spws[25].ranges[0].hi_hz == 230.1e9
 
 
+# -- cont.dat for each pipeline release ---------------------------------------------------------------
+
+@pytest.mark.parametrize('revision, fits_first, grammar', [
+    ('2022.2.0.64', True, 2), ('2023.1.0.124', False, 2), ('2023.1.1.9', False, 2), ('2024.0.0.95', False, 2),
+    ('2024.0.0.96', False, 3), ('2024.1.1.22', False, 3), ('2026.0.0.0+1377-gfbf19139c1', False, 3),
+    ('unknown', True, 2), ('unknown', False, 3)])
+def test_the_grammar_each_release_reads_follows_its_contfilehandler(revision, fits_first, grammar):
+    # 2024.0.0.96 is the first tag whose ContFileHandler.read() knows "SpectralWindow: N NAME" and Flags:
+    assert sfr.contdat_grammar_read_by(revision, fits_with_uvcontfit=fits_first) == grammar
+
+
+def blocks_of(contdat):
+    """{(field, spw): (ranges in Hz with frames, NONE/ALL/ALLCONT)}: what the pipeline fits from."""
+    return {(field.name, spw.virtual_id): ([(r.lo_hz, r.hi_hz, r.frame) for r in spw.ranges],
+                                           'ranges' if spw.ranges else spw.selection_word)
+            for field, spw in contdat.blocks()}
+
+
+def lines_a_v2_reader_matches(text):
+    """Each line as PL2022/PL2023 read it: compared from column 0 and never stripped (their
+    contfilehandler.py), so a line that is none of these is taken for a field name or ignored."""
+    import re
+    kinds = []
+    for line in text.splitlines():
+        if re.match(r'^Field: \S', line) or re.match(r'^SpectralWindow: \d+$', line) or re.match(r'^SPW\d+$', line):
+            kinds.append(line.split()[0])
+        elif line in ('NONE', 'ALL'):
+            kinds.append(line)
+        elif re.match(r'^[\d.]+~[\d.]+(Hz|kHz|MHz|GHz) (LSRK|SOURCE|TOPO)(; ?[\d.]+~[\d.]+(Hz|kHz|MHz|GHz) '
+                      r'(LSRK|SOURCE|TOPO))*$', line):
+            kinds.append('ranges')
+        else:
+            kinds.append('NOT READ: ' + line)
+    return kinds
+
+
+def test_a_v3_file_becomes_v2_for_pl2022_and_pl2023_with_the_same_ranges():
+    converted, changes = sfr.contdat_in_grammar(V3, 2)
+    assert not [kind for kind in lines_a_v2_reader_matches(converted) if kind.startswith('NOT READ')]
+    assert 'SpectralWindow: 25\n' in converted and 'Flags' not in converted and 'ALLCONT' not in converted
+    before, after = parse(V3), parse(converted)
+    assert after.version == 2
+    expected = blocks_of(before)
+    # ALLCONT (the line, or the flag of a block without ranges) is ALL: every channel is continuum
+    expected.update({key: (ranges, 'ALL') for key, (ranges, word) in expected.items() if word == 'ALLCONT'})
+    assert blocks_of(after) == expected
+    assert changes == ['the spw names taken off 4 "SpectralWindow: N NAME" lines', '2 "Flags:" lines left out',
+                       'ALLCONT written as ALL (every channel is continuum)']
+
+
+def test_v1_and_v2_files_keep_their_lines_for_old_releases_and_every_file_is_unchanged_for_new_ones():
+    for text in (V1, V2):
+        converted, changes = sfr.contdat_in_grammar(text, 2)
+        assert changes == []
+        assert converted.splitlines() == [line for line in text.splitlines() if line]
+    spaced = '  Field: A  \r\nSpectralWindow: 25 \r\n ALL \r\n'
+    assert lines_a_v2_reader_matches(sfr.contdat_in_grammar(spaced, 2)[0]) == ['Field:', 'SpectralWindow:', 'ALL']
+    for text in (V1, V2, V3, spaced):
+        assert sfr.contdat_in_grammar(text, 3) == (text, [])
+
+
 def test_a_later_block_for_the_same_field_or_spw_replaces_the_earlier_one_with_a_warning():
     contdat = parse('Field: A\nSpectralWindow: 25\n1~2GHz LSRK\nSpectralWindow: 25\n3~4GHz LSRK\n'
                     'Field: B\nSpectralWindow: 25\nNONE\nField: A\nSpectralWindow: 27\n5~6GHz LSRK\n')

@@ -82,13 +82,15 @@ def test_cycle9_pipeline_fits_tables_from_contdat_then_applies_them():
                              ('hif_uvcontsub', {})]
     assert decided.copies_ms, 'PL2022 applies its fit into the MS: it must get a copy, never a shadow'
     assert 'hif_uvcontfit then hif_uvcontsub' in decided.flow
+    assert decided.contdat_grammar == 2, 'PL2022 reads no v3 line'
 
 
-@pytest.mark.parametrize('revision, release', [('2023.1.1.9', 'PL2023'), ('2024.1.1.22', 'PL2024'),
-                                               ('2025.1.1.61', 'PL2025')])
-def test_later_pipelines_run_hif_uvcontsub_alone_on_shadows(revision, release):
+@pytest.mark.parametrize('revision, release, grammar', [('2023.1.1.9', 'PL2023', 2), ('2024.1.1.22', 'PL2024', 3),
+                                                        ('2025.1.1.61', 'PL2025', 3)])
+def test_later_pipelines_run_hif_uvcontsub_alone_on_shadows(revision, release, grammar):
     decided = decide(revision)
     assert decided.release == release
+    assert decided.contdat_grammar == grammar
     assert decided.calls == [('h_init', {}),
                              ('hifa_importdata', {'vis': VIS, 'dbservice': False}),
                              ('hif_uvcontsub', {})]
@@ -224,6 +226,23 @@ def test_an_edited_working_copy_of_contdat_is_kept_aside(delivery_factory, capsy
     kept = list((delivery / 'working_reprocess').glob('cont.dat.before-*'))
     assert len(kept) == 1 and kept[0].read_text() == 'Field: edited by hand\n'
     assert 'kept as working_reprocess/cont.dat.before-' in capsys.readouterr().out
+
+
+def test_a_release_reading_v2_gets_a_v2_working_copy_and_the_user_is_told(delivery_factory, capsys):
+    delivery = delivery_factory(n_ebs=1, contdat_version=3)
+    user_contdat = (delivery / 'caltables' / 'cont.dat').read_bytes()
+    assert sfr.parse_contdat(user_contdat.decode(), path='x', display='x').version == 3
+    (delivery / 'working_reprocess').mkdir()
+    sfr.place_contdat_for_pipeline(sfr.Delivery(delivery), grammar=2, release='PL2022')
+    working = (delivery / 'working_reprocess' / 'cont.dat').read_text()
+    assert sfr.parse_contdat(working, path='x', display='x').version == 2
+    assert working == sfr.contdat_in_grammar(user_contdat.decode(), 2)[0]
+    assert (delivery / 'caltables' / 'cont.dat').read_bytes() == user_contdat
+    out = capsys.readouterr().out
+    assert 'PL2022 reads cont.dat v1/v2 only: it gets working_reprocess/cont.dat converted to v2 (the spw names' in out
+    sfr.place_contdat_for_pipeline(sfr.Delivery(delivery), grammar=3, release='PL2024')
+    assert (delivery / 'working_reprocess' / 'cont.dat').read_bytes() == user_contdat
+    assert 'cont.dat.before-' in capsys.readouterr().out, 'the v2 copy differs from the v3 file: kept aside'
 
 
 def test_working_directory_always_comes_back(tmp_path):
