@@ -5600,9 +5600,42 @@ def build_fitspec(selections, *, fitorder=None):
             json.loads(json.dumps(fitspec)))
 
 
+def uvcontsub_takes_fitspec(casa):
+    """CASA 6.5+ has the uvcontsub of fitspec and outputvis; CASA 6.4's uvcontsub is the older task,
+    which writes its output and scratch copies beside the MS it is given."""
+    import inspect
+    try:
+        return 'fitspec' in inspect.signature(casa.casatasks.uvcontsub).parameters
+    except (AttributeError, TypeError, ValueError):
+        return True
+
+
+def mstransform_fit_of(fitspec, *, ms_name, casa_version):
+    """[fitspw, fitorder] for mstransform's douvcontsub (CASA 6.4) doing what fitspec asks (pure).
+
+    mstransform takes one channel selection per spw for every field and one fit order; a fitspec
+    that needs more is refused before anything runs.
+    """
+    chans, orders = collections.OrderedDict(), set()
+    for field_ids, spws in fitspec.items():
+        for spw, entry in spws.items():
+            if chans.setdefault(spw, entry['chan']) != entry['chan']:
+                raise ReprocessingError(
+                    'CASA %s fits one channel selection per spw for every field, but cont.dat gives the fields of %s '
+                    'different channels in spw %s — use CASA 6.5 or later, or --contsub' % (casa_version, ms_name, spw))
+            orders.add(entry['fitorder'])
+    if len(orders) > 1:
+        raise ReprocessingError('CASA %s fits one polynomial order for every spw, but %s needs orders %s (cont.dat\'s '
+                                'LOWBANDWIDTH/LOWSPREAD blocks are fitted with order 0) — give --fitorder N, or use CASA '
+                                '6.5 or later' % (casa_version, ms_name, ' and '.join(str(o) for o in sorted(orders))))
+    fitspw = ','.join('%s:%s' % (spw, chan) if chan else spw for spw, chan in sorted(chans.items(), key=lambda i: int(i[0])))
+    return [fitspw, orders.pop()]
+
+
 def contsub_with_uvcontsub(plan, state, step, casa, reason):
     delivery, options = plan.delivery, plan.options
     targets = [Path(ms) for ms in step.inputs]
+    with_fitspec = uvcontsub_takes_fitspec(casa)
     jobs = resolve_jobs(options.jobs, len(targets), total_bytes=step.extra_bytes)
     selfcal_by_ms = dict((str(survey.path), survey.has_selfcal) for survey in plan.column_surveys)
     say_columns(targets, selfcal_by_ms)
@@ -5633,10 +5666,12 @@ def contsub_with_uvcontsub(plan, state, step, casa, reason):
                 # the fit of CORRECTED_DATA, written beside the line MS and folded into it
                 selfcal_fit = state.partial_name(final.with_name(final.name[:-3] + '.selfcal.ms'))
                 state.will_create(selfcal_fit)
+            mstransform_fit = None if with_fitspec else mstransform_fit_of(fitspec, ms_name=ms.name,
+                                                                            casa_version=casa.version)
             tasks.append({'function': 'subtract_continuum', 'eb': eb_name(ms), 'arguments': {
                 'ms': str(ms), 'output': str(partial), 'field': field, 'spw': spw, 'fitspec': fitspec,
                 'spectra': spectrum_requests(analysis, ms),
-                'selfcal_fit': None if selfcal_fit is None else str(selfcal_fit)}})
+                'selfcal_fit': None if selfcal_fit is None else str(selfcal_fit), 'mstransform_fit': mstransform_fit}})
         say('  subtracting the continuum of %d execution block%s%s' % (
             len(tasks), '' if len(tasks) == 1 else 's', ' in %d processes' % workers.count if workers.count > 1
             else ''))
@@ -5704,21 +5739,30 @@ def describe_line_columns(columns):
 
 
 @eb_task
-def subtract_continuum(casa, report, *, ms, output, field, spw, fitspec, spectra=(), selfcal_fit=None):
+def subtract_continuum(casa, report, *, ms, output, field, spw, fitspec, spectra=(), selfcal_fit=None,
+                       mstransform_fit=None):
     """uvcontsub of one MS into output (a temporary name), checked; then its spectra before/after.
 
     selfcal_fit: where the same fit of CORRECTED_DATA (the self-calibrated data) is written; it then
     becomes the line MS's CORRECTED_DATA (the pipeline's layout) and is removed.
+    mstransform_fit: [fitspw, fitorder] where CASA has no fitspec uvcontsub (6.4): mstransform's
+    douvcontsub fits the same polynomials, read-only on the MS, into output.
     """
     started = time.time()
-    report('uvcontsub: fitting and subtracting the continuum (field ids %s, spws %s)' % (field, spw))
-    uvcontsub_checked(casa, ms=ms, output=output, field=field, spw=spw, fitspec=fitspec, datacolumn='data')
+    if mstransform_fit is None:
+        report('uvcontsub: fitting and subtracting the continuum (field ids %s, spws %s)' % (field, spw))
+    else:
+        report('uvcontsub: fitting and subtracting the continuum with mstransform (CASA %s has no fitspec '
+               'uvcontsub; field ids %s, spws %s, fitspw %s, order %d)' % ((casa.version, field, spw) +
+                                                                          tuple(mstransform_fit)))
+    uvcontsub_checked(casa, ms=ms, output=output, field=field, spw=spw, fitspec=fitspec, datacolumn='data',
+                      mstransform_fit=mstransform_fit)
     written = count_rows(casa, output)
     columns = ['DATA']
     if selfcal_fit:
         report('uvcontsub: the same fit of the self-calibrated data (CORRECTED_DATA)')
         uvcontsub_checked(casa, ms=ms, output=selfcal_fit, field=field, spw=spw, fitspec=fitspec,
-                           datacolumn='corrected')
+                           datacolumn='corrected', mstransform_fit=mstransform_fit)
         add_selfcal_column(casa, line_ms=output, selfcal_fit=selfcal_fit)
         remove_tree(selfcal_fit)
         columns.append(SELFCAL_COLUMN)
@@ -5735,11 +5779,18 @@ def subtract_continuum(casa, report, *, ms, output, field, spw, fitspec, spectra
             'columns': columns}
 
 
-def uvcontsub_checked(casa, *, ms, output, field, spw, fitspec, datacolumn):
-    """uvcontsub into output; it must have written every selected row."""
+def uvcontsub_checked(casa, *, ms, output, field, spw, fitspec, datacolumn, mstransform_fit=None):
+    """uvcontsub into output (on CASA 6.4 mstransform's douvcontsub, mstransform_fit); it must have
+    written every selected row."""
+    if mstransform_fit is None:
+        task, arguments = 'uvcontsub', dict(fitspec=fitspec)
+    else:
+        fitspw, fitorder = mstransform_fit
+        task, arguments = 'mstransform', dict(reindex=False, douvcontsub=True, fitspw=fitspw, fitorder=fitorder,
+                                              want_cont=False)
     with native_stdout_silenced():  # its C++ messages belong in the CASA log
-        casa_task(casa, 'uvcontsub', about=Path(ms).name, vis=str(ms), outputvis=str(output), field=field, spw=spw,
-                  fitspec=fitspec, datacolumn=datacolumn)
+        casa_task(casa, task, about=Path(ms).name, vis=str(ms), outputvis=str(output), field=field, spw=spw,
+                  datacolumn=datacolumn, **arguments)
     if not (Path(output) / 'table.dat').is_file():
         raise ReprocessingError('uvcontsub wrote no line MS for %s — see the CASA log; your MS was not changed'
                                 % Path(ms).name)

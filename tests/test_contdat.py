@@ -288,6 +288,21 @@ def test_fitspec_is_per_field_ids_and_spw_like_the_pipeline_with_an_overridable_
     assert {entry['fitorder'] for spws in overridden.values() for entry in spws.values()} == {2}
 
 
+def test_casa_6_4_fits_the_same_selection_with_mstransform_or_says_why_it_cannot():
+    # CASA 6.4 has no fitspec uvcontsub: mstransform's douvcontsub takes one fitspw for every field
+    # and one fit order (measured on 6.4.4.31: the line MS equals 6.5.5.21's uvcontsub one exactly)
+    _, _, fitspec = sfr.build_fitspec([selection([0], 27, '2~20;40~60'), selection([0], 25, ''),
+                                       selection([1, 2], 27, '2~20;40~60', name='B')])
+    assert sfr.mstransform_fit_of(fitspec, ms_name='x.ms', casa_version='6.4.4.31') == ['25,27:2~20;40~60', 1]
+    _, _, per_field = sfr.build_fitspec([selection([0], 25, '0~13'), selection([1], 25, '3~9', name='B')])
+    with pytest.raises(sfr.ReprocessingError, match='CASA 6.4.4.31 fits one channel selection per spw for every '
+                                                    'field.* spw 25 — use CASA 6.5 or later, or --contsub'):
+        sfr.mstransform_fit_of(per_field, ms_name='x.ms', casa_version='6.4.4.31')
+    _, _, two_orders = sfr.build_fitspec([selection([0], 25, '0~13'), selection([0], 27, '', fitorder=0)])
+    with pytest.raises(sfr.ReprocessingError, match='needs orders 0 and 1 .* give --fitorder N'):
+        sfr.mstransform_fit_of(two_orders, ms_name='x.ms', casa_version='6.4.4.31')
+
+
 def test_jobs_default_to_the_cores_for_large_data_and_never_exceed_the_execution_blocks(monkeypatch):
     monkeypatch.setattr(sfr, 'available_cores', lambda: 8)
     big = 10 * sfr.PARALLEL_MIN_BYTES
