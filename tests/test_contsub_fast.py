@@ -193,6 +193,10 @@ def test_fit_orders_all_channel_fits_and_left_out_spws_follow_cont_dat(delivery_
         [heads[27]] +                                # empty v3 block: NONE, all channels fitted
         ['Field: %s' % second, heads[25]] + ghz_ranges(truth, second, 25) + [heads[27], 'ALLCONT']) + '\n')
     done = run_script('--contsub_fast', delivery=delivery)
+    if not sfr.uvcontsub_takes_fitspec(casa):  # CASA 6.4: mstransform fits one selection for all fields
+        assert done.returncode == 1 and 'fits one channel selection per spw for every field' in done.stderr
+        assert not list((delivery / 'measurement_sets').glob('*_line.ms'))
+        return
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert 'field %s spw 25: channels' % first in out and 'fit order 0' in out
