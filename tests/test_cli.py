@@ -3,6 +3,7 @@
 These tests need no measurement set content and never import CASA.
 """
 import fcntl
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -180,6 +181,48 @@ def test_a_module_casa_lacks_is_named_with_what_provides_it(missing, advice):
         pytest.skip('this CASA release does not import %s' % missing)
     assert done.stdout.startswith('CASA failed to import in this Python'), done.stdout + done.stderr
     assert ("No module named '%s" % missing) in done.stdout and done.stdout.strip().endswith(advice)
+
+
+def run_loading_modular_casa(code, *, cwd, home):
+    """Run code after "import scriptForReprocessing as s" in a fresh Python, in cwd, with HOME=home."""
+    prelude = 'import sys\nsys.path.insert(0, %r)\nimport scriptForReprocessing as s\n' % str(SCRIPT.parent)
+    return subprocess.run([sys.executable, '-c', prelude + code], cwd=str(cwd), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, timeout=120,
+                          env={'HOME': str(home), 'PATH': '/usr/bin:/bin'})
+
+
+needs_casa_without_casaconfig = pytest.mark.skipif(
+    importlib.util.find_spec('casatools') is None or importlib.util.find_spec('casaconfig') is not None,
+    reason='modular CASA 6.4/6.5 (casatools without casaconfig) is not what this Python has')
+
+
+@needs_casa_without_casaconfig
+def test_casa_6_4_and_6_5_log_where_told_from_their_first_line_and_keep_the_users_settings(tmp_path):
+    """Without casaconfig, casatasks opens casa-<UTC time>.log in the current directory as it is imported,
+    unless casataskrc (or ~/.casa/config.py) names a log file; ~/.casa is only read."""
+    home, work = tmp_path / 'home', tmp_path / 'work'
+    (home / '.casa').mkdir(parents=True)
+    work.mkdir()
+    (home / '.casa' / 'config.py').write_text('logfile = "/elsewhere/not-used.log"\ntelemetry_enabled = False\n')
+    done = run_loading_modular_casa(
+        'c = s.load_casa(logfile="run.log")\nc.casatasks.casalog.post("after loading")\n'
+        'import casatasks.config\nprint(c.kind, casatasks.config.telemetry_enabled, "casataskrc" in sys.modules)\n',
+        cwd=work, home=home)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ['modular', 'False', 'False'], done.stdout + done.stderr
+    assert sorted(p.name for p in work.iterdir()) == ['run.log'], 'a log outside the one asked for'
+    log = (work / 'run.log').read_text()
+    assert 'CASA Version' in log and 'after loading' in log, 'CASA did not log there from its start'
+    assert sorted(p.name for p in (home / '.casa').iterdir()) == ['config.py']
+
+
+@needs_casa_without_casaconfig
+def test_casa_6_4_and_6_5_without_measures_data_say_where_they_look(tmp_path):
+    done = run_loading_modular_casa(
+        'sys.modules["casadata"] = None\ntry:\n    s.load_casa(logfile="run.log")\n    print("LOADED")\n'
+        'except s.ReprocessingError as error:\n    print(error)\n', cwd=tmp_path, home=tmp_path)
+    assert done.stdout.startswith('CASA failed to import in this Python'), done.stdout + done.stderr
+    assert done.stdout.strip().endswith('the rundata of ~/.casa/config.py: install casadata ("pip install casadata")')
 
 
 @pytest.mark.parametrize('argv, says', [
