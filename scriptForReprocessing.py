@@ -6121,15 +6121,18 @@ def _check_pipeline_slot(path, *, ours):
                             % (WORK_DIR_NAME, path.name, 'import' if ours else 'replace'))
 
 
-def place_contdat_for_pipeline(delivery, *, grammar=3, release='the pipeline'):
-    """The pipeline reads cont.dat in its working directory: copy caltables/cont.dat there, in the
-    grammar the release reads (grammar 2: PL2022/PL2023 read no v3 line; contdat_in_grammar)."""
-    destination = delivery.work_dir / 'cont.dat'
+def place_contdat_for_pipeline(delivery, *, grammar=3, release='the pipeline', work_dir=None):
+    """The pipeline reads cont.dat in its working directory (hif_uvcontfit, hif_uvcontsub, hif_makeimlist):
+    copy caltables/cont.dat there (work_dir, default working_reprocess/), in the grammar the release
+    reads (grammar 2: PL2022/PL2023 read no v3 line; contdat_in_grammar)."""
+    destination = Path(work_dir or delivery.work_dir) / 'cont.dat'
     # As text, without an editor's byte-order mark: the pipeline would read it as part of a field name.
     user_text = contdat_text(delivery.contdat.read_bytes(), display=str(delivery.contdat))
     text, changes = contdat_in_grammar(user_text, grammar)
     source_text = text.encode('utf-8')
-    if destination.is_file() and destination.read_bytes() != source_text:
+    if destination.is_file() and destination.read_bytes() == source_text:
+        return changes  # placed already (by --contsub, for the imaging that follows)
+    if destination.is_file():
         kept = destination.with_name('cont.dat.before-%s' % datetime.datetime.now().strftime('%Y%m%d-%H%M%S'))
         os.rename(str(destination), str(kept))
         say('  %s/cont.dat differed from caltables/cont.dat: kept as %s/%s' % (WORK_DIR_NAME, WORK_DIR_NAME,
@@ -6137,8 +6140,8 @@ def place_contdat_for_pipeline(delivery, *, grammar=3, release='the pipeline'):
     with atomic_file(destination) as temporary:
         temporary.write_bytes(source_text)
     if changes:
-        say('  %s reads cont.dat v1/v2 only: it gets %s/cont.dat converted to v2 (%s); caltables/cont.dat is '
-            'unchanged' % (release, WORK_DIR_NAME, '; '.join(changes)))
+        say('  %s reads cont.dat v1/v2 only: it gets %s converted to v2 (%s); caltables/cont.dat is '
+            'unchanged' % (release, relative_path(destination, delivery.root), '; '.join(changes)))
     return changes
 
 
@@ -6299,6 +6302,9 @@ def run_pipeline_imaging(plan, state, casa, request, *, inputs, work_dir):
                                           work_dir=plan.delivery.work_dir)
     arguments = check_pipeline_release(calls + [PipelineCall('h_save', {}, ())], tasks)[:-1]
     say('  pipeline %s (%s), working in %s' % (revision, pipeline_release_name(revision), work_dir))
+    if plan.delivery.contdat.is_file():  # hif_makeimlist reads the continuum ranges where it runs
+        place_contdat_for_pipeline(plan.delivery, grammar=contdat_grammar_read_by(revision),
+                                   release=pipeline_release_name(revision), work_dir=work_dir)
     products, specmode = [], [None]
 
     def record_images(task, kwargs, new_names):
@@ -6590,8 +6596,6 @@ def run_image(plan, state, step, casa):
         work_dir = state.pipeline_dir or delivery.work_dir / (
             'pipeline-image-%s' % datetime.datetime.now().strftime('%Y%m%dT%H%M%S'))
         work_dir.mkdir(parents=True, exist_ok=True)
-        if delivery.contdat.is_file():  # hif_makeimlist reads the continuum ranges where it runs
-            shutil.copyfile(str(delivery.contdat), str(work_dir / 'cont.dat'))
         # hifa_importdata writes into what it imports: it gets shadows (stand-ins) in its working directory
         targets = list(stage_for_pipeline_contsub(state, delivery.targets, work_dir, copy=False).values())
         line_shadows = list(stage_for_pipeline_contsub(state, lines, work_dir, copy=False).values())

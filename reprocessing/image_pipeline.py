@@ -1,9 +1,10 @@
 """The pipeline imaging engine: h_init .. hif_makeimages .. h_save, products recorded as made."""
 
+from .contdat import contdat_grammar_read_by
 from .messages import say
 from .mpi import mpi_info
 from .pipeline_calls import PipelineCall, pipeline_release_name, pipeline_task_calls
-from .pipeline_engine import check_pipeline_release, load_pipeline_tasks, run_pipeline_calls
+from .pipeline_engine import check_pipeline_release, load_pipeline_tasks, place_contdat_for_pipeline, run_pipeline_calls
 from .products import ImageProduct, is_casa_image
 
 
@@ -15,6 +16,9 @@ def run_pipeline_imaging(plan, state, casa, request, *, inputs, work_dir):
                                           work_dir=plan.delivery.work_dir)
     arguments = check_pipeline_release(calls + [PipelineCall('h_save', {}, ())], tasks)[:-1]
     say('  pipeline %s (%s), working in %s' % (revision, pipeline_release_name(revision), work_dir))
+    if plan.delivery.contdat.is_file():  # hif_makeimlist reads the continuum ranges where it runs
+        place_contdat_for_pipeline(plan.delivery, grammar=contdat_grammar_read_by(revision),
+                                   release=pipeline_release_name(revision), work_dir=work_dir)
     products, specmode = [], [None]
 
     def record_images(task, kwargs, new_names):

@@ -1,7 +1,6 @@
 """Step --image: make the images with the chosen engine, publish them, describe them."""
 
 import datetime
-import shutil
 import sys
 from pathlib import Path
 
@@ -79,8 +78,6 @@ def run_image(plan, state, step, casa):
         work_dir = state.pipeline_dir or delivery.work_dir / (
             'pipeline-image-%s' % datetime.datetime.now().strftime('%Y%m%dT%H%M%S'))
         work_dir.mkdir(parents=True, exist_ok=True)
-        if delivery.contdat.is_file():  # hif_makeimlist reads the continuum ranges where it runs
-            shutil.copyfile(str(delivery.contdat), str(work_dir / 'cont.dat'))
         # hifa_importdata writes into what it imports: it gets shadows (stand-ins) in its working directory
         targets = list(stage_for_pipeline_contsub(state, delivery.targets, work_dir, copy=False).values())
         line_shadows = list(stage_for_pipeline_contsub(state, lines, work_dir, copy=False).values())

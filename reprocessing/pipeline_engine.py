@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .casa_engine import opened_table
 from .contdat import contdat_in_grammar, contdat_text
-from .fileops import atomic_file, make_user_writable, remove_tree
+from .fileops import atomic_file, make_user_writable, relative_path, remove_tree
 from .layout import SCRIPT_NAME, SHADOW_MARKER, STAGED_COPY_MARKER, WORK_DIR_NAME
 from .messages import ReprocessingError, one_line, say, warn
 from .mpi import change_directory
@@ -176,15 +176,18 @@ def _check_pipeline_slot(path, *, ours):
                             % (WORK_DIR_NAME, path.name, 'import' if ours else 'replace'))
 
 
-def place_contdat_for_pipeline(delivery, *, grammar=3, release='the pipeline'):
-    """The pipeline reads cont.dat in its working directory: copy caltables/cont.dat there, in the
-    grammar the release reads (grammar 2: PL2022/PL2023 read no v3 line; contdat_in_grammar)."""
-    destination = delivery.work_dir / 'cont.dat'
+def place_contdat_for_pipeline(delivery, *, grammar=3, release='the pipeline', work_dir=None):
+    """The pipeline reads cont.dat in its working directory (hif_uvcontfit, hif_uvcontsub, hif_makeimlist):
+    copy caltables/cont.dat there (work_dir, default working_reprocess/), in the grammar the release
+    reads (grammar 2: PL2022/PL2023 read no v3 line; contdat_in_grammar)."""
+    destination = Path(work_dir or delivery.work_dir) / 'cont.dat'
     # As text, without an editor's byte-order mark: the pipeline would read it as part of a field name.
     user_text = contdat_text(delivery.contdat.read_bytes(), display=str(delivery.contdat))
     text, changes = contdat_in_grammar(user_text, grammar)
     source_text = text.encode('utf-8')
-    if destination.is_file() and destination.read_bytes() != source_text:
+    if destination.is_file() and destination.read_bytes() == source_text:
+        return changes  # placed already (by --contsub, for the imaging that follows)
+    if destination.is_file():
         kept = destination.with_name('cont.dat.before-%s' % datetime.datetime.now().strftime('%Y%m%d-%H%M%S'))
         os.rename(str(destination), str(kept))
         say('  %s/cont.dat differed from caltables/cont.dat: kept as %s/%s' % (WORK_DIR_NAME, WORK_DIR_NAME,
@@ -192,8 +195,8 @@ def place_contdat_for_pipeline(delivery, *, grammar=3, release='the pipeline'):
     with atomic_file(destination) as temporary:
         temporary.write_bytes(source_text)
     if changes:
-        say('  %s reads cont.dat v1/v2 only: it gets %s/cont.dat converted to v2 (%s); caltables/cont.dat is '
-            'unchanged' % (release, WORK_DIR_NAME, '; '.join(changes)))
+        say('  %s reads cont.dat v1/v2 only: it gets %s converted to v2 (%s); caltables/cont.dat is '
+            'unchanged' % (release, relative_path(destination, delivery.root), '; '.join(changes)))
     return changes
 
 

@@ -240,6 +240,13 @@ def test_a_release_reading_v2_gets_a_v2_working_copy_and_the_user_is_told(delive
     assert (delivery / 'caltables' / 'cont.dat').read_bytes() == user_contdat
     out = capsys.readouterr().out
     assert 'PL2022 reads cont.dat v1/v2 only: it gets working_reprocess/cont.dat converted to v2 (the spw names' in out
+    sfr.place_contdat_for_pipeline(sfr.Delivery(delivery), grammar=2, release='PL2022')  # the imaging step, after
+    assert capsys.readouterr().out == '', 'placed already: said once'
+    elsewhere = delivery / 'working_reprocess' / 'pipeline-image-x'
+    elsewhere.mkdir()
+    sfr.place_contdat_for_pipeline(sfr.Delivery(delivery), grammar=2, release='PL2023', work_dir=elsewhere)
+    assert (elsewhere / 'cont.dat').read_text() == working
+    assert 'it gets working_reprocess/pipeline-image-x/cont.dat converted' in capsys.readouterr().out
     sfr.place_contdat_for_pipeline(sfr.Delivery(delivery), grammar=3, release='PL2024')
     assert (delivery / 'working_reprocess' / 'cont.dat').read_bytes() == user_contdat
     assert 'cont.dat.before-' in capsys.readouterr().out, 'the v2 copy differs from the v3 file: kept aside'
