@@ -8,7 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from .casa_engine import opened_table
+from .casa_engine import is_monolithic_casa, opened_table
 from .contdat import contdat_in_grammar, contdat_text
 from .fileops import atomic_file, make_user_writable, relative_path, remove_tree
 from .layout import SCRIPT_NAME, SHADOW_MARKER, STAGED_COPY_MARKER, WORK_DIR_NAME
@@ -93,14 +93,19 @@ def quiet_pipeline_terminal_log():
 
 
 def _find_pipeline_task(name):
-    """casa --pipeline puts the tasks in the script's namespace; PL2022 keeps its CASA task objects
-    in pipeline.X.cli.gotasks, PL2023+ its functions in pipeline.X.cli."""
+    """casa --pipeline puts the tasks in the script's namespace; PL2023+ keeps its functions in
+    pipeline.X.cli.  PL2022 has two CASA task objects per task: pipeline.X.cli.gotasks' for CASA's
+    shell (in plain Python they fail: "could not find CASAshell global frame") and pipeline.X.cli's,
+    as modular casatasks has them."""
     import importlib
     task = globals().get(name)
     if callable(task):
         return task
     package = name.split('_')[0]
-    for module_name in ('pipeline.%s.cli.gotasks' % package, 'pipeline.%s.cli' % package):
+    modules = ['pipeline.%s.cli.gotasks' % package, 'pipeline.%s.cli' % package]
+    if not is_monolithic_casa():
+        modules.reverse()
+    for module_name in modules:
         try:
             module = importlib.import_module(module_name)
         except ImportError:
