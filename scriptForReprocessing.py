@@ -1970,6 +1970,33 @@ def contdat_in_grammar(text, grammar):
     return '\n'.join(out) + '\n', changes
 
 
+# The delivered cont.dat's fingerprint, recorded by reprocessing_prep.py (in caltables/) or by the
+# first --contsub_fast run that applies the delivered tables (in working_reprocess/): "edited or not"
+# is then decided by content, not by modification times, which a cp -r rewrites.
+CONTDAT_FINGERPRINT_NAME = '.cont.dat.delivered.sha256'
+
+
+def contdat_fingerprint(path):
+    """sha256 of cont.dat's text as the pipeline reads it: a byte-order mark and CRLF line ends do not count."""
+    import hashlib
+    data = Path(path).read_bytes()
+    if data.startswith(b'\xef\xbb\xbf'):
+        data = data[3:]
+    return hashlib.sha256(data.replace(b'\r\n', b'\n')).hexdigest()
+
+
+def recorded_contdat_fingerprint(places):
+    """(fingerprint, where) of the first readable record among places, or (None, None)."""
+    for place in places:
+        try:
+            value = Path(place).read_text(encoding='ascii').strip()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if len(value) == 64 and all(c in '0123456789abcdef' for c in value):
+            return value, Path(place)
+    return None, None
+
+
 # ==================================================================================================
 # reprocessing/channels.py: Frequency ranges to channels: CASA's advisechansel, per MS, field and spw (cached).
 # ==================================================================================================
@@ -5521,6 +5548,7 @@ def run_contsub_fast(plan, state, step, casa):
     say('  method: %s' % reason)
     if method == 'tables':
         contdat_preflight(plan, casa)
+        record_delivered_contdat(plan.delivery)
         result = contsub_apply_uvcont_tables(plan, state, step, casa, list(plan.delivery.uvcont_tables))
         result['reason'] = reason
         for ms in step.inputs:
@@ -5558,6 +5586,14 @@ def choose_contsub_fast_method(options, delivery, targets, *, selfcal=()):
     if without:
         return 'uvcontsub', '%s: caltables/ has continuum tables for only %d of the %d execution blocks (none for ' \
                             '%s)' % (fit, len(targets) - len(without), len(targets), ', '.join(without))
+    recorded, where = recorded_contdat_fingerprint(contdat_fingerprint_places(delivery))
+    if recorded is not None:
+        rule = 'by content: the delivered cont.dat\'s fingerprint is in %s' % relative_path(where, delivery.root)
+        if contdat_fingerprint(delivery.contdat) != recorded:
+            return 'uvcontsub', '%s: cont.dat was edited since delivery, so the delivered continuum tables no longer ' \
+                                'match it (%s)' % (fit, rule)
+        return 'tables', ('applying the delivered continuum fits caltables/*uvcont.tbl (a Cycle 9 delivery, and cont.dat '
+                          'is the delivered one, %s) — add --refit to fit cont.dat with CASA uvcontsub instead' % rule)
     contdat_time = delivery.contdat.stat().st_mtime
     tables_time = min(_table_mtime(table) for table in tables)
     # The pipeline writes cont.dat before the tables; a copy made without keeping times (cp -r)
@@ -5566,7 +5602,21 @@ def choose_contsub_fast_method(options, delivery, targets, *, selfcal=()):
         return 'uvcontsub', '%s: cont.dat (changed %s) is newer than the delivered continuum tables (%s), so they ' \
                             'no longer match it' % (fit, _mtime_text(contdat_time), _mtime_text(tables_time))
     return 'tables', ('applying the delivered continuum fits caltables/*uvcont.tbl (a Cycle 9 delivery, and cont.dat '
-                      'is not newer than them) — add --refit to fit cont.dat with CASA uvcontsub instead')
+                      'is not newer than them: by modification times, no fingerprint of the delivered cont.dat is '
+                      'recorded; this run records one) — add --refit to fit cont.dat with CASA uvcontsub instead')
+
+
+def contdat_fingerprint_places(delivery):
+    """Where the delivered cont.dat's fingerprint may be: prep's record, then the first run's."""
+    return [delivery.caltables / CONTDAT_FINGERPRINT_NAME, delivery.work_dir / CONTDAT_FINGERPRINT_NAME]
+
+
+def record_delivered_contdat(delivery):
+    """Remember cont.dat as delivered (the times said so), so later runs decide by content."""
+    places = contdat_fingerprint_places(delivery)
+    if recorded_contdat_fingerprint(places)[0] is None:
+        delivery.work_dir.mkdir(parents=True, exist_ok=True)
+        write_atomically(places[1], contdat_fingerprint(delivery.contdat) + '\n')
 
 
 def _table_mtime(table):

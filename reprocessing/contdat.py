@@ -324,3 +324,30 @@ def contdat_in_grammar(text, grammar):
     if counts['allcont']:
         changes.append('ALLCONT written as ALL (every channel is continuum)')
     return '\n'.join(out) + '\n', changes
+
+
+# The delivered cont.dat's fingerprint, recorded by reprocessing_prep.py (in caltables/) or by the
+# first --contsub_fast run that applies the delivered tables (in working_reprocess/): "edited or not"
+# is then decided by content, not by modification times, which a cp -r rewrites.
+CONTDAT_FINGERPRINT_NAME = '.cont.dat.delivered.sha256'
+
+
+def contdat_fingerprint(path):
+    """sha256 of cont.dat's text as the pipeline reads it: a byte-order mark and CRLF line ends do not count."""
+    import hashlib
+    data = Path(path).read_bytes()
+    if data.startswith(b'\xef\xbb\xbf'):
+        data = data[3:]
+    return hashlib.sha256(data.replace(b'\r\n', b'\n')).hexdigest()
+
+
+def recorded_contdat_fingerprint(places):
+    """(fingerprint, where) of the first readable record among places, or (None, None)."""
+    for place in places:
+        try:
+            value = Path(place).read_text(encoding='ascii').strip()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if len(value) == 64 and all(c in '0123456789abcdef' for c in value):
+            return value, Path(place)
+    return None, None

@@ -8,9 +8,10 @@ from pathlib import Path
 
 from .casa_engine import casa_task, native_stdout_silenced
 from .data_columns import SELFCAL_COLUMN, add_selfcal_column
+from .contdat import CONTDAT_FINGERPRINT_NAME, contdat_fingerprint, recorded_contdat_fingerprint
 from .contdat_check import contdat_preflight, read_delivery_contdat, say_fit_table
 from .eb_tasks import eb_task
-from .fileops import directory_bytes, human_bytes, relative_path, remove_tree
+from .fileops import directory_bytes, human_bytes, relative_path, remove_tree, write_atomically
 from .layout import eb_name, line_ms_path
 from .line_provenance import continuum_by_spw, expected_line_record, line_ms_decision, say_line_decisions, write_line_record
 from .messages import ReprocessingError, one_line, say
@@ -31,6 +32,7 @@ def run_contsub_fast(plan, state, step, casa):
     say('  method: %s' % reason)
     if method == 'tables':
         contdat_preflight(plan, casa)
+        record_delivered_contdat(plan.delivery)
         result = contsub_apply_uvcont_tables(plan, state, step, casa, list(plan.delivery.uvcont_tables))
         result['reason'] = reason
         for ms in step.inputs:
@@ -68,6 +70,14 @@ def choose_contsub_fast_method(options, delivery, targets, *, selfcal=()):
     if without:
         return 'uvcontsub', '%s: caltables/ has continuum tables for only %d of the %d execution blocks (none for ' \
                             '%s)' % (fit, len(targets) - len(without), len(targets), ', '.join(without))
+    recorded, where = recorded_contdat_fingerprint(contdat_fingerprint_places(delivery))
+    if recorded is not None:
+        rule = 'by content: the delivered cont.dat\'s fingerprint is in %s' % relative_path(where, delivery.root)
+        if contdat_fingerprint(delivery.contdat) != recorded:
+            return 'uvcontsub', '%s: cont.dat was edited since delivery, so the delivered continuum tables no longer ' \
+                                'match it (%s)' % (fit, rule)
+        return 'tables', ('applying the delivered continuum fits caltables/*uvcont.tbl (a Cycle 9 delivery, and cont.dat '
+                          'is the delivered one, %s) — add --refit to fit cont.dat with CASA uvcontsub instead' % rule)
     contdat_time = delivery.contdat.stat().st_mtime
     tables_time = min(_table_mtime(table) for table in tables)
     # The pipeline writes cont.dat before the tables; a copy made without keeping times (cp -r)
@@ -76,7 +86,21 @@ def choose_contsub_fast_method(options, delivery, targets, *, selfcal=()):
         return 'uvcontsub', '%s: cont.dat (changed %s) is newer than the delivered continuum tables (%s), so they ' \
                             'no longer match it' % (fit, _mtime_text(contdat_time), _mtime_text(tables_time))
     return 'tables', ('applying the delivered continuum fits caltables/*uvcont.tbl (a Cycle 9 delivery, and cont.dat '
-                      'is not newer than them) — add --refit to fit cont.dat with CASA uvcontsub instead')
+                      'is not newer than them: by modification times, no fingerprint of the delivered cont.dat is '
+                      'recorded; this run records one) — add --refit to fit cont.dat with CASA uvcontsub instead')
+
+
+def contdat_fingerprint_places(delivery):
+    """Where the delivered cont.dat's fingerprint may be: prep's record, then the first run's."""
+    return [delivery.caltables / CONTDAT_FINGERPRINT_NAME, delivery.work_dir / CONTDAT_FINGERPRINT_NAME]
+
+
+def record_delivered_contdat(delivery):
+    """Remember cont.dat as delivered (the times said so), so later runs decide by content."""
+    places = contdat_fingerprint_places(delivery)
+    if recorded_contdat_fingerprint(places)[0] is None:
+        delivery.work_dir.mkdir(parents=True, exist_ok=True)
+        write_atomically(places[1], contdat_fingerprint(delivery.contdat) + '\n')
 
 
 def _table_mtime(table):

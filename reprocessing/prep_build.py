@@ -10,7 +10,8 @@ import shutil
 from pathlib import Path
 
 from .casa_engine import casa_log_path, load_casa, native_output_into, opened_table
-from .fileops import changed_files, file_states, make_user_writable, remove_tree
+from .contdat import CONTDAT_FINGERPRINT_NAME, contdat_fingerprint
+from .fileops import changed_files, file_states, make_user_writable, remove_tree, write_atomically
 from .layout import PREP_SCRIPT_NAME
 from .messages import Interrupted, ReprocessingError, signals_as_exceptions
 from .prep_plan import ACTION_CONVERT, ACTION_COPY, CALTABLES_DIR, MODE_COPY, MODE_LINK, MS_DIR, STAGING_DIR, step_verb
@@ -154,6 +155,9 @@ def execute_plan(plan, *, casa_logfile, say):
                 else:
                     move_to(source=step.source, destination=destination)
                     moved.append((step.source, destination))
+            contdat = partial / CALTABLES_DIR / 'cont.dat'
+            if contdat.is_file():  # the delivered cont.dat: later runs tell an edit by content, not by times
+                write_atomically(partial / CALTABLES_DIR / CONTDAT_FINGERPRINT_NAME, contdat_fingerprint(contdat) + '\n')
             try:
                 os.rmdir(str(partial / STAGING_DIR))
             except OSError as exc:

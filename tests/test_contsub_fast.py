@@ -278,14 +278,35 @@ def test_cycle9_tables_are_applied_until_cont_dat_is_edited_and_both_ways_plot_s
     spectra = delivery / 'working_reprocess' / 'report' / 'spectra'
     assert sorted(p.name for p in spectra.glob('*.png')) == ['IRAS_16293-2422_spw25.png',
                                                              'IRAS_16293-2422_spw27.png']
+    assert 'by modification times' in done.stdout  # no fingerprint yet: the times decided, and one is recorded
     first_plots = dict((p.name, p.stat().st_mtime_ns) for p in spectra.glob('*.png'))
     contdat = delivery / 'caltables' / 'cont.dat'
+    contdat.write_text(contdat.read_text() + '\n')  # the user edited cont.dat ...
     later = time.time() + 3600
-    os.utime(str(contdat), (later, later))   # the user edited cont.dat after the delivery
+    for table in (delivery / 'caltables').glob('*uvcont.tbl'):  # ... then copied caltables/ with cp -r
+        for path in [table] + list(table.rglob('*')):
+            os.utime(str(path), (later, later))
     done = run_script('--contsub_fast', '--overwrite-line', delivery=delivery)
     assert done.returncode == 0, done.stderr
-    assert 'is newer than the delivered continuum tables' in done.stdout
+    assert 'cont.dat was edited since delivery' in done.stdout and 'by content' in done.stdout, done.stdout
     assert all(p.stat().st_mtime_ns != first_plots[p.name] for p in spectra.glob('*.png')), 'plots not redone'
+
+
+def test_without_a_fingerprint_a_newer_cont_dat_counts_as_edited_and_a_touch_alone_does_not_with_one(
+        delivery_factory, run_script):
+    delivery = delivery_factory(n_ebs=1, with_uvcont=True)
+    contdat = delivery / 'caltables' / 'cont.dat'
+    later = time.time() + 3600
+    os.utime(str(contdat), (later, later))   # no record of the delivered cont.dat: only the times can tell
+    done = run_script('--contsub_fast', '--dry-run', delivery=delivery)
+    assert done.returncode == 0, done.stderr
+    assert 'is newer than the delivered continuum tables' in done.stdout
+    # reprocessing_prep.py's record (the delivered content): the same text, only touched, is not an edit
+    import scriptForReprocessing as sfr
+    (delivery / 'caltables' / sfr.CONTDAT_FINGERPRINT_NAME).write_text(sfr.contdat_fingerprint(contdat) + '\n')
+    done = run_script('--contsub_fast', '--dry-run', delivery=delivery)
+    assert done.returncode == 0, done.stderr
+    assert 'cont.dat is the delivered one, by content' in done.stdout, done.stdout
 
 
 def test_spectra_show_the_line_at_its_lsrk_frequency_in_every_execution_block(delivery_factory, casa, tmp_path):

@@ -98,7 +98,8 @@ def one_error_line(captured):
 
 def expected_tree(working):
     """What calibrated_final/ must hold for a Cycle-9+ working/ (top level and below)."""
-    names = {'caltables', 'caltables/cont.dat', 'measurement_sets', REPROCESSING_SCRIPT}
+    names = {'caltables', 'caltables/cont.dat', 'caltables/.cont.dat.delivered.sha256', 'measurement_sets',
+             REPROCESSING_SCRIPT}
     names.update('caltables/' + p.name for p in working.glob('*uvcont.tbl'))
     names.update('measurement_sets/' + p.name for p in working.glob('uid*_targets*.ms'))
     return names
@@ -158,7 +159,9 @@ def test_link_makes_absolute_links_and_uses_no_space(working, monkeypatch, capsy
 
     output = working.parent / 'calibrated_final'
     assert top_two_levels(output) == expected_tree(working)
-    for relative in expected_tree(working) - {'caltables', 'measurement_sets', REPROCESSING_SCRIPT}:
+    # (the delivered cont.dat's fingerprint is prep's own small file, not a link)
+    for relative in expected_tree(working) - {'caltables', 'measurement_sets', REPROCESSING_SCRIPT,
+                                              'caltables/.cont.dat.delivered.sha256'}:
         link = output / relative
         assert link.is_symlink(), relative
         target = os.readlink(str(link))
@@ -290,7 +293,7 @@ def test_cycle8_target_ms_becomes_targets_and_targets_line(cycle8_working, casa,
     uids = [s.name[:-len('_target.ms')] for s in sources]
     assert sorted(p.name for p in (output / 'measurement_sets').iterdir()) == sorted(
         [u + '_targets.ms' for u in uids] + [u + '_targets_line.ms' for u in uids])
-    assert sorted(p.name for p in (output / 'caltables').iterdir()) == ['cont.dat']
+    assert sorted(p.name for p in (output / 'caltables').iterdir()) == ['.cont.dat.delivered.sha256', 'cont.dat']
     assert not list(output.glob('.incomplete*'))
     for source, uid in zip(sources, uids):
         assert 'pre-Cycle-9 %s becomes %s_targets.ms' % (source.name, uid) in out.out
