@@ -27,8 +27,31 @@ def baseline_percentile(infos, percentile):
 
 
 def heuristic_cell_arcsec(beam_arcsec, pixels_per_beam=5.0):
-    """A fifth of the beam, to two significant digits, as the pipeline's cell heuristic."""
+    """The beam's minor axis over pixels_per_beam, to two significant digits.
+
+    pipeline/hif/heuristics/imageparams_base.py cell(): '%.2garcsec' % (minor / pixperbeam), the
+    minor axis being the makePSF beam rounded to three digits (synthesized_beam(), CAS-11193).
+    """
     return float('%.2g' % (beam_arcsec / pixels_per_beam))
+
+
+def round_beam_arcsec(value):
+    """The PSF beam axes to three significant digits, as synthesized_beam() keeps them (CAS-11193)."""
+    return float('%.3g' % value)
+
+
+def psf_imaging_cell_arcsec(advised_cell_arcsec, pixels_per_beam=5.0):
+    """The cell of the pipeline's makePSF image: imager.advise's largest cell / (0.5 ppb), two digits.
+
+    synthesized_beam(): cellv = advise cell / (0.5 * pixperbeam), used as '%.2g%s'.
+    """
+    return float('%.2g' % (advised_cell_arcsec / (0.5 * pixels_per_beam)))
+
+
+def psf_imaging_pixels(pb_radius_arcsec, cell_arcsec):
+    """Pixels across the pipeline's makePSF image of one pointing: 1.5 primary-beam radii (imsize(), centreonly,
+    no sfpblimit), before getOptimumSize."""
+    return int(1.5 * pb_radius_arcsec / cell_arcsec)
 
 
 def single_field_pixels(pb_radius_arcsec, cell_arcsec, pb_level=0.2):
@@ -42,6 +65,123 @@ def mosaic_pixels(pb_radius_arcsec, spread_arcsec, cell_arcsec, n_pointings):
     """The pipeline's mosaic size: the pointings' spread plus a primary-beam border (wider for 2-3 pointings)."""
     border = 1.65 if n_pointings <= 3 else 1.5
     return int((border * pb_radius_arcsec + spread_arcsec) / cell_arcsec)
+
+
+def intersect_ranges_by_weight(ranges, delta, threshold):
+    """pipeline/infrastructure/utils/imaging.py intersect_ranges_by_weight(): the part of a grid of step
+    delta (from the lowest edge) covered by at least `threshold` of the ranges; () when none."""
+    import numpy
+    if len(ranges) == 0:
+        return ()
+    if len(ranges) == 1:
+        return tuple(ranges[0])
+    values = numpy.array(ranges, dtype=float).flatten()
+    grid = numpy.arange(values.min(), values.max() + delta, delta)
+    weights = numpy.zeros(grid.shape, 'd')
+    for low, high in ranges:
+        weights += numpy.where((grid >= low) & (grid <= high), 1.0, 0.0)
+    weights /= len(ranges)
+    valid = numpy.where(weights >= threshold)[0]
+    return (float(grid[valid[0]]), float(grid[valid[-1]])) if valid.shape != (0,) else ()
+
+
+def lsrk_intersection(per_eb_field_ranges, channel_widths):
+    """(low, high) Hz of a cube: the LSRK frequencies every execution block covers, or None.
+
+    pipeline/hif/heuristics/imageparams_base.py freq_intersection(): per EB the weighted intersection
+    of its fields' edge-to-edge ranges (threshold 1.0), then over the EBs (threshold 0.6 for the
+    unflagged ranges, 1.0 for the full ones; both the same here: channels are not flag-trimmed),
+    intersected again, all on a grid of the widest channel.
+    per_eb_field_ranges: [[(low, high) of each field] of each EB].
+    """
+    delta = max(channel_widths)
+    per_eb = [intersect_ranges_by_weight(ranges, delta, 1.0) for ranges in per_eb_field_ranges if ranges]
+    per_eb = [r for r in per_eb if r != ()]
+    if not per_eb:
+        return None
+    flagged = intersect_ranges_by_weight(per_eb, delta, 0.6)
+    full = intersect_ranges_by_weight(per_eb, delta, 1.0)
+    if flagged == () or full == ():
+        return None
+    final = intersect_ranges_by_weight([flagged, full], delta, 1.0)
+    return final if final != () else None
+
+
+def round_half_up(value):
+    import math
+    return math.floor(value + 0.5)
+
+
+def cube_channel_grid(low_hz, high_hz, channel_width_hz, nbin=None):
+    """(start, width, nchan) of a cube as tclean strings: pipeline/hif/tasks/tclean/tclean.py (prepare, specmode
+    cube): skip one channel at either edge of the intersection, nchan = round((f1 - f0) / width - 2), start at
+    f0 + 1.5 native channels (the centre of the first channel kept, 'tclean interprets the start frequency as
+    the center of the first channel'), width = native x nbin ('%.10fGHz', '%.7fMHz').  With nbin the start
+    stays at 1.5 *native* channels, as the pipeline's: the first bin is centred on the second native channel.
+    """
+    binned = nbin not in (None, -1)
+    width = channel_width_hz * (nbin if binned else 1)
+    nchan = int(round_half_up((high_hz - low_hz) / width - 2))
+    start = low_hz + 1.5 * width / (nbin if binned else 1)
+    return '%.10fGHz' % (start / 1e9), '%.7fMHz' % (width / 1e6), nchan
+
+
+def representative_nbin(representative_bandwidth_hz, channel_width_hz, default_nbin=1):
+    """The repBW cube's binning, or None when the default cube already has it.
+
+    pipeline/hif/tasks/makeimlist/makeimlist.py (specmode repBW): a PI cube only when the representative
+    bandwidth is over 4 x the default cube's channel (native x nbins), binned int(bw / native + 0.5).
+    """
+    if representative_bandwidth_hz <= 4.0 * default_nbin * channel_width_hz:
+        return None
+    return int(representative_bandwidth_hz / channel_width_hz + 0.5)
+
+
+def cube_weighting(specmode):
+    """(weighting, perchanweightdensity): imageparams_base.py weighting() and perchanweightdensity():
+    briggs for mfs/cont, briggsbwtaper with per-channel weight density for cubes (cube, repBW)."""
+    return ('briggs', False) if specmode in ('mfs', 'cont') else ('briggsbwtaper', True)
+
+
+def dynamic_range_threshold(threshold_jy, dirty_dynamic_range, residual_max_jy, *, diameter_m, n_ebs, tlimit=2.0):
+    """The clean threshold (Jy) after the pipeline's dynamic-range correction for science targets.
+
+    pipeline/hif/heuristics/imageparams_alma.py dr_correction() (intent TARGET): threshold_jy is tlimit x
+    the theoretical sensitivity; a dirty image whose peak / sensitivity is high is cleaned less deep
+    (12 m: x1 up to a dirty dynamic range of 20, x1.5 to 50, x2 to 100, x2.5 to 150, above that
+    max(2.5 x, peak / 150 x tlimit); 7 m with its own steps and limits).  Returns '%.3g' of the new value.
+    """
+    if diameter_m == 12.0:
+        if dirty_dynamic_range > 150.0:
+            new = max(2.5 * threshold_jy, residual_max_jy / 150.0 * tlimit)
+        else:
+            n_dr = 2.5 if dirty_dynamic_range > 100.0 else 2.0 if dirty_dynamic_range > 50.0 else \
+                1.5 if dirty_dynamic_range > 20.0 else 1.0
+            new = threshold_jy * n_dr
+    else:
+        max_edr, dirty_limit, n_dr_max = (30.0, 30.0, 2.5) if n_ebs == 1 else (55.0, 75.0, 3.5)
+        if dirty_dynamic_range > dirty_limit:
+            new = max(n_dr_max * threshold_jy, residual_max_jy / max_edr * tlimit)
+        else:
+            n_dr = 3.0 if dirty_dynamic_range > 40.0 else 2.5 if dirty_dynamic_range > 20.0 else \
+                2.0 if dirty_dynamic_range > 10.0 else 1.5 if dirty_dynamic_range > 4.0 else 1.0
+            new = threshold_jy * n_dr
+    return float('%.3g' % new)
+
+
+def bandwidth_correction_factor(physical_width_hz, effective_width_hz, spw_nchan, nchan):
+    """imageparams_base.py get_bw_corr_factor(): the sensitivity factor for online-smoothed channels
+    (effective / physical channel width 2.667, 1.6, 1.231, 1.104, 1.049: Hanning-like smoothing by N)."""
+    ratio = effective_width_hz / physical_width_hz
+    smoothing = 0
+    for value, n in ((2.667, 1), (1.600, 2), (1.231, 4), (1.104, 8), (1.049, 16)):
+        if ratio > 1.0 and float('%.4g' % ratio) == value:
+            smoothing = n
+    if smoothing == 0 or nchan <= 1:
+        return 1.0
+    optimistic = nchan * effective_width_hz
+    approximate = (nchan + 1.12 * (spw_nchan - nchan) / spw_nchan / smoothing) * physical_width_hz
+    return (optimistic / approximate) ** 0.5
 
 
 def autobox_parameters(specmode, *, l75_m, diameter_m):

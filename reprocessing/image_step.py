@@ -7,16 +7,19 @@ from pathlib import Path
 from .archive_compare import compare_with_archive, find_archive_products, format_comparison
 from .contdat_check import contdat_preflight
 from .fileops import changed_files, directory_bytes, file_states, human_bytes, relative_path, remove_tree, require_free_space
-from .image_casa import IMAGE_SPACE_ADVICE, estimate_image_bytes, plan_casa_images, read_ms_for_imaging, run_tclean_jobs
+from .eb_tasks import eb_task
+from .image_casa import IMAGE_SPACE_ADVICE, estimate_image_bytes, plan_casa_images, psf_beam_finder, read_ms_for_imaging, run_image_job, run_tclean_jobs, virtual_spw_map
 from .image_pipeline import run_pipeline_imaging
 from .image_publish import check_no_collisions, format_image_table, image_table, publish_products
 from .image_update import decide_images, describe_kept, discard_retired, image_stem, kept_rows, retire_stale_images, say_decisions, update_summary, write_image_records
 from .layout import Delivery, report_folder
+from .mpi import mpi_servers_available
 from .messages import ReprocessingError, say
 from .ms_tables import column_names
 from .pipeline_engine import pipeline_is_installed, stage_for_pipeline_contsub
 from .products import ImageProduct, ous_from_path
 from .staging import make_shadow, space_free_path
+from .workers import EbWorkers, available_cores
 
 
 def choose_imaging_engine(requested):
@@ -105,8 +108,10 @@ def run_image(plan, state, step, casa):
         channels_for, contdat = None, None
         if {'mfs', 'cont'} & set(request.specmodes):
             channels_for, contdat = continuum_channel_finder(plan, casa)
+        # the cells come from PSFs, as the pipeline's (one mfs PSF per spw that decides a cell)
+        beam_for = psf_beam_finder(casa, request, infos=targets, spw_map=virtual_spw_map(targets), work_dir=work_dir)
         jobs, notes = plan_casa_images(casa, request, targets=targets, lines=line_infos, channels_for=channels_for,
-                                       contdat=contdat, ous=ous)
+                                       contdat=contdat, ous=ous, beam_for=beam_for)
         _say_notes(notes)
         if not jobs:
             raise ReprocessingError('nothing to image with --specmodes %s (see the notes above) — choose other '
@@ -129,7 +134,9 @@ def run_image(plan, state, step, casa):
             expected = expected_finals(jobs)
             check_no_collisions(images_dir, [p.fits_name(ous) for p in expected] + [p.path.name for p in expected])
         seconds = {}
-        products = run_tclean_jobs(casa, request, jobs, work_dir=work_dir, state=state, seconds=seconds)
+        with EbWorkers.started(imaging_processes(jobs), state=state) as workers:
+            products = run_tclean_jobs(casa, request, jobs, work_dir=work_dir, state=state, workers=workers,
+                                       seconds=seconds)
     if not products:
         raise ReprocessingError('the %s made no images — see the CASA log %s' % (engine, state.casa_logfile))
     placed = publish_products(state, products, images_dir=images_dir, all_products=request.all_products,
@@ -197,6 +204,20 @@ def _kept_only_result(plan, state, decisions, *, images_dir, notes, work_dir, st
         say(line)
     return {'outputs': [str(images_dir)], 'engine': 'casa', 'images': table, 'notes': notes, 'bytes': 0, 'fits': 0,
             'casa_images': 0, 'update': update_summary(decisions)}
+
+
+def imaging_processes(jobs):
+    """Processes making images at once: one per core (each image's tclean runs on one core), at most one per
+    image; one under MPI, where tclean itself spreads cubes over the servers."""
+    if mpi_servers_available():
+        return 1
+    return max(1, min(available_cores(), len(jobs)))
+
+
+@eb_task
+def image_job(casa, report, **arguments):
+    """One pipeline-free image (image_casa.run_image_job), in a worker process or here."""
+    return run_image_job(casa, report, **arguments)
 
 
 def observed_first(info):

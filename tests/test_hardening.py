@@ -249,9 +249,9 @@ def fill_disk(where, *, leave):
     return filler
 
 
-def image_while_the_disk_fills(delivery, hold_at, *, leave):
+def image_while_the_disk_fills(delivery, hold_at, *, leave, more=()):
     """Start --image, hold it at hold_at, fill the disk, let it go on; the finished process."""
-    process = subprocess.Popen(script_command(delivery, '--image', '--engine', 'casa', '--specmodes', 'mfs'),
+    process = subprocess.Popen(script_command(delivery, '--image', '--engine', 'casa', '--specmodes', 'mfs', *more),
                                cwd=str(delivery), env=dict(os.environ, **{sfr.HOLD_ENV: hold_at}),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
     marker = delivery / ('.held-at-' + hold_at)
@@ -284,7 +284,8 @@ def test_a_disk_that_fills_during_tclean_is_explained(delivery_factory, small_di
     delivery = small_disk / 'calibrated_final'
     shutil.copytree(str(delivery_factory(**ONE_EB)), str(delivery), symlinks=True)
     before = user_ms_digests(delivery)
-    status, out, err, filler = image_while_the_disk_fills(delivery, 'tclean', leave=leave)
+    # one image: it is made in this process (several are made in worker processes: see below)
+    status, out, err, filler = image_while_the_disk_fills(delivery, 'tclean', leave=leave, more=('--spw', '25'))
     if leave == 0:
         assert status == 1, err
         line, = [line for line in err.splitlines() if line.strip()]
@@ -299,4 +300,18 @@ def test_a_disk_that_fills_during_tclean_is_explained(delivery_factory, small_di
         assert 'ended without finishing: the disk was full' in said and 'No space left on device' in said, said
         assert 'removed its unfinished working_reprocess/imaging' in said
         assert not (delivery / sfr.JOURNAL_NAME).exists()
+    assert user_ms_digests(delivery) == before
+
+
+@pytest.mark.skipif(sfr.available_cores() < 2, reason='images are made in worker processes only with 2+ cores')
+def test_a_disk_that_fills_while_workers_make_images_is_explained(delivery_factory, small_disk):
+    """Two images on two cores: CASA aborts the worker (exit 134) and the run says the disk is full."""
+    delivery = small_disk / 'calibrated_final'
+    shutil.copytree(str(delivery_factory(**ONE_EB)), str(delivery), symlinks=True)
+    before = user_ms_digests(delivery)
+    status, out, err, filler = image_while_the_disk_fills(delivery, 'tclean', leave=300000)
+    assert status == 1, (status, err)
+    line, = [line for line in err.splitlines() if line.strip()]
+    assert 'tclean failed' in line and 'is full' in line and 'free some space' in line, line
+    assert not (delivery / sfr.JOURNAL_NAME).exists() and not (delivery / 'images').exists()
     assert user_ms_digests(delivery) == before
