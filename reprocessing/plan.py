@@ -419,7 +419,8 @@ def preview_update(plan):
                                             ous=ous_from_path(delivery.root))
             decisions = decide_images(casa, jobs, request, images_dir=delivery.root / options.image,
                                       infos=targets + line_infos, delivery_ms_dir=delivery.ms_dir,
-                                      ous=ous_from_path(delivery.root), line_records=line_records)
+                                      ous=ous_from_path(delivery.root), line_records=line_records,
+                                      estimated_geometry=True)
     if say_lines:
         say_line_decisions(say_lines, delivery)
     if decisions is not None:
