@@ -315,3 +315,25 @@ def test_a_disk_that_fills_while_workers_make_images_is_explained(delivery_facto
     assert 'tclean failed' in line and 'is full' in line and 'free some space' in line, line
     assert not (delivery / sfr.JOURNAL_NAME).exists() and not (delivery / 'images').exists()
     assert user_ms_digests(delivery) == before
+
+
+# --- A lock file of another user -------------------------------------------------------------------
+
+def test_a_lock_held_by_another_user_names_that_user(delivery_factory, tmp_path):
+    import pwd
+    prefix = unprivileged()
+    delivery = delivery_factory(n_ebs=1)
+    lock = delivery / '.scriptForReprocessing.lock'
+    lock.write_text('')
+    owner = os.geteuid() if not prefix else OTHER_USER
+    if prefix:
+        os.chown(str(lock), OTHER_USER, -1)
+    os.chmod(str(lock), 0o444 if not prefix else 0o644)  # a user's own read-only lock is the same case
+    result = subprocess.run(prefix + [sys.executable, str(SCRIPT), '--cleanup'], cwd=str(delivery),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                            env=dict(os.environ, HOME=str(tmp_path)))
+    assert result.returncode == 1, result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith('ERROR:')]
+    assert len(errors) == 1 and 'Traceback' not in result.stderr, result.stderr
+    assert 'belongs to %s' % pwd.getpwuid(owner).pw_name in errors[0], errors[0]
+    assert 'check that you may write in' not in errors[0]  # the directory is writable: that advice would be false
