@@ -114,9 +114,9 @@ def user_ms_digests(delivery):
     return {p.name: md5_tree(p) for p in sorted(ms_dir.glob('uid*.ms'))}
 
 
-def mean_spectrum(casa, ms, spw_id):
-    """DATA of one spw averaged over rows and correlations, per channel (flagged data left out),
-    and how many samples went into each channel."""
+def mean_spectrum(casa, ms, spw_id, column='DATA'):
+    """A data column of one spw averaged over rows and correlations, per channel (flagged data left
+    out), and how many samples went into each channel."""
     import numpy
     table = casa.casatools.table()
     table.open(str(Path(ms) / 'DATA_DESCRIPTION'))
@@ -127,7 +127,7 @@ def mean_spectrum(casa, ms, spw_id):
     table.open(str(ms))
     try:
         rows = table.query('DATA_DESC_ID==%d' % dd_id)
-        data, flags = rows.getcol('DATA'), rows.getcol('FLAG')
+        data, flags = rows.getcol(column), rows.getcol('FLAG')
         rows.close()
     finally:
         table.close()

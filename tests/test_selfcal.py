@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import requires_pipeline, user_ms_digests
+from conftest import mean_spectrum, requires_pipeline, user_ms_digests
 
 PHASE_RMS_DEG = 60.0
 # 25 antennas and a coarse spw: cubes with automasking that finds the line (as tests/test_image.py)
@@ -31,26 +31,6 @@ SELFCAL = dict(nchan=32, n_antennas=25, line_fwhm_kms=8.0, noise_jy=0.2, line_pe
 
 def truth_of(delivery):
     return json.loads((Path(delivery) / 'truth.json').read_text())
-
-
-def column_spectrum(casa, ms, spw_id, column):
-    """(vector average over rows and correlations per channel, its noise per channel) of one column."""
-    import numpy
-    table = casa.casatools.table()
-    table.open(str(Path(ms) / 'DATA_DESCRIPTION'))
-    try:
-        dd_id = list(table.getcol('SPECTRAL_WINDOW_ID')).index(spw_id)
-    finally:
-        table.close()
-    table.open(str(ms))
-    try:
-        rows = table.query('DATA_DESC_ID==%d' % dd_id)
-        data = rows.getcol(column)
-        rows.close()
-    finally:
-        table.close()
-    samples = data.shape[0] * data.shape[2]
-    return data.mean(axis=(0, 2)), None if samples == 0 else samples
 
 
 def columns_of(casa, ms):
@@ -93,8 +73,8 @@ def assert_self_calibrated_line_ms(casa, delivery, truth, *, ebs=None):
         assert 'CORRECTED_DATA' in columns_of(casa, line_ms), line_ms.name
         for spw in eb['spws']:
             channel = int(round(spw['line_topo_channel']))
-            selfcal, samples = column_spectrum(casa, line_ms, spw['id'], 'CORRECTED_DATA')
-            regcal, _ = column_spectrum(casa, line_ms, spw['id'], 'DATA')
+            selfcal, samples = mean_spectrum(casa, line_ms, spw['id'], column='CORRECTED_DATA')
+            regcal, _ = mean_spectrum(casa, line_ms, spw['id'])
             # the line is sampled at its nearest channel: within 5% of the injected peak
             assert abs(selfcal[channel]) == pytest.approx(peak, rel=0.05), (eb['uid'], spw['id'])
             # line-free channels (far from the line): mean within 3 sigma of zero
