@@ -120,9 +120,10 @@ def test_cubes_are_weighted_as_the_pipeline_weights_them(planned):
         cube = key.endswith(('cube', 'repBW'))
         assert arguments['weighting'] == ('briggsbwtaper' if cube else 'briggs'), key
         assert arguments.get('perchanweightdensity', False) is cube, key
-        # 12 m, short baselines: hif_makeimages' auto-multithresh values, no pbmask
+        # 12 m, short baselines: hif_makeimages' auto-multithresh values; pbmask 0.3 where the pipeline
+        # passes none (a deliberate difference: see AUTOMASK_PB_LEVEL)
         assert (arguments['sidelobethreshold'], arguments['noisethreshold'], arguments['lownoisethreshold'],
-                arguments['minbeamfrac'], arguments['pbmask']) == (2.0, 4.25, 1.5, 0.3, 0.0), key
+                arguments['minbeamfrac'], arguments['pbmask']) == (2.0, 4.25, 1.5, 0.3, 0.3), key
         assert (arguments['negativethreshold'], arguments['growiterations']) == ((15.0, 50) if cube else (0.0, 75))
 
 
