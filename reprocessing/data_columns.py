@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .casa_engine import opened_table
 from .messages import ReprocessingError
-from .ms_tables import column_names, read_ms_layout
+from .ms_tables import column_names, dd_ids_by_spw, read_ms_layout
 
 
 SELFCAL_COLUMN = 'CORRECTED_DATA'
@@ -39,8 +39,7 @@ def survey_data_columns(casa, ms, *, sample_rows=SURVEY_ROWS):
         return ColumnSurvey(Path(ms), False, frozenset(), frozenset())
     layout = read_ms_layout(casa, ms)
     name_of_field = dict((field_id, name) for name, ids in layout.fields.items() for field_id in ids)
-    with opened_table(casa, Path(ms) / 'DATA_DESCRIPTION') as table:
-        spw_of_dd = [int(spw) for spw in table.getcol('SPECTRAL_WINDOW_ID')] if table.nrows() else []
+    spw_of_dd = dict((dd_id, spw_id) for spw_id, dd_ids in dd_ids_by_spw(casa, ms).items() for dd_id in dd_ids)
     step = max(1, layout.rows // max(1, sample_rows))
     if '"' in str(ms):
         raise ReprocessingError('the path %s contains a double quote — rename it' % ms)
