@@ -3061,6 +3061,7 @@ def publish_line_outputs(state, outputs, *, replace):
     name is rolled back whole by the next run (every old line MS put back, every new one removed), so
     execution blocks never end with a mix of old and new line MSes.  With replace (--overwrite-line),
     an existing line MS is renamed aside just before its new one is published, and removed once all are.
+    Returns the final names whose earlier line MS was replaced.
     """
     if not replace:
         existing = [final for _partial, final in outputs if final.exists() or final.is_symlink()]
@@ -3087,6 +3088,7 @@ def publish_line_outputs(state, outputs, *, replace):
     for aside, _final in retired:
         state.discard_aside(aside)
     state.end_publishing_set()
+    return [final for _aside, final in retired]
 
 
 # ==================================================================================================
@@ -4892,8 +4894,7 @@ def survey_data_columns(casa, ms, *, sample_rows=SURVEY_ROWS):
         return ColumnSurvey(Path(ms), False, frozenset(), frozenset())
     layout = read_ms_layout(casa, ms)
     name_of_field = dict((field_id, name) for name, ids in layout.fields.items() for field_id in ids)
-    with opened_table(casa, Path(ms) / 'DATA_DESCRIPTION') as table:
-        spw_of_dd = [int(spw) for spw in table.getcol('SPECTRAL_WINDOW_ID')] if table.nrows() else []
+    spw_of_dd = dict((dd_id, spw_id) for spw_id, dd_ids in dd_ids_by_spw(casa, ms).items() for dd_id in dd_ids)
     step = max(1, layout.rows // max(1, sample_rows))
     if '"' in str(ms):
         raise ReprocessingError('the path %s contains a double quote — rename it' % ms)
@@ -6161,8 +6162,7 @@ def contsub_with_uvcontsub(plan, state, step, casa, reason):
     for task in tasks:
         if task['arguments']['selfcal_fit']:
             state.created_for_good(Path(task['arguments']['selfcal_fit']))  # removed by the worker
-    replaced = {str(final) for _partial, final in outputs if final.exists()}
-    publish_line_outputs(state, outputs, replace=options.overwrite_line)
+    replaced = {str(final) for final in publish_line_outputs(state, outputs, replace=options.overwrite_line)}
     for ms, (_partial, final), result in zip(made, outputs, results):
         write_line_record(ms, expected[str(ms)], seconds=result['seconds'])
         say('  wrote %s: %d rows, spws %s, %s (%s, %.1f s)%s' % (
@@ -6739,8 +6739,7 @@ def run_contsub(plan, state, step, casa):
         move_tree(path, partial)
         state.created_for_good(path)
         outputs.append((partial, final))
-    replaced = {str(final) for _partial, final in outputs if final.exists()}
-    publish_line_outputs(state, outputs, replace=plan.options.overwrite_line)
+    replaced = {str(final) for final in publish_line_outputs(state, outputs, replace=plan.options.overwrite_line)}
     for stand_in in staged.values():
         remove_tree(stand_in)
         state.created_for_good(stand_in)

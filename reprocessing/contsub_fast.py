@@ -214,8 +214,7 @@ def contsub_with_uvcontsub(plan, state, step, casa, reason):
     for task in tasks:
         if task['arguments']['selfcal_fit']:
             state.created_for_good(Path(task['arguments']['selfcal_fit']))  # removed by the worker
-    replaced = {str(final) for _partial, final in outputs if final.exists()}
-    publish_line_outputs(state, outputs, replace=options.overwrite_line)
+    replaced = {str(final) for final in publish_line_outputs(state, outputs, replace=options.overwrite_line)}
     for ms, (_partial, final), result in zip(made, outputs, results):
         write_line_record(ms, expected[str(ms)], seconds=result['seconds'])
         say('  wrote %s: %d rows, spws %s, %s (%s, %.1f s)%s' % (

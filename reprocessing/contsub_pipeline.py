@@ -58,8 +58,7 @@ def run_contsub(plan, state, step, casa):
         move_tree(path, partial)
         state.created_for_good(path)
         outputs.append((partial, final))
-    replaced = {str(final) for _partial, final in outputs if final.exists()}
-    publish_line_outputs(state, outputs, replace=plan.options.overwrite_line)
+    replaced = {str(final) for final in publish_line_outputs(state, outputs, replace=plan.options.overwrite_line)}
     for stand_in in staged.values():
         remove_tree(stand_in)
         state.created_for_good(stand_in)

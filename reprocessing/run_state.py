@@ -386,6 +386,7 @@ def publish_line_outputs(state, outputs, *, replace):
     name is rolled back whole by the next run (every old line MS put back, every new one removed), so
     execution blocks never end with a mix of old and new line MSes.  With replace (--overwrite-line),
     an existing line MS is renamed aside just before its new one is published, and removed once all are.
+    Returns the final names whose earlier line MS was replaced.
     """
     if not replace:
         existing = [final for _partial, final in outputs if final.exists() or final.is_symlink()]
@@ -412,3 +413,4 @@ def publish_line_outputs(state, outputs, *, replace):
     for aside, _final in retired:
         state.discard_aside(aside)
     state.end_publishing_set()
+    return [final for _aside, final in retired]
