@@ -4,8 +4,8 @@ The archive's products are the FITS files of the MOUS's product/ folder
 (``<ous>.<field>_sci.spw<ids>.<specmode>.I.pbcor.fits`` with ``.pb.fits`` and ``.mask.fits``), found in
 the delivery's own folder, its parent or grandparent (a member.uid___... folder holds calibrated/ and
 product/ side by side), or where --archive-products points.  Each twin is described by describe_image,
-as the images table is (one definition of peak and rms: pb > 0.5), plus the flux inside the clean
-mask of a continuum image.
+as the images table is (one definition of peak and rms: image_stats, pb > 0.5, the rms outside the clean
+mask), plus the flux inside the clean mask of a continuum image.
 """
 
 import re
@@ -14,7 +14,7 @@ from pathlib import Path
 from .casa_engine import opened_tool
 from .image_publish import describe_image
 from .fileops import atomic_file
-from .image_stats import MAD_TO_RMS, flux_text, image_statistics, pb_mask_expression
+from .image_stats import MAD_TO_RMS, MIN_NOISE_PIXELS, flux_text, image_statistics, noise_mask_expression
 from .messages import ReprocessingError, one_line, warn
 
 _ARCHIVE_NAME = re.compile(r'^(?P<ous>[^.]+)\.(?P<target>.+?_[a-z]+)\.spw(?P<spw>[0-9_]+)\.(?P<specmode>mfs|cont|cube|repBW)'
@@ -88,9 +88,9 @@ def compare_with_archive(casa, placed, archive_dir, *, ous, pictures_dir=None):
         if twin is None or 'image' not in files:
             continue
         try:
-            new = describe_image(casa, files['image'], files.get('pb'))
+            new = describe_image(casa, files['image'], files.get('pb'), files.get('mask'))
             new['flux_jy'] = flux_in_mask(casa, files['image'], files.get('mask'))
-            old = describe_image(casa, twin['pbcor'], twin['pb'])
+            old = describe_image(casa, twin['pbcor'], twin['pb'], twin['mask'])
             old['flux_jy'] = flux_in_mask(casa, twin['pbcor'], twin['mask'])
         except Exception as error:  # the comparison is a view: a damaged archive file is only a warning
             warn('cannot compare %s with the archive\'s %s (%s)' % (product.archive_stem(), twin['pbcor'].name,
@@ -99,7 +99,8 @@ def compare_with_archive(casa, placed, archive_dir, *, ous, pictures_dir=None):
         row = {'image': product.archive_stem(ous), 'archive': twin['pbcor'].name, 'new': new, 'old': old}
         if pictures_dir is not None:
             row['picture'] = comparison_picture_or_warning(
-                casa, row, {'new': (files['image'], files.get('pb')), 'old': (twin['pbcor'], twin['pb'])},
+                casa, row, {'new': (files['image'], files.get('pb'), files.get('mask')),
+                            'old': (twin['pbcor'], twin['pb'], twin['mask'])},
                 Path(pictures_dir) / (row['image'] + '.archive.png'))
         rows.append(row)
     return rows
@@ -114,7 +115,8 @@ def comparison_cells(side):
             '%.4g mJy' % (side['flux_jy'] * 1e3) if side.get('flux_jy') is not None else '—']
 
 
-COMPARISON_HEADER = ['image', 'version', 'beam', 'cell', 'size', 'peak', 'rms (pb > 0.5)', 'flux in mask']
+COMPARISON_HEADER = ['image', 'version', 'beam', 'cell', 'size', 'peak', 'rms (pb > 0.5, outside the mask)',
+                     'flux in mask']
 
 
 def format_comparison(rows):
@@ -139,8 +141,8 @@ def comparison_picture_or_warning(casa, row, files, png_path):
 
 def render_comparison(casa, row, files, png_path):
     """A continuum image: new, archive and new − archive (same grid only) side by side.  A cube: the rms of
-    each channel (pb > 0.5) and the spectrum at each version's brightest pixel, both versions on one plot.
-    files: {'new': (pbcor, pb), 'old': (pbcor, pb)}."""
+    each channel (as the table's rms) and the spectrum at each version's brightest pixel, both versions on one
+    plot.  files: {'new': (pbcor, pb, mask), 'old': (pbcor, pb, mask)} (pb and mask may be None)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     import numpy
@@ -149,8 +151,9 @@ def render_comparison(casa, row, files, png_path):
     FigureCanvasAgg(figure)
     scale = 1e3
     if cube:
-        for index, (title, reader) in enumerate((('rms per channel (pb > 0.5)', channel_rms),
-                                                 ('spectrum at the brightest pixel', peak_spectrum))):
+        for index, (title, reader) in enumerate((
+                ('rms per channel (pb > 0.5, outside the mask)', channel_rms),
+                ('spectrum at the brightest pixel', lambda casa, pbcor, pb, _mask: peak_spectrum(casa, pbcor, pb)))):
             axes = figure.add_subplot(1, 2, index + 1)
             for side, label, style in (('new', 'new', '-'), ('old', 'archive', '--')):
                 frequencies, values = reader(casa, *files[side])
@@ -161,7 +164,7 @@ def render_comparison(casa, row, files, png_path):
             axes.ticklabel_format(axis='x', useOffset=False)
             axes.legend(fontsize=7)
     else:
-        new, old = _continuum_plane(casa, *files['new']), _continuum_plane(casa, *files['old'])
+        new, old = _continuum_plane(casa, *files['new'][:2]), _continuum_plane(casa, *files['old'][:2])
         panels = [('new: peak %s, rms %s' % (flux_text(row['new']['peak_jy']), flux_text(row['new']['rms_jy'])), new),
                   ('archive: peak %s, rms %s' % (flux_text(row['old']['peak_jy']), flux_text(row['old']['rms_jy'])),
                    old)]
@@ -213,17 +216,25 @@ def _spectral_axis(image):
     return axis, [(value + (channel - reference) * step) / 1e9 for channel in range(nchan)]
 
 
-def channel_rms(casa, pbcor, pb):
-    """(GHz, rms per channel): image_statistics' definition (robust, pb > 0.5), one channel at a time."""
+def channel_rms(casa, pbcor, pb, mask=None):
+    """(GHz, rms per channel): image_statistics' definition (robust, pb > 0.5, outside the clean mask), one
+    channel at a time; a channel with fewer than MIN_NOISE_PIXELS outside its mask uses all of pb > 0.5."""
     import numpy
     with opened_tool(casa.casatools.image(), pbcor) as image:
         axis, frequencies = _spectral_axis(image)
         others = [index for index in range(len(image.shape())) if index != axis]
-        stats = image.statistics(axes=others, robust=True, mask=pb_mask_expression(pb) if pb else '',
-                                 verbose=False, list=False)
-    mad = numpy.asarray(stats.get('medabsdevmed', []), dtype=float).ravel()
-    if mad.size != len(frequencies):
-        raise ValueError('no per-channel statistics')
+
+        def per_channel(expression):
+            stats = image.statistics(axes=others, robust=True, mask=expression, verbose=False, list=False)
+            mad = numpy.asarray(stats.get('medabsdevmed', []), dtype=float).ravel()
+            npts = numpy.asarray(stats.get('npts', []), dtype=float).ravel()
+            if mad.size != len(frequencies) or npts.size != len(frequencies):
+                raise ValueError('no per-channel statistics')
+            return mad, npts
+        mad, _npts = per_channel(noise_mask_expression(pb))
+        if mask is not None and Path(str(mask)).exists():
+            outside, npts = per_channel(noise_mask_expression(pb, mask))
+            mad = numpy.where(npts >= MIN_NOISE_PIXELS, outside, mad)
     return frequencies, list(MAD_TO_RMS * mad)
 
 

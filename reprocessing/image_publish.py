@@ -84,8 +84,9 @@ def export_fits(casa, image, fits_path):
         raise ReprocessingError('exportfits did not write %s — see the CASA log' % fits_path)
 
 
-def describe_image(casa, pbcor, pb=None):
-    """Beam, cell, shape, peak and rms of a primary-beam corrected image (rms where pb > 0.5)."""
+def describe_image(casa, pbcor, pb=None, mask=None):
+    """Beam, cell, shape, peak and rms of a primary-beam corrected image (image_statistics: where pb > 0.5,
+    the rms outside the clean mask when it is given)."""
     import math
     with opened_tool(casa.casatools.image(), pbcor) as image:
         shape = [int(n) for n in image.shape()]
@@ -98,7 +99,7 @@ def describe_image(casa, pbcor, pb=None):
         beam = image.restoringbeam()
         if 'major' not in beam:
             beam = image.commonbeam()
-    stats = image_statistics(casa, pbcor, pb=pb)
+    stats = image_statistics(casa, pbcor, pb=pb, clean_mask=mask)
     quanta = casa.casatools.quanta()
 
     def arcsec(quantity):
@@ -107,7 +108,8 @@ def describe_image(casa, pbcor, pb=None):
     return {'beam_arcsec': (round(arcsec(beam['major']), 4), round(arcsec(beam['minor']), 4),
                             round(float(angle['value']), 1)),
             'cell_arcsec': round(cell_arcsec, 5), 'imsize': shape[:2], 'nchan': nchan,
-            'peak_jy': stats['peak'], 'rms_jy': stats['rms'], 'peak_pixel': stats['peak_position']}
+            'peak_jy': stats['peak'], 'rms_jy': stats['rms'], 'peak_pixel': stats['peak_position'],
+            'rms_outside_mask': stats['rms_outside_mask']}
 
 
 def image_table(casa, placed, *, ous, thumbnails_dir=None):
@@ -127,14 +129,17 @@ def image_table(casa, placed, *, ous, thumbnails_dir=None):
             row['pbcor'] = casa_path
         if product.ext in ('pb', 'pb.tt0'):
             row['pb'] = casa_path
+        if product.ext == 'mask':
+            row['mask'] = casa_path
     table = []
     for row in rows.values():
-        pbcor, pb = row.pop('pbcor', None), row.pop('pb', None)
+        pbcor, pb, mask = row.pop('pbcor', None), row.pop('pb', None), row.pop('mask', None)
         if pbcor is not None:
-            row.update(describe_image(casa, pbcor, pb))
+            row.update(describe_image(casa, pbcor, pb, mask))
             if thumbnails_dir is not None:  # the picture's numbers are the table's
                 picture = thumbnail_or_warning(casa, pbcor, Path(thumbnails_dir) / (row['image'] + '.png'), pb=pb,
                                                statistics={'peak': row['peak_jy'], 'rms': row['rms_jy'],
+                                                           'rms_outside_mask': row['rms_outside_mask'],
                                                            'peak_position': row['peak_pixel']})
                 if picture is not None:
                     row.update(thumbnail=picture['png'], thumbnail_title=picture['title'])

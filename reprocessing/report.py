@@ -361,8 +361,8 @@ def _archive_section(state, assets):
             figures.append('<figure><img src="%s" alt="%s"><figcaption>%s: new and archive</figcaption></figure>'
                            % (escape(link), escape(row['image']), escape(row['image'])))
     return ['<h2>Compared with the archive\'s images</h2>',
-            '<p class="muted">Peak and rms where the primary beam is above 0.5, as in the images table; flux '
-            'inside the clean mask (continuum images).</p>', _table(COMPARISON_HEADER, cells)] + figures
+            '<p class="muted">Peak and rms where the primary beam is above 0.5, the rms outside the clean mask, '
+            'as in the images table; flux inside the clean mask (continuum images).</p>', _table(COMPARISON_HEADER, cells)] + figures
 
 
 def _format_value(column, value):

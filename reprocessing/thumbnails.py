@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .casa_engine import opened_tool
 from .fileops import atomic_file
-from .image_stats import PB_STATISTICS_LEVEL, flux_text, image_statistics
+from .image_stats import PB_STATISTICS_LEVEL, flux_text, image_statistics, statistics_region_text
 from .messages import one_line, warn
 
 
@@ -39,8 +39,8 @@ def render_image_thumbnail(*, image_path, png_path, casa, pb=None, statistics=No
     picture = _read_picture(image_path, pb, casa, statistics.get('peak_position'))
     title = '%s\npeak %s, rms %s%s' % (
         Path(str(image_path)).name, flux_text(statistics['peak'], picture['unit']),
-        flux_text(statistics['rms'], picture['unit']),
-        ' (pb > %g)' % PB_STATISTICS_LEVEL if pb is not None else '')
+        flux_text(statistics['rms'], picture['unit']), statistics_region_text(
+            pb=pb is not None, outside_mask=bool(statistics.get('rms_outside_mask'))))
     _plot_thumbnail(picture, title=title, png_path=Path(png_path))
     import numpy
     finite = picture['map'][numpy.isfinite(picture['map'])]

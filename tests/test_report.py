@@ -225,6 +225,34 @@ def test_a_cube_thumbnail_shows_the_source_not_the_edge_noise_of_the_pbcor_cube(
     assert 'rms %s (pb > 0.5)' % sfr.flux_text(statistics['rms']) in found['title']
 
 
+def test_the_rms_leaves_out_the_clean_mask_and_falls_back_when_the_mask_covers_the_image(tmp_path, casa):
+    """Residual structure of a bright source inside its clean mask must not count as noise."""
+    import numpy
+    image_path = make_test_image(casa, tmp_path / 'mfs.image', peak_jy=0.0, noise_jy=0.002)
+    x, y = numpy.meshgrid(numpy.arange(64), numpy.arange(64), indexing='ij')
+    inside = (x - 32) ** 2 + (y - 32) ** 2 < 18 ** 2  # a quarter of the image, as a mask of a bright source
+    image = casa.casatools.image()
+    image.open(str(image_path))
+    pixels = image.getchunk()
+    pixels[inside, 0, 0] += 0.05 * numpy.sin(x[inside])  # +-50 mJy/beam of "sidelobes" in the mask
+    image.putchunk(pixels)
+    image.close()
+    for name, region in (('source.mask', inside), ('full.mask', numpy.ones_like(inside))):
+        image.fromshape(str(tmp_path / name), [64, 64, 1, 1], overwrite=True)
+        image.putchunk(region[:, :, None, None].astype(float))
+        image.close()
+    everywhere = sfr.image_statistics(casa, image_path)
+    outside = sfr.image_statistics(casa, image_path, clean_mask=tmp_path / 'source.mask')
+    covered = sfr.image_statistics(casa, image_path, clean_mask=tmp_path / 'full.mask')
+    assert outside['rms_outside_mask'] and outside['rms'] == pytest.approx(0.002, rel=0.05)
+    assert everywhere['rms'] > 1.2 * outside['rms'], 'the structure in the mask raises the whole-image rms'
+    assert not covered['rms_outside_mask'] and covered['rms'] == pytest.approx(everywhere['rms'])
+    assert outside['peak'] == everywhere['peak'], 'the peak is looked for inside the mask too'
+    # a cube's per-channel rms follows the same definition
+    frequencies, rms = sfr.channel_rms(casa, image_path, None, tmp_path / 'source.mask')
+    assert len(rms) == 1 and rms[0] == pytest.approx(outside['rms'])
+
+
 def stub_delivery(root, *, contdat_text):
     """A calibrated_final/ layout with stand-in MSes: enough for a plan, no CASA needed."""
     for name in ('uid___A002_X1_X1_targets.ms', 'uid___A002_X1_X2_targets.ms'):
