@@ -2134,6 +2134,33 @@ def single_field_pixels(pb_radius_arcsec, cell_arcsec, pb_level=0.2):
     return int(math.floor(1.1 * fwhp * math.sqrt(-math.log(pb_level) / math.log(2.0)) / cell_arcsec + 0.5))
 
 
+# mosaicoverlap.py calls primaryBeamArcsec(fwhmfactor=1.13): its taper search on a 0.01 dB grid gives
+# 1.1299 lambda/D for 12 m and 1.1301 for 7 m dishes (computed with the pipeline's own functions): 1.13.
+MOSAIC_OVERLAP_FWHM_FACTOR = 1.13
+
+
+def mosaic_overlap_factor(offsets_arcsec, frequency_hz, diameter_m):
+    """The pipeline's mosaic sensitivity gain (hif/heuristics/mosaicoverlap.py, mosaicOverlapFactorMS).
+
+    At each pointing, the root of the summed squared responses of every pointing's Gaussian primary beam
+    (FWHM 1.13 lambda / D, cut at one FWHM from its centre, standing in for the first null); the largest
+    of these.  The pipeline divides the centre pointing's sensitivity by it.  offsets_arcsec: (x, y) of
+    each distinct pointing on the sky (small angles).
+    """
+    import math
+    fwhm = MOSAIC_OVERLAP_FWHM_FACTOR * SPEED_OF_LIGHT / frequency_hz / diameter_m * ARCSEC_PER_RADIAN
+    sigma = fwhm / 2.3548
+    best = 0.0
+    for x0, y0 in offsets_arcsec:
+        total = 0.0
+        for x, y in offsets_arcsec:
+            separation = math.hypot(x - x0, y - y0)
+            if separation < fwhm:
+                total += math.exp(-(separation / sigma) ** 2)  # the response squared
+        best = max(best, total)
+    return math.sqrt(best)
+
+
 def mosaic_pixels(pb_radius_arcsec, spread_arcsec, cell_arcsec, n_pointings):
     """The pipeline's mosaic size: the pointings' spread plus a primary-beam border (wider for 2-3 pointings)."""
     border = 1.65 if n_pointings <= 3 else 1.5
@@ -2317,26 +2344,54 @@ def sanitize_name(text):
 
 PB_STATISTICS_LEVEL = 0.5
 MAD_TO_RMS = 1.4826  # for Gaussian noise, rms = 1.4826 x the median absolute deviation
+# Fewer pixels than this outside the clean mask (a mask covering the image) and the rms uses all of pb >
+# PB_STATISTICS_LEVEL instead, as the pipeline falls back to its full annulus (PIPE-541).
+MIN_NOISE_PIXELS = 100
+
+
+def _lel_name(path):
+    return '"%s"' % str(path).replace('"', '\\"')
 
 
 def pb_mask_expression(pb):
     """The LEL mask of the pixels the statistics use: where the primary beam is above PB_STATISTICS_LEVEL."""
-    return '"%s" > %s' % (str(pb).replace('"', '\\"'), PB_STATISTICS_LEVEL)
+    return '%s > %s' % (_lel_name(pb), PB_STATISTICS_LEVEL)
 
 
-def image_statistics(casa, image, *, pb=None):
-    """{'peak', 'min', 'rms', 'peak_position'} of a CASA image (its unit, e.g. Jy/beam); NaN (position None)
-    where it holds no valid pixel.  peak_position is the pixel [x, y, ...] of the peak."""
-    mask = ''
-    if pb is not None and Path(pb).exists():
-        mask = pb_mask_expression(pb)
+def noise_mask_expression(pb=None, clean_mask=None):
+    """The LEL mask of the pixels the rms uses: pb_mask_expression's, and outside the clean mask if given."""
+    parts = []
+    if pb is not None and Path(str(pb)).exists():
+        parts.append(pb_mask_expression(pb))
+    if clean_mask is not None and Path(str(clean_mask)).exists():
+        parts.append('%s < 0.5' % _lel_name(clean_mask))
+    return ' && '.join(parts)
+
+
+def image_statistics(casa, image, *, pb=None, clean_mask=None):
+    """{'peak', 'min', 'rms', 'peak_position', 'rms_outside_mask'} of a CASA (or FITS) image, in its unit
+    (e.g. Jy/beam); NaN (position None) where it holds no valid pixel.  peak_position is the pixel
+    [x, y, ...] of the peak; rms_outside_mask says whether the clean mask was left out of the rms."""
     with opened_tool(casa.casatools.image(), image) as tool:
-        stats = tool.statistics(robust=True, mask=mask, verbose=False, list=False)
-    if not len(stats.get('max', [])):
-        return {'peak': float('nan'), 'min': float('nan'), 'rms': float('nan'), 'peak_position': None}
+        stats = tool.statistics(robust=True, mask=noise_mask_expression(pb), verbose=False, list=False)
+        if not len(stats.get('max', [])):
+            return {'peak': float('nan'), 'min': float('nan'), 'rms': float('nan'), 'peak_position': None,
+                    'rms_outside_mask': False}
+        noise, outside = stats, False
+        if clean_mask is not None and Path(str(clean_mask)).exists():
+            masked = tool.statistics(robust=True, mask=noise_mask_expression(pb, clean_mask), verbose=False,
+                                     list=False)
+            if len(masked.get('npts', [])) and masked['npts'][0] >= MIN_NOISE_PIXELS:
+                noise, outside = masked, True
     return {'peak': float(stats['max'][0]), 'min': float(stats['min'][0]),
-            'rms': MAD_TO_RMS * float(stats['medabsdevmed'][0]),
-            'peak_position': [int(i) for i in stats['maxpos']]}
+            'rms': MAD_TO_RMS * float(noise['medabsdevmed'][0]),
+            'peak_position': [int(i) for i in stats['maxpos']], 'rms_outside_mask': outside}
+
+
+def statistics_region_text(*, pb, outside_mask):
+    """Where the rms was measured, as the pictures print it: ' (pb > 0.5, outside the clean mask)'."""
+    parts = (['pb > %g' % PB_STATISTICS_LEVEL] if pb else []) + (['outside the clean mask'] if outside_mask else [])
+    return ' (%s)' % ', '.join(parts) if parts else ''
 
 
 def flux_text(value, unit='Jy/beam'):
@@ -3196,7 +3251,7 @@ ImageJob = collections.namedtuple(
                 'phasecenter gridder deconvolver nterms reffreq spectral autobox nchan beam_arcsec dish_m')
 
 TCLEAN_NITER = 1000000  # a cap that is never reached: cleaning stops at the threshold
-TCLEAN_NSIGMA = 2.0     # without a theoretical sensitivity (mosaics): twice the residual's rms (the pipeline's tlimit)
+TCLEAN_NSIGMA = 2.0     # without a theoretical sensitivity: twice the residual's rms (the pipeline's tlimit)
 PB_LIMIT = 0.2          # image out to the 0.2 level of the primary beam (the pipeline's pblimit)
 PB_MASK = 0.3           # the fallback's mask: the primary beam above 0.3 (the pipeline's pblimit_cleanmask)
 # hif_tclean passes no pbmask (tclean's 0.0); here automasking stays inside the primary beam above 0.3.
@@ -3734,10 +3789,8 @@ def _dirty_image_and_threshold(casa, job, request, arguments, report):
     dr_correction()), the dirty dynamic range being the dirty peak (inside the 0.2 primary-beam level) over
     the sensitivity.  The dirty image's PSF and residual are the cleaning's start (calcpsf/calcres False),
     so this costs one tclean start, not a second gridding.  None (clean to nsigma=2 of the residual's rms
-    instead) for mosaics, whose sensitivity needs the pipeline's mosaic overlap factor.
+    instead) when the sensitivity cannot be computed.
     """
-    if job.gridder != 'standard':
-        return None
     sensitivity = theoretical_sensitivity(casa, job, request)
     if not sensitivity:
         return None
@@ -3777,21 +3830,26 @@ def _selected_channels(selection):
 
 
 def theoretical_sensitivity(casa, job, request):
-    """Jy/beam: imageparams_base.py calc_sensitivities() for one field: per EB and spw, imager.apparentsens of
-    the whole spw (briggs at the job's robust: the imager knows no briggsbwtaper), scaled to the channels an
-    image plane holds (cubes: nbin native channels; mfs/cont: the continuum channels) and by the online-
-    smoothing factor (get_bw_corr_factor), combined as 1 / sqrt(sum 1 / s^2).  0.0 when it cannot be computed.
+    """Jy/beam: imageparams_base.py calc_sensitivities(): per EB and spw, imager.apparentsens of the whole spw
+    (briggs at the job's robust: the imager knows no briggsbwtaper) for the field (a mosaic: the pointing
+    nearest the image's centre, center_field_ids(), divided by the mosaic overlap factor), scaled to the
+    channels an image plane holds (cubes: nbin native channels; mfs/cont: the continuum channels) and by the
+    online-smoothing factor (get_bw_corr_factor), combined as 1 / sqrt(sum 1 / s^2).  0.0 when it cannot be
+    computed.
     """
     import math
     robust = 0.5 if request.robust is None else request.robust
     inverse_squares = 0.0
     for vis, field_ids, selection in zip(job.vis, job.field_ids, job.spw_selection):
-        centre_field = int(field_ids.split(',')[0])
+        fields = [int(i) for i in field_ids.split(',')]
         for spw_id, selected in _selected_channels(selection).items():
             with opened_tool(casa.casatools.msmetadata(), vis) as msmd:
                 nchan = int(msmd.nchan(spw_id))
                 physical = abs(float(msmd.chanwidths(spw_id)[0]))
                 effective = abs(float(msmd.chaneffbws(spw_id)[0]))
+                centre_field, overlap = fields[0], 1.0
+                if job.gridder == 'mosaic':
+                    centre_field, overlap = _mosaic_centre_and_overlap(casa, msmd, fields, job.phasecenter, spw_id)
             imager = casa.casatools.imager()
             try:
                 imager.selectvis(vis=vis, spw='%d:0~%d' % (spw_id, nchan - 1), field=str(centre_field),
@@ -3817,9 +3875,37 @@ def theoretical_sensitivity(casa, job, request):
             else:
                 per_plane = nchan if selected is None else selected
             sensitivity = full * math.sqrt(float(nchan) / per_plane) * \
-                bandwidth_correction_factor(physical, effective, nchan, per_plane)
+                bandwidth_correction_factor(physical, effective, nchan, per_plane) / overlap
             inverse_squares += 1.0 / sensitivity ** 2
     return 1.0 / math.sqrt(inverse_squares) if inverse_squares else 0.0
+
+
+def _mosaic_centre_and_overlap(casa, msmd, fields, phasecenter, spw_id):
+    """(the field nearest the mosaic image's phase centre, the mosaic overlap factor) in one MS, as
+    center_field_ids() and mosaicOverlapFactorMS() (the spw's centre frequency, the median dish).  A phase
+    centre that is not a direction (TRACKFIELD) is taken as the middle of the pointings' extent."""
+    import math
+    import numpy
+    quanta = casa.casatools.quanta()
+    directions = [msmd.phasecenter(field_id) for field_id in fields]
+    ra0, dec0 = directions[0]['m0']['value'], directions[0]['m1']['value']
+
+    def offset(ra, dec):  # arcsec east and north of the first field (small angles)
+        return (((ra - ra0 + math.pi) % (2 * math.pi) - math.pi) * math.cos(dec0) * ARCSEC_PER_RADIAN,
+                (dec - dec0) * ARCSEC_PER_RADIAN)
+    offsets = [offset(d['m0']['value'], d['m1']['value']) for d in directions]
+    parts = (phasecenter or '').split()
+    if len(parts) == 3:
+        centre = offset(*(float(quanta.convert(quanta.quantity(v), 'rad')['value']) for v in parts[1:]))
+    else:
+        centre = tuple((max(axis) + min(axis)) / 2.0 for axis in zip(*offsets))
+    nearest = min(range(len(fields)), key=lambda i: math.hypot(offsets[i][0] - centre[0], offsets[i][1] - centre[1]))
+    diameter = float(numpy.median([quanta.convert(d, 'm')['value'] for d in msmd.antennadiameter().values()]))
+    distinct = []
+    for point in offsets:  # a pointing that two field ids share counts once
+        if all(math.hypot(point[0] - other[0], point[1] - other[1]) > 0.01 for other in distinct):
+            distinct.append(point)
+    return fields[nearest], mosaic_overlap_factor(distinct, float(msmd.meanfreq(spw_id)), diameter)
 
 
 def _clean_in_primary_beam_mask(casa, job, arguments, report):
@@ -3886,8 +3972,8 @@ def render_image_thumbnail(*, image_path, png_path, casa, pb=None, statistics=No
     picture = _read_picture(image_path, pb, casa, statistics.get('peak_position'))
     title = '%s\npeak %s, rms %s%s' % (
         Path(str(image_path)).name, flux_text(statistics['peak'], picture['unit']),
-        flux_text(statistics['rms'], picture['unit']),
-        ' (pb > %g)' % PB_STATISTICS_LEVEL if pb is not None else '')
+        flux_text(statistics['rms'], picture['unit']), statistics_region_text(
+            pb=pb is not None, outside_mask=bool(statistics.get('rms_outside_mask'))))
     _plot_thumbnail(picture, title=title, png_path=Path(png_path))
     import numpy
     finite = picture['map'][numpy.isfinite(picture['map'])]
@@ -4108,8 +4194,9 @@ def export_fits(casa, image, fits_path):
         raise ReprocessingError('exportfits did not write %s — see the CASA log' % fits_path)
 
 
-def describe_image(casa, pbcor, pb=None):
-    """Beam, cell, shape, peak and rms of a primary-beam corrected image (rms where pb > 0.5)."""
+def describe_image(casa, pbcor, pb=None, mask=None):
+    """Beam, cell, shape, peak and rms of a primary-beam corrected image (image_statistics: where pb > 0.5,
+    the rms outside the clean mask when it is given)."""
     import math
     with opened_tool(casa.casatools.image(), pbcor) as image:
         shape = [int(n) for n in image.shape()]
@@ -4122,7 +4209,7 @@ def describe_image(casa, pbcor, pb=None):
         beam = image.restoringbeam()
         if 'major' not in beam:
             beam = image.commonbeam()
-    stats = image_statistics(casa, pbcor, pb=pb)
+    stats = image_statistics(casa, pbcor, pb=pb, clean_mask=mask)
     quanta = casa.casatools.quanta()
 
     def arcsec(quantity):
@@ -4131,7 +4218,8 @@ def describe_image(casa, pbcor, pb=None):
     return {'beam_arcsec': (round(arcsec(beam['major']), 4), round(arcsec(beam['minor']), 4),
                             round(float(angle['value']), 1)),
             'cell_arcsec': round(cell_arcsec, 5), 'imsize': shape[:2], 'nchan': nchan,
-            'peak_jy': stats['peak'], 'rms_jy': stats['rms'], 'peak_pixel': stats['peak_position']}
+            'peak_jy': stats['peak'], 'rms_jy': stats['rms'], 'peak_pixel': stats['peak_position'],
+            'rms_outside_mask': stats['rms_outside_mask']}
 
 
 def image_table(casa, placed, *, ous, thumbnails_dir=None):
@@ -4151,14 +4239,17 @@ def image_table(casa, placed, *, ous, thumbnails_dir=None):
             row['pbcor'] = casa_path
         if product.ext in ('pb', 'pb.tt0'):
             row['pb'] = casa_path
+        if product.ext == 'mask':
+            row['mask'] = casa_path
     table = []
     for row in rows.values():
-        pbcor, pb = row.pop('pbcor', None), row.pop('pb', None)
+        pbcor, pb, mask = row.pop('pbcor', None), row.pop('pb', None), row.pop('mask', None)
         if pbcor is not None:
-            row.update(describe_image(casa, pbcor, pb))
+            row.update(describe_image(casa, pbcor, pb, mask))
             if thumbnails_dir is not None:  # the picture's numbers are the table's
                 picture = thumbnail_or_warning(casa, pbcor, Path(thumbnails_dir) / (row['image'] + '.png'), pb=pb,
                                                statistics={'peak': row['peak_jy'], 'rms': row['rms_jy'],
+                                                           'rms_outside_mask': row['rms_outside_mask'],
                                                            'peak_position': row['peak_pixel']})
                 if picture is not None:
                     row.update(thumbnail=picture['png'], thumbnail_title=picture['title'])
@@ -4258,9 +4349,9 @@ def compare_with_archive(casa, placed, archive_dir, *, ous, pictures_dir=None):
         if twin is None or 'image' not in files:
             continue
         try:
-            new = describe_image(casa, files['image'], files.get('pb'))
+            new = describe_image(casa, files['image'], files.get('pb'), files.get('mask'))
             new['flux_jy'] = flux_in_mask(casa, files['image'], files.get('mask'))
-            old = describe_image(casa, twin['pbcor'], twin['pb'])
+            old = describe_image(casa, twin['pbcor'], twin['pb'], twin['mask'])
             old['flux_jy'] = flux_in_mask(casa, twin['pbcor'], twin['mask'])
         except Exception as error:  # the comparison is a view: a damaged archive file is only a warning
             warn('cannot compare %s with the archive\'s %s (%s)' % (product.archive_stem(), twin['pbcor'].name,
@@ -4269,7 +4360,8 @@ def compare_with_archive(casa, placed, archive_dir, *, ous, pictures_dir=None):
         row = {'image': product.archive_stem(ous), 'archive': twin['pbcor'].name, 'new': new, 'old': old}
         if pictures_dir is not None:
             row['picture'] = comparison_picture_or_warning(
-                casa, row, {'new': (files['image'], files.get('pb')), 'old': (twin['pbcor'], twin['pb'])},
+                casa, row, {'new': (files['image'], files.get('pb'), files.get('mask')),
+                            'old': (twin['pbcor'], twin['pb'], twin['mask'])},
                 Path(pictures_dir) / (row['image'] + '.archive.png'))
         rows.append(row)
     return rows
@@ -4284,7 +4376,8 @@ def comparison_cells(side):
             '%.4g mJy' % (side['flux_jy'] * 1e3) if side.get('flux_jy') is not None else '—']
 
 
-COMPARISON_HEADER = ['image', 'version', 'beam', 'cell', 'size', 'peak', 'rms (pb > 0.5)', 'flux in mask']
+COMPARISON_HEADER = ['image', 'version', 'beam', 'cell', 'size', 'peak', 'rms (pb > 0.5, outside the mask)',
+                     'flux in mask']
 
 
 def format_comparison(rows):
@@ -4309,8 +4402,8 @@ def comparison_picture_or_warning(casa, row, files, png_path):
 
 def render_comparison(casa, row, files, png_path):
     """A continuum image: new, archive and new − archive (same grid only) side by side.  A cube: the rms of
-    each channel (pb > 0.5) and the spectrum at each version's brightest pixel, both versions on one plot.
-    files: {'new': (pbcor, pb), 'old': (pbcor, pb)}."""
+    each channel (as the table's rms) and the spectrum at each version's brightest pixel, both versions on one
+    plot.  files: {'new': (pbcor, pb, mask), 'old': (pbcor, pb, mask)} (pb and mask may be None)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     import numpy
@@ -4319,8 +4412,9 @@ def render_comparison(casa, row, files, png_path):
     FigureCanvasAgg(figure)
     scale = 1e3
     if cube:
-        for index, (title, reader) in enumerate((('rms per channel (pb > 0.5)', channel_rms),
-                                                 ('spectrum at the brightest pixel', peak_spectrum))):
+        for index, (title, reader) in enumerate((
+                ('rms per channel (pb > 0.5, outside the mask)', channel_rms),
+                ('spectrum at the brightest pixel', lambda casa, pbcor, pb, _mask: peak_spectrum(casa, pbcor, pb)))):
             axes = figure.add_subplot(1, 2, index + 1)
             for side, label, style in (('new', 'new', '-'), ('old', 'archive', '--')):
                 frequencies, values = reader(casa, *files[side])
@@ -4331,7 +4425,7 @@ def render_comparison(casa, row, files, png_path):
             axes.ticklabel_format(axis='x', useOffset=False)
             axes.legend(fontsize=7)
     else:
-        new, old = _continuum_plane(casa, *files['new']), _continuum_plane(casa, *files['old'])
+        new, old = _continuum_plane(casa, *files['new'][:2]), _continuum_plane(casa, *files['old'][:2])
         panels = [('new: peak %s, rms %s' % (flux_text(row['new']['peak_jy']), flux_text(row['new']['rms_jy'])), new),
                   ('archive: peak %s, rms %s' % (flux_text(row['old']['peak_jy']), flux_text(row['old']['rms_jy'])),
                    old)]
@@ -4383,17 +4477,25 @@ def _spectral_axis(image):
     return axis, [(value + (channel - reference) * step) / 1e9 for channel in range(nchan)]
 
 
-def channel_rms(casa, pbcor, pb):
-    """(GHz, rms per channel): image_statistics' definition (robust, pb > 0.5), one channel at a time."""
+def channel_rms(casa, pbcor, pb, mask=None):
+    """(GHz, rms per channel): image_statistics' definition (robust, pb > 0.5, outside the clean mask), one
+    channel at a time; a channel with fewer than MIN_NOISE_PIXELS outside its mask uses all of pb > 0.5."""
     import numpy
     with opened_tool(casa.casatools.image(), pbcor) as image:
         axis, frequencies = _spectral_axis(image)
         others = [index for index in range(len(image.shape())) if index != axis]
-        stats = image.statistics(axes=others, robust=True, mask=pb_mask_expression(pb) if pb else '',
-                                 verbose=False, list=False)
-    mad = numpy.asarray(stats.get('medabsdevmed', []), dtype=float).ravel()
-    if mad.size != len(frequencies):
-        raise ValueError('no per-channel statistics')
+
+        def per_channel(expression):
+            stats = image.statistics(axes=others, robust=True, mask=expression, verbose=False, list=False)
+            mad = numpy.asarray(stats.get('medabsdevmed', []), dtype=float).ravel()
+            npts = numpy.asarray(stats.get('npts', []), dtype=float).ravel()
+            if mad.size != len(frequencies) or npts.size != len(frequencies):
+                raise ValueError('no per-channel statistics')
+            return mad, npts
+        mad, _npts = per_channel(noise_mask_expression(pb))
+        if mask is not None and Path(str(mask)).exists():
+            outside, npts = per_channel(noise_mask_expression(pb, mask))
+            mad = numpy.where(npts >= MIN_NOISE_PIXELS, outside, mad)
     return frequencies, list(MAD_TO_RMS * mad)
 
 
@@ -7604,8 +7706,8 @@ def _archive_section(state, assets):
             figures.append('<figure><img src="%s" alt="%s"><figcaption>%s: new and archive</figcaption></figure>'
                            % (escape(link), escape(row['image']), escape(row['image'])))
     return ['<h2>Compared with the archive\'s images</h2>',
-            '<p class="muted">Peak and rms where the primary beam is above 0.5, as in the images table; flux '
-            'inside the clean mask (continuum images).</p>', _table(COMPARISON_HEADER, cells)] + figures
+            '<p class="muted">Peak and rms where the primary beam is above 0.5, the rms outside the clean mask, '
+            'as in the images table; flux inside the clean mask (continuum images).</p>', _table(COMPARISON_HEADER, cells)] + figures
 
 
 def _format_value(column, value):

@@ -11,7 +11,7 @@ within 1, peak within 5%, rms within 10%, casa engine wall time <= 0.5 x the pip
 Without the ALMA pipeline it says so and exits 0 (nothing to compare against).
 
 Usage: python bench/bench_engines.py [--n-antennas 20] [--seed 1] [--specmodes mfs,cont,cube,repBW]
-                                     [--workdir DIR] [--keep]
+                                     [--mosaic N] [--workdir DIR] [--keep]
 """
 import argparse
 import collections
@@ -90,7 +90,9 @@ def read_products(casa, images):
         cell = abs(increment[0]) * 180.0 / 3.141592653589793 * 3600.0
         nchan = int(shape[spectral]) if spectral is not None else 1
         pb = fits.with_name(fits.name.replace('.pbcor.fits', '.pb.fits').replace('.tt0.pb.fits', '.pb.tt0.fits'))
-        stats = image_statistics(casa, str(fits), pb=str(pb) if pb.exists() else None)
+        mask = fits.with_name(fits.name.replace('.pbcor.fits', '.mask.fits').replace('.tt0.mask.fits', '.mask.fits'))
+        stats = image_statistics(casa, str(fits), pb=str(pb) if pb.exists() else None,
+                                 clean_mask=str(mask) if mask.exists() else None)
         products[key] = Product(key, fits, beam, cell, [int(shape[0]), int(shape[1])], nchan, stats['peak'],
                                 stats['rms'])
     return products
@@ -135,6 +137,8 @@ def main(argv=None):
     parser.add_argument('--n-antennas', type=int, default=20)
     parser.add_argument('--seed', type=int, default=1)
     parser.add_argument('--specmodes', default='mfs,cont,cube,repBW')
+    parser.add_argument('--mosaic', type=int, default=0, metavar='N',
+                        help='a mosaic of N hexagonal Nyquist-spaced 12 m pointings, the source 9" off its centre')
     parser.add_argument('--workdir', default=None, help='where to work (default: a temporary folder, removed)')
     parser.add_argument('--keep', action='store_true', help='keep the working folder')
     parser.add_argument('--only', choices=('pipeline', 'casa', 'none'), default=None,
@@ -151,9 +155,14 @@ def main(argv=None):
     try:
         params = dict(n_ebs=args.n_ebs, n_antennas=args.n_antennas, seed=args.seed, with_line_ms=True,
                       pipeline_ready=True)
+        if args.mosaic:
+            from simulate_delivery import hexagonal_mosaic_offsets
+            params.update(mosaic_offsets_arcsec=hexagonal_mosaic_offsets(args.mosaic, freq_ghz=217.0),
+                          offset_arcsec=(9.0, 4.0))
         source = cached_delivery(os.environ.get('SIMULATION_CACHE') or workdir / 'cache', **params)
-        print('delivery: %d EBs, %d antennas, seed %d, pipeline-ready, line MSes; specmodes %s'
-              % (args.n_ebs, args.n_antennas, args.seed, args.specmodes), flush=True)
+        print('delivery: %d EBs, %d antennas, seed %d, pipeline-ready, line MSes%s; specmodes %s'
+              % (args.n_ebs, args.n_antennas, args.seed, ', a %d-pointing mosaic' % args.mosaic if args.mosaic else '',
+                 args.specmodes), flush=True)
         walls = {}
         for engine in ('pipeline', 'casa'):
             delivery = workdir / engine / 'calibrated_final'

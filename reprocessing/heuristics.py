@@ -61,6 +61,33 @@ def single_field_pixels(pb_radius_arcsec, cell_arcsec, pb_level=0.2):
     return int(math.floor(1.1 * fwhp * math.sqrt(-math.log(pb_level) / math.log(2.0)) / cell_arcsec + 0.5))
 
 
+# mosaicoverlap.py calls primaryBeamArcsec(fwhmfactor=1.13): its taper search on a 0.01 dB grid gives
+# 1.1299 lambda/D for 12 m and 1.1301 for 7 m dishes (computed with the pipeline's own functions): 1.13.
+MOSAIC_OVERLAP_FWHM_FACTOR = 1.13
+
+
+def mosaic_overlap_factor(offsets_arcsec, frequency_hz, diameter_m):
+    """The pipeline's mosaic sensitivity gain (hif/heuristics/mosaicoverlap.py, mosaicOverlapFactorMS).
+
+    At each pointing, the root of the summed squared responses of every pointing's Gaussian primary beam
+    (FWHM 1.13 lambda / D, cut at one FWHM from its centre, standing in for the first null); the largest
+    of these.  The pipeline divides the centre pointing's sensitivity by it.  offsets_arcsec: (x, y) of
+    each distinct pointing on the sky (small angles).
+    """
+    import math
+    fwhm = MOSAIC_OVERLAP_FWHM_FACTOR * SPEED_OF_LIGHT / frequency_hz / diameter_m * ARCSEC_PER_RADIAN
+    sigma = fwhm / 2.3548
+    best = 0.0
+    for x0, y0 in offsets_arcsec:
+        total = 0.0
+        for x, y in offsets_arcsec:
+            separation = math.hypot(x - x0, y - y0)
+            if separation < fwhm:
+                total += math.exp(-(separation / sigma) ** 2)  # the response squared
+        best = max(best, total)
+    return math.sqrt(best)
+
+
 def mosaic_pixels(pb_radius_arcsec, spread_arcsec, cell_arcsec, n_pointings):
     """The pipeline's mosaic size: the pointings' spread plus a primary-beam border (wider for 2-3 pointings)."""
     border = 1.65 if n_pointings <= 3 else 1.5

@@ -8,7 +8,7 @@ from pathlib import Path
 from .casa_engine import _full_disk_among, casa_task, opened_table, opened_tool
 from .channels import ChannelConverter
 from .fileops import human_bytes, remove_tree, require_free_space
-from .heuristics import autobox_parameters, bandwidth_correction_factor, baseline_percentile, cube_channel_grid, dynamic_range_threshold, cube_weighting, distinct_pointings, fractional_bandwidth, heuristic_cell_arcsec, lsrk_intersection, mosaic_pixels, mtmfs_reffreq_hz, pointing_geometry, primary_beam_radius_arcsec, psf_imaging_cell_arcsec, psf_imaging_pixels, representative_nbin, round_beam_arcsec, sanitize_name, single_field_pixels, synthesized_beam_arcsec
+from .heuristics import ARCSEC_PER_RADIAN, autobox_parameters, bandwidth_correction_factor, baseline_percentile, cube_channel_grid, dynamic_range_threshold, cube_weighting, distinct_pointings, fractional_bandwidth, heuristic_cell_arcsec, lsrk_intersection, mosaic_overlap_factor, mosaic_pixels, mtmfs_reffreq_hz, pointing_geometry, primary_beam_radius_arcsec, psf_imaging_cell_arcsec, psf_imaging_pixels, representative_nbin, round_beam_arcsec, sanitize_name, single_field_pixels, synthesized_beam_arcsec
 from .image_stats import image_statistics
 from .imaging_options import ImagingRequest, nbins_for_spw
 from .messages import ReprocessingError, one_line, say
@@ -119,7 +119,7 @@ ImageJob = collections.namedtuple(
                 'phasecenter gridder deconvolver nterms reffreq spectral autobox nchan beam_arcsec dish_m')
 
 TCLEAN_NITER = 1000000  # a cap that is never reached: cleaning stops at the threshold
-TCLEAN_NSIGMA = 2.0     # without a theoretical sensitivity (mosaics): twice the residual's rms (the pipeline's tlimit)
+TCLEAN_NSIGMA = 2.0     # without a theoretical sensitivity: twice the residual's rms (the pipeline's tlimit)
 PB_LIMIT = 0.2          # image out to the 0.2 level of the primary beam (the pipeline's pblimit)
 PB_MASK = 0.3           # the fallback's mask: the primary beam above 0.3 (the pipeline's pblimit_cleanmask)
 # hif_tclean passes no pbmask (tclean's 0.0); here automasking stays inside the primary beam above 0.3.
@@ -657,10 +657,8 @@ def _dirty_image_and_threshold(casa, job, request, arguments, report):
     dr_correction()), the dirty dynamic range being the dirty peak (inside the 0.2 primary-beam level) over
     the sensitivity.  The dirty image's PSF and residual are the cleaning's start (calcpsf/calcres False),
     so this costs one tclean start, not a second gridding.  None (clean to nsigma=2 of the residual's rms
-    instead) for mosaics, whose sensitivity needs the pipeline's mosaic overlap factor.
+    instead) when the sensitivity cannot be computed.
     """
-    if job.gridder != 'standard':
-        return None
     sensitivity = theoretical_sensitivity(casa, job, request)
     if not sensitivity:
         return None
@@ -700,21 +698,26 @@ def _selected_channels(selection):
 
 
 def theoretical_sensitivity(casa, job, request):
-    """Jy/beam: imageparams_base.py calc_sensitivities() for one field: per EB and spw, imager.apparentsens of
-    the whole spw (briggs at the job's robust: the imager knows no briggsbwtaper), scaled to the channels an
-    image plane holds (cubes: nbin native channels; mfs/cont: the continuum channels) and by the online-
-    smoothing factor (get_bw_corr_factor), combined as 1 / sqrt(sum 1 / s^2).  0.0 when it cannot be computed.
+    """Jy/beam: imageparams_base.py calc_sensitivities(): per EB and spw, imager.apparentsens of the whole spw
+    (briggs at the job's robust: the imager knows no briggsbwtaper) for the field (a mosaic: the pointing
+    nearest the image's centre, center_field_ids(), divided by the mosaic overlap factor), scaled to the
+    channels an image plane holds (cubes: nbin native channels; mfs/cont: the continuum channels) and by the
+    online-smoothing factor (get_bw_corr_factor), combined as 1 / sqrt(sum 1 / s^2).  0.0 when it cannot be
+    computed.
     """
     import math
     robust = 0.5 if request.robust is None else request.robust
     inverse_squares = 0.0
     for vis, field_ids, selection in zip(job.vis, job.field_ids, job.spw_selection):
-        centre_field = int(field_ids.split(',')[0])
+        fields = [int(i) for i in field_ids.split(',')]
         for spw_id, selected in _selected_channels(selection).items():
             with opened_tool(casa.casatools.msmetadata(), vis) as msmd:
                 nchan = int(msmd.nchan(spw_id))
                 physical = abs(float(msmd.chanwidths(spw_id)[0]))
                 effective = abs(float(msmd.chaneffbws(spw_id)[0]))
+                centre_field, overlap = fields[0], 1.0
+                if job.gridder == 'mosaic':
+                    centre_field, overlap = _mosaic_centre_and_overlap(casa, msmd, fields, job.phasecenter, spw_id)
             imager = casa.casatools.imager()
             try:
                 imager.selectvis(vis=vis, spw='%d:0~%d' % (spw_id, nchan - 1), field=str(centre_field),
@@ -740,9 +743,37 @@ def theoretical_sensitivity(casa, job, request):
             else:
                 per_plane = nchan if selected is None else selected
             sensitivity = full * math.sqrt(float(nchan) / per_plane) * \
-                bandwidth_correction_factor(physical, effective, nchan, per_plane)
+                bandwidth_correction_factor(physical, effective, nchan, per_plane) / overlap
             inverse_squares += 1.0 / sensitivity ** 2
     return 1.0 / math.sqrt(inverse_squares) if inverse_squares else 0.0
+
+
+def _mosaic_centre_and_overlap(casa, msmd, fields, phasecenter, spw_id):
+    """(the field nearest the mosaic image's phase centre, the mosaic overlap factor) in one MS, as
+    center_field_ids() and mosaicOverlapFactorMS() (the spw's centre frequency, the median dish).  A phase
+    centre that is not a direction (TRACKFIELD) is taken as the middle of the pointings' extent."""
+    import math
+    import numpy
+    quanta = casa.casatools.quanta()
+    directions = [msmd.phasecenter(field_id) for field_id in fields]
+    ra0, dec0 = directions[0]['m0']['value'], directions[0]['m1']['value']
+
+    def offset(ra, dec):  # arcsec east and north of the first field (small angles)
+        return (((ra - ra0 + math.pi) % (2 * math.pi) - math.pi) * math.cos(dec0) * ARCSEC_PER_RADIAN,
+                (dec - dec0) * ARCSEC_PER_RADIAN)
+    offsets = [offset(d['m0']['value'], d['m1']['value']) for d in directions]
+    parts = (phasecenter or '').split()
+    if len(parts) == 3:
+        centre = offset(*(float(quanta.convert(quanta.quantity(v), 'rad')['value']) for v in parts[1:]))
+    else:
+        centre = tuple((max(axis) + min(axis)) / 2.0 for axis in zip(*offsets))
+    nearest = min(range(len(fields)), key=lambda i: math.hypot(offsets[i][0] - centre[0], offsets[i][1] - centre[1]))
+    diameter = float(numpy.median([quanta.convert(d, 'm')['value'] for d in msmd.antennadiameter().values()]))
+    distinct = []
+    for point in offsets:  # a pointing that two field ids share counts once
+        if all(math.hypot(point[0] - other[0], point[1] - other[1]) > 0.01 for other in distinct):
+            distinct.append(point)
+    return fields[nearest], mosaic_overlap_factor(distinct, float(msmd.meanfreq(spw_id)), diameter)
 
 
 def _clean_in_primary_beam_mask(casa, job, arguments, report):

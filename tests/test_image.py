@@ -370,6 +370,16 @@ def test_mosaic_of_two_pointings_images_both(delivery_factory, run_script, casa)
     result = run_image(run_script, delivery, '--specmodes', 'mfs', '--spw', '25')
     assert result.returncode == 0, result.stdout + result.stderr
     assert ', mosaic' in result.stdout
+    # cleaned to the pipeline's threshold (not nsigma): the apparentsens of the pointing nearest the image's
+    # centre over mosaicOverlapFactorMS's factor (its functions give 1.1050537 for these two pointings 14" apart
+    # at spw 25's 216.95 GHz)
+    assert re.search(r'theoretical sensitivity [0-9.]+ mJy/beam, dirty peak', result.stdout), result.stdout
+    ms = sorted((delivery / 'measurement_sets').glob('*_targets.ms'))[0]
+    second = truth_of(delivery)['mosaic_pointings'][1]  # a phase centre on the second pointing picks that one
+    with sfr.opened_tool(casa.casatools.msmetadata(), ms) as msmd:
+        centre, overlap = sfr._mosaic_centre_and_overlap(
+            casa, msmd, [0, 1], 'J2000 %.10fdeg %.10fdeg' % (second['ra_deg'], second['dec_deg']), 25)
+    assert centre == 1 and overlap == pytest.approx(1.1050537, rel=2e-4)
     truth = truth_of(delivery)
     pbcor, coordinates, _beam, _unit = read_image(casa, fits_named(delivery / 'images', r'mfs\.I\.pbcor'))
     pb, _c, _b, _u = read_image(casa, fits_named(delivery / 'images', r'mfs\.I\.pb\.fits'))

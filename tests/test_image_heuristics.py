@@ -59,6 +59,18 @@ def test_cell_is_a_fifth_of_the_psf_minor_axis_to_two_digits():
     assert sfr.psf_imaging_cell_arcsec(0.3) == 0.12                               # advise's 0.3 / 2.5
 
 
+def test_mosaic_overlap_factor_is_the_pipelines():
+    """The values of mosaicoverlap.py's own functions (pipeline 2026.0.0.0+1377-gfbf19139c1, primaryBeamArcsec
+    and gaussianBeamResponse with fwhmfactor=1.13) for the same pointings."""
+    from simulate_delivery import hexagonal_mosaic_offsets
+    for offsets, frequency_hz, diameter_m, pipeline in (
+            (hexagonal_mosaic_offsets(50, freq_ghz=217.0, dish_m=7.0), 217e9, 7.0, 1.5777471),
+            ([(0.0, 0.0), (14.0, 0.0)], 230e9, 12.0, 1.0878547),
+            (hexagonal_mosaic_offsets(7, freq_ghz=230.0, dish_m=12.0), 230e9, 12.0, 1.5525906),
+            ([(0.0, 0.0)], 230e9, 12.0, 1.0)):
+        assert sfr.mosaic_overlap_factor(offsets, frequency_hz, diameter_m) == pytest.approx(pipeline, rel=2e-4)
+
+
 # ---------------------------------------------------------------------------------------------
 # the casa engine's plan of the pipeline's delivery, against the pipeline's recorded tclean calls
 # ---------------------------------------------------------------------------------------------
