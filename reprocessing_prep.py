@@ -121,6 +121,20 @@ def _emit(text, stream):
     print(text, file=stream, flush=True)
 
 
+def duration_text(seconds):
+    """'42 s', '3 min 05 s', '2 h 07 min'; '' for None."""
+    if seconds is None:
+        return ''
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return '%d s' % seconds
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return '%d min %02d s' % (minutes, seconds)
+    hours, minutes = divmod(minutes, 60)
+    return '%d h %02d min' % (hours, minutes)
+
+
 def shorten(text, limit=60):
     return text if len(text) <= limit else text[:limit - 3] + '...'
 

@@ -5,17 +5,18 @@ import os
 import time
 from pathlib import Path
 
-from .casa_engine import _full_disk_among, casa_task, opened_table, opened_tool
+from .casa_engine import _full_disk_among, casa_log_path, casa_task, opened_table, opened_tool
 from .channels import ChannelConverter
 from .fileops import human_bytes, remove_tree, require_free_space
 from .heuristics import ARCSEC_PER_RADIAN, autobox_parameters, bandwidth_correction_factor, baseline_percentile, cube_channel_grid, dynamic_range_threshold, cube_weighting, distinct_pointings, fractional_bandwidth, heuristic_cell_arcsec, lsrk_intersection, mosaic_overlap_factor, mosaic_pixels, mtmfs_reffreq_hz, pointing_geometry, primary_beam_radius_arcsec, psf_imaging_cell_arcsec, psf_imaging_pixels, representative_nbin, round_beam_arcsec, sanitize_name, single_field_pixels, synthesized_beam_arcsec
 from .image_stats import image_statistics
 from .imaging_options import ImagingRequest, nbins_for_spw
-from .messages import ReprocessingError, one_line, say
+from .messages import ReprocessingError, duration_text, one_line, say
 from .mpi import change_directory, tclean_parallel
 from .ms_tables import column_names, read_ms_layout, same_window
 from .products import ImageProduct, is_casa_image
 from .run_state import pause_point
+from .tclean_progress import tclean_progress
 
 
 TARGET_INTENT_PREFIX = 'OBSERVE_TARGET'
@@ -598,7 +599,7 @@ def run_tclean_jobs(casa, request, jobs, *, work_dir, state, workers=None, secon
             order = sorted(range(len(jobs)), key=lambda i: -jobs[i].imsize[0] * jobs[i].imsize[1] * jobs[i].nchan)
             try:
                 answers = workers.run([{'function': 'image_job', 'eb': jobs[i].name, 'arguments': arguments[i]}
-                                       for i in order], casa=casa)
+                                       for i in order], casa=casa, unit='images')
                 results = [None] * len(jobs)
                 for i, answer in zip(order, answers):
                     results[i] = answer
@@ -635,16 +636,27 @@ def run_image_job(casa, report, *, job, request, imagename, parallel):
     threshold = _dirty_image_and_threshold(casa, job, request, arguments, report)
     if threshold is not None:  # clean the dirty image further, to the pipeline's threshold
         arguments.update(threshold='%.3gJy' % threshold, nsigma=0.0, calcpsf=False, calcres=False)
-    summary = casa_task(casa, 'tclean', about=job.name, **arguments)
+    summary = _tclean_with_progress(casa, job, report, 'cleaning' if threshold is not None else 'tclean', arguments)
     stop = summary.get('stopcode') if isinstance(summary, dict) else None
     iterations = int(summary.get('iterdone', 0)) if isinstance(summary, dict) else 0
     if stop == NO_AUTOMASK_STOPCODE and not job.spectral:
         summary = _clean_in_primary_beam_mask(casa, job, arguments, report)
         stop = summary.get('stopcode') if isinstance(summary, dict) else stop
         iterations += int(summary.get('iterdone', 0)) if isinstance(summary, dict) else 0
-    report('%d clean iterations, stopped by %s, %.0f s' % (
-        iterations, _STOP_REASONS.get(stop, 'code %s' % stop), time.time() - started))
+    report('%d clean iterations, stopped by %s, %s' % (
+        iterations, _STOP_REASONS.get(stop, 'code %s' % stop), duration_text(time.time() - started)))
     return {'iterations': iterations, 'stop': stop, 'seconds': round(time.time() - started, 1)}
+
+
+def _tclean_with_progress(casa, job, report, label, arguments):
+    """tclean; for a cube imaged in this process, progress lines from the CASA log while it runs (tclean_progress).
+
+    Under MPI (parallel) the servers image the channels and write their own lines: not followed.
+    """
+    followed = job.spectral and not arguments.get('parallel')
+    with tclean_progress(report, logfile=casa_log_path(casa) if followed else None, nchan=job.nchan, label=label):
+        return casa_task(casa, 'tclean', about=job.name + (' (dirty image)' if label == 'dirty image' else ''),
+                         **arguments)
 
 
 NO_AUTOMASK_STOPCODE = 7
@@ -663,7 +675,7 @@ def _dirty_image_and_threshold(casa, job, request, arguments, report):
     if not sensitivity:
         return None
     dirty = dict(arguments, niter=0, restoration=False, pbcor=False)
-    casa_task(casa, 'tclean', about=job.name + ' (dirty image)', **dirty)
+    _tclean_with_progress(casa, job, report, 'dirty image', dirty)
     terms = '.tt0' if job.nterms else ''
     residual, pb = arguments['imagename'] + '.residual' + terms, arguments['imagename'] + '.pb' + terms
     with opened_tool(casa.casatools.image(), residual) as image:

@@ -16,7 +16,7 @@ from .image_stats import flux_text
 from .fileops import PARTIAL_TAG, atomic_file, directory_bytes, human_bytes, relative_path, remove_file, write_atomically
 from .host import full_host_name, now_text, time_text, user_name
 from .layout import SCRIPT_NAME, report_folder
-from .messages import Interrupted, warn
+from .messages import Interrupted, duration_text, warn
 from .ms_tables import read_ms_layout
 
 
@@ -162,7 +162,7 @@ def _run_page(plan, state, summary, steps, assets):
             ['Command', _Markup('<code>%s</code>' % escape(summary['command']))],
             ['Started', summary['started']],
             ['Ended', summary['ended'] or 'still running'],
-            ['Duration', _duration(summary['seconds'])],
+            ['Duration', duration_text(summary['seconds'])],
             ['Environment', describe_environment().replace('Environment: ', '', 1)],
             ['Engine', engine_description()],
             ['Host', '%s@%s' % (user_name(), full_host_name())],
@@ -170,7 +170,7 @@ def _run_page(plan, state, summary, steps, assets):
         '<h2>Steps</h2>',
         _table(['#', 'step', 'what', 'started', 'ended', 'duration', 'status', 'details'], [
             [str(number), row['step'], row['summary'], time_text(row['started']) if row['started'] else '',
-             time_text(row['ended']) if row['ended'] else '', _duration(row['seconds']), row['state'],
+             time_text(row['ended']) if row['ended'] else '', duration_text(row['seconds']), row['state'],
              _result_details(row['result'])]
             for number, row in enumerate(steps, 1)]),
     ]
@@ -462,19 +462,6 @@ def _leaves(value, path):
         yield path, value
 
 
-def _duration(seconds):
-    if seconds is None:
-        return ''
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return '%d s' % seconds
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return '%d min %02d s' % (minutes, seconds)
-    hours, minutes = divmod(minutes, 60)
-    return '%d h %02d min' % (hours, minutes)
-
-
 def _runs_index_page(delivery, report_root):
     """Every run recorded in report_root, newest first."""
     from html import escape
@@ -489,7 +476,7 @@ def _runs_index_page(delivery, report_root):
     rows = [[_Markup('<a href="%s/index.html">%s</a>' % (escape(run['run']), escape(run.get('started', '')))),
              _Markup('<span class="%s">%s</span>' % (
                  escape(run.get('status', '')), escape(STATUS_LABELS.get(run.get('status'), run.get('status', ''))))),
-             _duration(run.get('seconds')), ', '.join(run.get('steps', [])),
+             duration_text(run.get('seconds')), ', '.join(run.get('steps', [])),
              _Markup('<code>%s</code>' % escape(run.get('command', '')) + (
                  '<br><span class="muted">%s</span>' % escape(run['error']) if run.get('error') else ''))]
             for run in runs if run.get('run')]

@@ -12,7 +12,7 @@ from .casa_engine import load_casa
 from .eb_tasks import EB_TASKS, run_registered_task
 from .command_line import script_path
 from .layout import SCRIPT_NAME
-from .messages import EXIT_FAILED, EXIT_OK, ReprocessingError, say
+from .messages import EXIT_FAILED, EXIT_OK, ReprocessingError, duration_text, say
 from .mpi import MpiEbServers, mpi_servers_available
 
 
@@ -98,15 +98,18 @@ class EbWorkers(object):
             self.processes.append(process)
             self.logfiles.append(logfile)
 
-    def run(self, tasks, *, casa):
-        """Results of the tasks, in their order; the first failure stops the others and is raised."""
+    def run(self, tasks, *, casa, unit='execution blocks'):
+        """Results of the tasks, in their order; the first failure stops the others and is raised.
+
+        unit: what the tasks are, in the progress lines ('images').
+        """
         if self.count <= 1 or not self.processes:
             results, started = [], time.time()
             for task in tasks:
                 results.append(self._run_here(task, casa))
-                say_progress(len(results), len(tasks), started)
+                say_progress(len(results), len(tasks), started, unit=unit)
             return results
-        return self._run_in_workers(tasks)
+        return self._run_in_workers(tasks, unit)
 
     @staticmethod
     def _run_here(task, casa):
@@ -114,7 +117,7 @@ class EbWorkers(object):
             say('  [%s] %s' % (task['eb'], message))
         return EB_TASKS[task['function']](casa, report, **task['arguments'])
 
-    def _run_in_workers(self, tasks):
+    def _run_in_workers(self, tasks, unit):
         import threading
         queue = list(enumerate(tasks))
         results = [None] * len(tasks)
@@ -145,7 +148,7 @@ class EbWorkers(object):
                     else:
                         results[index] = answer['result']
                         done[0] += 1
-                        say_progress(done[0], len(tasks), started, queued=len(queue))
+                        say_progress(done[0], len(tasks), started, queued=len(queue), unit=unit)
 
         threads = [threading.Thread(target=serve, args=(process, logfile))
                    for process, logfile in zip(self.processes, self.logfiles)]
@@ -187,7 +190,7 @@ class EbWorkers(object):
         self.processes = []
 
 
-def say_progress(done, total, started, *, queued=None):
+def say_progress(done, total, started, *, queued=None, unit='execution blocks'):
     """'k of n execution blocks done in T s, about X s left' (left: the time per block so far).
 
     queued: blocks not started yet in parallel runs; when none is, the rest are running and no
@@ -201,8 +204,8 @@ def say_progress(done, total, started, *, queued=None):
     elif queued == 0:
         left = ', the other %d running' % (total - done)
     else:
-        left = ', about %.0f s left' % (elapsed / done * (total - done))
-    say('  %d of %d execution blocks done in %.0f s%s' % (done, total, elapsed, left))
+        left = ', about %s left' % duration_text(elapsed / done * (total - done))
+    say('  %d of %d %s done in %s%s' % (done, total, unit, duration_text(elapsed), left))
 
 
 def _start_worker_process(command, *, cwd, env, pass_fds=(), stderr_path):

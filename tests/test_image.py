@@ -104,7 +104,9 @@ def imaged(delivery_cache, tmp_path_factory, casa):
         (stale / name).mkdir(parents=True)
         (stale / name / 'table.info').write_text('Type = Image\n')
     before = user_ms_digests(delivery)
-    result = run_command([sys.executable, str(SCRIPT), '--image'], cwd=delivery, timeout=900)
+    # progress lines every half second instead of 15 s, so that the small cubes' short phases show
+    result = run_command([sys.executable, str(SCRIPT), '--image'], cwd=delivery, timeout=900,
+                         env={sfr.PROGRESS_SECONDS_ENV: '0.5'})
     return {'delivery': delivery, 'result': result, 'before': before, 'after': user_ms_digests(delivery),
             'truth': truth_of(delivery), 'images': delivery / 'images'}
 
@@ -118,6 +120,42 @@ def test_image_makes_mfs_cont_and_cube_images_without_the_pipeline(imaged):
     rows = [line for line in result.stdout.splitlines() if re.match(r'\s+oussid\.IRAS', line)]
     assert [line.split()[1] for line in rows] == ['mfs', 'mfs', 'cont', 'cube', 'cube'], result.stdout
     assert re.search(r'5 images: 15 FITS files and 15 CASA images, [0-9.]+ [kM]B, in images', result.stdout)
+
+
+# '  [image] cleaning, automask 2: 11 of 26 channels in 2 s, about 3 s left of it' (tclean_progress.py)
+CHANNEL_PROGRESS = re.compile(r'^  \[(?P<image>[^\]]+)\] (?P<call>dirty image|cleaning|tclean), (?P<phase>[a-z -]+[0-9]*): '
+                              r'(?P<done>\d+) of (?P<total>\d+) channels in (?P<elapsed>[0-9]+ s|[0-9]+ min [0-9]+ s)'
+                              r'(?P<left>, about ([0-9]+ s|[0-9]+ min [0-9]+ s) left of it)?$')
+
+
+def test_cubes_report_channels_done_and_time_left_while_tclean_runs(imaged, casa):
+    """Each cube's worker follows its own CASA log: lines with channels done of the cube's channels,
+    counts that never go back within a phase, a time left whenever part of a phase is done; none for
+    the mfs/cont images."""
+    result = imaged['result']
+    assert result.returncode == 0, result.stdout + result.stderr
+    matches = [CHANNEL_PROGRESS.match(line) for line in result.stdout.splitlines()]
+    matches = [m for m in matches if m]
+    by_image = {}
+    for match in matches:
+        by_image.setdefault(match.group('image'), []).append(match)
+    cubes = ['oussid.IRAS_16293-2422_sci.spw25.cube.I.iter1', 'oussid.IRAS_16293-2422_sci.spw27.cube.I.iter1']
+    assert sorted(by_image) == cubes, result.stdout
+    for name, lines in by_image.items():
+        pixels, _coordinates, _beam, _unit = read_image(casa, imaged['images'] / (name + '.image.pbcor'))
+        nchan = pixels.shape[2]
+        last = {}
+        for match in lines:
+            done, total = int(match.group('done')), int(match.group('total'))
+            assert total == nchan and 0 <= done <= total, match.group(0)
+            assert bool(match.group('left')) == (0 < done < total), match.group(0)
+            phase = (match.group('call'), match.group('phase'))
+            assert done >= last.get(phase, 0), match.group(0)  # a phase's count never goes back
+            last[phase] = done
+        assert any(0 < int(m.group('done')) < nchan for m in lines), [m.group(0) for m in lines]
+    # the images' own lines: every image done, and how long it took
+    assert len(re.findall(r'^  \[[^\]]+\] \d+ clean iterations, stopped by [^,]+, \d', result.stdout, re.M)) == 5
+    assert re.search(r'^  5 of 5 images done in ', result.stdout, re.M), result.stdout
 
 
 def test_images_folder_holds_the_final_products_as_fits_with_archive_names(imaged):

@@ -41,7 +41,7 @@ LAYERS = collections.OrderedDict([
                'image_pipeline', 'image_publish', 'image_update', 'archive_compare', 'concat', 'cleanup', 'weblog', 'report']),
     ('engines', ['image_stats', 'environment', 'workers', 'mpi', 'eb_tasks', 'pipeline_engine', 'image_casa', 'thumbnails',
                  'contdat_check', 'channels', 'data_columns', 'ms_tables', 'run_state', 'staging', 'line_provenance',
-                 'casa_engine']),
+                 'tclean_progress', 'casa_engine']),
     ('pure leaves', ['defaults', 'command_line', 'prep_plan', 'layout', 'contdat', 'products', 'heuristics', 'imaging_options',
                      'pipeline_calls', 'provenance', 'fileops', 'host', 'messages']),
 ])
