@@ -138,7 +138,9 @@ def _python2():
     import glob
     for candidate in sorted(glob.glob(os.path.expanduser('~/.pyenv/versions/2.7*/bin/python'))) + ['python2']:
         path = shutil.which(candidate) or (candidate if os.path.isfile(candidate) else None)
-        if path:
+        # a pyenv shim exists without the version being selected: it answers 'command not found' (exit 127)
+        if path and subprocess.run([path, '-c', 'pass'], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL).returncode == 0:
             return path
     return None
 
