@@ -11,7 +11,7 @@ within 1, peak within 5%, rms within 10%, casa engine wall time <= 0.5 x the pip
 Without the ALMA pipeline it says so and exits 0 (nothing to compare against).
 
 Usage: python bench/bench_engines.py [--n-antennas 20] [--seed 1] [--specmodes mfs,cont,cube,repBW]
-                                     [--mosaic N] [--workdir DIR] [--keep]
+                                     [--noise-jy J] [--mosaic N] [--workdir DIR] [--keep]
 """
 import argparse
 import collections
@@ -137,6 +137,9 @@ def main(argv=None):
     parser.add_argument('--n-antennas', type=int, default=20)
     parser.add_argument('--seed', type=int, default=1)
     parser.add_argument('--specmodes', default='mfs,cont,cube,repBW')
+    parser.add_argument('--noise-jy', type=float, default=None,
+                        help='noise per visibility (the simulator\'s default 0.002 Jy makes the dynamic-range '
+                             'correction, not the sensitivity, set the cleaning threshold)')
     parser.add_argument('--mosaic', type=int, default=0, metavar='N',
                         help='a mosaic of N hexagonal Nyquist-spaced 12 m pointings, the source 9" off its centre')
     parser.add_argument('--workdir', default=None, help='where to work (default: a temporary folder, removed)')
@@ -155,6 +158,8 @@ def main(argv=None):
     try:
         params = dict(n_ebs=args.n_ebs, n_antennas=args.n_antennas, seed=args.seed, with_line_ms=True,
                       pipeline_ready=True)
+        if args.noise_jy:
+            params.update(noise_jy=args.noise_jy)
         if args.mosaic:
             from simulate_delivery import hexagonal_mosaic_offsets
             params.update(mosaic_offsets_arcsec=hexagonal_mosaic_offsets(args.mosaic, freq_ghz=217.0),

@@ -528,17 +528,31 @@ def _fix_metadata(casa, path, plan, eb):
         tb.putcell('SCHEDULE_TYPE', 0, 'ALMA')
         tb.putcell('SCHEDULE', 0, np.array(['SchedulingBlock %s' % _SB_UID,
                                             'ExecBlock %s' % eb['uid'].replace('uid___', 'uid://').replace('_', '/')]))
+    # Mosaic pointings share a name and, as ALMA writes them, one SOURCE_ID (the simulator gives each
+    # field its own: the pipeline's mosaicOverlapFactorMS, which finds a mosaic's pointings through its
+    # source, then saw one pointing and returned 1.0).
+    names = [f['name'] for f in plan['fields']]
+    source_of_name = {}
+    source_ids = [source_of_name.setdefault(name, len(source_of_name)) for name in names]
+    first_field = dict((source_id, names.index(name)) for name, source_id in source_of_name.items())
     with _opened(tb, path + '/FIELD', nomodify=False):
         tb.putcol('CODE', np.array(['none'] * tb.nrows()))
-        tb.putcol('NAME', np.array([f['name'] for f in plan['fields']]))  # mosaic pointings share a name
+        tb.putcol('NAME', np.array(names))
+        tb.putcol('SOURCE_ID', np.array(source_ids, dtype=np.int32))
     # SOURCE: one row per (source, science spw) with the line's rest frequency.
     sci = [r for r in plan['spw_rows'] if r['science']]
     with _opened(tb, path + '/SOURCE', nomodify=False):
         tb.putcol('NAME', np.array([str(n).split('#')[0] for n in tb.getcol('NAME')]))
-        n0 = tb.nrows()
         cols = [c for c in tb.colnames()]
-        base = [dict((c, tb.getcell(c, i)) for c in cols if tb.iscelldefined(c, i)) for i in range(n0)]
-        tb.addrows(n0 * (len(sci) - 1))
+        by_field = dict((int(tb.getcell('SOURCE_ID', i)), i) for i in range(tb.nrows()))  # one row per field
+        base = []
+        for source_id in range(len(source_of_name)):
+            i = by_field[first_field[source_id]]
+            row_values = dict((c, tb.getcell(c, i)) for c in cols if tb.iscelldefined(c, i))
+            row_values['SOURCE_ID'] = source_id
+            base.append(row_values)
+        tb.removerows(list(range(tb.nrows())))
+        tb.addrows(len(base) * len(sci))
         row = 0
         for src in base:
             for r in sci:
