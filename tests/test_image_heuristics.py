@@ -69,6 +69,10 @@ def test_mosaic_overlap_factor_is_the_pipelines():
             (hexagonal_mosaic_offsets(7, freq_ghz=230.0, dish_m=12.0), 230e9, 12.0, 1.5525906),
             ([(0.0, 0.0)], 230e9, 12.0, 1.0)):
         assert sfr.mosaic_overlap_factor(offsets, frequency_hz, diameter_m) == pytest.approx(pipeline, rel=2e-4)
+    # and what the real pipeline logged in hif_makeimages ("Dividing by mosaic overlap improvement factor of
+    # 1.552893704986955 ... SPW 25") on bench_engines.py --mosaic 7 (7 pointings, spw 25 at 216.95 GHz)
+    seven = hexagonal_mosaic_offsets(7, freq_ghz=217.0)
+    assert sfr.mosaic_overlap_factor(seven, 216.95e9, 12.0) == pytest.approx(1.552893704986955, rel=2e-4)
 
 
 # ---------------------------------------------------------------------------------------------
