@@ -4138,25 +4138,26 @@ def _mosaic_centre_and_overlap(casa, msmd, fields, phasecenter, spw_id):
     import math
     import numpy
     quanta = casa.casatools.quanta()
-    directions = [msmd.phasecenter(field_id) for field_id in fields]
-    ra0, dec0 = directions[0]['m0']['value'], directions[0]['m1']['value']
+    pointings = []
+    for field_id in fields:
+        direction = msmd.phasecenter(field_id)
+        pointings.append(ImagingPointing(field_id, direction['m0']['value'], direction['m1']['value'], ''))
+    ra0, dec0 = pointings[0].ra, pointings[0].dec
 
     def offset(ra, dec):  # arcsec east and north of the first field (small angles)
         return (((ra - ra0 + math.pi) % (2 * math.pi) - math.pi) * math.cos(dec0) * ARCSEC_PER_RADIAN,
                 (dec - dec0) * ARCSEC_PER_RADIAN)
-    offsets = [offset(d['m0']['value'], d['m1']['value']) for d in directions]
     parts = (phasecenter or '').split()
     if len(parts) == 3:
         centre = offset(*(float(quanta.convert(quanta.quantity(v), 'rad')['value']) for v in parts[1:]))
     else:
-        centre = tuple((max(axis) + min(axis)) / 2.0 for axis in zip(*offsets))
-    nearest = min(range(len(fields)), key=lambda i: math.hypot(offsets[i][0] - centre[0], offsets[i][1] - centre[1]))
+        ra, dec, _x_spread, _y_spread = pointing_geometry(pointings)
+        centre = offset(ra, dec)
+    nearest = min(pointings, key=lambda p: math.hypot(*(a - b for a, b in zip(offset(p.ra, p.dec), centre))))
     diameter = float(numpy.median([quanta.convert(d, 'm')['value'] for d in msmd.antennadiameter().values()]))
-    distinct = []
-    for point in offsets:  # a pointing that two field ids share counts once
-        if all(math.hypot(point[0] - other[0], point[1] - other[1]) > 0.01 for other in distinct):
-            distinct.append(point)
-    return fields[nearest], mosaic_overlap_factor(distinct, float(msmd.meanfreq(spw_id)), diameter)
+    # a pointing that two field ids share counts once
+    offsets = [offset(p.ra, p.dec) for p in distinct_pointings(pointings)]
+    return nearest.field_id, mosaic_overlap_factor(offsets, float(msmd.meanfreq(spw_id)), diameter)
 
 
 def _clean_in_primary_beam_mask(casa, job, arguments, report):
