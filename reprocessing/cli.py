@@ -338,10 +338,10 @@ def _start_casa(plan, state):
     if not is_monolithic_casa():
         logfile = state.logs_dir / ('casa-%s.log' % stamp)
     casa = load_casa(logfile=logfile)
-    if logfile is not None and casa.casatasks.casalog.logfile() == os.devnull:
-        casa.casatasks.casalog.setlogfile(str(logfile))  # loaded by the plan (preflight_images), logging nowhere
+    if logfile is not None and casa.casalog.logfile() == os.devnull:
+        casa.casalog.setlogfile(str(logfile))  # loaded by the plan (preflight_images), logging nowhere
     share_logs_with_mpi_servers(casa, logfile, state.console_log)
-    state.casa_logfile = Path(casa.casatasks.casalog.logfile()).resolve()
+    state.casa_logfile = Path(casa.casalog.logfile()).resolve()
     state.record_logs(state.console_log, state.casa_logfile)
     record_created_log(plan.delivery, state.casa_logfile)
     say('  CASA log: %s (messages CASA prints itself: %s)' % (state.casa_logfile, state.console_log.name))

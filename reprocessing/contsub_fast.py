@@ -138,6 +138,8 @@ def uvcontsub_takes_fitspec(casa):
     """CASA 6.5+ has the uvcontsub of fitspec and outputvis; CASA 6.4's uvcontsub is the older task,
     which writes its output and scratch copies beside the MS it is given."""
     import inspect
+    if list(casa.casatools.version()[:2]) >= [6, 6]:
+        return True  # without importing casatasks here (CasaModules): worker processes run the tasks
     try:
         return 'fitspec' in inspect.signature(casa.casatasks.uvcontsub).parameters
     except (AttributeError, TypeError, ValueError):

@@ -212,7 +212,7 @@ def share_logs_with_mpi_servers(casa, logfile, console_log=None):
     client.start_services()  # running already under mpirun; under mpicasa perhaps not yet
     commands = []
     if _MPI_JOB['client'] is not None and logfile is not None:
-        casa.casatasks.casalog.setlogfile(str(logfile))
+        casa.casalog.setlogfile(str(logfile))
         commands.append('casalog.setlogfile(%r)' % str(logfile))
     if console_log is not None:
         commands.append('import os as _reprocessing_os\n'

@@ -171,10 +171,11 @@ def test_errors_still_print_on_an_ascii_only_terminal(tmp_path):
 @pytest.mark.parametrize('missing, advice', [('six', 'install it ("pip install six")'),
                                              ('distutils', 'install setuptools ("pip install setuptools")')])
 def test_a_module_casa_lacks_is_named_with_what_provides_it(missing, advice):
-    """CASA failing to import names the missing module and the package that brings it."""
+    """CASA failing to import names the missing module and the package that brings it (casatasks, imported
+    when first used where casaconfig configures CASA, fails then in the same words)."""
     code = ('import sys\nsys.modules[%r] = None\nsys.path.insert(0, %r)\nimport scriptForReprocessing as s\n'
-            'try:\n    s.load_casa()\n    print("LOADED")\nexcept s.ReprocessingError as error:\n    print(error)\n'
-            % (missing, str(SCRIPT.parent)))
+            'try:\n    s.load_casa().casatasks\n    print("LOADED")\nexcept s.ReprocessingError as error:\n'
+            '    print(error)\n' % (missing, str(SCRIPT.parent)))
     done = subprocess.run([sys.executable, '-c', code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           universal_newlines=True, timeout=120)
     if done.stdout.strip() == 'LOADED':
@@ -215,6 +216,26 @@ def test_casa_6_4_and_6_5_log_where_told_from_their_first_line_and_keep_the_user
     log = (work / 'run.log').read_text()
     assert 'CASA Version' in log and 'after loading' in log, 'CASA did not log there from its start'
     assert sorted(p.name for p in (home / '.casa').iterdir()) == ['config.py']
+
+
+@pytest.mark.skipif(importlib.util.find_spec('casaconfig') is None, reason='CASA 6.6+ (casaconfig) only')
+def test_casatasks_is_imported_when_first_used_and_logs_where_the_run_switched_to(tmp_path):
+    """Planning needs casatools only (casatasks' import is about 1 s); a task run later logs into the log the
+    run switched to after loading, as the plan loads CASA with /dev/null as its log (measured: casatasks,
+    imported after that switch, kept /dev/null)."""
+    home, work = tmp_path / 'home', tmp_path / 'work'
+    home.mkdir()
+    work.mkdir()
+    done = run_loading_modular_casa(
+        'import os\nc = s.load_casa(logfile=os.devnull)\nprint("casatasks" in sys.modules)\n'
+        'c.casalog.setlogfile(os.path.abspath("run.log"))\n'
+        'c.casatasks.casalog.post("posted by casatasks")\n'
+        'c.casatasks.uvcontsub\nprint("casatasks" in sys.modules, c.casalog.logfile() == os.path.abspath("run.log"))\n',
+        cwd=work, home=home)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ['False', 'True', 'True'], done.stdout + done.stderr
+    assert sorted(p.name for p in work.iterdir()) == ['run.log'], 'a log outside the one asked for'
+    assert 'posted by casatasks' in (work / 'run.log').read_text()
 
 
 @needs_casa_without_casaconfig
