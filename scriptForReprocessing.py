@@ -50,7 +50,7 @@ ROBUST = None                   # e.g. 0.5
 UVTAPER = None                  # e.g. ['0.5arcsec']
 UVRANGE = None                  # e.g. '>20klambda'
 FIELD = None                    # e.g. 'IRAS_16293-2422'
-SPW = None                      # e.g. '25,27' (ids of the first execution block)
+SPW = None                      # e.g. '25,27' (cont.dat's ids: the first execution block's)
 PHASECENTER = None              # e.g. 'ICRS 16:32:22.6 -24.28.33'
 IMSIZE = None                   # e.g. [512, 512] or '0.3pb'
 CELL = None                     # e.g. '0.05arcsec' or '3ppb'
@@ -1528,7 +1528,7 @@ def parse_field(value):
 
 
 def parse_spw(value):
-    """'25,27' (virtual spw ids, as in the first execution block) -> '25,27'."""
+    """'25,27' (virtual spw ids, as cont.dat numbers them: ms_tables.virtual_spws) -> '25,27'."""
     import re
     text = ','.join(str(v).strip() for v in value) if isinstance(value, (list, tuple)) else str(value)
     text = text.replace(' ', '')
@@ -2622,6 +2622,23 @@ def same_window(layout, *, name, spw_id, by_number=True):
     return spw_id if by_number and spw_id in layout.spws else None
 
 
+def virtual_spws(layouts):
+    """The pipeline's virtual spw ids: OrderedDict virtual id -> (layout, SpwInfo) of the window that defines it.
+
+    layouts in time order.  The first execution block's windows keep their ids; a window of a later one
+    that same_window finds for none of them (a target the first did not observe, in spws of its own)
+    takes its own id, or one above all others when that is taken, as the pipeline's
+    ObservingRun.add_measurement_set does.  cont.dat's spw numbers and --spw are these ids.
+    """
+    virtual = collections.OrderedDict()
+    for layout in layouts:
+        known = {same_window(layout, name=spw.name, spw_id=spw.id) for _defining, spw in virtual.values()}
+        for spw_id, spw in layout.spws.items():
+            if spw_id not in known:
+                virtual[spw_id if spw_id not in virtual else max(virtual) + 1] = (layout, spw)
+    return virtual
+
+
 def count_rows(casa, ms, *, field_ids='', spw_ids=''):
     """Rows of ms, or of the given fields ('0,1') and spws ('25,27') of it."""
     if not field_ids and not spw_ids:
@@ -3533,14 +3550,15 @@ def read_science_goals(casa, ms):
 
 
 def virtual_spw_map(infos):
-    """{virtual spw id: {ms name: ImagingSpw}}: ids of the first MS, matched in the others by spw name."""
-    reference = infos[0]
-    mapping = collections.OrderedDict((spw_id, {}) for spw_id in reference.spws)
-    for info in infos:
-        for spw_id, reference_spw in reference.spws.items():
-            match = info.spws.get(same_window(info.layout, name=reference_spw.name, spw_id=spw_id))
-            if match is not None:
-                mapping[spw_id][info.name] = match
+    """{virtual spw id: {ms name: ImagingSpw}} of the imaged windows: the virtual ids (virtual_spws: the first
+    MS's ids, then those of windows only later MSes have), matched in each MS by spw name."""
+    mapping = collections.OrderedDict()
+    for virtual_id, (_defining, window) in virtual_spws([info.layout for info in infos]).items():
+        matches = [(info.name, info.spws.get(same_window(info.layout, name=window.name, spw_id=window.id)))
+                   for info in infos]
+        matches = [(name, match) for name, match in matches if match is not None]
+        if matches:  # channel-averaged and WVR windows are not imaged
+            mapping[virtual_id] = collections.OrderedDict(matches)
     return mapping
 
 
@@ -3904,9 +3922,9 @@ def plan_casa_images(casa, request, *, targets, lines, channels_for, contdat, ou
         spw_ids = [int(i) for i in request.spw.split(',')]
         unknown = [str(i) for i in spw_ids if i not in spw_map]
         if unknown:
-            raise ReprocessingError('--spw %s: no such science spw in %s (it has %s) — use the ids of the first '
-                                    'execution block' % (','.join(unknown), targets[0].name,
-                                                         ','.join(str(i) for i in spw_map)))
+            raise ReprocessingError('--spw %s: no such science spw in these measurement sets (they have %s) — use '
+                                    'the ids cont.dat uses (those of the first execution block with that spw)'
+                                    % (','.join(unknown), ','.join(str(i) for i in spw_map)))
     cube_infos = lines or targets
     cube_map = virtual_spw_map(cube_infos) if lines else spw_map
     cube_ids = [i for i in spw_ids if i in cube_map]
@@ -4860,8 +4878,9 @@ def run_concat(plan, state, step, casa):
     if not partial.is_dir():
         raise ReprocessingError('concat did not write %s — see the CASA log %s' % (partial, state.casa_logfile))
     pause_point('concat-written', state)
-    moved = put_back_merged_windows(casa, partial, inputs)
-    summary = summarize_concat(casa, partial, inputs)
+    input_layouts = [read_ms_layout(casa, ms) for ms in inputs]
+    moved = put_back_merged_windows(casa, partial, input_layouts)
+    summary = summarize_concat(casa, partial, inputs, input_layouts)
     state.publish(partial, output)
     remove_tree(staging)
     state.created_for_good(staging)
@@ -4888,16 +4907,19 @@ def _earliest_first(casa, inputs):
     return ordered[0], ordered[1:]
 
 
-def summarize_concat(casa, concatenated, inputs):
-    """Rows and spw ids of the concatenated MS, checked against its inputs."""
-    input_rows = sum(count_rows(casa, ms) for ms in inputs)
-    rows = count_rows(casa, concatenated)
-    if rows != input_rows:
+def summarize_concat(casa, concatenated, inputs, input_layouts):
+    """Rows and spw ids of the concatenated MS, checked against its inputs (and their MsLayouts)."""
+    input_rows = sum(layout.rows for layout in input_layouts)
+    output = read_ms_layout(casa, concatenated)
+    if output.rows != input_rows:
         raise ReprocessingError('the concatenated MS has %d rows but the inputs have %d — it was not '
-                                'published; see the CASA log' % (rows, input_rows))
-    spw_ids = spws_with_data(casa, concatenated)
-    first_ids = set(spws_with_data(casa, inputs[0]))
-    return {'rows': rows, 'spw_ids': spw_ids, 'renumbered': bool(set(spw_ids) - first_ids),
+                                'published; see the CASA log' % (output.rows, input_rows))
+    # Renumbered: a window with data under an id that no input gives a window of its name.  (Not "an id the
+    # first input has no data in": an execution block that did not observe a target lacks that target's
+    # spws, which the later ones bring under their own ids.)
+    input_windows = {(spw.id, spw.name) for layout in input_layouts for spw in layout.spws.values()}
+    return {'rows': output.rows, 'spw_ids': list(output.spws),
+            'renumbered': any((spw.id, spw.name) not in input_windows for spw in output.spws.values()),
             'columns': describe_concat_columns(casa, concatenated, inputs)}
 
 
@@ -4916,7 +4938,7 @@ def describe_concat_columns(casa, concatenated, inputs):
     return text
 
 
-def put_back_merged_windows(casa, concatenated, inputs, *, chunk=ROWS_PER_CHUNK):
+def put_back_merged_windows(casa, concatenated, input_layouts, *, chunk=ROWS_PER_CHUNK):
     """Put rows that concat filed under a look-alike window back under the window of their name.
 
     concat files each input window under the first SPECTRAL_WINDOW row of the output with the same
@@ -4927,7 +4949,7 @@ def put_back_merged_windows(casa, concatenated, inputs, *, chunk=ROWS_PER_CHUNK)
     a chunk of rows at a time.
     """
     import numpy
-    names = {spw.name for ms in inputs for spw in read_ms_layout(casa, ms).spws.values()}
+    names = {spw.name for layout in input_layouts for spw in layout.spws.values()}
     table = casa.casatools.table()
     table.open(str(Path(concatenated) / 'SPECTRAL_WINDOW'))
     try:
@@ -4991,7 +5013,8 @@ class ContDatAnalysis(object):
 
     def __init__(self, contdat, layouts):
         self.contdat = contdat
-        self.layouts = layouts  # in time order; the first defines the virtual spw ids
+        self.layouts = layouts  # in time order
+        self.virtual = virtual_spws(layouts)  # virtual spw id -> (layout, SpwInfo): cont.dat's spw numbers
         self.problems = []
         self.selections = collections.OrderedDict((str(layout.path), []) for layout in layouts)
 
@@ -5006,7 +5029,7 @@ class ContDatAnalysis(object):
         raise KeyError(str(ms))
 
     def virtual_id(self, layout, spw_id):
-        """The virtual (first-EB) id of a spw of this MS, as the line MS's cont.dat block names it."""
+        """The virtual id of a spw of this MS, as the line MS's cont.dat block names it."""
         for selection in self.selections.get(str(layout.path), []):
             if selection.spw_id == spw_id:
                 return selection.virtual_id
@@ -5074,9 +5097,9 @@ def _check_field(field, layouts, converter, analysis, report):
                    'MSes — add its "SpectralWindow:" blocks' % field.name)
     for spw in field.spws.values():
         _check_ranges_among_themselves(spw, report)
-        _check_spw_name(field, spw, layouts[0], report)
+        _check_spw_name(field, spw, analysis.virtual, report)
         for layout in present:
-            _check_spw_in_ms(field, spw, layout, layouts[0], converter, analysis, report)
+            _check_spw_in_ms(field, spw, layout, converter, analysis, report)
 
 
 def _check_ranges_among_themselves(spw, report):
@@ -5093,33 +5116,36 @@ def _check_ranges_among_themselves(spw, report):
                                                           before.line))
 
 
-def _check_spw_name(field, spw, first, report):
-    if spw.name and spw.virtual_id in first.spws and first.spws[spw.virtual_id].name != spw.name:
-        report.add('warning', spw.line, 'spw %d is named %s in the first execution block (%s), not %s; like the '
-                   'pipeline, the name decides which spw the block means — check the number'
-                   % (spw.virtual_id, first.spws[spw.virtual_id].name, first.eb, spw.name))
+def _check_spw_name(field, spw, virtual, report):
+    if spw.name and spw.virtual_id in virtual and virtual[spw.virtual_id][1].name != spw.name:
+        defining, window = virtual[spw.virtual_id]
+        report.add('warning', spw.line, 'spw %d is named %s in %s, not %s; like the pipeline, the name decides '
+                   'which spw the block means — check the number'
+                   % (spw.virtual_id, window.name, defining.eb, spw.name))
 
 
-def map_spw(spw, layout, first):
+def map_spw(spw, layout, virtual):
     """The real spw id in layout of a cont.dat block, or None.
 
-    The number in cont.dat is the pipeline's virtual id: the id in the first execution block.
-    Other EBs may number the same window differently, so it is found there by name (the v3
-    name, else the name the first EB gives that id) and by number only when names say nothing.
+    The number in cont.dat is the pipeline's virtual id (virtual: virtual_spws of the execution
+    blocks): the id in the first execution block with that window.  Other EBs may number the same
+    window differently, so it is found there by name (the v3 name, else the name of the window that
+    defines the id) and by number only when names say nothing.
     """
-    name = spw.name
+    name, spw_id = spw.name, spw.virtual_id
     if name is None:
-        if spw.virtual_id not in first.spws:
+        if spw.virtual_id not in virtual:
             return None
-        if layout is first:
-            return spw.virtual_id
-        name = first.spws[spw.virtual_id].name
+        defining, window = virtual[spw.virtual_id]
+        if layout is defining:
+            return window.id
+        name, spw_id = window.name, window.id
     # A v3 name that no window of this EB has means another window: no fall-back to the number.
-    return same_window(layout, name=name, spw_id=spw.virtual_id, by_number=spw.name is None)
+    return same_window(layout, name=name, spw_id=spw_id, by_number=spw.name is None)
 
 
-def _check_spw_in_ms(field, spw, layout, first, converter, analysis, report):
-    real_id = map_spw(spw, layout, first)
+def _check_spw_in_ms(field, spw, layout, converter, analysis, report):
+    real_id = map_spw(spw, layout, analysis.virtual)
     if real_id is None:
         what = 'named %s' % spw.name if spw.name else 'numbered %d' % spw.virtual_id
         has = 'spws %s' % ', '.join('%d %s' % (i, s.name) if spw.name else str(i) for i, s in layout.spws.items())
@@ -5185,7 +5211,7 @@ def _check_coverage_of_science_data(contdat, layouts, analysis, report):
             for spw_id in sorted(chosen_spws):
                 mentioned = any(s.field_name == name and s.spw_id == spw_id for s in selections)
                 if layout.has_data(field_ids, spw_id) and not mentioned and _block_maps_here(
-                        contdat.fields[name], spw_id, layout, layouts[0]) is None:
+                        contdat.fields[name], spw_id, layout, analysis.virtual) is None:
                     # uvcontsub selects spws for all fields at once: the window is in the line MS anyway.
                     virtual = analysis.virtual_id(layout, spw_id)
                     report.add('warning', contdat.fields[name].line, 'field "%s" has no block for spw %d, which '
@@ -5200,9 +5226,9 @@ def _check_coverage_of_science_data(contdat, layouts, analysis, report):
                            'MSes, as the pipeline does' % (spw.id, spw.name), layout.eb)
 
 
-def _block_maps_here(field, spw_id, layout, first):
+def _block_maps_here(field, spw_id, layout, virtual):
     for spw in field.spws.values():
-        if map_spw(spw, layout, first) == spw_id:
+        if map_spw(spw, layout, virtual) == spw_id:
             return spw
     return None
 

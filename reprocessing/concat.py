@@ -6,7 +6,7 @@ from pathlib import Path
 from .casa_engine import casa_task, opened_table
 from .fileops import directory_bytes, human_bytes, make_user_writable, relative_path, remove_tree
 from .messages import ReprocessingError, say
-from .ms_tables import ROWS_PER_CHUNK, column_names, count_rows, read_ms_layout, spws_with_data
+from .ms_tables import ROWS_PER_CHUNK, column_names, read_ms_layout
 from .run_state import pause_point
 from .staging import make_stand_in_to_update, space_free_path
 
@@ -43,8 +43,9 @@ def run_concat(plan, state, step, casa):
     if not partial.is_dir():
         raise ReprocessingError('concat did not write %s — see the CASA log %s' % (partial, state.casa_logfile))
     pause_point('concat-written', state)
-    moved = put_back_merged_windows(casa, partial, inputs)
-    summary = summarize_concat(casa, partial, inputs)
+    input_layouts = [read_ms_layout(casa, ms) for ms in inputs]
+    moved = put_back_merged_windows(casa, partial, input_layouts)
+    summary = summarize_concat(casa, partial, inputs, input_layouts)
     state.publish(partial, output)
     remove_tree(staging)
     state.created_for_good(staging)
@@ -71,16 +72,19 @@ def _earliest_first(casa, inputs):
     return ordered[0], ordered[1:]
 
 
-def summarize_concat(casa, concatenated, inputs):
-    """Rows and spw ids of the concatenated MS, checked against its inputs."""
-    input_rows = sum(count_rows(casa, ms) for ms in inputs)
-    rows = count_rows(casa, concatenated)
-    if rows != input_rows:
+def summarize_concat(casa, concatenated, inputs, input_layouts):
+    """Rows and spw ids of the concatenated MS, checked against its inputs (and their MsLayouts)."""
+    input_rows = sum(layout.rows for layout in input_layouts)
+    output = read_ms_layout(casa, concatenated)
+    if output.rows != input_rows:
         raise ReprocessingError('the concatenated MS has %d rows but the inputs have %d — it was not '
-                                'published; see the CASA log' % (rows, input_rows))
-    spw_ids = spws_with_data(casa, concatenated)
-    first_ids = set(spws_with_data(casa, inputs[0]))
-    return {'rows': rows, 'spw_ids': spw_ids, 'renumbered': bool(set(spw_ids) - first_ids),
+                                'published; see the CASA log' % (output.rows, input_rows))
+    # Renumbered: a window with data under an id that no input gives a window of its name.  (Not "an id the
+    # first input has no data in": an execution block that did not observe a target lacks that target's
+    # spws, which the later ones bring under their own ids.)
+    input_windows = {(spw.id, spw.name) for layout in input_layouts for spw in layout.spws.values()}
+    return {'rows': output.rows, 'spw_ids': list(output.spws),
+            'renumbered': any((spw.id, spw.name) not in input_windows for spw in output.spws.values()),
             'columns': describe_concat_columns(casa, concatenated, inputs)}
 
 
@@ -99,7 +103,7 @@ def describe_concat_columns(casa, concatenated, inputs):
     return text
 
 
-def put_back_merged_windows(casa, concatenated, inputs, *, chunk=ROWS_PER_CHUNK):
+def put_back_merged_windows(casa, concatenated, input_layouts, *, chunk=ROWS_PER_CHUNK):
     """Put rows that concat filed under a look-alike window back under the window of their name.
 
     concat files each input window under the first SPECTRAL_WINDOW row of the output with the same
@@ -110,7 +114,7 @@ def put_back_merged_windows(casa, concatenated, inputs, *, chunk=ROWS_PER_CHUNK)
     a chunk of rows at a time.
     """
     import numpy
-    names = {spw.name for ms in inputs for spw in read_ms_layout(casa, ms).spws.values()}
+    names = {spw.name for layout in input_layouts for spw in layout.spws.values()}
     table = casa.casatools.table()
     table.open(str(Path(concatenated) / 'SPECTRAL_WINDOW'))
     try:

@@ -7,7 +7,7 @@ from .channels import ChannelConverter, channel_string, merge_channel_ranges
 from .contdat import CONTDAT_FRAMES, Problem, read_contdat
 from .fileops import relative_path
 from .messages import ReprocessingError, one_line, say
-from .ms_tables import read_ms_layout, same_window
+from .ms_tables import read_ms_layout, same_window, virtual_spws
 
 
 # -- the checker -----------------------------------------------------------------------------------
@@ -22,7 +22,8 @@ class ContDatAnalysis(object):
 
     def __init__(self, contdat, layouts):
         self.contdat = contdat
-        self.layouts = layouts  # in time order; the first defines the virtual spw ids
+        self.layouts = layouts  # in time order
+        self.virtual = virtual_spws(layouts)  # virtual spw id -> (layout, SpwInfo): cont.dat's spw numbers
         self.problems = []
         self.selections = collections.OrderedDict((str(layout.path), []) for layout in layouts)
 
@@ -37,7 +38,7 @@ class ContDatAnalysis(object):
         raise KeyError(str(ms))
 
     def virtual_id(self, layout, spw_id):
-        """The virtual (first-EB) id of a spw of this MS, as the line MS's cont.dat block names it."""
+        """The virtual id of a spw of this MS, as the line MS's cont.dat block names it."""
         for selection in self.selections.get(str(layout.path), []):
             if selection.spw_id == spw_id:
                 return selection.virtual_id
@@ -105,9 +106,9 @@ def _check_field(field, layouts, converter, analysis, report):
                    'MSes — add its "SpectralWindow:" blocks' % field.name)
     for spw in field.spws.values():
         _check_ranges_among_themselves(spw, report)
-        _check_spw_name(field, spw, layouts[0], report)
+        _check_spw_name(field, spw, analysis.virtual, report)
         for layout in present:
-            _check_spw_in_ms(field, spw, layout, layouts[0], converter, analysis, report)
+            _check_spw_in_ms(field, spw, layout, converter, analysis, report)
 
 
 def _check_ranges_among_themselves(spw, report):
@@ -124,33 +125,36 @@ def _check_ranges_among_themselves(spw, report):
                                                           before.line))
 
 
-def _check_spw_name(field, spw, first, report):
-    if spw.name and spw.virtual_id in first.spws and first.spws[spw.virtual_id].name != spw.name:
-        report.add('warning', spw.line, 'spw %d is named %s in the first execution block (%s), not %s; like the '
-                   'pipeline, the name decides which spw the block means — check the number'
-                   % (spw.virtual_id, first.spws[spw.virtual_id].name, first.eb, spw.name))
+def _check_spw_name(field, spw, virtual, report):
+    if spw.name and spw.virtual_id in virtual and virtual[spw.virtual_id][1].name != spw.name:
+        defining, window = virtual[spw.virtual_id]
+        report.add('warning', spw.line, 'spw %d is named %s in %s, not %s; like the pipeline, the name decides '
+                   'which spw the block means — check the number'
+                   % (spw.virtual_id, window.name, defining.eb, spw.name))
 
 
-def map_spw(spw, layout, first):
+def map_spw(spw, layout, virtual):
     """The real spw id in layout of a cont.dat block, or None.
 
-    The number in cont.dat is the pipeline's virtual id: the id in the first execution block.
-    Other EBs may number the same window differently, so it is found there by name (the v3
-    name, else the name the first EB gives that id) and by number only when names say nothing.
+    The number in cont.dat is the pipeline's virtual id (virtual: virtual_spws of the execution
+    blocks): the id in the first execution block with that window.  Other EBs may number the same
+    window differently, so it is found there by name (the v3 name, else the name of the window that
+    defines the id) and by number only when names say nothing.
     """
-    name = spw.name
+    name, spw_id = spw.name, spw.virtual_id
     if name is None:
-        if spw.virtual_id not in first.spws:
+        if spw.virtual_id not in virtual:
             return None
-        if layout is first:
-            return spw.virtual_id
-        name = first.spws[spw.virtual_id].name
+        defining, window = virtual[spw.virtual_id]
+        if layout is defining:
+            return window.id
+        name, spw_id = window.name, window.id
     # A v3 name that no window of this EB has means another window: no fall-back to the number.
-    return same_window(layout, name=name, spw_id=spw.virtual_id, by_number=spw.name is None)
+    return same_window(layout, name=name, spw_id=spw_id, by_number=spw.name is None)
 
 
-def _check_spw_in_ms(field, spw, layout, first, converter, analysis, report):
-    real_id = map_spw(spw, layout, first)
+def _check_spw_in_ms(field, spw, layout, converter, analysis, report):
+    real_id = map_spw(spw, layout, analysis.virtual)
     if real_id is None:
         what = 'named %s' % spw.name if spw.name else 'numbered %d' % spw.virtual_id
         has = 'spws %s' % ', '.join('%d %s' % (i, s.name) if spw.name else str(i) for i, s in layout.spws.items())
@@ -216,7 +220,7 @@ def _check_coverage_of_science_data(contdat, layouts, analysis, report):
             for spw_id in sorted(chosen_spws):
                 mentioned = any(s.field_name == name and s.spw_id == spw_id for s in selections)
                 if layout.has_data(field_ids, spw_id) and not mentioned and _block_maps_here(
-                        contdat.fields[name], spw_id, layout, layouts[0]) is None:
+                        contdat.fields[name], spw_id, layout, analysis.virtual) is None:
                     # uvcontsub selects spws for all fields at once: the window is in the line MS anyway.
                     virtual = analysis.virtual_id(layout, spw_id)
                     report.add('warning', contdat.fields[name].line, 'field "%s" has no block for spw %d, which '
@@ -231,9 +235,9 @@ def _check_coverage_of_science_data(contdat, layouts, analysis, report):
                            'MSes, as the pipeline does' % (spw.id, spw.name), layout.eb)
 
 
-def _block_maps_here(field, spw_id, layout, first):
+def _block_maps_here(field, spw_id, layout, virtual):
     for spw in field.spws.values():
-        if map_spw(spw, layout, first) == spw_id:
+        if map_spw(spw, layout, virtual) == spw_id:
             return spw
     return None
 

@@ -13,7 +13,7 @@ from .image_stats import image_statistics
 from .imaging_options import ImagingRequest, nbins_for_spw
 from .messages import ReprocessingError, duration_text, one_line, say
 from .mpi import change_directory, tclean_parallel
-from .ms_tables import column_names, read_ms_layout, same_window
+from .ms_tables import column_names, read_ms_layout, same_window, virtual_spws
 from .products import ImageProduct, is_casa_image
 from .run_state import pause_point
 from .tclean_progress import tclean_progress
@@ -102,14 +102,15 @@ def read_science_goals(casa, ms):
 
 
 def virtual_spw_map(infos):
-    """{virtual spw id: {ms name: ImagingSpw}}: ids of the first MS, matched in the others by spw name."""
-    reference = infos[0]
-    mapping = collections.OrderedDict((spw_id, {}) for spw_id in reference.spws)
-    for info in infos:
-        for spw_id, reference_spw in reference.spws.items():
-            match = info.spws.get(same_window(info.layout, name=reference_spw.name, spw_id=spw_id))
-            if match is not None:
-                mapping[spw_id][info.name] = match
+    """{virtual spw id: {ms name: ImagingSpw}} of the imaged windows: the virtual ids (virtual_spws: the first
+    MS's ids, then those of windows only later MSes have), matched in each MS by spw name."""
+    mapping = collections.OrderedDict()
+    for virtual_id, (_defining, window) in virtual_spws([info.layout for info in infos]).items():
+        matches = [(info.name, info.spws.get(same_window(info.layout, name=window.name, spw_id=window.id)))
+                   for info in infos]
+        matches = [(name, match) for name, match in matches if match is not None]
+        if matches:  # channel-averaged and WVR windows are not imaged
+            mapping[virtual_id] = collections.OrderedDict(matches)
     return mapping
 
 
@@ -473,9 +474,9 @@ def plan_casa_images(casa, request, *, targets, lines, channels_for, contdat, ou
         spw_ids = [int(i) for i in request.spw.split(',')]
         unknown = [str(i) for i in spw_ids if i not in spw_map]
         if unknown:
-            raise ReprocessingError('--spw %s: no such science spw in %s (it has %s) — use the ids of the first '
-                                    'execution block' % (','.join(unknown), targets[0].name,
-                                                         ','.join(str(i) for i in spw_map)))
+            raise ReprocessingError('--spw %s: no such science spw in these measurement sets (they have %s) — use '
+                                    'the ids cont.dat uses (those of the first execution block with that spw)'
+                                    % (','.join(unknown), ','.join(str(i) for i in spw_map)))
     cube_infos = lines or targets
     cube_map = virtual_spw_map(cube_infos) if lines else spw_map
     cube_ids = [i for i in spw_ids if i in cube_map]

@@ -83,7 +83,7 @@ def parse_field(value):
 
 
 def parse_spw(value):
-    """'25,27' (virtual spw ids, as in the first execution block) -> '25,27'."""
+    """'25,27' (virtual spw ids, as cont.dat numbers them: ms_tables.virtual_spws) -> '25,27'."""
     import re
     text = ','.join(str(v).strip() for v in value) if isinstance(value, (list, tuple)) else str(value)
     text = text.replace(' ', '')

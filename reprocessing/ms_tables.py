@@ -1,7 +1,8 @@
 """Measurement-set metadata read with the table tool: the one MS reader (MsLayout) and row counts.
 
 Also the one rule for finding the same spectral window in another execution block (same_window):
-cont.dat blocks, imaging and the spectra all match spws through it.
+cont.dat blocks, imaging and the spectra all match spws through it; and the one numbering of the
+windows of all execution blocks (virtual_spws), which cont.dat and --spw use.
 """
 
 import collections
@@ -151,6 +152,23 @@ def same_window(layout, *, name, spw_id, by_number=True):
     if by_name:
         return spw_id if spw_id in by_name else None
     return spw_id if by_number and spw_id in layout.spws else None
+
+
+def virtual_spws(layouts):
+    """The pipeline's virtual spw ids: OrderedDict virtual id -> (layout, SpwInfo) of the window that defines it.
+
+    layouts in time order.  The first execution block's windows keep their ids; a window of a later one
+    that same_window finds for none of them (a target the first did not observe, in spws of its own)
+    takes its own id, or one above all others when that is taken, as the pipeline's
+    ObservingRun.add_measurement_set does.  cont.dat's spw numbers and --spw are these ids.
+    """
+    virtual = collections.OrderedDict()
+    for layout in layouts:
+        known = {same_window(layout, name=spw.name, spw_id=spw.id) for _defining, spw in virtual.values()}
+        for spw_id, spw in layout.spws.items():
+            if spw_id not in known:
+                virtual[spw_id if spw_id not in virtual else max(virtual) + 1] = (layout, spw)
+    return virtual
 
 
 def count_rows(casa, ms, *, field_ids='', spw_ids=''):

@@ -256,14 +256,38 @@ def test_a_spw_number_is_the_first_eb_s_id_and_other_ebs_are_matched_by_name():
     first = layout('/d/uid___A_X1_X1_targets.ms', {25: 'BB_1#FULL_RES', 27: 'BB_2#FULL_RES'})
     renumbered = layout('/d/uid___A_X2_X2_targets.ms', {17: 'BB_1#FULL_RES', 19: 'BB_2#FULL_RES'})
     unnamed = layout('/d/uid___A_X3_X3_targets.ms', {25: '', 27: ''})
-    assert sfr.map_spw(spw_block(25), first, first) == 25
-    assert sfr.map_spw(spw_block(27), renumbered, first) == 19
-    assert sfr.map_spw(spw_block(19), renumbered, first) is None, 'numbers are those of the first EB'
-    assert sfr.map_spw(spw_block(33), first, first) is None
-    assert sfr.map_spw(spw_block(25, 'BB_1#FULL_RES'), renumbered, first) == 17, 'a v3 name decides'
-    assert sfr.map_spw(spw_block(25, 'BB_9#FULL_RES'), first, first) is None
+    virtual = sfr.virtual_spws([first, renumbered])
+    assert list(virtual) == [25, 27], 'the same windows renumbered: no new virtual ids'
+    assert sfr.map_spw(spw_block(25), first, virtual) == 25
+    assert sfr.map_spw(spw_block(27), renumbered, virtual) == 19
+    assert sfr.map_spw(spw_block(19), renumbered, virtual) is None, 'numbers are those of the first EB'
+    assert sfr.map_spw(spw_block(33), first, virtual) is None
+    assert sfr.map_spw(spw_block(25, 'BB_1#FULL_RES'), renumbered, virtual) == 17, 'a v3 name decides'
+    assert sfr.map_spw(spw_block(25, 'BB_9#FULL_RES'), first, virtual) is None
     first_unnamed = layout('/d/uid___A_X0_X0_targets.ms', {25: '', 27: ''})
-    assert sfr.map_spw(spw_block(27), unnamed, first_unnamed) == 27, 'without names, by number'
+    assert sfr.map_spw(spw_block(27), unnamed, sfr.virtual_spws([first_unnamed, unnamed])) == 27, \
+        'without names, by number'
+
+
+def test_windows_only_a_later_eb_has_data_in_get_their_own_virtual_ids():
+    # a multi-source SB: target A in spws 25, 27; B in 29, 31; the first EB did not observe B
+    only_a = layout('/d/uid___A_X1_X1_targets.ms', {25: 'BB_1#FULL_RES', 27: 'BB_2#FULL_RES'})
+    both = layout('/d/uid___A_X2_X2_targets.ms', {25: 'BB_1#FULL_RES', 27: 'BB_2#FULL_RES',
+                                                   29: 'BB_3#FULL_RES', 31: 'BB_4#FULL_RES'})
+    only_b = layout('/d/uid___A_X3_X3_targets.ms', {29: 'BB_3#FULL_RES', 31: 'BB_4#FULL_RES'})
+    virtual = sfr.virtual_spws([only_a, both, only_b])
+    assert list(virtual) == [25, 27, 29, 31]
+    assert virtual[29][0] is both, 'defined by the first EB that has the window'
+    assert sfr.map_spw(spw_block(29), only_b, virtual) == 29
+    assert sfr.map_spw(spw_block(31), both, virtual) == 31
+    assert sfr.map_spw(spw_block(29), only_a, virtual) is None
+    # a new window of a later EB under an id that is taken (its window renumbered): the next id above all
+    first = layout('/d/uid___A_X1_X1_targets.ms', {25: 'BB_1#FULL_RES'})
+    clash = layout('/d/uid___A_X4_X4_targets.ms', {25: 'BB_3#FULL_RES', 27: 'BB_1#FULL_RES'})
+    virtual = sfr.virtual_spws([first, clash])
+    assert list(virtual) == [25, 26] and virtual[26][1].name == 'BB_3#FULL_RES'
+    assert sfr.map_spw(spw_block(25), clash, virtual) == 27
+    assert sfr.map_spw(spw_block(26), clash, virtual) == 25
 
 
 def test_channel_ranges_are_merged_and_sorted_whatever_the_sideband():

@@ -388,6 +388,35 @@ def test_two_targets_with_their_own_spws(casa, tmp_path):
         sd.simulate_delivery(str(tmp_path / 'bad'), n_fields=2, spw_ids=(25, 27), field_spw_ids=[[25], [29]])
 
 
+def test_an_execution_block_that_left_a_target_out_has_no_field_row_for_it(casa, tmp_path):
+    out = str(tmp_path / 'left_out')
+    truth = sd.simulate_delivery(out, n_ebs=2, n_antennas=3, nchan=16, n_fields=2, eb_fields=[[0, 1], [1]],
+                                 integrations_per_scan=1)
+    assert [eb['fields'] for eb in truth['ebs']] == [
+        [{'name': 'IRAS_16293-2422', 'field_id': 0}, {'name': 'Elias_2-27', 'field_id': 1}],
+        [{'name': 'Elias_2-27', 'field_id': 0}]]
+    second = os.path.join(out, truth['ebs'][1]['ms'])
+    tb = casa.casatools.table()
+    for subtable, column in (('FIELD', 'NAME'), ('SOURCE', 'NAME')):
+        tb.open(os.path.join(second, subtable))
+        try:
+            assert set(tb.getcol(column).tolist()) == {'Elias_2-27'}, subtable
+        finally:
+            tb.close()
+    tb.open(second)
+    try:
+        assert set(tb.getcol('FIELD_ID').tolist()) == {0} and tb.nrows() == truth['ebs'][1]['rows']
+    finally:
+        tb.close()
+    assert truth['ebs'][0]['rows'] == 2 * truth['ebs'][1]['rows']
+    assert sorted(truth['ebs'][1]['fitspw']) == ['Elias_2-27']
+    # cont.dat is per source for the whole SB: a block for every target
+    assert sorted(_parse_contdat(os.path.join(out, truth['contdat']))) == ['Elias_2-27', 'IRAS_16293-2422']
+    for wrong in ([[0, 1]], [[0], [0]], [[1, 0], [1]], [[0, 1], []]):
+        with pytest.raises(ValueError, match='eb_fields'):
+            sd.simulate_delivery(str(tmp_path / 'bad'), n_ebs=2, n_fields=2, eb_fields=wrong)
+
+
 def test_hexagonal_mosaic_is_nyquist_spaced():
     offsets = sd.hexagonal_mosaic_offsets(61, freq_ghz=230.0, dish_m=12.0)
     assert len(offsets) == 61 and (0.0, 0.0) in offsets

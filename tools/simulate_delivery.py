@@ -62,7 +62,8 @@ injected model.  Model details worth knowing:
   continuum windows), else one at line_restfreq_ghz (systemic velocity 0).
   Channels are point-sampled at their centre frequency; primary-beam attenuation only in
   mosaics.  New shapes (keywords of simulate_delivery): ACA 7 m, full polarization, per-spw
-  channel counts (TDM 128 beside 1920/3840 FDM), per-target spw set-ups, hexagonal mosaics.
+  channel counts (TDM 128 beside 1920/3840 FDM), per-target spw set-ups, hexagonal mosaics,
+  execution blocks that left a target out (``eb_fields``).
 * Noise: complex Gaussian, sigma = noise_jy on each of the real and imaginary parts
   of every channel and correlation; WEIGHT = 1/sigma**2, SIGMA = sigma, FLAG false.
 * cont.dat: the pipeline format (v2 default, v1, v3); ranges lie inside every EB's
@@ -316,6 +317,14 @@ def _validate(kw):
             raise ValueError('field_spw_ids must give, per field (n_fields), a non-empty list of ids from spw_ids')
         if set(s for ids in per_field for s in ids) != set(spw_ids):
             raise ValueError('field_spw_ids must use every id of spw_ids')
+    per_eb = kw.get('eb_fields')
+    if per_eb is not None:
+        if (len(per_eb) != kw['n_ebs'] or any(not ids or sorted(set(ids)) != list(ids) for ids in per_eb)
+                or set(i for ids in per_eb for i in ids) != set(range(kw['n_fields']))):
+            raise ValueError('eb_fields must give, per EB (n_ebs), a non-empty increasing list of field indices '
+                             '0..n_fields-1, every field in at least one EB')
+        if kw.get('mosaic_offsets_arcsec') or kw.get('ephemeris_radvel_kms') is not None:
+            raise ValueError('eb_fields: not with a mosaic or an ephemeris target')
     if kw.get('ephemeris_radvel_kms') is not None and (kw.get('mosaic_offsets_arcsec') or kw['with_uvcont']
                                                         or kw['contdat_version'] == 1):
         raise ValueError('ephemeris_radvel_kms: not with a mosaic, uvcont tables or a v1 (TOPO) cont.dat')
@@ -810,6 +819,11 @@ def _casa_primary_beam_profile(casa, raw, plan, scratch):
     return np.arange(len(row)) * cell, row / row[0], f0
 
 
+def _eb_plan(plan, eb):
+    """The plan as one EB sees it: its own fields (FIELD rows) and scans."""
+    return dict(plan, fields=eb['field_plan'], scans=eb['scan_plan'])
+
+
 def _spws_of(plan, field):
     """The science spws (plan rows) a field is observed in."""
     return [spw for spw in plan['sci_spws'] if spw['id'] in field['spw_ids']]
@@ -949,8 +963,8 @@ def _cont_ranges(plan, ebs):
             f = spw['chan_freq']
             dw = abs(spw['width'])
             topo_lo, topo_hi = f.min() - dw / 2.0, f.max() + dw / 2.0
-            ratios = [eb['mid_ratio'][fld['name']] for eb in ebs]
-            # inside every EB's LSRK coverage, one channel in from each edge
+            ratios = [eb['mid_ratio'][fld['name']] for eb in ebs if fld['name'] in eb['mid_ratio']]
+            # inside the LSRK coverage of every EB that observed the field, one channel in from each edge
             lsrk_lo = max(r * topo_lo for r in ratios) + dw
             lsrk_hi = min(r * topo_hi for r in ratios) - dw
             topo_in_lo, topo_in_hi = topo_lo + dw, topo_hi - dw
@@ -974,9 +988,9 @@ def _cont_ranges(plan, ebs):
 
 
 def _fitspw(plan, eb, ranges):
-    """Per field: the TOPO channels of this EB whose whole width lies in a cont.dat range."""
+    """Per field of this EB: the TOPO channels of this EB whose whole width lies in a cont.dat range."""
     out = {}
-    for fld in plan['fields']:
+    for fld in eb['field_plan']:
         r = eb['mid_ratio'][fld['name']]
         parts = []
         for spw in _spws_of(plan, fld):
@@ -1044,7 +1058,7 @@ def simulate_delivery(outdir, *, n_ebs=2, n_fields=1, spw_ids=(25, 27), nchan=64
                       casa_logfile=None, mosaic_offsets_arcsec=None, array='12m', full_polarization=False,
                       continuum_pol_fraction=None, spw_nchan=None, field_spw_ids=None,
                       integrations_per_scan=_INTEGRATIONS_PER_SCAN, selfcal_phase_rms_deg=0.0,
-                      ephemeris_radvel_kms=None):
+                      ephemeris_radvel_kms=None, eb_fields=None):
     """Write a simulated ALMA delivery into ``outdir`` (new or empty); return the truth dict.
 
     See the module docstring for the layouts and the model.  ``pipeline_ready`` adds the
@@ -1061,7 +1075,16 @@ def simulate_delivery(outdir, *, n_ebs=2, n_fields=1, spw_ids=(25, 27), nchan=64
     ``spw_nchan`` [n, ...]: channels per science spw (128 = TDM, 15.625 MHz channels; 3840 =
     488 kHz; others 976.5625 kHz), instead of ``nchan`` everywhere.  ``field_spw_ids`` [[ids], ...]:
     per field, the science spws it is observed in (a multi-source SB with one spw set-up per
-    target; cont.dat, fits and truth follow).  ``integrations_per_scan`` (default 5) keeps large
+    target; cont.dat, fits and truth follow).  ``eb_fields`` [[field indices], ...]: per EB, the
+    targets (indices 0..n_fields-1) it observed, e.g. ``[[0, 1], [0], [1]]``: EB 2 did not observe
+    target 1.  Such an EB's ``_targets.ms`` has no FIELD row for a target it did not observe (as
+    the pipeline's split leaves it: the ASDM of that EB never had the field), so its fields are
+    numbered 0.. in its own order (a target's field id differs between EBs); its SPECTRAL_WINDOW
+    table is the same as every EB's (spws no field of it observes have no rows).  cont.dat keeps
+    a block for every target (it is per source, for the whole SB), whose ranges lie inside the
+    LSRK coverage of the EBs that observed it; truth.json says per EB which fields it holds
+    (``ebs[i]['fields']``: name and field id in that MS; every delivery has it) and lists in
+    ``ebs[i]['spws']`` the spws it has data in.  ``integrations_per_scan`` (default 5) keeps large
     mosaics small.  ``ephemeris_radvel_kms``: field 0 becomes an ephemeris target (named
     Ceres) with an ephemeris table attached to FIELD (ms.addephemeris; the JPL-Horizons format
     CASA's converter writes, copied from casadata's Ceres table) whose position is constant (the
@@ -1100,6 +1123,8 @@ def simulate_delivery(outdir, *, n_ebs=2, n_fields=1, spw_ids=(25, 27), nchan=64
         kw['integrations_per_scan'] = int(integrations_per_scan)
     if ephemeris_radvel_kms is not None:
         kw['ephemeris_radvel_kms'] = float(ephemeris_radvel_kms)
+    if eb_fields is not None:
+        kw['eb_fields'] = [[int(i) for i in ids] for ids in eb_fields]
     spw_ids = _validate(kw)
     t_begin = time.time()
     outdir = os.path.abspath(str(outdir))
@@ -1219,16 +1244,24 @@ def _simulate(casa, outdir, scratch, kw, spw_ids):
     ebs = []
     for k, uid in enumerate(uids):
         eb = dict(uid=uid, start_mjd=starts[k])
-        eb['mid_ratio'] = dict((f['name'], frames.ratio(starts[k] + t_mid_off, f['ra'], f['dec']))
-                               for f in fields)
+        if kw.get('eb_fields'):
+            # the FIELD table of an EB holds the targets it observed, numbered in its own order
+            eb['field_plan'] = [dict(fields[i], field_id=j) for j, i in enumerate(kw['eb_fields'][k])]
+            eb['scan_plan'] = _scan_plan(len(eb['field_plan']), kw.get('integrations_per_scan',
+                                                                        _INTEGRATIONS_PER_SCAN))
+        else:
+            eb['field_plan'], eb['scan_plan'] = fields, scans
+        eb_mid_off = (eb['scan_plan'][0][1] + eb['scan_plan'][-1][2]) / 2.0 / 86400.0
+        eb['mid_ratio'] = dict((f['name'], frames.ratio(starts[k] + eb_mid_off, f['ra'], f['dec']))
+                               for f in eb['field_plan'])
         ebs.append(eb)
     if 'ephemeris_radvel_kms' in fields[0]:
         # The SOURCE frame needs the ephemeris in an MS: make the raw MSes first (small deliveries only).
         for eb in ebs:
             eb['raw'] = os.path.join(scratch, eb['uid'] + '.ms')
-            _simulate_raw(casa, eb['raw'], plan, eb)
-            _fix_metadata(casa, eb['raw'], plan, eb)
-            eb['mid_ratio'][fields[0]['name']] = _attach_ephemeris(casa, eb['raw'], plan, scratch)
+            _simulate_raw(casa, eb['raw'], _eb_plan(plan, eb), eb)
+            _fix_metadata(casa, eb['raw'], _eb_plan(plan, eb), eb)
+            eb['mid_ratio'][fields[0]['name']] = _attach_ephemeris(casa, eb['raw'], _eb_plan(plan, eb), scratch)
     ranges = _cont_ranges(plan, ebs)
     for eb in ebs:
         eb['fitspw'] = _fitspw(plan, eb, ranges)
@@ -1248,17 +1281,18 @@ def _simulate(casa, outdir, scratch, kw, spw_ids):
     for eb in ebs:
         raw = os.path.join(scratch, eb['uid'] + '.ms')
         if 'raw' not in eb:
-            _simulate_raw(casa, raw, plan, eb)
-            _fix_metadata(casa, raw, plan, eb)
-        plan['source_over_topo'] = eb['mid_ratio'][fields[0]['name']]
+            _simulate_raw(casa, raw, _eb_plan(plan, eb), eb)
+            _fix_metadata(casa, raw, _eb_plan(plan, eb), eb)
+        plan['source_over_topo'] = eb['mid_ratio'].get(fields[0]['name'])     # used by an ephemeris field 0 only
         if 'pb_profile' not in plan and any(f.get('pb_separation_arcsec') for f in plan['fields']):
             plan['pb_profile'] = _casa_primary_beam_profile(casa, raw, plan, scratch)
-        _fill(casa, frames, plan, raw, rng)
+        eb_plan = _eb_plan(plan, eb)
+        _fill(casa, frames, eb_plan, raw, rng)
         target = os.path.join(ms_dir, eb['uid'] + suffix)
         _mstransform(casa, raw, target, 'data', kw['noise_jy'])
         eb['ms'] = os.path.relpath(target, outdir)
         if cycle8:
-            _add_corrected(casa, frames, plan, target)
+            _add_corrected(casa, frames, eb_plan, target)
         phase_rms_deg = kw.get('selfcal_phase_rms_deg', 0.0)
         if phase_rms_deg:
             phases = _antenna_phase_errors(casa, target, phase_rms_deg, rng)
@@ -1271,7 +1305,7 @@ def _simulate(casa, outdir, scratch, kw, spw_ids):
             eb['line_ms'] = os.path.relpath(line_ms, outdir)
         if kw['with_uvcont']:
             tab = os.path.join(cal_dir, os.path.basename(target) + '.hif_uvcontfit.s10_1.uvcont.tbl')
-            _solve_uvcont(casa, target, tab, plan, eb, scratch)
+            _solve_uvcont(casa, target, tab, eb_plan, eb, scratch)
             eb['uvcont_table'] = os.path.relpath(tab, outdir)
         if layout in ('working', 'cycle8_working'):
             full = os.path.join(ms_dir, eb['uid'] + '.ms')
@@ -1358,7 +1392,9 @@ def _truth(kw, plan, ebs, ranges, outdir, contdat, ms_dir, frames):
     for eb in ebs:
         e = dict(uid=eb['uid'], ms=eb['ms'], rows=eb['rows'], scans=eb['scans'],
                  date=eb['time_range_utc'][0][:10], time_range_utc=eb['time_range_utc'],
-                 antennas=plan['antennas']['names'], fitspw=eb['fitspw'])
+                 antennas=plan['antennas']['names'], fitspw=eb['fitspw'],
+                 # the FIELD rows of this EB's MS (eb_fields: only the targets it observed, its own ids)
+                 fields=[dict(name=fld['name'], field_id=fld['field_id']) for fld in eb['field_plan']])
         for key in ('line_ms', 'uvcont_table'):
             if key in eb:
                 e[key] = eb[key]
@@ -1368,7 +1404,9 @@ def _truth(kw, plan, ebs, ranges, outdir, contdat, ms_dir, frames):
             f = r['chan_freq']
             item = dict(id=r['id'])
             by_field = {}
-            observed = [fld for fld in plan['fields'] if r['id'] in fld['spw_ids']]
+            observed = [fld for fld in eb['field_plan'] if r['id'] in fld['spw_ids']]
+            if not observed:            # eb_fields: no target of this EB is observed in this spw
+                continue
             for fld in observed:
                 ratio = (eb['mid_ratio'][fld['name']] if 'ephemeris_radvel_kms' in fld
                          else frames.ratio(eb['mid_mjd'], fld['ra'], fld['dec']))
