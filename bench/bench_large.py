@@ -4,7 +4,8 @@
 On one simulated delivery (default 5 EBs x 43 antennas x 4 spws x 1920 channels, 5.66 GB: 4 EBs make
 4.53 GB, under the issue's 5 GB;
 cached in .cache/bench so later runs skip the simulation), each measured --repeats times, the
-runs interleaved so a busy machine slows them alike, medians printed:
+runs interleaved so a busy machine slows them alike, each started after a sync (nothing of the run
+before it left to write), medians printed:
 
 1. the uvcontsub calls --contsub_fast makes (same fitspec, computed as the tool computes it), by
    hand: serially in one fresh Python, and spread over --jobs fresh Pythons at once;
@@ -229,6 +230,11 @@ def main(argv=None):
             for name, kind, commands, trees in runs:
                 remove(list(by_hand.glob('*.ms')) + list(ms_dir.glob('*_targets_line.ms')) + [ms_dir / 'calibrated_final.ms'])
                 remove([delivery / 'working_reprocess'])
+                # Every run starts with nothing of the previous one still to be written to disk: each writes
+                # 1-6 GB, and measured here a run right after another (the page cache holding gigabytes of its
+                # writes) waited for them (concat by hand 5.6 s, then --calibrated_final 9.7 s; with a sync
+                # first 9.0-10.4 s and 5.6-5.7 s).  The sync is not timed.
+                os.sync()
                 elapsed, memory, peak, final, _outputs = run_watched(commands, delivery, trees)
                 results[name]['times'].append(elapsed)
                 results[name]['memory'] = memory if repeat == 0 else results[name]['memory']

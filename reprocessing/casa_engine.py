@@ -6,7 +6,6 @@ scripts load CASA with load_casa().
 """
 
 import atexit
-import collections
 import contextlib
 import os
 import shutil
