@@ -17,7 +17,7 @@ from .line_provenance import continuum_by_spw, expected_line_record, line_ms_dec
 from .messages import ReprocessingError, one_line, say
 from .ms_tables import count_rows
 from .run_state import pause_point, publish_line_outputs
-from .spectra import draw_spectra, measure_spectra_pair, plot_contsub_spectra, plots_or_warning, say_spectra, spectra_directory, spectrum_requests
+from .spectra import drawn_in_background, measure_spectra_pair, plot_contsub_spectra, plots_or_warning, say_spectra, spectra_directory, spectrum_requests
 from .uvcont_tables import contsub_apply_uvcont_tables
 from .workers import eb_workers, resolve_jobs
 
@@ -212,6 +212,8 @@ def contsub_with_uvcontsub(plan, state, step, casa, reason):
             len(tasks), '' if len(tasks) == 1 else 's', ' in %d processes' % workers.count if workers.count > 1
             else ''))
         results = workers.run(tasks, casa=casa) if tasks else []
+        # drawn while the worker processes exit and the line MSes are published
+        drawing = drawn_in_background(_spectra_of(results), spectra_directory(delivery))
     pause_point('contsub-written', state)
     for task in tasks:
         if task['arguments']['selfcal_fit']:
@@ -224,12 +226,7 @@ def contsub_with_uvcontsub(plan, state, step, casa, reason):
             human_bytes(directory_bytes(final)), result['seconds'],
             '; it replaced the earlier line MS (%s)' % ('--update' if getattr(options, 'update', False)
                                                          else '--overwrite-line') if str(final) in replaced else ''))
-    spectra = []
-    for result in results:
-        for spectrum in result.get('spectra', []):
-            spectrum['after_ms'] = line_ms_path(Path(spectrum['before_ms'])).name
-            spectra.append(spectrum)
-    pictures = plots_or_warning(lambda: draw_spectra(spectra, spectra_directory(delivery)))
+    pictures = drawing()
     say_spectra(pictures, delivery)
     update = dict((line_ms_path(ms).name, 'kept: unchanged' if keep else 'made: %s' % why)
                   for ms, keep, why in decisions) if getattr(options, 'update', False) else {}
@@ -239,6 +236,16 @@ def contsub_with_uvcontsub(plan, state, step, casa, reason):
             'seconds_per_eb': dict((task['eb'], result['seconds']) for task, result in zip(tasks, results)),
             'columns': dict((task['eb'], result['columns']) for task, result in zip(tasks, results)),
             'spectra': [str(path) for path in pictures]}
+
+
+def _spectra_of(results):
+    """The spectra the tasks measured, each naming the line MS its 'after' curve comes from."""
+    spectra = []
+    for result in results:
+        for spectrum in result.get('spectra', []):
+            spectrum['after_ms'] = line_ms_path(Path(spectrum['before_ms'])).name
+            spectra.append(spectrum)
+    return spectra
 
 
 def _spectra_after_contsub(plan, casa, before, after):
