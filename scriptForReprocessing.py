@@ -444,7 +444,13 @@ class CasaModules(object):
 
     @property
     def casalog(self):
-        """CASA's logger (logfile(), setlogfile(), post()), without importing casatasks."""
+        """CASA's logger (logfile(), setlogfile(), post()), without importing casatasks.
+
+        casatasks imported by another (the pipeline imports it) opens /dev/null or the log named at
+        loading, and makes that CASA's global log: it is taken over here, told the log in use.
+        """
+        if self._casatasks is None and 'casatasks' in sys.modules:
+            return self.casatasks.casalog
         return self._casalog if self._casatasks is None else self._casatasks.casalog
 
 
@@ -6959,6 +6965,8 @@ def load_pipeline_tasks(names=PIPELINE_TASKS, *, work_dir=None):
         if work_dir is not None:
             Path(work_dir).mkdir(parents=True, exist_ok=True)
             os.chdir(str(work_dir))
+        # the pipeline imports casatasks: through load_casa's CASA first, so that it logs where the run does
+        load_casa().casatasks
         import pipeline
         tasks = {}
         for name in names:

@@ -40,7 +40,13 @@ class CasaModules(object):
 
     @property
     def casalog(self):
-        """CASA's logger (logfile(), setlogfile(), post()), without importing casatasks."""
+        """CASA's logger (logfile(), setlogfile(), post()), without importing casatasks.
+
+        casatasks imported by another (the pipeline imports it) opens /dev/null or the log named at
+        loading, and makes that CASA's global log: it is taken over here, told the log in use.
+        """
+        if self._casatasks is None and 'casatasks' in sys.modules:
+            return self.casatasks.casalog
         return self._casalog if self._casatasks is None else self._casatasks.casalog
 
 

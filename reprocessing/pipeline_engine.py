@@ -8,7 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from .casa_engine import is_monolithic_casa, opened_table
+from .casa_engine import is_monolithic_casa, load_casa, opened_table
 from .contdat import contdat_in_grammar, contdat_text
 from .fileops import atomic_file, make_user_writable, relative_path, remove_tree
 from .layout import SCRIPT_NAME, SHADOW_MARKER, STAGED_COPY_MARKER, WORK_DIR_NAME
@@ -61,6 +61,8 @@ def load_pipeline_tasks(names=PIPELINE_TASKS, *, work_dir=None):
         if work_dir is not None:
             Path(work_dir).mkdir(parents=True, exist_ok=True)
             os.chdir(str(work_dir))
+        # the pipeline imports casatasks: through load_casa's CASA first, so that it logs where the run does
+        load_casa().casatasks
         import pipeline
         tasks = {}
         for name in names:

@@ -222,16 +222,22 @@ def test_casa_6_4_and_6_5_log_where_told_from_their_first_line_and_keep_the_user
 def test_casatasks_is_imported_when_first_used_and_logs_where_the_run_switched_to(tmp_path):
     """Planning needs casatools only (casatasks' import is about 1 s); a task run later logs into the log the
     run switched to after loading, as the plan loads CASA with /dev/null as its log (measured: casatasks,
-    imported after that switch, kept /dev/null)."""
+    imported after that switch, kept /dev/null), also when another imports casatasks (the pipeline does)."""
     home, work = tmp_path / 'home', tmp_path / 'work'
     home.mkdir()
     work.mkdir()
-    done = run_loading_modular_casa(
-        'import os\nc = s.load_casa(logfile=os.devnull)\nprint("casatasks" in sys.modules)\n'
-        'c.casalog.setlogfile(os.path.abspath("run.log"))\n'
-        'c.casatasks.casalog.post("posted by casatasks")\n'
-        'c.casatasks.uvcontsub\nprint("casatasks" in sys.modules, c.casalog.logfile() == os.path.abspath("run.log"))\n',
-        cwd=work, home=home)
+    for importer in ('c.casatasks', 'import casatasks'):
+        done = run_loading_modular_casa(
+            'import os\nc = s.load_casa(logfile=os.devnull)\nprint("casatasks" in sys.modules)\n'
+            'c.casalog.setlogfile(os.path.abspath("run.log"))\n%s\n'
+            'print("casatasks" in sys.modules, c.casalog.logfile() == os.path.abspath("run.log"))\n'
+            'import casatasks\ncasatasks.casalog.post("posted by casatasks")\n' % importer,
+            cwd=work, home=home)
+        _check_the_run_log(done, work)
+        (work / 'run.log').unlink()
+
+
+def _check_the_run_log(done, work):
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ['False', 'True', 'True'], done.stdout + done.stderr
     assert sorted(p.name for p in work.iterdir()) == ['run.log'], 'a log outside the one asked for'
