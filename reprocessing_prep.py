@@ -461,7 +461,8 @@ def is_monolithic_casa():
 
 
 def load_casa(*, logfile=None, script='scriptForReprocessing.py', native_output=None):
-    """casatools and casatasks, configuring modular CASA for offline use first (once per process).
+    """casatools and casatasks (CasaModules: casatasks when first used, with casaconfig), configuring
+    modular CASA for offline use first (once per process).
 
     Modular CASA must be told where its measures data are *before* its first
     import: with no network it otherwise refuses to start.  We point it at the
@@ -481,10 +482,10 @@ def load_casa(*, logfile=None, script='scriptForReprocessing.py', native_output=
         configure_modular_casa(logfile=logfile, script=script)
     kind = 'monolithic' if monolithic else 'modular'
     native = native_output or logfile or os.devnull
-    with _casa_import_errors():
-        with native_output_into(native):
-            import casatools
     if with_casaconfig:
+        with _casa_import_errors():
+            with native_output_into(native):
+                import casatools
         # casatasks when first used (CasaModules); until then a logger made as casatasks makes its casalog
         from casaconfig import config
         casalog = casatools.logsink(config.logfile)
@@ -496,6 +497,7 @@ def load_casa(*, logfile=None, script='scriptForReprocessing.py', native_output=
     with _casa_import_errors():
         with native_output_into(native), \
                 casatasks_settings_without_casaconfig(None if configured else logfile):
+            import casatools
             import casatasks
     if logfile is not None and not monolithic and casatasks.casalog.logfile() != os.path.realpath(str(logfile)):
         casatasks.casalog.setlogfile(str(logfile))
