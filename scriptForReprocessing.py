@@ -428,7 +428,7 @@ class CasaModules(object):
     imports every task, scipy and matplotlib, and planning, validating cont.dat and --check read
     metadata with casatools alone.  Measured with CASA 6.7.0 on 2 cores: casatools 0.24 s, casatasks
     0.95 s more; a parallel --contsub_fast starts its worker processes that much sooner.  Until then
-    the log is casatools' own logger, made CASA's global log as casatasks makes its casalog.
+    the log is a casatools logsink made CASA's global log, as casatasks makes its casalog.
     """
 
     def __init__(self, casatools, version, kind, *, casatasks=None, import_casatasks=None, casalog=None):
@@ -4888,7 +4888,7 @@ def run_concat(plan, state, step, casa):
     pause_point('concat-written', state)
     input_layouts = [read_ms_layout(casa, ms) for ms in inputs]
     moved = put_back_merged_windows(casa, partial, input_layouts)
-    summary = summarize_concat(casa, partial, inputs, input_layouts)
+    summary = summarize_concat(casa, partial, input_layouts)
     state.publish(partial, output)
     remove_tree(staging)
     state.created_for_good(staging)
@@ -4915,8 +4915,8 @@ def _earliest_first(casa, inputs):
     return ordered[0], ordered[1:]
 
 
-def summarize_concat(casa, concatenated, inputs, input_layouts):
-    """Rows and spw ids of the concatenated MS, checked against its inputs (and their MsLayouts)."""
+def summarize_concat(casa, concatenated, input_layouts):
+    """Rows and spw ids of the concatenated MS, checked against its inputs (their MsLayouts)."""
     input_rows = sum(layout.rows for layout in input_layouts)
     output = read_ms_layout(casa, concatenated)
     if output.rows != input_rows:
@@ -4928,7 +4928,7 @@ def summarize_concat(casa, concatenated, inputs, input_layouts):
     input_windows = {(spw.id, spw.name) for layout in input_layouts for spw in layout.spws.values()}
     return {'rows': output.rows, 'spw_ids': list(output.spws),
             'renumbered': any((spw.id, spw.name) not in input_windows for spw in output.spws.values()),
-            'columns': describe_concat_columns(casa, concatenated, inputs)}
+            'columns': describe_concat_columns(casa, concatenated, [layout.path for layout in input_layouts])}
 
 
 def describe_concat_columns(casa, concatenated, inputs):

@@ -24,7 +24,7 @@ class CasaModules(object):
     imports every task, scipy and matplotlib, and planning, validating cont.dat and --check read
     metadata with casatools alone.  Measured with CASA 6.7.0 on 2 cores: casatools 0.24 s, casatasks
     0.95 s more; a parallel --contsub_fast starts its worker processes that much sooner.  Until then
-    the log is casatools' own logger, made CASA's global log as casatasks makes its casalog.
+    the log is a casatools logsink made CASA's global log, as casatasks makes its casalog.
     """
 
     def __init__(self, casatools, version, kind, *, casatasks=None, import_casatasks=None, casalog=None):

@@ -45,7 +45,7 @@ def run_concat(plan, state, step, casa):
     pause_point('concat-written', state)
     input_layouts = [read_ms_layout(casa, ms) for ms in inputs]
     moved = put_back_merged_windows(casa, partial, input_layouts)
-    summary = summarize_concat(casa, partial, inputs, input_layouts)
+    summary = summarize_concat(casa, partial, input_layouts)
     state.publish(partial, output)
     remove_tree(staging)
     state.created_for_good(staging)
@@ -72,8 +72,8 @@ def _earliest_first(casa, inputs):
     return ordered[0], ordered[1:]
 
 
-def summarize_concat(casa, concatenated, inputs, input_layouts):
-    """Rows and spw ids of the concatenated MS, checked against its inputs (and their MsLayouts)."""
+def summarize_concat(casa, concatenated, input_layouts):
+    """Rows and spw ids of the concatenated MS, checked against its inputs (their MsLayouts)."""
     input_rows = sum(layout.rows for layout in input_layouts)
     output = read_ms_layout(casa, concatenated)
     if output.rows != input_rows:
@@ -85,7 +85,7 @@ def summarize_concat(casa, concatenated, inputs, input_layouts):
     input_windows = {(spw.id, spw.name) for layout in input_layouts for spw in layout.spws.values()}
     return {'rows': output.rows, 'spw_ids': list(output.spws),
             'renumbered': any((spw.id, spw.name) not in input_windows for spw in output.spws.values()),
-            'columns': describe_concat_columns(casa, concatenated, inputs)}
+            'columns': describe_concat_columns(casa, concatenated, [layout.path for layout in input_layouts])}
 
 
 def describe_concat_columns(casa, concatenated, inputs):
