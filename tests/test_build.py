@@ -15,7 +15,16 @@ from conftest import REPO
 sys.path.insert(0, str(REPO / 'tools'))
 import build  # noqa: E402  (tools/build.py)
 
-MODULE_LINE_LIMIT = 900
+MODULE_LINE_LIMIT = 500
+
+
+def package_module_paths():
+    return sorted(p for p in (REPO / 'reprocessing').rglob('*.py')
+                  if p.name not in build.NOT_BUILT and '__pycache__' not in p.parts)
+
+
+def module_key(path):
+    return path.relative_to(REPO / 'reprocessing').with_suffix('').as_posix()
 
 
 def test_the_committed_scripts_are_what_the_build_makes():
@@ -25,13 +34,16 @@ def test_the_committed_scripts_are_what_the_build_makes():
 
 
 def test_every_module_is_in_a_layer_has_a_docstring_and_stays_small():
-    modules = sorted(p for p in (REPO / 'reprocessing').glob('*.py') if p.name != '__init__.py')
+    modules = package_module_paths()
     assert len(modules) >= 20
     for path in modules:
-        build.layer_of(path.stem)
+        build.layer_of(module_key(path))
         text = path.read_text(encoding='utf-8')
         assert ast.get_docstring(ast.parse(text)), path.name
         assert len(text.splitlines()) <= MODULE_LINE_LIMIT, '%s has %d lines' % (path.name, len(text.splitlines()))
+    for folder in (REPO / 'reprocessing').iterdir():
+        if folder.is_dir() and folder.name != '__pycache__':  # each layer folder says what it holds
+            assert ast.get_docstring(ast.parse((folder / '__init__.py').read_text(encoding='utf-8'))), folder
 
 
 def test_both_scripts_are_built_from_the_whole_package():
@@ -39,7 +51,51 @@ def test_both_scripts_are_built_from_the_whole_package():
     used = set()
     for entry in build.OUTPUTS.values():
         used |= {module.name for module in build.modules_of(entry)}
-    assert used == {p.stem for p in (REPO / 'reprocessing').glob('*.py') if p.name != '__init__.py'}
+    assert used == {module_key(p) for p in package_module_paths()}
+
+
+def test_the_folders_are_the_layers_of_the_import_graph():
+    """Every import points to the same layer or a lower one, and no step imports another step."""
+    imports = 0
+    for path in package_module_paths():
+        name = module_key(path)
+        for dependency in build.read_module(name).imports:
+            imports += 1
+            assert build.layer_of(dependency) >= build.layer_of(name), (name, dependency)
+            assert not (name.startswith('steps/') and dependency.startswith('steps/')), (name, dependency)
+    assert imports > 100
+
+
+def test_the_package_runs_as_itself_with_the_scripts_help():
+    for module, script in (('reprocessing', 'scriptForReprocessing.py'), ('reprocessing.apps.prep', 'reprocessing_prep.py')):
+        package = subprocess.run([sys.executable, '-m', module, '--help'], cwd=str(REPO), stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, universal_newlines=True)
+        flat = subprocess.run([sys.executable, str(REPO / script), '--help'], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, universal_newlines=True)
+        assert package.returncode == flat.returncode == 0, package.stderr + flat.stderr
+        assert package.stdout == flat.stdout and 'usage: %s' % script in flat.stdout
+
+
+def test_a_script_line_maps_back_to_its_module_line():
+    lines = (REPO / 'scriptForReprocessing.py').read_text(encoding='utf-8').splitlines()
+    number = next(i for i, line in enumerate(lines, 1) if line.startswith('def run_contsub_fast('))
+    where = build.where('scriptForReprocessing.py', number)
+    path, line = where.rsplit(':', 1)
+    assert path == 'reprocessing/steps/contsub_fast.py'
+    assert (REPO / path).read_text(encoding='utf-8').splitlines()[int(line) - 1] == lines[number - 1]
+    marker = [line for line in lines if line.startswith('# reprocessing/steps/contsub_fast.py:')]
+    assert len(marker) == 1, marker
+
+
+def test_the_header_names_the_package_tree_as_git_does():
+    header = '\n'.join((REPO / 'scriptForReprocessing.py').read_text(encoding='utf-8').splitlines()[:8])
+    assert 'package tree %s ' % build.package_tree_id() in header
+    if shutil.which('git') and (REPO / '.git').exists() and not subprocess.run(
+            ['git', 'status', '--porcelain', '--', 'reprocessing'], cwd=str(REPO), stdout=subprocess.PIPE,
+            universal_newlines=True).stdout.strip():
+        committed = subprocess.run(['git', 'rev-parse', 'HEAD:reprocessing'], cwd=str(REPO), stdout=subprocess.PIPE,
+                                   universal_newlines=True).stdout.strip()
+        assert committed == build.package_tree_id()
 
 
 def test_the_generated_script_keeps_the_defaults_block_at_the_top():
@@ -54,8 +110,8 @@ def test_the_generated_script_keeps_the_defaults_block_at_the_top():
 
 def test_package_modules_import_without_casa():
     code = ('import importlib, pkgutil, sys, reprocessing\n'
-            'for info in pkgutil.iter_modules(reprocessing.__path__):\n'
-            '    importlib.import_module("reprocessing." + info.name)\n'
+            'for info in pkgutil.walk_packages(reprocessing.__path__, "reprocessing."):\n'
+            '    if not info.name.endswith("__main__"): importlib.import_module(info.name)\n'
             'heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("casatools", "casatasks", "pipeline", '
             '"numpy", "matplotlib"))\n'
             'print(heavy)\n')
@@ -67,7 +123,7 @@ def test_package_modules_import_without_casa():
 
 def test_pyflakes_finds_nothing_in_the_package_and_the_scripts():
     pytest.importorskip('pyflakes')
-    paths = sorted((REPO / 'reprocessing').glob('*.py')) + [REPO / 'scriptForReprocessing.py',
+    paths = sorted((REPO / 'reprocessing').rglob('*.py')) + [REPO / 'scriptForReprocessing.py',
                                                              REPO / 'reprocessing_prep.py']
     done = subprocess.run([sys.executable, '-m', 'pyflakes'] + [str(p) for p in paths], stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, universal_newlines=True)
@@ -98,40 +154,59 @@ def add_line(path, after, line):
 
 def test_the_real_package_builds(package_copy):
     for output, entry in build.OUTPUTS.items():
-        assert build.generate(output, entry) == (REPO / output).read_text(encoding='utf-8')
+        assert build.generate(output, entry)[0].splitlines()[6:] == \
+            (REPO / output).read_text(encoding='utf-8').splitlines()[6:]  # the header names the copy's tree
 
 
 def test_an_import_cycle_is_refused(package_copy):
     # contdat imports messages (both leaves, which the layers allow); messages importing contdat closes a circle.
-    add_line(package_copy / 'messages.py', 'import sys', 'from .contdat import ContDat')
-    with pytest.raises(build.BuildError, match=r'import cycle: (messages -> contdat -> messages|contdat -> messages -> contdat)'):
-        build.generate('scriptForReprocessing.py', 'cli')
+    add_line(package_copy / 'core' / 'messages.py', 'import sys', 'from .fileops import human_bytes')
+    with pytest.raises(build.BuildError, match=r'import cycle: (core/messages -> core/fileops -> core/messages|'
+                                               r'core/fileops -> core/messages -> core/fileops)'):
+        build.generate('scriptForReprocessing.py', 'apps/reprocess')
 
 
 def test_an_upward_import_is_refused(package_copy):
-    add_line(package_copy / 'fileops.py', 'from .messages import ReprocessingError', 'from .plan import Plan')
-    with pytest.raises(build.BuildError, match=r'fileops\.py \(pure leaves\) imports plan .* must point down'):
-        build.generate('scriptForReprocessing.py', 'cli')
+    add_line(package_copy / 'core' / 'fileops.py', 'from .messages import ReprocessingError',
+             'from ..plan.plan import make_plan')
+    with pytest.raises(build.BuildError, match=r'core/fileops\.py \(layer 5\) imports plan/plan \(layer 1\).* must point down'):
+        build.generate('scriptForReprocessing.py', 'apps/reprocess')
+
+
+def test_a_step_importing_another_step_is_refused(package_copy):
+    add_line(package_copy / 'steps' / 'concat.py', 'import shutil', 'from .cleanup import run_cleanup')
+    with pytest.raises(build.BuildError, match=r'steps/concat\.py imports reprocessing/steps/cleanup\.py: a step '
+                                               r'never imports another step'):
+        build.generate('scriptForReprocessing.py', 'apps/reprocess')
+
+
+@pytest.mark.parametrize('line, refusal', [
+    ("    spw = globals()['SPW']", r'globals\(\) reads the flat script'),
+])
+def test_namespace_lookups_are_refused(package_copy, line, refusal):
+    add_line(package_copy / 'steps' / 'concat.py', 'def run_concat(plan, state, step, casa):', line)
+    with pytest.raises(build.BuildError, match=refusal):
+        build.check_package()
 
 
 def test_a_name_defined_in_two_modules_is_refused(package_copy):
-    with open(str(package_copy / 'heuristics.py'), 'a') as handle:
+    with open(str(package_copy / 'imaging' / 'heuristics.py'), 'a') as handle:
         handle.write('\n\ndef human_bytes(count):\n    return str(count)\n')
     with pytest.raises(build.BuildError, match='"human_bytes" is defined in both'):
-        build.generate('scriptForReprocessing.py', 'cli')
+        build.generate('scriptForReprocessing.py', 'apps/reprocess')
 
 
 def test_a_top_level_import_of_casa_is_refused(package_copy):
-    add_line(package_copy / 'ms_tables.py', 'import collections', 'import casatools')
+    add_line(package_copy / 'casa' / 'ms_tables.py', 'import collections', 'import casatools')
     with pytest.raises(build.BuildError, match='"casatools" is imported at the top level'):
-        build.generate('scriptForReprocessing.py', 'cli')
+        build.generate('scriptForReprocessing.py', 'apps/reprocess')
 
 
 def test_an_import_of_a_name_a_module_does_not_define_is_refused(package_copy):
-    add_line(package_copy / 'concat.py', 'from .casa_engine import casa_task',
-             'from .fileops import read_ms_layout')
-    with pytest.raises(build.BuildError, match='imports read_ms_layout from .fileops, which does not define it'):
-        build.generate('scriptForReprocessing.py', 'cli')
+    add_line(package_copy / 'steps' / 'concat.py', 'from ..casa.casa_engine import casa_task, opened_table',
+             'from ..core.fileops import read_ms_layout')
+    with pytest.raises(build.BuildError, match='imports read_ms_layout from core/fileops, which does not define it'):
+        build.generate('scriptForReprocessing.py', 'apps/reprocess')
 
 
 def _python2():

@@ -1,0 +1,353 @@
+"""Reprocess an ALMA delivery: redo continuum subtraction, make new images, concatenate.
+
+Copy this file into a delivery's ``calibrated_final/`` directory, which holds
+``caltables/cont.dat`` and ``measurement_sets/uid*_targets.ms``, and run it there.
+
+With a CASA release that includes the pipeline::
+
+    casa --pipeline -c scriptForReprocessing.py --contsub --image
+    casa --pipeline -c scriptForReprocessing.py --image cubes_robust2 --specmodes cube --robust 2
+    casa --pipeline -c scriptForReprocessing.py --weblog
+
+With modular CASA from PyPI (``pip install casatools casatasks casadata six``)::
+
+    python scriptForReprocessing.py --contsub_fast
+    python scriptForReprocessing.py --calibrated_final --calibrated_final_line
+    python scriptForReprocessing.py --dry-run --contsub_fast --calibrated_final_line
+    python scriptForReprocessing.py --cleanup
+
+From anywhere, pointing at the delivery::
+
+    python scriptForReprocessing.py --delivery /data/2023.1.01234.S/calibrated_final --calibrated_final
+
+What it guarantees: your ``uid*_targets.ms`` are never moved and never written
+by CASA-only actions; outputs appear under their final names only when
+complete; a run that is killed is cleaned up by the next one; every problem is
+reported as one ``ERROR: what is wrong — what to do`` line with a non-zero exit
+status (1: the run failed, 2: the command line is wrong).
+"""
+
+import argparse
+import contextlib
+import datetime
+import os
+import sys
+import time
+from pathlib import Path
+
+from ..casa.casa_engine import is_monolithic_casa, load_casa, native_output_into
+from ..steps.cleanup import record_created_log
+from .parser import OneLineParser, existing_directory
+from ..core.defaults import IMAGES_DIR, SPECMODES, WEBLOG
+from ..casa.environment import describe_environment
+from ..core.fileops import relative_path
+from ..plan.imaging_options import IMAGING_ENGINES, argparse_type, check_imaging_options, parse_cell, parse_field, parse_gigabytes, parse_imsize, parse_nbins, parse_phasecenter, parse_robust, parse_specmodes, parse_spw, parse_uvrange, parse_uvtaper
+from ..core.layout import Delivery, SCRIPT_NAME, WORK_DIR_NAME
+from ..core.script import script_arguments
+from ..core.messages import DEBUG_ENV, EXIT_FAILED, EXIT_OK, EXIT_USAGE, Interrupted, ReprocessingError, UsageError, one_line, report_error, say, signals_as_exceptions
+from ..casa.mpi import casa_mpi_job, mpi_info, mpi_launch, share_logs_with_mpi_servers
+from ..plan.plan import check_measurement_sets, chosen_actions, describe_plan, make_plan, preflight_data_columns, preflight_images, preview_update
+from ..report.report import write_report
+from ..run.run_state import RunState
+from ..steps.weblog import WEBLOG_PORTS
+from ..casa.workers import EB_WORKER_FLAG, run_eb_worker
+
+
+def build_parser():
+    parser = OneLineParser(
+        prog=SCRIPT_NAME,
+        description='Reprocess an ALMA delivery (run it in calibrated_final/, or use --delivery).',
+        epilog='Steps run in this order: check, contsub, image, calibrated_final(_line), cleanup, weblog. '
+               'Exit status: 0 success, 1 the run failed, 2 the command line is wrong.')
+    actions = parser.add_argument_group('actions (at least one)')
+    actions.add_argument('--contsub', action='store_true',
+                         help='continuum subtraction with the ALMA pipeline, from caltables/cont.dat, '
+                              'into measurement_sets/uid*_targets_line.ms')
+    actions.add_argument('--contsub_fast', action='store_true',
+                         help='continuum subtraction with CASA only (no pipeline needed): applies the delivered '
+                              'caltables/*uvcont.tbl (Cycle 9), else fits cont.dat with CASA uvcontsub')
+    actions.add_argument('--check', action='store_true',
+                         help='check caltables/cont.dat against the measurement sets and list every problem '
+                              '(file:line, what to do) and the channels each execution block would fit; '
+                              'changes nothing; exit status 1 if cont.dat has errors')
+    actions.add_argument('--image', nargs='?', const=IMAGES_DIR, default=None, metavar='DIR',
+                         help='make images into DIR (default: %s, relative to the delivery)' % IMAGES_DIR)
+    actions.add_argument('--calibrated_final', action='store_true',
+                         help='concatenate uid*_targets.ms into measurement_sets/calibrated_final.ms')
+    actions.add_argument('--calibrated_final_line', action='store_true',
+                         help='concatenate uid*_targets_line.ms into measurement_sets/calibrated_final_line.ms')
+    actions.add_argument('--cleanup', action='store_true',
+                         help='remove %s/ and the logs this tool created' % WORK_DIR_NAME)
+    actions.add_argument('--weblog', nargs='?', const=WEBLOG, default=None, metavar='NAME',
+                         help='serve a pipeline weblog over HTTP on this machine until Ctrl-C. NAME: "latest" '
+                              '(the newest), a pipeline-* folder name, or "report" for the reprocessing report '
+                              'every run writes into %s/report/ (default: %s)' % (WORK_DIR_NAME, WEBLOG))
+    general = parser.add_argument_group('general')
+    general.add_argument('--delivery', type=existing_directory, default=None, metavar='DIR',
+                         help='the calibrated_final/ directory to work on (default: the current directory)')
+    general.add_argument('--dry-run', action='store_true',
+                         help='print the plan (steps, inputs, outputs, disk needed) and exit without touching anything')
+    general.add_argument('--port', type=_port_number, default=None, metavar='N',
+                         help='with --weblog: the first port to try (default: a free one in %d-%d)' % WEBLOG_PORTS)
+    general.add_argument('--no-browser', action='store_true',
+                         help='with --weblog: only print the address, do not open a browser')
+    general.add_argument('--update', action='store_true',
+                         help='with --image DIR (and --contsub_fast): DIR may hold the images of an earlier run; '
+                              'keep each requested image (and line MS) whose recorded inputs and parameters are '
+                              'unchanged, remake only the others and say why; with --dry-run: only say it')
+    general.add_argument('--overwrite-line', action='store_true',
+                         help='with --contsub/--contsub_fast: replace existing uid*_targets_line.ms '
+                              '(the old ones are kept until the new ones are complete)')
+    continuum = parser.add_argument_group('continuum subtraction with --contsub_fast')
+    continuum.add_argument('--refit', action='store_true',
+                           help='fit the continuum again from cont.dat instead of applying the delivered tables '
+                                '(caltables/*uvcont.tbl)')
+    continuum.add_argument('--fitorder', type=_fit_order, default=None, metavar='N',
+                           help='polynomial order of every continuum fit (default: 1, and 0 for spws cont.dat '
+                                'flags LOWBANDWIDTH or LOWSPREAD, as the pipeline does); implies --refit')
+    continuum.add_argument('--jobs', type=_job_count, default=None, metavar='N',
+                           help='execution blocks processed at the same time, each in its own process '
+                                '(default: the number of cores, at most the number of execution blocks)')
+    add_imaging_arguments(parser)
+    return parser
+
+
+def _fit_order(text):
+    if not text.isdigit() or int(text) > 3:
+        raise argparse.ArgumentTypeError('%s is not a fit order: give 0, 1, 2 or 3' % text)
+    return int(text)
+
+
+def _job_count(text):
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError('%s is not a number of jobs: give 1 or more' % text)
+    return int(text)
+
+
+def check_combinations(options):
+    """Rules that depend on the flags alone."""
+    actions = chosen_actions(options)
+    if not actions:
+        raise UsageError('no action given — add at least one of --contsub, --contsub_fast, --check, --image, '
+                         '--calibrated_final, --calibrated_final_line, --cleanup, --weblog')
+    for flag, given in (('--refit', options.refit), ('--fitorder', options.fitorder is not None),
+                        ('--jobs', options.jobs is not None)):
+        if given and not options.contsub_fast:
+            raise UsageError('%s only applies to --contsub_fast — add it' % flag)
+    if options.contsub and options.contsub_fast:
+        raise UsageError('--contsub and --contsub_fast both subtract the continuum — choose one')
+    if options.weblog is not None and options.cleanup:
+        raise UsageError('--cleanup removes the weblogs that --weblog would serve — run them separately')
+    concat_only = set(actions) - {'weblog'} <= {'calibrated_final', 'calibrated_final_line'}
+    if options.weblog is not None and len(actions) > 1 and concat_only:
+        raise UsageError('--calibrated_final(_line) runs no pipeline, so it makes no weblog to serve — '
+                         'run --weblog on its own')
+    if (options.port is not None or options.no_browser) and options.weblog is None:
+        raise UsageError('--port and --no-browser only apply to --weblog — add --weblog')
+    if options.overwrite_line and not (options.contsub or options.contsub_fast):
+        raise UsageError('--overwrite-line only applies to --contsub or --contsub_fast — add one of them')
+    if options.update:
+        if options.image is None and not options.contsub_fast:
+            raise UsageError('--update keeps the images (and line MSes) that are up to date — add --image DIR '
+                             '(and --contsub_fast)')
+        if options.contsub:
+            raise UsageError('--update works with --contsub_fast, whose line MSes record what they were made '
+                             'from; the pipeline\'s --contsub does not — use --contsub_fast')
+        if options.reuse_images:
+            raise UsageError('--update and --reuse-images both allow an existing images folder — choose one')
+        if options.engine == 'pipeline':
+            raise UsageError('--update works with --engine casa (the pipeline\'s imaging parameters are not '
+                             'recorded) — add --engine casa')
+    if options.image is not None:
+        _check_relative_output_name(options.image, '--image')
+    elif options.archive_products is not None:
+        raise UsageError('--archive-products compares the images of --image with the archive\'s — add --image [DIR]')
+    check_imaging_options(options)
+
+
+def _check_relative_output_name(name, flag):
+    if not name or name.startswith('-'):
+        raise UsageError('%s needs a directory name, got "%s" — e.g. %s images' % (flag, name, flag))
+
+
+def add_imaging_arguments(parser):
+    group = parser.add_argument_group(
+        'imaging (with --image; defaults: the block at the top of this script, else the heuristics)')
+    add = group.add_argument
+    add('--specmodes', type=argparse_type(parse_specmodes), metavar='LIST',
+        help='images to make, any of mfs,cont,cube,repBW (default: %s)' % ','.join(SPECMODES))
+    add('--robust', type=argparse_type(parse_robust), metavar='R', help='Briggs robust, -2..2 (default 0.5)')
+    add('--uvtaper', type=argparse_type(parse_uvtaper), metavar='TAPER', help='e.g. 0.5arcsec or 200klambda')
+    add('--uvrange', type=argparse_type(parse_uvrange), metavar='RANGE', help='e.g. ">20klambda"')
+    add('--field', type=argparse_type(parse_field), metavar='NAMES', help='science fields to image (names)')
+    add('--spw', type=argparse_type(parse_spw), metavar='IDS', help='spws to image, e.g. 25,27')
+    add('--phasecenter', type=argparse_type(parse_phasecenter), metavar='DIRECTION',
+        help='image centre, e.g. "ICRS 16:32:22.6 -24.28.33"')
+    add('--imsize', type=argparse_type(parse_imsize), metavar='SIZE', help='pixels (512 or 512,512) or 0.3pb')
+    add('--cell', type=argparse_type(parse_cell), metavar='CELL', help='e.g. 0.05arcsec or 3ppb')
+    add('--nbins', type=argparse_type(parse_nbins), metavar='SPW:N,...',
+        help='channel binning for cubes, e.g. 25:2,*:4')
+    add('--no-mitigation', action='store_true', help='pipeline: skip hif_checkproductsize')
+    add('--maxproductsize', type=argparse_type(parse_gigabytes), metavar='GB',
+        help='pipeline mitigation limit (its default: 500)')
+    add('--maxcubesize', type=argparse_type(parse_gigabytes), metavar='GB',
+        help='pipeline mitigation limit (its default: 40)')
+    add('--maxcubelimit', type=argparse_type(parse_gigabytes), metavar='GB',
+        help='pipeline mitigation limit (its default: 60)')
+    add('--engine', choices=IMAGING_ENGINES, default=None,
+        help='imaging engine: the ALMA pipeline, or CASA tclean without it '
+             '(default auto: the pipeline when it can be imported)')
+    add('--allow-cubes-with-continuum', action='store_true',
+        help='make cube/repBW images from uid*_targets.ms when no continuum-subtracted line MS exists')
+    add('--all-products', action='store_true',
+        help='keep every image the engine made (psf, residual, model, iter0, ...), not only the final ones')
+    add('--archive-products', metavar='DIR', default=None,
+        help='the archive\'s image products (*_sci.spw*.I.pbcor.fits) to compare the new images with (default: '
+             'a product/ folder beside the delivery, when there is one)')
+    add('--reuse-images', action='store_true',
+        help='allow an existing, non-empty images directory (no product name may already be in it)')
+
+
+def _port_number(text):
+    """argparse type of --port."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError('--port needs a number, got "%s"' % text)
+    if not 1024 <= port <= 65535:
+        raise argparse.ArgumentTypeError('--port must be between 1024 and 65535, got %d' % port)
+    return port
+
+
+def main(argv=None):
+    """Run the script; returns the exit status (0 success, 1 failure, 2 usage error)."""
+    args = script_arguments(argv, script=SCRIPT_NAME)
+    if args[:1] == [EB_WORKER_FLAG]:
+        return run_eb_worker(args[1:])  # a worker process of a parallel --contsub_fast
+    try:
+        with signals_as_exceptions():
+            try:
+                options = build_parser().parse_args(args)
+            except SystemExit as finished:  # --help
+                return finished.code or EXIT_OK
+            check_combinations(options)
+            with casa_mpi_job():  # under mpirun: ranks > 0 serve CASA in here and never come back
+                return run(options, args)
+    except UsageError as error:
+        if mpi_launch()[1] != 0:
+            # Under mpirun every rank reads the same command line; rank 0 says it once and exits 2.  A
+            # server rank that exited 2 first made mpirun kill rank 0 before it printed (seen with
+            # Python 3.12), so the others end quietly and mpirun passes on rank 0's status.
+            return EXIT_OK
+        report_error(str(error))
+        return EXIT_USAGE
+    except ReprocessingError as error:
+        report_error(str(error))
+        return EXIT_FAILED
+    except (Interrupted, KeyboardInterrupt) as stop:
+        if isinstance(stop, Interrupted) and stop.described:
+            report_error(str(stop))
+        else:  # before the run began: nothing was written
+            report_error('%s — nothing was written; run the same command again'
+                         % (stop if isinstance(stop, Interrupted) else 'interrupted (Ctrl-C)'))
+        return EXIT_FAILED
+    except Exception as error:  # a bug: one line, unless the developer asks for the traceback
+        if os.environ.get(DEBUG_ENV) == '1':
+            raise
+        report_error('unexpected %s (%s) — this is a bug in %s: run it again with %s=1 to see where, and '
+                     'report it' % (type(error).__name__, one_line(error), SCRIPT_NAME, DEBUG_ENV))
+        return EXIT_FAILED
+
+
+def run(options, args):
+    root = options.delivery or Path.cwd().resolve()
+    delivery = Delivery(root)
+    if not mpi_info().is_client:  # a server rank that casa_mpi_job did not keep: never run steps there
+        raise ReprocessingError('MPI rank %d reached the steps, which only rank 0 runs — start the run with mpirun '
+                                'and casampi installed, or without mpirun' % mpi_info().rank)
+    plan = make_plan(options, delivery)
+    check_measurement_sets(plan)  # opens every input MS with CASA (metadata only), --dry-run too
+    if {'contsub', 'contsub_fast', 'image'} & set(chosen_actions(options)):
+        preflight_data_columns(plan)  # which MSes are self-calibrated: CASA reads their columns (read-only)
+    if options.image is not None:
+        preflight_images(plan)  # reads the MSes' metadata with CASA: after every check that does not need it
+    say(describe_environment())
+    if options.dry_run:
+        say(describe_plan(plan))
+        if options.update:
+            preview_update(plan)
+        say('Dry run: nothing was changed.')
+        return EXIT_OK
+    for note in plan.notes:
+        say('Note: ' + note)
+    state = RunState(delivery)
+    state.acquire()
+    try:
+        state.recover()
+        state.begin(' '.join([SCRIPT_NAME] + args))
+        status, failure = 'failed', None
+        try:
+            _run_steps(plan, state)
+            status = 'succeeded'
+        except BaseException as error:
+            failure = error
+            raise
+        finally:
+            write_report(plan, state, status=status, error=failure)
+            state.finish()
+    except (Interrupted, KeyboardInterrupt) as stop:
+        raise Interrupted(getattr(stop, 'number', 2), describe_interruption(stop, state))
+    finally:
+        state.release()
+    say('Done.')
+    return EXIT_OK
+
+
+def describe_interruption(stop, state):
+    """What a stopped run left on disk, and what to do next: true of what is there now."""
+    what = 'interrupted (Ctrl-C)' if isinstance(stop, KeyboardInterrupt) else str(stop)
+    kept = [relative_path(path, state.delivery.root) for path in state.published if Path(path).exists()]
+    if not kept:
+        return '%s — nothing of this run was kept; run the same command again' % what
+    return ('%s — these outputs were complete and are kept: %s; unfinished ones were removed. Run the command '
+            'again without the steps that made them (or move them away first)' % (what, ', '.join(kept)))
+
+
+def _run_steps(plan, state):
+    casa = None
+    for number, step in enumerate(plan.steps, 1):
+        say('[%d/%d] %s' % (number, len(plan.steps), step.summary))
+        state.current_step = {'step': step.name, 'started': time.time()}
+        if casa is None and step.name not in ('cleanup', 'weblog'):
+            casa = _start_casa(plan, state)
+        started = time.time()
+        with contextlib.ExitStack() as console:
+            if casa is not None and step.name != 'weblog':
+                console.enter_context(native_output_into(state.console_log))
+            result = step.function(plan, state, step, casa) or {}
+        ended = time.time()
+        result.update(step=step.name, seconds=round(ended - started, 1), started=started, ended=ended)
+        state.results.append(result)
+        state.current_step = None
+
+
+def _start_casa(plan, state):
+    logfile = None
+    stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
+    state.logs_dir.mkdir(parents=True, exist_ok=True)
+    state.console_log = state.logs_dir / ('console-%s.log' % stamp)
+    if not is_monolithic_casa():
+        logfile = state.logs_dir / ('casa-%s.log' % stamp)
+    casa = load_casa(logfile=logfile)
+    if logfile is not None and casa.casalog.logfile() == os.devnull:
+        casa.casalog.setlogfile(str(logfile))  # loaded by the plan (preflight_images), logging nowhere
+    share_logs_with_mpi_servers(casa, logfile, state.console_log)
+    state.casa_logfile = Path(casa.casalog.logfile()).resolve()
+    state.record_logs(state.console_log, state.casa_logfile)
+    record_created_log(plan.delivery, state.casa_logfile)
+    say('  CASA log: %s (messages CASA prints itself: %s)' % (state.casa_logfile, state.console_log.name))
+    return casa
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""What the measurement sets hold for imaging: fields, pointings, windows, dishes, baselines, science goals."""
+
+import collections
+from pathlib import Path
+
+from .casa_engine import opened_table, opened_tool
+from .ms_tables import column_names, read_ms_layout, same_window, virtual_spws
+from ..core.messages import ReprocessingError
+
+
+
+TARGET_INTENT_PREFIX = 'OBSERVE_TARGET'
+
+ImagingPointing = collections.namedtuple('ImagingPointing', 'field_id ra dec frame')
+ImagingSpw = collections.namedtuple('ImagingSpw', 'spw_id name nchan freqs width centre ref_freq')
+MsForImaging = collections.namedtuple(
+    'MsForImaging', 'path name layout fields spws min_diameter baselines_m datacolumn science_goals')
+
+
+def read_ms_for_imaging(casa, ms):
+    """Science fields (with their pointings), science spws, dishes and baselines of one MS."""
+    import numpy
+    layout = read_ms_layout(casa, ms)
+    with opened_tool(casa.casatools.msmetadata(), ms) as msmd:
+        target_ids = set()
+        for intent in msmd.intents():
+            if intent.startswith(TARGET_INTENT_PREFIX):
+                target_ids.update(int(i) for i in msmd.fieldsforintent(intent))
+        if not target_ids:  # a targets MS whose STATE table lost its intents: all fields with data
+            target_ids = {int(i) for i in msmd.fieldsforscans(msmd.scannumbers())}
+        names = msmd.fieldnames()
+        fields = collections.OrderedDict()
+        for field_id in sorted(target_ids):
+            direction = msmd.phasecenter(field_id)
+            fields.setdefault(names[field_id], []).append(ImagingPointing(
+                field_id, float(direction['m0']['value']), float(direction['m1']['value']), direction['refer']))
+        spws = collections.OrderedDict()
+        for spw_id, spw in layout.spws.items():  # the spws with data
+            if spw.nchan <= 4:  # channel-averaged and WVR windows are not imaged
+                continue
+            freqs = [float(f) for f in msmd.chanfreqs(spw_id)]
+            width = abs(float(msmd.chanwidths(spw_id)[0]))
+            ref_freq = float(msmd.reffreq(spw_id)['m0']['value'])  # the primary beam's frequency (primary_beam_size)
+            spws[spw_id] = ImagingSpw(spw_id, spw.name, spw.nchan, freqs, width, (min(freqs) + max(freqs)) / 2.0,
+                                      ref_freq)
+        present = numpy.array(msmd.baselines(), dtype=bool)
+    with opened_table(casa, Path(ms) / 'ANTENNA') as table:
+        positions = numpy.array(table.getcol('POSITION')).T
+        diameters = numpy.array(table.getcol('DISH_DIAMETER'))
+    numpy.fill_diagonal(present, False)
+    first, second = numpy.nonzero(numpy.triu(present))
+    if len(first) == 0:
+        raise ReprocessingError('%s has no cross-correlation data to image — check the MS' % ms)
+    baselines = numpy.sqrt(((positions[first] - positions[second]) ** 2).sum(axis=1))
+    used = sorted(set(first.tolist()) | set(second.tolist()))
+    datacolumn = 'corrected' if 'CORRECTED_DATA' in column_names(casa, ms) else 'data'
+    return MsForImaging(Path(ms), Path(ms).name, layout, fields, spws,
+                        float(diameters[used].min()), sorted(float(b) for b in baselines), datacolumn,
+                        read_science_goals(casa, ms))
+
+
+def read_science_goals(casa, ms):
+    """{'representativeFrequency': Hz, 'representativeBandwidth': Hz, ...} from ASDM_SBSUMMARY, or {}."""
+    path = Path(ms) / 'ASDM_SBSUMMARY'
+    if not path.is_dir():
+        return {}
+    table = casa.casatools.table()
+    quanta = casa.casatools.quanta()
+    goals = {}
+    try:
+        table.open(str(path))
+        try:
+            entries = table.getcol('scienceGoal')
+        finally:
+            table.close()
+    except RuntimeError:
+        return {}
+    for entry in [str(e) for e in entries.flatten()]:
+        if '=' not in entry:
+            continue
+        key, value = [part.strip() for part in entry.split('=', 1)]
+        if key in ('representativeFrequency', 'representativeBandwidth'):
+            try:
+                hertz = quanta.convert(quanta.quantity(value.replace(' ', '')), 'Hz')['value']
+            except Exception:  # a value without a frequency unit: not usable
+                continue
+            if hertz > 0:
+                goals[key] = float(hertz)
+        elif key in ('representativeSource', 'representativeWindow'):
+            goals[key] = value
+    return goals
+
+
+def virtual_spw_map(infos):
+    """{virtual spw id: {ms name: ImagingSpw}} of the imaged windows: the virtual ids (virtual_spws: the first
+    MS's ids, then those of windows only later MSes have), matched in each MS by spw name."""
+    mapping = collections.OrderedDict()
+    for virtual_id, (_defining, window) in virtual_spws([info.layout for info in infos]).items():
+        matches = [(info.name, info.spws.get(same_window(info.layout, name=window.name, spw_id=window.id)))
+                   for info in infos]
+        matches = [(name, match) for name, match in matches if match is not None]
+        if matches:  # channel-averaged and WVR windows are not imaged
+            mapping[virtual_id] = collections.OrderedDict(matches)
+    return mapping

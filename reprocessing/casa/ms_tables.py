@@ -1,0 +1,212 @@
+"""Measurement-set metadata read with the table tool: the one MS reader (MsLayout) and row counts.
+
+Also the one rule for finding the same spectral window in another execution block (same_window):
+cont.dat blocks, imaging and the spectra all match spws through it; and the one numbering of the
+windows of all execution blocks (virtual_spws), which cont.dat and --spw use.
+"""
+
+import collections
+from pathlib import Path
+
+from .casa_engine import opened_table
+from ..core.fileops import relative_path
+from ..core.messages import ReprocessingError, one_line
+from ..core.layout import eb_name
+
+
+# -- what the checker and the fit need to know of each measurement set ------------------------------
+
+# Rows of the main table read at once where a column of every row is needed (2 int columns: 16 MB).
+ROWS_PER_CHUNK = 1000000
+
+SpwInfo = collections.namedtuple('SpwInfo', 'id name nchan low_hz high_hz')
+SpwInfo.__new__.__defaults__ = (None, None)  # the frequency range: unknown where a test builds one by hand
+
+
+class MsLayout(object):
+    """Fields, science spws and (field, spw) pairs with data of one MS, read once with the table tool."""
+
+    def __init__(self, *, path, start, fields, spws, pairs, rows, ephemeris_fields=()):
+        self.path = Path(path)
+        self.name = self.path.name
+        self.eb = eb_name(self.path)
+        self.start = start
+        self.fields = fields  # OrderedDict field name -> [field ids]
+        self.spws = spws      # OrderedDict spw id -> SpwInfo, only spws with data
+        self.pairs = pairs    # {(field id, spw id)} with rows
+        self.rows = rows
+        self.ephemeris_fields = set(ephemeris_fields)  # names of fields with an ephemeris (EPHEMERIS_ID >= 0)
+
+    def spw_ids_by_name(self, name):
+        return [spw.id for spw in self.spws.values() if spw.name == name]
+
+    def has_data(self, field_ids, spw_id):
+        return any((field_id, spw_id) in self.pairs for field_id in field_ids)
+
+
+def read_ms_layout(casa, ms):
+    """The MsLayout of one MS: its subtables and the FIELD_ID / DATA_DESC_ID columns, read once."""
+    import numpy
+    missing = 'the measurement set %s is incomplete or not an MS: restore it from the delivery' % Path(ms).name
+
+    def columns(subtable, *names):
+        with opened_table(casa, Path(ms) / subtable if subtable else ms, missing=missing) as table:
+            if not table.nrows():
+                return [[] for _name in names]
+            return [[table.getcell(name, row) for row in range(table.nrows())] if name == 'CHAN_FREQ'
+                    else table.getcol(name) for name in names]
+
+    field_names, = columns('FIELD', 'NAME')
+    with opened_table(casa, Path(ms) / 'FIELD', missing=missing) as table:
+        ephemeris_ids = (list(table.getcol('EPHEMERIS_ID')) if 'EPHEMERIS_ID' in table.colnames() and table.nrows()
+                         else [-1] * len(field_names))
+    spw_names, spw_nchan, spw_freqs = columns('SPECTRAL_WINDOW', 'NAME', 'NUM_CHAN', 'CHAN_FREQ')
+    dd_spw, = columns('DATA_DESCRIPTION', 'SPECTRAL_WINDOW_ID')
+    time_range, = columns('OBSERVATION', 'TIME_RANGE')
+    pairs, rows = set(), 0
+    with opened_table(casa, ms, missing=missing) as table:
+        rows = table.nrows()
+        # a chunk of rows at a time: memory bounded by the chunk, not by the MS
+        for start in range(0, rows, ROWS_PER_CHUNK):
+            field_ids = table.getcol('FIELD_ID', startrow=start, nrow=ROWS_PER_CHUNK)
+            dd_ids = table.getcol('DATA_DESC_ID', startrow=start, nrow=ROWS_PER_CHUNK)
+            combined = numpy.unique(numpy.asarray(field_ids, dtype=numpy.int64) * 100000 + numpy.asarray(dd_ids))
+            pairs.update((int(value // 100000), int(dd_spw[value % 100000])) for value in combined)
+    fields = collections.OrderedDict()
+    for field_id, name in enumerate(field_names):
+        if any(pair[0] == field_id for pair in pairs):
+            fields.setdefault(str(name), []).append(field_id)
+    spws = collections.OrderedDict(
+        (spw_id, SpwInfo(spw_id, str(spw_names[spw_id]), int(spw_nchan[spw_id]),
+                         float(numpy.min(spw_freqs[spw_id])), float(numpy.max(spw_freqs[spw_id]))))
+        for spw_id in sorted({pair[1] for pair in pairs}))
+    start = float(numpy.min(time_range)) if len(time_range) else 0.0
+    ephemeris_fields = {str(name) for name, ephemeris in zip(field_names, ephemeris_ids) if ephemeris >= 0}
+    return MsLayout(path=ms, start=start, fields=fields, spws=spws, pairs=pairs, rows=rows,
+                    ephemeris_fields=ephemeris_fields)
+
+
+def check_measurement_set(casa, ms, *, root=None):
+    """Stop with one line naming what is wrong when ms cannot be read as an MS (its metadata only).
+
+    An empty directory, a missing table.dat or a missing subtable (FIELD, ...) would otherwise end
+    a step in CASA's "Table .../FIELD does not exist" once the run has begun.  The main table and
+    every subtable its keywords name are opened; no column is read.
+    """
+    ms = Path(ms)
+    shown = relative_path(ms, root) if root is not None else str(ms)
+    advice = 'restore it from the delivery, or move it out of %s' % (ms.parent.name + '/')
+    try:
+        empty = not any(ms.iterdir())
+    except OSError as error:
+        raise ReprocessingError('cannot read %s (%s) — ask its owner for read permission, or reprocess a copy '
+                                'of the delivery' % (shown, error.strerror or error))
+    if empty:
+        raise ReprocessingError('%s is an empty directory, not a measurement set — %s' % (shown, advice))
+    if not (ms / 'table.dat').is_file():
+        raise ReprocessingError('%s has no table.dat, so it is not a complete measurement set — %s'
+                                % (shown, advice))
+    try:
+        table = casa.casatools.table()
+        table.open(str(ms))
+        try:
+            keywords = table.getkeywords()
+        finally:
+            table.close()
+    except Exception as error:  # casatools raises RuntimeError for an unreadable table
+        raise ReprocessingError('%s cannot be opened as a measurement set (%s) — %s' % (shown, one_line(error), advice))
+    subtables = [name for name, value in keywords.items() if str(value).startswith('Table: ')]
+    for name in REQUIRED_SUBTABLES:
+        if name not in subtables:
+            raise ReprocessingError('%s has no %s subtable, so it is not a complete measurement set — %s'
+                                    % (shown, name, advice))
+    for name in subtables:
+        table = casa.casatools.table()
+        try:
+            table.open(str(ms / name))
+            table.close()
+        except Exception as error:
+            reason = 'missing' if not (ms / name / 'table.dat').is_file() else 'unreadable (%s)' % one_line(error)
+            raise ReprocessingError('the %s subtable of %s is %s — %s' % (name, shown, reason, advice))
+
+
+# The subtables this tool reads from every MS (read_ms_layout and the tasks it runs).
+REQUIRED_SUBTABLES = ('ANTENNA', 'DATA_DESCRIPTION', 'FIELD', 'OBSERVATION', 'POLARIZATION', 'SPECTRAL_WINDOW')
+
+
+def spws_with_data(casa, ms):
+    """Ids of the spectral windows that have rows in ms (not every SPECTRAL_WINDOW row has data)."""
+    return list(read_ms_layout(casa, ms).spws)
+
+
+def same_window(layout, *, name, spw_id, by_number=True):
+    """The id in layout of the spectral window called `name` (numbered spw_id where it was found), or None.
+
+    Execution blocks may number the same window differently, so a unique name decides; among
+    several windows of that name the one with the same number; with no window of that name (or no
+    name), the same number when by_number.
+    """
+    by_name = layout.spw_ids_by_name(name) if name else []
+    if len(by_name) == 1:
+        return by_name[0]
+    if by_name:
+        return spw_id if spw_id in by_name else None
+    return spw_id if by_number and spw_id in layout.spws else None
+
+
+def virtual_spws(layouts):
+    """The pipeline's virtual spw ids: OrderedDict virtual id -> (layout, SpwInfo) of the window that defines it.
+
+    layouts in time order.  The first execution block's windows keep their ids; a window of a later one
+    that same_window finds for none of them (a target the first did not observe, in spws of its own)
+    takes its own id, or one above all others when that is taken, as the pipeline's
+    ObservingRun.add_measurement_set does.  cont.dat's spw numbers and --spw are these ids.
+    """
+    virtual = collections.OrderedDict()
+    for layout in layouts:
+        known = {same_window(layout, name=spw.name, spw_id=spw.id) for _defining, spw in virtual.values()}
+        for spw_id, spw in layout.spws.items():
+            if spw_id not in known:
+                virtual[spw_id if spw_id not in virtual else max(virtual) + 1] = (layout, spw)
+    return virtual
+
+
+def count_rows(casa, ms, *, field_ids='', spw_ids=''):
+    """Rows of ms, or of the given fields ('0,1') and spws ('25,27') of it."""
+    if not field_ids and not spw_ids:
+        with opened_table(casa, ms) as table:
+            return table.nrows()
+    wanted = {int(v) for v in str(spw_ids).split(',') if v.strip()}
+    dd_ids = [dd for spw, dds in dd_ids_by_spw(casa, ms).items() if spw in wanted for dd in dds] or [-1]
+    return count_selected_rows(casa, ms, 'FIELD_ID IN [%s] AND DATA_DESC_ID IN [%s]'
+                               % (field_ids, ','.join(str(dd) for dd in sorted(dd_ids))))
+
+
+def count_selected_rows(casa, ms, where):
+    """Rows of ms that a TaQL WHERE clause selects."""
+    with opened_table(casa, ms) as table:
+        selected = table.query(where)
+        try:
+            return selected.nrows()
+        finally:
+            selected.close()
+
+
+def spw_name(casa, ms, spw_id):
+    with opened_table(casa, Path(ms) / 'SPECTRAL_WINDOW') as table:
+        return str(table.getcell('NAME', int(spw_id)))
+
+
+def dd_ids_by_spw(casa, ms):
+    """{spw id: [data description ids]} of an MS."""
+    with opened_table(casa, Path(ms) / 'DATA_DESCRIPTION') as table:
+        spw_of_dd = [int(spw) for spw in table.getcol('SPECTRAL_WINDOW_ID')] if table.nrows() else []
+    dd_ids = collections.defaultdict(list)
+    for dd_id, spw_id in enumerate(spw_of_dd):
+        dd_ids[spw_id].append(dd_id)
+    return dict(dd_ids)
+
+
+def column_names(casa, ms):
+    with opened_table(casa, ms) as table:
+        return list(table.colnames())

@@ -1,0 +1,298 @@
+"""cont.dat checked against the measurement sets: every problem with file:line, and what to fit."""
+
+import collections
+from pathlib import Path
+
+from .channels import ChannelConverter, channel_string, merge_channel_ranges
+from .grammar import CONTDAT_FRAMES, Problem, read_contdat
+from ..core.fileops import relative_path
+from ..core.messages import ReprocessingError, one_line, say
+from ..casa.ms_tables import read_ms_layout, same_window, virtual_spws
+
+
+# -- the checker -----------------------------------------------------------------------------------
+
+# What to fit, per MS, field and real spw.  chan: channel selection for uvcontsub ('' = all channels).
+FitSelection = collections.namedtuple(
+    'FitSelection', 'field_name field_ids spw_id virtual_id chan n_selected nchan fitorder line reason')
+
+
+class ContDatAnalysis(object):
+    """cont.dat checked against the measurement sets, and the channels to fit in each of them."""
+
+    def __init__(self, contdat, layouts):
+        self.contdat = contdat
+        self.layouts = layouts  # in time order
+        self.virtual = virtual_spws(layouts)  # virtual spw id -> (layout, SpwInfo): cont.dat's spw numbers
+        self.problems = []
+        self.selections = collections.OrderedDict((str(layout.path), []) for layout in layouts)
+
+    @property
+    def errors(self):
+        return [problem for problem in self.problems if problem.severity == 'error']
+
+    def layout(self, ms):
+        for layout in self.layouts:
+            if layout.path == Path(ms):
+                return layout
+        raise KeyError(str(ms))
+
+    def virtual_id(self, layout, spw_id):
+        """The virtual id of a spw of this MS, as the line MS's cont.dat block names it."""
+        for selection in self.selections.get(str(layout.path), []):
+            if selection.spw_id == spw_id:
+                return selection.virtual_id
+        return spw_id
+
+
+def analyse_contdat(contdat, measurement_sets, casa):
+    layouts = sorted((read_ms_layout(casa, ms) for ms in measurement_sets), key=lambda l: (l.start, l.name))
+    analysis = ContDatAnalysis(contdat, layouts)
+    report = _ProblemCollector(contdat.display, [layout.eb for layout in layouts])
+    converter = ChannelConverter(casa)
+    for field in contdat.fields.values():
+        _check_field(field, layouts, converter, analysis, report)
+    _check_coverage_of_science_data(contdat, layouts, analysis, report)
+    # In file order; what concerns no line of the file (data cont.dat does not mention) comes last.
+    analysis.problems = sorted(list(contdat.problems) + report.problems(), key=lambda p: (
+        p.line is None, p.line or 0, ('error', 'warning', 'note').index(p.severity)))
+    return analysis
+
+
+class _ProblemCollector(object):
+    """Problems found per execution block, reported once per (line, message) with the EBs they concern."""
+
+    def __init__(self, display, ebs):
+        self.display = display
+        self.ebs = ebs
+        self._found = collections.OrderedDict()
+
+    def add(self, severity, line, message, eb=None, detail=None):
+        """message may hold "{where}", replaced by the execution blocks the problem was found in,
+        each followed by its own detail (e.g. the frequencies its spw covers) when given."""
+        key = (severity, line, message)
+        self._found.setdefault(key, [])
+        if eb is not None and eb not in [seen for seen, _detail in self._found[key]]:
+            self._found[key].append((eb, detail))
+
+    def problems(self):
+        found = []
+        for (severity, line, message), ebs in self._found.items():
+            found.append(Problem(severity, self.display, line, message.replace('{where}', self._where(ebs))))
+        return found
+
+    def _where(self, ebs):
+        details = [detail for _eb, detail in ebs if detail]
+        suffix = ''
+        if details and len(set(details)) == 1 and len(details) == len(ebs):
+            suffix, details = ' (%s)' % details[0], []  # the same everywhere: say it once
+        if not details and len(self.ebs) > 1 and len(ebs) == len(self.ebs):
+            return ('in both execution blocks' if len(ebs) == 2 else 'in all %d execution blocks' % len(ebs)) + suffix
+        named = ['%s (%s)' % (eb, detail) if details and detail else eb for eb, detail in ebs]
+        if len(named) > 3:
+            return 'in %d execution blocks (%s, ...)%s' % (len(named), ', '.join(named[:2]), suffix)
+        return 'in ' + ', '.join(named) + suffix
+
+
+def _check_field(field, layouts, converter, analysis, report):
+    present = [layout for layout in layouts if field.name in layout.fields]
+    if not present:
+        known = sorted({name for layout in layouts for name in layout.fields})
+        report.add('error', field.line, 'field "%s" is in none of the measurement sets (they have %s) — correct '
+                   'the name or delete its block' % (field.name, ', '.join(known) or 'no fields'))
+        return
+    if not field.spws:
+        report.add('warning', field.line, 'field "%s" has no spectral windows, so it is left out of the line '
+                   'MSes — add its "SpectralWindow:" blocks' % field.name)
+    for spw in field.spws.values():
+        _check_ranges_among_themselves(spw, report)
+        _check_spw_name(field, spw, analysis.virtual, report)
+        for layout in present:
+            _check_spw_in_ms(field, spw, layout, converter, analysis, report)
+
+
+def _check_ranges_among_themselves(spw, report):
+    if spw.ranges and spw.keywords:
+        word, line = spw.keywords[0]
+        report.add('warning', line, '%s stands beside frequency ranges in %s; like the pipeline, the ranges are '
+                   'used — delete one of them' % (word, spw.label()))
+    for frame in CONTDAT_FRAMES:
+        ordered = sorted((r for r in spw.ranges if r.frame == frame), key=lambda r: r.lo_hz)
+        for before, after in zip(ordered, ordered[1:]):
+            if after.lo_hz < before.hi_hz:
+                report.add('warning', after.line, 'in %s, %s overlaps %s (line %d); their union is fitted — '
+                           'merge them into one range' % (spw.label(), _range_text(after), _range_text(before),
+                                                          before.line))
+
+
+def _check_spw_name(field, spw, virtual, report):
+    if spw.name and spw.virtual_id in virtual and virtual[spw.virtual_id][1].name != spw.name:
+        defining, window = virtual[spw.virtual_id]
+        report.add('warning', spw.line, 'spw %d is named %s in %s, not %s; like the pipeline, the name decides '
+                   'which spw the block means — check the number'
+                   % (spw.virtual_id, window.name, defining.eb, spw.name))
+
+
+def map_spw(spw, layout, virtual):
+    """The real spw id in layout of a cont.dat block, or None.
+
+    The number in cont.dat is the pipeline's virtual id (virtual: virtual_spws of the execution
+    blocks): the id in the first execution block with that window.  Other EBs may number the same
+    window differently, so it is found there by name (the v3 name, else the name of the window that
+    defines the id) and by number only when names say nothing.
+    """
+    name, spw_id = spw.name, spw.virtual_id
+    if name is None:
+        if spw.virtual_id not in virtual:
+            return None
+        defining, window = virtual[spw.virtual_id]
+        if layout is defining:
+            return window.id
+        name, spw_id = window.name, window.id
+    # A v3 name that no window of this EB has means another window: no fall-back to the number.
+    return same_window(layout, name=name, spw_id=spw_id, by_number=spw.name is None)
+
+
+def _check_spw_in_ms(field, spw, layout, converter, analysis, report):
+    real_id = map_spw(spw, layout, analysis.virtual)
+    if real_id is None:
+        what = 'named %s' % spw.name if spw.name else 'numbered %d' % spw.virtual_id
+        has = 'spws %s' % ', '.join('%d %s' % (i, s.name) if spw.name else str(i) for i, s in layout.spws.items())
+        report.add('error', spw.line, 'field "%s": no spectral window %s {where} — correct the spw number%s or '
+                   'delete the block' % (field.name, what, ' and name' if spw.name else ''), layout.eb,
+                   'it has ' + has)
+        return
+    field_ids = layout.fields[field.name]
+    if not layout.has_data(field_ids, real_id):
+        return  # this field was not observed in that spw here: nothing to fit
+    fitorder = 0 if spw.low_bandwidth else 1
+    nchan = layout.spws[real_id].nchan
+    if spw.fit_all_channels:
+        report.add('note', spw.line, 'field "%s" %s: %s — the continuum is fitted over all channels, as the '
+                   'pipeline does' % (field.name, spw.label(), spw.selection_word))
+        analysis.selections[str(layout.path)].append(FitSelection(
+            field.name, field_ids, real_id, spw.virtual_id, '', nchan, nchan, fitorder, spw.line,
+            spw.selection_word))
+        return
+    channel_ranges = []
+    for cont_range in spw.ranges:
+        try:
+            channels = converter.channels(layout.path, field_ids[0], real_id, cont_range)
+            coverage = converter.coverage(layout.path, field_ids[0], real_id, cont_range.frame)
+        except Exception as error:  # CASA raises plain RuntimeErrors
+            report.add('error', cont_range.line, 'cannot convert %s of field "%s" to channels {where} (%s) — '
+                       'check the frame (SOURCE is for ephemeris targets only)'
+                       % (_range_text(cont_range), field.name, one_line(error)), layout.eb)
+            continue
+        covered = 'it covers %s %s' % (_ghz_text(*coverage), cont_range.frame)
+        if channels is None:
+            report.add('error', cont_range.line, '%s lies outside %s of field "%s" {where} — correct the range'
+                       % (_range_text(cont_range), spw.label(), field.name), layout.eb, covered)
+            continue
+        if cont_range.lo_hz < coverage[0] or cont_range.hi_hz > coverage[1]:
+            report.add('warning', cont_range.line, '%s reaches beyond %s of field "%s" {where}; only the channels '
+                       'inside are fitted — trim the range' % (_range_text(cont_range), spw.label(), field.name),
+                       layout.eb, covered)
+        channel_ranges.append(channels)
+    merged = merge_channel_ranges(channel_ranges)
+    selected = sum(last - first + 1 for first, last in merged)
+    if channel_ranges and selected < fitorder + 1:
+        report.add('error', spw.line, 'field "%s" %s selects too few channels {where} for a fit of order %d — '
+                   'widen the ranges' % (field.name, spw.label(), fitorder), layout.eb,
+                   '%d channel%s' % (selected, '' if selected == 1 else 's'))
+    if merged and selected >= fitorder + 1:
+        analysis.selections[str(layout.path)].append(FitSelection(
+            field.name, field_ids, real_id, spw.virtual_id, channel_string(merged), selected, nchan, fitorder,
+            spw.line, 'ranges'))
+
+
+def _check_coverage_of_science_data(contdat, layouts, analysis, report):
+    """Fields and spws with data that cont.dat does not mention, and what happens to them."""
+    for layout in layouts:
+        selections = analysis.selections[str(layout.path)]
+        chosen_spws = {s.spw_id for s in selections}
+        for name, field_ids in layout.fields.items():
+            if name not in contdat.fields:
+                report.add('warning', None, 'field "%s" has data {where} but no block in cont.dat, so it is left '
+                           'out of the line MSes — add a "Field: %s" block (NONE fits all channels)' % (name, name),
+                           layout.eb)
+                continue
+            for spw_id in sorted(chosen_spws):
+                mentioned = any(s.field_name == name and s.spw_id == spw_id for s in selections)
+                if layout.has_data(field_ids, spw_id) and not mentioned and _block_maps_here(
+                        contdat.fields[name], spw_id, layout, analysis.virtual) is None:
+                    # uvcontsub selects spws for all fields at once: the window is in the line MS anyway.
+                    virtual = analysis.virtual_id(layout, spw_id)
+                    report.add('warning', contdat.fields[name].line, 'field "%s" has no block for spw %d, which '
+                               'other fields have; its continuum there is fitted over all channels {where} — add '
+                               'a "SpectralWindow: %d" block for it' % (name, virtual, virtual), layout.eb)
+                    nchan = layout.spws[spw_id].nchan
+                    selections.append(FitSelection(name, field_ids, spw_id, virtual, '', nchan, nchan, 1,
+                                                   contdat.fields[name].line, 'absent'))
+        for spw in layout.spws.values():
+            if spw.id not in chosen_spws and any(name in contdat.fields for name in layout.fields):
+                report.add('note', None, 'spw %d (%s) is in no cont.dat block {where}: it is left out of the line '
+                           'MSes, as the pipeline does' % (spw.id, spw.name), layout.eb)
+
+
+def _block_maps_here(field, spw_id, layout, virtual):
+    for spw in field.spws.values():
+        if map_spw(spw, layout, virtual) == spw_id:
+            return spw
+    return None
+
+
+def _range_text(cont_range):
+    return '%s %s' % (_ghz_text(cont_range.lo_hz, cont_range.hi_hz), cont_range.frame)
+
+
+def _ghz_text(lo_hz, hi_hz):
+    return '%.6f~%.6fGHz' % (lo_hz / 1e9, hi_hz / 1e9)
+
+
+def describe_problem(problem):
+    where = '%s:%d' % (problem.path, problem.line) if problem.line else problem.path
+    return '%s: %s: %s' % (where, problem.severity, problem.message)
+
+
+def contdat_preflight(plan, casa):
+    """Check cont.dat against the measurement sets before anything is written; stop on errors.
+
+    Every continuum subtraction path calls this first.  It needs CASA (advisechansel and
+    table reads), which the plan is made without, so it is the first thing the contsub step
+    does; the plan itself already read cont.dat, so syntax errors stop even --dry-run.
+    """
+    analysis = plan.contdat_analysis
+    if analysis is None:
+        delivery = plan.delivery
+        contdat = plan.contdat or read_delivery_contdat(delivery)
+        say('  checking %s against %d measurement set(s)' % (contdat.display, len(delivery.targets)))
+        analysis = analyse_contdat(contdat, delivery.targets, casa)
+        for problem in analysis.problems:
+            say('  ' + describe_problem(problem))
+        plan.contdat_analysis = analysis
+    errors = analysis.errors
+    if errors:
+        raise ReprocessingError('%s has %d error%s (listed above) — correct %s and run again; nothing was written'
+                                % (analysis.contdat.display, len(errors), '' if len(errors) == 1 else 's',
+                                   'it' if len(errors) == 1 else 'them'))
+    return analysis
+
+
+def read_delivery_contdat(delivery):
+    """The delivery's caltables/cont.dat, read (pure Python; errors name the line)."""
+    return read_contdat(delivery.contdat, display=relative_path(delivery.contdat, delivery.root))
+
+
+def say_fit_table(analysis, *, fitorder=None):
+    for layout in analysis.layouts:
+        selections = analysis.selections[str(layout.path)]
+        if not selections:
+            say('  %s: nothing to fit' % layout.eb)
+            continue
+        for s in selections:
+            chosen = 'all %d channels' % s.nchan if not s.chan else 'channels %s (%d of %d)' % (
+                s.chan, s.n_selected, s.nchan)
+            say('  %s: field %s spw %d%s: %s, fit order %d' % (
+                layout.eb, s.field_name, s.spw_id, ' (cont.dat spw %d)' % s.virtual_id if s.virtual_id != s.spw_id
+                else '', chosen, s.fitorder if fitorder is None else fitorder))

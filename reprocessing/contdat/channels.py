@@ -1,0 +1,73 @@
+"""Frequency ranges to channels: CASA's advisechansel, per MS, field and spw (cached)."""
+
+from .grammar import HZ_PER_UNIT
+
+
+# -- from cont.dat ranges to each MS's channels ------------------------------------------------------
+
+class ChannelConverter(object):
+    """cont.dat frequency ranges -> TOPO channels of one MS, with synthesisutils.advisechansel.
+
+    Called exactly as the pipeline's contfilehandler does (freqstep=100., LSRK; SOURCE with
+    ephemtable='TRACKFIELD' for ephemeris targets), so the channels match what hif_uvcontsub
+    would fit; no Doppler arithmetic of our own.
+    """
+
+    def __init__(self, casa):
+        self.tool = casa.casatools.synthesisutils()
+
+    def channels(self, ms, field_id, spw_id, cont_range):
+        """(first, last) channel of the range in this MS/field/spw, or None when it selects nothing."""
+        arguments = dict(msname=str(ms), fieldid=int(field_id), spwselection=str(spw_id),
+                         freqstart=cont_range.lo_hz, freqend=cont_range.hi_hz, freqstep=100.,
+                         freqframe=cont_range.frame)
+        if cont_range.frame == 'SOURCE':
+            arguments['ephemtable'] = 'TRACKFIELD'
+        try:
+            result = self.tool.advisechansel(**arguments)
+        finally:
+            self.tool.done()
+        spws = [int(spw) for spw in result.get('spw', [])]
+        if spw_id not in spws:
+            return None
+        index = spws.index(spw_id)
+        count = int(result['nchan'][index])
+        first = int(result['start'][index])
+        return (first, first + count - 1) if count > 0 else None
+
+    def coverage(self, ms, field_id, spw_id, frame):
+        """(low, high) Hz that the spw covers in frame, over the whole observation."""
+        arguments = dict(msname=str(ms), fieldid=int(field_id), spwselection=str(spw_id),
+                         freqframe=frame, getfreqrange=True)
+        if frame == 'SOURCE':
+            arguments['ephemtable'] = 'TRACKFIELD'
+        try:
+            result = self.tool.advisechansel(**arguments)
+        finally:
+            self.tool.done()
+        return _hz(result['freqstart']), _hz(result['freqend'])
+
+
+def _hz(quantity):
+    value = quantity['value'] if isinstance(quantity, dict) else quantity
+    try:
+        value = list(value)[0]
+    except TypeError:
+        pass
+    scale = HZ_PER_UNIT.get(quantity.get('unit', 'Hz'), 1.0) if isinstance(quantity, dict) else 1.0
+    return float(value) * scale
+
+
+def merge_channel_ranges(ranges):
+    """Sorted union of (first, last) channel ranges; touching ranges join."""
+    merged = []
+    for first, last in sorted((min(a, b), max(a, b)) for a, b in ranges):
+        if merged and first <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], last))
+        else:
+            merged.append((first, last))
+    return merged
+
+
+def channel_string(ranges):
+    return ';'.join('%d~%d' % pair for pair in ranges)

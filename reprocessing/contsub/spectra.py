@@ -1,0 +1,265 @@
+"""Before/after spectra of a continuum subtraction: measured on a sample of the data, drawn as PNGs."""
+
+import collections
+from pathlib import Path
+
+from ..casa.casa_engine import opened_table, opened_tool
+from ..contdat.channels import ChannelConverter
+from ..contdat.grammar import ContRange
+from ..contdat.against_ms import analyse_contdat
+from ..core.fileops import atomic_file, relative_path
+from ..core.layout import eb_name
+from ..core.messages import ReprocessingError, one_line, say, warn
+from ..casa.ms_tables import column_names, dd_ids_by_spw, read_ms_layout, same_window, spw_name
+
+
+# -- spectra before and after -----------------------------------------------------------------------
+
+# Visibilities (rows x correlations x channels) read at most per MS, field and spw for a spectrum:
+# a plot does not need every integration of a large MS; time windows spread over the
+# observation are averaged instead (the plot says so).  2e6 values keep the plots' noise ~1/30 of
+# one visibility's for 2000 channels and 2 correlations, and their cost ~10% of the fit's.
+SPECTRUM_BUDGET = 2000000
+
+
+def spectra_directory(delivery):
+    return delivery.work_dir / 'report' / 'spectra'
+
+
+def spectrum_requests(analysis, ms):
+    """What to measure for one MS: one entry per field and spw it fits, with cont.dat's ranges."""
+    requests = []
+    for selection in analysis.selections[str(ms)]:
+        block = analysis.contdat.fields[selection.field_name].spws.get(selection.virtual_id)
+        ranges = [[r.lo_hz, r.hi_hz, r.frame] for r in block.ranges] if block is not None else []
+        requests.append({'field_name': selection.field_name, 'field_ids': list(selection.field_ids),
+                         'spw_id': selection.spw_id, 'virtual_id': selection.virtual_id, 'ranges': ranges,
+                         'after_field_ids': list(selection.field_ids), 'after_spw_id': selection.spw_id})
+    return requests
+
+
+def measure_spectra_pair(casa, *, before_ms, after_ms, requests, column='DATA'):
+    """For each request: LSRK frequency, |<V>| before and after, and the cont.dat ranges on that axis.
+
+    column: the data column both spectra show (CORRECTED_DATA: the self-calibrated data).
+    """
+    measured = []
+    converter = ChannelConverter(casa)
+    for request in requests:
+        frequencies = lsrk_channel_frequencies(casa, before_ms, request['field_ids'][0], request['spw_id'])
+        before, fraction = average_spectrum(casa, before_ms, request['field_ids'], request['spw_id'], column=column)
+        after, _ = average_spectrum(casa, after_ms, request['after_field_ids'], request['after_spw_id'],
+                                    column=column)
+        shade = []
+        for lo_hz, hi_hz, frame in request['ranges']:
+            if frame == 'LSRK':
+                shade.append([lo_hz, hi_hz])
+                continue
+            # Another frame: shade the channels advisechansel picks, at their LSRK frequencies.
+            channels = converter.channels(before_ms, request['field_ids'][0], request['spw_id'],
+                                          ContRange(lo_hz, hi_hz, frame, 0))
+            if channels is not None:
+                chosen = frequencies[channels[0]:channels[1] + 1]
+                width = abs(frequencies[1] - frequencies[0]) / 2 if len(frequencies) > 1 else 0
+                shade.append([min(chosen) - width, max(chosen) + width])
+        measured.append({'eb': eb_name(before_ms), 'before_ms': Path(before_ms).name,
+                         'after_ms': Path(after_ms).name, 'field_name':
+                         request['field_name'], 'spw_id': request['spw_id'], 'virtual_id': request['virtual_id'],
+                         'spw_name': spw_name(casa, before_ms, request['spw_id']),
+                         'frequency_hz': list(frequencies), 'before': before, 'after': after, 'shade_hz': shade,
+                         'fraction': fraction, 'frames': sorted({r[2] for r in request['ranges']}),
+                         'column': column})
+    return measured
+
+
+def lsrk_channel_frequencies(casa, ms, field_id, spw_id):
+    """Channel frequencies in LSRK, in channel order, as the ms tool converts them (no maths of ours)."""
+    with opened_tool(casa.casatools.ms(), ms) as tool:
+        values = tool.cvelfreqs(spwids=[int(spw_id)], fieldids=[int(field_id)], mode='channel', outframe='LSRK')
+    return [float(v) for v in values]
+
+
+def average_spectrum(casa, ms, field_ids, spw_id, *, budget=SPECTRUM_BUDGET, column='DATA'):
+    """(|<V>| per channel over baselines, time and correlations, fraction of rows used).
+
+    Flagged visibilities are left out (TaQL's masked arrays); channels with no unflagged data are
+    None.  A large MS is sampled in up to 8 time windows spread over the observation.
+    """
+    import numpy
+    dd_ids = dd_ids_by_spw(casa, ms).get(int(spw_id), [])
+    where = 'FIELD_ID IN [%s] AND DATA_DESC_ID IN [%s]' % (','.join(str(int(f)) for f in field_ids),
+                                                           ','.join(str(dd) for dd in dd_ids) or '-1')
+    if '"' in str(ms):
+        raise ReprocessingError('the path %s contains a double quote — rename it' % ms)
+    with opened_table(casa, ms) as table:
+        selected = table.query(where)
+        try:
+            rows = selected.rownumbers()
+            cell = selected.getcell(column, 0) if len(rows) else None
+        finally:
+            selected.close()
+        if cell is None:
+            return [], 0.0
+        per_row = max(1, cell.size)
+        windows = _time_windows(list(rows), max(1, budget // per_row))
+        if windows:
+            where += ' AND (%s)' % ' OR '.join('(ROWID() >= %d AND ROWID() <= %d)' % w for w in windows)
+        row_numbers = numpy.asarray(rows)
+        used = len(rows) if not windows else sum(
+            int(((row_numbers >= first) & (row_numbers <= last)).sum()) for first, last in windows)
+        # DATA[FLAG] is a masked array: flagged values are left out of the mean.
+        result = table.taql('SELECT GMEANS(' + column + '[FLAG]) AS AVERAGE, GSUMS(IIF(FLAG, 0.0, 1.0)) AS UNFLAGGED '
+                            'FROM "%s" WHERE %s' % (ms, where))
+        try:
+            mean = numpy.asarray(result.getcol('AVERAGE'))[..., 0]
+            count = numpy.asarray(result.getcol('UNFLAGGED'))[..., 0]
+        finally:
+            result.close()
+    total = count.sum(axis=0)
+    combined = (mean * count).sum(axis=0) / numpy.where(total > 0, total, 1)
+    amplitude = [float(abs(value)) if weight > 0 else None for value, weight in zip(combined, total)]
+    return amplitude, float(used) / len(rows)
+
+
+def _time_windows(rows, limit, pieces=8):
+    """Up to `pieces` row-number ranges spread over the selected rows, `limit` rows in all; [] = all."""
+    if len(rows) <= limit:
+        return []
+    size = max(1, limit // pieces)
+    starts = [int(i * (len(rows) - size) / float(max(1, pieces - 1))) for i in range(pieces)]
+    windows = []
+    for start in sorted(set(starts)):
+        windows.append((rows[start], rows[min(len(rows) - 1, start + size - 1)]))
+    return windows
+
+
+def plot_contsub_spectra(*, before_ms, after_ms, contdat, out_dir, casa):
+    """PNGs of |<V>| versus LSRK frequency before and after subtraction, cont.dat ranges shaded.
+
+    before_ms / after_ms: an MS or a list of them, paired (uid*_targets.ms and its line MS).  One
+    PNG per science field and spw, with one curve per execution block.  Returns the PNG paths.
+    """
+    befores = [Path(before_ms)] if isinstance(before_ms, (str, Path)) else [Path(p) for p in before_ms]
+    afters = [Path(after_ms)] if isinstance(after_ms, (str, Path)) else [Path(p) for p in after_ms]
+    analysis = analyse_contdat(contdat, befores, casa)
+    spectra = []
+    for before, after in zip(befores, afters):
+        after_layout = read_ms_layout(casa, after)
+        before_layout = analysis.layout(before)
+        requests = []
+        for request in spectrum_requests(analysis, before):
+            if request['field_name'] not in after_layout.fields:
+                continue
+            name = before_layout.spws[request['spw_id']].name
+            after_spw = same_window(after_layout, name=name, spw_id=request['spw_id'])
+            if after_spw is None:
+                continue
+            request['after_field_ids'] = after_layout.fields[request['field_name']]
+            request['after_spw_id'] = after_spw
+            requests.append(request)
+        # the self-calibrated data where both MSes hold them, as imaging uses them
+        column = 'CORRECTED_DATA' if all('CORRECTED_DATA' in column_names(casa, ms) for ms in (before, after)) \
+            else 'DATA'
+        spectra.extend(measure_spectra_pair(casa, before_ms=before, after_ms=after, requests=requests, column=column))
+    return draw_spectra(spectra, Path(out_dir))
+
+
+def draw_spectra(spectra, out_dir):
+    """One PNG per (field, cont.dat spw): before above, after below, one curve per EB (matplotlib, Agg)."""
+    import re
+    if not spectra:
+        return []
+    try:
+        from matplotlib.figure import Figure
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+    except ImportError:
+        warn('matplotlib is not installed in this Python, so no spectra plots were made — install it with '
+             '"pip install matplotlib"')
+        return []
+    groups = collections.OrderedDict()
+    for spectrum in spectra:
+        groups.setdefault((spectrum['field_name'], spectrum['virtual_id']), []).append(spectrum)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pictures = []
+    for (field_name, virtual_id), items in groups.items():
+        figure = Figure(figsize=(10, 6.5))
+        FigureCanvasAgg(figure)
+        top = figure.add_subplot(2, 1, 1)
+        bottom = figure.add_subplot(2, 1, 2, sharex=top)
+        shown = describe_spectrum_columns(items)
+        for axes, key, title in ((top, 'before', 'before: uid*_targets.ms, ' + shown),
+                                 (bottom, 'after', 'after: uid*_targets_line.ms (continuum subtracted), ' + shown)):
+            for lo_hz, hi_hz in items[0]['shade_hz']:
+                axes.axvspan(lo_hz / 1e9, hi_hz / 1e9, color='tab:green', alpha=0.18, linewidth=0)
+            for item in items:
+                points = [(f / 1e9, a) for f, a in zip(item['frequency_hz'], item[key]) if a is not None]
+                points.sort()
+                axes.plot([p[0] for p in points], [p[1] for p in points], linewidth=0.9,
+                          label=item['eb'] + ('' if item['fraction'] >= 0.999 else
+                                              ' (%d%% of the integrations)' % round(100 * item['fraction'])))
+            axes.set_title(title, fontsize=10, loc='left')
+            axes.set_ylabel('Amplitude (Jy)')
+            axes.axhline(0.0, color='0.6', linewidth=0.5)
+            axes.grid(alpha=0.3)
+        bottom.set_xlabel('LSRK frequency (GHz)')
+        frames = sorted({frame for item in items for frame in item['frames']})
+        shaded = ('cont.dat ranges shaded (%s)' % ', '.join(frames) if frames
+                  else 'no cont.dat ranges: all channels fitted')
+        figure.suptitle('%s — spw %d %s\n|mean visibility| over baselines and time; %s' % (
+            field_name, virtual_id, items[0]['spw_name'], shaded), fontsize=10)
+        if len(items) <= 8:
+            top.legend(fontsize=8, loc='upper right')
+        name = '%s_spw%d.png' % (re.sub(r'[^A-Za-z0-9_.+-]+', '_', field_name), virtual_id)
+        with atomic_file(out_dir / name) as temporary:
+            figure.savefig(str(temporary), dpi=90, format='png')
+        pictures.append(out_dir / name)
+    return pictures
+
+
+def drawn_in_background(spectra, out_dir):
+    """draw_spectra in a thread started now; returns a function that waits for it and gives the PNGs.
+
+    Measured on the 5 EB bench delivery: the PNGs take 0.76 s (importing matplotlib half of it), which
+    the parallel --contsub_fast otherwise spent after its worker processes had exited (0.3-0.5 s of
+    CASA's teardown) and the line MSes were published.  A failure is a warning (plots_or_warning);
+    a stopped run does not wait for the plots (daemon thread; each PNG gets its name when complete).
+    """
+    import threading
+    drawn = []
+    thread = threading.Thread(target=lambda: drawn.append(plots_or_warning(lambda: draw_spectra(spectra, out_dir))))
+    thread.daemon = True
+    thread.start()
+
+    def pictures():
+        thread.join()
+        return drawn[0] if drawn else []
+    return pictures
+
+
+def describe_spectrum_columns(items):
+    """Which data column the curves show ('CORRECTED_DATA (self-calibrated)'), per EB where they differ."""
+    def name(column):
+        return 'CORRECTED_DATA (self-calibrated)' if column == 'CORRECTED_DATA' else 'DATA'
+    columns = sorted({item.get('column', 'DATA') for item in items})
+    if len(columns) == 1:
+        return name(columns[0])
+    return '; '.join('%s: %s' % (name(column), ', '.join(item['eb'] for item in items
+                                                          if item.get('column', 'DATA') == column))
+                     for column in columns)
+
+
+def plots_or_warning(make):
+    """The plots are a view of a finished result: when they fail, say so and carry on."""
+    try:
+        return make()
+    except Exception as error:
+        warn('the spectra plots could not be made (%s) — the line MSes are complete; report this problem'
+             % one_line(error))
+        return []
+
+
+def say_spectra(pictures, delivery):
+    if pictures:
+        say('  spectra before/after (%d PNG, one per field and spw): %s/' % (
+            len(pictures), relative_path(Path(pictures[0]).parent, delivery.root)))

@@ -1,0 +1,274 @@
+"""Running tclean jobs: the dirty image and threshold, cleaning with progress, the fallbacks, and what each stopped on."""
+
+import os
+import time
+from pathlib import Path
+
+from ..casa.casa_engine import _full_disk_among, casa_log_path, casa_task, opened_tool
+from ..casa.mpi import change_directory, tclean_parallel
+from ..casa.ms_imaging import ImagingPointing
+from ..core.fileops import human_bytes, require_free_space
+from ..core.messages import ReprocessingError, duration_text, one_line, say
+from ..core.requests import ImagingRequest
+from ..run.run_state import pause_point
+from .heuristics import ARCSEC_PER_RADIAN, bandwidth_correction_factor, distinct_pointings, dynamic_range_threshold, mosaic_overlap_factor, pointing_geometry
+from .image_casa import IMAGE_SPACE_ADVICE, ImageJob, PB_LIMIT, PB_MASK, estimate_image_bytes, tclean_arguments
+from .image_stats import image_statistics
+from .products import ImageProduct, is_casa_image
+from .tclean_progress import tclean_progress
+
+
+
+_STOP_REASONS = {0: 'not cleaned', 1: 'iteration limit', 2: 'threshold', 3: 'stopped', 4: 'no change',
+                 5: 'residual grew', 6: 'diverged', 7: 'no automask found: dirty image', 8: 'noise threshold'}
+
+
+def run_tclean_jobs(casa, request, jobs, *, work_dir, state, workers=None, seconds=None):
+    """Make each job's image in work_dir (in workers' processes when given); the products are the CASA images
+    named after each job (job.name + '.image', '.pb', ...).  seconds: a dict given gets each job's duration
+    (by job name), for its provenance record."""
+    previous_dir = os.getcwd()
+    change_directory(work_dir)  # tclean (and monolithic CASA's .last files) write into the working directory
+    try:
+        for number, job in enumerate(jobs, 1):
+            say('  [%d/%d] %s: %s, %dx%d%s, cell %s, %s%s' % (
+                number, len(jobs), job.name, job.specmode, job.imsize[0], job.imsize[1],
+                ' x %d channels' % job.nchan if job.spectral else '', job.cell[0], job.gridder,
+                ', %s nterms=%d' % (job.deconvolver, job.nterms) if job.nterms else ''))
+        pause_point('image-product', state)
+        # again before the images: the disk may have filled since the plan (other jobs, other users), and a
+        # tclean that finds it full is aborted by CASA with no message (exit 134)
+        require_free_space(work_dir, estimate_image_bytes(jobs, all_products=request.all_products)[1],
+                           what='the image %s%s' % (jobs[0].name, ' and %d more' % (len(jobs) - 1) if len(jobs) > 1 else ''),
+                           advice=IMAGE_SPACE_ADVICE)
+        pause_point('tclean', state)
+        arguments = [dict(job=job._asdict(), request=request._asdict(), imagename=str(work_dir / job.name),
+                          parallel=tclean_parallel(job)) for job in jobs]
+        if workers is None or workers.count <= 1:
+            results = [run_image_job(casa, lambda message, name=job.name: say('  [%s] %s' % (name, message)), **kwargs)
+                       for job, kwargs in zip(jobs, arguments)]
+        else:  # the largest first, so that no worker is left with a big cube at the end
+            order = sorted(range(len(jobs)), key=lambda i: -jobs[i].imsize[0] * jobs[i].imsize[1] * jobs[i].nchan)
+            try:
+                answers = workers.run([{'function': 'image_job', 'eb': jobs[i].name, 'arguments': arguments[i]}
+                                       for i in order], casa=casa, unit='images')
+                results = [None] * len(jobs)
+                for i, answer in zip(order, answers):
+                    results[i] = answer
+            except ReprocessingError as error:  # a worker that CASA aborted on a full disk (exit 134) says nothing
+                full = _full_disk_among([work_dir], error)
+                if full and 'is full' not in str(error):
+                    raise ReprocessingError('tclean failed (%s): the disk of %s is full (%s free) — free some space, '
+                                            'then run the same command again; your MS was not changed'
+                                            % (one_line(error), full[0], human_bytes(full[1])))
+                raise
+    finally:
+        change_directory(previous_dir)
+    if seconds is not None:
+        seconds.update((job.name, result['seconds']) for job, result in zip(jobs, results))
+    products = []
+    for job in jobs:
+        made = sorted(name for name in os.listdir(str(work_dir)) if name.startswith(job.name + '.')
+                      and is_casa_image(work_dir / name))
+        if not any(name in made for name in (job.name + '.image', job.name + '.image.tt0')):
+            raise ReprocessingError('tclean made no image for %s — see the CASA log %s' % (job.name, state.casa_logfile))
+        products.extend(ImageProduct.from_working_name(work_dir / name) for name in made)
+    return products
+
+
+def run_image_job(casa, report, *, job, request, imagename, parallel):
+    """One image: the dirty image and the pipeline's threshold, tclean, the automasking fallback.
+
+    job and request as dicts (they travel to worker processes as JSON); report(line) prints progress.
+    """
+    job = ImageJob(**job)
+    request = ImagingRequest(**request)
+    started = time.time()
+    arguments = tclean_arguments(job, request, imagename=imagename, parallel=parallel)
+    threshold = _dirty_image_and_threshold(casa, job, request, arguments, report)
+    if threshold is not None:  # clean the dirty image further, to the pipeline's threshold
+        arguments.update(threshold='%.3gJy' % threshold, nsigma=0.0, calcpsf=False, calcres=False)
+    summary = _tclean_with_progress(casa, job, report, 'cleaning' if threshold is not None else 'tclean', arguments)
+    stop = summary.get('stopcode') if isinstance(summary, dict) else None
+    iterations = int(summary.get('iterdone', 0)) if isinstance(summary, dict) else 0
+    if stop == NO_AUTOMASK_STOPCODE and not job.spectral:
+        summary = _clean_in_primary_beam_mask(casa, job, arguments, report)
+        stop = summary.get('stopcode') if isinstance(summary, dict) else stop
+        iterations += int(summary.get('iterdone', 0)) if isinstance(summary, dict) else 0
+    report('%d clean iterations, stopped by %s, %s' % (
+        iterations, _STOP_REASONS.get(stop, 'code %s' % stop), duration_text(time.time() - started)))
+    return {'iterations': iterations, 'stop': stop, 'seconds': round(time.time() - started, 1)}
+
+
+def _tclean_with_progress(casa, job, report, label, arguments):
+    """tclean; for a cube imaged in this process, progress lines from the CASA log while it runs (tclean_progress).
+
+    Under MPI (parallel) the servers image the channels and write their own lines: not followed.
+    """
+    followed = job.spectral and not arguments.get('parallel')
+    with tclean_progress(report, logfile=casa_log_path(casa) if followed else None, nchan=job.nchan, label=label):
+        return casa_task(casa, 'tclean', about=job.name + (' (dirty image)' if label == 'dirty image' else ''),
+                         **arguments)
+
+
+NO_AUTOMASK_STOPCODE = 7
+TLIMIT = 2.0  # imageparams_alma.py tlimit(): clean to twice the theoretical sensitivity (before the DR correction)
+
+
+def _dirty_image_and_threshold(casa, job, request, arguments, report):
+    """The pipeline's iter0 and cleaning depth: a dirty image, then threshold = tlimit x the theoretical
+    sensitivity x the dynamic-range correction (pipeline/hif/tasks/tclean/tclean.py; imageparams_alma.py
+    dr_correction()), the dirty dynamic range being the dirty peak (inside the 0.2 primary-beam level) over
+    the sensitivity.  The dirty image's PSF and residual are the cleaning's start (calcpsf/calcres False),
+    so this costs one tclean start, not a second gridding.  None (clean to nsigma=2 of the residual's rms
+    instead) when the sensitivity cannot be computed.
+    """
+    sensitivity = theoretical_sensitivity(casa, job, request)
+    if not sensitivity:
+        return None
+    dirty = dict(arguments, niter=0, restoration=False, pbcor=False)
+    _tclean_with_progress(casa, job, report, 'dirty image', dirty)
+    terms = '.tt0' if job.nterms else ''
+    residual, pb = arguments['imagename'] + '.residual' + terms, arguments['imagename'] + '.pb' + terms
+    with opened_tool(casa.casatools.image(), residual) as image:
+        stats = image.statistics(mask='"%s" > %s' % (pb.replace('"', '\\"'), PB_LIMIT), robust=False,
+                                 verbose=False, list=False)
+    if not len(stats.get('max', [])):
+        return None
+    peak = float(stats['max'][0])
+    diameter = 12.0 if job.dish_m >= 12.0 else 7.0
+    threshold = dynamic_range_threshold(TLIMIT * sensitivity, peak / sensitivity, peak, diameter_m=diameter,
+                                        n_ebs=len(job.vis), tlimit=TLIMIT)
+    report('theoretical sensitivity %.3g mJy/beam, dirty peak %.3g mJy/beam (dynamic range %.0f): '
+           'cleaning to %.3g mJy/beam, as the pipeline' % (sensitivity * 1e3, peak * 1e3, peak / sensitivity,
+                                                        threshold * 1e3))
+    return threshold
+
+
+def _selected_channels(selection):
+    """{spw id: channels selected or None for all} of a tclean spw selection like '25:0~19;42~60,27'."""
+    chosen = {}
+    for part in selection.split(','):
+        spw, _sep, channels = part.partition(':')
+        if not channels:
+            chosen[int(spw)] = None
+            continue
+        count = 0
+        for piece in channels.split(';'):
+            first, _tilde, last = piece.partition('~')
+            count += int(last or first) - int(first) + 1
+        chosen[int(spw)] = count
+    return chosen
+
+
+def theoretical_sensitivity(casa, job, request):
+    """Jy/beam: imageparams_base.py calc_sensitivities(): per EB and spw, imager.apparentsens of the whole spw
+    (briggs at the job's robust: the imager knows no briggsbwtaper) for the field (a mosaic: the pointing
+    nearest the image's centre, center_field_ids(), divided by the mosaic overlap factor), scaled to the
+    channels an image plane holds (cubes: nbin native channels; mfs/cont: the continuum channels) and by the
+    online-smoothing factor (get_bw_corr_factor), combined as 1 / sqrt(sum 1 / s^2).  0.0 when it cannot be
+    computed.
+    """
+    import math
+    robust = 0.5 if request.robust is None else request.robust
+    inverse_squares = 0.0
+    for vis, field_ids, selection in zip(job.vis, job.field_ids, job.spw_selection):
+        fields = [int(i) for i in field_ids.split(',')]
+        for spw_id, selected in _selected_channels(selection).items():
+            with opened_tool(casa.casatools.msmetadata(), vis) as msmd:
+                nchan = int(msmd.nchan(spw_id))
+                physical = abs(float(msmd.chanwidths(spw_id)[0]))
+                effective = abs(float(msmd.chaneffbws(spw_id)[0]))
+                centre_field, overlap = fields[0], 1.0
+                if job.gridder == 'mosaic':
+                    centre_field, overlap = _mosaic_centre_and_overlap(casa, msmd, fields, job.phasecenter, spw_id)
+            imager = casa.casatools.imager()
+            try:
+                imager.selectvis(vis=vis, spw='%d:0~%d' % (spw_id, nchan - 1), field=str(centre_field),
+                                 usescratch=False, writeaccess=False)
+                imager.defineimage(mode='cube' if job.spectral else 'mfs', spw=spw_id, cellx=job.cell[0],
+                                   celly=job.cell[0], nx=job.imsize[0], ny=job.imsize[1])
+                imager.weight(type='briggs', rmode='norm', robust=robust)
+                if request.uvtaper:
+                    taper = list(request.uvtaper) + [request.uvtaper[0]] * (2 - len(request.uvtaper))
+                    imager.filter(type='gaussian', bmaj=taper[0], bmin=taper[1],
+                                  bpa=taper[2] if len(taper) > 2 else '0.0deg')
+                result = imager.apparentsens()
+            except RuntimeError:
+                return 0.0
+            finally:
+                imager.done()
+            full = float(result[1])
+            if not full > 0.0:
+                return 0.0
+            if job.spectral:
+                width_hz = float(job.spectral['width'][:-len('MHz')]) * 1e6
+                per_plane = max(1, int(round(width_hz / physical)))
+            else:
+                per_plane = nchan if selected is None else selected
+            sensitivity = full * math.sqrt(float(nchan) / per_plane) * \
+                bandwidth_correction_factor(physical, effective, nchan, per_plane) / overlap
+            inverse_squares += 1.0 / sensitivity ** 2
+    return 1.0 / math.sqrt(inverse_squares) if inverse_squares else 0.0
+
+
+def _mosaic_centre_and_overlap(casa, msmd, fields, phasecenter, spw_id):
+    """(the field nearest the mosaic image's phase centre, the mosaic overlap factor) in one MS, as
+    center_field_ids() and mosaicOverlapFactorMS() (the spw's centre frequency, the median dish).  A phase
+    centre that is not a direction (TRACKFIELD) is taken as the middle of the pointings' extent."""
+    import math
+    import numpy
+    quanta = casa.casatools.quanta()
+    pointings = []
+    for field_id in fields:
+        direction = msmd.phasecenter(field_id)
+        pointings.append(ImagingPointing(field_id, direction['m0']['value'], direction['m1']['value'], ''))
+    ra0, dec0 = pointings[0].ra, pointings[0].dec
+
+    def offset(ra, dec):  # arcsec east and north of the first field (small angles)
+        return (((ra - ra0 + math.pi) % (2 * math.pi) - math.pi) * math.cos(dec0) * ARCSEC_PER_RADIAN,
+                (dec - dec0) * ARCSEC_PER_RADIAN)
+    parts = (phasecenter or '').split()
+    if len(parts) == 3:
+        centre = offset(*(float(quanta.convert(quanta.quantity(v), 'rad')['value']) for v in parts[1:]))
+    else:
+        ra, dec, _x_spread, _y_spread = pointing_geometry(pointings)
+        centre = offset(ra, dec)
+    nearest = min(pointings, key=lambda p: math.hypot(*(a - b for a, b in zip(offset(p.ra, p.dec), centre))))
+    diameter = float(numpy.median([quanta.convert(d, 'm')['value'] for d in msmd.antennadiameter().values()]))
+    # a pointing that two field ids share counts once
+    offsets = [offset(p.ra, p.dec) for p in distinct_pointings(pointings)]
+    return nearest.field_id, mosaic_overlap_factor(offsets, float(msmd.meanfreq(spw_id)), diameter)
+
+
+def _clean_in_primary_beam_mask(casa, job, arguments, report):
+    """The pipeline's fallback when automasking finds nothing in a continuum image with a clear source.
+
+    Sparse uv coverage (few antennas, snapshots) gives high PSF sidelobes, and the sidelobe threshold
+    then masks nothing.  Like hif_makeimages, a continuum image whose residual peak is over 10x its
+    noise is cleaned again inside the primary beam above 0.3, to a 4 sigma threshold (tlimit 4).
+    Cubes are left dirty, with a note, as the pipeline does.
+    """
+    peak, rms = residual_peak_and_rms(casa, arguments['imagename'] + ('.residual.tt0' if job.nterms else '.residual'))
+    if not rms or peak / rms <= 10.0:
+        return {}
+    report('no automatic mask was found (residual peak %.3g Jy/beam = %.0f x noise): cleaning inside the '
+           'primary beam above %.1f to %s, as the pipeline does'
+           % (peak, peak / rms, PB_MASK, 'twice the threshold' if arguments.get('nsigma') == 0.0 else '4 sigma'))
+    again = dict(arguments, usemask='pb', pbmask=PB_MASK, nsigma=4.0, calcpsf=False, calcres=False, restart=True)
+    if arguments.get('nsigma') == 0.0:  # imageparams_alma.py threshold(): iteration 2 cleans to twice the threshold
+        again.update(nsigma=0.0, threshold='%.3gJy' % (2.0 * float(arguments['threshold'][:-len('Jy')])))
+    for name in ('sidelobethreshold', 'noisethreshold', 'lownoisethreshold', 'negativethreshold', 'minbeamfrac',
+                 'growiterations', 'dogrowprune', 'minpercentchange', 'fastnoise'):
+        again.pop(name, None)
+    return casa_task(casa, 'tclean', about=job.name, **again)
+
+
+def residual_peak_and_rms(casa, residual):
+    """Peak (largest absolute value) and rms of a residual image (image_statistics); zeros when unreadable."""
+    if not Path(residual).is_dir():
+        return 0.0, 0.0
+    stats = image_statistics(casa, residual)
+    if stats['peak'] != stats['peak']:  # NaN: no valid pixel
+        return 0.0, 0.0
+    return max(abs(stats['peak']), abs(stats['min'])), stats['rms']

@@ -1,0 +1,95 @@
+"""Step --contsub: the ALMA pipeline subtracts the continuum, the way the installed release does it."""
+
+import collections
+from pathlib import Path
+
+from ..contdat.against_ms import contdat_preflight
+from ..core.fileops import move_tree, relative_path, remove_tree, directory_bytes, human_bytes
+from ..core.layout import WORK_DIR_NAME, line_ms_path
+from ..core.messages import ReprocessingError, say
+from ..casa.mpi import mpi_info
+from ..casa.pipeline_calls import pipeline_contsub_calls, pipeline_line_name
+from ..contdat.for_pipeline import place_contdat_for_pipeline
+from ..casa.pipeline_engine import load_pipeline_tasks, ms_records_pipeline_datatypes, run_pipeline_calls, stage_for_pipeline_contsub, task_parameter_names
+from ..run.run_state import publish_line_outputs
+from ..contsub.uvcontsub import build_fitspec, describe_line_columns, uvcontsub_checked
+from ..casa.data_columns import SELFCAL_COLUMN, add_selfcal_column
+from ..casa.ms_tables import column_names
+
+
+def run_contsub(plan, state, step, casa):
+    """--contsub: the ALMA pipeline subtracts the continuum, the way the installed release does it.
+
+    The pipeline works in working_reprocess/ on stand-ins of the user's MSes (shadows, or copies
+    for PL2022, which applies its fit into the MS), so the user's MSes are only read; its line
+    MSes are then moved into measurement_sets/ under temporary names and published.
+    """
+    analysis = contdat_preflight(plan, casa)
+    delivery = plan.delivery
+    targets = [Path(ms) for ms in step.inputs]
+    revision, tasks = load_pipeline_tasks(work_dir=delivery.work_dir)
+    decided = pipeline_contsub_calls(
+        revision=revision, task_parameters=dict((name, task_parameter_names(task)) for name, task in tasks.items()),
+        vis=[ms.name for ms in targets], mpi_size=mpi_info().size,
+        datatypes_recorded=all(ms_records_pipeline_datatypes(casa, ms) for ms in targets))
+    say('  pipeline %s (%s): %s' % (revision, decided.release, decided.flow))
+    for note in decided.notes:
+        say('  note: ' + note)
+    work_dir = delivery.work_dir
+    state.pipeline_dir = work_dir
+    staged = stage_for_pipeline_contsub(state, targets, work_dir, copy=decided.copies_ms)
+    place_contdat_for_pipeline(delivery, grammar=decided.contdat_grammar, release=decided.release)
+    produced = collections.OrderedDict((ms, work_dir / pipeline_line_name(ms.name)) for ms in targets)
+    for path in produced.values():
+        state.will_create(path)  # removed by the journal if the pipeline fails or the run is killed
+    run_pipeline_calls(tasks, decided.calls, work_dir=work_dir, casa_log=state.casa_logfile)
+    missing = [path.name for path in produced.values() if not (path / 'table.dat').exists()]
+    if missing:
+        raise ReprocessingError('the pipeline did not write %s — see its weblog (%s/pipeline-*/html/index.html) '
+                                'and the CASA log' % (', '.join(missing), WORK_DIR_NAME))
+    selfcal = {str(survey.path) for survey in plan.column_surveys if survey.has_selfcal}
+    for ms, path in produced.items():
+        if str(ms) in selfcal:
+            add_selfcal_line_data(casa, state, analysis=analysis, ms=ms, line_ms=path, options=plan.options)
+    outputs = []
+    for ms, path in produced.items():
+        final = line_ms_path(ms)
+        partial = state.partial_name(final)
+        state.will_create(partial)
+        move_tree(path, partial)
+        state.created_for_good(path)
+        outputs.append((partial, final))
+    replaced = {str(final) for final in publish_line_outputs(state, outputs, replace=plan.options.overwrite_line)}
+    for stand_in in staged.values():
+        remove_tree(stand_in)
+        state.created_for_good(stand_in)
+    for _partial, final in outputs:
+        say('  wrote %s (%s)%s' % (relative_path(final, delivery.root), human_bytes(directory_bytes(final)),
+                                   '; it replaced the earlier line MS (--overwrite-line)' if str(final) in replaced
+                                   else ''))
+    return {'outputs': [str(final) for _partial, final in outputs], 'method': 'pipeline',
+            'pipeline': revision, 'release': decided.release, 'flow': decided.flow,
+            'calls': [[name, kwargs] for name, kwargs in decided.calls]}
+
+
+def add_selfcal_line_data(casa, state, *, analysis, ms, line_ms, options):
+    """Give the pipeline's line MS of a self-calibrated MS its CORRECTED_DATA: the self-calibrated line data.
+
+    hif_uvcontsub fits the regular calibration (DATA) only and labels its output REGCAL_LINE_SCIENCE
+    (pipeline/hif/tasks/uvcontsub/uvcontsub.py); in the pipeline the self-calibrated line data come
+    from hif_selfcal applying its gain tables afterwards.  Here the same cont.dat ranges are fitted
+    in CORRECTED_DATA with CASA uvcontsub (a phase-only gain is one complex factor per row, so
+    fitting the corrected data equals correcting the fitted data) and written into the line MS.
+    """
+    if SELFCAL_COLUMN in column_names(casa, line_ms):
+        say('  %s: the pipeline kept CORRECTED_DATA (self-calibrated)' % line_ms.name)
+        return
+    field, spw, fitspec = build_fitspec(analysis.selections[str(ms)], fitorder=options.fitorder)
+    scratch = state.partial_name(line_ms.with_name(line_ms.name[:-3] + '.selfcal.ms'))
+    state.will_create(scratch)
+    say('  %s: fitting the same cont.dat ranges in CORRECTED_DATA (self-calibrated), CASA uvcontsub' % ms.name)
+    uvcontsub_checked(casa, ms=ms, output=scratch, field=field, spw=spw, fitspec=fitspec, datacolumn='corrected')
+    add_selfcal_column(casa, line_ms=line_ms, selfcal_fit=scratch)
+    remove_tree(scratch)
+    state.created_for_good(scratch)
+    say('  %s: %s' % (line_ms.name, describe_line_columns(['DATA', SELFCAL_COLUMN])))

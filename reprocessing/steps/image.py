@@ -1,0 +1,243 @@
+"""Step --image: make the images with the chosen engine, publish them, describe them."""
+
+import datetime
+import sys
+from pathlib import Path
+
+from ..casa.eb_tasks import eb_task
+from ..casa.mpi import mpi_servers_available
+from ..casa.ms_imaging import read_ms_for_imaging, virtual_spw_map
+from ..casa.ms_tables import column_names
+from ..casa.pipeline_engine import pipeline_is_installed, stage_for_pipeline_contsub
+from ..casa.workers import EbWorkers, available_cores
+from ..contdat.against_ms import contdat_preflight
+from ..core.fileops import changed_files, directory_bytes, file_states, human_bytes, relative_path, remove_tree, require_free_space
+from ..core.layout import Delivery, report_folder
+from ..core.messages import ReprocessingError, say
+from ..imaging.archive_compare import compare_with_archive, find_archive_products, format_comparison
+from ..imaging.image_casa import IMAGE_SPACE_ADVICE, estimate_image_bytes, plan_casa_images, psf_beam_finder
+from ..imaging.image_pipeline import run_pipeline_imaging
+from ..imaging.image_publish import check_no_collisions, format_image_table, image_table, publish_products
+from ..imaging.image_update import decide_images, describe_kept, discard_retired, image_stem, kept_rows, retire_stale_images, say_decisions, update_summary, write_image_records
+from ..imaging.products import ImageProduct, ous_from_path
+from ..imaging.tclean_run import run_image_job, run_tclean_jobs
+from ..run.staging import make_shadow, space_free_path
+
+
+def choose_imaging_engine(requested):
+    """'pipeline' or 'casa': auto takes the pipeline when this Python can import it."""
+    if requested == 'casa':
+        return 'casa'
+    available = 'pipeline' in sys.modules or pipeline_is_installed()
+    if requested == 'pipeline' and not available:
+        raise ReprocessingError('--engine pipeline: the ALMA pipeline cannot be imported in this Python (%s) — '
+                                'run inside "casa --pipeline", or use --engine casa' % sys.executable)
+    return 'pipeline' if available else 'casa'
+
+
+# --- The image step --------------------------------------------------------------
+
+def _say_notes(notes):
+    for note in notes:
+        say('  note: ' + note)
+
+
+def continuum_channel_finder(plan, casa):
+    """(info, field, real spw, virtual spw) -> (TOPO channels of cont.dat's ranges or '' for all, note)."""
+    delivery = plan.delivery
+    if not delivery.contdat.is_file():
+        def without_contdat(info, field, spw_id, virtual_id):
+            return '', 'no cont.dat: mfs/cont images use every channel, lines included'
+        return without_contdat, None
+    analysis = contdat_preflight(plan, casa)
+    by_ms = {Path(path).name: selections for path, selections in analysis.selections.items()}
+
+    def channels(info, field, spw_id, virtual_id):
+        for selection in by_ms.get(info.name, []):
+            if selection.field_name == field and selection.spw_id == spw_id:
+                if selection.chan:
+                    return selection.chan, None
+                return '', ('cont.dat gives no continuum ranges for field %s spw %d (%s): its mfs/cont images use '
+                            'every channel, as the pipeline does' % (field, virtual_id, selection.reason))
+        return '', ('cont.dat has no block for field %s spw %d: its mfs/cont images use every channel, as the '
+                    'pipeline does' % (field, virtual_id))
+    return channels, analysis.contdat
+
+
+def run_image(plan, state, step, casa):
+    """Make the images with the chosen engine, then publish the products into the images folder."""
+    request, engine = plan.imaging, plan.imaging_engine
+    delivery = Delivery(plan.delivery.root)  # listed again: --contsub may have just made the line MSes
+    images_dir = step.outputs[0]
+    lines = list(delivery.targets_line)
+    if {'cube', 'repBW'} & set(request.specmodes) and not lines and not request.allow_cubes_with_continuum:
+        raise ReprocessingError('no uid*_targets_line.ms, so cube images would contain the continuum — make them '
+                                'with --contsub_fast (or --contsub), or add --allow-cubes-with-continuum')
+    user_files = file_states(list(delivery.targets) + lines)
+    ous = ous_from_path(delivery.root)
+    say('  engine: %s; specmodes %s' % ('ALMA pipeline' if engine == 'pipeline' else 'CASA tclean (no pipeline)',
+                                         ','.join(request.specmodes)))
+    if engine == 'pipeline':
+        # plotms keeps the directory of the first pipeline step of this process, and the pipeline
+        # gives it relative paths: after --contsub, imaging must run where the contsub ran.
+        work_dir = state.pipeline_dir or delivery.work_dir / (
+            'pipeline-image-%s' % datetime.datetime.now().strftime('%Y%m%dT%H%M%S'))
+        work_dir.mkdir(parents=True, exist_ok=True)
+        # hifa_importdata writes into what it imports: it gets shadows (stand-ins) in its working directory
+        targets = list(stage_for_pipeline_contsub(state, delivery.targets, work_dir, copy=False).values())
+        line_shadows = list(stage_for_pipeline_contsub(state, lines, work_dir, copy=False).values())
+        selfcal = [shadow for shadow in targets + line_shadows if 'CORRECTED_DATA' in column_names(casa, shadow)]
+        inputs = {'targets': targets, 'targets_line': line_shadows, 'selfcal': selfcal}
+        products = run_pipeline_imaging(plan, state, casa, request, inputs=inputs, work_dir=work_dir)
+        notes = []
+    else:
+        work_dir = delivery.work_dir / 'imaging'
+        if work_dir.exists():
+            say('  removing %s/ left by an earlier run (its products were published then, or never)'
+                % relative_path(work_dir, delivery.root))
+            remove_tree(work_dir)
+        state.will_create(work_dir)
+        staging = state.staging_dir / 'image'
+        state.will_create(staging)
+        work_dir.mkdir(parents=True)
+        # tclean is given these paths (several MSes per image): none may have a space (space_free_path)
+        reachable = space_free_path(state, staging)
+        target_shadows = [reachable / make_shadow(ms, staging / ms.name).name for ms in delivery.targets]
+        line_shadows = [reachable / make_shadow(ms, staging / ms.name).name for ms in lines]
+        say('  reading %d measurement sets' % (len(target_shadows) + len(line_shadows)))
+        targets = sorted((read_ms_for_imaging(casa, ms) for ms in target_shadows), key=observed_first)
+        line_infos = sorted((read_ms_for_imaging(casa, ms) for ms in line_shadows), key=observed_first)
+        channels_for, contdat = None, None
+        if {'mfs', 'cont'} & set(request.specmodes):
+            channels_for, contdat = continuum_channel_finder(plan, casa)
+        # the cells come from PSFs, as the pipeline's (one mfs PSF per spw that decides a cell)
+        beam_for = psf_beam_finder(casa, request, infos=targets, spw_map=virtual_spw_map(targets), work_dir=work_dir)
+        jobs, notes = plan_casa_images(casa, request, targets=targets, lines=line_infos, channels_for=channels_for,
+                                       contdat=contdat, ous=ous, beam_for=beam_for)
+        _say_notes(notes)
+        if not jobs:
+            raise ReprocessingError('nothing to image with --specmodes %s (see the notes above) — choose other '
+                                    'specmodes, fields or spws' % ','.join(request.specmodes))
+        decisions, aside = None, None
+        if getattr(plan.options, 'update', False):
+            decisions = decide_images(casa, jobs, request, images_dir=images_dir, infos=targets + line_infos,
+                                      delivery_ms_dir=delivery.ms_dir, ous=ous)
+            say_decisions(decisions)
+            jobs = [decision.job for decision in decisions if decision.reasons]
+        if not jobs:  # --update: every image is kept
+            return _kept_only_result(plan, state, decisions, images_dir=images_dir, notes=notes, work_dir=work_dir,
+                                     staging=staging, user_files=user_files)
+        _check_image_space(jobs, request, images_dir, delivery)
+        if decisions is not None:
+            aside = retire_stale_images(state, decisions, images_dir=images_dir, expected_names=dict(
+                (image_stem(job, ous), [p.fits_name(ous) for p in expected_finals([job])]
+                 + [p.path.name for p in expected_finals([job])]) for job in jobs))
+        elif request.reuse_images:
+            expected = expected_finals(jobs)
+            check_no_collisions(images_dir, [p.fits_name(ous) for p in expected] + [p.path.name for p in expected])
+        seconds = {}
+        with EbWorkers.started(imaging_processes(jobs), state=state) as workers:
+            products = run_tclean_jobs(casa, request, jobs, work_dir=work_dir, state=state, workers=workers,
+                                       seconds=seconds)
+    if not products:
+        raise ReprocessingError('the %s made no images — see the CASA log %s' % (engine, state.casa_logfile))
+    placed = publish_products(state, products, images_dir=images_dir, all_products=request.all_products,
+                              ous=ous, casa=casa)
+    if engine != 'pipeline':
+        remove_tree(staging)
+        state.created_for_good(staging)
+        remove_tree(work_dir)  # the intermediates (psf, residual, model, ...) unless they were kept
+        state.created_for_good(work_dir)
+    changed = changed_files(user_files)
+    if changed:
+        raise ReprocessingError('files of your measurement sets changed during imaging (%s) — this must never '
+                                'happen: restore them from the delivery and report it' % ', '.join(changed[:3]))
+    if engine != 'pipeline':
+        records = dict(images_dir=images_dir, seconds_by_job=seconds, placed=placed, ous=ous)
+        decisions = decisions or decide_images(casa, jobs, request, images_dir=images_dir,
+                                               infos=targets + line_infos, delivery_ms_dir=delivery.ms_dir, ous=ous)
+        write_image_records(decisions, [], **records)  # at once: the files are this tool's from now on
+        discard_retired(state, aside)
+    table = image_table(casa, placed, ous=ous, thumbnails_dir=report_folder(delivery) / 'images')
+    if engine != 'pipeline':
+        write_image_records(decisions, table, **records)  # again, with the table's row for later reports
+        table = kept_rows(decisions) + table
+    comparison = _compare_with_archive(plan, casa, placed, ous)
+    fits_count = sum(1 for _p, _c, fits in placed if fits)
+    total = sum(directory_bytes(path) for _p, casa_path, fits in placed for path in (casa_path, fits) if path)
+    say('  %d images: %d FITS files and %d CASA images, %s, in %s' % (
+        len(table), fits_count, len(placed), human_bytes(total), relative_path(images_dir, delivery.root)))
+    for line in format_image_table(table):
+        say(line)
+    return {'outputs': [str(images_dir)], 'engine': engine, 'images': table, 'notes': notes, 'bytes': total,
+            'fits': fits_count, 'casa_images': len(placed),
+            'update': update_summary(decisions) if getattr(plan.options, 'update', False) else {},
+            'archive_comparison': comparison}
+
+
+def _compare_with_archive(plan, casa, placed, ous):
+    """The new images beside the archive's (when the delivery has them, or --archive-products points at them)."""
+    archive = find_archive_products(plan.delivery.root, getattr(plan.options, 'archive_products', None))
+    if archive is None:
+        return []
+    rows = compare_with_archive(casa, placed, archive, ous=ous, pictures_dir=report_folder(plan.delivery) / 'archive')
+    say('  compared with the archive\'s images in %s: %d of %d images have a twin' % (
+        relative_path(archive, plan.delivery.root), len(rows), len({p.image_key for p, _c, _f in placed})))
+    if rows:
+        for line in format_comparison(rows):
+            say(line)
+    return rows
+
+
+def _kept_only_result(plan, state, decisions, *, images_dir, notes, work_dir, staging, user_files):
+    """--update found every requested image up to date: nothing to make, the records' rows are the table."""
+    remove_tree(staging)
+    state.created_for_good(staging)
+    remove_tree(work_dir)
+    state.created_for_good(work_dir)
+    changed = changed_files(user_files)
+    if changed:
+        raise ReprocessingError('files of your measurement sets changed during imaging (%s) — this must never '
+                                'happen: restore them from the delivery and report it' % ', '.join(changed[:3]))
+    table = kept_rows(decisions)
+    say('  nothing to image: %s in %s' % (describe_kept(decisions, images_dir),
+                                           relative_path(images_dir, plan.delivery.root)))
+    for line in format_image_table(table):
+        say(line)
+    return {'outputs': [str(images_dir)], 'engine': 'casa', 'images': table, 'notes': notes, 'bytes': 0, 'fits': 0,
+            'casa_images': 0, 'update': update_summary(decisions)}
+
+
+def imaging_processes(jobs):
+    """Processes making images at once: one per core (each image's tclean runs on one core), at most one per
+    image; one under MPI, where tclean itself spreads cubes over the servers."""
+    if mpi_servers_available():
+        return 1
+    return max(1, min(available_cores(), len(jobs)))
+
+
+@eb_task
+def image_job(casa, report, **arguments):
+    """One pipeline-free image (image_casa.run_image_job), in a worker process or here."""
+    return run_image_job(casa, report, **arguments)
+
+
+def observed_first(info):
+    return (info.layout.start, info.name)
+
+
+def expected_finals(jobs):
+    """The final products the jobs will make, named as they will be (for collision checks)."""
+    products = []
+    for job in jobs:
+        extensions = ('image.tt0.pbcor', 'pb.tt0', 'mask', 'alpha', 'alpha.error') \
+            if job.deconvolver == 'mtmfs' else ('image.pbcor', 'pb', 'mask')
+        products.extend(ImageProduct.from_working_name(Path(job.name + '.' + ext)) for ext in extensions)
+    return products
+
+
+def _check_image_space(jobs, request, images_dir, delivery):
+    delivered, peak = estimate_image_bytes(jobs, all_products=request.all_products)
+    available = require_free_space(images_dir, peak, what='the images', advice=IMAGE_SPACE_ADVICE)
+    say('  %d images to make: about %s of products (%s on disk while imaging), %s free'
+        % (len(jobs), human_bytes(delivered), human_bytes(peak), human_bytes(available)))
