@@ -182,6 +182,7 @@ def test_a_step_importing_another_step_is_refused(package_copy):
 
 @pytest.mark.parametrize('line, refusal', [
     ("    spw = globals()['SPW']", r'globals\(\) reads the flat script'),
+    ("    spw = getattr(options, 'spw', None)", r'getattr\(options, \.\.\.\)'),
 ])
 def test_namespace_lookups_are_refused(package_copy, line, refusal):
     add_line(package_copy / 'steps' / 'concat.py', 'def run_concat(plan, state, step, casa):', line)

@@ -358,7 +358,7 @@ def make_delivery(root, *, tables=(), contdat_age=None):
 
 def method_for(delivery, *flags):
     options = sfr.build_parser().parse_args(['--contsub_fast'] + list(flags))
-    return sfr.choose_contsub_fast_method(options, delivery, delivery.targets)
+    return sfr.choose_contsub_fast_method(sfr.run_request(options, delivery.root).contsub, delivery, delivery.targets)
 
 
 def test_cycle10_deliveries_are_fitted_from_cont_dat(tmp_path):
@@ -419,7 +419,7 @@ def test_check_plans_one_step_that_reads_cont_dat(tmp_path):
     delivery = make_delivery(tmp_path)
     options = sfr.build_parser().parse_args(['--check'])
     sfr.check_combinations(options)
-    plan = sfr.make_plan(options, delivery)
+    plan = sfr.make_plan(sfr.run_request(options, delivery.root), delivery)
     assert [step.name for step in plan.steps] == ['check']
     assert plan.contdat.fields['A'].spws[25].ranges[0].frame == 'LSRK'
 

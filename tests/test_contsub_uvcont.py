@@ -22,7 +22,8 @@ def run_uvcont_path(delivery, casa, *extra_flags):
     """contsub_apply_uvcont_tables as the --contsub_fast step calls it, with a real run state."""
     found = sfr.Delivery(delivery)
     options = sfr.build_parser().parse_args(['--contsub_fast'] + list(extra_flags))
-    plan = sfr.Plan(options, found)
+    plan = sfr.Plan(sfr.run_request(options, found.root), found)  # the engine alone: no plan-time refusal
+    plan.replace_line_ms = plan.request.contsub.overwrite_line
     step = sfr.Step('contsub', 'continuum subtraction', list(found.targets),
                     [sfr.line_ms_path(ms) for ms in found.targets], 0, None)
     state = sfr.RunState(found)

@@ -528,7 +528,7 @@ def test_engine_pipeline_without_the_pipeline_says_what_to_do(delivery_factory, 
 def request(**values):
     options = sfr.build_parser().parse_args(['--image'] + [a for k, v in values.items()
                                                           for a in ('--' + k.replace('_', '-'), v)])
-    return sfr.imaging_request(options)
+    return sfr.imaging_request(options, '.')
 
 
 def calls_by_task(calls):
@@ -568,7 +568,7 @@ def test_pipeline_calls_leave_unset_parameters_to_the_pipeline_and_run_in_parall
     assert calls_by_task(calls)['hif_checkproductsize'] == [{'parallel': 'automatic'}]
     options = sfr.build_parser().parse_args(['--image', '--no-mitigation'])
     assert 'hif_checkproductsize' not in calls_by_task(sfr.pipeline_task_calls(
-        sfr.imaging_request(options), targets=['a_targets.ms']))
+        sfr.imaging_request(options, '.'), targets=['a_targets.ms']))
 
 
 def test_arguments_a_release_does_not_take_are_dropped_or_stop_the_run():

@@ -7,7 +7,6 @@ same delivery with the casa engine's heuristics (real CASA, no pipeline) and mus
 numbers; a heuristic that drifts from the pipeline's (the beam from the uv coverage instead of a PSF,
 another channel grid, other weighting) fails here.  bench/bench_engines.py compares the images.
 """
-import types
 
 import pytest
 
@@ -106,11 +105,11 @@ def planned(delivery_cache, tmp_path_factory, casa):
     copy_delivery(cached_delivery(delivery_cache, **PIPELINE_DELIVERY), delivery)
     targets = [sfr.read_ms_for_imaging(casa, ms) for ms in sorted(delivery.glob('measurement_sets/*_targets.ms'))]
     lines = [sfr.read_ms_for_imaging(casa, ms) for ms in sorted(delivery.glob('measurement_sets/*_targets_line.ms'))]
-    request = sfr.imaging_request(sfr.build_parser().parse_args(['--image', '--engine', 'casa']))
+    request = sfr.imaging_request(sfr.build_parser().parse_args(['--image', '--engine', 'casa']), delivery)
     work = tmp_path_factory.mktemp('psf')
     beam_for = sfr.psf_beam_finder(casa, request, infos=targets, spw_map=sfr.virtual_spw_map(targets), work_dir=work)
     # the continuum channels of the delivery's cont.dat, found as the image step finds them
-    plan = types.SimpleNamespace(delivery=sfr.Delivery(delivery), contdat=None, contdat_analysis=None)
+    plan = sfr.Plan(None, sfr.Delivery(delivery))
     channels_for, contdat = sfr.continuum_channel_finder(plan, casa)
     jobs, notes = sfr.plan_casa_images(casa, request, targets=targets, lines=lines, contdat=contdat, ous='oussid',
                                        channels_for=channels_for, beam_for=beam_for)

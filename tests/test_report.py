@@ -266,7 +266,7 @@ def stub_delivery(root, *, contdat_text):
 def write_report_for(delivery, argv, results, *, status='succeeded', error=None):
     """Run the report writer on a real plan and run state, with the results the steps would return."""
     options = sfr.build_parser().parse_args(['--delivery', str(delivery)] + argv)
-    plan = sfr.make_plan(options, sfr.Delivery(delivery))
+    plan = sfr.make_plan(sfr.run_request(options, delivery), sfr.Delivery(delivery))
     state = sfr.RunState(plan.delivery)
     state.begin(' '.join([sfr.SCRIPT_NAME] + argv))
     try:

@@ -46,7 +46,6 @@ DEFAULTS_MODULE = 'core/defaults'   # the user-editable block: first in the gene
 # each folder holds is the docstring of its __init__.py.
 LAYERS = (('apps',), ('plan',), ('steps',), ('imaging', 'contsub', 'contdat', 'report'), ('casa', 'run'), ('core',))
 STEPS_FOLDER = 'steps'
-GETATTR_OPTIONS_REFUSED = False   # TEMPORARY while the Namespace is turned into requests
 NOT_BUILT = ('__init__.py', '__main__.py')   # the package's own entry (python -m reprocessing) is not in the scripts
 
 
@@ -153,7 +152,7 @@ def _refuse_namespace_lookups(node, path):
     if node.func.id == 'globals':
         raise BuildError('%s:%d: globals() reads the flat script\'s namespace, which the package does not have — '
                          'import the name, or pass it' % (_shown(path), node.lineno))
-    if GETATTR_OPTIONS_REFUSED and node.func.id == 'getattr' and node.args and isinstance(node.args[0], ast.Name) \
+    if node.func.id == 'getattr' and node.args and isinstance(node.args[0], ast.Name) \
             and node.args[0].id == 'options':
         raise BuildError('%s:%d: getattr(options, ...) — read the command line once, in the plan\'s requests, '
                          'and pass the request' % (_shown(path), node.lineno))

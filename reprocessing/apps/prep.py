@@ -42,15 +42,17 @@ import os
 import sys
 from pathlib import Path
 
-from ..casa.casa_engine import casa_log_path, load_casa
+from ..casa.casa_engine import casa_log_path, load_casa, native_output_into
+from ..casa.data_columns import has_selfcal_column
 from ..core.fileops import directory_bytes, free_bytes
 from ..core.layout import PREP_SCRIPT_NAME, SCRIPT_NAME
-from ..core.messages import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Interrupted, ReprocessingError, UsageError, report_error, say, signals_as_exceptions, warn
+from ..core.messages import EXIT_OK, ReprocessingError, say, warn
 from ..core.prep_layout import DEFAULT_OUTPUT_NAME, MODE_COPY, MODE_LINK, MODE_MOVE
 from ..core.script import script_arguments, script_path
 from ..plan.prep_plan import _describe_missing_products, build_plan, check_free_space, check_move_is_possible, check_not_a_delivery, check_output_is_free, check_output_outside_sources, find_delivery_products, format_plan, leftover_partial_outputs, next_steps_text
-from ..steps.prep_build import _os_error, casa_logfile_for, execute_plan, has_corrected_column
+from ..steps.prep_build import _os_error, casa_logfile_for, execute_plan
 from .parser import OneLineParser, existing_directory
+from .runner import run_main
 
 
 def output_directory(text):
@@ -117,8 +119,10 @@ def prepare(options):
     casa = None
     if products.cycle8_conversions:
         casa = load_casa(logfile=casa_logfile)
-        for conversion in products.cycle8_conversions:
-            corrected_column[conversion.source] = has_corrected_column(casa, conversion.source)
+        with native_output_into(casa_log_path(casa)):
+            for conversion in products.cycle8_conversions:
+                corrected_column[conversion.source] = has_selfcal_column(
+                    casa, conversion.source, missing='check that it is a complete measurement set')
 
     plan = build_plan(working=working, output=output, mode=options.mode, products=products, sizes=sizes,
                       corrected_column=corrected_column, reprocessing_script=reprocessing_script,
@@ -137,35 +141,19 @@ def prepare(options):
         check_move_is_possible(plan=plan)
     if options.dry_run:
         say('Dry run: nothing was changed.')
-        return
+        return EXIT_OK
     if casa is not None:
         say('CASA log: %s' % casa_log_path(casa))
     execute_plan(plan, casa_logfile=casa_logfile, say=say)
     say('Done: %s is ready (%s mode).' % (output, plan.mode))
     say(next_steps_text(output=output, reprocessing_script_copied=reprocessing_script is not None))
+    return EXIT_OK
 
 
 def main(argv=None):
     """Run the script; returns the exit status (0 success, 1 failure, 2 usage error)."""
-    parser = build_parser()
-    try:
-        options = parser.parse_args(script_arguments(argv, script=PREP_SCRIPT_NAME))
-    except UsageError as exc:
-        report_error(str(exc))
-        return EXIT_USAGE
-    except SystemExit as exc:       # --help
-        return exc.code if isinstance(exc.code, int) else EXIT_OK
-    try:
-        with signals_as_exceptions():
-            prepare(options)
-    except ReprocessingError as exc:
-        report_error(str(exc))
-        return EXIT_FAILED
-    except (Interrupted, KeyboardInterrupt) as stop:
-        report_error('%s before anything was written — run the script again'
-                     % (stop if isinstance(stop, Interrupted) else 'interrupted (Ctrl-C)'))
-        return EXIT_FAILED
-    return EXIT_OK
+    args = script_arguments(argv, script=PREP_SCRIPT_NAME)
+    return run_main(lambda: build_parser().parse_args(args), prepare, script=PREP_SCRIPT_NAME)
 
 
 if __name__ == '__main__':

@@ -36,21 +36,23 @@ import time
 from pathlib import Path
 
 from ..casa.casa_engine import is_monolithic_casa, load_casa, native_output_into
-from ..steps.cleanup import record_created_log
-from .parser import OneLineParser, existing_directory
-from ..core.defaults import IMAGES_DIR, SPECMODES, WEBLOG
 from ..casa.environment import describe_environment
-from ..core.fileops import relative_path
-from ..plan.imaging_options import IMAGING_ENGINES, argparse_type, check_imaging_options, parse_cell, parse_field, parse_gigabytes, parse_imsize, parse_nbins, parse_phasecenter, parse_robust, parse_specmodes, parse_spw, parse_uvrange, parse_uvtaper
-from ..core.layout import Delivery, SCRIPT_NAME, WORK_DIR_NAME
-from ..core.script import script_arguments
-from ..core.messages import DEBUG_ENV, EXIT_FAILED, EXIT_OK, EXIT_USAGE, Interrupted, ReprocessingError, UsageError, one_line, report_error, say, signals_as_exceptions
 from ..casa.mpi import casa_mpi_job, mpi_info, mpi_launch, share_logs_with_mpi_servers
-from ..plan.plan import check_measurement_sets, chosen_actions, describe_plan, make_plan, preflight_data_columns, preflight_images, preview_update
+from ..casa.workers import EB_WORKER_FLAG, run_eb_worker
+from ..core.defaults import IMAGES_DIR, SPECMODES, WEBLOG
+from ..core.fileops import relative_path
+from ..core.layout import Delivery, SCRIPT_NAME, WORK_DIR_NAME
+from ..core.messages import EXIT_OK, Interrupted, ReprocessingError, UsageError, say
+from ..core.script import script_arguments
+from ..plan.imaging_options import IMAGING_ENGINES, argparse_type, check_imaging_options, parse_cell, parse_field, parse_gigabytes, parse_imsize, parse_nbins, parse_phasecenter, parse_robust, parse_specmodes, parse_spw, parse_uvrange, parse_uvtaper
+from ..plan.plan import check_measurement_sets, describe_plan, make_plan, preflight_data_columns, preflight_images, preview_update
+from ..plan.requests import chosen_actions, run_request
 from ..report.report import write_report
 from ..run.run_state import RunState
+from ..steps.cleanup import record_created_log
 from ..steps.weblog import WEBLOG_PORTS
-from ..casa.workers import EB_WORKER_FLAG, run_eb_worker
+from .parser import OneLineParser, existing_directory
+from .runner import run_main
 
 
 def build_parser():
@@ -224,57 +226,35 @@ def main(argv=None):
     args = script_arguments(argv, script=SCRIPT_NAME)
     if args[:1] == [EB_WORKER_FLAG]:
         return run_eb_worker(args[1:])  # a worker process of a parallel --contsub_fast
-    try:
-        with signals_as_exceptions():
-            try:
-                options = build_parser().parse_args(args)
-            except SystemExit as finished:  # --help
-                return finished.code or EXIT_OK
-            check_combinations(options)
-            with casa_mpi_job():  # under mpirun: ranks > 0 serve CASA in here and never come back
-                return run(options, args)
-    except UsageError as error:
-        if mpi_launch()[1] != 0:
-            # Under mpirun every rank reads the same command line; rank 0 says it once and exits 2.  A
-            # server rank that exited 2 first made mpirun kill rank 0 before it printed (seen with
-            # Python 3.12), so the others end quietly and mpirun passes on rank 0's status.
-            return EXIT_OK
-        report_error(str(error))
-        return EXIT_USAGE
-    except ReprocessingError as error:
-        report_error(str(error))
-        return EXIT_FAILED
-    except (Interrupted, KeyboardInterrupt) as stop:
-        if isinstance(stop, Interrupted) and stop.described:
-            report_error(str(stop))
-        else:  # before the run began: nothing was written
-            report_error('%s — nothing was written; run the same command again'
-                         % (stop if isinstance(stop, Interrupted) else 'interrupted (Ctrl-C)'))
-        return EXIT_FAILED
-    except Exception as error:  # a bug: one line, unless the developer asks for the traceback
-        if os.environ.get(DEBUG_ENV) == '1':
-            raise
-        report_error('unexpected %s (%s) — this is a bug in %s: run it again with %s=1 to see where, and '
-                     'report it' % (type(error).__name__, one_line(error), SCRIPT_NAME, DEBUG_ENV))
-        return EXIT_FAILED
+
+    def checked_run(options):
+        check_combinations(options)
+        with casa_mpi_job():  # under mpirun: ranks > 0 serve CASA in here and never come back
+            return run(options, args)
+    # Under mpirun every rank reads the same command line; rank 0 says a usage error once and exits 2.  A
+    # server rank that exited 2 first made mpirun kill rank 0 before it printed (seen with Python 3.12),
+    # so the others end quietly and mpirun passes on rank 0's status.
+    return run_main(lambda: build_parser().parse_args(args), checked_run, script=SCRIPT_NAME,
+                    usage_said_elsewhere=lambda: mpi_launch()[1] != 0)
 
 
 def run(options, args):
     root = options.delivery or Path.cwd().resolve()
     delivery = Delivery(root)
+    request = run_request(options, root)
     if not mpi_info().is_client:  # a server rank that casa_mpi_job did not keep: never run steps there
         raise ReprocessingError('MPI rank %d reached the steps, which only rank 0 runs — start the run with mpirun '
                                 'and casampi installed, or without mpirun' % mpi_info().rank)
-    plan = make_plan(options, delivery)
+    plan = make_plan(request, delivery)
     check_measurement_sets(plan)  # opens every input MS with CASA (metadata only), --dry-run too
-    if {'contsub', 'contsub_fast', 'image'} & set(chosen_actions(options)):
+    if {'contsub', 'contsub_fast', 'image'} & set(request.actions):
         preflight_data_columns(plan)  # which MSes are self-calibrated: CASA reads their columns (read-only)
-    if options.image is not None:
+    if request.image is not None:
         preflight_images(plan)  # reads the MSes' metadata with CASA: after every check that does not need it
     say(describe_environment())
-    if options.dry_run:
+    if request.dry_run:
         say(describe_plan(plan))
-        if options.update:
+        if request.update:
             preview_update(plan)
         say('Dry run: nothing was changed.')
         return EXIT_OK

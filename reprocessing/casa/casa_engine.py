@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..core.fileops import free_bytes, human_bytes
+from ..core.fileops import full_disk_among, human_bytes
 from ..core.messages import ReprocessingError, one_line, say
 
 
@@ -257,50 +257,47 @@ def casa_task(casa, name, *, about, **arguments):
     except ReprocessingError:
         raise
     except Exception as error:
-        full = _full_disk_among([os.getcwd()] + [arguments[key] for key in OUTPUT_ARGUMENTS if arguments.get(key)],
-                                error)
+        full = full_disk_among([os.getcwd()] + [arguments[key] for key in OUTPUT_ARGUMENTS if arguments.get(key)],
+                               error)
         if full:
-            raise ReprocessingError('%s failed on %s (%s): the disk of %s is full (%s free) — free some space, '
-                                    'then run the same command again; your MS was not changed'
-                                    % (name, about, one_line(error), full[0], human_bytes(full[1])))
+            raise full_disk_error(name, about, error, full)
         raise ReprocessingError('%s failed on %s (%s) — see the CASA log %s; your MS was not '
                                 'changed' % (name, about, one_line(error), casa_log_path(casa)))
 
 
-# The arguments naming what a CASA task writes, and when a failed task's disk counts as full.
-# Measured with CASA 6.7, a tclean that runs out of disk raises "Failed AlwaysAssert tracePWRITE(...)"
-# (a lock file it could not write), which does not say why; or CASA aborts the process (exit 134).
+# The arguments naming what a CASA task writes (their disks are looked at when the task fails).
 OUTPUT_ARGUMENTS = ('imagename', 'concatvis', 'outputvis', 'fitsimage')
-FULL_DISK_BYTES = 16 * 1000 * 1000
 
 
-def _full_disk_among(paths, error):
-    """(folder, free bytes) of the first path whose disk is (nearly) full after error, else None."""
-    said_so = any(sign in str(error) for sign in ('No space left on device', 'Disk quota exceeded'))
-    for path in paths:
-        probe = Path(str(path))
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
-        try:
-            free = free_bytes(probe)
-        except OSError:
-            continue
-        if said_so or free < FULL_DISK_BYTES:
-            return probe, free
-    return None
+def full_disk_error(task, about, error, full):
+    """The one error line of a CASA task that failed on a full disk (full: full_disk_among's answer)."""
+    return ReprocessingError('%s failed on %s (%s): the disk of %s%s%s free) — free some space, then run '
+                             'the same command again; your MS was not changed'
+                             % (task, about, one_line(error), full[0], _FULL_DISK_MARK, human_bytes(full[1])))
+
+
+_FULL_DISK_MARK = ' is full ('
+
+
+def is_full_disk_error(error):
+    """Whether error is full_disk_error's line, also after it crossed a worker's pipe as text."""
+    return _FULL_DISK_MARK in str(error)
 
 
 @contextlib.contextmanager
-def opened_table(casa, path, *, missing=None, writable=False):
+def opened_table(casa, path, *, missing=None, writable=False, refusal=None):
     """A casatools table opened on path (read-only unless writable), closed on the way out whatever happens.
 
     missing: the advice when the table cannot be opened (e.g. "restore it from the delivery"); an
     MS whose directory is empty, or whose table.dat is gone, is named in one error line then.
+    refusal: instead, a function of CASA's error that returns the ReprocessingError to raise.
     """
     table = casa.casatools.table()
     try:
         table.open(str(path), nomodify=not writable)
     except Exception as error:  # casatools raises RuntimeError "Table ... does not exist"
+        if refusal is not None:
+            raise refusal(error)
         raise ReprocessingError('cannot open the table %s (%s) — %s' % (
             path, one_line(error), missing or 'check that it is a complete CASA table'))
     try:

@@ -27,6 +27,11 @@ SURVEY_ROWS = 20000
 COPY_BUDGET = 2000000
 
 
+def has_selfcal_column(casa, ms, *, missing=None):
+    """Whether ms has the column self-calibrated data live in (CORRECTED_DATA): the one such test."""
+    return SELFCAL_COLUMN in column_names(casa, ms, missing=missing)
+
+
 ColumnSurvey = collections.namedtuple('ColumnSurvey', 'path has_selfcal selfcal_pairs regcal_pairs')
 ColumnSurvey.__doc__ = """What one MS holds.  has_selfcal: it has a CORRECTED_DATA column;
 selfcal_pairs / regcal_pairs: the (field name, spw id) pairs where that column differs from DATA

@@ -3,9 +3,10 @@
 import collections
 from pathlib import Path
 
-from .casa_engine import opened_table, opened_tool
-from .ms_tables import column_names, read_ms_layout, same_window, virtual_spws
 from ..core.messages import ReprocessingError
+from .casa_engine import opened_table, opened_tool
+from .data_columns import has_selfcal_column
+from .ms_tables import read_ms_layout, same_window, virtual_spws
 
 
 
@@ -53,7 +54,7 @@ def read_ms_for_imaging(casa, ms):
         raise ReprocessingError('%s has no cross-correlation data to image — check the MS' % ms)
     baselines = numpy.sqrt(((positions[first] - positions[second]) ** 2).sum(axis=1))
     used = sorted(set(first.tolist()) | set(second.tolist()))
-    datacolumn = 'corrected' if 'CORRECTED_DATA' in column_names(casa, ms) else 'data'
+    datacolumn = 'corrected' if has_selfcal_column(casa, ms) else 'data'
     return MsForImaging(Path(ms), Path(ms).name, layout, fields, spws,
                         float(diameters[used].min()), sorted(float(b) for b in baselines), datacolumn,
                         read_science_goals(casa, ms))
@@ -64,16 +65,12 @@ def read_science_goals(casa, ms):
     path = Path(ms) / 'ASDM_SBSUMMARY'
     if not path.is_dir():
         return {}
-    table = casa.casatools.table()
     quanta = casa.casatools.quanta()
     goals = {}
     try:
-        table.open(str(path))
-        try:
+        with opened_table(casa, path) as table:
             entries = table.getcol('scienceGoal')
-        finally:
-            table.close()
-    except RuntimeError:
+    except (ReprocessingError, RuntimeError):  # no such column, or a table that cannot be read: no goals
         return {}
     for entry in [str(e) for e in entries.flatten()]:
         if '=' not in entry:

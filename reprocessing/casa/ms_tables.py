@@ -106,28 +106,20 @@ def check_measurement_set(casa, ms, *, root=None):
     if not (ms / 'table.dat').is_file():
         raise ReprocessingError('%s has no table.dat, so it is not a complete measurement set — %s'
                                 % (shown, advice))
-    try:
-        table = casa.casatools.table()
-        table.open(str(ms))
-        try:
-            keywords = table.getkeywords()
-        finally:
-            table.close()
-    except Exception as error:  # casatools raises RuntimeError for an unreadable table
-        raise ReprocessingError('%s cannot be opened as a measurement set (%s) — %s' % (shown, one_line(error), advice))
+    with opened_table(casa, ms, refusal=lambda error: ReprocessingError(
+            '%s cannot be opened as a measurement set (%s) — %s' % (shown, one_line(error), advice))) as table:
+        keywords = table.getkeywords()
     subtables = [name for name, value in keywords.items() if str(value).startswith('Table: ')]
     for name in REQUIRED_SUBTABLES:
         if name not in subtables:
             raise ReprocessingError('%s has no %s subtable, so it is not a complete measurement set — %s'
                                     % (shown, name, advice))
     for name in subtables:
-        table = casa.casatools.table()
-        try:
-            table.open(str(ms / name))
-            table.close()
-        except Exception as error:
+        def refusal(error, name=name):
             reason = 'missing' if not (ms / name / 'table.dat').is_file() else 'unreadable (%s)' % one_line(error)
-            raise ReprocessingError('the %s subtable of %s is %s — %s' % (name, shown, reason, advice))
+            return ReprocessingError('the %s subtable of %s is %s — %s' % (name, shown, reason, advice))
+        with opened_table(casa, ms / name, refusal=refusal):
+            pass
 
 
 # The subtables this tool reads from every MS (read_ms_layout and the tasks it runs).
@@ -207,6 +199,7 @@ def dd_ids_by_spw(casa, ms):
     return dict(dd_ids)
 
 
-def column_names(casa, ms):
-    with opened_table(casa, ms) as table:
+def column_names(casa, ms, *, missing=None):
+    """The main table's columns (missing: opened_table's advice when ms cannot be opened)."""
+    with opened_table(casa, ms, missing=missing) as table:
         return list(table.colnames())

@@ -265,7 +265,7 @@ def contdat_preflight(plan, casa):
     analysis = plan.contdat_analysis
     if analysis is None:
         delivery = plan.delivery
-        contdat = plan.contdat or read_delivery_contdat(delivery)
+        contdat = plan.read_contdat()
         say('  checking %s against %d measurement set(s)' % (contdat.display, len(delivery.targets)))
         analysis = analyse_contdat(contdat, delivery.targets, casa)
         for problem in analysis.problems:

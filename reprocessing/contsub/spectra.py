@@ -4,13 +4,14 @@ import collections
 from pathlib import Path
 
 from ..casa.casa_engine import opened_table, opened_tool
+from ..casa.data_columns import SELFCAL_COLUMN, has_selfcal_column
+from ..casa.ms_tables import dd_ids_by_spw, read_ms_layout, same_window, spw_name
+from ..contdat.against_ms import analyse_contdat
 from ..contdat.channels import ChannelConverter
 from ..contdat.grammar import ContRange
-from ..contdat.against_ms import analyse_contdat
 from ..core.fileops import atomic_file, relative_path
 from ..core.layout import eb_name
 from ..core.messages import ReprocessingError, one_line, say, warn
-from ..casa.ms_tables import column_names, dd_ids_by_spw, read_ms_layout, same_window, spw_name
 
 
 # -- spectra before and after -----------------------------------------------------------------------
@@ -21,9 +22,6 @@ from ..casa.ms_tables import column_names, dd_ids_by_spw, read_ms_layout, same_w
 # one visibility's for 2000 channels and 2 correlations, and their cost ~10% of the fit's.
 SPECTRUM_BUDGET = 2000000
 
-
-def spectra_directory(delivery):
-    return delivery.work_dir / 'report' / 'spectra'
 
 
 def spectrum_requests(analysis, ms):
@@ -158,8 +156,7 @@ def plot_contsub_spectra(*, before_ms, after_ms, contdat, out_dir, casa):
             request['after_spw_id'] = after_spw
             requests.append(request)
         # the self-calibrated data where both MSes hold them, as imaging uses them
-        column = 'CORRECTED_DATA' if all('CORRECTED_DATA' in column_names(casa, ms) for ms in (before, after)) \
-            else 'DATA'
+        column = SELFCAL_COLUMN if all(has_selfcal_column(casa, ms) for ms in (before, after)) else 'DATA'
         spectra.extend(measure_spectra_pair(casa, before_ms=before, after_ms=after, requests=requests, column=column))
     return draw_spectra(spectra, Path(out_dir))
 

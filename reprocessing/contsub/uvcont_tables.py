@@ -102,7 +102,7 @@ def contsub_apply_uvcont_tables(plan, state, step, casa, tables):
         state.created_for_good(scratch)
         _check_uvcont_output(casa, ms=ms, selection=selection, output=partial)
         outputs.append((partial, final))
-    publish_line_outputs(state, outputs, replace=plan.options.overwrite_line)
+    publish_line_outputs(state, outputs, replace=plan.replace_line_ms)
     remove_tree(scratch_dir)
     state.created_for_good(scratch_dir)
     for _partial, final in outputs:

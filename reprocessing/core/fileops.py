@@ -236,3 +236,33 @@ def require_free_space(where, needed, *, what, advice, margin_included=False):
         raise ReprocessingError('not enough free disk in %s for %s: about %s needed, %s free — %s'
                                 % (where, what, human_bytes(needed), human_bytes(available), advice))
     return available
+
+
+# -- when a failure means a full disk ---------------------------------------------------------------
+# What the system says of a full disk (in CASA's exceptions and in what a dying CASA prints).  Measured
+# with CASA 6.7: a tclean that runs out of disk raises "Failed AlwaysAssert tracePWRITE(...)" (a lock
+# file it could not write), which does not say why, or CASA aborts the process (exit 134): so a disk
+# with less than FULL_DISK_BYTES free after a failure counts as full too.
+DISK_FULL_SIGNS = ('No space left on device', 'Disk quota exceeded')
+FULL_DISK_BYTES = 16 * 1000 * 1000
+
+
+def says_disk_is_full(error):
+    """Whether an error's text has the system's words for a full disk."""
+    return any(sign in str(error) for sign in DISK_FULL_SIGNS)
+
+
+def full_disk_among(paths, error):
+    """(folder, free bytes) of the first path whose disk is (nearly) full after error, else None."""
+    said_so = says_disk_is_full(error)
+    for path in paths:
+        probe = Path(str(path))
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        try:
+            free = free_bytes(probe)
+        except OSError:
+            continue
+        if said_so or free < FULL_DISK_BYTES:
+            return probe, free
+    return None

@@ -19,6 +19,11 @@ WORK_DIR_NAME = 'working_reprocess'
 LOCK_NAME = '.scriptForReprocessing.lock'
 JOURNAL_NAME = '.scriptForReprocessing.journal'
 SHADOW_MARKER = '.reprocessing-shadow'
+# Inside working_reprocess/: every path under it is decided by Delivery (its *_dir attributes).
+REPORT_DIR_NAME = 'report'
+STAGING_DIR_NAME = 'staging'
+LOGS_DIR_NAME = 'logs'
+IMAGING_DIR_NAME = 'imaging'
 
 
 class Delivery(object):
@@ -30,6 +35,11 @@ class Delivery(object):
         self.caltables = self.root / CALTABLES_DIR_NAME
         self.contdat = self.caltables / 'cont.dat'
         self.work_dir = self.root / WORK_DIR_NAME
+        self.report_dir = self.work_dir / REPORT_DIR_NAME      # the reprocessing report (one folder per run)
+        self.spectra_dir = self.report_dir / 'spectra'         # before/after spectra of the continuum subtraction
+        self.staging_dir = self.work_dir / STAGING_DIR_NAME    # shadows and copies of the user's MSes
+        self.logs_dir = self.work_dir / LOGS_DIR_NAME          # CASA's logs and what CASA printed
+        self.imaging_dir = self.work_dir / IMAGING_DIR_NAME    # the CASA engine's tclean products before publishing
         self.targets = self._list_ms('uid*_targets.ms')
         self.targets_line = self._list_ms('uid*_targets_line.ms')
         self.target_cycle8 = self._list_ms('uid*_target.ms')
@@ -75,9 +85,3 @@ def eb_name(ms):
 
 STAGED_COPY_MARKER = '.reprocessing-staged-copy'
 
-
-REPORT_DIR_NAME = 'report'
-
-
-def report_folder(delivery):
-    return delivery.work_dir / REPORT_DIR_NAME

@@ -1,15 +1,39 @@
 """Requests: what the user asked for, parsed and validated once by the plan, immutable (pure).
 
-Steps and engines receive these, never the argparse Namespace: what a step does is decided by its request.
+The command line reaches the plan as argparse's Namespace and stops there: plan/requests.py turns it
+into these, with every path resolved once against the delivery, and steps and engines receive them.
+None of a RunRequest's parts is changed after it is made; what the plan decides from them (how many
+processes, whether line MSes are replaced) is the plan's own field.
 """
 
 import collections
 
 
+# The whole run: which actions, and each one's request (None when that action was not asked for).
+RunRequest = collections.namedtuple(
+    'RunRequest', 'actions check contsub image concat_targets concat_lines cleanup weblog dry_run update')
+
+# --contsub (engine 'pipeline') or --contsub_fast (engine 'casa').  jobs: --jobs as given (None: the plan
+# decides); fitorder: --fitorder (None: cont.dat's and the pipeline's rule); refit: fit although the
+# delivered *uvcont.tbl could be applied (--refit or --fitorder); update: keep the line MSes whose record
+# is unchanged.
+ContsubRequest = collections.namedtuple('ContsubRequest', 'engine overwrite_line update refit fitorder jobs')
+
+# --image DIR: images_dir is DIR resolved against the delivery; archive_products the folder of the
+# archive's images to compare with (None: looked for beside the delivery); update: --update.
 ImagingRequest = collections.namedtuple(
     'ImagingRequest', 'specmodes robust uvtaper uvrange field spw phasecenter imsize cell nbins mitigation '
                       'maxproductsize maxcubesize maxcubelimit engine allow_cubes_with_continuum all_products '
-                      'reuse_images')
+                      'reuse_images images_dir archive_products update')
+
+# --weblog [NAME]: what to serve, on which first port, and whether to open a browser.
+WeblogRequest = collections.namedtuple('WeblogRequest', 'name port open_browser')
+
+
+def request_as_json(request):
+    """A request's fields for json.dumps (worker processes and MPI servers get it so): paths as text."""
+    return dict((name, str(value) if hasattr(value, 'as_posix') else value)
+                for name, value in request._asdict().items())
 
 
 def nbins_for_spw(nbins, spw_id):

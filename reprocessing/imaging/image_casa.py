@@ -6,7 +6,7 @@ from pathlib import Path
 from ..casa.casa_engine import casa_task, opened_tool
 from ..casa.ms_imaging import virtual_spw_map
 from ..contdat.channels import ChannelConverter
-from ..core.fileops import remove_tree
+from ..core.fileops import remove_tree, require_free_space
 from ..core.messages import ReprocessingError
 from ..core.requests import nbins_for_spw
 from .heuristics import autobox_parameters, baseline_percentile, cube_channel_grid, cube_weighting, distinct_pointings, fractional_bandwidth, heuristic_cell_arcsec, lsrk_intersection, mosaic_pixels, mtmfs_reffreq_hz, pointing_geometry, primary_beam_radius_arcsec, psf_imaging_cell_arcsec, psf_imaging_pixels, representative_nbin, round_beam_arcsec, sanitize_name, single_field_pixels, synthesized_beam_arcsec
@@ -447,6 +447,14 @@ def tclean_arguments(job, request, *, imagename, parallel=False):
 CASA_IMAGE_OVERHEAD = 40000
 IMAGE_SPACE_ADVICE = 'free some space, or image less (--specmodes, --field, --spw, --nbins)'
 FITS_OVERHEAD = 20000
+
+
+def require_image_space(jobs, *, folder, all_products, iterations=1, what='the images'):
+    """(delivered, peak, available): the images' bytes (estimate_image_bytes) and the free bytes where they are
+    made; one error line when they cannot fit (the plan, the step and each tclean call ask it)."""
+    delivered, peak = estimate_image_bytes(jobs, all_products=all_products, iterations=iterations)
+    available = require_free_space(folder, peak, what=what, advice=IMAGE_SPACE_ADVICE)
+    return delivered, peak, available
 
 
 def estimate_image_bytes(jobs, *, all_products=False, iterations=1):

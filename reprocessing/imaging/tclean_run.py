@@ -4,15 +4,15 @@ import os
 import time
 from pathlib import Path
 
-from ..casa.casa_engine import _full_disk_among, casa_log_path, casa_task, opened_tool
+from ..casa.casa_engine import casa_log_path, casa_task, full_disk_error, is_full_disk_error, opened_tool
 from ..casa.mpi import change_directory, tclean_parallel
 from ..casa.ms_imaging import ImagingPointing
-from ..core.fileops import human_bytes, require_free_space
-from ..core.messages import ReprocessingError, duration_text, one_line, say
-from ..core.requests import ImagingRequest
+from ..core.fileops import full_disk_among
+from ..core.messages import ReprocessingError, duration_text, say
+from ..core.requests import ImagingRequest, request_as_json
 from ..run.run_state import pause_point
 from .heuristics import ARCSEC_PER_RADIAN, bandwidth_correction_factor, distinct_pointings, dynamic_range_threshold, mosaic_overlap_factor, pointing_geometry
-from .image_casa import IMAGE_SPACE_ADVICE, ImageJob, PB_LIMIT, PB_MASK, estimate_image_bytes, tclean_arguments
+from .image_casa import ImageJob, PB_LIMIT, PB_MASK, require_image_space, tclean_arguments
 from .image_stats import image_statistics
 from .products import ImageProduct, is_casa_image
 from .tclean_progress import tclean_progress
@@ -38,11 +38,10 @@ def run_tclean_jobs(casa, request, jobs, *, work_dir, state, workers=None, secon
         pause_point('image-product', state)
         # again before the images: the disk may have filled since the plan (other jobs, other users), and a
         # tclean that finds it full is aborted by CASA with no message (exit 134)
-        require_free_space(work_dir, estimate_image_bytes(jobs, all_products=request.all_products)[1],
-                           what='the image %s%s' % (jobs[0].name, ' and %d more' % (len(jobs) - 1) if len(jobs) > 1 else ''),
-                           advice=IMAGE_SPACE_ADVICE)
+        require_image_space(jobs, folder=work_dir, all_products=request.all_products, what='the image %s%s' % (
+            jobs[0].name, ' and %d more' % (len(jobs) - 1) if len(jobs) > 1 else ''))
         pause_point('tclean', state)
-        arguments = [dict(job=job._asdict(), request=request._asdict(), imagename=str(work_dir / job.name),
+        arguments = [dict(job=job._asdict(), request=request_as_json(request), imagename=str(work_dir / job.name),
                           parallel=tclean_parallel(job)) for job in jobs]
         if workers is None or workers.count <= 1:
             results = [run_image_job(casa, lambda message, name=job.name: say('  [%s] %s' % (name, message)), **kwargs)
@@ -56,11 +55,9 @@ def run_tclean_jobs(casa, request, jobs, *, work_dir, state, workers=None, secon
                 for i, answer in zip(order, answers):
                     results[i] = answer
             except ReprocessingError as error:  # a worker that CASA aborted on a full disk (exit 134) says nothing
-                full = _full_disk_among([work_dir], error)
-                if full and 'is full' not in str(error):
-                    raise ReprocessingError('tclean failed (%s): the disk of %s is full (%s free) — free some space, '
-                                            'then run the same command again; your MS was not changed'
-                                            % (one_line(error), full[0], human_bytes(full[1])))
+                full = full_disk_among([work_dir], error)
+                if full and not is_full_disk_error(error):
+                    raise full_disk_error('tclean', 'the images', error, full)
                 raise
     finally:
         change_directory(previous_dir)

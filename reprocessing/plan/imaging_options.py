@@ -1,6 +1,7 @@
 """Imaging options: every --image value parsed and validated (command line and defaults block), pure."""
 
 import argparse
+from pathlib import Path
 
 from ..core.defaults import CELL, FIELD, IMSIZE, MAXCUBELIMIT, MAXCUBESIZE, MAXPRODUCTSIZE, MITIGATION, NBINS, PHASECENTER, ROBUST, SPECMODES, SPW, UVRANGE, UVTAPER
 from ..core.layout import SCRIPT_NAME
@@ -218,15 +219,16 @@ def imaging_parameters():
 IMAGING_FLAGS = ('no_mitigation', 'engine', 'allow_cubes_with_continuum', 'all_products', 'reuse_images')
 
 
-def imaging_request(options):
+def imaging_values(options):
     """The validated imaging parameters: the command line over the user-editable block.
 
     The block's values are validated too: a typo in the script is reported
     before anything runs, naming the variable to fix.
     """
+    given_values = vars(options)
     values = {}
     for name, variable, default, parse in imaging_parameters():
-        given = getattr(options, name, None)
+        given = given_values.get(name)
         if given is not None:
             values[name] = given
             continue
@@ -241,27 +243,33 @@ def imaging_request(options):
         values['specmodes'] = list(SPECMODE_ORDER)
     if values['uvtaper'] == []:
         values['uvtaper'] = None
-    return ImagingRequest(
-        mitigation=bool(MITIGATION) and not getattr(options, 'no_mitigation', False),
-        engine=getattr(options, 'engine', None) or 'auto',
-        allow_cubes_with_continuum=bool(getattr(options, 'allow_cubes_with_continuum', False)),
-        all_products=bool(getattr(options, 'all_products', False)),
-        reuse_images=bool(getattr(options, 'reuse_images', False)),
-        **values)
+    values.update(mitigation=bool(MITIGATION) and not options.no_mitigation, engine=options.engine or 'auto',
+                  allow_cubes_with_continuum=options.allow_cubes_with_continuum, all_products=options.all_products,
+                  reuse_images=options.reuse_images)
+    return values
+
+
+def imaging_request(options, root):
+    """--image's request: the values, DIR and --archive-products resolved against the delivery's root."""
+    archive = options.archive_products
+    return ImagingRequest(images_dir=Path(root) / options.image, update=options.update,
+                          archive_products=None if archive is None else Path(archive).expanduser().resolve(),
+                          **imaging_values(options))
 
 
 def check_imaging_options(options):
     """Imaging flags need --image; every imaging value is valid (flags and the script's block)."""
     if options.image is None:
+        given_values = vars(options)
         given = ['--' + name.replace('_', '-') for name, _variable, _default, _parse in imaging_parameters()
-                 if getattr(options, name, None) is not None]
-        given += ['--' + name.replace('_', '-') for name in IMAGING_FLAGS if getattr(options, name, None)]
+                 if given_values.get(name) is not None]
+        given += ['--' + name.replace('_', '-') for name in IMAGING_FLAGS if given_values.get(name)]
         if given:
             raise UsageError('%s only apply to --image — add --image [DIR]' % ', '.join(given))
         return None
-    request = imaging_request(options)
-    if request.mitigation is False and any(getattr(request, n) is not None
-                                           for n in ('maxproductsize', 'maxcubesize', 'maxcubelimit')):
+    values = imaging_values(options)
+    if values['mitigation'] is False and any(values[n] is not None
+                                             for n in ('maxproductsize', 'maxcubesize', 'maxcubelimit')):
         raise UsageError('--maxproductsize/--maxcubesize/--maxcubelimit are limits for the mitigation that '
                          '--no-mitigation switches off — use one or the other')
-    return request
+    return values

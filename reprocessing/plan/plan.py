@@ -9,13 +9,14 @@ from ..casa.data_columns import describe_selfcal, survey_data_columns
 from ..casa.ms_imaging import read_ms_for_imaging
 from ..casa.ms_tables import check_measurement_set
 from ..casa.pipeline_engine import require_pipeline_for_contsub
+from ..casa.workers import resolve_jobs
 from ..contdat.against_ms import contdat_preflight, read_delivery_contdat
 from ..contsub.line_update import continuum_by_spw, expected_line_record, is_recorded_line_ms, line_ms_decision, say_line_decisions
 from ..core.fileops import directory_bytes, free_bytes, human_bytes, relative_path, removal_blocker, require_free_space
 from ..core.layout import WORK_DIR_NAME, line_ms_path
 from ..core.messages import ReprocessingError, one_line, say
 from ..imaging.archive_compare import find_archive_products
-from ..imaging.image_casa import IMAGE_SPACE_ADVICE, estimate_image_bytes, plan_casa_images
+from ..imaging.image_casa import plan_casa_images, require_image_space
 from ..imaging.image_publish import check_no_collisions, check_reused_images_dir
 from ..imaging.image_update import check_update_names, decide_images, say_decisions
 from ..imaging.products import ous_from_path
@@ -27,112 +28,121 @@ from ..steps.contsub_fast import choose_contsub_fast_method, run_contsub_fast
 from ..steps.contsub_pipeline import run_contsub
 from ..steps.image import choose_imaging_engine, continuum_channel_finder, expected_finals, observed_first, run_image
 from ..steps.weblog import choose_weblog, report_weblog, run_weblog
-from .imaging_options import imaging_request
-
-
-ACTION_NAMES = ('check', 'contsub', 'contsub_fast', 'image', 'calibrated_final', 'calibrated_final_line',
-                'cleanup', 'weblog')
-
-
-def chosen_actions(options):
-    return [name for name in ACTION_NAMES
-            if getattr(options, name) not in (None, False)]
 
 
 Step = collections.namedtuple('Step', 'name summary inputs outputs extra_bytes function')
 
 
 class Plan(object):
-    def __init__(self, options, delivery):
-        self.options = options
+    """What this run will do: the user's request (never changed), the steps, and what planning decided."""
+
+    def __init__(self, request, delivery):
+        self.request = request         # RunRequest: what the user asked for
         self.delivery = delivery
         self.steps = []
         self.notes = []
         self.contdat = None            # ContDat, read (pure Python) while planning a contsub or --check
         self.contdat_analysis = None   # ContDatAnalysis, made by the first step that checks cont.dat with CASA
         self.column_surveys = []       # ColumnSurvey of every uid*_targets.ms (preflight_data_columns)
+        self.replace_line_ms = False   # existing uid*_targets_line.ms are replaced (--overwrite-line, --update)
+        self.contsub_jobs = 1          # processes of the continuum subtraction: the disk check's and the run's
+        self.imaging_engine = None     # 'pipeline' or 'casa', with --image
+        self.image_estimate = None     # ImageEstimate, with --image (preflight_images)
+
+    @property
+    def imaging(self):
+        return self.request.image
 
     @property
     def extra_bytes(self):
         return sum(step.extra_bytes for step in self.steps)
 
+    def read_contdat(self):
+        """caltables/cont.dat read once (pure Python); its syntax errors stop the run where first read."""
+        if self.contdat is None:
+            self.contdat = read_delivery_contdat(self.delivery)
+        return self.contdat
 
-def make_plan(options, delivery):
-    """Validate the flags against the delivery and list the steps to run."""
-    plan = Plan(options, delivery)
-    needs_data = set(chosen_actions(options)) - {'cleanup', 'weblog'}
+
+def make_plan(request, delivery):
+    """Validate the request against the delivery and list the steps to run."""
+    plan = Plan(request, delivery)
+    needs_data = set(request.actions) - {'cleanup', 'weblog'}
     if needs_data:
         delivery.check_layout()
-    contsub = options.contsub or options.contsub_fast
-    if options.check:
+    contsub = request.contsub is not None
+    if request.check:
         _plan_check(plan)
     if contsub:
         _plan_contsub(plan)
-    if options.image is not None:
+    if request.image is not None:
         _plan_image(plan)
-    if options.calibrated_final:
+    if request.concat_targets:
         _plan_concat(plan, delivery.targets, 'calibrated_final.ms')
-    if options.calibrated_final_line:
+    if request.concat_lines:
         if not delivery.targets_line and not contsub:
             raise ReprocessingError(
                 'no uid*_targets_line.ms in %s, so there is nothing to concatenate for --calibrated_final_line — '
                 'make them in the same run with --contsub or --contsub_fast' % delivery.ms_dir)
         inputs = delivery.targets_line or [line_ms_path(ms) for ms in delivery.targets]
         _plan_concat(plan, inputs, 'calibrated_final_line.ms')
-    if options.cleanup:
+    if request.cleanup:
         plan.steps.append(Step('cleanup', 'remove %s/ and the logs this tool created' % WORK_DIR_NAME,
                                [delivery.work_dir], [], 0, run_cleanup))
-    if options.weblog is not None:
+    if request.weblog is not None:
         _plan_weblog(plan)
     _check_free_space(plan)
     return plan
 
 
 def _plan_contsub(plan):
-    delivery, options = plan.delivery, plan.options
+    delivery, request = plan.delivery, plan.request.contsub
     if not delivery.contdat.is_file():
         raise ReprocessingError('%s is missing — continuum subtraction needs it: restore it from the delivery'
                                 % delivery.contdat)
-    plan.contdat = plan.contdat or read_delivery_contdat(delivery)  # syntax errors stop the run here
-    if options.contsub:
+    plan.read_contdat()  # syntax errors stop the run here
+    if request.engine == 'pipeline':
         require_pipeline_for_contsub()
-    if delivery.targets_line and not options.overwrite_line and getattr(options, 'update', False):
+    plan.replace_line_ms = request.overwrite_line
+    if delivery.targets_line and not request.overwrite_line and request.update:
         unrecorded = [line for line in delivery.targets_line if not is_recorded_line_ms(line)]
         if unrecorded:
             raise ReprocessingError(
                 '--update: %s has no provenance record, so this tool did not make it (or its record is damaged) '
                 '— move it away, or add --overwrite-line to replace it' % unrecorded[0].name)
-        options.overwrite_line = True  # this tool's own line MSes: the stale ones are replaced
+        plan.replace_line_ms = True  # this tool's own line MSes: the stale ones are replaced
         plan.notes.append('--update: line MSes whose source MS or continuum fit changed are made again, the '
                           'others kept')
-    if delivery.targets_line and not options.overwrite_line:
+    if delivery.targets_line and not plan.replace_line_ms:
         raise ReprocessingError(
             'measurement_sets/ already holds %d uid*_targets_line.ms — move them elsewhere, or add '
             '--overwrite-line to replace them once the new ones are complete' % len(delivery.targets_line))
-    for line_ms in delivery.targets_line if options.overwrite_line else []:
+    for line_ms in delivery.targets_line if plan.replace_line_ms else []:
         blocker = removal_blocker(line_ms)  # replacing removes the old one once the new ones are published
         if blocker is not None:
             raise ReprocessingError(
                 '--overwrite-line would replace %s, which you may not remove (%s is another user\'s and not '
                 'writable for you) — ask its owner to remove it, or reprocess a copy of the delivery that you own'
                 % (relative_path(line_ms, delivery.root), relative_path(blocker, delivery.root)))
-    engine = 'pipeline' if options.contsub else 'CASA'
-    function = run_contsub if options.contsub else run_contsub_fast
+    engine = 'pipeline' if request.engine == 'pipeline' else 'CASA'
+    function = run_contsub if request.engine == 'pipeline' else run_contsub_fast
     outputs = [line_ms_path(ms) for ms in delivery.targets]
     _require_writable_folder(delivery, outputs[0])
     extra = sum(directory_bytes(ms) for ms in delivery.targets)
+    # One answer to "how many processes", for the disk check (scratch per process) and the run.
+    plan.contsub_jobs = 1 if request.engine == 'pipeline' else resolve_jobs(request.jobs, len(delivery.targets),
+                                                                             total_bytes=extra)
     plan.steps.append(Step('contsub', 'continuum subtraction (%s) from %s' % (engine, delivery.contdat),
                            list(delivery.targets), outputs, extra, function))
 
 
 def _plan_image(plan):
-    delivery, options = plan.delivery, plan.options
-    request = imaging_request(options)
+    delivery, request = plan.delivery, plan.request.image
     engine = choose_imaging_engine(request.engine)
-    images = delivery.root / options.image
+    images = request.images_dir
     if images.exists() and not images.is_dir():
         raise ReprocessingError('%s exists and is not a directory — choose another name with --image DIR' % images)
-    update = getattr(options, 'update', False)
+    update = request.update
     if update and engine != 'casa':
         raise ReprocessingError('--update works with the CASA imaging engine (the pipeline\'s imaging parameters '
                                 'are not recorded) — add --engine casa')
@@ -141,7 +151,7 @@ def _plan_image(plan):
             raise ReprocessingError('the images directory %s exists and is not empty — choose another name '
                                     'with --image DIR, move it away, or add --reuse-images' % images)
         check_reused_images_dir(images, request.specmodes)
-    makes_line_ms = options.contsub or options.contsub_fast
+    makes_line_ms = plan.request.contsub is not None
     cubes = [mode for mode in request.specmodes if mode in ('cube', 'repBW')]
     if cubes and not makes_line_ms and not delivery.targets_line:
         if not request.allow_cubes_with_continuum:
@@ -157,9 +167,9 @@ def _plan_image(plan):
     if engine == 'casa' and (limits or not request.mitigation):
         plan.notes.append('%s only apply to the pipeline\'s size mitigation: the CASA engine checks the free '
                           'disk instead' % ', '.join('--' + n for n in limits or ['no-mitigation']))
-    if getattr(options, 'archive_products', None) is not None:
-        find_archive_products(delivery.root, options.archive_products)  # a folder without archive images stops here
-    plan.imaging, plan.imaging_engine = request, engine
+    if request.archive_products is not None:
+        find_archive_products(delivery.root, request.archive_products)  # a folder without archive images stops here
+    plan.imaging_engine = engine
     engine_name = 'ALMA pipeline' if engine == 'pipeline' else 'CASA tclean, no pipeline'
     inputs = list(delivery.targets) + ([] if makes_line_ms else list(delivery.targets_line) if cubes else [])
     plan.steps.append(Step('image', 'images %s (%s) into %s' % (','.join(request.specmodes), engine_name, images),
@@ -208,9 +218,9 @@ def describe_plan(plan):
     if plan.extra_bytes:
         lines.append('  Extra disk needed: about %s (%s free)'
                      % (human_bytes(plan.extra_bytes), human_bytes(free_bytes(delivery.root))))
-    if getattr(plan, 'image_estimate', None) is not None:
+    if plan.image_estimate is not None:
         lines.append('  ' + describe_image_estimate(plan.image_estimate) + (
-            ' (before --update keeps the unchanged ones)' if getattr(plan.options, 'update', False) else ''))
+            ' (before --update keeps the unchanged ones)' if plan.request.update else ''))
     for note in plan.notes:
         lines.append('  Note: ' + note)
     return '\n'.join(lines)
@@ -221,7 +231,7 @@ def _plan_check(plan):
     if not delivery.contdat.is_file():
         raise ReprocessingError('%s is missing — there is nothing to check: restore it from the delivery'
                                 % delivery.contdat)
-    plan.contdat = plan.contdat or read_delivery_contdat(delivery)
+    plan.read_contdat()
     plan.steps.append(Step('check', 'check %s against %d measurement set(s)' % (
         relative_path(delivery.contdat, delivery.root), len(delivery.targets)), [delivery.contdat] + list(
         delivery.targets), [], 0, run_check))
@@ -239,7 +249,7 @@ def check_measurement_sets(plan):
     inputs = []
     for step in plan.steps:
         inputs.extend(path for path in step.inputs if str(path).endswith('.ms') and path not in inputs)
-    if (plan.options.contsub or plan.options.contsub_fast) and plan.options.overwrite_line:
+    if plan.replace_line_ms:
         inputs.extend(delivery.targets_line)  # the line MSes to replace: preflight_data_columns reads them
     inputs = [path for path in inputs if path.is_dir()]  # line MSes this run makes do not exist yet
     if not inputs:
@@ -266,7 +276,7 @@ def preflight_images(plan):
     """
     delivery, request, engine = plan.delivery, plan.imaging, plan.imaging_engine
     casa = _casa_for_planning()
-    makes_line_ms = plan.options.contsub or plan.options.contsub_fast
+    makes_line_ms = plan.request.contsub is not None
     try:
         with native_output_into(os.devnull), native_stdout_silenced():
             targets = sorted((read_ms_for_imaging(casa, ms) for ms in delivery.targets), key=observed_first)
@@ -282,12 +292,11 @@ def preflight_images(plan):
     if not jobs and engine == 'casa':
         raise ReprocessingError('nothing to image with --specmodes %s in these measurement sets — choose other '
                                 'specmodes, fields or spws' % ','.join(request.specmodes))
-    delivered, peak = estimate_image_bytes(jobs, all_products=request.all_products,
-                                           iterations=2 if engine == 'pipeline' else 1)
-    images_dir = delivery.root / plan.options.image
-    available = require_free_space(images_dir, peak, what='the images', advice=IMAGE_SPACE_ADVICE)
+    images_dir = request.images_dir
+    delivered, peak, available = require_image_space(jobs, folder=images_dir, all_products=request.all_products,
+                                                     iterations=2 if engine == 'pipeline' else 1)
     plan.image_estimate = ImageEstimate(len(jobs), delivered, peak, available, engine)
-    if images_dir.is_dir() and getattr(plan.options, 'update', False):
+    if images_dir.is_dir() and request.update:
         check_update_names(jobs, images_dir, ous=ous_from_path(delivery.root), expected_names=lambda job: [
             name for p in expected_finals([job]) for name in (p.fits_name(ous_from_path(delivery.root)), p.path.name)])
     elif images_dir.is_dir():  # --reuse-images: none of this run's names may be taken
@@ -311,12 +320,12 @@ def preflight_data_columns(plan):
     --overwrite-line would replace may hold self-calibrated data that its new twin would lack: that
     is refused here (better data is never replaced by worse).
     """
-    delivery, options = plan.delivery, plan.options
+    delivery, request = plan.delivery, plan.request
+    contsub = request.contsub
     casa = _casa_for_planning()
     with native_output_into(os.devnull), native_stdout_silenced():
         plan.column_surveys = [survey_data_columns(casa, ms) for ms in delivery.targets]
-        replaced = [survey_data_columns(casa, ms) for ms in delivery.targets_line] \
-            if (options.contsub or options.contsub_fast) and options.overwrite_line else []
+        replaced = [survey_data_columns(casa, ms) for ms in delivery.targets_line] if plan.replace_line_ms else []
     selfcal = dict((survey.path.name, survey.has_selfcal) for survey in plan.column_surveys)
     for old in replaced:
         source = old.path.name.replace('_targets_line.ms', '_targets.ms')
@@ -326,26 +335,26 @@ def preflight_data_columns(plan):
                 'self-calibrated — --overwrite-line never replaces self-calibrated data with regular calibration: '
                 'move %s elsewhere first if you want that' % (old.path.name, source, old.path.name))
     readers = []
-    if options.contsub_fast:
+    if contsub is not None and contsub.engine == 'casa':
         readers.append('--contsub_fast fits both columns and each line MS keeps both (DATA = regular calibration, '
                        'CORRECTED_DATA = self-calibrated), as the pipeline delivers them')
         plan.notes.append('--contsub_fast will be %s' % choose_contsub_fast_method(
-            options, delivery, delivery.targets,
+            contsub, delivery, delivery.targets,
             selfcal=[survey.path for survey in plan.column_surveys if survey.has_selfcal])[1])
-    if options.contsub:
+    if contsub is not None and contsub.engine == 'pipeline':
         readers.append('after the pipeline\'s hif_uvcontsub (which fits DATA), the same cont.dat ranges are fitted '
                        'in CORRECTED_DATA with CASA uvcontsub, so each line MS keeps both columns')
-    if options.image is not None:
+    if request.image is not None:
         readers.append('imaging reads CORRECTED_DATA (DATA where an MS has no CORRECTED_DATA)')
-    if options.calibrated_final or options.calibrated_final_line:
+    if request.concat_targets or request.concat_lines:
         readers.append('concat keeps both columns in calibrated_final*.ms')  # and says so when it runs
     for line in describe_selfcal(plan.column_surveys, reader='; '.join(readers) or 'no step of this run reads them'):
         plan.notes.append(line)
     selfcal_sizes = [directory_bytes(survey.path) for survey in plan.column_surveys if survey.has_selfcal]
-    if selfcal_sizes and (options.contsub or options.contsub_fast):
+    if selfcal_sizes and contsub is not None:
         # the fit of CORRECTED_DATA is written beside its line MS (one column: about half the MS) before
         # it is folded in; workers run side by side, so count one per process
-        scratch = max(selfcal_sizes) // 2 * max(1, min(len(selfcal_sizes), options.jobs or 1))
+        scratch = max(selfcal_sizes) // 2 * max(1, min(len(selfcal_sizes), plan.contsub_jobs))
         plan.steps[:] = [step._replace(extra_bytes=step.extra_bytes + scratch) if step.name == 'contsub' else step
                          for step in plan.steps]
         _check_free_space(plan)
@@ -373,7 +382,7 @@ def describe_image_estimate(estimate):
 
 def _plan_weblog(plan):
     """On its own, --weblog must find what to serve now; after other steps, a NAME must exist already."""
-    delivery, name = plan.delivery, plan.options.weblog
+    delivery, name = plan.delivery, plan.request.weblog.name
     alone = not plan.steps
     if name == 'report':
         if alone:
@@ -390,34 +399,34 @@ def _plan_weblog(plan):
 def preview_update(plan):
     """--dry-run --update: which line MSes and images would be kept, which remade and why, and how long the
     remade images took when last made.  Reads the measurement sets and cont.dat with CASA; writes nothing."""
-    delivery, options = plan.delivery, plan.options
+    delivery, request = plan.delivery, plan.request
     casa = _casa_for_planning()
     with native_output_into(os.devnull), native_stdout_silenced():
         say_lines = []
         line_records = {}
-        if options.contsub_fast:
-            method = choose_contsub_fast_method(options, delivery, delivery.targets)[0]
+        if request.contsub is not None and request.contsub.engine == 'casa':
+            method = choose_contsub_fast_method(request.contsub, delivery, delivery.targets)[0]
             analysis = contdat_preflight(plan, casa)
             for ms in delivery.targets:
                 expected = expected_line_record(ms, method='uvcontsub', continuum=continuum_by_spw(
-                    analysis, ms, fitorder=options.fitorder)) if method == 'uvcontsub' else expected_line_record(
+                    analysis, ms, fitorder=request.contsub.fitorder)) if method == 'uvcontsub' else expected_line_record(
                     ms, method='uvcont tables', continuum={}, tables=list(delivery.uvcont_tables))
                 keep, why = line_ms_decision(ms, expected)
                 say_lines.append((ms, keep, why))
                 line_records[line_ms_path(ms).name] = expected
         decisions = None
         lines = list(delivery.targets_line)
-        if options.image is not None and (lines or not {'cube', 'repBW'} & set(plan.imaging.specmodes)):
-            request = plan.imaging
+        if request.image is not None and (lines or not {'cube', 'repBW'} & set(plan.imaging.specmodes)):
+            imaging = plan.imaging
             targets = sorted((read_ms_for_imaging(casa, ms) for ms in delivery.targets), key=observed_first)
             line_infos = sorted((read_ms_for_imaging(casa, ms) for ms in lines), key=observed_first)
             channels_for, contdat = (None, None)
-            if {'mfs', 'cont'} & set(request.specmodes):
+            if {'mfs', 'cont'} & set(imaging.specmodes):
                 channels_for, contdat = continuum_channel_finder(plan, casa)
-            jobs, _notes = plan_casa_images(casa, request, targets=targets, lines=line_infos,
+            jobs, _notes = plan_casa_images(casa, imaging, targets=targets, lines=line_infos,
                                             channels_for=channels_for, contdat=contdat,
                                             ous=ous_from_path(delivery.root))
-            decisions = decide_images(casa, jobs, request, images_dir=delivery.root / options.image,
+            decisions = decide_images(casa, jobs, imaging, images_dir=imaging.images_dir,
                                       infos=targets + line_infos, delivery_ms_dir=delivery.ms_dir,
                                       ous=ous_from_path(delivery.root), line_records=line_records,
                                       estimated_geometry=True)
@@ -425,5 +434,5 @@ def preview_update(plan):
         say_line_decisions(say_lines, delivery)
     if decisions is not None:
         say_decisions(decisions, dry_run=True)
-    elif options.image is not None:
+    elif request.image is not None:
         say('  --update: no line MSes yet, so every image is made')

@@ -14,7 +14,7 @@ from ..casa.environment import describe_environment, engine_description
 from ..casa.ms_tables import read_ms_layout
 from ..core.fileops import PARTIAL_TAG, atomic_file, directory_bytes, human_bytes, relative_path, remove_file, write_atomically
 from ..core.host import full_host_name, time_text, user_name
-from ..core.layout import SCRIPT_NAME, report_folder
+from ..core.layout import SCRIPT_NAME
 from ..core.messages import Interrupted, duration_text, warn
 from ..imaging.archive_compare import COMPARISON_HEADER, comparison_cells
 from .html import _Markup, _detail_html, _format_value, _html_page, _is_short, _table
@@ -49,7 +49,7 @@ def write_report(plan, state, *, status, error=None):
 
 
 def _write_report(plan, state, *, status, error):
-    report_root = report_folder(plan.delivery)
+    report_root = plan.delivery.report_dir
     run_dir = _report_run_dir(state, report_root)
     ended = time.time()
     started = state.started or ended

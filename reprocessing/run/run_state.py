@@ -5,7 +5,7 @@ import os
 import time
 from pathlib import Path
 
-from ..core.fileops import PARTIAL_TAG, free_bytes, human_bytes, is_inside, is_partial_name, relative_path, remove_file, remove_tree, write_atomically
+from ..core.fileops import DISK_FULL_SIGNS, PARTIAL_TAG, free_bytes, human_bytes, is_inside, is_partial_name, relative_path, remove_file, remove_tree, write_atomically
 from ..core.host import host_name, now_text, owner_name
 from ..core.layout import JOURNAL_NAME, LOCK_NAME
 from ..core.messages import ReprocessingError, say
@@ -27,8 +27,8 @@ class RunState(object):
         self.delivery = delivery
         self.lock_path = delivery.root / LOCK_NAME
         self.journal_path = delivery.root / JOURNAL_NAME
-        self.staging_dir = delivery.work_dir / 'staging'
-        self.logs_dir = delivery.work_dir / 'logs'
+        self.staging_dir = delivery.staging_dir
+        self.logs_dir = delivery.logs_dir
         self._lock_file = None
         self._journal = None
         self.casa_logfile = None
@@ -313,8 +313,7 @@ class RunState(object):
 # What a dying CASA prints (it goes to the run's console log), and what it means.  Measured with CASA
 # 6.7 when the disk fills up during tclean: "terminate called after throwing an instance of
 # 'casacore::AipsError'  what():  FilebufIO: write error for file .../img.pb.tt0/logtable/table.dat_tmp:
-# No space left on device", then SIGABRT (exit status 134), with no Python code run.
-DISK_FULL_SIGNS = ('No space left on device', 'Disk quota exceeded')
+# No space left on device", then SIGABRT (exit status 134), with no Python code run (DISK_FULL_SIGNS).
 CRASH_SIGNS = ('terminate called after throwing', 'Segmentation fault', 'Fatal Python error')
 
 

@@ -4,9 +4,10 @@ import shutil
 from pathlib import Path
 
 from ..casa.casa_engine import casa_task, opened_table
+from ..casa.data_columns import has_selfcal_column
+from ..casa.ms_tables import ROWS_PER_CHUNK, read_ms_layout
 from ..core.fileops import directory_bytes, human_bytes, make_user_writable, relative_path, remove_tree
 from ..core.messages import ReprocessingError, say
-from ..casa.ms_tables import ROWS_PER_CHUNK, column_names, read_ms_layout
 from ..run.run_state import pause_point
 from ..run.staging import make_stand_in_to_update, space_free_path
 
@@ -90,10 +91,10 @@ def summarize_concat(casa, concatenated, input_layouts):
 
 def describe_concat_columns(casa, concatenated, inputs):
     """Which data columns concat kept: the self-calibrated CORRECTED_DATA must survive it."""
-    with_selfcal = [ms for ms in inputs if 'CORRECTED_DATA' in column_names(casa, ms)]
+    with_selfcal = [ms for ms in inputs if has_selfcal_column(casa, ms)]
     if not with_selfcal:
         return 'DATA (the inputs have no CORRECTED_DATA)'
-    if 'CORRECTED_DATA' not in column_names(casa, concatenated):
+    if not has_selfcal_column(casa, concatenated):
         raise ReprocessingError('concat dropped the self-calibrated CORRECTED_DATA of %s — it was not published; '
                                 'see the CASA log' % ', '.join(ms.name for ms in with_selfcal))
     text = 'DATA (regular calibration) and CORRECTED_DATA (self-calibrated), both kept'
@@ -115,20 +116,13 @@ def put_back_merged_windows(casa, concatenated, input_layouts, *, chunk=ROWS_PER
     """
     import numpy
     names = {spw.name for layout in input_layouts for spw in layout.spws.values()}
-    table = casa.casatools.table()
-    table.open(str(Path(concatenated) / 'SPECTRAL_WINDOW'))
-    try:
+    with opened_table(casa, Path(concatenated) / 'SPECTRAL_WINDOW') as table:
         spw_names = [str(n) for n in table.getcol('NAME')]
         setups = [(tuple(table.getcell('CHAN_FREQ', i)), tuple(table.getcell('CHAN_WIDTH', i)))
                   for i in range(table.nrows())]
-    finally:
-        table.close()
-    table.open(str(Path(concatenated) / 'DATA_DESCRIPTION'))
-    try:
+    with opened_table(casa, Path(concatenated) / 'DATA_DESCRIPTION') as table:
         dd_rows = list(zip((int(v) for v in table.getcol('SPECTRAL_WINDOW_ID')),
                            (int(v) for v in table.getcol('POLARIZATION_ID'))))
-    finally:
-        table.close()
     layout = read_ms_layout(casa, concatenated)
     remap, moved = {}, []
     for wrong in layout.spws:
@@ -143,8 +137,7 @@ def put_back_merged_windows(casa, concatenated, input_layouts, *, chunk=ROWS_PER
         moved.append([wrong, right[0], 0])
     if not remap:
         return []
-    table.open(str(concatenated), nomodify=False)
-    try:
+    with opened_table(casa, concatenated, writable=True) as table:
         for start in range(0, table.nrows(), chunk):
             dd = table.getcol('DATA_DESC_ID', startrow=start, nrow=chunk)
             changed = numpy.zeros(dd.shape, bool)
@@ -157,6 +150,4 @@ def put_back_merged_windows(casa, concatenated, input_layouts, *, chunk=ROWS_PER
                 dd = numpy.where(here, right_dd, dd)
             if changed.any():
                 table.putcol('DATA_DESC_ID', dd, startrow=start, nrow=chunk)
-    finally:
-        table.close()
     return [tuple(entry) for entry in moved if entry[2]]

@@ -3,11 +3,11 @@
 import datetime
 from pathlib import Path
 
-from ..casa.workers import eb_workers, resolve_jobs
-from ..contdat.against_ms import contdat_preflight, read_delivery_contdat, say_fit_table
+from ..casa.workers import eb_workers
+from ..contdat.against_ms import contdat_preflight, say_fit_table
 from ..contdat.grammar import CONTDAT_FINGERPRINT_NAME, contdat_fingerprint, recorded_contdat_fingerprint
 from ..contsub.line_update import continuum_by_spw, expected_line_record, line_ms_decision, say_line_decisions, write_line_record
-from ..contsub.spectra import drawn_in_background, plot_contsub_spectra, plots_or_warning, say_spectra, spectra_directory, spectrum_requests
+from ..contsub.spectra import drawn_in_background, plot_contsub_spectra, plots_or_warning, say_spectra, spectrum_requests
 from ..contsub.uvcont_tables import contsub_apply_uvcont_tables
 from ..contsub.uvcontsub import build_fitspec, describe_line_columns, mstransform_fit_of, uvcontsub_takes_fitspec
 from ..core.fileops import directory_bytes, human_bytes, relative_path, write_atomically
@@ -21,7 +21,7 @@ def run_contsub_fast(plan, state, step, casa):
 
     cont.dat is checked against the MSes first; on an error nothing is written.
     """
-    method, reason = choose_contsub_fast_method(plan.options, plan.delivery, [Path(ms) for ms in step.inputs],
+    method, reason = choose_contsub_fast_method(plan.request.contsub, plan.delivery, [Path(ms) for ms in step.inputs],
                                                 selfcal=[s.path for s in plan.column_surveys if s.has_selfcal])
     say('  method: %s' % reason)
     if method == 'tables':
@@ -42,18 +42,18 @@ def run_contsub_fast(plan, state, step, casa):
 CONTDAT_EDIT_SLACK_S = 60
 
 
-def choose_contsub_fast_method(options, delivery, targets, *, selfcal=()):
+def choose_contsub_fast_method(request, delivery, targets, *, selfcal=()):
     """('tables' or 'uvcontsub', why) — decided from files and flags alone (pure: no CASA).
 
-    selfcal: the targets that hold self-calibrated data (CORRECTED_DATA).
+    request: the ContsubRequest; selfcal: the targets that hold self-calibrated data (CORRECTED_DATA).
     """
     fit = 'fitting the continuum from %s with CASA uvcontsub' % relative_path(delivery.contdat, delivery.root)
-    if getattr(options, 'refit', False):
+    if request.refit:
         return 'uvcontsub', '%s: --refit was given (the delivered continuum tables are not used)' % fit
     if selfcal and list(delivery.uvcont_tables):
         return 'uvcontsub', ('%s: %d execution block(s) hold self-calibrated data, and the delivered continuum tables '
                              'were fitted to the regular calibration' % (fit, len(selfcal)))
-    if getattr(options, 'fitorder', None) is not None:
+    if request.fitorder is not None:
         return 'uvcontsub', '%s: --fitorder was given, and the delivered tables have their fit order built in' % fit
     tables = list(delivery.uvcont_tables)
     if not tables:
@@ -110,27 +110,27 @@ def _mtime_text(seconds):
 
 
 def contsub_with_uvcontsub(plan, state, step, casa, reason):
-    delivery, options = plan.delivery, plan.options
+    delivery, request = plan.delivery, plan.request.contsub
     targets = [Path(ms) for ms in step.inputs]
     with_fitspec = uvcontsub_takes_fitspec(casa)
-    jobs = resolve_jobs(options.jobs, len(targets), total_bytes=step.extra_bytes)
+    jobs = plan.contsub_jobs
     selfcal_by_ms = dict((str(survey.path), survey.has_selfcal) for survey in plan.column_surveys)
     say_columns(targets, selfcal_by_ms)
     # Worker processes load CASA while cont.dat is checked here; they write nothing until given work.
     # Under MPI (mpicasa, or mpirun with casampi) the MPI servers are the workers instead.
     with eb_workers(jobs, state=state) as workers:
         analysis = contdat_preflight(plan, casa)
-        say_fit_table(analysis, fitorder=options.fitorder)
+        say_fit_table(analysis, fitorder=request.fitorder)
         expected = dict((str(ms), expected_line_record(ms, method='uvcontsub', continuum=continuum_by_spw(
-            analysis, ms, fitorder=options.fitorder))) for ms in targets)
+            analysis, ms, fitorder=request.fitorder))) for ms in targets)
         decisions = [(ms, False, None) for ms in targets]
-        if getattr(options, 'update', False):
+        if request.update:
             decisions = [(ms,) + line_ms_decision(ms, expected[str(ms)]) for ms in targets]
             say_line_decisions(decisions, delivery)
         made = [ms for ms, keep, _why in decisions if not keep]
         tasks, outputs = [], []
         for ms in made:
-            field, spw, fitspec = build_fitspec(analysis.selections[str(ms)], fitorder=options.fitorder)
+            field, spw, fitspec = build_fitspec(analysis.selections[str(ms)], fitorder=request.fitorder)
             if not fitspec:
                 raise ReprocessingError('cont.dat selects nothing to fit in %s (see the notes above) — add blocks for '
                                         'its fields and spws' % ms.name)
@@ -154,23 +154,23 @@ def contsub_with_uvcontsub(plan, state, step, casa, reason):
             else ''))
         results = workers.run(tasks, casa=casa) if tasks else []
         # drawn while the worker processes exit and the line MSes are published
-        drawing = drawn_in_background(_spectra_of(results), spectra_directory(delivery))
+        drawing = drawn_in_background(_spectra_of(results), delivery.spectra_dir)
     pause_point('contsub-written', state)
     for task in tasks:
         if task['arguments']['selfcal_fit']:
             state.created_for_good(Path(task['arguments']['selfcal_fit']))  # removed by the worker
-    replaced = {str(final) for final in publish_line_outputs(state, outputs, replace=options.overwrite_line)}
+    replaced = {str(final) for final in publish_line_outputs(state, outputs, replace=plan.replace_line_ms)}
     for ms, (_partial, final), result in zip(made, outputs, results):
         write_line_record(ms, expected[str(ms)], seconds=result['seconds'])
         say('  wrote %s: %d rows, spws %s, %s (%s, %.1f s)%s' % (
             relative_path(final, delivery.root), result['rows'], result['spw'], describe_line_columns(result['columns']),
             human_bytes(directory_bytes(final)), result['seconds'],
-            '; it replaced the earlier line MS (%s)' % ('--update' if getattr(options, 'update', False)
+            '; it replaced the earlier line MS (%s)' % ('--update' if request.update
                                                          else '--overwrite-line') if str(final) in replaced else ''))
     pictures = drawing()
     say_spectra(pictures, delivery)
     update = dict((line_ms_path(ms).name, 'kept: unchanged' if keep else 'made: %s' % why)
-                  for ms, keep, why in decisions) if getattr(options, 'update', False) else {}
+                  for ms, keep, why in decisions) if request.update else {}
     return {'outputs': [str(line_ms_path(ms)) for ms in targets], 'method': 'uvcontsub', 'reason': reason,
             'update': update, 'jobs': workers.count, 'fitspec': dict((eb_name(ms), task['arguments']['fitspec'])
                                                                      for ms, task in zip(made, tasks)),
@@ -194,10 +194,10 @@ def _spectra_after_contsub(plan, casa, before, after):
     pairs = [(Path(b), Path(a)) for b, a in zip(before, after) if Path(a).is_dir()]
     if not pairs:
         return []
-    contdat = plan.contdat or read_delivery_contdat(plan.delivery)
+    contdat = plan.read_contdat()
     pictures = plots_or_warning(lambda: plot_contsub_spectra(
         before_ms=[b for b, _a in pairs], after_ms=[a for _b, a in pairs], contdat=contdat,
-        out_dir=spectra_directory(plan.delivery), casa=casa))
+        out_dir=plan.delivery.spectra_dir, casa=casa))
     say_spectra(pictures, plan.delivery)
     return [str(path) for path in pictures]
 

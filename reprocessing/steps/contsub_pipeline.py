@@ -50,7 +50,7 @@ def run_contsub(plan, state, step, casa):
     selfcal = {str(survey.path) for survey in plan.column_surveys if survey.has_selfcal}
     for ms, path in produced.items():
         if str(ms) in selfcal:
-            add_selfcal_line_data(casa, state, analysis=analysis, ms=ms, line_ms=path, options=plan.options)
+            add_selfcal_line_data(casa, state, analysis=analysis, ms=ms, line_ms=path, fitorder=plan.request.contsub.fitorder)
     outputs = []
     for ms, path in produced.items():
         final = line_ms_path(ms)
@@ -59,7 +59,7 @@ def run_contsub(plan, state, step, casa):
         move_tree(path, partial)
         state.created_for_good(path)
         outputs.append((partial, final))
-    replaced = {str(final) for final in publish_line_outputs(state, outputs, replace=plan.options.overwrite_line)}
+    replaced = {str(final) for final in publish_line_outputs(state, outputs, replace=plan.replace_line_ms)}
     for stand_in in staged.values():
         remove_tree(stand_in)
         state.created_for_good(stand_in)
@@ -72,7 +72,7 @@ def run_contsub(plan, state, step, casa):
             'calls': [[name, kwargs] for name, kwargs in decided.calls]}
 
 
-def add_selfcal_line_data(casa, state, *, analysis, ms, line_ms, options):
+def add_selfcal_line_data(casa, state, *, analysis, ms, line_ms, fitorder):
     """Give the pipeline's line MS of a self-calibrated MS its CORRECTED_DATA: the self-calibrated line data.
 
     hif_uvcontsub fits the regular calibration (DATA) only and labels its output REGCAL_LINE_SCIENCE
@@ -84,7 +84,7 @@ def add_selfcal_line_data(casa, state, *, analysis, ms, line_ms, options):
     if SELFCAL_COLUMN in column_names(casa, line_ms):
         say('  %s: the pipeline kept CORRECTED_DATA (self-calibrated)' % line_ms.name)
         return
-    field, spw, fitspec = build_fitspec(analysis.selections[str(ms)], fitorder=options.fitorder)
+    field, spw, fitspec = build_fitspec(analysis.selections[str(ms)], fitorder=fitorder)
     scratch = state.partial_name(line_ms.with_name(line_ms.name[:-3] + '.selfcal.ms'))
     state.will_create(scratch)
     say('  %s: fitting the same cont.dat ranges in CORRECTED_DATA (self-calibrated), CASA uvcontsub' % ms.name)

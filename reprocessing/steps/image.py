@@ -4,20 +4,20 @@ import datetime
 import sys
 from pathlib import Path
 
+from ..casa.data_columns import has_selfcal_column
 from ..casa.eb_tasks import eb_task
 from ..casa.mpi import mpi_servers_available
 from ..casa.ms_imaging import read_ms_for_imaging, virtual_spw_map
-from ..casa.ms_tables import column_names
 from ..casa.pipeline_engine import pipeline_is_installed, stage_for_pipeline_contsub
 from ..casa.workers import EbWorkers, available_cores
 from ..contdat.against_ms import contdat_preflight
-from ..core.fileops import changed_files, directory_bytes, file_states, human_bytes, relative_path, remove_tree, require_free_space
-from ..core.layout import Delivery, report_folder
+from ..core.fileops import changed_files, directory_bytes, file_states, human_bytes, relative_path, remove_tree
+from ..core.layout import Delivery
 from ..core.messages import ReprocessingError, say
 from ..imaging.archive_compare import compare_with_archive, find_archive_products, format_comparison
-from ..imaging.image_casa import IMAGE_SPACE_ADVICE, estimate_image_bytes, plan_casa_images, psf_beam_finder
+from ..imaging.image_casa import plan_casa_images, psf_beam_finder, require_image_space
 from ..imaging.image_pipeline import run_pipeline_imaging
-from ..imaging.image_publish import check_no_collisions, format_image_table, image_table, publish_products
+from ..imaging.image_publish import format_image_table, image_table, publish_products
 from ..imaging.image_update import decide_images, describe_kept, discard_retired, image_stem, kept_rows, retire_stale_images, say_decisions, update_summary, write_image_records
 from ..imaging.products import ImageProduct, ous_from_path
 from ..imaging.tclean_run import run_image_job, run_tclean_jobs
@@ -68,7 +68,7 @@ def run_image(plan, state, step, casa):
     """Make the images with the chosen engine, then publish the products into the images folder."""
     request, engine = plan.imaging, plan.imaging_engine
     delivery = Delivery(plan.delivery.root)  # listed again: --contsub may have just made the line MSes
-    images_dir = step.outputs[0]
+    images_dir = request.images_dir
     lines = list(delivery.targets_line)
     if {'cube', 'repBW'} & set(request.specmodes) and not lines and not request.allow_cubes_with_continuum:
         raise ReprocessingError('no uid*_targets_line.ms, so cube images would contain the continuum — make them '
@@ -86,12 +86,12 @@ def run_image(plan, state, step, casa):
         # hifa_importdata writes into what it imports: it gets shadows (stand-ins) in its working directory
         targets = list(stage_for_pipeline_contsub(state, delivery.targets, work_dir, copy=False).values())
         line_shadows = list(stage_for_pipeline_contsub(state, lines, work_dir, copy=False).values())
-        selfcal = [shadow for shadow in targets + line_shadows if 'CORRECTED_DATA' in column_names(casa, shadow)]
+        selfcal = [shadow for shadow in targets + line_shadows if has_selfcal_column(casa, shadow)]
         inputs = {'targets': targets, 'targets_line': line_shadows, 'selfcal': selfcal}
         products = run_pipeline_imaging(plan, state, casa, request, inputs=inputs, work_dir=work_dir)
         notes = []
     else:
-        work_dir = delivery.work_dir / 'imaging'
+        work_dir = delivery.imaging_dir
         if work_dir.exists():
             say('  removing %s/ left by an earlier run (its products were published then, or never)'
                 % relative_path(work_dir, delivery.root))
@@ -119,7 +119,7 @@ def run_image(plan, state, step, casa):
             raise ReprocessingError('nothing to image with --specmodes %s (see the notes above) — choose other '
                                     'specmodes, fields or spws' % ','.join(request.specmodes))
         decisions, aside = None, None
-        if getattr(plan.options, 'update', False):
+        if request.update:
             decisions = decide_images(casa, jobs, request, images_dir=images_dir, infos=targets + line_infos,
                                       delivery_ms_dir=delivery.ms_dir, ous=ous)
             say_decisions(decisions)
@@ -132,9 +132,6 @@ def run_image(plan, state, step, casa):
             aside = retire_stale_images(state, decisions, images_dir=images_dir, expected_names=dict(
                 (image_stem(job, ous), [p.fits_name(ous) for p in expected_finals([job])]
                  + [p.path.name for p in expected_finals([job])]) for job in jobs))
-        elif request.reuse_images:
-            expected = expected_finals(jobs)
-            check_no_collisions(images_dir, [p.fits_name(ous) for p in expected] + [p.path.name for p in expected])
         seconds = {}
         with EbWorkers.started(imaging_processes(jobs), state=state) as workers:
             products = run_tclean_jobs(casa, request, jobs, work_dir=work_dir, state=state, workers=workers,
@@ -158,7 +155,7 @@ def run_image(plan, state, step, casa):
                                                infos=targets + line_infos, delivery_ms_dir=delivery.ms_dir, ous=ous)
         write_image_records(decisions, [], **records)  # at once: the files are this tool's from now on
         discard_retired(state, aside)
-    table = image_table(casa, placed, ous=ous, thumbnails_dir=report_folder(delivery) / 'images')
+    table = image_table(casa, placed, ous=ous, thumbnails_dir=delivery.report_dir / 'images')
     if engine != 'pipeline':
         write_image_records(decisions, table, **records)  # again, with the table's row for later reports
         table = kept_rows(decisions) + table
@@ -171,16 +168,16 @@ def run_image(plan, state, step, casa):
         say(line)
     return {'outputs': [str(images_dir)], 'engine': engine, 'images': table, 'notes': notes, 'bytes': total,
             'fits': fits_count, 'casa_images': len(placed),
-            'update': update_summary(decisions) if getattr(plan.options, 'update', False) else {},
+            'update': update_summary(decisions) if plan.imaging.update else {},
             'archive_comparison': comparison}
 
 
 def _compare_with_archive(plan, casa, placed, ous):
     """The new images beside the archive's (when the delivery has them, or --archive-products points at them)."""
-    archive = find_archive_products(plan.delivery.root, getattr(plan.options, 'archive_products', None))
+    archive = find_archive_products(plan.delivery.root, plan.imaging.archive_products)
     if archive is None:
         return []
-    rows = compare_with_archive(casa, placed, archive, ous=ous, pictures_dir=report_folder(plan.delivery) / 'archive')
+    rows = compare_with_archive(casa, placed, archive, ous=ous, pictures_dir=plan.delivery.report_dir / 'archive')
     say('  compared with the archive\'s images in %s: %d of %d images have a twin' % (
         relative_path(archive, plan.delivery.root), len(rows), len({p.image_key for p, _c, _f in placed})))
     if rows:
@@ -237,7 +234,6 @@ def expected_finals(jobs):
 
 
 def _check_image_space(jobs, request, images_dir, delivery):
-    delivered, peak = estimate_image_bytes(jobs, all_products=request.all_products)
-    available = require_free_space(images_dir, peak, what='the images', advice=IMAGE_SPACE_ADVICE)
+    delivered, peak, available = require_image_space(jobs, folder=images_dir, all_products=request.all_products)
     say('  %d images to make: about %s of products (%s on disk while imaging), %s free'
         % (len(jobs), human_bytes(delivered), human_bytes(peak), human_bytes(available)))

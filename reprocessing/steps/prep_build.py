@@ -9,7 +9,8 @@ import os
 import shutil
 from pathlib import Path
 
-from ..casa.casa_engine import casa_log_path, load_casa, native_output_into, opened_table
+from ..casa.casa_engine import casa_log_path, load_casa, native_output_into
+from ..casa.ms_tables import count_rows
 from ..contdat.grammar import CONTDAT_FINGERPRINT_NAME, contdat_fingerprint
 from ..core.fileops import changed_files, file_states, make_user_writable, remove_tree, write_atomically
 from ..core.layout import PREP_SCRIPT_NAME
@@ -27,17 +28,6 @@ def casa_logfile_for(*, working, output, dry_run):
     return directory / name
 
 
-def _table_columns_and_rows(casa, ms):
-    with opened_table(casa, ms, missing='check that it is a complete measurement set') as table:
-        return table.colnames(), table.nrows()
-
-
-def has_corrected_column(casa, ms):
-    with native_output_into(casa_log_path(casa)):
-        columns, _rows = _table_columns_and_rows(casa, ms)
-    return 'CORRECTED_DATA' in columns
-
-
 def convert_measurement_set(casa, *, source, destination, datacolumn):
     """mstransform one data column of source into a new MS at destination (source is only read)."""
     before = file_states([source])
@@ -52,8 +42,7 @@ def convert_measurement_set(casa, *, source, destination, datacolumn):
         if not (destination / 'table.dat').is_file():
             raise ReprocessingError('mstransform of %s (%s column) wrote no measurement set — see the CASA log %s'
                             % (source.name, datacolumn.upper(), casa_log_path(casa)))
-        _source_columns, source_rows = _table_columns_and_rows(casa, source)
-        _columns, rows = _table_columns_and_rows(casa, destination)
+        source_rows, rows = count_rows(casa, source), count_rows(casa, destination)
     if rows != source_rows:
         raise ReprocessingError('mstransform of %s wrote %d rows instead of %d — see the CASA log %s'
                         % (source.name, rows, source_rows, casa_log_path(casa)))
@@ -169,19 +158,21 @@ def execute_plan(plan, *, casa_logfile, say):
                 os.rename(str(partial), str(plan.output))
             except OSError as exc:
                 raise _os_error('rename the finished output to %s' % plan.output, exc)
-    except BaseException as exc:
-        if isinstance(exc, ReprocessingError):
-            message = str(exc)
-        elif isinstance(exc, (KeyboardInterrupt, Interrupted)):
-            message = 'interrupted — nothing was kept; run the script again'
-        elif isinstance(exc, OSError):
-            message = str(_os_error('write', exc))
-        else:
-            message = 'unexpected %s: %s — please report this' % (type(exc).__name__, exc)
+    except BaseException as exc:  # undone whatever ended it; a signal stays a signal and a bug a bug
         problems = _undo(plan=plan, moved=moved, created_partial=created_partial)
+        undone = ''
         if problems:
-            message += ('; the undo failed too: %s — move these back into %s by hand, then remove %s'
-                        % ('; '.join(problems), plan.working, partial))
+            undone = ('; the undo failed too: %s — move these back into %s by hand, then remove %s'
+                      % ('; '.join(problems), plan.working, partial))
         elif moved:
-            message += ' (everything moved was moved back to %s)' % plan.working
-        raise ReprocessingError(message)
+            undone = ' (everything moved was moved back to %s)' % plan.working
+        if isinstance(exc, (KeyboardInterrupt, Interrupted)):
+            raise Interrupted(getattr(exc, 'number', 2), 'interrupted — nothing was kept; run the script again'
+                              + undone)
+        if isinstance(exc, ReprocessingError):
+            raise ReprocessingError(str(exc) + undone)
+        if isinstance(exc, OSError):
+            raise ReprocessingError(str(_os_error('write', exc)) + undone)
+        if undone:
+            say('  %s' % undone.lstrip(' ;()').rstrip(')'))
+        raise

@@ -8,7 +8,7 @@ import sys
 
 from ..core.fileops import is_inside, relative_path
 from ..core.host import full_host_name, time_text, user_name
-from ..core.layout import REPORT_DIR_NAME, report_folder
+from ..core.layout import REPORT_DIR_NAME, STAGING_DIR_NAME
 from ..core.messages import Interrupted, ReprocessingError, say
 from ..report.report import write_report
 
@@ -22,18 +22,18 @@ Weblog = collections.namedtuple('Weblog', 'name root start modified')
 
 def run_weblog(plan, state, step, casa):
     """Serve a weblog until Ctrl-C; it never needs CASA or the pipeline, only the files."""
-    options, delivery = plan.options, plan.delivery
+    request, delivery = plan.request.weblog, plan.delivery
     made_here = [s for s in plan.steps if s.name != 'weblog']
     if made_here:
         # The report of this run must exist before it can be served; the final one is written at the end.
         write_report(plan, state, status='running')
-    if options.weblog == 'latest' and made_here:
+    if request.name == 'latest' and made_here:
         weblog = _weblog_made_since(delivery, state.started) or _this_runs_report(delivery, state)
-    elif options.weblog == 'report':
+    elif request.name == 'report':
         weblog = _this_runs_report(delivery, state) if made_here else report_weblog(delivery)
     else:
-        weblog = choose_weblog(delivery, options.weblog)
-    return serve_weblog(weblog, port=options.port, open_browser=not options.no_browser)
+        weblog = choose_weblog(delivery, request.name)
+    return serve_weblog(weblog, port=request.port, open_browser=request.open_browser)
 
 
 def find_weblogs(delivery):
@@ -69,7 +69,7 @@ def _pipeline_folders(top, depth):
             continue
         if entry.name.startswith('pipeline-'):
             yield entry
-        elif not entry.name.endswith('.ms') and entry.name not in ('staging', REPORT_DIR_NAME):
+        elif not entry.name.endswith('.ms') and entry.name not in (STAGING_DIR_NAME, REPORT_DIR_NAME):
             for found in _pipeline_folders(entry, depth - 1):
                 yield found
 
@@ -102,7 +102,7 @@ def choose_weblog(delivery, name):
 def _what_exists(delivery, weblogs):
     """One sentence listing what --weblog could serve instead."""
     offers = ['%s (%s)' % (w.name, time_text(w.modified)) for w in weblogs]
-    if (report_folder(delivery) / 'index.html').is_file():
+    if (delivery.report_dir / 'index.html').is_file():
         offers.append('report (the reprocessing report)')
     packed = sorted(delivery.root.glob('*weblog.tgz')) + sorted((delivery.root.parent / 'qa').glob('*weblog.tgz'))
     if offers:
@@ -121,7 +121,7 @@ def _weblog_made_since(delivery, since):
 
 
 def report_weblog(delivery):
-    root = report_folder(delivery)
+    root = delivery.report_dir
     if not (root / 'index.html').is_file():
         raise ReprocessingError('no reprocessing report yet in %s — every run of this script (except --dry-run) '
                                 'writes one; run an action first' % root)

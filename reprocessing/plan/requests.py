@@ -1,0 +1,34 @@
+"""The command line turned into requests: the one place that reads the argparse Namespace of a run.
+
+Every path is resolved here, once, against the delivery; the plan and everything below it read the
+requests (core/requests.py), never the Namespace.
+"""
+
+from ..core.requests import ContsubRequest, RunRequest, WeblogRequest
+from .imaging_options import imaging_request
+
+
+ACTION_NAMES = ('check', 'contsub', 'contsub_fast', 'image', 'calibrated_final', 'calibrated_final_line',
+                'cleanup', 'weblog')
+
+
+def chosen_actions(options):
+    """The actions the command line asks for, in the order they run."""
+    given = vars(options)
+    return [name for name in ACTION_NAMES if given.get(name) not in (None, False)]
+
+
+def run_request(options, root):
+    """The run's request from the parsed (and already checked) command line; root is the delivery."""
+    contsub = None
+    if options.contsub or options.contsub_fast:
+        contsub = ContsubRequest(engine='pipeline' if options.contsub else 'casa',
+                                 overwrite_line=options.overwrite_line, update=options.update,
+                                 refit=options.refit, fitorder=options.fitorder,
+                                 jobs=options.jobs)
+    weblog = None if options.weblog is None else WeblogRequest(
+        name=options.weblog, port=options.port, open_browser=not options.no_browser)
+    return RunRequest(actions=tuple(chosen_actions(options)), check=options.check, contsub=contsub,
+                      image=None if options.image is None else imaging_request(options, root),
+                      concat_targets=options.calibrated_final, concat_lines=options.calibrated_final_line,
+                      cleanup=options.cleanup, weblog=weblog, dry_run=options.dry_run, update=options.update)
