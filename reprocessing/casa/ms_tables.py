@@ -38,7 +38,9 @@ class MsLayout(object):
         self.ephemeris_fields = set(ephemeris_fields)  # names of fields with an ephemeris (EPHEMERIS_ID >= 0)
 
     def spw_ids_by_name(self, name):
-        return [spw.id for spw in self.spws.values() if spw.name == name]
+        """The ids of the windows called name; else of those whose name is another form of it (same_window_name)."""
+        exact = [spw.id for spw in self.spws.values() if spw.name == name]
+        return exact or [spw.id for spw in self.spws.values() if same_window_name(spw.name, name)]
 
     def has_data(self, field_ids, spw_id):
         return any((field_id, spw_id) in self.pairs for field_id in field_ids)
@@ -129,6 +131,28 @@ REQUIRED_SUBTABLES = ('ANTENNA', 'DATA_DESCRIPTION', 'FIELD', 'OBSERVATION', 'PO
 def spws_with_data(casa, ms):
     """Ids of the spectral windows that have rows in ms (not every SPECTRAL_WINDOW row has data)."""
     return list(read_ms_layout(casa, ms).spws)
+
+
+# ALMA names a science window '<ids>#ALMA_RB_<band>#BB_<n>#SW-<nn>#<resolution>'.  The ids before
+# ALMA_RB changed with Cycle 12 (PIPE-2697: 'X100001#X900000004#ALMA_RB_06#BB_1#SW-01#FULL_RES', with
+# the GroupingID first, where Cycle 11 and earlier write 'X1068667655#ALMA_RB_03#BB_1#SW-01#FULL_RES'),
+# and a cont.dat edited by hand or carried over may use either form.  Within one delivery (one science
+# goal) the part from ALMA_RB on names the window.
+_WINDOW_PART = '#ALMA_'
+
+
+def window_part(name):
+    """What names the window in an ALMA spw name: from 'ALMA_' on (the whole name when it has no '#ALMA_')."""
+    index = (name or '').find(_WINDOW_PART)
+    return name[index + 1:] if index >= 0 else name
+
+
+def same_window_name(first, second):
+    """Whether two spw names name the same window: equal, or equal from 'ALMA_' on (both ALMA names)."""
+    if not first or not second:
+        return False
+    return first == second or (_WINDOW_PART in first and _WINDOW_PART in second
+                               and window_part(first) == window_part(second))
 
 
 def same_window(layout, *, name, spw_id, by_number=True):

@@ -3,11 +3,11 @@
 import collections
 from pathlib import Path
 
-from .channels import ChannelConverter, channel_string, merge_channel_ranges
-from .grammar import CONTDAT_FRAMES, Problem, read_contdat
+from ..casa.ms_tables import read_ms_layout, same_window, same_window_name, virtual_spws
 from ..core.fileops import relative_path
 from ..core.messages import ReprocessingError, one_line, say
-from ..casa.ms_tables import read_ms_layout, same_window, virtual_spws
+from .channels import ChannelConverter, channel_string, merge_channel_ranges
+from .grammar import CONTDAT_FRAMES, Problem, read_contdat
 
 
 # -- the checker -----------------------------------------------------------------------------------
@@ -126,7 +126,7 @@ def _check_ranges_among_themselves(spw, report):
 
 
 def _check_spw_name(field, spw, virtual, report):
-    if spw.name and spw.virtual_id in virtual and virtual[spw.virtual_id][1].name != spw.name:
+    if spw.name and spw.virtual_id in virtual and not same_window_name(virtual[spw.virtual_id][1].name, spw.name):
         defining, window = virtual[spw.virtual_id]
         report.add('warning', spw.line, 'spw %d is named %s in %s, not %s; like the pipeline, the name decides '
                    'which spw the block means — check the number'
