@@ -200,6 +200,8 @@ def test_fit_orders_all_channel_fits_and_left_out_spws_follow_cont_dat(delivery_
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert 'field %s spw 25: channels' % first in out and 'fit order 0' in out
+    assert 'fit order 0 because of LOWBANDWIDTH (cont.dat:3, as the pipeline does) — remove the flag, or give ' \
+           '--fitorder, to change it' in out, out
     assert 'field "%s" spw 27 (%s): NONE — the continuum is fitted over all channels' % (
         first, heads[27].split()[2]) in out
     assert 'field "%s" spw 27 (%s): ALLCONT — the continuum is fitted over all channels' % (

@@ -12,9 +12,13 @@ from .grammar import CONTDAT_FRAMES, Problem, read_contdat
 
 # -- the checker -----------------------------------------------------------------------------------
 
-# What to fit, per MS, field and real spw.  chan: channel selection for uvcontsub ('' = all channels).
+# What to fit, per MS, field and real spw.  chan: channel selection for uvcontsub ('' = all channels);
+# order_flags: the cont.dat flags that made fitorder 0 (LOWBANDWIDTH, LOWSPREAD), as the pipeline reads them,
+# on cont.dat's line order_line.
 FitSelection = collections.namedtuple(
-    'FitSelection', 'field_name field_ids spw_id virtual_id chan n_selected nchan fitorder line reason')
+    'FitSelection', 'field_name field_ids spw_id virtual_id chan n_selected nchan fitorder line reason order_flags '
+                    'order_line')
+FitSelection.__new__.__defaults__ = ((), None)
 
 
 class ContDatAnalysis(object):
@@ -166,13 +170,15 @@ def _check_spw_in_ms(field, spw, layout, converter, analysis, report):
     if not layout.has_data(field_ids, real_id):
         return  # this field was not observed in that spw here: nothing to fit
     fitorder = 0 if spw.low_bandwidth else 1
+    order_flags = tuple(flag for flag in spw.flags if flag in ('LOWBANDWIDTH', 'LOWSPREAD'))
+    order_line = spw.flags_line or spw.line
     nchan = layout.spws[real_id].nchan
     if spw.fit_all_channels:
         report.add('note', spw.line, 'field "%s" %s: %s — the continuum is fitted over all channels, as the '
                    'pipeline does' % (field.name, spw.label(), spw.selection_word))
         analysis.selections[str(layout.path)].append(FitSelection(
             field.name, field_ids, real_id, spw.virtual_id, '', nchan, nchan, fitorder, spw.line,
-            spw.selection_word))
+            spw.selection_word, order_flags, order_line))
         return
     channel_ranges = []
     for cont_range in spw.ranges:
@@ -203,7 +209,7 @@ def _check_spw_in_ms(field, spw, layout, converter, analysis, report):
     if merged and selected >= fitorder + 1:
         analysis.selections[str(layout.path)].append(FitSelection(
             field.name, field_ids, real_id, spw.virtual_id, channel_string(merged), selected, nchan, fitorder,
-            spw.line, 'ranges'))
+            spw.line, 'ranges', order_flags, order_line))
 
 
 def _check_coverage_of_science_data(contdat, layouts, analysis, report):
@@ -293,6 +299,14 @@ def say_fit_table(analysis, *, fitorder=None):
         for s in selections:
             chosen = 'all %d channels' % s.nchan if not s.chan else 'channels %s (%d of %d)' % (
                 s.chan, s.n_selected, s.nchan)
-            say('  %s: field %s spw %d%s: %s, fit order %d' % (
+            say('  %s: field %s spw %d%s: %s, fit order %d%s' % (
                 layout.eb, s.field_name, s.spw_id, ' (cont.dat spw %d)' % s.virtual_id if s.virtual_id != s.spw_id
-                else '', chosen, s.fitorder if fitorder is None else fitorder))
+                else '', chosen, s.fitorder if fitorder is None else fitorder, _order_reason(s, fitorder)))
+
+
+def _order_reason(selection, fitorder):
+    """Why a fit is of order 0 when cont.dat's flags chose it, and how to change that."""
+    if fitorder is not None or not selection.order_flags:
+        return ''
+    return (' because of %s (cont.dat:%d, as the pipeline does) — remove the flag, or give --fitorder, to change '
+            'it' % (' and '.join(selection.order_flags), selection.order_line))

@@ -37,6 +37,7 @@ class ContDatSpw(object):
         self.ranges = []
         self.keywords = []  # [(word, line)] for NONE / ALL / ALLCONT lines
         self.flags = []
+        self.flags_line = None  # the line of its (last) Flags: line
         self.implicit_topo = False  # a v1 (SPWn) block: its ranges carry no frame and are TOPO
 
     @property
@@ -159,6 +160,7 @@ def parse_contdat(text, *, path, display):
         elif line.startswith('Flags:'):
             saw_v3 = True
             _need_spw(spw, number, 'a Flags: line', fail)
+            spw.flags_line = number
             for flag in line[len('Flags:'):].split():
                 if flag not in CONTDAT_FLAGS:
                     contdat.warn(number, 'unknown flag "%s" (the pipeline writes %s) — it is ignored; delete it'
