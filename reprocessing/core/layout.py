@@ -43,6 +43,10 @@ class Delivery(object):
         self.targets = self._list_ms('uid*_targets.ms')
         self.targets_line = self._list_ms('uid*_targets_line.ms')
         self.target_cycle8 = self._list_ms('uid*_target.ms')
+        # The development pipeline's hif_mstransform can also write uid*_imaging.ms and uid*_imaging_line.ms
+        # (PIPE-3003): the targets regridded to the source's frame for imaging, one data column, no
+        # continuum fit to redo.  This tool reads uid*_targets*.ms; these are named, never used.
+        self.imaging_ms = self._list_ms('uid*_imaging.ms') + self._list_ms('uid*_imaging_line.ms')
         self.uvcont_tables = sorted(self.caltables.glob('*uvcont.tbl')) if self.caltables.is_dir() else []
 
     def _list_ms(self, pattern):
@@ -57,6 +61,12 @@ class Delivery(object):
                 'no measurement_sets/ directory in %s — run the script in a delivery\'s calibrated_final/ '
                 'directory, or point at one with --delivery DIR' % self.root)
         if not self.targets:
+            if self.imaging_ms:
+                raise ReprocessingError(
+                    'measurement_sets/ holds only the pipeline\'s imaging MSes (%s: regridded for imaging by '
+                    'hif_mstransform, PIPE-3003), not the uid*_targets.ms this tool reprocesses — not supported '
+                    'yet: continuum subtraction and imaging need the calibrated targets; request uid*_targets.ms '
+                    'from the archive, or image these with CASA directly' % self.imaging_ms[0].name)
             if self.target_cycle8:
                 raise ReprocessingError(
                     'measurement_sets/ holds only pre-Cycle 9 uid*_target.ms — convert them with '

@@ -70,6 +70,10 @@ def make_plan(request, delivery):
     needs_data = set(request.actions) - {'cleanup', 'weblog'}
     if needs_data:
         delivery.check_layout()
+        if delivery.imaging_ms:
+            plan.notes.append('measurement_sets/ also holds %d imaging MS(es) of the pipeline (%s, PIPE-3003); this '
+                              'run reads the uid*_targets*.ms and leaves them as they are'
+                              % (len(delivery.imaging_ms), delivery.imaging_ms[0].name))
     contsub = request.contsub is not None
     if request.check:
         _plan_check(plan)

@@ -1,5 +1,6 @@
-"""Spectral-window names in both ALMA forms: Cycle <= 11 ('X…#ALMA_RB_06#…') and Cycle 12+ with the
-GroupingID first (PIPE-2697: 'X100001#X900000004#ALMA_RB_06#…'), in the MSes and in cont.dat v3."""
+"""What recent pipeline releases changed in deliveries: spectral-window names in both ALMA forms (Cycle <= 11
+'X…#ALMA_RB_06#…', Cycle 12+ with the GroupingID first, PIPE-2697: 'X100001#X900000004#ALMA_RB_06#…') in the
+MSes and in cont.dat v3; the development pipeline's imaging MSes (PIPE-3003)."""
 import collections
 import re
 
@@ -43,3 +44,22 @@ def test_check_reads_a_v3_contdat_of_the_other_name_form_without_a_warning(deliv
     fitted = [line for line in after.stdout.splitlines() if 'channels' in line and 'fit order' in line]
     assert fitted and fitted == [line for line in before.stdout.splitlines() if 'channels' in line and 'fit order' in line]
     assert 'no errors, 0 warnings' in before.stdout and 'no errors, 0 warnings' in after.stdout, after.stdout
+
+
+def test_the_development_pipelines_imaging_mses_are_named_and_left_alone(delivery_factory, run_script, md5_tree):
+    """PIPE-3003: hif_mstransform can write uid*_imaging.ms beside uid*_targets.ms.  Beside them: a note, and
+    they stay untouched; alone: one line saying why this tool cannot use them."""
+    import shutil
+    delivery = delivery_factory(n_ebs=1)
+    targets = sorted((delivery / 'measurement_sets').glob('*_targets.ms'))[0]
+    imaging = targets.with_name(targets.name.replace('_targets.ms', '_imaging.ms'))
+    shutil.copytree(str(targets), str(imaging))
+    before = md5_tree(imaging)
+    done = run_script('--check', delivery=delivery)
+    assert done.returncode == 0, done.stderr
+    assert 'also holds 1 imaging MS(es) of the pipeline (%s, PIPE-3003)' % imaging.name in done.stdout
+    assert md5_tree(imaging) == before
+    shutil.rmtree(str(targets))
+    done = run_script('--check', delivery=delivery)
+    assert done.returncode == 1 and done.stdout.count('ERROR') + done.stderr.count('ERROR') == 1
+    assert 'holds only the pipeline\'s imaging MSes (%s' % imaging.name in done.stderr, done.stderr
