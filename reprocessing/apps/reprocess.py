@@ -38,9 +38,11 @@ from pathlib import Path
 from ..casa.casa_engine import is_monolithic_casa, load_casa, native_output_into
 from ..casa.environment import describe_environment
 from ..casa.mpi import casa_mpi_job, mpi_info, mpi_launch, share_logs_with_mpi_servers
+from ..casa.pipeline_engine import pipeline_call_log
 from ..casa.workers import EB_WORKER_FLAG, run_eb_worker
 from ..core.defaults import IMAGES_DIR, SPECMODES, WEBLOG
 from ..core.fileops import relative_path
+from ..core.host import process_started_at
 from ..core.layout import Delivery, SCRIPT_NAME, WORK_DIR_NAME
 from ..core.messages import EXIT_OK, Interrupted, ReprocessingError, UsageError, say
 from ..core.script import script_arguments
@@ -325,6 +327,9 @@ def _start_casa(plan, state):
     state.casa_logfile = Path(casa.casalog.logfile()).resolve()
     state.record_logs(state.console_log, state.casa_logfile)
     record_created_log(plan.delivery, state.casa_logfile)
+    calls = pipeline_call_log()  # opened by "casa --pipeline" at its start, in the user's folder
+    if calls is not None and calls.is_file() and calls.stat().st_mtime >= process_started_at():
+        record_created_log(plan.delivery, calls)
     say('  CASA log: %s (messages CASA prints itself: %s)' % (state.casa_logfile, state.console_log.name))
     return casa
 

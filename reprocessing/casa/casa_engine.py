@@ -66,6 +66,17 @@ CASA_MODULE_PROVIDERS = {
 _LOADED = []  # the CasaModules of this process, once loaded
 
 
+def casatools_version(casatools):
+    """casatools' version as text: version_string(), else its numbers (6.6.0.20's version_string() is empty)."""
+    text = str(casatools.version_string() or '').strip()
+    if text:
+        return text
+    try:
+        return '.'.join(str(int(part)) for part in list(casatools.version())[:4])
+    except (AttributeError, TypeError, ValueError):
+        return 'unknown version'
+
+
 def is_monolithic_casa():
     """True inside a monolithic CASA session (``casa -c``), where CASA is configured already.
 
@@ -108,7 +119,7 @@ def load_casa(*, logfile=None, script='scriptForReprocessing.py', native_output=
         casalog = casatools.logsink(config.logfile)
         casalog.setglobal(True)
         casalog.showconsole(False)  # the terminal gets the script's own lines; CASA's messages go to its log
-        _LOADED.append(CasaModules(casatools, casatools.version_string(), kind, casalog=casalog,
+        _LOADED.append(CasaModules(casatools, casatools_version(casatools), kind, casalog=casalog,
                                    import_casatasks=_import_casatasks_now))
         return _LOADED[0]
     with _casa_import_errors():
@@ -120,7 +131,7 @@ def load_casa(*, logfile=None, script='scriptForReprocessing.py', native_output=
         casatasks.casalog.setlogfile(str(logfile))
     # The terminal gets the script's own progress lines; CASA's messages go to its log.
     casatasks.casalog.showconsole(False)
-    _LOADED.append(CasaModules(casatools, casatools.version_string(), kind, casatasks=casatasks))
+    _LOADED.append(CasaModules(casatools, casatools_version(casatools), kind, casatasks=casatasks))
     return _LOADED[0]
 
 

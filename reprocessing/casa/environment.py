@@ -2,7 +2,7 @@
 
 import sys
 
-from .casa_engine import is_monolithic_casa
+from .casa_engine import casatools_version, is_monolithic_casa
 from .mpi import mpi_description
 
 
@@ -10,7 +10,7 @@ def engine_description():
     parts = []
     casatools = sys.modules.get('casatools')
     if casatools is not None:
-        parts.append('CASA %s (%s)' % (casatools.version_string(),
+        parts.append('CASA %s (%s)' % (casatools_version(casatools),
                                        'monolithic' if is_monolithic_casa() else 'modular'))
     if 'pipeline' in sys.modules:
         parts.append('ALMA pipeline')
@@ -28,7 +28,7 @@ def describe_environment():
 def _casa_version():
     kind = 'monolithic' if is_monolithic_casa() else 'modular'
     if 'casatools' in sys.modules:
-        return '%s (%s)' % (sys.modules['casatools'].version_string(), kind)
+        return '%s (%s)' % (casatools_version(sys.modules['casatools']), kind)
     version = _distribution_version('casatools')
     return '%s (%s)' % (version, kind) if version else 'not installed'
 

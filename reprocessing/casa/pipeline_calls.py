@@ -64,7 +64,8 @@ def pipeline_contsub_calls(*, revision, task_parameters, vis, mpi_size, datatype
         importdata['dbservice'] = False
     if not datatypes_recorded and accepts('hifa_importdata', 'datacolumns'):
         importdata['datacolumns'] = {'data': TARGETS_DATA_TYPE}
-        notes.append('the MSes do not record their data type: importing DATA as %s' % TARGETS_DATA_TYPE)
+        notes.append('the MSes do not record their data type, or this release does not read the record: '
+                     'importing DATA as %s' % TARGETS_DATA_TYPE)
     uvcontsub = {}
     if mpi_size > 1:
         if accepts('hif_uvcontsub', 'parallel'):

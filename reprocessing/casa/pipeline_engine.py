@@ -128,6 +128,22 @@ def task_parameter_names(task):
     return names or None
 
 
+def pipeline_reads_datatype_record():
+    """Whether the imported pipeline reads the data types an MS's HISTORY records (hifa_importdata).
+
+    Only from 2025.1.0.35 on (pipeline/h/heuristics/importdata.py, get_ms_data_types_from_history;
+    absent from 2023.1.0.124, 2024.1.0.8 and 2024.1.1.22).  An older release that is not told the
+    data types takes CORRECTED_DATA for the calibrated data: measured with 2024.1.0.8 on a
+    self-calibrated delivery, hif_uvcontsub then ran uvcontsub(datacolumn='corrected') and the line
+    MS's DATA equalled its CORRECTED_DATA.
+    """
+    try:
+        from pipeline.h.heuristics import importdata
+    except ImportError:
+        return False
+    return hasattr(importdata, 'get_ms_data_types_from_history')
+
+
 def ms_records_pipeline_datatypes(casa, ms):
     """True when the MS's HISTORY holds the pipeline's data type record (PL2023+ MSes do)."""
     if not (Path(ms) / 'HISTORY' / 'table.dat').is_file():
@@ -242,3 +258,19 @@ def check_pipeline_release(calls, tasks):
         raise ReprocessingError('this pipeline release has no %s — use a release from Cycle 10 or later, or '
                                 '--engine casa' % ', '.join(missing))
     return [fit_call_to_release(call, task_parameter_names(tasks[call.task])) for call in calls]
+
+
+def pipeline_call_log():
+    """The file the imported pipeline logs every CASA call into (casacalls-<host>.txt), or None.
+
+    pipeline.infrastructure.casa_tools opens it, relative to the current directory, when the pipeline
+    is imported: under "casa --pipeline -c" that is CASA's start, in the folder the user started it
+    from (seen with 2024.1.0.8, 2025.1.0.35 and the development head: calibrated_final/casacalls-<host>.txt).
+    """
+    module = sys.modules.get('pipeline.infrastructure.casa_tools')
+    logger = getattr(getattr(module, 'CASACALLS_LOG', None), 'logger', None) or getattr(module, 'CASACALLS_LOG', None)
+    for handler in getattr(logger, 'handlers', None) or []:
+        name = getattr(handler, 'baseFilename', None)
+        if name:
+            return Path(name)
+    return None

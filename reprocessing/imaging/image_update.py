@@ -10,11 +10,12 @@ missing — makes it stale, and it is remade.
 import collections
 from pathlib import Path
 
+from ..casa.casa_engine import casatools_version
 from ..core.fileops import directory_bytes, human_bytes, move_tree, remove_tree
-from .image_casa import tclean_arguments
 from ..core.messages import ReprocessingError, say
-from .products import ImageProduct
 from ..run.provenance import image_differences, image_record_path, line_ms_record_path, ms_identity, read_record, same_ms, write_record
+from .image_casa import tclean_arguments
+from .products import ImageProduct
 
 ImageDecision = collections.namedtuple('ImageDecision', 'job stem record_path expected recorded reasons')
 
@@ -24,7 +25,7 @@ def image_stem(job, ous):
 
 
 def engine_version(casa):
-    return str(casa.casatools.version_string())
+    return casatools_version(casa.casatools)
 
 
 def measurement_set_input(ms, infos_by_name, spw_selection, *, delivery_ms_dir, line_records=None):

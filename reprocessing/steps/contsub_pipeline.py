@@ -3,18 +3,18 @@
 import collections
 from pathlib import Path
 
+from ..casa.data_columns import SELFCAL_COLUMN, add_selfcal_column
+from ..casa.mpi import mpi_info
+from ..casa.ms_tables import column_names
+from ..casa.pipeline_calls import pipeline_contsub_calls, pipeline_line_name
+from ..casa.pipeline_engine import load_pipeline_tasks, ms_records_pipeline_datatypes, pipeline_reads_datatype_record, run_pipeline_calls, stage_for_pipeline_contsub, task_parameter_names
 from ..contdat.against_ms import contdat_preflight
-from ..core.fileops import move_tree, relative_path, remove_tree, directory_bytes, human_bytes
+from ..contdat.for_pipeline import place_contdat_for_pipeline
+from ..contsub.uvcontsub import build_fitspec, describe_line_columns, uvcontsub_checked
+from ..core.fileops import directory_bytes, human_bytes, move_tree, relative_path, remove_tree
 from ..core.layout import WORK_DIR_NAME, line_ms_path
 from ..core.messages import ReprocessingError, say
-from ..casa.mpi import mpi_info
-from ..casa.pipeline_calls import pipeline_contsub_calls, pipeline_line_name
-from ..contdat.for_pipeline import place_contdat_for_pipeline
-from ..casa.pipeline_engine import load_pipeline_tasks, ms_records_pipeline_datatypes, run_pipeline_calls, stage_for_pipeline_contsub, task_parameter_names
 from ..run.run_state import publish_line_outputs
-from ..contsub.uvcontsub import build_fitspec, describe_line_columns, uvcontsub_checked
-from ..casa.data_columns import SELFCAL_COLUMN, add_selfcal_column
-from ..casa.ms_tables import column_names
 
 
 def run_contsub(plan, state, step, casa):
@@ -31,7 +31,8 @@ def run_contsub(plan, state, step, casa):
     decided = pipeline_contsub_calls(
         revision=revision, task_parameters=dict((name, task_parameter_names(task)) for name, task in tasks.items()),
         vis=[ms.name for ms in targets], mpi_size=mpi_info().size,
-        datatypes_recorded=all(ms_records_pipeline_datatypes(casa, ms) for ms in targets))
+        datatypes_recorded=pipeline_reads_datatype_record() and all(
+            ms_records_pipeline_datatypes(casa, ms) for ms in targets))
     say('  pipeline %s (%s): %s' % (revision, decided.release, decided.flow))
     for note in decided.notes:
         say('  note: ' + note)
