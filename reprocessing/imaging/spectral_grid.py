@@ -9,10 +9,12 @@ start and width of different kinds (a velocity start with a frequency width) is 
 import collections
 import re
 
-SPEED_OF_LIGHT_KMS = 299792.458
+from .heuristics import cube_channel_grid
+
+C_KMS = 299792.458
 OUTFRAMES = ('LSRK', 'BARY', 'TOPO', 'SOURCE')
 VELTYPES = ('radio', 'optical')
-_NUMBER = r'[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?'
+_SIGNED_NUMBER = r'[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?'
 _FREQUENCY_UNITS = {'hz': 1.0, 'khz': 1e3, 'mhz': 1e6, 'ghz': 1e9, 'thz': 1e12}
 _VELOCITY_UNITS = {'m/s': 1e-3, 'km/s': 1.0}
 # A width this close to the native channel counts as one channel (users round 1.3496 km/s to 1.35 km/s or 1.349).
@@ -27,7 +29,7 @@ def parse_spectral_value(text, *, kinds, option):
     """'-20km/s' -> SpectralValue('velocity', -20.0, '-20km/s'); '230.5GHz' -> ('frequency', 2.305e11, ...);
     '2' -> ('channels', 2, ...) where kinds allows it."""
     text = str(text).strip().replace(' ', '')
-    match = re.match(r'^(%s)([A-Za-z/]*)$' % _NUMBER, text)
+    match = re.match(r'^(%s)([A-Za-z/]*)$' % _SIGNED_NUMBER, text)
     if not match:
         raise ValueError('%s "%s" is not a number with a unit — e.g. %s' % (option, text, _examples(kinds)))
     number, unit = float(match.group(1)), match.group(2).lower()
@@ -141,6 +143,7 @@ def parse_veltype(value):
     return _canonical(_per_spw(value, '--veltype', one), str)
 
 
+GRID_NAMES = ('start', 'width', 'nchan', 'restfreq', 'outframe', 'veltype')
 GRID_OPTIONS = (('start', parse_start), ('width', parse_width), ('nchan', parse_nchan), ('restfreq', parse_restfreq),
                 ('outframe', parse_outframe), ('veltype', parse_veltype))
 
@@ -164,14 +167,14 @@ def spws_named(canonical):
 
 def velocity_to_frequency(velocity_kms, restfreq_hz, veltype='radio'):
     if veltype == 'optical':
-        return restfreq_hz / (1.0 + velocity_kms / SPEED_OF_LIGHT_KMS)
-    return restfreq_hz * (1.0 - velocity_kms / SPEED_OF_LIGHT_KMS)
+        return restfreq_hz / (1.0 + velocity_kms / C_KMS)
+    return restfreq_hz * (1.0 - velocity_kms / C_KMS)
 
 
 def frequency_to_velocity(frequency_hz, restfreq_hz, veltype='radio'):
     if veltype == 'optical':
-        return (restfreq_hz / frequency_hz - 1.0) * SPEED_OF_LIGHT_KMS
-    return (1.0 - frequency_hz / restfreq_hz) * SPEED_OF_LIGHT_KMS
+        return (restfreq_hz / frequency_hz - 1.0) * C_KMS
+    return (1.0 - frequency_hz / restfreq_hz) * C_KMS
 
 
 CubeGrid = collections.namedtuple('CubeGrid', 'start width nchan restfreq outframe veltype first_hz last_hz '
@@ -204,7 +207,7 @@ def cube_grid(*, spw_id, low_hz, high_hz, native_hz, restfreq_hz, start=None, wi
         raise ValueError('spw %d: --start %s is a %s but --width %s is a %s — give both as velocities or both as '
                          'frequencies (or the width in channels)' % (spw_id, start.text, start.kind, width.text,
                                                                      width.kind))
-    native_kms = native_hz / restfreq_hz * SPEED_OF_LIGHT_KMS
+    native_kms = native_hz / restfreq_hz * C_KMS
     if width is None:
         step = native_hz * step_channels if kind == 'frequency' else native_kms * step_channels
     elif width.kind == 'channels':
@@ -212,7 +215,7 @@ def cube_grid(*, spw_id, low_hz, high_hz, native_hz, restfreq_hz, start=None, wi
     else:
         step = width.value
     # the channel width in frequency (for a velocity grid: at the rest frequency; radio velocities are linear)
-    step_hz = step if kind == 'frequency' else step / SPEED_OF_LIGHT_KMS * restfreq_hz
+    step_hz = step if kind == 'frequency' else step / C_KMS * restfreq_hz
     if step_hz < native_hz * (1.0 - WIDTH_TOLERANCE):
         raise ValueError('spw %d: --width %s is finer than the spw\'s channels (%s = %.4g MHz) — choose at least '
                          'one channel' % (spw_id, width.text, _show('velocity', native_kms)
@@ -239,9 +242,15 @@ def cube_grid(*, spw_id, low_hz, high_hz, native_hz, restfreq_hz, start=None, wi
         first = start.value
     tolerance = EDGE_TOLERANCE_CHANNELS * native_hz
     span_hz = high_hz - low_hz
+    if start is None and width is None and nchan is None and kind == 'frequency':  # exactly the pipeline's grid
+        start_text, width_text, nchan = cube_channel_grid(low_hz, high_hz, native_hz, nbin)
+        first_hz = float(start_text[:-len('GHz')]) * 1e9
+        return CubeGrid(start_text, width_text, nchan, '%.3fHz' % restfreq_hz, outframe, veltype, first_hz,
+                        first_hz + (nchan - 1) * step_hz, step_hz, '%d channels of %s from %s (%s, the pipeline\'s grid)'
+                        % (nchan, width_text, start_text, outframe))
     if nchan is None:
         if start is None and width is None:
-            nchan = int(_round_half_up(span_hz / step_hz - 2))  # heuristics.cube_channel_grid
+            nchan = int(_round_half_up(span_hz / step_hz - 2))
         else:
             lower = first - step / 2.0  # the first channel's edge on the near side
             if start is None:  # leave one native channel at the far end too, as the pipeline
@@ -258,8 +267,6 @@ def cube_grid(*, spw_id, low_hz, high_hz, native_hz, restfreq_hz, start=None, wi
     first_hz = frequency_of(first)
     last_hz = frequency_of(first + (nchan - 1) * step)
     start_text, width_text = _show(kind, first), _show(kind, step)
-    if kind == 'frequency' and start is None and width is None:  # exactly the pipeline's strings
-        start_text, width_text = '%.10fGHz' % (first / 1e9), '%.7fMHz' % (step / 1e6)
     description = '%d channels of %s from %s (%s, %s velocity, rest frequency %.6f GHz)' % (
         nchan, width_text, start_text, outframe, veltype, restfreq_hz / 1e9)
     return CubeGrid(start_text, width_text, nchan, '%.3fHz' % restfreq_hz, outframe, veltype, first_hz, last_hz,
@@ -343,3 +350,34 @@ def read_source_rest_frequencies(casa, ms):
     finally:
         table.close()
     return found
+
+
+# tclean's spectral parameters in a job's 'spectral' (the rest is for the plan's note and the sensitivity)
+TCLEAN_SPECTRAL_KEYS = ('nchan', 'start', 'width', 'restfreq', 'outframe', 'veltype')
+
+
+def cube_spectral(*, spw_id, field, low_hz, high_hz, native_hz, nbin, start=None, width=None, nchan=None,
+                  restfreq=None, outframe=None, veltype=None, source_table=None, other_spws=None, frame='LSRK'):
+    """(the job's 'spectral' dict, a note for the plan) of one spw's cube.
+
+    start ... veltype: the canonical per-spw texts of the request (parse_*), or None; frame: the frame low_hz and
+    high_hz are in (the output frame).  Without any of them: the pipeline's grid and, as before, the rest frequency
+    at the centre of the cube unless the SOURCE table gives one.  ValueError (one line) for a grid that cannot be.
+    """
+    def one(canonical, kinds, option):
+        text = value_for_spw(canonical, spw_id)
+        return None if text is None else parse_spectral_value(text, kinds=kinds, option=option)
+    start_value = one(start, ('velocity', 'frequency'), '--start')
+    width_value = one(width, ('velocity', 'frequency', 'channels'), '--width')
+    restfreq_value = one(restfreq, ('frequency',), '--restfreq')
+    nchan_text = value_for_spw(nchan, spw_id)
+    veltype_text = value_for_spw(veltype, spw_id) or 'radio'
+    restfreq_hz, origin = rest_frequency(spw_id=spw_id, field=field, asked=restfreq_value, source_table=source_table,
+                                         low_hz=low_hz, high_hz=high_hz)
+    grid = cube_grid(spw_id=spw_id, low_hz=low_hz, high_hz=high_hz, native_hz=native_hz, restfreq_hz=restfreq_hz,
+                     start=start_value, width=width_value, nchan=int(nchan_text) if nchan_text else None, nbin=nbin,
+                     outframe=frame, veltype=veltype_text, other_spws=other_spws)
+    spectral = {'nchan': grid.nchan, 'start': grid.start, 'width': grid.width, 'restfreq': [grid.restfreq],
+                'outframe': frame, 'veltype': veltype_text, 'width_hz': grid.channel_hz}
+    note = 'spw %d cube of %s: %s; rest frequency from %s' % (spw_id, field, grid.description, origin)
+    return spectral, note

@@ -199,7 +199,7 @@ def theoretical_sensitivity(casa, job, request):
             if not full > 0.0:
                 return 0.0
             if job.spectral:
-                width_hz = float(job.spectral['width'][:-len('MHz')]) * 1e6
+                width_hz = job.spectral.get('width_hz') or float(job.spectral['width'][:-len('MHz')]) * 1e6
                 per_plane = max(1, int(round(width_hz / physical)))
             else:
                 per_plane = nchan if selected is None else selected
