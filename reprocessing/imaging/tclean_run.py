@@ -13,7 +13,9 @@ from ..core.requests import ImagingRequest, request_as_json
 from ..run.run_state import pause_point
 from .heuristics import ARCSEC_PER_RADIAN, bandwidth_correction_factor, distinct_pointings, dynamic_range_threshold, mosaic_overlap_factor, pointing_geometry
 from .image_casa import ImageJob, PB_LIMIT, PB_MASK, require_image_space, tclean_arguments
+from .beams import convolve_cube, plane_beams
 from .image_stats import image_statistics
+from .moments import make_moments
 from .products import ImageProduct, is_casa_image
 from .tclean_progress import tclean_progress
 
@@ -94,7 +96,26 @@ def run_image_job(casa, report, *, job, request, imagename, parallel):
         iterations += int(summary.get('iterdone', 0)) if isinstance(summary, dict) else 0
     report('%d clean iterations, stopped by %s, %s' % (
         iterations, _STOP_REASONS.get(stop, 'code %s' % stop), duration_text(time.time() - started)))
+    if job.spectral and (request.beam or request.moments):
+        cube_products(casa, report, imagename=imagename, beam=request.beam, moments=request.moments)
     return {'iterations': iterations, 'stop': stop, 'seconds': round(time.time() - started, 1)}
+
+
+def cube_products(casa, report, *, imagename, beam=None, moments=None):
+    """--beam (the restored cube and its primary-beam corrected one, to one beam) then --moments of a cube."""
+    started = time.time()
+    if beam:
+        beams = plane_beams(casa, imagename + '.image')
+        for suffix in ('.image', '.image.pbcor'):
+            final = convolve_cube(casa, imagename + suffix, beam, report=report, beams=beams)
+        report('convolved to the %s beam %.3g x %.3g arcsec (PA %.0f deg; planes were %.3g-%.3g x %.3g-%.3g), %s' % (
+            beam if beam in ('common', 'round') else 'target', final[0], final[1], final[2],
+            min(b[0] for b in beams), max(b[0] for b in beams), min(b[1] for b in beams), max(b[1] for b in beams),
+            duration_text(time.time() - started)))
+    if moments:
+        began = time.time()
+        make_moments(casa, flat=imagename + '.image', pbcor=imagename + '.image.pbcor', pb=imagename + '.pb',
+                     moments=moments, report=lambda line: report('%s, %s' % (line, duration_text(time.time() - began))))
 
 
 def _tclean_with_progress(casa, job, report, label, arguments):
