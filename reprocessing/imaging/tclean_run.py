@@ -14,6 +14,7 @@ from ..run.run_state import pause_point
 from .heuristics import ARCSEC_PER_RADIAN, bandwidth_correction_factor, distinct_pointings, dynamic_range_threshold, mosaic_overlap_factor, pointing_geometry
 from .image_casa import ImageJob, PB_LIMIT, PB_MASK, require_image_space, tclean_arguments
 from .beams import convolve_cube, plane_beams
+from .cube_health import check_and_repair
 from .image_stats import image_statistics
 from .moments import make_moments
 from .products import ImageProduct, is_casa_image
@@ -90,15 +91,21 @@ def run_image_job(casa, report, *, job, request, imagename, parallel):
     summary = _tclean_with_progress(casa, job, report, 'cleaning' if threshold is not None else 'tclean', arguments)
     stop = summary.get('stopcode') if isinstance(summary, dict) else None
     iterations = int(summary.get('iterdone', 0)) if isinstance(summary, dict) else 0
+    last_arguments = arguments
     if stop == NO_AUTOMASK_STOPCODE:
-        summary = _clean_in_primary_beam_mask(casa, job, arguments, report)
+        summary, last_arguments = _clean_in_primary_beam_mask(casa, job, arguments, report), arguments
         stop = summary.get('stopcode') if isinstance(summary, dict) else stop
         iterations += int(summary.get('iterdone', 0)) if isinstance(summary, dict) else 0
     report('%d clean iterations, stopped by %s, %s' % (
         iterations, _STOP_REASONS.get(stop, 'code %s' % stop), duration_text(time.time() - started)))
+    redone = []
+    if job.spectral and threshold is not None and iterations > 0:  # channels that diverged or stayed dirty
+        redone = check_and_repair(casa, report, arguments=last_arguments, summary=summary,
+                                  threshold_jy=float(summary.get('threshold') or threshold))
     if job.spectral and (request.beam or request.moments):
         cube_products(casa, report, imagename=imagename, beam=request.beam, moments=request.moments)
-    return {'iterations': iterations, 'stop': stop, 'seconds': round(time.time() - started, 1)}
+    return {'iterations': iterations, 'stop': stop, 'seconds': round(time.time() - started, 1),
+            'redone_channels': [[channel, why] for channel, why in redone]}
 
 
 def cube_products(casa, report, *, imagename, beam=None, moments=None):
