@@ -309,3 +309,79 @@ def test_a_channel_left_dirty_by_a_bad_mask_is_cleaned_again_and_spliced_back(de
     assert numpy.abs(residual).max() < 3 * 0.00263, numpy.abs(residual).max()
     measured = aperture_line_integral(casa, name + '.image.pbcor')
     assert measured == pytest.approx(injected_line_integral(demo_cube['truth']), rel=0.05), measured
+
+
+# ---------------------------------------------------------------------------------------------
+# the grid options: parsed before anything runs, checked against the spw at plan time
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('flags, message', [
+    (['--start', '-20'], 'the unit must be a velocity (km/s, m/s) or a frequency'),
+    (['--start', '25:-20km/s,25:-10km/s'], 'gives spw 25 twice'),
+    (['--start', '-20km/s,10km/s'], 'each needs its spw'),
+    (['--width', '-2km/s'], 'must be positive'),
+    (['--width', '1.5'], 'a number of channels must be a whole number'),
+    (['--nchan', '0'], 'at least 1'),
+    (['--restfreq', '-230GHz'], 'must be positive'),
+    (['--restfreq', '230km/s'], 'the unit must be a frequency'),
+    (['--outframe', 'LSRD'], 'choose from LSRK, BARY, TOPO, SOURCE'),
+    (['--veltype', 'relativistic'], 'choose from radio, optical'),
+    (['--moments', '0,3'], '3 is not one of 0,1,2,8'),
+    (['--beam', 'wide'], 'must be common, round or a resolution'),
+])
+def test_grid_moment_and_beam_values_are_checked_before_anything_runs(flags, message, capsys, tmp_path):
+    status = sfr.main(['--delivery', str(tmp_path), '--image'] + flags)
+    error = capsys.readouterr().err
+    assert status == sfr.EXIT_USAGE and message in error, error
+    assert error.count('\n') == 1 and error.startswith('ERROR: ')
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_negative_velocities_are_taken_both_ways():
+    for args in (['--start', '-20km/s'], ['--start=-20km/s'], ['--start', '25:-20km/s']):
+        options = sfr.build_parser().parse_args(['--image'] + args)
+        assert options.start in ('*:-20km/s', '25:-20km/s'), options.start
+
+
+def test_grid_parts_are_filled_in_and_checked_against_the_spw():
+    """The default grid is the pipeline's; a velocity start fills width and count to the band's edge; out of range,
+    finer than a channel, mixed kinds and a grid in another spw are refused with what to do."""
+    low, high, native, rest = 216.8974e9, 216.9593e9, 976562.5, 216.92670766e9
+    kinds = ('velocity', 'frequency', 'channels')
+
+    def value(text):
+        return sfr.parse_spectral_value(text, kinds=kinds, option='--x')
+
+    def grid(**asked):
+        return sfr.cube_grid(spw_id=25, low_hz=low, high_hz=high, native_hz=native, restfreq_hz=rest,
+                             other_spws={25: (low, high), 27: (230.49e9, 230.56e9)}, **asked)
+    pipeline = grid()
+    assert (pipeline.start, pipeline.width, pipeline.nchan) == sfr.cube_channel_grid(low, high, native, None)
+    velocity = grid(start=value('-20km/s'))
+    assert velocity.start == '-20km/s' and velocity.channel_hz == pytest.approx(native)
+    assert velocity.last_hz >= low - native / 2.0  # runs to the band's low-frequency edge
+    assert velocity.last_hz - velocity.channel_hz < low + native / 2.0
+    assert grid(start=value('-20km/s'), width=value('2')).width == '%gkm/s' % float('%.6g' % (2 * native / rest * 299792.458))
+    for asked, message in ((dict(start=value('-200km/s')), 'leaves no channel inside'),
+                           (dict(start=value('-20km/s'), width=value('2km/s'), nchan=40), 'outside the frequencies'),
+                           (dict(width=value('1km/s')), 'finer than the spw\'s channels'),
+                           (dict(start=value('-20km/s'), width=value('2MHz')), 'both as velocities'),
+                           (dict(start=value('230.5GHz')), 'it lies in spw 27'),
+                           (dict(width=value('2'), nbin=2), '--width and --nbins')):
+        with pytest.raises(ValueError) as error:
+            grid(**asked)
+        assert message in str(error.value) and ' — ' in str(error.value), str(error.value)
+
+
+def test_a_grid_outside_the_spw_stops_the_run_at_plan_time(delivery_factory, run_script, md5_tree):
+    delivery = delivery_factory(**DEMO_LIKE)
+    before = md5_tree(delivery / 'measurement_sets')
+    result = run_script('--delivery', delivery, '--contsub_fast', '--image', '--specmodes', 'cube', '--engine', 'casa',
+                        '--start', '-200km/s', '--dry-run')
+    assert result.returncode == sfr.EXIT_USAGE, result.stdout + result.stderr
+    assert result.stderr.startswith('ERROR: spw 25: --start -200km/s leaves no channel inside'), result.stderr
+    assert result.stderr.count('\n') == 1
+    assert md5_tree(delivery / 'measurement_sets') == before
+    ok = run_script('--delivery', delivery, '--contsub_fast', '--image', '--specmodes', 'cube', '--engine', 'casa',
+                    '--start', '-20km/s', '--width', '2km/s', '--nchan', '20', '--dry-run')
+    assert ok.returncode == 0, ok.stdout + ok.stderr

@@ -125,25 +125,29 @@ def _runs(channels):
 
 
 def _redo(casa, arguments, *, first, count):
-    """tclean of channels first..first+count-1 alone (the cube's own channel centres), spliced into the cube."""
+    """tclean of channels first..first+count-1 and one on each side (the cube's own channel centres), the first
+    ones spliced into the cube."""
     imagename = arguments['imagename']
     with opened_tool(casa.casatools.image(), imagename + '.image') as image:
+        nchan = int(image.shape()[3])
+        # a channel on each side too (spliced back only the asked ones): briggsbwtaper needs a bandwidth
+        low, high = max(0, first - 1), min(nchan - 1, first + count)
         coordinates = image.coordsys()
         axis = int(coordinates.findcoordinate('spectral')['pixel'][0])
         pixel = [0.0] * len(image.shape())
-        pixel[axis] = first
+        pixel[axis] = low
         start = coordinates.toworld(pixel)['numeric'][axis]
         step = coordinates.increment(type='spectral')['numeric'][0]
         coordinates.done()
     part = '%s.redo%d' % (imagename, first)
-    redo = dict(arguments, imagename=part, start='%.4fHz' % start, width='%.4fHz' % step, nchan=count,
+    redo = dict(arguments, imagename=part, start='%.4fHz' % start, width='%.4fHz' % step, nchan=high - low + 1,
                 calcpsf=True, calcres=True, restart=False, **REDO_SETTINGS)
     for name in AUTOMASK_PARAMETERS:
         redo.pop(name, None)
     redo.pop('fullsummary', None)
     casa_task(casa, 'tclean', about='%s channels %d-%d' % (imagename, first, first + count - 1), **redo)
     for suffix in SPLICED:
-        _splice(casa, part + suffix, imagename + suffix, first=first, count=count)
+        _splice(casa, part + suffix, imagename + suffix, first=first, count=count, offset=first - low)
     for suffix in SPLICED + ('.sumwt', '.weight'):
         remove_tree(part + suffix) if _exists(part + suffix) else None
 
@@ -153,8 +157,8 @@ def _exists(path):
     return os.path.exists(path)
 
 
-def _splice(casa, source, destination, *, first, count):
-    """Copy planes 0..count-1 of source into planes first.. of destination, with their restoring beams."""
+def _splice(casa, source, destination, *, first, count, offset=0):
+    """Copy planes offset..offset+count-1 of source into planes first.. of destination, with their restoring beams."""
     if not (_exists(source) and _exists(destination)):
         return
     with opened_tool(casa.casatools.image(), source) as part, opened_tool(casa.casatools.image(), destination) as cube:
@@ -162,8 +166,8 @@ def _splice(casa, source, destination, *, first, count):
         beams = part.restoringbeam()
         whole = cube.restoringbeam()
         for k in range(count):
-            plane = part.getchunk(blc=[0, 0, 0, k], trc=[shape[0] - 1, shape[1] - 1, shape[2] - 1, k])
+            plane = part.getchunk(blc=[0, 0, 0, offset + k], trc=[shape[0] - 1, shape[1] - 1, shape[2] - 1, offset + k])
             cube.putchunk(plane, blc=[0, 0, 0, first + k])
             if 'beams' in whole:
-                beam = beams['beams']['*%d' % k]['*0'] if 'beams' in beams else beams
+                beam = beams['beams']['*%d' % (offset + k)]['*0'] if 'beams' in beams else beams
                 cube.setrestoringbeam(beam=beam, channel=first + k, polarization=0)
