@@ -1,11 +1,11 @@
 """Beams users can compare (--beam common|round|<angle>): one beam for every plane of a cube, applied with CASA's
 image tools (imsmooth / ia.convolve2d), never the whole cube in Python memory."""
 
+import re
+
 from ..casa.casa_engine import casa_task, opened_tool
 from ..core.fileops import move_tree, remove_tree
 from ..core.messages import ReprocessingError
-
-import re
 
 BEAM_CHOICES = ('common', 'round')
 _ANGLE = r'^([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)(arcsec|mas|arcmin|deg)$'

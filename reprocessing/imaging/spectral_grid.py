@@ -228,10 +228,7 @@ def cube_grid(*, spw_id, low_hz, high_hz, native_hz, restfreq_hz, start=None, wi
         return frequency_to_velocity(frequency_hz, restfreq_hz, veltype) if kind == 'velocity' else frequency_hz
     # In a frequency grid the channels go up in frequency; in a velocity grid up in velocity, down in frequency.
     # The far edge: where the channels run out of the common coverage.
-    if kind == 'frequency':
-        near_edge, far_edge = low_hz, high_hz
-    else:
-        near_edge, far_edge = high_hz, low_hz
+    far_edge = high_hz if kind == 'frequency' else low_hz
     if start is None:
         # the pipeline's first channel: one native channel skipped, then the centre of the first (binned) channel
         if kind == 'frequency':
