@@ -266,13 +266,14 @@ def test_channel_problems_names_diverged_uncleaned_and_outlying_channels():
     assert channel_problems(residual_peaks=[0.001] * 10, model_fluxes=fluxes, threshold_jy=0.002) == []
 
 
-def test_a_channel_left_dirty_by_a_bad_mask_is_cleaned_again_and_spliced_back(demo_cube, casa, tmp_path):
+def test_a_channel_left_dirty_by_a_bad_mask_is_cleaned_again_and_spliced_back(demo_cube, casa, tmp_path, monkeypatch):
     """The demo's line cube cleaned with a user mask around the source in every channel but the line's
     brightest: that channel keeps the dirty source (residual ~0.2 Jy/beam, no component); check_and_repair finds
     it, cleans it alone inside the primary beam and splices it back: its residual falls below 3 x the threshold
     and the cube's line integral comes back to the injected one."""
     import numpy
     check_and_repair = sfr.check_and_repair
+    monkeypatch.chdir(tmp_path)  # tclean writes scratch tables (IMAGING_WEIGHT_*) where it runs
     delivery = demo_cube['delivery']
     lines = sorted(str(p) for p in (delivery / 'measurement_sets').glob('*_targets_line.ms'))
     name = str(tmp_path / 'cube')
