@@ -46,6 +46,9 @@ from ..core.host import process_started_at
 from ..core.layout import Delivery, SCRIPT_NAME, WORK_DIR_NAME
 from ..core.messages import EXIT_OK, Interrupted, ReprocessingError, UsageError, say
 from ..core.script import script_arguments
+from ..imaging.beams import parse_beam
+from ..imaging.moments import parse_moments
+from ..imaging.spectral_grid import parse_nchan, parse_outframe, parse_restfreq, parse_start, parse_veltype, parse_width
 from ..plan.imaging_options import IMAGING_ENGINES, argparse_type, check_imaging_options, parse_cell, parse_field, parse_gigabytes, parse_imsize, parse_nbins, parse_phasecenter, parse_robust, parse_specmodes, parse_spw, parse_uvrange, parse_uvtaper
 from ..plan.plan import check_measurement_sets, describe_plan, make_plan, preflight_data_columns, preflight_images, preview_update
 from ..plan.requests import chosen_actions, run_request
@@ -191,6 +194,17 @@ def add_imaging_arguments(parser):
     add('--cell', type=argparse_type(parse_cell), metavar='CELL', help='e.g. 0.05arcsec or 3ppb')
     add('--nbins', type=argparse_type(parse_nbins), metavar='SPW:N,...',
         help='channel binning for cubes, e.g. 25:2,*:4')
+    add('--start', type=argparse_type(parse_start), metavar='[SPW:]V',
+        help='a cube\'s first channel, a velocity or frequency, e.g. -20km/s or 25:-20km/s,27:230.5GHz')
+    add('--width', type=argparse_type(parse_width), metavar='[SPW:]W', help='a cube\'s channel width: 0.5km/s, 1MHz or 2 (channels)')
+    add('--nchan', type=argparse_type(parse_nchan), metavar='[SPW:]N', help='a cube\'s number of channels')
+    add('--restfreq', type=argparse_type(parse_restfreq), metavar='[SPW:]F',
+        help='rest frequency for velocities (default: the SOURCE table\'s, else the cube\'s centre)')
+    add('--outframe', type=argparse_type(parse_outframe), metavar='FRAME', help='LSRK (default), BARY, TOPO or SOURCE')
+    add('--veltype', type=argparse_type(parse_veltype), metavar='TYPE', help='radio (default) or optical')
+    add('--moments', type=argparse_type(parse_moments), metavar='LIST', help='moment maps of every cube: any of 0,1,2,8')
+    add('--beam', type=argparse_type(parse_beam), metavar='BEAM',
+        help='common (one beam per cube), round, or a resolution like 0.5arcsec')
     add('--no-mitigation', action='store_true', help='pipeline: skip hif_checkproductsize')
     add('--maxproductsize', type=argparse_type(parse_gigabytes), metavar='GB',
         help='pipeline mitigation limit (its default: 500)')

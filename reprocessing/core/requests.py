@@ -24,7 +24,9 @@ ContsubRequest = collections.namedtuple('ContsubRequest', 'engine overwrite_line
 ImagingRequest = collections.namedtuple(
     'ImagingRequest', 'specmodes robust uvtaper uvrange field spw phasecenter imsize cell nbins mitigation '
                       'maxproductsize maxcubesize maxcubelimit engine allow_cubes_with_continuum all_products '
-                      'reuse_images images_dir archive_products update')
+                      'reuse_images images_dir archive_products update start width nchan restfreq outframe veltype moments beam')
+# the products' options (issue 27) may be left out: None, as when not asked for
+ImagingRequest.__new__.__defaults__ = (None,) * 8
 
 # --weblog [NAME]: what to serve, on which first port, and whether to open a browser.
 WeblogRequest = collections.namedtuple('WeblogRequest', 'name port open_browser')

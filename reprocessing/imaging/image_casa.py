@@ -7,9 +7,10 @@ from ..casa.casa_engine import casa_task, opened_tool
 from ..casa.ms_imaging import virtual_spw_map
 from ..contdat.channels import ChannelConverter
 from ..core.fileops import remove_tree, require_free_space
-from ..core.messages import ReprocessingError
+from ..core.messages import ReprocessingError, UsageError
 from ..core.requests import nbins_for_spw
-from .heuristics import autobox_parameters, baseline_percentile, cube_channel_grid, cube_weighting, distinct_pointings, fractional_bandwidth, heuristic_cell_arcsec, lsrk_intersection, mosaic_pixels, mtmfs_reffreq_hz, pointing_geometry, primary_beam_radius_arcsec, psf_imaging_cell_arcsec, psf_imaging_pixels, representative_nbin, round_beam_arcsec, sanitize_name, single_field_pixels, synthesized_beam_arcsec
+from .heuristics import autobox_parameters, baseline_percentile, cube_weighting, distinct_pointings, fractional_bandwidth, heuristic_cell_arcsec, lsrk_intersection, mosaic_pixels, mtmfs_reffreq_hz, pointing_geometry, primary_beam_radius_arcsec, psf_imaging_cell_arcsec, psf_imaging_pixels, representative_nbin, round_beam_arcsec, sanitize_name, single_field_pixels, synthesized_beam_arcsec
+from .spectral_grid import GRID_NAMES, TCLEAN_SPECTRAL_KEYS, cube_spectral, read_source_rest_frequencies, value_for_spw
 
 
 
@@ -287,8 +288,14 @@ def _contdat_ranges(contdat, field, virtual_ids):
 
 
 def cube_job(casa, request, specmode, field, virtual_id, nbin, *, call_ids, infos, spw_map, ous, beam_for):
-    """A cube of one spw in LSRK on the pipeline's channel grid over the frequencies every EB covers."""
+    """A cube of one spw over the frequencies every EB covers: on the pipeline's LSRK grid, or (specmode cube) on the
+    grid --start/--width/--nchan/--restfreq/--outframe/--veltype ask for (spectral_grid.cube_spectral)."""
     converter = ChannelConverter(casa)
+    asked = {name: getattr(request, name, None) for name in GRID_NAMES} if specmode == 'cube' else {}
+    frame = value_for_spw(asked.get('outframe'), virtual_id) or _cube_frame(infos, field)
+    if frame == 'SOURCE' and not _is_ephemeris(infos, field):
+        raise UsageError('--outframe SOURCE: field %s is not an ephemeris target (SOURCE is the rest frame of a '
+                         'solar-system body) — use LSRK, BARY or TOPO' % field)
     vis, field_ids, selections, used, per_eb_ranges, widths = [], [], [], [], [], []
     for info in infos:
         ids = [p.field_id for p in info.fields.get(field, [])]
@@ -299,8 +306,7 @@ def cube_job(casa, request, specmode, field, virtual_id, nbin, *, call_ids, info
         field_ids.append(','.join(str(i) for i in ids))
         selections.append(str(spw.spw_id))
         used.append(info)
-        ranges = [tuple(sorted(converter.coverage(info.path, i, spw.spw_id, _cube_frame(infos, field))))
-                  for i in ids]
+        ranges = [tuple(sorted(converter.coverage(info.path, i, spw.spw_id, frame))) for i in ids]
         per_eb_ranges.append(ranges)
         # advisechansel's range is edge to edge: the width is the range over the channels (freq_intersection)
         widths.extend((high - low) / spw.nchan for low, high in ranges)
@@ -309,20 +315,27 @@ def cube_job(casa, request, specmode, field, virtual_id, nbin, *, call_ids, info
     if geometry is None:
         return None, ['no data of field %s in spw %d' % (field, virtual_id)]
     intersection = lsrk_intersection(per_eb_ranges, widths)
-    start, width, nchan = cube_channel_grid(intersection[0], intersection[1], max(widths), nbin) \
-        if intersection else (None, None, 0)
-    if nchan < 1:
-        return None, ['spw %d of field %s: the execution blocks share no LSRK frequencies' % (virtual_id, field)]
-    spectral = {'nchan': nchan, 'start': start, 'width': width,
-                'restfreq': ['%.3fHz' % ((intersection[0] + intersection[1]) / 2.0)]}
+    if not intersection:
+        return None, ['spw %d of field %s: the execution blocks share no %s frequencies' % (virtual_id, field, frame)]
+    first_spw = spw_map[virtual_id][used[0].name]
+    others = {v: (min(s.freqs) - s.width, max(s.freqs) + s.width) for v, m in spw_map.items() for s in list(m.values())[:1]}
+    try:
+        spectral, note = cube_spectral(
+            spw_id=virtual_id, field=field, low_hz=intersection[0], high_hz=intersection[1], native_hz=max(widths),
+            nbin=nbin, frame=frame, other_spws=others, source_table={
+                (name, virtual_id): lines for (name, spw_id), lines in
+                read_source_rest_frequencies(casa, used[0].path).items() if spw_id == first_spw.spw_id}, **asked)
+    except ValueError as error:
+        raise UsageError('%s of field %s' % (error, field) if ' — ' not in str(error) else
+                         str(error).replace(' — ', ' (field %s) — ' % field, 1))
     imsize, cell, cell_arcsec, phasecenter, gridder, beam = geometry
     phasecenter = _ephemeris_phasecenter(used, field, phasecenter)
     autobox = autobox_parameters(specmode, l75_m=baseline_percentile(used, 75.0),
                                  diameter_m=min(i.min_diameter for i in used))
     job = ImageJob(image_name(ous, field, [virtual_id], specmode), specmode, field, [virtual_id], vis, field_ids,
                    selections, _datacolumn(used), imsize, cell, cell_arcsec, phasecenter, gridder, 'hogbom', None,
-                   None, spectral, autobox, nchan, beam, min(i.min_diameter for i in used))
-    return job, []
+                   None, spectral, autobox, spectral['nchan'], beam, min(i.min_diameter for i in used))
+    return job, [note] if specmode == 'cube' else []
 
 
 def representative_spw(info, spw_map, nbins=None):
@@ -434,10 +447,10 @@ def tclean_arguments(job, request, *, imagename, parallel=False):
     if job.deconvolver == 'mtmfs':
         arguments.update(nterms=job.nterms, reffreq=job.reffreq)
     if job.spectral:
-        arguments.update(job.spectral)
         arguments.update(outframe='LSRK', veltype='radio', interpolation='linear',
                          perchanweightdensity=perchanweightdensity)
-        if job.phasecenter == 'TRACKFIELD':  # an ephemeris target: frequencies in its rest frame
+        arguments.update((key, value) for key, value in job.spectral.items() if key in TCLEAN_SPECTRAL_KEYS)
+        if arguments.get('outframe') == 'SOURCE':  # an ephemeris target: frequencies in its rest frame
             arguments.update(specmode='cubesource')
             del arguments['outframe']
     return arguments

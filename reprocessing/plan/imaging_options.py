@@ -3,10 +3,13 @@
 import argparse
 from pathlib import Path
 
-from ..core.defaults import CELL, FIELD, IMSIZE, MAXCUBELIMIT, MAXCUBESIZE, MAXPRODUCTSIZE, MITIGATION, NBINS, PHASECENTER, ROBUST, SPECMODES, SPW, UVRANGE, UVTAPER
+from ..core.defaults import BEAM, CELL, FIELD, IMSIZE, MAXCUBELIMIT, MAXCUBESIZE, MAXPRODUCTSIZE, MITIGATION, MOMENTS, NBINS, NCHAN, OUTFRAME, PHASECENTER, RESTFREQ, ROBUST, SPECMODES, SPW, START, UVRANGE, UVTAPER, VELTYPE, WIDTH
 from ..core.layout import SCRIPT_NAME
 from ..core.messages import UsageError
 from ..core.requests import ImagingRequest
+from ..imaging.beams import parse_beam
+from ..imaging.moments import parse_moments
+from ..imaging.spectral_grid import parse_nchan, parse_outframe, parse_restfreq, parse_start, parse_veltype, parse_width
 
 
 #
@@ -213,6 +216,14 @@ def imaging_parameters():
         ('maxproductsize', 'MAXPRODUCTSIZE', MAXPRODUCTSIZE, parse_gigabytes),
         ('maxcubesize', 'MAXCUBESIZE', MAXCUBESIZE, parse_gigabytes),
         ('maxcubelimit', 'MAXCUBELIMIT', MAXCUBELIMIT, parse_gigabytes),
+        ('start', 'START', START, parse_start),
+        ('width', 'WIDTH', WIDTH, parse_width),
+        ('nchan', 'NCHAN', NCHAN, parse_nchan),
+        ('restfreq', 'RESTFREQ', RESTFREQ, parse_restfreq),
+        ('outframe', 'OUTFRAME', OUTFRAME, parse_outframe),
+        ('veltype', 'VELTYPE', VELTYPE, parse_veltype),
+        ('moments', 'MOMENTS', MOMENTS, parse_moments),
+        ('beam', 'BEAM', BEAM, parse_beam),
     )
 
 

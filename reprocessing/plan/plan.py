@@ -14,7 +14,7 @@ from ..contdat.against_ms import contdat_preflight, read_delivery_contdat
 from ..contsub.line_update import continuum_by_spw, expected_line_record, is_recorded_line_ms, line_ms_decision, say_line_decisions
 from ..core.fileops import directory_bytes, free_bytes, human_bytes, relative_path, removal_blocker, require_free_space
 from ..core.layout import WORK_DIR_NAME, line_ms_path
-from ..core.messages import ReprocessingError, one_line, say
+from ..core.messages import ReprocessingError, UsageError, one_line, say
 from ..imaging.archive_compare import find_archive_products
 from ..imaging.image_casa import plan_casa_images, require_image_space
 from ..imaging.image_publish import check_no_collisions, check_reused_images_dir
@@ -171,6 +171,11 @@ def _plan_image(plan):
     if engine == 'casa' and (limits or not request.mitigation):
         plan.notes.append('%s only apply to the pipeline\'s size mitigation: the CASA engine checks the free '
                           'disk instead' % ', '.join('--' + n for n in limits or ['no-mitigation']))
+    products = [n for n in ('start', 'width', 'nchan', 'restfreq', 'outframe', 'veltype', 'moments', 'beam')
+                if getattr(request, n, None) is not None]
+    if engine == 'pipeline' and products:  # issue 27: the pipeline engine does not pass them on yet
+        raise UsageError('%s are made by the CASA engine only (the pipeline engine does not pass them on yet) — add '
+                         '--engine casa' % ', '.join('--' + n for n in products))
     if request.archive_products is not None:
         find_archive_products(delivery.root, request.archive_products)  # a folder without archive images stops here
     plan.imaging_engine = engine
