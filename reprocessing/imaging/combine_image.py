@@ -42,7 +42,7 @@ def joint_grid(combination, pb_level=0.2):
 
 def joint_tclean_parameters(combination, field, selections, imagename, *, phasecenter, weighting='briggs',
                             robust=0.5, deconvolver='multiscale', scales_beams=(0, 1, 3), nsigma=3.0,
-                            niter=100000):
+                            niter=5000):
     """tclean keywords for the joint continuum image of field; selections: [(ms path, spw selection)]."""
     cell, size = joint_grid(combination)
     beam_cells = 5.0

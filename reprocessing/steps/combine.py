@@ -58,7 +58,7 @@ def run_combine(plan, state, step, casa):
         phasecenter = 'J2000 %.10frad %.10frad' % (ra, dec)
         half_power = 0.5 * 1.13 * C_M_S / max(s.lsrk_hi for s in combination.parts[0].mses[0].spws) / \
             max(m.dish_m for p in combination.parts for m in p.mses) / ARCSEC
-        radius = 2.0 * half_power
+        radius = half_power
         rows = []
         joint_label = ''.join(p.label for p in combination.parts)
         runs = [(joint_label, [item for p in combination.parts for item in selections[p.label]])]
@@ -77,7 +77,7 @@ def run_combine(plan, state, step, casa):
                                                                           unit))
                 feathered = feather_with_tp(casa, base, combination.feather, work)
                 rows.append((combination.label, feathered, measure_fluxes(casa, feathered, (ra, dec), radius), None))
-        say('  [%s] flux within %.1f" of the field centre (twice the 12 m half-power radius):' % (field, radius))
+        say('  [%s] flux within %.1f" of the field centre (the half-power radius of the largest dish):' % (field, radius))
         alone = dict((label, flux['total']) for label, _p, flux, _s in rows)
         for label, path, flux, stop in rows:
             versus = ', '.join('%.2f x %s alone' % (flux['total'] / alone[p.label], p.label)
