@@ -242,7 +242,7 @@ def _tp_image(casa, path, truth12, sky, beam_arcsec, noise, rng):
                 start_lsrk_hz=f_start, noise_jy_beam=noise, unit='Jy/beam')
 
 
-def simulate_goal(outdir, *, gauss_jy=0.4, gauss_fwhm_arcsec=12.0, point_jy=0.05, point_offset_arcsec=(12.0, 10.0),
+def simulate_goal(outdir, *, gauss_jy=0.4, gauss_fwhm_arcsec=8.0, point_jy=0.05, point_offset_arcsec=(12.0, 10.0),
                   line_peak_jy=0.2, line_restfreq_ghz=216.93, noise_12m_jy=0.002, tp_beam_arcsec=28.6, tp_noise_jy_beam=0.002, seed=7,
                   arrays=('12m', '7m'), overrides=None):
     """Make OUTDIR/<array>/ (a calibrated_final delivery per array), OUTDIR/tp.image and tp.fits; return

@@ -42,14 +42,14 @@ def joint_grid(combination, pb_level=0.2):
 
 def joint_tclean_parameters(combination, field, selections, imagename, *, phasecenter, weighting='briggs',
                             robust=0.5, deconvolver='multiscale', scales_beams=(0, 1, 3), nsigma=3.0,
-                            niter=5000):
+                            niter=5000, pbmask=0.3):
     """tclean keywords for the joint continuum image of field; selections: [(ms path, spw selection)]."""
     cell, size = joint_grid(combination)
     beam_cells = 5.0
     parameters = dict(vis=[str(ms) for ms, _sel in selections], spw=[sel for _ms, sel in selections],
                       field=field, imagename=str(imagename), specmode='mfs', gridder='mosaic',
                       imsize=[size, size], cell='%garcsec' % cell, phasecenter=phasecenter, weighting=weighting,
-                      robust=robust, niter=niter, nsigma=nsigma, usemask='pb', pbmask=0.2,
+                      robust=robust, niter=niter, nsigma=nsigma, usemask='pb', pbmask=pbmask,
                       deconvolver=deconvolver, pbcor=True, pblimit=0.2, savemodel='none', restoringbeam='common')
     if deconvolver == 'multiscale':
         parameters['scales'] = [int(round(s * beam_cells)) for s in scales_beams]
@@ -108,7 +108,25 @@ def feather_with_tp(casa, image_base, tp_image, work):
         source = names['collapsed']
     tk.imregrid(imagename=source, template=image_base + '.image', output=names['regrid'], overwrite=True,
                 axes=[0, 1])
-    tk.immath(imagename=[names['regrid'], image_base + '.pb'], expr='IM0*IM1', outfile=names['apparent'])
+    # TP x pb on the interferometric image's own coordinates (its frequency and Stokes axes: LEL would refuse
+    # the TP's), with the TP's beam and unit
+    import numpy
+    shutil.copytree(image_base + '.pb', names['apparent'])
+    image = casa.casatools.image()
+    image.open(names['regrid'])
+    try:
+        tp = numpy.nan_to_num(numpy.array(image.getchunk(dropdeg=True), dtype=float))
+        beam = image.restoringbeam()
+    finally:
+        image.close()
+    image.open(names['apparent'])
+    try:
+        pb = numpy.array(image.getchunk(), dtype=float)
+        image.putchunk((tp.reshape(tp.shape[:2] + (1,) * (pb.ndim - 2)) * pb).astype(numpy.float32))
+        image.setbrightnessunit('Jy/beam')
+        image.setrestoringbeam(beam=beam['beams']['*0']['*0'] if 'beams' in beam else beam)
+    finally:
+        image.close()
     tk.feather(imagename=names['feather'], highres=image_base + '.image', lowres=names['apparent'])
     output = image_base + '.feather.image.pbcor'
     shutil.rmtree(output, ignore_errors=True)
