@@ -173,7 +173,9 @@ def measure_fluxes(casa, image, centre, radius_arcsec, points=()):
     ee, nn = numpy.meshgrid(east, north, indexing='ij')
 
     def offset(direction):
-        return ((direction[0] - reference_value[0]) * math.cos(reference_value[1]) / ARCSEC,
+        # msmetadata gives RA in -pi..pi, an image's coordinates 0..2 pi: wrap the difference
+        d_ra = (direction[0] - reference_value[0] + math.pi) % (2.0 * math.pi) - math.pi
+        return (d_ra * math.cos(reference_value[1]) / ARCSEC,
                 (direction[1] - reference_value[1]) / ARCSEC)
     cx, cy = offset(centre)
     total = float(pixels[numpy.hypot(ee - cx, nn - cy) < radius_arcsec].sum() / beam_pixels)
