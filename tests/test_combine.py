@@ -142,5 +142,5 @@ def test_combine_plan_pairs_spws_by_lsrk_frequency(goal, run_script):
 
 
 def test_feather_needs_combine(goal, run_script):
-    result = run_script('--feather', goal / 'tp.fits', '--delivery', goal / '12m', '--dry-run')
+    result = run_script('--check', '--feather', goal / 'tp.fits', '--delivery', goal / '12m', '--dry-run')
     assert result.returncode == 2 and 'ERROR: --feather adds total power' in result.stderr, result.stderr
