@@ -22,7 +22,7 @@ import math
 import shutil
 from pathlib import Path
 
-from ..core.messages import ReprocessingError, say
+from ..core.messages import ReprocessingError
 
 C_M_S = 299792458.0
 ARCSEC = math.pi / 180.0 / 3600.0

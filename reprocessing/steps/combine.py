@@ -1,13 +1,12 @@
 """Step --combine: joint continuum images of this delivery with the other deliveries of its science goal (12 m +
 7 m), each array alone on the same grid for comparison, and with --feather the total power added."""
 
-import math
 from pathlib import Path
 
 from ..contdat.against_ms import analyse_contdat, read_delivery_contdat
 from ..core.layout import Delivery
 from ..imaging.combine_image import ARCSEC, C_M_S
-from ..core.messages import ReprocessingError, say
+from ..core.messages import say
 from ..imaging.combine_image import (feather_with_tp, joint_tclean_parameters, measure_fluxes, run_joint_tclean,
                                      tp_beam_and_unit)
 from ..imaging.products import ous_from_path
