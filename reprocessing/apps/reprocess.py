@@ -50,7 +50,7 @@ from ..imaging.beams import parse_beam
 from ..imaging.moments import parse_moments
 from ..imaging.spectral_grid import parse_nchan, parse_outframe, parse_restfreq, parse_start, parse_veltype, parse_width
 from ..plan.imaging_options import IMAGING_ENGINES, argparse_type, check_imaging_options, parse_cell, parse_field, parse_gigabytes, parse_imsize, parse_nbins, parse_phasecenter, parse_robust, parse_specmodes, parse_spw, parse_uvrange, parse_uvtaper
-from ..plan.plan import check_measurement_sets, describe_plan, make_plan, preflight_data_columns, preflight_images, preview_update
+from ..plan.plan import check_measurement_sets, describe_plan, make_plan, preflight_combination, preflight_data_columns, preflight_images, preview_update
 from ..plan.requests import chosen_actions, run_request
 from ..report.report import write_report
 from ..run.run_state import RunState
@@ -89,6 +89,12 @@ def build_parser():
                          help='serve a pipeline weblog over HTTP on this machine until Ctrl-C. NAME: "latest" '
                               '(the newest), a pipeline-* folder name, or "report" for the reprocessing report '
                               'every run writes into %s/report/ (default: %s)' % (WORK_DIR_NAME, WEBLOG))
+    actions.add_argument('--combine', nargs='+', type=existing_directory, default=None, metavar='DIR',
+                         help='image this delivery jointly with the other deliveries of its science goal (their '
+                              'calibrated_final/ folders: 7 m, another 12 m configuration), CASA engine, into combined/')
+    actions.add_argument('--feather', default=None, metavar='TP_IMAGE',
+                         help='with --combine: feather the joint image with this total-power image (FITS or CASA, '
+                              'Jy/beam)')
     general = parser.add_argument_group('general')
     general.add_argument('--delivery', type=existing_directory, default=None, metavar='DIR',
                          help='the calibrated_final/ directory to work on (default: the current directory)')
@@ -136,7 +142,7 @@ def check_combinations(options):
     actions = chosen_actions(options)
     if not actions:
         raise UsageError('no action given — add at least one of --contsub, --contsub_fast, --check, --image, '
-                         '--calibrated_final, --calibrated_final_line, --cleanup, --weblog')
+                         '--calibrated_final, --calibrated_final_line, --cleanup, --weblog, --combine')
     for flag, given in (('--refit', options.refit), ('--fitorder', options.fitorder is not None),
                         ('--jobs', options.jobs is not None)):
         if given and not options.contsub_fast:
@@ -167,6 +173,8 @@ def check_combinations(options):
                              'recorded) — add --engine casa')
     if options.image is not None:
         _check_relative_output_name(options.image, '--image')
+    if options.feather is not None and not options.combine:
+        raise UsageError('--feather adds total power to the joint image of --combine — add --combine DIR')
     elif options.archive_products is not None:
         raise UsageError('--archive-products compares the images of --image with the archive\'s — add --image [DIR]')
     check_imaging_options(options)
@@ -267,6 +275,8 @@ def run(options, args):
         preflight_data_columns(plan)  # which MSes are self-calibrated: CASA reads their columns (read-only)
     if request.image is not None:
         preflight_images(plan)  # reads the MSes' metadata with CASA: after every check that does not need it
+    if request.combine is not None:
+        preflight_combination(plan)  # every delivery's MSes (metadata): what combines, or one line why not
     say(describe_environment())
     if request.dry_run:
         say(describe_plan(plan))

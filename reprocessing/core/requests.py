@@ -11,7 +11,7 @@ import collections
 
 # The whole run: which actions, and each one's request (None when that action was not asked for).
 RunRequest = collections.namedtuple(
-    'RunRequest', 'actions check contsub image concat_targets concat_lines cleanup weblog dry_run update')
+    'RunRequest', 'actions check contsub image concat_targets concat_lines cleanup weblog dry_run update combine')
 
 # --contsub (engine 'pipeline') or --contsub_fast (engine 'casa').  jobs: --jobs as given (None: the plan
 # decides); fitorder: --fitorder (None: cont.dat's and the pipeline's rule); refit: fit although the
@@ -36,6 +36,10 @@ def request_as_json(request):
     """A request's fields for json.dumps (worker processes and MPI servers get it so): paths as text."""
     return dict((name, str(value) if hasattr(value, 'as_posix') else value)
                 for name, value in request._asdict().items())
+
+
+# --combine DIR [DIR ...] (the other deliveries of the science goal, Paths) and --feather TP_IMAGE (a Path or None)
+CombineRequest = collections.namedtuple('CombineRequest', 'deliveries feather')
 
 
 def nbins_for_spw(nbins, spw_id):

@@ -23,11 +23,13 @@ from ..imaging.products import ous_from_path
 from ..run.staging import is_read_only
 from ..steps.check import run_check
 from ..steps.cleanup import run_cleanup
+from ..steps.combine import run_combine
 from ..steps.concat import run_concat
 from ..steps.contsub_fast import choose_contsub_fast_method, run_contsub_fast
 from ..steps.contsub_pipeline import run_contsub
 from ..steps.image import choose_imaging_engine, continuum_channel_finder, expected_finals, observed_first, run_image
 from ..steps.weblog import choose_weblog, report_weblog, run_weblog
+from .combine_plan import plan_combination
 
 
 Step = collections.namedtuple('Step', 'name summary inputs outputs extra_bytes function')
@@ -48,6 +50,8 @@ class Plan(object):
         self.contsub_jobs = 1          # processes of the continuum subtraction: the disk check's and the run's
         self.imaging_engine = None     # 'pipeline' or 'casa', with --image
         self.image_estimate = None     # ImageEstimate, with --image (preflight_images)
+        self.combination = None        # Combination, with --combine (preflight_combination)
+        self.combination = None        # Combination, with --combine (preflight_combination)
 
     @property
     def imaging(self):
@@ -81,6 +85,8 @@ def make_plan(request, delivery):
         _plan_contsub(plan)
     if request.image is not None:
         _plan_image(plan)
+    if request.combine is not None:
+        plan_combine_step(plan)
     if request.concat_targets:
         _plan_concat(plan, delivery.targets, 'calibrated_final.ms')
     if request.concat_lines:
@@ -445,3 +451,25 @@ def preview_update(plan):
         say_decisions(decisions, dry_run=True)
     elif request.image is not None:
         say('  --update: no line MSes yet, so every image is made')
+
+
+def plan_combine_step(plan):
+    """--combine: the step; what combines is read from every delivery's MSes by preflight_combination."""
+    request = plan.request.combine
+    output = plan.delivery.root / 'combined'
+    if output.exists() and any(output.iterdir()):
+        raise ReprocessingError('%s exists and is not empty — move it away (or delete it) and run again' % output)
+    plan.steps.append(Step('combine', 'joint images with %d other deliver%s%s into %s' % (
+        len(request.deliveries), 'y' if len(request.deliveries) == 1 else 'ies',
+        ', feathered with %s' % request.feather if request.feather else '', output.name),
+        list(plan.delivery.targets), [output], 0, run_combine))
+
+
+def preflight_combination(plan):
+    """Read every delivery's MSes (metadata) and decide what combines; one line per what cannot."""
+    request = plan.request.combine
+    with native_output_into(os.devnull), native_stdout_silenced():
+        plan.combination = plan_combination(_casa_for_planning(), plan.delivery, request.deliveries,
+                                            request.feather)
+    for line in plan.combination.notes:
+        say('  combine: ' + line)

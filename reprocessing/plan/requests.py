@@ -4,12 +4,14 @@ Every path is resolved here, once, against the delivery; the plan and everything
 requests (core/requests.py), never the Namespace.
 """
 
-from ..core.requests import ContsubRequest, RunRequest, WeblogRequest
+from pathlib import Path
+
+from ..core.requests import CombineRequest, ContsubRequest, RunRequest, WeblogRequest
 from .imaging_options import imaging_request
 
 
 ACTION_NAMES = ('check', 'contsub', 'contsub_fast', 'image', 'calibrated_final', 'calibrated_final_line',
-                'cleanup', 'weblog')
+                'cleanup', 'weblog', 'combine')
 
 
 def chosen_actions(options):
@@ -31,4 +33,13 @@ def run_request(options, root):
     return RunRequest(actions=tuple(chosen_actions(options)), check=options.check, contsub=contsub,
                       image=None if options.image is None else imaging_request(options, root),
                       concat_targets=options.calibrated_final, concat_lines=options.calibrated_final_line,
-                      cleanup=options.cleanup, weblog=weblog, dry_run=options.dry_run, update=options.update)
+                      cleanup=options.cleanup, weblog=weblog, dry_run=options.dry_run, update=options.update,
+                      combine=combine_request(options))
+
+
+def combine_request(options):
+    """CombineRequest of --combine DIR [DIR ...] and --feather TP_IMAGE (None without --combine)."""
+    if not options.combine:
+        return None
+    feather = Path(options.feather).resolve() if options.feather else None
+    return CombineRequest(tuple(Path(d).resolve() for d in options.combine), feather)

@@ -1,0 +1,36 @@
+"""What one delivery's MSes offer to a combination (--combine): fields and positions, science spws with their
+LSRK coverage, antennas and dish sizes, dates.  Read-only metadata reads."""
+
+import collections
+from pathlib import Path
+
+from .casa_engine import opened_table, opened_tool
+from .ms_imaging import read_ms_for_imaging
+
+CombineSpw = collections.namedtuple('CombineSpw', 'spw_id name nchan width_hz lsrk_lo lsrk_hi')
+CombineMs = collections.namedtuple('CombineMs', 'path imaging fields spws dish_m antennas date max_baseline_m')
+
+
+def lsrk_edges(casa, ms, spw_id, field_id, width_hz):
+    """(low, high) LSRK edge frequencies (Hz) of a spw of ms for a field (CASA's cvelfreqs, channel centres
+    widened by half a channel)."""
+    with opened_tool(casa.casatools.ms(), ms) as tool:
+        freqs = tool.cvelfreqs(spwids=[int(spw_id)], fieldids=[int(field_id)], mode='channel', outframe='LSRK')
+    return float(min(freqs)) - width_hz / 2.0, float(max(freqs)) + width_hz / 2.0
+
+
+def read_ms_for_combination(casa, ms):
+    """CombineMs of one targets MS."""
+    import datetime
+    info = read_ms_for_imaging(casa, ms)
+    first_field = next(iter(info.fields.values()))[0].field_id
+    fields = collections.OrderedDict((name, (pointings[0].ra, pointings[0].dec))
+                                     for name, pointings in info.fields.items())
+    spws = [CombineSpw(spw.spw_id, spw.name, spw.nchan, spw.width,
+                       *lsrk_edges(casa, ms, spw.spw_id, first_field, spw.width)) for spw in info.spws.values()]
+    with opened_table(casa, Path(ms) / 'ANTENNA') as table:
+        names = list(table.getcol('NAME'))
+    with opened_table(casa, Path(ms) / 'OBSERVATION') as table:
+        start = float(table.getcol('TIME_RANGE')[0][0])
+    date = (datetime.datetime(1858, 11, 17) + datetime.timedelta(seconds=start)).strftime('%Y-%m-%d')
+    return CombineMs(Path(ms), info, fields, spws, info.min_diameter, names, date, max(info.baselines_m))
