@@ -40,7 +40,8 @@ def plan_job(casa, delivery, work_dir, *, spw, nbins, imsize=None):
     request = ImagingRequest(specmodes=['cube'], robust=None, uvtaper=None, uvrange=None, field=None, spw=str(spw),
                              phasecenter=None, imsize=imsize, cell=None, nbins='%s:%d' % (spw, nbins),
                              mitigation=None, maxproductsize=None, maxcubesize=None, maxcubelimit=None, engine='casa',
-                             allow_cubes_with_continuum=False, all_products=True, reuse_images=False)
+                             allow_cubes_with_continuum=False, all_products=True, reuse_images=False,
+                             images_dir=None, archive_products=False, update=False)
     beam_for = psf_beam_finder(casa, request, infos=targets, spw_map=virtual_spw_map(targets), work_dir=work_dir)
     jobs, _notes = plan_casa_images(casa, request, targets=targets, lines=lines, channels_for=None, contdat=None,
                                     ous='bench', beam_for=beam_for)
