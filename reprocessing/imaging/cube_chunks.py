@@ -39,12 +39,16 @@ def hz_of(quantity):
     raise ValueError('not a frequency: %r' % (quantity,))
 
 
+MIN_CHUNK_NCHAN = 3  # so that no chunk has one channel: tclean's briggsbwtaper refuses it (fractional bandwidth 0)
+
+
 def chunk_ranges(nchan, chunk_nchan):
-    """[(first channel, number of channels)] covering 0..nchan-1 in chunks of at most chunk_nchan, as even
-    as possible (64 channels in chunks of at most 30: 22, 21, 21)."""
+    """[(first channel, number of channels)] covering 0..nchan-1 in chunks of at most chunk_nchan (at least
+    MIN_CHUNK_NCHAN), as even as possible (64 channels in chunks of at most 30: 22, 21, 21); no chunk has a
+    single channel unless the cube has."""
     if nchan < 1 or chunk_nchan < 1:
         raise ValueError('nchan and chunk_nchan must be positive')
-    count = int(math.ceil(float(nchan) / chunk_nchan))
+    count = int(math.ceil(float(nchan) / max(MIN_CHUNK_NCHAN, chunk_nchan)))
     base, extra = divmod(nchan, count)
     ranges, first = [], 0
     for index in range(count):
@@ -88,13 +92,13 @@ def chunk_memory_bytes(imsize, chunk_nchan):
 
 def channels_per_chunk(imsize, nchan, *, memory_per_worker, workers):
     """The chunk size: at most what memory_per_worker allows, at least nchan / workers chunks' worth (so every
-    worker gets work), None when not even one plane fits."""
+    worker gets work), None when not even MIN_CHUNK_NCHAN planes fit."""
     per_plane = PLANE_COPIES * 4 * int(imsize[0]) * int(imsize[1])
     fitting = int((memory_per_worker - PROCESS_BASE_BYTES) // per_plane)
-    if fitting < 1:
+    if fitting < min(MIN_CHUNK_NCHAN, nchan):
         return None
     even = int(math.ceil(float(nchan) / max(1, workers)))
-    return max(1, min(fitting, even, nchan))
+    return max(min(MIN_CHUNK_NCHAN, nchan), min(fitting, even, nchan))
 
 
 def first_channel_hz(casa, image_path):
