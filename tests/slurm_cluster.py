@@ -156,20 +156,27 @@ class SlurmCluster(object):
                                 stderr=subprocess.DEVNULL, universal_newlines=True)
         return [state for state in listed.stdout.split() if state in ('RUNNING', 'COMPLETING', 'PENDING')]
 
-    def leftovers(self):
-        """pids of processes still running from this cluster's directory or started by its daemons."""
+    def job_processes(self, job):
+        """pids of the processes of a job (their environment names it)."""
+        return self._processes_with(('SLURM_JOB_ID=%s' % job).encode() + b'\0')
+
+    def _processes_with(self, variable, text=None):
         found = []
         for entry in Path('/proc').iterdir():
-            if not entry.name.isdigit():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
                 continue
             try:
                 command = (entry / 'cmdline').read_bytes().replace(b'\0', b' ').decode(errors='replace')
                 environ = (entry / 'environ').read_bytes()
             except OSError:
                 continue
-            if str(self.dir) in command or ('SLURM_CONF=%s' % (self.dir / 'slurm.conf')).encode() in environ:
+            if (b'\0' + variable) in (b'\0' + environ) or (text is not None and text in command):
                 found.append(int(entry.name))
-        return [pid for pid in found if pid != os.getpid()]
+        return found
+
+    def leftovers(self):
+        """pids of processes still running from this cluster's directory or started by its daemons."""
+        return self._processes_with(('SLURM_CONF=%s' % (self.dir / 'slurm.conf')).encode() + b'\0', text=str(self.dir))
 
     def sbatch(self, script, *, env=None, cwd=None):
         environment = self.env
@@ -191,7 +198,9 @@ class SlurmCluster(object):
         deadline = time.time() + timeout
         while time.time() < deadline:
             state = self.job_field(job, 'JobState')
-            if state in until:
+            if state in until:  # set when the signals are sent: wait until the job's processes are gone too
+                while time.time() < deadline and self.job_processes(job):
+                    time.sleep(0.5)
                 return state
             time.sleep(1)
         raise AssertionError('job %s still %s after %d s' % (job, self.job_field(job, 'JobState'), timeout))
