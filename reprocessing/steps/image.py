@@ -20,6 +20,7 @@ from ..imaging.image_pipeline import run_pipeline_imaging
 from ..imaging.image_publish import format_image_table, image_table, publish_products
 from ..imaging.image_update import decide_images, describe_kept, discard_retired, image_stem, kept_rows, retire_stale_images, say_decisions, update_summary, write_image_records
 from ..imaging.products import ImageProduct, ous_from_path
+from ..imaging.cube_chunks import chunk_clean, chunk_dirty
 from ..imaging.tclean_run import run_image_job, run_tclean_jobs
 from ..run.staging import make_shadow, space_free_path
 
@@ -217,6 +218,18 @@ def imaging_processes(jobs):
 def image_job(casa, report, **arguments):
     """One pipeline-free image (image_casa.run_image_job), in a worker process or here."""
     return run_image_job(casa, report, **arguments)
+
+
+@eb_task
+def cube_chunk_dirty(casa, report, **arguments):
+    """The dirty image of one channel chunk of a cube (imaging/cube_chunks.py), in a worker or an MPI server."""
+    return chunk_dirty(casa, report, **arguments)
+
+
+@eb_task
+def cube_chunk_clean(casa, report, **arguments):
+    """One channel chunk of a cube cleaned to the whole cube's threshold (imaging/cube_chunks.py)."""
+    return chunk_clean(casa, report, **arguments)
 
 
 def observed_first(info):

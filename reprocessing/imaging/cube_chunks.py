@@ -1,0 +1,208 @@
+"""A cube split by channels: independent tclean calls over channel chunks, joined into one image.
+
+Each chunk is the whole cube's spectral grid restricted by start/nchan (the same channel centres), imaged
+with the same arguments (weighting, automasking rules) as the whole cube.  The cleaning depth comes from
+the whole cube: the theoretical sensitivity of one plane (the same for every chunk) and the dirty peak over
+all chunks (the pipeline's dynamic-range correction), so every chunk cleans to the one threshold the
+one-process cube would.  The chunks are joined plane by plane (image.imageconcat), per-plane beams included.
+
+Measured against tclean(parallel=True) under mpirun (README "Running on a cluster"): same products within
+the noise, and memory per process that does not grow with the number of channels.
+"""
+
+import math
+import os
+from pathlib import Path
+
+from ..casa.casa_engine import casa_task, opened_tool
+from ..core.fileops import remove_tree
+from ..core.messages import ReprocessingError
+from ..core.requests import ImagingRequest
+from .heuristics import dynamic_range_threshold
+from .image_casa import PB_LIMIT, ImageJob, tclean_arguments
+from .tclean_run import TLIMIT, _tclean_with_progress, theoretical_sensitivity
+
+CHUNK_MARK = '.chunk'
+# The images tclean makes for a cube (hogbom): joined plane by plane into the whole cube's.
+CUBE_SUFFIXES = ('.image', '.image.pbcor', '.pb', '.mask', '.model', '.psf', '.residual', '.sumwt', '.weight')
+
+
+# -- planning (pure) -----------------------------------------------------------------------------------
+
+def hz_of(quantity):
+    """Hz of a tclean frequency string like '216.6771904376GHz' or '3.9058405MHz'."""
+    units = (('GHz', 1e9), ('MHz', 1e6), ('kHz', 1e3), ('Hz', 1.0))
+    text = str(quantity).strip()
+    for unit, scale in units:
+        if text.endswith(unit):
+            return float(text[:-len(unit)]) * scale
+    raise ValueError('not a frequency: %r' % (quantity,))
+
+
+MIN_CHUNK_NCHAN = 3  # so that no chunk has one channel: tclean's briggsbwtaper refuses it (fractional bandwidth 0)
+
+
+def chunk_ranges(nchan, chunk_nchan):
+    """[(first channel, number of channels)] covering 0..nchan-1 in chunks of at most chunk_nchan (at least
+    MIN_CHUNK_NCHAN), as even as possible (64 channels in chunks of at most 30: 22, 21, 21); no chunk has a
+    single channel unless the cube has."""
+    if nchan < 1 or chunk_nchan < 1:
+        raise ValueError('nchan and chunk_nchan must be positive')
+    count = int(math.ceil(float(nchan) / max(MIN_CHUNK_NCHAN, chunk_nchan)))
+    base, extra = divmod(nchan, count)
+    ranges, first = [], 0
+    for index in range(count):
+        size = base + (1 if index < extra else 0)
+        ranges.append((first, size))
+        first += size
+    return ranges
+
+
+def chunk_name(name, index):
+    return '%s%s%03d' % (name, CHUNK_MARK, index)
+
+
+def chunk_job(job, index, first, count, *, start_hz=None):
+    """The job of channels first..first+count-1 of a cube job: the same grid (start moved by first widths).
+
+    start_hz: the whole cube's first channel as tclean makes it (cube_start_hz), when it differs from the
+    job's start (tclean moves a start at the data's edge by half a native channel: measured, CASA 6.7).
+    """
+    if not job.spectral:
+        raise ValueError('%s is not a cube' % job.name)
+    spectral = dict(job.spectral)
+    start, width = hz_of(spectral['start']), hz_of(spectral['width'])
+    if start_hz is not None:
+        start = start_hz
+    spectral.update(start='%.10fGHz' % ((start + first * width) / 1e9), nchan=count)
+    return job._replace(name=chunk_name(job.name, index), spectral=spectral, nchan=count)
+
+
+# Bytes tclean holds per image plane of a cube chunk: image, residual, psf, model, pb, weight, mask, sumwt
+# and the gridder's complex planes (measured: README).  The fixed part is CASA itself and the visibilities'
+# buffers.
+PLANE_COPIES = 12
+PROCESS_BASE_BYTES = 450 * 1000 * 1000
+
+
+def chunk_memory_bytes(imsize, chunk_nchan):
+    """Peak memory of one tclean process imaging chunk_nchan planes of imsize pixels (estimate)."""
+    return PROCESS_BASE_BYTES + PLANE_COPIES * 4 * int(imsize[0]) * int(imsize[1]) * int(chunk_nchan)
+
+
+def channels_per_chunk(imsize, nchan, *, memory_per_worker, workers):
+    """The chunk size: at most what memory_per_worker allows, at least nchan / workers chunks' worth (so every
+    worker gets work), None when not even MIN_CHUNK_NCHAN planes fit."""
+    per_plane = PLANE_COPIES * 4 * int(imsize[0]) * int(imsize[1])
+    fitting = int((memory_per_worker - PROCESS_BASE_BYTES) // per_plane)
+    if fitting < min(MIN_CHUNK_NCHAN, nchan):
+        return None
+    even = int(math.ceil(float(nchan) / max(1, workers)))
+    return max(min(MIN_CHUNK_NCHAN, nchan), min(fitting, even, nchan))
+
+
+def first_channel_hz(casa, image_path):
+    """The frequency of an image's first channel (its spectral axis is the fourth, as tclean makes it)."""
+    with opened_tool(casa.casatools.image(), str(image_path)) as image:
+        csys = image.coordsys()
+        try:
+            return float(csys.referencevalue()['numeric'][3] - csys.referencepixel()['numeric'][3]
+                         * csys.increment()['numeric'][3])
+        finally:
+            csys.done()
+
+
+_PROBE_DROPPED = ('sidelobethreshold', 'noisethreshold', 'lownoisethreshold', 'negativethreshold', 'minbeamfrac',
+                  'growiterations', 'dogrowprune', 'minpercentchange', 'fastnoise', 'pbmask')
+
+
+def cube_start_hz(casa, job, request, work_dir):
+    """The first channel of the whole cube as tclean makes it: the PSF of its first two channels on 16x16
+    pixels (a few seconds).  tclean moves a start at the edge of the data (by half a native channel,
+    measured with CASA 6.7), but not a start inside it: the chunks after the first start from this."""
+    name = str(Path(work_dir) / (job.name + '.gridprobe'))
+    arguments = tclean_arguments(job, request, imagename=name, parallel=False)
+    arguments.update(nchan=min(2, job.nchan), imsize=[16, 16], niter=0, calcres=False, calcpsf=True,
+                     restoration=False, pbcor=False, usemask='user', mask='')
+    for key in _PROBE_DROPPED:
+        arguments.pop(key, None)
+    try:
+        casa_task(casa, 'tclean', about=job.name + ' (its channel grid)', **arguments)
+        return first_channel_hz(casa, name + '.psf')
+    finally:
+        for path in Path(work_dir).glob(Path(name).name + '.*'):
+            remove_tree(path)
+
+
+# -- the tclean calls of one chunk (run in a worker process, an MPI server or here) ---------------------
+
+def chunk_dirty(casa, report, *, job, request, imagename):
+    """The dirty image of one chunk (niter 0): its PSF and residual are the cleaning's start.
+    Returns the dirty peak inside the 0.2 primary-beam level (the dynamic range's numerator)."""
+    job, request = ImageJob(**job), ImagingRequest(**request)
+    arguments = tclean_arguments(job, request, imagename=imagename, parallel=False)
+    _tclean_with_progress(casa, job, report, 'dirty image',
+                          dict(arguments, niter=0, restoration=False, pbcor=False))
+    residual, pb = imagename + '.residual', imagename + '.pb'
+    with opened_tool(casa.casatools.image(), residual) as image:
+        stats = image.statistics(mask='"%s" > %s' % (pb.replace('"', '\\"'), PB_LIMIT), robust=False,
+                                 verbose=False, list=False)
+    return float(stats['max'][0]) if len(stats.get('max', [])) else None
+
+
+def chunk_clean(casa, report, *, job, request, imagename, threshold):
+    """Clean one chunk from its dirty image to the whole cube's threshold (Jy; None: nsigma as tclean_run)."""
+    job, request = ImageJob(**job), ImagingRequest(**request)
+    arguments = tclean_arguments(job, request, imagename=imagename, parallel=False)
+    arguments.update(calcpsf=False, calcres=False)
+    if threshold is not None:
+        arguments.update(threshold='%.3gJy' % threshold, nsigma=0.0)
+    summary = _tclean_with_progress(casa, job, report, 'cleaning', arguments)
+    iterations = int(summary.get('iterdone', 0)) if isinstance(summary, dict) else 0
+    return {'iterations': iterations, 'stop': summary.get('stopcode') if isinstance(summary, dict) else None}
+
+
+def whole_cube_threshold(casa, job, request, dirty_peaks):
+    """The whole cube's cleaning depth (Jy) from its sensitivity and the dirty peak over every chunk, as
+    tclean_run's for one process; None when the sensitivity cannot be computed."""
+    sensitivity = theoretical_sensitivity(casa, job, request)
+    peaks = [p for p in dirty_peaks if p is not None]
+    if not sensitivity or not peaks:
+        return None, sensitivity, None
+    peak = max(peaks)
+    diameter = 12.0 if job.dish_m >= 12.0 else 7.0
+    threshold = dynamic_range_threshold(TLIMIT * sensitivity, peak / sensitivity, peak, diameter_m=diameter,
+                                        n_ebs=len(job.vis), tlimit=TLIMIT)
+    return threshold, sensitivity, peak
+
+
+# -- joining ------------------------------------------------------------------------------------------
+
+def join_chunks(casa, chunk_imagenames, imagename, *, suffixes=CUBE_SUFFIXES):
+    """The whole cube's images from the chunks' (in channel order), each written under a temporary name
+    and renamed when complete: a killed join leaves no image under a final name.  Returns the names made."""
+    made = []
+    for suffix in suffixes:
+        parts = [name + suffix for name in chunk_imagenames]
+        if not all(Path(part).is_dir() for part in parts):
+            continue
+        final = Path(imagename + suffix)
+        partial = final.with_name(final.name + '.joining')
+        if partial.exists():
+            remove_tree(partial)
+        image = casa.casatools.image()
+        try:
+            joined = image.imageconcat(outfile=str(partial), infiles=parts, axis=-1, relax=False,
+                                       tempclose=True, overwrite=True, reorder=False, mode='paged')
+            joined.done()
+        except RuntimeError as error:
+            raise ReprocessingError('joining the chunks of %s failed (%s) — run the same command again'
+                                    % (final.name, str(error).strip().splitlines()[-1] if str(error).strip()
+                                       else 'no message'))
+        finally:
+            image.done()
+        if final.exists():
+            remove_tree(final)
+        os.replace(str(partial), str(final))
+        made.append(str(final))
+    return made

@@ -1,0 +1,64 @@
+"""Channel chunks of a cube (imaging/cube_chunks.py): the planning, pure (no CASA).
+
+The chunks must tile the cube's channels exactly (no gap, no overlap, in order), keep the whole cube's
+spectral grid (each chunk's start is the whole cube's start plus whole channel widths), and never be a
+single channel (tclean's briggsbwtaper refuses a cube of one channel: "fractional bandwidth is not a
+valid value, 0.0", measured with CASA 6.7).
+"""
+import pytest
+
+import scriptForReprocessing as sfr
+
+
+@pytest.mark.parametrize('nchan, size', [(126, 32), (509, 32), (64, 30), (7, 3), (4, 3), (10, 10), (10, 100), (2, 5)])
+def test_chunks_tile_the_channels_in_order_and_are_as_even_as_possible(nchan, size):
+    ranges = sfr.chunk_ranges(nchan, size)
+    assert ranges[0][0] == 0
+    assert all(a[0] + a[1] == b[0] for a, b in zip(ranges, ranges[1:]))  # no gap, no overlap
+    assert sum(count for _first, count in ranges) == nchan
+    assert max(count for _f, count in ranges) <= size
+    assert max(count for _f, count in ranges) - min(count for _f, count in ranges) <= 1
+    assert len(ranges) == -(-nchan // size)  # as few chunks as the size allows
+    assert min(count for _f, count in ranges) >= 2
+
+
+def test_no_chunk_has_one_channel_even_when_asked_for_smaller_chunks():
+    assert sfr.chunk_ranges(7, 1) == [(0, 3), (3, 2), (5, 2)]
+    assert sfr.chunk_ranges(3, 2) == [(0, 3)]
+    assert sfr.chunk_ranges(1, 5) == [(0, 1)]  # a one-channel cube stays what it is
+
+
+def test_a_chunk_keeps_the_whole_cubes_grid():
+    job = sfr.ImageJob(*([None] * len(sfr.ImageJob._fields)))._replace(
+        name='x.cube.I.iter1', nchan=126,
+        spectral={'nchan': 126, 'start': '216.6771904376GHz', 'width': '3.9058405MHz', 'restfreq': ['1Hz']})
+    chunk = sfr.chunk_job(job, 2, 64, 31)
+    assert chunk.name == 'x.cube.I.iter1.chunk002' and chunk.nchan == 31 and chunk.spectral['nchan'] == 31
+    assert chunk.spectral['width'] == '3.9058405MHz' and chunk.spectral['restfreq'] == ['1Hz']
+    assert abs(sfr.hz_of(chunk.spectral['start']) - (216.6771904376e9 + 64 * 3.9058405e6)) < 0.1
+    # tclean moved the whole cube's start (by half a native channel): the chunks follow the cube it made
+    moved = sfr.chunk_job(job, 1, 32, 32, start_hz=216677678667.69)
+    assert abs(sfr.hz_of(moved.spectral['start']) - (216677678667.69 + 32 * 3.9058405e6)) < 0.1
+    assert job.spectral['start'] == '216.6771904376GHz'  # the whole cube's job is unchanged
+
+
+def test_the_chunk_size_fits_the_memory_per_worker_and_gives_every_worker_work():
+    gb = 1000 ** 3
+    per_plane = sfr.PLANE_COPIES * 4 * 1000 * 1000
+    size = sfr.channels_per_chunk([1000, 1000], 4000, memory_per_worker=4 * gb, workers=8)
+    assert sfr.chunk_memory_bytes([1000, 1000], size) <= 4 * gb < sfr.chunk_memory_bytes([1000, 1000], size + 1)
+    assert size == (4 * gb - sfr.PROCESS_BASE_BYTES) // per_plane
+    # a cube four times longer: the same chunk size, so the same memory per worker
+    assert sfr.channels_per_chunk([1000, 1000], 16000, memory_per_worker=4 * gb, workers=8) == size
+    # few channels: split so that every worker has a chunk
+    assert sfr.channels_per_chunk([100, 100], 64, memory_per_worker=4 * gb, workers=2) == 32
+    # not one plane fits: None (the plan refuses, in one line)
+    assert sfr.channels_per_chunk([20000, 20000], 100, memory_per_worker=2 * gb, workers=2) is None
+
+
+def test_frequencies_are_read_in_their_units():
+    assert sfr.hz_of('216.6771904376GHz') == pytest.approx(216.6771904376e9)
+    assert sfr.hz_of('3.9058405MHz') == pytest.approx(3.9058405e6)
+    assert sfr.hz_of('976.5kHz') == pytest.approx(976.5e3) and sfr.hz_of('12Hz') == 12.0
+    with pytest.raises(ValueError):
+        sfr.hz_of('5km/s')
