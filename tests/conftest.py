@@ -1,4 +1,5 @@
-"""Shared fixtures: simulated deliveries (made once per test run, copied per test) and script runners."""
+"""Shared fixtures: the scripts as built from the working tree, simulated deliveries (made once per test
+run, copied per test) and script runners."""
 import hashlib
 import os
 import subprocess
@@ -11,13 +12,50 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / 'scriptForReprocessing.py'
 PREP = REPO / 'reprocessing_prep.py'
+BUILD = REPO / 'tools' / 'build.py'
+BUILT = (SCRIPT, PREP)
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / 'tools'))
 
 
+# -- the scripts under test are the package as it is in the working tree ------------------------------
+# The tests import and run the generated scripts (what users run; worker processes and MPI servers load
+# the script file).  So that an edit of reprocessing/ is tested as edited, the build runs here, before
+# anything imports a script, whenever the scripts are not what the package builds; STALE remembers which
+# were, and tests/test_build.py then fails, asking for the build to be committed.
+
+STALE = []          # the scripts this run rebuilt
+BUILD_SKIPPED = []  # why the scripts could not be checked (the build needs Python 3.10+)
+BUILD_FAILED = []   # the build's error, reported as the run stops (pytest_configure)
+
+
+def build_scripts_if_stale():
+    if sys.version_info < (3, 10):
+        BUILD_SKIPPED.append('tools/build.py needs Python 3.10+, this is %d.%d: the scripts are tested as they '
+                             'are, not rebuilt from reprocessing/' % sys.version_info[:2])
+        return
+    before = {path: path.read_bytes() if path.is_file() else None for path in BUILT}
+    done = subprocess.run([sys.executable, str(BUILD)], cwd=str(REPO), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True)
+    if done.returncode != 0:
+        BUILD_FAILED.append((done.stderr.strip() or done.stdout.strip() or 'tools/build.py exited %d'
+                             % done.returncode))
+        return
+    STALE.extend(path.name for path in BUILT if (path.read_bytes() if path.is_file() else None) != before[path])
+
+
+build_scripts_if_stale()
+
+
 def pytest_configure(config):
-    config.addinivalue_line('markers', 'pipeline: needs the ALMA pipeline (skipped when "import pipeline" fails)')
-    config.addinivalue_line('markers', 'mpi: needs OpenMPI and casampi (skipped when absent)')
+    if BUILD_FAILED:
+        pytest.exit('the package does not build, so nothing can be tested: %s' % BUILD_FAILED[0], returncode=1)
+
+
+def pytest_report_header(config):
+    if STALE:
+        return 'scripts rebuilt from reprocessing/ (they were stale): %s' % ', '.join(STALE)
+    return BUILD_SKIPPED[0] if BUILD_SKIPPED else None
 
 
 @pytest.fixture(scope='session')
@@ -140,7 +178,7 @@ def pipeline_available():
     CASA import in this process; so CASA is loaded only when a pipeline is installed at all."""
     import importlib.util
     try:
-        if importlib.util.find_spec('pipeline') is None:
+        if BUILD_FAILED or importlib.util.find_spec('pipeline') is None:
             return False
         import scriptForReprocessing
         scriptForReprocessing.load_casa()
