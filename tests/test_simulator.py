@@ -1,28 +1,21 @@
-"""Tests of tools/simulate_delivery.py with real CASA (no mocks)."""
+"""Tests of tests/support/simulate_delivery.py with real CASA (no mocks)."""
 import json
 import math
 import os
 import re
 import shutil
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, 'tools'))
-sys.path.insert(0, REPO)
-
-import simulate_delivery as sd  # noqa: E402
+import simulate_delivery as sd   # tests/support/, on the path from conftest.py
+from conftest import REPO
 
 C_KMS = 299792.458
 RANGE_RE = re.compile(r'^\d+\.\d{10}~\d+\.\d{10}GHz LSRK$')
-
-
-@pytest.fixture(scope='module')
-def casa(tmp_path_factory):
-    from scriptForReprocessing import load_casa
-    return load_casa(logfile=str(tmp_path_factory.mktemp('casalog') / 'casa.log'))
 
 
 @pytest.fixture(scope='module')
@@ -315,6 +308,16 @@ def test_cache_copy_and_cli(casa, tmp_path):
     assert sd.main([str(tmp_path / 'cli')]) == 2          # not empty
     with pytest.raises(ValueError):
         sd.simulate_delivery(str(tmp_path / 'bad'), layout='nope')
+
+
+def test_the_command_line_runs_from_anywhere(tmp_path):
+    """python tests/support/simulate_delivery.py, as the README and the docstring say (no CASA for --help)."""
+    done = subprocess.run([sys.executable, sd.__file__, '--help'], cwd=str(tmp_path), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith('usage: simulate_delivery.py ')
+    assert '--pipeline-ready' in done.stdout and done.stderr == ''
+    assert Path(sd.__file__).resolve() == REPO / 'tests' / 'support' / 'simulate_delivery.py'
 
 
 # --------------------------------------------------------------------------- real delivery shapes

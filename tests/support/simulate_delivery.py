@@ -3,7 +3,7 @@
 
 Usage (CLI)::
 
-    python tools/simulate_delivery.py OUTDIR [--n-ebs 2] [--layout working] [--with-line-ms] ...
+    python tests/support/simulate_delivery.py OUTDIR [--n-ebs 2] [--layout working] [--with-line-ms] ...
 
 Usage (Python)::
 
@@ -99,7 +99,7 @@ __all__ = ['simulate_delivery', 'cached_delivery', 'copy_delivery', 'hexagonal_m
 SIMULATOR_VERSION = 1
 LAYOUTS = ('calibrated_final', 'working', 'cycle8', 'cycle8_working')
 
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # tests/support/..
 _C_MS = 299792458.0
 _C_KMS = _C_MS / 1000.0
 _FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
@@ -1062,7 +1062,7 @@ def simulate_delivery(outdir, *, n_ebs=2, n_fields=1, spw_ids=(25, 27), nchan=64
     """Write a simulated ALMA delivery into ``outdir`` (new or empty); return the truth dict.
 
     See the module docstring for the layouts and the model.  ``pipeline_ready`` adds the
-    metadata the ALMA pipeline needs (tools/pipeline_ready.py).  ``casa_logfile`` (default: a file in the system temp
+    metadata the ALMA pipeline needs (tests/support/pipeline_ready.py).  ``casa_logfile`` (default: a file in the system temp
     directory) only takes effect if CASA was not imported yet in this process.
     ``mosaic_offsets_arcsec`` [(east, north), ...]: field 0 becomes a mosaic of these pointings
     (FIELD rows of the same name, offsets from the field's position); each pointing sees the
@@ -1452,8 +1452,11 @@ def _cache_key(kwargs):
     norm = {}
     for k, v in sorted(kwargs.items()):
         norm[k] = list(v) if isinstance(v, (tuple, list)) else v
-    with open(os.path.abspath(__file__), 'rb') as fh:
-        source = hashlib.sha1(fh.read()).hexdigest()
+    digest = hashlib.sha1()
+    for name in ('simulate_delivery.py', 'pipeline_ready.py'):   # what makes a delivery: this file and its helper
+        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), name), 'rb') as fh:
+            digest.update(fh.read())
+    source = digest.hexdigest()
     blob = json.dumps(dict(version=SIMULATOR_VERSION, source=source, kwargs=norm), sort_keys=True, default=str)
     return hashlib.sha1(blob.encode('utf-8')).hexdigest()[:16]
 
@@ -1473,9 +1476,9 @@ def _clean_stale(cache_root, age_s=6 * 3600):
 def cached_delivery(cache_root, **kwargs):
     """Path of a finished delivery made with ``kwargs``, simulating it on first use.
 
-    The folder name hashes the kwargs and this file's source; the delivery is written
-    under a temporary name and renamed when complete, so concurrent or killed runs never
-    leave a half delivery under the final name.  Treat the result as read-only: copy it
+    The folder name hashes the kwargs and the source of this file and of pipeline_ready.py; the
+    delivery is written under a temporary name and renamed when complete, so concurrent or killed
+    runs never leave a half delivery under the final name.  Treat the result as read-only: copy it
     (``copy_delivery``) before modifying anything.
     """
     cache_root = os.path.abspath(str(cache_root))
@@ -1533,7 +1536,7 @@ def _parse_args(argv):
     p.add_argument('--selfcal-phase-rms-deg', type=float, default=0.0,
                    help='Cycle 11+ self-calibrated era: DATA with per-antenna phase errors of this rms, '
                         'CORRECTED_DATA without (default 0: off)')
-    p.add_argument('--pipeline-ready', action='store_true', help='add the metadata the ALMA pipeline needs (tools/pipeline_ready.py)')
+    p.add_argument('--pipeline-ready', action='store_true', help='add the metadata the ALMA pipeline needs (tests/support/pipeline_ready.py)')
     p.add_argument('--overwrite', action='store_true', help='delete OUTDIR first if it exists')
     return p.parse_args(argv)
 
