@@ -33,7 +33,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / 'scriptForReprocessing.py'
-sys.path.insert(0, str(REPO / 'tools'))
+sys.path.insert(0, str(REPO / 'tests' / 'support'))
 sys.path.insert(0, str(REPO))
 
 BARE = r'''

@@ -26,7 +26,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / 'scriptForReprocessing.py'
-sys.path.insert(0, str(REPO / 'tools'))
+sys.path.insert(0, str(REPO / 'tests' / 'support'))
 sys.path.insert(0, str(REPO))
 
 GOAL = dict(beam=0.03, cell=0.05, fov=0.05, nchan=1, peak=0.05, rms=0.10, time=0.5)

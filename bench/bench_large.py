@@ -35,7 +35,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / 'scriptForReprocessing.py'
-sys.path.insert(0, str(REPO / 'tools'))
+sys.path.insert(0, str(REPO / 'tests' / 'support'))
 sys.path.insert(0, str(REPO / 'bench'))
 sys.path.insert(0, str(REPO))
 
@@ -227,7 +227,7 @@ def main(argv=None):
     results = dict((name, {'times': [], 'memory': [], 'disk': []}) for name, _k, _c, _t in runs)
     try:
         for repeat in range(args.repeats):
-            for name, kind, commands, trees in runs:
+            for name, _kind, commands, trees in runs:
                 remove(list(by_hand.glob('*.ms')) + list(ms_dir.glob('*_targets_line.ms')) + [ms_dir / 'calibrated_final.ms'])
                 remove([delivery / 'working_reprocess'])
                 # Every run starts with nothing of the previous one still to be written to disk: each writes

@@ -28,7 +28,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / 'scriptForReprocessing.py'
-sys.path.insert(0, str(REPO / 'tools'))
+sys.path.insert(0, str(REPO / 'tests' / 'support'))
 sys.path.insert(0, str(REPO / 'bench'))
 
 from bench_image import best, timed  # noqa: E402  (one timing helper for every benchmark)

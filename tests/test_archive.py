@@ -6,6 +6,7 @@ import re
 import shutil
 
 import scriptForReprocessing as sfr
+from conftest import read_image
 from test_image import CENTRED
 from test_report import Page, run_pages
 
@@ -52,7 +53,9 @@ def test_new_images_are_compared_with_their_archive_twins(delivery_factory, run_
     (_n, _v, new_beam, new_cell, new_size, new_peak, new_rms, new_flux), \
         (_n, _v, old_beam, old_cell, old_size, old_peak, old_rms, old_flux) = compared[index:index + 2]
     cube = [row[0] for row in compared].index(CUBE)
-    assert compared[cube][4].endswith('× 1') is False and compared[cube][7] == '—', 'a cube: no flux in mask'
+    channels = read_image(casa, delivery / 'robust2' / (CUBE + '.iter1.image.pbcor'), dropdeg=False).pixels.shape[2]
+    assert channels > 1 and compared[cube][4] == '96 × 96 × %d' % channels, (compared[cube][4], channels)
+    assert compared[cube][7] == '—', 'a cube: no flux in mask'
     assert compared[cube][4] == compared[cube + 1][4]
     for stem in (STEM, CUBE):  # the pictures: both versions, drawn for each twin
         assert 'assets/%s.archive.png' % stem in page.images

@@ -2,6 +2,7 @@
 what would make the flat file mean something else than the package (cycles, upward imports, a name
 defined twice, a heavy import at the top)."""
 import ast
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -10,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, STALE
 
 sys.path.insert(0, str(REPO / 'tools'))
-import build  # noqa: E402  (tools/build.py)
+import build
 
 MODULE_LINE_LIMIT = 500
 
@@ -28,6 +29,9 @@ def module_key(path):
 
 
 def test_the_committed_scripts_are_what_the_build_makes():
+    """The suite rebuilds stale scripts before it starts (conftest.py), so that an edit of the package is
+    tested as edited; that it had to is a failure here: the scripts users download must be committed built."""
+    assert not STALE, '\n'.join('%s was stale: the suite rebuilt it; commit the build' % name for name in STALE)
     done = subprocess.run([sys.executable, str(REPO / 'tools' / 'build.py'), '--check'], stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, universal_newlines=True)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -134,6 +138,16 @@ def test_pyflakes_finds_nothing_in_the_package_and_the_scripts():
         if 'noqa' not in source:  # casampi.private.start_mpi is imported for what its import does
             problems.append(line)
     assert not problems, '\n'.join(problems)
+
+
+def test_ruff_finds_nothing_in_the_package_the_tools_the_tests_and_the_benchmarks():
+    """The rules are pyproject.toml's [tool.ruff.lint] (bugs, not style)."""
+    if importlib.util.find_spec('ruff') is None:
+        pytest.skip('ruff is not installed (it is in the "test" extra: make setup)')
+    done = subprocess.run([sys.executable, '-m', 'ruff', 'check', '--no-cache', '--output-format', 'concise',
+                           'reprocessing', 'tools', 'tests', 'bench'], cwd=str(REPO), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 # -- what the build refuses ---------------------------------------------------------------------------

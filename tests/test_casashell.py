@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from conftest import SCRIPT, user_ms_digests
+from conftest import SCRIPT, error_lines, user_ms_digests
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec('casashell') is None,
                                 reason='casashell (CASA\'s shell, "pip install casashell") is not installed')
@@ -51,10 +51,6 @@ def casa_shell(shell_setup):
     return run
 
 
-def error_lines(done):
-    return [line for line in done.stderr.splitlines() if line.startswith('ERROR:')]
-
-
 def test_help_shows_the_options(casa_shell, shell_setup, tmp_path):
     config, home = shell_setup
     done = casa_shell('--help', cwd=tmp_path)
@@ -75,14 +71,14 @@ def test_help_shows_the_options(casa_shell, shell_setup, tmp_path):
 def test_a_usage_error_is_one_line_and_exit_status_2(casa_shell, tmp_path, args, error):
     done = casa_shell(*args, cwd=tmp_path)
     assert done.returncode == 2, done.stderr
-    assert error_lines(done) == [error]
+    assert error_lines(done.stderr) == [error]
     assert 'Traceback' not in done.stderr
 
 
 def test_a_failed_run_is_one_line_and_exit_status_1(casa_shell, tmp_path):
     done = casa_shell('--delivery', tmp_path, '--calibrated_final', cwd=tmp_path)
     assert done.returncode == 1, done.stderr
-    errors = error_lines(done)
+    errors = error_lines(done.stderr)
     assert len(errors) == 1 and errors[0].startswith('ERROR: no measurement_sets/ directory in '), done.stderr
     assert 'Traceback' not in done.stderr
 
@@ -95,7 +91,7 @@ def test_calibrated_final_under_the_casa_shell(casa_shell, delivery_factory):
     assert re.search(r'Environment: CASA 6\.[0-9.-]+ \(monolithic\)', done.stdout), done.stdout
     assert (delivery / 'measurement_sets' / 'calibrated_final.ms' / 'table.dat').is_file()
     assert user_ms_digests(delivery) == before, 'concat wrote into a user MS'
-    assert 'Done.' in done.stdout and not error_lines(done)
+    assert 'Done.' in done.stdout and not error_lines(done.stderr)
 
 
 def test_contsub_fast_dry_run_and_run_under_the_casa_shell(casa_shell, delivery_factory):

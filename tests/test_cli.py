@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import scriptForReprocessing as sfr
-from conftest import SCRIPT, PREP
+from conftest import PREP, SCRIPT, error_lines, requires_casa
 
 
 def make_layout(root, *, targets=('uid___A002_X1_X1_targets.ms',), line=(), contdat=True):
@@ -30,10 +30,6 @@ def tree_listing(root):
     return sorted(str(p.relative_to(root)) for p in Path(root).rglob('*'))
 
 
-def error_lines(captured):
-    return [line for line in captured.err.splitlines() if line.strip()]
-
-
 @pytest.mark.parametrize('argv, fragment', [
     ([], 'no action given'),
     (['--bogus'], 'unrecognized arguments: --bogus'),
@@ -45,7 +41,7 @@ def error_lines(captured):
 ])
 def test_usage_errors_exit_2_with_one_error_line(argv, fragment, capsys):
     assert sfr.main(argv) == 2
-    lines = error_lines(capsys.readouterr())
+    lines = error_lines(capsys.readouterr().err)
     assert len(lines) == 1
     assert lines[0].startswith('ERROR: ') and fragment in lines[0] and ' — ' in lines[0]
 
@@ -71,14 +67,14 @@ def test_help_and_usage_errors_never_import_casa():
 
 def test_not_a_delivery_says_where_to_run(tmp_path, capsys):
     assert sfr.main(['--delivery', str(tmp_path), '--calibrated_final']) == 1
-    line, = error_lines(capsys.readouterr())
+    line, = error_lines(capsys.readouterr().err)
     assert 'no measurement_sets/ directory' in line and '--delivery' in line
 
 
 def test_cycle8_delivery_points_to_prep(tmp_path, capsys):
     make_layout(tmp_path, targets=('uid___A002_X1_X1_target.ms',))
     assert sfr.main(['--delivery', str(tmp_path), '--calibrated_final']) == 1
-    line, = error_lines(capsys.readouterr())
+    line, = error_lines(capsys.readouterr().err)
     assert 'pre-Cycle 9' in line and 'reprocessing_prep.py' in line
 
 
@@ -135,7 +131,7 @@ def test_a_second_concurrent_run_is_refused(tmp_path, capsys):
         held.write('pid 4242 on somehost since today\n')
         held.flush()
         assert sfr.main(['--delivery', str(tmp_path), '--cleanup']) == 1
-    line, = error_lines(capsys.readouterr())
+    line, = error_lines(capsys.readouterr().err)
     assert 'another run is working in this delivery (pid 4242' in line
 
 
@@ -168,6 +164,7 @@ def test_errors_still_print_on_an_ascii_only_terminal(tmp_path):
                                      'choose one')
 
 
+@requires_casa
 @pytest.mark.parametrize('missing, advice', [('six', 'install it ("pip install six")'),
                                              ('distutils', 'install setuptools ("pip install setuptools")')])
 def test_a_module_casa_lacks_is_named_with_what_provides_it(missing, advice):

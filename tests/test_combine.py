@@ -4,7 +4,6 @@ The goal is tools/simulate_combine.py's: a 0.4 Jy Gaussian of 8" FWHM (larger th
 angular scale, 7.2", smaller than the 7 m's, 30.5") at the pointing centre, a 50 mJy point source 15.6" away with a
 line, seen through CASA's 12 m and 7 m primary beams; a TP cube of the true sky at 28.6" resolution.
 """
-import json
 import os
 import math
 import shutil
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import user_ms_digests
+from conftest import truth_of, user_ms_digests
 
 ARCSEC = math.pi / 180.0 / 3600.0
 
@@ -75,7 +74,7 @@ def _fits_fluxes(casa, fits, truth):
 @pytest.mark.xfail(strict=True, reason='issue 29: 12m7m recovers 76 % of the extended flux (goal 90 %), 12m7mTP 62 % '
                                        'of the total (goal 90 %)')
 def test_combine_recovers_extended_flux_and_feather_the_total(goal, run_script, casa):
-    truth = json.loads((goal / 'truth.json').read_text())
+    truth = truth_of(goal)
     twelve, seven = goal / '12m', goal / '7m'
     before = (user_ms_digests(twelve), user_ms_digests(seven))
     started = time.time()

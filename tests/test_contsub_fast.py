@@ -5,7 +5,6 @@ uid*_targets_line.ms with the continuum gone to the noise and the line kept, the
 spws and rows, the user's uid*_targets.ms byte-identical, before/after spectra to look at, and
 a cont.dat with an error refused, with its line, before anything is written.
 """
-import json
 import math
 import os
 import time
@@ -15,7 +14,7 @@ import numpy
 import pytest
 
 import scriptForReprocessing as sfr
-from conftest import md5_tree, mean_spectrum, start_paused, user_ms_digests
+from conftest import md5_tree, mean_spectrum, start_paused, truth_of, user_ms_digests
 
 TWO_EBS = dict(n_ebs=2)
 
@@ -62,10 +61,6 @@ def assert_continuum_gone_and_line_kept(casa, delivery, truth):
             assert abs(numpy.mean(after.real[free])) < 3 * sigma_of_mean, 'continuum left in the line-free channels'
             peak = after.real[int(round(spw['line_topo_channel']))]
             assert abs(peak - truth['line_peak_jy']) < 0.05 * truth['line_peak_jy'], 'the line lost its peak'
-
-
-def truth_of(delivery):
-    return json.loads((Path(delivery) / 'truth.json').read_text())
 
 
 def test_contsub_fast_fits_cont_dat_removes_the_continuum_keeps_the_line_and_leaves_the_user_ms_alone(

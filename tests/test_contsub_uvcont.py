@@ -5,7 +5,6 @@ like the Cycle 9 pipeline's.  What a user sees: uid*_targets_line.ms with the co
 the line kept, the user's uid*_targets.ms byte-identical, and a table that does not belong to its
 MS refused before anything is written.
 """
-import json
 import math
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import numpy
 import pytest
 
 import scriptForReprocessing as sfr
-from conftest import mean_spectrum, user_ms_digests
+from conftest import mean_spectrum, truth_of, user_ms_digests
 
 CYCLE9 = dict(n_ebs=2, with_uvcont=True)
 
@@ -65,7 +64,7 @@ def edit_table(casa, path, edit):
 
 def test_delivered_tables_remove_the_continuum_and_keep_the_line(delivery_factory, casa):
     delivery = delivery_factory(**CYCLE9)
-    truth = json.loads((delivery / 'truth.json').read_text())
+    truth = truth_of(delivery)
     before = user_ms_digests(delivery)
     result = run_uvcont_path(delivery, casa)
     assert result['method'] == 'uvcont tables' and len(result['outputs']) == 2

@@ -16,16 +16,12 @@ from pathlib import Path
 import pytest
 
 import scriptForReprocessing as sfr
+from conftest import truth_of
 
 # The demo's delivery (tools/demo.py), one spw: the cube automasking cannot mask.
 DEMO_LIKE = dict(n_ebs=2, spw_ids=(25,), nchan=64, n_antennas=12)
 GAUSSIAN_AREA = math.sqrt(math.pi / (4.0 * math.log(2.0)))  # integral of a Gaussian of peak 1 and FWHM 1
 SPEED_OF_LIGHT_KMS = 299792.458
-
-
-def truth_of(delivery):
-    import json
-    return json.loads((Path(delivery) / 'truth.json').read_text())
 
 
 def injected_line_integral(truth):

@@ -25,7 +25,7 @@ import numpy
 import pytest
 
 import scriptForReprocessing as sfr
-from conftest import user_ms_digests
+from conftest import read_image, truth_of, user_ms_digests
 from simulate_delivery import hexagonal_mosaic_offsets
 
 MULTI = dict(n_ebs=4, n_antennas=4, n_fields=2, spw_ids=(25, 27, 29, 31), field_spw_ids=[[25, 27], [29, 31]],
@@ -44,26 +44,12 @@ LEFT_OUT = dict(n_ebs=3, n_antennas=8, nchan=32, n_fields=2, spw_ids=(25, 27, 29
                 eb_fields=[[0], [0, 1], [1]], integrations_per_scan=2)
 
 
-def truth_of(delivery):
-    return json.loads((Path(delivery) / 'truth.json').read_text())
-
-
 def channel_list(fitspw, spw_id):
     for part in fitspw.split(','):
         spw, ranges = part.split(':')
         if int(spw) == spw_id:
             return [c for r in ranges.split(';') for c in range(int(r.split('~')[0]), int(r.split('~')[1]) + 1)]
     raise AssertionError('spw %d not in %s' % (spw_id, fitspw))
-
-
-def read_image(casa, path):
-    """(pixels without degenerate axes, coordinate system) of an image (a FITS file or a CASA image)."""
-    tool = casa.casatools.image()
-    tool.open(str(path))
-    try:
-        return tool.getchunk(dropdeg=True), tool.coordsys()
-    finally:
-        tool.close()
 
 
 def pixel_of(coordinates, direction):
@@ -225,7 +211,7 @@ def test_mosaic_image_has_the_flux_at_the_injected_position(mosaic, casa):
     truth = mosaic['truth']
     pbcor = sorted((mosaic['delivery'] / 'images').glob('*mfs.I.pbcor.fits'))
     assert len(pbcor) == 1
-    pixels, coordinates = read_image(casa, pbcor[0])
+    pixels, coordinates = read_image(casa, pbcor[0], dropdeg=True)[:2]
     sx, sy = pixel_of(coordinates, truth['fields'][0]['source_direction'])
     x, y = numpy.unravel_index(numpy.nanargmax(pixels), pixels.shape)
     assert abs(x - sx) <= 1.0 and abs(y - sy) <= 1.0, ((x, y), (sx, sy))
@@ -258,7 +244,7 @@ def test_ephemeris_target_fits_source_frame_ranges_and_images_on_its_track(deliv
     for pattern in ('*mfs.I.pbcor.fits', '*cube.I.pbcor.fits'):
         found = sorted((delivery / 'images').glob(pattern))
         assert len(found) == 1, pattern
-        pixels, coordinates = read_image(casa, found[0])
+        pixels, coordinates = read_image(casa, found[0], dropdeg=True)[:2]
         frame = coordinates.getconversiontype('spectral')
         x, y = (int(round(v)) for v in pixel_of(coordinates, source))
         if pixels.ndim == 2:
@@ -405,8 +391,8 @@ def test_left_out_target_images_of_each_target_from_the_ebs_that_observed_it(lef
             where = pbcor.name
             record = json.loads(Path(str(pbcor).replace('.pbcor.fits', '.provenance.json')).read_text())
             assert sorted(i['name'].replace('_targets_line.ms', '_targets.ms') for i in record['inputs']) == holding
-            pixels, coordinates = read_image(casa, pbcor)
-            pb, _ = read_image(casa, str(pbcor).replace('.pbcor.fits', '.pb.fits'))
+            pixels, coordinates = read_image(casa, pbcor, dropdeg=True)[:2]
+            pb = read_image(casa, str(pbcor).replace('.pbcor.fits', '.pb.fits'), dropdeg=True).pixels
             sx, sy = pixel_of(coordinates, field['source_direction'])
             x, y = int(round(sx)), int(round(sy))
             flat = numpy.nan_to_num(pixels * pb)        # the sky without the pb correction: the source is its peak

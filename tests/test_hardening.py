@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 import scriptForReprocessing as sfr
-from conftest import SCRIPT, user_ms_digests
-from test_cli import error_lines, tree_listing
+from conftest import SCRIPT, error_lines, user_ms_digests
+from test_cli import tree_listing
 from test_concat_and_safety import THREE_EBS, read_table
 
 ONE_EB = dict(n_ebs=1, spw_ids=(25, 27), nchan=16, n_antennas=8)  # small enough for a small file system
@@ -195,7 +195,7 @@ def test_a_broken_measurement_set_is_named_in_one_line_by_the_plan(delivery_fact
                     ['--dry-run', '--contsub_fast', '--overwrite-line', '--image', '--engine', 'casa']):
         assert sfr.main(['--delivery', str(delivery)] + command) == 1, command
         captured = capsys.readouterr()
-        line, = error_lines(captured)
+        line, = error_lines(captured.err)
         assert said in line and 'restore it from the delivery' in line and BROKEN in line, (command, line)
         assert tree_listing(delivery) == listing, 'the plan wrote something'
     assert user_ms_digests(delivery) == before

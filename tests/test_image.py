@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import scriptForReprocessing as sfr
-from conftest import pipeline_available, requires_pipeline, user_ms_digests
+from conftest import pipeline_available, read_image, requires_pipeline, truth_of, user_ms_digests
 
 # 25 antennas: fewer give PSF sidelobes so high that automasking finds nothing in a single channel.
 COMMON = dict(nchan=32, n_antennas=25, line_fwhm_kms=8.0, noise_jy=0.2)
@@ -30,26 +30,6 @@ MOSAIC = dict(COMMON, n_ebs=1, offset_arcsec=(14.0, 0.0), mosaic_offsets_arcsec=
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
-
-def truth_of(delivery):
-    import json
-    return json.loads((Path(delivery) / 'truth.json').read_text())
-
-
-def read_image(casa, path):
-    """(pixels as [x, y, chan], coordinate system) of a CASA image or a FITS file."""
-    image = casa.casatools.image()
-    image.open(str(path))
-    try:
-        pixels = image.getchunk(dropdeg=False)
-        coordinates = image.coordsys()
-        beam = image.restoringbeam()
-        unit = image.brightnessunit()
-    finally:
-        image.close()
-    shape = pixels.shape
-    return pixels.reshape(shape[0], shape[1], -1), coordinates, beam, unit
-
 
 def source_pixel(coordinates, ra_deg, dec_deg):
     world = coordinates.referencevalue(format='n')['numeric']
@@ -142,7 +122,7 @@ def test_cubes_report_channels_done_and_time_left_while_tclean_runs(imaged, casa
     cubes = ['oussid.IRAS_16293-2422_sci.spw25.cube.I.iter1', 'oussid.IRAS_16293-2422_sci.spw27.cube.I.iter1']
     assert sorted(by_image) == cubes, result.stdout
     for name, lines in by_image.items():
-        pixels, _coordinates, _beam, _unit = read_image(casa, imaged['images'] / (name + '.image.pbcor'))
+        pixels, _coordinates, _beam, _unit = read_image(casa, imaged['images'] / (name + '.image.pbcor'), dropdeg=False)
         nchan = pixels.shape[2]
         last = {}
         for match in lines:
@@ -190,7 +170,7 @@ def test_continuum_peaks_at_the_injected_flux_and_position(imaged, casa):
     flux = {s['id']: s['continuum_jy_at_centre'] for s in truth['spws']}
     for pattern, expected in ((r'spw25\.mfs\.I\.pbcor', flux[25]), (r'spw27\.mfs\.I\.pbcor', flux[27]),
                               (r'spw25_27\.cont\.I\.pbcor', (flux[25] + flux[27]) / 2)):
-        pixels, coordinates, _beam, unit = read_image(casa, fits_named(imaged['images'], pattern))
+        pixels, coordinates, _beam, unit = read_image(casa, fits_named(imaged['images'], pattern), dropdeg=False)
         x, y, peak = peak_position(pixels[:, :, 0])
         sx, sy = source_pixel(coordinates, source['ra_deg'], source['dec_deg'])
         assert abs(x - sx) <= 0.5 and abs(y - sy) <= 0.5, (pattern, (x, y), (sx, sy))
@@ -204,7 +184,7 @@ def test_cube_line_peaks_at_its_lsrk_frequency(imaged, casa):
     source = truth['fields'][0]['source_direction']
     for spw in (25, 27):
         cube = fits_named(imaged['images'], r'spw%d\.cube\.I\.pbcor' % spw)
-        pixels, coordinates, _beam, _unit = read_image(casa, cube)
+        pixels, coordinates, _beam, _unit = read_image(casa, cube, dropdeg=False)
         assert coordinates.referencecode('spectral')[0] == 'LSRK'
         sx, sy = source_pixel(coordinates, source['ra_deg'], source['dec_deg'])
         spectrum = pixels[int(round(sx)), int(round(sy)), :]
@@ -229,7 +209,7 @@ def test_cell_and_image_size_follow_the_pipeline_heuristics(imaged, casa):
     geometry = []
     for pattern in (r'spw%d\.mfs\.I\.pbcor' % lowest['id'], r'spw%d\.mfs\.I\.pbcor' % highest['id'],
                     r'spw25_27\.cont\.I\.pbcor'):
-        pixels, coordinates, beam, _unit = read_image(casa, fits_named(imaged['images'], pattern))
+        pixels, coordinates, beam, _unit = read_image(casa, fits_named(imaged['images'], pattern), dropdeg=False)
         geometry.append((round(cell_arcsec(coordinates), 6), pixels.shape[:2], beam))
     assert len({(cell, shape) for cell, shape, _beam in geometry}) == 1, geometry
     cell, shape, _beam = geometry[0]
@@ -249,8 +229,8 @@ def test_fits_files_match_the_casa_images(imaged, casa):
         extension = fits.name.split('.I.')[1][:-len('.fits')]
         casa_name = fits.name.replace('.I.' + extension + '.fits',
                                       '.I.iter1.' + {'pbcor': 'image.pbcor'}.get(extension, extension))
-        from_fits, fits_coordinates, fits_beam, fits_unit = read_image(casa, fits)
-        from_casa, casa_coordinates, casa_beam, casa_unit = read_image(casa, imaged['images'] / casa_name)
+        from_fits, fits_coordinates, fits_beam, fits_unit = read_image(casa, fits, dropdeg=False)
+        from_casa, casa_coordinates, casa_beam, casa_unit = read_image(casa, imaged['images'] / casa_name, dropdeg=False)
         assert numpy.array_equal(numpy.nan_to_num(from_fits), numpy.nan_to_num(from_casa)), fits.name
         assert fits_unit == casa_unit
         if extension == 'pbcor':
@@ -321,8 +301,8 @@ def test_fits_headers_carry_the_beam_a_frequency_axis_and_jy_per_beam(imaged, ca
         axes = [header.get('CTYPE%d' % axis) for axis in range(1, int(header['NAXIS']) + 1)]
         assert axes[:2] == ['RA---SIN', 'DEC--SIN'] and 'FREQ' in axes, (fits.name, axes)
         assert header['SPECSYS'] == 'LSRK'
-        casa_beam = beam_numbers(read_image(casa, casa_image_beside(fits))[2])
-        fits_beam = beam_numbers(read_image(casa, fits)[2])
+        casa_beam = beam_numbers(read_image(casa, casa_image_beside(fits), dropdeg=False).beam)
+        fits_beam = beam_numbers(read_image(casa, fits, dropdeg=False).beam)
         if isinstance(casa_beam, list):  # a cube: one beam per channel, in the FITS BEAMS table
             assert header['CASAMBM'] is True and len(fits_beam) == len(casa_beam) == int(header['NAXIS3'])
         else:
@@ -392,8 +372,8 @@ def test_offset_source_is_imaged_at_its_position(delivery_factory, run_script, c
     assert result.returncode == 0, result.stdout + result.stderr
     truth = truth_of(delivery)
     source = truth['fields'][0]['source_direction']
-    pbcor, coordinates, _beam, _unit = read_image(casa, fits_named(delivery / 'images', r'mfs\.I\.pbcor'))
-    pb, _c, _b, _u = read_image(casa, fits_named(delivery / 'images', r'mfs\.I\.pb\.fits'))
+    pbcor, coordinates, _beam, _unit = read_image(casa, fits_named(delivery / 'images', r'mfs\.I\.pbcor'), dropdeg=False)
+    pb, _c, _b, _u = read_image(casa, fits_named(delivery / 'images', r'mfs\.I\.pb\.fits'), dropdeg=False)
     # the simulator applies no primary beam to a single pointing: compare the apparent (pbcor x pb) image
     apparent = pbcor[:, :, 0] * pb[:, :, 0]
     x, y, peak = peak_position(apparent)
@@ -419,8 +399,8 @@ def test_mosaic_of_two_pointings_images_both(delivery_factory, run_script, casa)
             casa, msmd, [0, 1], 'J2000 %.10fdeg %.10fdeg' % (second['ra_deg'], second['dec_deg']), 25)
     assert centre == 1 and overlap == pytest.approx(1.1050537, rel=2e-4)
     truth = truth_of(delivery)
-    pbcor, coordinates, _beam, _unit = read_image(casa, fits_named(delivery / 'images', r'mfs\.I\.pbcor'))
-    pb, _c, _b, _u = read_image(casa, fits_named(delivery / 'images', r'mfs\.I\.pb\.fits'))
+    pbcor, coordinates, _beam, _unit = read_image(casa, fits_named(delivery / 'images', r'mfs\.I\.pbcor'), dropdeg=False)
+    pb, _c, _b, _u = read_image(casa, fits_named(delivery / 'images', r'mfs\.I\.pb\.fits'), dropdeg=False)
     # both pointings are in the image, each where the mosaic's primary beam is high
     for pointing in truth['mosaic_pointings']:
         px, py = source_pixel(coordinates, pointing['ra_deg'], pointing['dec_deg'])

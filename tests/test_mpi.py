@@ -12,7 +12,6 @@ The MPI tests skip when mpirun, casampi or mpi4py is not installed.  Without MPI
 the serial runs here are the same script without mpirun.
 """
 import importlib.util
-import os
 import re
 import shutil
 import subprocess
@@ -243,8 +242,11 @@ def test_mpirun_without_casampi_says_what_to_install(monkeypatch):
     assert 'pip install casampi mpi4py' in message and 'or run without mpirun' in message
 
 
-def test_without_mpi_nothing_changes():
-    assert sfr.mpi_launch() == (1, 0) or 'OMPI_COMM_WORLD_SIZE' in os.environ
+def test_without_mpi_nothing_changes(monkeypatch):
+    # whatever launched this test (mpirun, srun): the launcher's variables are what mpi_launch reads
+    for variable in ('OMPI_COMM_WORLD_SIZE', 'OMPI_COMM_WORLD_RANK', 'PMI_SIZE', 'PMI_RANK'):
+        monkeypatch.delenv(variable, raising=False)
+    assert sfr.mpi_launch() == (1, 0)
     with sfr.casa_mpi_job():
         assert sfr.mpi_info() == sfr.MpiInfo(1, 0, True)
         assert not sfr.mpi_servers_available()

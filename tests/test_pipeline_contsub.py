@@ -4,17 +4,16 @@ Run them by hand with a Python that has the pipeline, e.g.:
 
     /path/to/pipeline-python -m pytest tests/test_pipeline_contsub.py -m pipeline
 
-The simulated MSes are first given the metadata the pipeline needs (tools/pipeline_ready.py).
+The simulated MSes are first given the metadata the pipeline needs (tests/support/pipeline_ready.py).
 """
 import inspect
-import json
 import math
 
 import numpy
 import pytest
 
 import scriptForReprocessing as sfr
-from conftest import mean_spectrum, pipeline_available, user_ms_digests
+from conftest import mean_spectrum, pipeline_available, truth_of, user_ms_digests
 
 pytestmark = [pytest.mark.pipeline,
               pytest.mark.skipif(not pipeline_available(), reason='the ALMA pipeline is not installed')]
@@ -34,7 +33,7 @@ def test_contsub_with_the_pipeline_writes_line_mses_and_leaves_the_user_mses_alo
     from pipeline_ready import make_delivery_pipeline_ready
     delivery = delivery_factory(n_ebs=2)
     make_delivery_pipeline_ready(delivery / 'measurement_sets', casa=casa)
-    truth = json.loads((delivery / 'truth.json').read_text())
+    truth = truth_of(delivery)
     before = user_ms_digests(delivery)
     result = run_script('--contsub', delivery=delivery, timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]

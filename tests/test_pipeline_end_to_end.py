@@ -12,7 +12,6 @@ has line MSes, runs ``--image`` alone.  Each run takes a few minutes, so each is
 the tests read what it left.  Weblog plots need a display: an Xvfb is started when there is none.
 """
 import collections
-import json
 import math
 import os
 import re
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy
 import pytest
 
-from conftest import SCRIPT, pipeline_available, run_command, user_ms_digests
+from conftest import SCRIPT, pipeline_available, read_image, run_command, truth_of, user_ms_digests
 
 pytestmark = [pytest.mark.pipeline,
               pytest.mark.skipif(not pipeline_available(), reason='the ALMA pipeline is not installed')]
@@ -111,7 +110,7 @@ def contsub_and_image(delivery_cache, tmp_path_factory, display):
     before = user_ms_digests(delivery)
     returncode, output, url, page = run_until_served(
         ['--contsub', '--image', IMAGES, '--weblog', '--no-browser'], delivery=delivery, env=display)
-    truth = json.loads((delivery / 'truth.json').read_text())
+    truth = truth_of(delivery)
     return Run(delivery, truth, before, returncode, output, url, page)
 
 
@@ -122,7 +121,7 @@ def image_only(delivery_cache, tmp_path_factory, display):
     before = user_ms_digests(delivery)
     result = run_command([sys.executable, str(SCRIPT), '--image', IMAGES], cwd=delivery, env=display,
                          timeout=RUN_TIMEOUT_S)
-    truth = json.loads((delivery / 'truth.json').read_text())
+    truth = truth_of(delivery)
     return Run(delivery, truth, before, result.returncode, result.stdout + result.stderr, None, None)
 
 
@@ -137,32 +136,24 @@ Image = collections.namedtuple('Image', 'peak peak_pixel spectrum frequencies_hz
                                         'cell_rad')
 
 
-def read_image(casa, path):
+def brightest(casa, path):
     """The brightest pixel of a (FITS or CASA) image, its spectrum and where it is on the sky."""
-    image = casa.casatools.image()
-    image.open(str(path))
-    try:
-        pixels = image.getchunk()
-        coordinates = image.coordsys()
-    finally:
-        image.close()
-        image.done()
+    pixels, coordinates, _beam, _unit = read_image(casa, path, dropdeg=False)   # [x, y, channel]
     axes = list(coordinates.axiscoordinatetypes())
     spectral = axes.index('Spectral')
-    cube = numpy.moveaxis(pixels, spectral, -1).reshape(pixels.shape[0], pixels.shape[1], -1)
-    x, y, channel = numpy.unravel_index(numpy.nanargmax(cube), cube.shape)
-    pixel = [0] * pixels.ndim
+    x, y, channel = numpy.unravel_index(numpy.nanargmax(pixels), pixels.shape)
+    pixel = [0] * len(axes)
     pixel[0], pixel[1] = int(x), int(y)
     frequencies = []
-    for k in range(cube.shape[-1]):
+    for k in range(pixels.shape[-1]):
         pixel[spectral] = k
         frequencies.append(coordinates.toworld(pixel, 'n')['numeric'][spectral])
     pixel[spectral] = int(channel)
     world = coordinates.toworld(pixel, 'n')['numeric']
     cell = abs(coordinates.increment(type='direction')['numeric'][0])
     width = abs(coordinates.increment(type='spectral')['numeric'][0])
-    return Image(float(cube[x, y, channel]), (int(x), int(y), int(channel)), cube[x, y, :], numpy.array(frequencies),
-                 width, (world[0], world[1]), cell)
+    return Image(float(pixels[x, y, channel]), (int(x), int(y), int(channel)), pixels[x, y, :],
+                 numpy.array(frequencies), width, (world[0], world[1]), cell)
 
 
 def products(run, specmode, kind='pbcor'):
@@ -206,7 +197,7 @@ def check_continuum_images(casa, run):
     source = run.truth['fields'][0]['source_direction']
     for specmode in ('mfs', 'cont'):
         for path in products(run, specmode):
-            image = read_image(casa, path)
+            image = brightest(casa, path)
             assert image.peak == pytest.approx(run.truth['continuum_jy'], rel=0.10), path.name
             assert separation_rad(image.peak_direction, source['ra_deg'], source['dec_deg']) <= 1.5 * image.cell_rad
 
@@ -216,7 +207,7 @@ def check_cubes_hold_the_line_without_the_continuum(casa, run):
     cubes = products(run, 'cube')
     assert sorted(spw_of(p) for p in cubes) == ['25', '27']
     for path in cubes:
-        image = read_image(casa, path)
+        image = brightest(casa, path)
         spw = spw_of(path)
         line_hz = truth['line_lsrk_freq_ghz'][spw][0] * 1e9
         assert image.peak == pytest.approx(truth['line_peak_jy'], rel=0.10), path.name
@@ -228,7 +219,7 @@ def check_cubes_hold_the_line_without_the_continuum(casa, run):
 
 def check_repbw_cube(casa, run):
     (path,) = products(run, 'repBW')
-    image = read_image(casa, path)
+    image = brightest(casa, path)
     assert spw_of(path) == '25'
     channel_hz = abs(run.truth['spws'][0]['chan_width_hz'])
     assert image.channel_width_hz == pytest.approx(8 * channel_hz, rel=0.01)  # the representative bandwidth

@@ -1,6 +1,6 @@
 """Pipeline-ready simulated MSes: the metadata the ALMA pipeline reads is there (no pipeline needed).
 
-What is checked is what the real pipeline was seen to need (see tools/pipeline_ready.py):
+What is checked is what the real pipeline was seen to need (see tests/support/pipeline_ready.py):
 hifa_importdata refuses an MS without the FIELD reference columns, BBC_NO or an OBSERVATION
 schedule; hif_makeimlist makes no repBW cube without a representative bandwidth in
 ASDM_SBSUMMARY; without the 'Datatype Handler' HISTORY rows the pipeline types the data RAW.

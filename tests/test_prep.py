@@ -1,4 +1,4 @@
-"""reprocessing_prep.py: working/ -> calibrated_final/, on deliveries made by tools/simulate_delivery.py.
+"""reprocessing_prep.py: working/ -> calibrated_final/, on deliveries made by tests/support/simulate_delivery.py.
 
 Most tests call main() in this process (CASA is imported once); the ones about
 imports, standalone use and Python 3.6 run it in a subprocess.
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import PREP, REPO, md5_tree
+from conftest import PREP, REPO, error_lines, md5_tree
 
 import reprocessing_prep as prep
 
@@ -62,11 +62,6 @@ def cycle8_working(simulated_cycle8_working, tmp_path, monkeypatch):
     return path
 
 
-@pytest.fixture(scope='session')
-def casa():
-    return prep.load_casa(logfile=Path(os.devnull))
-
-
 # ---------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------
@@ -85,12 +80,8 @@ def snapshot(directory):
     return listing(directory), md5_tree(directory)
 
 
-def error_lines(captured):
-    return [line for line in captured.err.splitlines() if line.strip()]
-
-
 def one_error_line(captured):
-    lines = error_lines(captured)
+    lines = error_lines(captured.err)
     assert len(lines) == 1, lines
     assert lines[0].startswith('ERROR: ') and ' — ' in lines[0], lines[0]
     return lines[0]
@@ -144,7 +135,7 @@ def test_copy_builds_the_delivery_tree_and_ignores_the_clutter(working, capsys):
     assert {k: v for k, v in after[1].items() if not k.startswith('calibrated_final')} == before[1]
     assert sorted(p.name for p in working.parent.iterdir()) == ['calibrated_final', 'truth.json', 'working']
     out = capsys.readouterr()
-    assert error_lines(out) == []
+    assert error_lines(out.err) == []
     assert 'Next steps:' in out.out and 'cd %s' % output in out.out
     for option in ('--contsub', '--image', '--calibrated_final'):
         assert 'scriptForReprocessing.py %s' % option in out.out
@@ -289,7 +280,7 @@ def test_cycle8_target_ms_becomes_targets_and_targets_line(cycle8_working, casa,
 
     output = cycle8_working.parent / 'calibrated_final'
     out = capsys.readouterr()
-    assert error_lines(out) == []
+    assert error_lines(out.err) == []
     uids = [s.name[:-len('_target.ms')] for s in sources]
     assert sorted(p.name for p in (output / 'measurement_sets').iterdir()) == sorted(
         [u + '_targets.ms' for u in uids] + [u + '_targets_line.ms' for u in uids])
@@ -387,7 +378,7 @@ def test_missing_cont_dat_warns_and_continues(working, capsys):
     assert prep.main(['--link']) == 0
 
     out = capsys.readouterr()
-    warnings = error_lines(out)
+    warnings = error_lines(out.err)
     assert len(warnings) == 1 and warnings[0].startswith('WARNING: no cont.dat in ')
     caltables = working.parent / 'calibrated_final' / 'caltables'
     assert sorted(p.name for p in caltables.iterdir()) == sorted(p.name for p in working.glob('*uvcont.tbl'))
@@ -402,7 +393,7 @@ def test_dry_run_prints_the_plan_and_changes_nothing(layout, request, capsys):
 
     assert snapshot(working.parent) == before
     out = capsys.readouterr()
-    assert error_lines(out) == []
+    assert error_lines(out.err) == []
     assert 'Plan (mode: copy)' in out.out and 'disk space needed:' in out.out and 'free:' in out.out
     assert 'Dry run: nothing was changed.' in out.out
     assert '-> measurement_sets/' in out.out and '-> caltables/cont.dat' in out.out
@@ -437,7 +428,7 @@ def test_leftover_partial_output_is_reported_and_kept(working, capsys):
 
     assert prep.main(['--link']) == 0
 
-    warnings = error_lines(capsys.readouterr())
+    warnings = error_lines(capsys.readouterr().err)
     assert len(warnings) == 1 and str(leftover) in warnings[0] and 'interrupted run' in warnings[0]
     assert (leftover / 'measurement_sets').is_dir()
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 import scriptForReprocessing as sfr
-from conftest import start_paused, user_ms_digests
-from test_weblog import make_weblog_delivery, serve  # noqa: F401 (serve is a fixture)
+from conftest import start_paused, truth_of, user_ms_digests
+from test_weblog import make_weblog_delivery
 
 # The same simulated delivery as the concat tests, so a full test run simulates it once.
 THREE_EBS = dict(n_ebs=3, spw_ids=(25, 27, 29, 31), nchan=16, n_antennas=8, with_line_ms=True)
@@ -94,7 +94,7 @@ def run_pages(delivery):
 
 def test_a_run_writes_a_page_with_what_was_run_its_inputs_and_outputs(delivery_factory, run_script):
     delivery = delivery_factory(**THREE_EBS)
-    truth = json.loads((delivery / 'truth.json').read_text())
+    truth = truth_of(delivery)
     before = user_ms_digests(delivery)
     result = run_script('--calibrated_final', delivery=delivery)
     assert result.returncode == 0, result.stderr
@@ -166,11 +166,6 @@ def make_test_image(casa, path, *, nchan=1, peak_channel=0, peak_jy=0.2, noise_j
     finally:
         image.close()
     return path
-
-
-@pytest.fixture(scope='module')
-def casa(tmp_path_factory):
-    return sfr.load_casa(logfile=tmp_path_factory.mktemp('casa') / 'casa.log')
 
 
 @pytest.mark.parametrize('nchan, peak_channel', [(1, 0), (8, 5)])

@@ -14,23 +14,18 @@ them.  Proven on real CASA:
   * the plan (--dry-run) says which data column each step reads;
   * the user's MSes stay byte-identical.
 """
-import json
 import re
 import shutil
 from pathlib import Path
 
 import pytest
 
-from conftest import mean_spectrum, requires_pipeline, user_ms_digests
+from conftest import mean_spectrum, read_image, requires_pipeline, truth_of, user_ms_digests
 
 PHASE_RMS_DEG = 60.0
 # 25 antennas and a coarse spw: cubes with automasking that finds the line (as tests/test_image.py)
 SELFCAL = dict(nchan=32, n_antennas=25, line_fwhm_kms=8.0, noise_jy=0.2, line_peak_jy=0.5, n_ebs=2,
                selfcal_phase_rms_deg=PHASE_RMS_DEG)
-
-
-def truth_of(delivery):
-    return json.loads((Path(delivery) / 'truth.json').read_text())
 
 
 def columns_of(casa, ms):
@@ -133,12 +128,12 @@ def test_spectra_show_the_self_calibrated_column(selfcal_run):
 
 def test_cube_from_the_new_line_mses_has_the_self_calibrated_line_flux(selfcal_run, casa):
     import numpy
-    from test_image import fits_named, read_image, source_pixel
+    from test_image import fits_named, source_pixel
     truth = selfcal_run['truth']
     source = truth['fields'][0]['source_direction']
     for spw in (25, 27):
         cube = fits_named(selfcal_run['delivery'] / 'imgs', r'spw%d\.cube\.I\.pbcor' % spw)
-        pixels, coordinates, _beam, _unit = read_image(casa, cube)
+        pixels, coordinates, _beam, _unit = read_image(casa, cube, dropdeg=False)
         sx, sy = source_pixel(coordinates, source['ra_deg'], source['dec_deg'])
         spectrum = pixels[int(round(sx)), int(round(sy)), :]
         # a cube of the regular calibration peaks at ~1/3 of this (exp(-rms^2) for 60 deg)
@@ -221,13 +216,13 @@ def test_pipeline_contsub_and_image_keep_the_self_calibration(delivery_factory, 
     print('\n'.join(line for line in result.stdout.splitlines() if 'CORRECTED' in line or 'pipeline' in line))
     assert_self_calibrated_line_ms(casa, delivery, truth_of(delivery))
     import numpy
-    from test_image import fits_named, read_image, source_pixel
+    from test_image import fits_named, source_pixel
     truth = truth_of(delivery)
     source = truth['fields'][0]['source_direction']
     # the pipeline may name products of self-calibrated data .selfcal (products.py reads both)
     cube = fits_named(delivery / 'imgs', r'spw25\.cube(\.selfcal)?\.I\.pbcor')
     print('pipeline cube: %s' % cube.name)
-    pixels, coordinates, _beam, _unit = read_image(casa, cube)
+    pixels, coordinates, _beam, _unit = read_image(casa, cube, dropdeg=False)
     sx, sy = source_pixel(coordinates, source['ra_deg'], source['dec_deg'])
     peak = float(numpy.nanmax(pixels[int(round(sx)), int(round(sy)), :]))
     print('pipeline cube spw25 peak %.3f Jy/beam (injected %.3f)' % (peak, truth['line_peak_jy']))

@@ -1,28 +1,21 @@
-"""Tests of tools/simulate_delivery.py with real CASA (no mocks)."""
+"""Tests of tests/support/simulate_delivery.py with real CASA (no mocks)."""
 import json
 import math
 import os
 import re
 import shutil
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, 'tools'))
-sys.path.insert(0, REPO)
-
-import simulate_delivery as sd  # noqa: E402
+import simulate_delivery as sd   # tests/support/, on the path from conftest.py
+from conftest import REPO
 
 C_KMS = 299792.458
 RANGE_RE = re.compile(r'^\d+\.\d{10}~\d+\.\d{10}GHz LSRK$')
-
-
-@pytest.fixture(scope='module')
-def casa(tmp_path_factory):
-    from scriptForReprocessing import load_casa
-    return load_casa(logfile=str(tmp_path_factory.mktemp('casalog') / 'casa.log'))
 
 
 @pytest.fixture(scope='module')
@@ -317,6 +310,16 @@ def test_cache_copy_and_cli(casa, tmp_path):
         sd.simulate_delivery(str(tmp_path / 'bad'), layout='nope')
 
 
+def test_the_command_line_runs_from_anywhere(tmp_path):
+    """python tests/support/simulate_delivery.py, as the README and the docstring say (no CASA for --help)."""
+    done = subprocess.run([sys.executable, sd.__file__, '--help'], cwd=str(tmp_path), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith('usage: simulate_delivery.py ')
+    assert '--pipeline-ready' in done.stdout and done.stderr == ''
+    assert Path(sd.__file__).resolve() == REPO / 'tests' / 'support' / 'simulate_delivery.py'
+
+
 # --------------------------------------------------------------------------- real delivery shapes
 
 def test_full_polarization_puts_the_polarized_continuum_in_xy_and_yx(casa, tmp_path):
@@ -464,3 +467,101 @@ def test_ephemeris_target_has_an_ephemeris_table_and_source_frame_cont_dat(casa,
     # the line sits where the SOURCE frame puts it
     channel = truth['ebs'][0]['spws'][0]['line_topo_channel']
     assert abs(_line_peak_channel(casa, ms, 25) - channel) < 0.3
+
+
+# --------------------------------------------------------------------------- eras and lines
+
+def _grouping_and_spectral_spec(name):
+    """What precedes the ALMA_RB part of an ALMA spw name: (GroupingID, SpectralSpec) from Cycle 12,
+    (None, SpectralSpec) before (the split the pipeline's PIPE-2697 describes)."""
+    parts = name.split('#')
+    before = parts[:[i for i, part in enumerate(parts) if part.startswith('ALMA')][0]]
+    return tuple(before) if len(before) == 2 else (None,) + tuple(before)
+
+
+def test_cycle_11_and_12_name_spws_date_the_ebs_and_write_a_v3_contdat_with_flags_as_the_pipeline(casa, tmp_path):
+    flags = {'Elias_2-27': {27: ['LOWBANDWIDTH', 'LOWSPREAD']}}
+    for cycle, project in ((11, '2024.1.01234.S'), (12, '2025.1.01234.S')):
+        out = tmp_path / ('cycle%d' % cycle)
+        truth = sd.simulate_delivery(str(out), n_ebs=1, n_fields=2, nchan=16, n_antennas=4, alma_cycle=cycle,
+                                     contdat_version=3, contdat_flags=flags)
+        ms = str(out / truth['ebs'][0]['ms'])
+        names, = _cols(casa, ms + '/SPECTRAL_WINDOW', 'NAME')
+        assert names[0] == 'WVR#NOMINAL'
+        for name in names[1:]:      # every ALMA window, science, calibration and channel-average alike
+            grouping, spec = _grouping_and_spectral_spec(name)
+            assert grouping == ('X100001' if cycle >= 12 else None) and re.match(r'^X\d+$', spec), name
+        if cycle >= 12:
+            assert names[25] == 'X100001#X900000004#ALMA_RB_06#BB_1#SW-01#FULL_RES'
+        else:
+            assert re.match(r'^X\d+#ALMA_RB_06#BB_1#SW-01#FULL_RES$', names[25]), names[25]
+        assert [s['name'] for s in truth['spws']] == [names[25], names[27]]
+        assert list(_cols(casa, ms + '/OBSERVATION', 'PROJECT')[0]) == [project] == [truth['project']]
+        # Cycle N observes from October of 2013 + N to September of the next year
+        assert '%d-10-01' % (2013 + cycle) <= truth['ebs'][0]['date'] < '%d-10-01' % (2014 + cycle)
+        # cont.dat v3 as the pipeline's contfilehandler writes it: window names, a Flags: line under the window
+        # header where asked, a blank line after each block
+        text = open(os.path.join(str(out), truth['contdat'])).read()
+        lines = text.split('\n')
+        assert text.endswith('\n\n') and text.count('Flags:') == 1
+        second = lines.index('Field: Elias_2-27')
+        assert lines[0] == 'Field: IRAS_16293-2422' and lines[1] == '' and lines[second + 1] == ''
+        for start in (0, second):
+            assert lines[start + 2] == 'SpectralWindow: 25 %s' % names[25]
+        header = lines.index('SpectralWindow: 27 %s' % names[27], second)
+        assert lines[header + 1] == 'Flags: LOWBANDWIDTH LOWSPREAD'
+        assert RANGE_RE.match(lines[header + 2]) and RANGE_RE.match(lines[lines.index(
+            'SpectralWindow: 27 %s' % names[27]) + 1]), 'no Flags: line where none was asked'
+        assert truth['contdat_flags'] == {'Elias_2-27': {'27': ['LOWBANDWIDTH', 'LOWSPREAD']}}
+        assert truth['alma_cycle'] == cycle
+    with pytest.raises(ValueError, match='v3 only'):
+        sd.simulate_delivery(str(tmp_path / 'v2'), contdat_version=2, contdat_flags=flags)
+    with pytest.raises(ValueError, match='Cycle 8 or earlier'):
+        sd.simulate_delivery(str(tmp_path / 'c8'), layout='cycle8', alma_cycle=12)
+
+
+LINES = [dict(spw=25, velocity_kms=12.0, fwhm_kms=6.0, flux_jykms=1.5, rest_ghz=216.9466, transition='CO_v_0_2_1(ID=0)'),
+         dict(spw=27, velocity_kms=-5.0, fwhm_kms=10.0, flux_jykms=0.8)]
+
+
+def test_lines_of_known_velocity_width_and_flux_with_their_rest_frequency_and_transition(casa, tmp_path):
+    out = tmp_path / 'lines'
+    # noise 0.2 mJy: the line moments, summed over 3 FWHM on each side, are then signal (2 mJy: ~4 % on a width)
+    truth = sd.simulate_delivery(str(out), n_ebs=2, nchan=128, n_antennas=4, lines=LINES, noise_jy=0.0002)
+    recorded = dict((line['spw'], line) for line in truth['lines'])
+    assert sorted(recorded) == [25, 27] and len(truth['lines']) == 2
+    for asked in LINES:
+        line = recorded[asked['spw']]
+        rest_hz = asked.get('rest_ghz', [s for s in truth['spws'] if s['id'] == asked['spw']][0]['centre_freq_ghz']) * 1e9
+        assert (line['velocity_kms'], line['fwhm_kms'], line['flux_jykms'], line['frame']) == (
+            asked['velocity_kms'], asked['fwhm_kms'], asked['flux_jykms'], 'LSRK')
+        assert line['rest_freq_ghz'] * 1e9 == pytest.approx(rest_hz, abs=1.0)
+        assert line['transition'] == asked.get('transition', 'simulated_line')
+        for eb in truth['ebs']:
+            ms = str(out / eb['ms'])
+            # the SOURCE table, read as the pipeline reads it (msmd.transitions, msmd.restfreqs)
+            msmd = casa.casatools.msmetadata()
+            msmd.open(ms)
+            try:
+                assert list(msmd.transitions(sourceid=0, spw=asked['spw'])) == [line['transition']]
+                rest = msmd.restfreqs(sourceid=0, spw=asked['spw'])
+            finally:
+                msmd.close()
+            assert len(rest) == 1 and rest['0']['m0']['value'] == pytest.approx(rest_hz, abs=1.0)
+            # the line in the data: a point source at the phase centre, so every baseline sees the spectrum
+            data, ddid = _cols(casa, ms, 'DATA', 'DATA_DESC_ID')
+            spectrum = data[:, :, ddid == asked['spw']].real.mean(axis=(0, 2)) - truth['continuum_jy']
+            f_topo = _tb(casa, ms + '/SPECTRAL_WINDOW', lambda tb, spw=asked['spw']: tb.getcell('CHAN_FREQ', spw))
+            f_lsrk = f_topo * eb['lsrk_over_topo']['IRAS_16293-2422']
+            velocity = C_KMS * (1.0 - f_lsrk / rest_hz)                     # radio convention
+            near = np.abs(velocity - asked['velocity_kms']) < 3 * asked['fwhm_kms']
+            step = abs(velocity[1] - velocity[0])
+            flux = spectrum[near].sum() * step
+            centre = (spectrum[near] * velocity[near]).sum() / spectrum[near].sum()
+            sigma = math.sqrt((spectrum[near] * (velocity[near] - centre) ** 2).sum() / spectrum[near].sum())
+            assert flux == pytest.approx(asked['flux_jykms'], rel=0.02), (eb['uid'], flux)
+            assert centre == pytest.approx(asked['velocity_kms'], abs=0.1 * step), (eb['uid'], centre)
+            assert 2 * math.sqrt(2 * math.log(2)) * sigma == pytest.approx(asked['fwhm_kms'], rel=0.03)
+    with pytest.raises(ValueError, match='does not lie inside spw 25'):
+        sd.simulate_delivery(str(tmp_path / 'outside'), n_ebs=1, nchan=16, n_antennas=4,
+                             lines=[dict(LINES[0], velocity_kms=300.0)])

@@ -5,12 +5,7 @@ These tests need no CASA and no pipeline: --weblog is only a web server over fil
 import getpass
 import http.client
 import os
-import queue
-import signal
 import socket
-import subprocess
-import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -18,7 +13,6 @@ import urllib.request
 import pytest
 
 import scriptForReprocessing as sfr
-from conftest import SCRIPT
 
 WEBLOG_NAME = 'pipeline-20240101T000000'
 ASSET = 'html/stage3/thumbs/spectrum.png'
@@ -41,84 +35,6 @@ def make_weblog_delivery(root, *, weblog_name=WEBLOG_NAME):
     os.symlink(str(work / 'secret.txt'), str(html / 'escape.txt'))
     os.symlink(str(work), str(html / 'escape_dir'))
     return root
-
-
-class Server(object):
-    """The script serving a weblog in a subprocess, and what it printed."""
-
-    def __init__(self, delivery, *args, env=None):
-        environment = dict(os.environ)
-        for name in ('DISPLAY', 'WAYLAND_DISPLAY', 'SSH_CONNECTION', 'SSH_CLIENT', 'SSH_TTY'):
-            environment.pop(name, None)
-        environment.update(env or {})
-        self.process = subprocess.Popen(
-            [sys.executable, str(SCRIPT), '--delivery', str(delivery)] + [str(a) for a in args],
-            cwd=str(delivery), env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            universal_newlines=True)
-        self.lines = []
-        self._printed = queue.Queue()
-        reader = threading.Thread(target=self._read_stdout, daemon=True)
-        reader.start()
-        self.url = self._wait_for_url()
-        self.port = int(self.url.split(':')[2].split('/')[0])
-
-    def _read_stdout(self):
-        for line in self.process.stdout:
-            self._printed.put(line.rstrip('\n'))
-        self._printed.put(None)
-
-    def _wait_for_url(self):
-        """Read what the script prints until it starts serving; the address it printed."""
-        url = None
-        while True:
-            try:
-                line = self._printed.get(timeout=60)
-            except queue.Empty:
-                line = None
-            if line is None:
-                self.kill()
-                pytest.fail('the server never printed its address:\n%s\n%s'
-                            % ('\n'.join(self.lines), self.process.stderr.read()))
-            self.lines.append(line)
-            if line.strip().startswith('open http://127.0.0.1:'):
-                url = line.split()[1]
-            if line.strip().startswith('Ctrl-C stops the server') and url:
-                return url
-
-    @property
-    def base(self):
-        return 'http://127.0.0.1:%d' % self.port
-
-    def stop(self):
-        """Ctrl-C; returns (exit status, everything it printed, stderr)."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-        self.process.wait(timeout=30)
-        err = self.process.stderr.read()
-        while True:
-            line = self._printed.get(timeout=10)
-            if line is None:
-                break
-            self.lines.append(line)
-        return self.process.returncode, '\n'.join(self.lines), err
-
-    def kill(self):
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-
-@pytest.fixture
-def serve():
-    servers = []
-
-    def start(delivery, *args, env=None):
-        server = Server(delivery, *args, env=env)
-        servers.append(server)
-        return server
-    yield start
-    for server in servers:
-        server.kill()
 
 
 def raw_get(port, path):

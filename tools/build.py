@@ -390,7 +390,7 @@ def check_package():
         module = read_module(name)
         for dependency in module.imports:
             check_import(name, dependency)
-    for output, entry in OUTPUTS.items():
+    for entry in OUTPUTS.values():
         modules_of(entry)
 
 

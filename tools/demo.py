@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / 'tools'))
+sys.path.insert(0, str(REPO / 'tests' / 'support'))
 
 from simulate_delivery import cached_delivery, copy_delivery  # noqa: E402
 

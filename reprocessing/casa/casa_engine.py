@@ -31,6 +31,10 @@ class CasaModules(object):
         self.casatools, self.version, self.kind = casatools, version, kind
         self._casatasks, self._import_casatasks, self._casalog = casatasks, import_casatasks, casalog
 
+    def import_casatasks(self):
+        """Import casatasks now (it is otherwise imported when first used), and return it."""
+        return self.casatasks
+
     @property
     def casatasks(self):
         if self._casatasks is None:

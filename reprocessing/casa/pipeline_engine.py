@@ -60,7 +60,7 @@ def load_pipeline_tasks(names=PIPELINE_TASKS, *, work_dir=None):
             Path(work_dir).mkdir(parents=True, exist_ok=True)
             os.chdir(str(work_dir))
         # the pipeline imports casatasks: through load_casa's CASA first, so that it logs where the run does
-        load_casa().casatasks
+        load_casa().import_casatasks()
         import pipeline
         tasks = {}
         for name in names:

@@ -234,7 +234,7 @@ def run_eb_worker(arguments):
     logfile = Path(arguments[0]) if arguments else None
     try:
         casa = load_casa(logfile=logfile)  # while the parent checks cont.dat
-        casa.casatasks  # now, not when the first task comes (load_casa leaves it to its first use)
+        casa.import_casatasks()  # now, not when the first task comes (load_casa leaves it to its first use)
     except ReprocessingError:
         casa = None  # each task then answers with the reason
     try:

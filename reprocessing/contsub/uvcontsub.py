@@ -53,7 +53,7 @@ def mstransform_fit_of(fitspec, *, ms_name, casa_version):
     that needs more is refused before anything runs.
     """
     chans, orders = collections.OrderedDict(), set()
-    for field_ids, spws in fitspec.items():
+    for spws in fitspec.values():
         for spw, entry in spws.items():
             if chans.setdefault(spw, entry['chan']) != entry['chan']:
                 raise ReprocessingError(

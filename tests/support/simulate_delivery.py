@@ -3,7 +3,7 @@
 
 Usage (CLI)::
 
-    python tools/simulate_delivery.py OUTDIR [--n-ebs 2] [--layout working] [--with-line-ms] ...
+    python tests/support/simulate_delivery.py OUTDIR [--n-ebs 2] [--layout working] [--with-line-ms] ...
 
 Usage (Python)::
 
@@ -66,7 +66,11 @@ injected model.  Model details worth knowing:
   execution blocks that left a target out (``eb_fields``).
 * Noise: complex Gaussian, sigma = noise_jy on each of the real and imaginary parts
   of every channel and correlation; WEIGHT = 1/sigma**2, SIGMA = sigma, FLAG false.
-* cont.dat: the pipeline format (v2 default, v1, v3); ranges lie inside every EB's
+* Eras (``alma_cycle``): the cycle's dates and project code, and its spw names, with the
+  GroupingID first from Cycle 12 (``X100001#X900000004#ALMA_RB_06#BB_1#SW-01#FULL_RES``).
+  Lines of known LSRK velocity, width and integrated flux (``lines``), with the SOURCE table's
+  REST_FREQUENCY and TRANSITION per spw; truth.json's ``lines`` lists every line (also the default one).
+* cont.dat: the pipeline format (v2 default, v1, v3 with window names and ``Flags:`` lines); ranges lie inside every EB's
   LSRK coverage (one channel in from the edges) and keep 1.5 line FWHM clear on each
   side of each line (3 FWHM in all), narrowed (down to 1.0 FWHM) only when needed to
   keep >= 40 % of the band; the clearance used is in the truth.  The default line
@@ -99,7 +103,7 @@ __all__ = ['simulate_delivery', 'cached_delivery', 'copy_delivery', 'hexagonal_m
 SIMULATOR_VERSION = 1
 LAYOUTS = ('calibrated_final', 'working', 'cycle8', 'cycle8_working')
 
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # tests/support/..
 _C_MS = 299792458.0
 _C_KMS = _C_MS / 1000.0
 _FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
@@ -116,6 +120,17 @@ _FIRST_DATE = (2023, 4, 10)        # Cycle 9
 _SPECTRAL_SPEC = 'X1189462395'     # science spectral spec; calibration set-ups use others
 _CAL_SPECS = ('X1189461850', 'X1189462101')
 _PROJECT = '2022.1.01234.S'
+# alma_cycle=N: Cycle N observes from October of 2013 + N to September; its projects are (2013 + N).1.xxxxx.
+# From Cycle 12 every ALMA spw name starts with the GroupingID before the SpectralSpec (PIPE-2697), as in
+# the pipeline's example "X100001#X900000004#ALMA_RB_06#BB_1#SW-01#FULL_RES"; these ids are that example's.
+_CYCLES = range(4, 14)             # 4..13: spw names carry a SpectralSpec since Cycle 3
+_GROUPING_FROM_CYCLE = 12
+_GROUPING_ID = 'X100001'
+_GROUPING_SPECTRAL_SPEC = 'X900000004'
+_GROUPING_CAL_SPECS = ('X900000001', 'X900000002')
+# Gaussian line: integral = peak * FWHM * sqrt(pi / (4 ln 2))
+_GAUSS_AREA = math.sqrt(math.pi / (4.0 * math.log(2.0)))
+_LINE_KEYS = ('spw', 'velocity_kms', 'fwhm_kms', 'flux_jykms', 'rest_ghz', 'transition')
 _SB_UID = 'uid://A001/X3570/X10f'
 _ANTENNA_CFG = 'alma.cycle10.1.cfg'
 _ANTENNA_NAMES = (['DA%02d' % i for i in range(41, 66)] + ['DV%02d' % i for i in range(1, 26)])
@@ -349,7 +364,44 @@ def _validate(kw):
     mosaic = kw.get('mosaic_offsets_arcsec')
     if mosaic is not None and (len(mosaic) < 2 or any(len(p) != 2 for p in mosaic)):
         raise ValueError('mosaic_offsets_arcsec must list 2 or more (east, north) pointing offsets, arcsec')
+    _validate_era(kw, spw_ids)
     return spw_ids
+
+
+def _validate_era(kw, spw_ids):
+    """alma_cycle, lines and contdat_flags."""
+    cycle = kw.get('alma_cycle')
+    if cycle is not None:
+        if cycle not in _CYCLES:
+            raise ValueError('alma_cycle must be %d..%d' % (_CYCLES[0], _CYCLES[-1]))
+        if kw['layout'].startswith('cycle8') != (cycle <= 8):
+            raise ValueError('alma_cycle %d: the %s layout is Cycle %s' % (
+                cycle, kw['layout'], '8 or earlier' if kw['layout'].startswith('cycle8') else '9 or later'))
+        if kw.get('selfcal_phase_rms_deg') and cycle < 11:
+            raise ValueError('selfcal_phase_rms_deg: self-calibrated deliveries are Cycle 11+, not %d' % cycle)
+    for spec in kw.get('lines') or []:
+        if (set(spec) - set(_LINE_KEYS) or not set(_LINE_KEYS[:4]) <= set(spec)
+                or spec['spw'] not in spw_ids or spec['fwhm_kms'] <= 0 or spec['flux_jykms'] == 0):
+            raise ValueError('lines: each is a dict of spw (one of spw_ids), velocity_kms, fwhm_kms (> 0), '
+                             'flux_jykms (not 0) and optionally rest_ghz and transition, not %r' % (spec,))
+    if kw.get('lines') and (kw['line_restfreq_ghz'] is not None or kw['line_fwhm_kms'] is not None
+                            or kw.get('ephemeris_radvel_kms') is not None):
+        raise ValueError('lines: not with line_restfreq_ghz, line_fwhm_kms or an ephemeris target (each line '
+                         'says its own)')
+    flags = kw.get('contdat_flags')
+    if flags:
+        if kw['contdat_version'] != 3:
+            raise ValueError('contdat_flags: the pipeline writes Flags: lines in cont.dat v3 only')
+        names = [_FIELDS[i][0] for i in range(kw['n_fields'])]
+        if kw.get('ephemeris_radvel_kms') is not None:
+            names[0] = _EPHEMERIS_NAME
+        for name, per_spw in flags.items():
+            index = names.index(name) if name in names else None
+            spws = kw['field_spw_ids'][index] if index is not None and kw.get('field_spw_ids') else spw_ids
+            if (index is None or not set(per_spw) <= set(spws)
+                    or any(not set(f) <= {'LOWBANDWIDTH', 'LOWSPREAD', 'ALLCONT'} for f in per_spw.values())):
+                raise ValueError('contdat_flags: {field name (one of %s): {spw id: [LOWBANDWIDTH, LOWSPREAD, '
+                                 'ALLCONT]}}, not %r' % (', '.join(names), flags))
 
 
 def _make_uids(rng, n_ebs, first_date):
@@ -372,12 +424,25 @@ def _science_chan_width(nchan):
     return min(_CHAN_WIDTH_HZ, _WIDE_FDM_BANDWIDTH_HZ / nchan)
 
 
-def _spw_table(spw_ids, nchan, spw_nchan=None):
+def _cycle_era(alma_cycle):
+    """(first observing date, project code, science spectral spec, calibration specs, spw name prefix)."""
+    if alma_cycle is None:
+        return datetime.datetime(*_FIRST_DATE), _PROJECT, _SPECTRAL_SPEC, _CAL_SPECS, ''
+    year = 2013 + alma_cycle        # Cycle 9 observes from October 2022 to September 2023, its projects 2022.1.*
+    first = datetime.datetime(year, 11, 10)     # in its second month (Cycle 13's has passed: casadata knows it)
+    project = '%d.1.01234.S' % year
+    if alma_cycle >= _GROUPING_FROM_CYCLE:
+        return first, project, _GROUPING_SPECTRAL_SPEC, _GROUPING_CAL_SPECS, _GROUPING_ID + '#'
+    return first, project, _SPECTRAL_SPEC, _CAL_SPECS, ''
+
+
+def _spw_table(spw_ids, nchan, spw_nchan=None, alma_cycle=None):
     """All SPECTRAL_WINDOW rows 0..max(spw_ids): dicts for the simulator and the fix-ups.
 
     ``nchan`` channels of 976.5625 kHz in every science spw, or ``spw_nchan`` (one count per
-    science spw) with the widths of _science_chan_width.
+    science spw) with the widths of _science_chan_width.  Names as in ``alma_cycle`` (_cycle_era).
     """
+    _date, _project, science_spec, cal_specs, prefix = _cycle_era(alma_cycle)
     rows = []
     science = {}
     for k, sid in enumerate(spw_ids):
@@ -391,7 +456,8 @@ def _spw_table(spw_ids, nchan, spw_nchan=None):
                 -1.0 if sideband == 'LSB' else 1.0)
             rows.append(dict(id=sid, science=True, index=k, nchan=n_k, width=width, centre=centre,
                              sideband=sideband, bb=k % 4 + 1,
-                             name='%s#ALMA_RB_06#BB_%d#SW-%02d#FULL_RES' % (_SPECTRAL_SPEC, k % 4 + 1, k // 4 + 1)))
+                             name='%s%s#ALMA_RB_06#BB_%d#SW-%02d#FULL_RES' % (prefix, science_spec, k % 4 + 1,
+                                                                               k // 4 + 1)))
         elif sid == 0:
             rows.append(dict(id=0, science=False, nchan=4, width=1.5e9, centre=183.31e9 - 2.25e9,
                              sideband='USB', bb=0, name='WVR#NOMINAL'))
@@ -399,13 +465,14 @@ def _spw_table(spw_ids, nchan, spw_nchan=None):
             k, centre, sideband = science[sid - 1]
             rows.append(dict(id=sid, science=False, nchan=1, width=1.875e9, centre=centre, sideband=sideband,
                              bb=k % 4 + 1,
-                             name='%s#ALMA_RB_06#BB_%d#SW-%02d#CH_AVG' % (_SPECTRAL_SPEC, k % 4 + 1, k // 4 + 1)))
+                             name='%s%s#ALMA_RB_06#BB_%d#SW-%02d#CH_AVG' % (prefix, science_spec, k % 4 + 1,
+                                                                             k // 4 + 1)))
         else:
             # Calibration set-ups (pointing, ATM, ...): pairs FULL_RES / CH_AVG over 4 basebands.
             j = (sid - 1) % 8
             bb = j // 2 + 1
             centre, sideband = _SPW_PLAN[(bb - 1) % 4]
-            spec = _CAL_SPECS[((sid - 1) // 8) % len(_CAL_SPECS)]
+            spec = prefix + cal_specs[((sid - 1) // 8) % len(cal_specs)]
             if j % 2 == 0:
                 rows.append(dict(id=sid, science=False, nchan=128, width=15.625e6, centre=centre * 1e9,
                                  sideband=sideband, bb=bb,
@@ -533,7 +600,7 @@ def _fix_metadata(casa, path, plan, eb):
         tb.putcell('OBS_MODE', 0, 'OBSERVE_TARGET#ON_SOURCE')
     with _opened(tb, path + '/OBSERVATION', nomodify=False):
         tb.putcell('OBSERVER', 0, 'jdoe')
-        tb.putcell('PROJECT', 0, _PROJECT)
+        tb.putcell('PROJECT', 0, plan['project'])
         tb.putcell('SCHEDULE_TYPE', 0, 'ALMA')
         tb.putcell('SCHEDULE', 0, np.array(['SchedulingBlock %s' % _SB_UID,
                                             'ExecBlock %s' % eb['uid'].replace('uid___', 'uid://').replace('_', '/')]))
@@ -568,11 +635,13 @@ def _fix_metadata(casa, path, plan, eb):
                 for c, v in src.items():
                     tb.putcell(c, row, v)
                 tb.putcell('SPECTRAL_WINDOW_ID', row, r['id'])
-                lines = plan['lines'].get(r['id'], [])
-                rest = lines[0] if lines else r['centre']
-                tb.putcell('REST_FREQUENCY', row, np.array([rest]))
-                tb.putcell('SYSVEL', row, np.array([0.0]))
-                tb.putcell('TRANSITION', row, np.array(['simulated_line' if lines else 'none']))
+                lines = plan['line_params'].get(r['id'], [])
+                # one entry per line of the spw, as ALMA fills them from the spectral set-up
+                rests = [line['rest'] for line in lines] or [r['centre']]
+                tb.putcell('NUM_LINES', row, len(rests))
+                tb.putcell('REST_FREQUENCY', row, np.array(rests))
+                tb.putcell('SYSVEL', row, np.array([0.0] * len(rests)))
+                tb.putcell('TRANSITION', row, np.array([line['transition'] for line in lines] or ['none']))
                 row += 1
     # Main table: one scan number per (field, visit) for all spws, ALMA-like gaps.
     with _opened(tb, path, nomodify=False):
@@ -723,9 +792,10 @@ def _model(frames, plan, tb, spw_id, startrow=0, nrow=-1):
     f_lsrk = ratio[None, :] * f_topo[:, None]                         # (nchan, nrow)
     amp_c = plan['continuum_jy'] * (f_lsrk / plan['continuum_reffreq']) ** plan['spectral_index']
     amp_l = np.zeros_like(f_lsrk)
-    for nu_l in plan['lines'].get(spw_id, []):
-        sig = plan['line_fwhm_kms'] / _C_KMS * nu_l * _FWHM_TO_SIGMA
-        amp_l += plan['line_peak_jy'] * np.exp(-0.5 * ((f_lsrk - nu_l) / sig) ** 2)
+    for line in plan['line_params'].get(spw_id, []):
+        # Gaussian in radio velocity about the rest frequency: dv = c df / rest
+        sig = line['fwhm_kms'] / _C_KMS * line['rest'] * _FWHM_TO_SIGMA
+        amp_l += line['peak'] * np.exp(-0.5 * ((f_lsrk - line['nu']) / sig) ** 2)
     attenuation = _primary_beam(plan, fids, f_topo)                  # (nchan, nrow), 1 without a mosaic
     amp_c = amp_c * attenuation
     amp_l = amp_l * attenuation
@@ -738,6 +808,31 @@ def _model(frames, plan, tb, spw_id, startrow=0, nrow=-1):
     return cont, line
 
 
+
+
+def _placed_lines(specs, sci, frames, starts, t_mid_off, field):
+    """{spw id: [line, ...]} for the ``lines`` asked for.  A line sits at rest * (1 - v / c) in LSRK (v: the
+    radio velocity), is a Gaussian in radio velocity of FWHM fwhm_kms, and its peak makes its integral over
+    velocity flux_jykms; it must lie, with a FWHM on each side, inside every EB's LSRK coverage."""
+    by_id = dict((r['id'], r) for r in sci)
+    ratios = [frames.ratio(s + t_mid_off, field['ra'], field['dec']) for s in starts]
+    placed = {}
+    for spec in specs:
+        r = by_id[spec['spw']]
+        rest = spec['rest_ghz'] * 1e9 if spec.get('rest_ghz') is not None else r['centre']
+        nu = rest * (1.0 - spec['velocity_kms'] / _C_KMS)
+        half = spec['fwhm_kms'] / _C_KMS * rest
+        lo, hi = r['chan_freq'].min(), r['chan_freq'].max()
+        if not all(lo * q <= nu - half and nu + half <= hi * q for q in ratios):
+            raise ValueError('the line at %g km/s (rest %.6f GHz, FWHM %g km/s) does not lie inside spw %d (%.4f to '
+                             '%.4f GHz LSRK) with a FWHM on each side'
+                             % (spec['velocity_kms'], rest / 1e9, spec['fwhm_kms'], r['id'], lo * min(ratios) / 1e9,
+                                hi * max(ratios) / 1e9))
+        placed.setdefault(r['id'], []).append(dict(
+            nu=nu, rest=rest, fwhm_kms=spec['fwhm_kms'], velocity_kms=spec['velocity_kms'],
+            flux_jykms=spec['flux_jykms'], peak=spec['flux_jykms'] / (spec['fwhm_kms'] * _GAUSS_AREA),
+            transition=spec.get('transition') or 'simulated_line'))
+    return placed
 
 
 def _mosaic_pointings(fields, offsets):
@@ -968,12 +1063,12 @@ def _cont_ranges(plan, ebs):
             lsrk_lo = max(r * topo_lo for r in ratios) + dw
             lsrk_hi = min(r * topo_hi for r in ratios) - dw
             topo_in_lo, topo_in_hi = topo_lo + dw, topo_hi - dw
-            lines = plan['lines'].get(spw['id'], [])
+            lines = plan['line_params'].get(spw['id'], [])
             band = spw['nchan'] * dw
             chosen = None
             for clear in np.arange(1.5, 0.999, -0.05):
-                holes = [(nu - clear * plan['line_fwhm_kms'] / _C_KMS * nu,
-                          nu + clear * plan['line_fwhm_kms'] / _C_KMS * nu) for nu in lines]
+                holes = [(line['nu'] - clear * line['fwhm_kms'] / _C_KMS * line['rest'],
+                          line['nu'] + clear * line['fwhm_kms'] / _C_KMS * line['rest']) for line in lines]
                 lsrk = _subtract([(lsrk_lo, lsrk_hi)], holes)
                 topo_holes = [(a / r, b / r) for a, b in holes for r in ratios]
                 topo = _subtract([(topo_in_lo, topo_in_hi)], topo_holes)
@@ -1009,6 +1104,9 @@ def _fitspw(plan, eb, ranges):
 
 
 def _write_contdat(path, plan, ranges, version):
+    """cont.dat as the pipeline writes it (contfilehandler): per field "Field: NAME" and a blank line, per
+    window its header (v3: "SpectralWindow: 25 NAME", then "Flags: ..." if any), its ranges, a blank line;
+    a window without ranges says NONE in v1/v2 and nothing in v3."""
     lines = []
     for fld in _unique_by_name(plan['fields']):
         lines.append(fld['name'] if version == 1 else 'Field: %s' % fld['name'])
@@ -1023,12 +1121,15 @@ def _write_contdat(path, plan, ranges, version):
                 if version == 3:
                     head += ' %s' % spw['name']
                 lines.append(head)
+                flags = plan['contdat_flags'].get(fld['name'], {}).get(spw['id'])
+                if flags:
+                    lines.append('Flags: %s' % ' '.join(flags))
                 frame = 'SOURCE' if 'ephemeris_radvel_kms' in fld else 'LSRK'
                 items = ['%.10f~%.10fGHz %s' % (a / 1e9, b / 1e9, frame) for a, b in rr['lsrk']]
-            lines.extend(items or ['NONE'])
+            lines.extend(items or ([] if version == 3 else ['NONE']))
             lines.append('')
     with open(path, 'w') as fh:
-        fh.write('\n'.join(lines))
+        fh.write('\n'.join(lines) + '\n')
 
 
 # --------------------------------------------------------------------------- clutter
@@ -1058,11 +1159,12 @@ def simulate_delivery(outdir, *, n_ebs=2, n_fields=1, spw_ids=(25, 27), nchan=64
                       casa_logfile=None, mosaic_offsets_arcsec=None, array='12m', full_polarization=False,
                       continuum_pol_fraction=None, spw_nchan=None, field_spw_ids=None,
                       integrations_per_scan=_INTEGRATIONS_PER_SCAN, selfcal_phase_rms_deg=0.0,
-                      ephemeris_radvel_kms=None, eb_fields=None):
+                      ephemeris_radvel_kms=None, eb_fields=None, alma_cycle=None, lines=None,
+                      contdat_flags=None):
     """Write a simulated ALMA delivery into ``outdir`` (new or empty); return the truth dict.
 
     See the module docstring for the layouts and the model.  ``pipeline_ready`` adds the
-    metadata the ALMA pipeline needs (tools/pipeline_ready.py).  ``casa_logfile`` (default: a file in the system temp
+    metadata the ALMA pipeline needs (tests/support/pipeline_ready.py).  ``casa_logfile`` (default: a file in the system temp
     directory) only takes effect if CASA was not imported yet in this process.
     ``mosaic_offsets_arcsec`` [(east, north), ...]: field 0 becomes a mosaic of these pointings
     (FIELD rows of the same name, offsets from the field's position); each pointing sees the
@@ -1095,6 +1197,17 @@ def simulate_delivery(outdir, *, n_ebs=2, n_fields=1, spw_ids=(25, 27), nchan=64
     ``*_targets_line.ms`` with ``with_line_ms``) holds DATA = the visibilities times per-antenna,
     per-integration phase errors of that rms (the regular calibration) and CORRECTED_DATA = the
     uncorrupted visibilities (the self-calibrated data), as hif_selfcal leaves them.
+    ``alma_cycle`` (4..13; default: the Cycle 9 date and names of old): the cycle's dates (its November) and
+    project code, and its spw names: ``X<spectral spec>#ALMA_RB_06#BB_1#SW-01#FULL_RES`` before Cycle 12,
+    ``X100001#X900000004#ALMA_RB_06#BB_1#SW-01#FULL_RES`` (GroupingID first, PIPE-2697) from Cycle 12.
+    ``lines`` [{spw, velocity_kms, fwhm_kms, flux_jykms, rest_ghz, transition}, ...] instead of the default
+    line: Gaussian lines of known LSRK radio velocity, FWHM (km/s) and integrated flux (Jy km/s) about their
+    rest frequency (default: the spw's centre), the SOURCE table's REST_FREQUENCY and TRANSITION filled per
+    spw with one entry per line, as ALMA fills them (``transition`` as ALMA writes it, e.g.
+    ``CO_v_0_2_1(ID=0)``: the line's name with "_" for what is not a letter or digit, then its
+    Splatalogue id; default ``simulated_line``); truth.json's ``lines`` records each one.
+    ``contdat_flags`` {field name: {spw id: [flags]}} (cont.dat v3): the ``Flags:`` line the pipeline
+    writes under that field's window (LOWBANDWIDTH, LOWSPREAD, ALLCONT).
     """
     kw = dict(n_ebs=int(n_ebs), n_fields=int(n_fields), spw_ids=[int(s) for s in spw_ids],
               nchan=int(nchan), n_antennas=int(n_antennas), layout=layout,
@@ -1125,6 +1238,14 @@ def simulate_delivery(outdir, *, n_ebs=2, n_fields=1, spw_ids=(25, 27), nchan=64
         kw['ephemeris_radvel_kms'] = float(ephemeris_radvel_kms)
     if eb_fields is not None:
         kw['eb_fields'] = [[int(i) for i in ids] for ids in eb_fields]
+    if alma_cycle is not None:
+        kw['alma_cycle'] = int(alma_cycle)
+    if lines:
+        kw['lines'] = [dict((k, (int(v) if k == 'spw' else str(v) if k == 'transition' else
+                                 None if v is None else float(v))) for k, v in spec.items()) for spec in lines]
+    if contdat_flags:
+        kw['contdat_flags'] = dict((str(name), dict((int(s), [str(f) for f in flags]) for s, flags in per.items()))
+                                   for name, per in contdat_flags.items())
     spw_ids = _validate(kw)
     t_begin = time.time()
     outdir = os.path.abspath(str(outdir))
@@ -1191,17 +1312,19 @@ def _simulate(casa, outdir, scratch, kw, spw_ids):
         fields[0]['name'] = _EPHEMERIS_NAME
         fields[0]['ephemeris_radvel_kms'] = kw['ephemeris_radvel_kms']
 
-    spw_rows = _spw_table(spw_ids, kw['nchan'], kw.get('spw_nchan'))
+    spw_rows = _spw_table(spw_ids, kw['nchan'], kw.get('spw_nchan'), kw.get('alma_cycle'))
     sci = [r for r in spw_rows if r['science']]
-    first_date = datetime.datetime(*_FIRST_DATE)
+    first_date, project = _cycle_era(kw.get('alma_cycle'))[:2]
     uids = _make_uids(rng, kw['n_ebs'], first_date)
-    starts = _schedule(frames, fields, kw['n_ebs'], sci, _FIRST_DATE)
+    starts = _schedule(frames, fields, kw['n_ebs'], sci, first_date.timetuple()[:3])
     scans = _scan_plan(len(fields), kw.get('integrations_per_scan', _INTEGRATIONS_PER_SCAN))  # one per FIELD row: a mosaic's pointings each get their scans
     t_mid_off = (scans[0][1] + scans[-1][2]) / 2.0 / 86400.0
 
     # ---- lines (LSRK, Hz)
     lines = {}
-    if kw['line_peak_jy'] != 0.0:
+    if kw.get('lines'):
+        pass   # the lines asked for, placed below (_placed_lines)
+    elif kw['line_peak_jy'] != 0.0:
         if kw['line_restfreq_ghz'] is None:
             # TDM windows of a spectral set-up are its continuum windows: lines go in the others
             line_spws = [r for r in sci if abs(r['width']) < _TDM_CHAN_WIDTH_HZ] or sci
@@ -1230,9 +1353,18 @@ def _simulate(casa, outdir, scratch, kw, spw_ids):
         # the narrowest band decides (TDM windows are wide in km/s: 10 km/s there)
         lowest = min(r['centre'] for r in sci)
         fwhm = round(min([10.0] + [r['nchan'] / 8.0 * abs(r['width']) / lowest * _C_KMS for r in sci]), 3)
+    # every line: LSRK (or SOURCE) frequency, rest frequency, peak, FWHM (km/s), SOURCE table's transition
+    if kw.get('lines'):
+        line_params = _placed_lines(kw['lines'], sci, frames, starts, t_mid_off, fields[0])
+    else:   # one line per spw at its rest frequency (velocity 0), as before
+        line_params = dict((sid, [dict(nu=nu, rest=nu, peak=kw['line_peak_jy'], fwhm_kms=fwhm, velocity_kms=0.0,
+                                       transition='simulated_line')
+                                  for nu in nus]) for sid, nus in lines.items())
+    lines = dict((sid, [line['nu'] for line in params]) for sid, params in line_params.items())
 
     plan = dict(antennas=antennas, fields=fields, spw_rows=spw_rows, sci_spws=sci,
-                spw_by_id=dict((r['id'], r) for r in spw_rows), scans=scans, lines=lines,
+                spw_by_id=dict((r['id'], r) for r in spw_rows), scans=scans, lines=lines, line_params=line_params,
+                project=project, contdat_flags=kw.get('contdat_flags', {}),
                 noise_jy=kw['noise_jy'], continuum_jy=kw['continuum_jy'],
                 spectral_index=kw['spectral_index'],
                 continuum_reffreq=float(np.mean([r['centre'] for r in sci])),
@@ -1332,7 +1464,8 @@ def _simulate(casa, outdir, scratch, kw, spw_ids):
 def _truth(kw, plan, ebs, ranges, outdir, contdat, ms_dir, frames):
     truth = dict(simulator_version=SIMULATOR_VERSION, params=kw, layout=kw['layout'],
                  ms_dir=os.path.relpath(ms_dir, outdir), contdat=os.path.relpath(contdat, outdir),
-                 contdat_version=kw['contdat_version'], telescope='ALMA', project=_PROJECT,
+                 contdat_version=kw['contdat_version'], telescope='ALMA', project=plan['project'],
+                 alma_cycle=kw.get('alma_cycle'), contdat_flags=plan['contdat_flags'],
                  continuum_jy=kw['continuum_jy'], spectral_index=kw['spectral_index'],
                  continuum_reffreq_ghz=plan['continuum_reffreq'] / 1e9,
                  line_peak_jy=kw['line_peak_jy'], line_fwhm_kms=plan['line_fwhm_kms'],
@@ -1356,6 +1489,13 @@ def _truth(kw, plan, ebs, ranges, outdir, contdat, ms_dir, frames):
                                  frame='SOURCE', source_over_topo=[eb['mid_ratio'][_EPHEMERIS_NAME] for eb in ebs])
                             if 'ephemeris_radvel_kms' in plan['fields'][0] else None))
     truth['line_lsrk_freq_ghz'] = dict((str(s), [nu / 1e9 for nu in v]) for s, v in plan['lines'].items())
+    # every line: where (LSRK, or SOURCE for an ephemeris target), what (rest frequency, transition) and how much
+    truth['lines'] = [dict(spw=sid, rest_freq_ghz=line['rest'] / 1e9, transition=line['transition'],
+                           velocity_kms=line['velocity_kms'], fwhm_kms=line['fwhm_kms'], peak_jy=line['peak'],
+                           flux_jykms=line.get('flux_jykms', line['peak'] * line['fwhm_kms'] * _GAUSS_AREA),
+                           freq_ghz=line['nu'] / 1e9, velocity_convention='radio',
+                           frame='SOURCE' if 'ephemeris_radvel_kms' in plan['fields'][0] else 'LSRK')
+                      for sid in sorted(plan['line_params']) for line in plan['line_params'][sid]]
     truth['fields'] = [dict(name=f['name'], field_id=f['field_id'],
                             direction=dict(ra_deg=math.degrees(f['ra']), dec_deg=math.degrees(f['dec']),
                                            ra=_hms(f['ra']), dec=_dms(f['dec']), frame='J2000'),
@@ -1383,8 +1523,9 @@ def _truth(kw, plan, ebs, ranges, outdir, contdat, ms_dir, frames):
         (fname, dict((str(sid), dict(lsrk_ghz=[[a / 1e9, b / 1e9] for a, b in rr['lsrk']],
                                      topo_ghz=[[a / 1e9, b / 1e9] for a, b in rr['topo']],
                                      clear_fwhm_each_side=rr['clear_fwhm'],
-                                     line_jy_at_range_edge=(kw['line_peak_jy'] * 2.0 ** (-4.0 * rr['clear_fwhm'] ** 2)
-                                                            if plan['lines'].get(sid) else 0.0),
+                                     line_jy_at_range_edge=(max(line['peak'] for line in plan['line_params'][sid])
+                                                            * 2.0 ** (-4.0 * rr['clear_fwhm'] ** 2)
+                                                            if plan['line_params'].get(sid) else 0.0),
                                      band_fraction=round(rr['coverage'], 3)))
                      for sid, rr in per.items()))
         for fname, per in ranges.items())
@@ -1452,8 +1593,11 @@ def _cache_key(kwargs):
     norm = {}
     for k, v in sorted(kwargs.items()):
         norm[k] = list(v) if isinstance(v, (tuple, list)) else v
-    with open(os.path.abspath(__file__), 'rb') as fh:
-        source = hashlib.sha1(fh.read()).hexdigest()
+    digest = hashlib.sha1()
+    for name in ('simulate_delivery.py', 'pipeline_ready.py'):   # what makes a delivery: this file and its helper
+        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), name), 'rb') as fh:
+            digest.update(fh.read())
+    source = digest.hexdigest()
     blob = json.dumps(dict(version=SIMULATOR_VERSION, source=source, kwargs=norm), sort_keys=True, default=str)
     return hashlib.sha1(blob.encode('utf-8')).hexdigest()[:16]
 
@@ -1473,9 +1617,9 @@ def _clean_stale(cache_root, age_s=6 * 3600):
 def cached_delivery(cache_root, **kwargs):
     """Path of a finished delivery made with ``kwargs``, simulating it on first use.
 
-    The folder name hashes the kwargs and this file's source; the delivery is written
-    under a temporary name and renamed when complete, so concurrent or killed runs never
-    leave a half delivery under the final name.  Treat the result as read-only: copy it
+    The folder name hashes the kwargs and the source of this file and of pipeline_ready.py; the
+    delivery is written under a temporary name and renamed when complete, so concurrent or killed
+    runs never leave a half delivery under the final name.  Treat the result as read-only: copy it
     (``copy_delivery``) before modifying anything.
     """
     cache_root = os.path.abspath(str(cache_root))
@@ -1533,9 +1677,29 @@ def _parse_args(argv):
     p.add_argument('--selfcal-phase-rms-deg', type=float, default=0.0,
                    help='Cycle 11+ self-calibrated era: DATA with per-antenna phase errors of this rms, '
                         'CORRECTED_DATA without (default 0: off)')
-    p.add_argument('--pipeline-ready', action='store_true', help='add the metadata the ALMA pipeline needs (tools/pipeline_ready.py)')
+    p.add_argument('--alma-cycle', type=int, default=None,
+                   help='the ALMA cycle (4..13): its dates, project code and spw names (GroupingID first from 12)')
+    p.add_argument('--line', action='append', default=[], metavar='SPW:VELOCITY:FWHM:FLUX[:REST_GHZ[:TRANSITION]]',
+                   help='a line of this LSRK radio velocity (km/s), FWHM (km/s) and integrated flux (Jy km/s) '
+                        'instead of the default line; repeat for more')
+    p.add_argument('--contdat-flags', action='append', default=[], metavar='FIELD:SPW:FLAG[,FLAG]',
+                   help='a Flags: line of cont.dat v3 (LOWBANDWIDTH, LOWSPREAD, ALLCONT); repeat for more')
+    p.add_argument('--pipeline-ready', action='store_true', help='add the metadata the ALMA pipeline needs (tests/support/pipeline_ready.py)')
     p.add_argument('--overwrite', action='store_true', help='delete OUTDIR first if it exists')
     return p.parse_args(argv)
+
+
+def _line_argument(text):
+    parts = text.split(':', 5)
+    if not 4 <= len(parts) <= 6:
+        raise ValueError(text)
+    line = dict(spw=int(parts[0]), velocity_kms=float(parts[1]), fwhm_kms=float(parts[2]),
+                flux_jykms=float(parts[3]))
+    if len(parts) > 4 and parts[4]:
+        line['rest_ghz'] = float(parts[4])
+    if len(parts) > 5:
+        line['transition'] = parts[5]
+    return line
 
 
 def main(argv=None):
@@ -1548,6 +1712,16 @@ def main(argv=None):
     except ValueError:
         print('simulate_delivery: --spw-ids must be comma-separated integers', file=sys.stderr)
         return 2
+    try:
+        lines = [_line_argument(text) for text in args.line]
+        flags = {}
+        for text in args.contdat_flags:
+            field, spw, names = text.rsplit(':', 2)
+            flags.setdefault(field, {})[int(spw)] = names.split(',')
+    except ValueError:
+        print('simulate_delivery: --line is SPW:VELOCITY:FWHM:FLUX[:REST_GHZ[:TRANSITION]], --contdat-flags '
+              'FIELD:SPW:FLAG[,FLAG]', file=sys.stderr)
+        return 2
     if args.overwrite and os.path.exists(args.outdir):
         shutil.rmtree(args.outdir)
     try:
@@ -1559,7 +1733,8 @@ def main(argv=None):
             offset_arcsec=tuple(args.offset_arcsec), line_peak_jy=args.line_peak_jy,
             line_fwhm_kms=args.line_fwhm_kms, line_restfreq_ghz=args.line_restfreq_ghz,
             noise_jy=args.noise_jy, seed=args.seed, pipeline_ready=args.pipeline_ready,
-            selfcal_phase_rms_deg=args.selfcal_phase_rms_deg)
+            selfcal_phase_rms_deg=args.selfcal_phase_rms_deg, alma_cycle=args.alma_cycle, lines=lines or None,
+            contdat_flags=flags or None)
     except ValueError as exc:
         print('simulate_delivery: %s' % exc, file=sys.stderr)
         return 2
