@@ -250,6 +250,31 @@ def draw_spectra(spectra, out_dir):
     return pictures
 
 
+def import_drawing_in_background(casa, *, fits_here):
+    """Import what draw_spectra uses (matplotlib, 0.4 s) in a thread started now, while CASA fits.
+
+    The fits run in C++ with the GIL released (a Python thread kept 70% of its speed during a
+    uvcontsub), so on a second core the import costs no time; drawn after the fits it was half of
+    the drawing that --contsub_fast --jobs 1 waits for.  fits_here: the fits run in this process
+    (one job): casatasks is imported first, as the first fit would a moment later, so that two
+    threads never import at once.  A failure is left to draw_spectra, which imports again and says why.
+    """
+    import importlib
+    import threading
+    if fits_here:
+        casa.casatasks  # noqa: B018 -- imported here, before the thread starts
+
+    def load():
+        try:
+            importlib.import_module('matplotlib.figure')
+            importlib.import_module('matplotlib.backends.backend_agg')
+        except Exception:  # no matplotlib, or a broken one: draw_spectra warns
+            pass
+    thread = threading.Thread(target=load)
+    thread.daemon = True
+    thread.start()
+
+
 def drawn_in_background(spectra, out_dir):
     """draw_spectra in a thread started now; returns a function that waits for it and gives the PNGs.
 
