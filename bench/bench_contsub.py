@@ -16,13 +16,18 @@ antennas, 4 spws; cached in .cache/bench so later runs skip the simulation):
 4. with the ALMA pipeline importable: ``--contsub``, and the ratio (1) / (4), target <= 0.25.
 
 The runs alternate (bare, fast, fast --jobs 1, ...) so that a busy machine slows them alike; the
-load average is printed with the results.  Not a test: it prints numbers.
+load average is printed with the results, and beside the wall times the CPU time (user + system,
+worker processes included) of each command: on a shared machine the CPU ratio of the serial run
+moves less than the wall ratio.  Not a test: it prints numbers.
+
+Target (issue 24): --contsub_fast --jobs 1 <= 1.1 x the bare calls, at every size.
 
 Usage: python bench/bench_contsub.py [--nchan 960] [--repeats 1] [--keep]
 """
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -46,13 +51,18 @@ for arguments in json.load(open(sys.argv[2])):
 '''
 
 
-def timed(command, cwd):
+def timed(command, cwd, cpu=None):
+    """(wall seconds, result); cpu (a list) gets the command's CPU seconds, its worker processes included."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.time()
     result = subprocess.run(command, cwd=str(cwd), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             universal_newlines=True)
     elapsed = time.time() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode != 0:
         sys.exit('benchmark command failed: %s\n%s\n%s' % (' '.join(command), result.stdout, result.stderr))
+    if cpu is not None:
+        cpu.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
     return elapsed, result
 
 
@@ -107,16 +117,17 @@ def main(argv=None):
     calls_file = workdir / 'calls.json'
     calls_file.write_text(json.dumps(bare_calls(delivery, bare_dir)))
     times = {'bare': [], 'fast': [], 'fast1': [], 'pipeline': []}
+    cpu = {'bare': [], 'fast': [], 'fast1': []}
     try:
         for repeat in range(args.repeats):
             for path in bare_dir.glob('*_line.ms'):
                 shutil.rmtree(str(path))
             elapsed, _ = timed([sys.executable, '-c', BARE, str(REPO), str(calls_file), str(bare_dir / 'casa.log')],
-                               workdir)
+                               workdir, cpu['bare'])
             times['bare'].append(elapsed)
             for key, extra in (('fast', []), ('fast1', ['--jobs', '1'])):
                 remove_line_mses(delivery)
-                elapsed, result = timed([sys.executable, str(SCRIPT), '--contsub_fast'] + extra, delivery)
+                elapsed, result = timed([sys.executable, str(SCRIPT), '--contsub_fast'] + extra, delivery, cpu[key])
                 times[key].append(elapsed)
                 if key == 'fast' and repeat == 0:
                     processes = [l for l in result.stdout.splitlines() if 'subtracting the continuum of' in l]
@@ -130,10 +141,13 @@ def main(argv=None):
                     with_pipeline = False
                 else:
                     times['pipeline'].append(elapsed)
-            print('repeat %d: bare %.1f s, --contsub_fast %.1f s, --contsub_fast --jobs 1 %.1f s%s (load %.2f)' % (
-                repeat + 1, times['bare'][-1], times['fast'][-1], times['fast1'][-1],
-                ', --contsub %.1f s' % times['pipeline'][-1] if with_pipeline else '', os.getloadavg()[0]),
-                flush=True)
+            print('repeat %d: bare %.1f s, --contsub_fast %.1f s, --contsub_fast --jobs 1 %.1f s (ratio %.3f)%s; '
+                  'CPU bare %.1f s, --jobs 1 %.1f s (ratio %.3f) (load %.2f)' % (
+                      repeat + 1, times['bare'][-1], times['fast'][-1], times['fast1'][-1],
+                      times['fast1'][-1] / times['bare'][-1],
+                      ', --contsub %.1f s' % times['pipeline'][-1] if with_pipeline else '',
+                      cpu['bare'][-1], cpu['fast1'][-1], cpu['fast1'][-1] / cpu['bare'][-1], os.getloadavg()[0]),
+                  flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(str(workdir), ignore_errors=True)
@@ -147,8 +161,11 @@ def main(argv=None):
     print('bare serial uvcontsub (fresh Python, CASA import included): %6.1f s' % median('bare'))
     print('--contsub_fast (whole command, default jobs):               %6.1f s   ratio %.2f (target <= 0.6)'
           % (median('fast'), median('fast') / median('bare')))
-    print('--contsub_fast --jobs 1 (whole command, serial):            %6.1f s   ratio %.2f'
+    print('--contsub_fast --jobs 1 (whole command, serial):            %6.1f s   ratio %.3f (target <= 1.1)'
           % (median('fast1'), median('fast1') / median('bare')))
+    print('CPU seconds (user + system): bare %.1f, --contsub_fast %.1f, --jobs 1 %.1f   serial ratio %.3f' % (
+        statistics.median(cpu['bare']), statistics.median(cpu['fast']), statistics.median(cpu['fast1']),
+        statistics.median(cpu['fast1']) / statistics.median(cpu['bare'])))
     if with_pipeline:
         print('--contsub (pipeline):                                       %6.1f s   fast/pipeline %.2f '
               '(target <= 0.25)' % (median('pipeline'), median('fast') / median('pipeline')))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .casa_engine import opened_table
 from ..core.messages import ReprocessingError
-from .ms_tables import column_names, dd_ids_by_spw, read_ms_layout
+from .ms_tables import column_names, dd_ids_by_spw, ms_metadata, read_ms_layout
 
 
 SELFCAL_COLUMN = 'CORRECTED_DATA'
@@ -39,7 +39,11 @@ selfcal_pairs / regcal_pairs: the (field name, spw id) pairs where that column d
 
 
 def survey_data_columns(casa, ms, *, sample_rows=SURVEY_ROWS):
-    """The ColumnSurvey of one MS: its columns, and a sample of rows comparing CORRECTED_DATA with DATA."""
+    """The ColumnSurvey of one MS: its columns, and a sample of rows comparing CORRECTED_DATA with DATA (read once a run)."""
+    return ms_metadata(ms, ('column survey', sample_rows), lambda: _survey_data_columns(casa, ms, sample_rows))
+
+
+def _survey_data_columns(casa, ms, sample_rows):
     if SELFCAL_COLUMN not in column_names(casa, ms):
         return ColumnSurvey(Path(ms), False, frozenset(), frozenset())
     layout = read_ms_layout(casa, ms)

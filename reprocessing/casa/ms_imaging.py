@@ -6,7 +6,7 @@ from pathlib import Path
 from ..core.messages import ReprocessingError
 from .casa_engine import opened_table, opened_tool
 from .data_columns import has_selfcal_column
-from .ms_tables import read_ms_layout, same_window, virtual_spws
+from .ms_tables import ms_metadata, read_ms_layout, same_window, virtual_spws
 
 
 
@@ -19,7 +19,11 @@ MsForImaging = collections.namedtuple(
 
 
 def read_ms_for_imaging(casa, ms):
-    """Science fields (with their pointings), science spws, dishes and baselines of one MS."""
+    """Science fields (with their pointings), science spws, dishes and baselines of one MS (read once a run)."""
+    return ms_metadata(ms, 'imaging', lambda: _read_ms_for_imaging(casa, ms))
+
+
+def _read_ms_for_imaging(casa, ms):
     import numpy
     layout = read_ms_layout(casa, ms)
     with opened_tool(casa.casatools.msmetadata(), ms) as msmd:

@@ -1,17 +1,81 @@
 """Measurement-set metadata read with the table tool: the one MS reader (MsLayout) and row counts.
 
+Each MS's metadata is read once per run: ms_metadata keeps every answer read from an MS (its
+layout, columns, data descriptions, ...) with the state of the MS's files, and reads it again only
+when the MS changed.
+
 Also the one rule for finding the same spectral window in another execution block (same_window):
 cont.dat blocks, imaging and the spectra all match spws through it; and the one numbering of the
 windows of all execution blocks (virtual_spws), which cont.dat and --spw use.
 """
 
 import collections
+import os
+import time
 from pathlib import Path
 
 from .casa_engine import opened_table
 from ..core.fileops import relative_path
 from ..core.messages import ReprocessingError, one_line
 from ..core.layout import eb_name
+
+
+# -- each MS's metadata, read once per run -----------------------------------------------------------
+#
+# The plan's checks, cont.dat's check, the column survey, the fits' checks, imaging and the report
+# ask the same MSes the same questions.  Each answer is kept here (in this process) with the state
+# of the MS it was read from: size, modification time and inode of every file of its main table and
+# of its subtables.  Any write to the MS (rows, a column, a subtable's cell) changes that state, so
+# a changed MS is read again, never served an old answer.  An answer read from an MS written in the
+# last FRESH_SECONDS is not kept: a second write within the clock's resolution would not show.
+
+_MS_METADATA = {}
+FRESH_SECONDS = 2.0
+
+
+def ms_metadata(ms, question, read):
+    """read()'s answer about ms, read once while ms does not change.
+
+    question: what read() reads (hashable, e.g. 'layout'), the other half of the key; the path is
+    taken as given (an MsLayout keeps the spelling it was read with).
+    """
+    key = (str(ms), question)
+    state = ms_state(ms)
+    kept = _MS_METADATA.get(key)
+    if state is not None and kept is not None and kept[0] == state:
+        return kept[1]
+    answer = read()
+    if state is not None and max(entry[2] for entry in state) < (time.time() - FRESH_SECONDS) * 1e9:
+        _MS_METADATA[key] = (state, answer)
+    return answer
+
+
+def ms_state(ms):
+    """((name, bytes, mtime ns, inode), ...) of the files of an MS's main table and of its subtables;
+    None when ms is not a readable directory (the reader then says what is wrong)."""
+    state = []
+    try:
+        with os.scandir(str(ms)) as entries:
+            for entry in entries:
+                if entry.is_dir():
+                    with os.scandir(entry.path) as files:
+                        state.extend(_file_state(entry.name + '/' + inner.name, inner) for inner in files
+                                     if not inner.name.endswith('.lock') and inner.is_file())
+                elif not entry.name.endswith('.lock'):  # opening a table, even to read, writes its lock
+                    state.append(_file_state(entry.name, entry))
+    except OSError:
+        return None
+    return tuple(sorted(state)) or None
+
+
+def _file_state(name, entry):
+    info = entry.stat()
+    return (name, info.st_size, info.st_mtime_ns, info.st_ino)
+
+
+def forget_ms_metadata():
+    """Forget every answer kept (tests; a long-lived process that knows the MSes were rewritten)."""
+    _MS_METADATA.clear()
 
 
 # -- what the checker and the fit need to know of each measurement set ------------------------------
@@ -48,6 +112,10 @@ class MsLayout(object):
 
 def read_ms_layout(casa, ms):
     """The MsLayout of one MS: its subtables and the FIELD_ID / DATA_DESC_ID columns, read once."""
+    return ms_metadata(ms, 'layout', lambda: _read_ms_layout(casa, ms))
+
+
+def _read_ms_layout(casa, ms):
     import numpy
     missing = 'the measurement set %s is incomplete or not an MS: restore it from the delivery' % Path(ms).name
 
@@ -189,6 +257,11 @@ def virtual_spws(layouts):
 
 def count_rows(casa, ms, *, field_ids='', spw_ids=''):
     """Rows of ms, or of the given fields ('0,1') and spws ('25,27') of it."""
+    return ms_metadata(ms, ('rows', str(field_ids), str(spw_ids)),
+                       lambda: _count_rows(casa, ms, field_ids=field_ids, spw_ids=spw_ids))
+
+
+def _count_rows(casa, ms, *, field_ids, spw_ids):
     if not field_ids and not spw_ids:
         with opened_table(casa, ms) as table:
             return table.nrows()
@@ -209,12 +282,22 @@ def count_selected_rows(casa, ms, where):
 
 
 def spw_name(casa, ms, spw_id):
+    """The name of a spectral window of ms (any row of SPECTRAL_WINDOW, with data or not)."""
+    return ms_metadata(ms, 'spw names', lambda: _spw_names(casa, ms))[int(spw_id)]
+
+
+def _spw_names(casa, ms):
     with opened_table(casa, Path(ms) / 'SPECTRAL_WINDOW') as table:
-        return str(table.getcell('NAME', int(spw_id)))
+        return tuple(str(name) for name in table.getcol('NAME')) if table.nrows() else ()
 
 
 def dd_ids_by_spw(casa, ms):
     """{spw id: [data description ids]} of an MS."""
+    kept = ms_metadata(ms, 'dd ids', lambda: _dd_ids_by_spw(casa, ms))
+    return dict((spw_id, list(dd_ids)) for spw_id, dd_ids in kept.items())  # the caller's own copy
+
+
+def _dd_ids_by_spw(casa, ms):
     with opened_table(casa, Path(ms) / 'DATA_DESCRIPTION') as table:
         spw_of_dd = [int(spw) for spw in table.getcol('SPECTRAL_WINDOW_ID')] if table.nrows() else []
     dd_ids = collections.defaultdict(list)
@@ -225,5 +308,9 @@ def dd_ids_by_spw(casa, ms):
 
 def column_names(casa, ms, *, missing=None):
     """The main table's columns (missing: opened_table's advice when ms cannot be opened)."""
+    return list(ms_metadata(ms, 'columns', lambda: _column_names(casa, ms, missing)))
+
+
+def _column_names(casa, ms, missing):
     with opened_table(casa, ms, missing=missing) as table:
-        return list(table.colnames())
+        return tuple(table.colnames())

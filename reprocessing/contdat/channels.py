@@ -1,6 +1,7 @@
 """Frequency ranges to channels: CASA's advisechansel, per MS, field and spw (cached)."""
 
 from .grammar import HZ_PER_UNIT
+from ..casa.ms_tables import ms_metadata
 
 
 # -- from cont.dat ranges to each MS's channels ------------------------------------------------------
@@ -10,7 +11,8 @@ class ChannelConverter(object):
 
     Called exactly as the pipeline's contfilehandler does (freqstep=100., LSRK; SOURCE with
     ephemtable='TRACKFIELD' for ephemeris targets), so the channels match what hif_uvcontsub
-    would fit; no Doppler arithmetic of our own.
+    would fit; no Doppler arithmetic of our own.  Each answer is kept with the MS's other metadata
+    (ms_metadata): a spw's coverage is asked once for all the ranges of its block.
     """
 
     def __init__(self, casa):
@@ -23,10 +25,7 @@ class ChannelConverter(object):
                          freqframe=cont_range.frame)
         if cont_range.frame == 'SOURCE':
             arguments['ephemtable'] = 'TRACKFIELD'
-        try:
-            result = self.tool.advisechansel(**arguments)
-        finally:
-            self.tool.done()
+        result = self._advise(ms, arguments)
         spws = [int(spw) for spw in result.get('spw', [])]
         if spw_id not in spws:
             return None
@@ -41,11 +40,16 @@ class ChannelConverter(object):
                          freqframe=frame, getfreqrange=True)
         if frame == 'SOURCE':
             arguments['ephemtable'] = 'TRACKFIELD'
-        try:
-            result = self.tool.advisechansel(**arguments)
-        finally:
-            self.tool.done()
+        result = self._advise(ms, arguments)
         return _hz(result['freqstart']), _hz(result['freqend'])
+
+    def _advise(self, ms, arguments):
+        def read():
+            try:
+                return self.tool.advisechansel(**arguments)
+            finally:
+                self.tool.done()
+        return ms_metadata(ms, ('advisechansel',) + tuple(sorted(arguments.items())), read)
 
 
 def _hz(quantity):

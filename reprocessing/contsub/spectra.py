@@ -39,15 +39,16 @@ def spectrum_requests(analysis, ms):
 def measure_spectra_pair(casa, *, before_ms, after_ms, requests, column='DATA'):
     """For each request: LSRK frequency, |<V>| before and after, and the cont.dat ranges on that axis.
 
-    column: the data column both spectra show (CORRECTED_DATA: the self-calibrated data).
+    column: the data column both spectra show (CORRECTED_DATA: the self-calibrated data).  Each MS
+    is read in one pass for all requests (average_spectra).
     """
     measured = []
     converter = ChannelConverter(casa)
-    for request in requests:
-        frequencies = lsrk_channel_frequencies(casa, before_ms, request['field_ids'][0], request['spw_id'])
-        before, fraction = average_spectrum(casa, before_ms, request['field_ids'], request['spw_id'], column=column)
-        after, _ = average_spectrum(casa, after_ms, request['after_field_ids'], request['after_spw_id'],
-                                    column=column)
+    all_frequencies = lsrk_channel_frequencies(casa, before_ms, [(r['field_ids'][0], r['spw_id']) for r in requests])
+    befores = average_spectra(casa, before_ms, [(r['field_ids'], r['spw_id']) for r in requests], column=column)
+    afters = average_spectra(casa, after_ms, [(r['after_field_ids'], r['after_spw_id']) for r in requests],
+                             column=column)
+    for request, frequencies, (before, fraction), (after, _) in zip(requests, all_frequencies, befores, afters):
         shade = []
         for lo_hz, hi_hz, frame in request['ranges']:
             if frame == 'LSRK':
@@ -70,53 +71,88 @@ def measure_spectra_pair(casa, *, before_ms, after_ms, requests, column='DATA'):
     return measured
 
 
-def lsrk_channel_frequencies(casa, ms, field_id, spw_id):
-    """Channel frequencies in LSRK, in channel order, as the ms tool converts them (no maths of ours)."""
+def lsrk_channel_frequencies(casa, ms, pairs):
+    """For each (field id, spw id) of pairs: the channel frequencies in LSRK, in channel order, as the ms tool
+    converts them (no maths of ours); the MS is opened once."""
+    if not pairs:
+        return []
     with opened_tool(casa.casatools.ms(), ms) as tool:
-        values = tool.cvelfreqs(spwids=[int(spw_id)], fieldids=[int(field_id)], mode='channel', outframe='LSRK')
-    return [float(v) for v in values]
+        return [[float(v) for v in tool.cvelfreqs(spwids=[int(spw_id)], fieldids=[int(field_id)], mode='channel',
+                                                   outframe='LSRK')] for field_id, spw_id in pairs]
 
 
 def average_spectrum(casa, ms, field_ids, spw_id, *, budget=SPECTRUM_BUDGET, column='DATA'):
-    """(|<V>| per channel over baselines, time and correlations, fraction of rows used).
+    """(|<V>| per channel over baselines, time and correlations, fraction of rows used) of one field and spw."""
+    return average_spectra(casa, ms, [(field_ids, spw_id)], budget=budget, column=column)[0]
+
+
+def average_spectra(casa, ms, selections, *, budget=SPECTRUM_BUDGET, column='DATA'):
+    """For each (field ids, spw id) of selections: (|<V>| per channel over baselines, time and correlations,
+    fraction of rows used), all read in one pass over the MS.
 
     Flagged visibilities are left out (TaQL's masked arrays); channels with no unflagged data are
-    None.  A large MS is sampled in up to 8 time windows spread over the observation.
+    None.  A large MS is sampled in up to 8 time windows spread over the observation, per selection.
+    One query for all selections, grouped by field and data description, reads the FLAG and data
+    tiles once (a tile may hold the rows of every spw) instead of once per selection.
     """
     import numpy
-    dd_ids = dd_ids_by_spw(casa, ms).get(int(spw_id), [])
-    where = 'FIELD_ID IN [%s] AND DATA_DESC_ID IN [%s]' % (','.join(str(int(f)) for f in field_ids),
-                                                           ','.join(str(dd) for dd in dd_ids) or '-1')
     if '"' in str(ms):
         raise ReprocessingError('the path %s contains a double quote — rename it' % ms)
+    dd_ids_of = dd_ids_by_spw(casa, ms)
+    keys = [(int(f), dd) for field_ids, spw_id in selections for f in field_ids for dd in dd_ids_of.get(int(spw_id), [])]
+    if len(keys) != len(set(keys)):  # selections sharing a field and spw: each its own pass, its own windows
+        return [average_spectra(casa, ms, [selection], budget=budget, column=column)[0] for selection in selections]
+    clauses, wanted = [], []
     with opened_table(casa, ms) as table:
-        selected = table.query(where)
-        try:
-            rows = selected.rownumbers()
-            cell = selected.getcell(column, 0) if len(rows) else None
-        finally:
-            selected.close()
-        if cell is None:
-            return [], 0.0
-        per_row = max(1, cell.size)
-        windows = _time_windows(list(rows), max(1, budget // per_row))
-        if windows:
-            where += ' AND (%s)' % ' OR '.join('(ROWID() >= %d AND ROWID() <= %d)' % w for w in windows)
-        row_numbers = numpy.asarray(rows)
-        used = len(rows) if not windows else sum(
-            int(((row_numbers >= first) & (row_numbers <= last)).sum()) for first, last in windows)
-        # DATA[FLAG] is a masked array: flagged values are left out of the mean.
-        result = table.taql('SELECT GMEANS(' + column + '[FLAG]) AS AVERAGE, GSUMS(IIF(FLAG, 0.0, 1.0)) AS UNFLAGGED '
-                            'FROM "%s" WHERE %s' % (ms, where))
-        try:
-            mean = numpy.asarray(result.getcol('AVERAGE'))[..., 0]
-            count = numpy.asarray(result.getcol('UNFLAGGED'))[..., 0]
-        finally:
-            result.close()
-    total = count.sum(axis=0)
-    combined = (mean * count).sum(axis=0) / numpy.where(total > 0, total, 1)
-    amplitude = [float(abs(value)) if weight > 0 else None for value, weight in zip(combined, total)]
-    return amplitude, float(used) / len(rows)
+        for field_ids, spw_id in selections:
+            dd_ids = dd_ids_of.get(int(spw_id), [])
+            where = 'FIELD_ID IN [%s] AND DATA_DESC_ID IN [%s]' % (','.join(str(int(f)) for f in field_ids),
+                                                                   ','.join(str(dd) for dd in dd_ids) or '-1')
+            selected = table.query(where)
+            try:
+                rows = selected.rownumbers()
+                cell = selected.getcell(column, 0) if len(rows) else None
+            finally:
+                selected.close()
+            if cell is None:
+                wanted.append(None)
+                continue
+            windows = _time_windows(list(rows), max(1, budget // max(1, cell.size)))
+            if windows:
+                where += ' AND (%s)' % ' OR '.join('(ROWID() >= %d AND ROWID() <= %d)' % w for w in windows)
+            row_numbers = numpy.asarray(rows)
+            used = len(rows) if not windows else sum(
+                int(((row_numbers >= first) & (row_numbers <= last)).sum()) for first, last in windows)
+            clauses.append('(%s)' % where)
+            wanted.append(({int(f) for f in field_ids}, set(dd_ids), float(used) / len(rows)))
+        groups = {}  # (field id, data description id) -> (mean per correlation and channel, unflagged count)
+        if clauses:
+            # DATA[FLAG] is a masked array: flagged values are left out of the mean.  TaQL's Int64 results
+            # do not convert (getcol: "Unknown casa DataType"), so getcell reads them.
+            result = table.taql('SELECT FIELD_ID AS FLD, DATA_DESC_ID AS DDID, GMEANS(' + column + '[FLAG]) AS AVERAGE, '
+                                'GSUMS(IIF(FLAG, 0.0, 1.0)) AS UNFLAGGED FROM "%s" WHERE %s GROUPBY FIELD_ID, '
+                                'DATA_DESC_ID' % (ms, ' OR '.join(clauses)))
+            try:
+                for row in range(result.nrows()):
+                    groups[(int(result.getcell('FLD', row)), int(result.getcell('DDID', row)))] = (
+                        numpy.asarray(result.getcell('AVERAGE', row)), numpy.asarray(result.getcell('UNFLAGGED', row)))
+            finally:
+                result.close()
+    spectra = []
+    for selection in wanted:
+        if selection is None:
+            spectra.append(([], 0.0))
+            continue
+        field_ids, dd_ids, fraction = selection
+        parts = [groups[key] for key in sorted(groups) if key[0] in field_ids and key[1] in dd_ids]
+        if not parts:
+            spectra.append(([], fraction))
+            continue
+        total = sum(count.sum(axis=0) for _mean, count in parts)
+        combined = sum((mean * count).sum(axis=0) for mean, count in parts) / numpy.where(total > 0, total, 1)
+        spectra.append(([float(abs(value)) if weight > 0 else None for value, weight in zip(combined, total)],
+                        fraction))
+    return spectra
 
 
 def _time_windows(rows, limit, pieces=8):
@@ -212,6 +248,31 @@ def draw_spectra(spectra, out_dir):
             figure.savefig(str(temporary), dpi=90, format='png')
         pictures.append(out_dir / name)
     return pictures
+
+
+def import_drawing_in_background(casa, *, fits_here):
+    """Import what draw_spectra uses (matplotlib, 0.4 s) in a thread started now, while CASA fits.
+
+    The fits run in C++ with the GIL released (a Python thread kept 70% of its speed during a
+    uvcontsub), so on a second core the import costs no time; drawn after the fits it was half of
+    the drawing that --contsub_fast --jobs 1 waits for.  fits_here: the fits run in this process
+    (one job): casatasks is imported first, as the first fit would a moment later, so that two
+    threads never import at once.  A failure is left to draw_spectra, which imports again and says why.
+    """
+    import importlib
+    import threading
+    if fits_here:
+        casa.casatasks  # noqa: B018 -- imported here, before the thread starts
+
+    def load():
+        try:
+            importlib.import_module('matplotlib.figure')
+            importlib.import_module('matplotlib.backends.backend_agg')
+        except Exception:  # no matplotlib, or a broken one: draw_spectra warns
+            pass
+    thread = threading.Thread(target=load)
+    thread.daemon = True
+    thread.start()
 
 
 def drawn_in_background(spectra, out_dir):
