@@ -7,10 +7,10 @@ import os
 import sys
 import time
 
-from ..core.layout import SCRIPT_NAME
-from ..core.messages import EXIT_FAILED, Interrupted, ReprocessingError, one_line, say
-from ..core.script import package_parent, running_as_package, script_path
 from .casa_engine import configure_modular_casa, is_monolithic_casa
+from ..core.script import package_parent, running_as_package, script_path
+from ..core.layout import SCRIPT_NAME
+from ..core.messages import EXIT_FAILED, ReprocessingError, one_line, say
 
 
 MpiInfo = collections.namedtuple('MpiInfo', 'size rank is_client')
@@ -112,29 +112,22 @@ def casa_mpi_job():
     _MPI_JOB['client'] = client
     try:
         yield
-    except BaseException as error:
+    except BaseException:
         _MPI_JOB['client'] = None
-        signalled = isinstance(error, (Interrupted, KeyboardInterrupt))
-        _stop_mpi_servers(client, interrupt=True, seconds=MPI_STOP_SECONDS_AFTER_SIGNAL if signalled
-                          else MPI_STOP_SECONDS)
+        _stop_mpi_servers(client, interrupt=True)
         raise
     _MPI_JOB['client'] = None
     _stop_mpi_servers(client, interrupt=False)
 
 
 MPI_STOP_SECONDS = 60
-# After a signal mpirun has passed it to every rank: the servers are stopping already, and a scheduler's
-# time limit gives SIGKILL soon after its SIGTERM (Slurm's KillWait, 30 s by default).  Measured under
-# Slurm with mpirun -n 2: waiting MPI_STOP_SECONDS for the servers, rank 0 was killed before its ERROR
-# line was printed.
-MPI_STOP_SECONDS_AFTER_SIGNAL = 5
 
 
-def _stop_mpi_servers(client, *, interrupt, seconds=MPI_STOP_SECONDS):
+def _stop_mpi_servers(client, *, interrupt):
     """Stop the servers and finalise MPI on every rank, so that mpirun exits with rank 0's status.
 
     After an error or a signal the servers may be busy, or gone (mpirun passes SIGTERM to every
-    rank): they are told to drop what they do, and rank 0 waits at most `seconds`; if they
+    rank): they are told to drop what they do, and rank 0 waits at most MPI_STOP_SECONDS; if they
     have not answered by then, rank 0 exits anyway and mpirun ends the remaining ranks.
     """
     import atexit
@@ -146,7 +139,7 @@ def _stop_mpi_servers(client, *, interrupt, seconds=MPI_STOP_SECONDS):
     stopper = threading.Thread(target=client.stop_services, kwargs={'force_command_request_interruption': True})
     stopper.daemon = True
     stopper.start()
-    stopper.join(seconds)
+    stopper.join(MPI_STOP_SECONDS)
 
 
 def _join_casampi(size, rank):
