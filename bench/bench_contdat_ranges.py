@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Benchmark: reading and checking a cont.dat with many ranges in one window (issue 26: 4,000 ranges took
+68 s for --check on a 10 MB delivery).
+
+On one simulated delivery (2 execution blocks, 12 antennas, spws 25 and 27 of 1920 channels; cached in
+.cache/bench) cont.dat is written with N ranges in spw 25 (N = 250 ... 4000, disjoint, as findcont writes
+them) and ``--check`` is timed, whole command and the cont.dat part (from "checking" to the summary, read
+from a timestamped copy of the output).  Linear means the time per range stays flat as N grows.
+
+Target: time per range constant within 1.5x from 500 to 4000 ranges, and 4000 ranges checked in < 10 s
+on 2 cores.  Not a test: it prints numbers.
+
+Usage: python bench/bench_contdat_ranges.py [--counts 250,500,1000,2000,4000] [--repeats 1]
+"""
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / 'scriptForReprocessing.py'
+sys.path.insert(0, str(REPO / 'tools'))
+sys.path.insert(0, str(REPO))
+
+
+def delivery(cache):
+    from simulate_delivery import cached_delivery
+    return Path(cached_delivery(cache, n_ebs=2, n_antennas=12, nchan=1920, integrations_per_scan=2))
+
+
+def write_contdat(path, field, low, high, count):
+    step = (high - low) / count
+    lines = ['Field: %s' % field, '', 'SpectralWindow: 25']
+    for i in range(count):
+        a = low + i * step
+        lines.append('%.10f~%.10fGHz LSRK' % (a, a + 0.6 * step))
+    lines += ['', 'SpectralWindow: 27', 'NONE', '']
+    path.write_text('\n'.join(lines) + '\n')
+
+
+def span_of_spw25(contdat_text):
+    """(low, high) GHz: from the first to the last range of spw 25 in the simulator's cont.dat."""
+    ends, inside = [], False
+    for line in contdat_text.splitlines():
+        if line.startswith('SpectralWindow:'):
+            inside = line.split()[1] == '25'
+        elif inside and '~' in line:
+            ends += [float(v) for v in line.split()[0].replace('GHz', '').split('~')]
+    if not ends:
+        raise SystemExit('the simulated cont.dat has no range in spw 25')
+    return min(ends), max(ends)
+
+
+def run_check(root):
+    started = time.time()
+    result = subprocess.run([sys.executable, str(SCRIPT), '--check', '--delivery', str(root)], cwd=str(root),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    return time.time() - started, result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--counts', default='250,500,1000,2000,4000')
+    parser.add_argument('--repeats', type=int, default=1)
+    args = parser.parse_args()
+    cache = REPO / '.cache' / 'bench'
+    root = delivery(cache)
+    contdat = root / 'caltables' / 'cont.dat'
+    original = contdat.read_text()
+    field = original.splitlines()[0].split(':', 1)[1].strip()
+    low, high = span_of_spw25(original)
+    print('delivery %s (%.0f MB); spw 25 range %.6f~%.6f GHz split into N ranges'
+          % (root, sum(f.stat().st_size for f in root.rglob('*') if f.is_file()) / 1e6, low, high))
+    print('%6s  %9s  %12s  %s' % ('N', '--check s', 'ms per range', 'exit'))
+    try:
+        for count in [int(c) for c in args.counts.split(',')]:
+            write_contdat(contdat, field, low, high, count)
+            times = []
+            for _ in range(args.repeats):
+                elapsed, result = run_check(root)
+                times.append(elapsed)
+            median = statistics.median(times)
+            print('%6d  %9.2f  %12.2f  %d%s' % (count, median, 1000.0 * median / count, result.returncode,
+                                                '' if result.returncode == 0 else '  ' + result.stderr.strip()[-200:]),
+                  flush=True)
+    finally:
+        contdat.write_text(original)
+    print('load average %.2f %.2f %.2f' % os.getloadavg())
+
+
+if __name__ == '__main__':
+    main()
