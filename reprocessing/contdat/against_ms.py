@@ -5,9 +5,9 @@ from pathlib import Path
 
 from ..casa.ms_tables import read_ms_layout, same_window, same_window_name, virtual_spws
 from ..core.fileops import relative_path
-from ..core.messages import ReprocessingError, one_line, say
+from ..core.messages import one_line, say
 from .channels import ChannelConverter, channel_string, merge_channel_ranges
-from .grammar import CONTDAT_FRAMES, Problem, read_contdat
+from .grammar import CONTDAT_FRAMES, ContDatErrors, Problem, describe_problem, read_contdat
 
 
 # -- the checker -----------------------------------------------------------------------------------
@@ -256,11 +256,6 @@ def _ghz_text(lo_hz, hi_hz):
     return '%.6f~%.6fGHz' % (lo_hz / 1e9, hi_hz / 1e9)
 
 
-def describe_problem(problem):
-    where = '%s:%d' % (problem.path, problem.line) if problem.line else problem.path
-    return '%s: %s: %s' % (where, problem.severity, problem.message)
-
-
 def contdat_preflight(plan, casa):
     """Check cont.dat against the measurement sets before anything is written; stop on errors.
 
@@ -279,15 +274,19 @@ def contdat_preflight(plan, casa):
         plan.contdat_analysis = analysis
     errors = analysis.errors
     if errors:
-        raise ReprocessingError('%s has %d error%s (listed above) — correct %s and run again; nothing was written'
-                                % (analysis.contdat.display, len(errors), '' if len(errors) == 1 else 's',
-                                   'it' if len(errors) == 1 else 'them'))
+        raise ContDatErrors(analysis.contdat.display, errors)
     return analysis
 
 
 def read_delivery_contdat(delivery):
-    """The delivery's caltables/cont.dat, read (pure Python; errors name the line)."""
-    return read_contdat(delivery.contdat, display=relative_path(delivery.contdat, delivery.root))
+    """The delivery's caltables/cont.dat, read (pure Python).  On errors every one is printed as
+    "caltables/cont.dat:LINE: error: ...", then ContDatErrors (one ERROR line counting them) is raised."""
+    try:
+        return read_contdat(delivery.contdat, display=relative_path(delivery.contdat, delivery.root))
+    except ContDatErrors as errors:
+        for line in errors.lines():
+            say('  ' + line)
+        raise
 
 
 def say_fit_table(analysis, *, fitorder=None):
