@@ -100,6 +100,11 @@ class _ProblemCollector(object):
 
 def _check_field(field, layouts, converter, analysis, report):
     present = [layout for layout in layouts if field.name in layout.fields]
+    if not present and any(field.name in layout.fields_without_rows for layout in layouts):
+        # importasdm keeps the calibrators in FIELD; the pipeline reads blocks for fields it images only
+        report.add('note', field.line, 'field "%s" has no data in any measurement set (it is only a row of their '
+                   'FIELD tables, as calibrators are) — its block is not used' % field.name)
+        return
     if not present:
         known = sorted({name for layout in layouts for name in layout.fields})
         report.add('error', field.line, 'field "%s" is in none of the measurement sets (they have %s) — correct '
