@@ -14,9 +14,11 @@ Usage: python bench/bench_contdat_ranges.py [--counts 250,500,1000,2000,4000] [-
 """
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,9 +28,12 @@ sys.path.insert(0, str(REPO / 'tools'))
 sys.path.insert(0, str(REPO))
 
 
-def delivery(cache):
-    from simulate_delivery import cached_delivery
-    return Path(cached_delivery(cache, n_ebs=2, n_antennas=12, nchan=1920, integrations_per_scan=2))
+def delivery(cache, scratch):
+    """A copy (in scratch) of the cached simulated delivery: the cache itself is never written."""
+    from simulate_delivery import cached_delivery, copy_delivery
+    source = Path(cached_delivery(cache, n_ebs=2, n_antennas=12, nchan=1920, integrations_per_scan=2))
+    copy_delivery(source, scratch / 'delivery')
+    return scratch / 'delivery'
 
 
 def write_contdat(path, field, low, high, count):
@@ -67,7 +72,8 @@ def main():
     parser.add_argument('--repeats', type=int, default=1)
     args = parser.parse_args()
     cache = REPO / '.cache' / 'bench'
-    root = delivery(cache)
+    scratch = Path(tempfile.mkdtemp(prefix='bench-contdat-'))
+    root = delivery(cache, scratch)
     contdat = root / 'caltables' / 'cont.dat'
     original = contdat.read_text()
     field = original.splitlines()[0].split(':', 1)[1].strip()
@@ -87,7 +93,7 @@ def main():
                                                 '' if result.returncode == 0 else '  ' + result.stderr.strip()[-200:]),
                   flush=True)
     finally:
-        contdat.write_text(original)
+        shutil.rmtree(str(scratch), ignore_errors=True)
     print('load average %.2f %.2f %.2f' % os.getloadavg())
 
 

@@ -276,9 +276,9 @@ def covering_simulation(text):
                 pipeline_ready=True)
 
 
-def findcont_like(seed, *, nspw=4, nranges=40, equal_ends=0, v3=False):
+def findcont_like(seed, *, nspw=4, nranges=40, equal_ends=0, v3=False, span=1.8):
     """A cont.dat as findcont writes it (full-precision floats, v2 or v3 with Flags): nspw windows
-    of band 6, nranges ranges each, the first `equal_ends` of each window with equal ends."""
+    of band 6, nranges ranges each over span GHz, the first `equal_ends` of each window with equal ends."""
     import random
     rng = random.Random(seed)
     lines = ['Field: G000.00+0.00', '']
@@ -288,7 +288,7 @@ def findcont_like(seed, *, nspw=4, nranges=40, equal_ends=0, v3=False):
         lines.append('SpectralWindow: %d%s' % (spw, name))
         if v3 and k == 1:
             lines.append('Flags: LOWBANDWIDTH')
-        edges = sorted(low + 1.8 * rng.random() for _ in range(2 * nranges))
+        edges = sorted(low + span * rng.random() for _ in range(2 * nranges))
         for i in range(nranges):
             a, b = edges[2 * i], edges[2 * i + 1]
             lines.append('%r~%rGHz LSRK' % (a, a if i < equal_ends else b))
@@ -300,6 +300,8 @@ SHAPES = {
     'many-ranges-v2': findcont_like(1, nranges=60),
     'equal-ends-v2': findcont_like(2, nranges=25, equal_ends=3),
     'named-flags-v3': findcont_like(3, nranges=12, v3=True),
+    # gaps narrower and wider than a channel (976.5625 kHz in the covering MS), side by side
+    'dense-v2': findcont_like(4, nspw=2, nranges=400, equal_ends=5, span=0.5),
 }
 
 
