@@ -7,10 +7,23 @@ On one simulated delivery (2 execution blocks, 12 antennas, spws 25 and 27 of 19
 them) and ``--check`` is timed, whole command and the cont.dat part (from "checking" to the summary, read
 from a timestamped copy of the output).  Linear means the time per range stays flat as N grows.
 
-Target: time per range constant within 1.5x from 500 to 4000 ranges, and 4000 ranges checked in < 10 s
-on 2 cores.  Not a test: it prints numbers.
+Target: 4000 ranges in one window checked in < 10 s on 2 cores.  Ranges further apart than a channel
+each cost one advisechansel call per execution block (~50 ms on an idle machine: it reads the MS's times
+at every call), so a sparse cont.dat stays linear with that constant; denser ranges go in groups.
 
-Usage: python bench/bench_contdat_ranges.py [--counts 250,500,1000,2000,4000] [--repeats 1]
+Measured 2026-12-06 on this machine shared with other sessions (load average 11-17), 40 MB delivery,
+spw 25 of 1920 channels (976.5625 kHz), the ranges 60 % of their step (N = 250: gaps of 3 MHz; N = 1000:
+gaps of 0.75 MHz, narrower than a channel):
+
+    N      main @ 2b51d64 (2 calls per range and EB)    this branch (87bf1e6)
+    250    94.8 s                                       68 s, 37 s (two runs)
+    500    -                                            129 s (load 17)
+    1000   166.4 s                                      7.4 s, 2.8 s
+    4000   not run (about 11 min by the rate above)     6.3 s, 2.5 s
+
+Not a test: it prints numbers.
+
+Usage: python bench/bench_contdat_ranges.py [--counts 250,500,1000,2000,4000] [--repeats 1] [--script PATH]
 """
 import argparse
 import os
@@ -59,9 +72,9 @@ def span_of_spw25(contdat_text):
     return min(ends), max(ends)
 
 
-def run_check(root):
+def run_check(root, script):
     started = time.time()
-    result = subprocess.run([sys.executable, str(SCRIPT), '--check', '--delivery', str(root)], cwd=str(root),
+    result = subprocess.run([sys.executable, str(script), '--check', '--delivery', str(root)], cwd=str(root),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
     return time.time() - started, result
 
@@ -70,6 +83,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--counts', default='250,500,1000,2000,4000')
     parser.add_argument('--repeats', type=int, default=1)
+    parser.add_argument('--script', default=str(SCRIPT), help='the scriptForReprocessing.py to time (default: '
+                        'this checkout\'s; e.g. one built from main, for before/after)')
     args = parser.parse_args()
     cache = REPO / '.cache' / 'bench'
     scratch = Path(tempfile.mkdtemp(prefix='bench-contdat-'))
@@ -86,7 +101,7 @@ def main():
             write_contdat(contdat, field, low, high, count)
             times = []
             for _ in range(args.repeats):
-                elapsed, result = run_check(root)
+                elapsed, result = run_check(root, args.script)
                 times.append(elapsed)
             median = statistics.median(times)
             print('%6d  %9.2f  %12.2f  %d%s' % (count, median, 1000.0 * median / count, result.returncode,
