@@ -15,7 +15,7 @@ Measured 2026-12-06 on this machine shared with other sessions (load average 11-
 spw 25 of 1920 channels (976.5625 kHz), the ranges 60 % of their step (N = 250: gaps of 3 MHz; N = 1000:
 gaps of 0.75 MHz, narrower than a channel):
 
-    N      main @ 2b51d64 (2 calls per range and EB)    this branch (87bf1e6)
+    N      main @ 2b51d64 (2 calls per range and EB)    this branch (grouped calls)
     250    94.8 s                                       68 s, 37 s (two runs)
     500    -                                            129 s (load 17)
     1000   166.4 s                                      7.4 s, 2.8 s
