@@ -1,6 +1,6 @@
 """--combine (issue 29): 12 m + 7 m deliveries of one science goal imaged jointly, and feathered with total power.
 
-The goal is tools/simulate_combine.py's: a 0.4 Jy Gaussian of 8" FWHM (larger than the 12 m sample's largest
+The goal is tests/support/simulate_combine.py's: a 0.4 Jy Gaussian of 8" FWHM (larger than the 12 m sample's largest
 angular scale, 7.2", smaller than the 7 m's, 30.5") at the pointing centre, a 50 mJy point source 15.6" away with a
 line, seen through CASA's 12 m and 7 m primary beams; a TP cube of the true sky at 28.6" resolution.
 """

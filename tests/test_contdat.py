@@ -64,12 +64,23 @@ def parse(text):
     return sfr.parse_contdat(text, path='cont.dat', display='caltables/cont.dat')
 
 
-def error_of(text):
-    with pytest.raises(sfr.ReprocessingError) as raised:
+def errors_of(text):
+    """Every error of text, as reported: ['caltables/cont.dat:LINE: error: what — what to do', ...]."""
+    with pytest.raises(sfr.ContDatErrors) as raised:
         parse(text)
-    message = str(raised.value)
-    assert '\n' not in message and ' — ' in message
-    return message
+    summary = str(raised.value)
+    lines = raised.value.lines()
+    assert '\n' not in summary and summary == 'caltables/cont.dat has %d error%s (listed above) — correct %s and ' \
+        'run again; nothing was written' % (len(lines), '' if len(lines) == 1 else 's',
+                                           'it' if len(lines) == 1 else 'them')
+    assert all('\n' not in line and ' — ' in line for line in lines)
+    return lines
+
+
+def error_of(text):
+    """The one error of text (reading goes on after it without follow-on errors)."""
+    line, = errors_of(text)
+    return line
 
 
 def test_v1_bare_field_names_and_spw_lines_with_ranges_in_topo():
@@ -202,7 +213,7 @@ def test_unknown_flags_are_warned_about_and_ignored():
     ('Field: A\nSpectralWindow: 25\n230.0~230.1ghz LSRK\n', 3, 'unit "ghz"'),
     ('Field: A\nSpectralWindow: 25\n230.0~230.1GHz REST\n', 3, 'REST frame'),
     ('Field: A\nSpectralWindow: 25\n230.0~230.1GHz lsrk\n', 3, 'unknown frame "lsrk"'),
-    ('Field: A\nSpectralWindow: 25\n230.1~230.0GHz LSRK\n', 3, 'empty or reversed — write the lower frequency first'),
+    ('Field: A\nSpectralWindow: 25\n230.1~230.0GHz LSRK\n', 3, 'is reversed — write the lower frequency first'),
     ('Field: A\nSpectralWindow: 25\n2.3e2~2.31e2GHz LSRK\n', 3, 'plain decimals'),
     ('Field: A\nSpectralWindow: 25\n230.0~230.1GHz LSRK; 231GHz LSRK\n', 3, 'cannot read the range "231GHz LSRK"'),
     ('SpectralWindow: 25\n1~2GHz LSRK\n', 1, 'before any field — add a "Field: NAME" line'),
@@ -217,8 +228,32 @@ def test_unknown_flags_are_warned_about_and_ignored():
         'spw-too-many-words', 'empty-field'])
 def test_every_error_names_the_line_and_what_to_do(text, line, fragment):
     message = error_of(text)
-    assert message.startswith('caltables/cont.dat line %d: ' % line)
+    assert message.startswith('caltables/cont.dat:%d: error: ' % line)
     assert fragment in message
+
+
+def test_reading_goes_on_after_an_error_and_reports_every_one_in_file_order():
+    text = ('Field: A\n'
+            'SpectralWindow: 25\n'
+            '230.1~230.0GHz LSRK; 230.2~230.3GHz lsrk\n'  # two errors on one line
+            '# an edit\n'
+            'SpectralWindw: 27\n'
+            'field: B\n'                                   # the block under it reads without follow-on errors
+            'SpectralWindow: 25\n'
+            '231.0~231.1GHz LSRK\n'
+            'SpectralWindow: x\n'
+            '231.0~231.1GHz\n')                            # under a bad spw line: still read, its own error
+    lines = errors_of(text)
+    assert [line.split(': error: ')[0] for line in lines] == ['caltables/cont.dat:%d' % n for n in (3, 3, 4, 5, 6, 9, 10)]
+    assert 'reversed' in lines[0] and 'unknown frame "lsrk"' in lines[1] and 'has no frame' in lines[6]
+
+
+def test_a_range_whose_ends_are_equal_is_read_as_one_frequency():
+    contdat = parse('Field: A\nSpectralWindow: 25\n232.68979128767543~232.68979128767543GHz LSRK\n'
+                    '232.1~232.2GHz LSRK\n')
+    first, second = contdat.fields['A'].spws[25].ranges
+    assert first.lo_hz == first.hi_hz == float("232.68979128767543") * 1e9 and second.lo_hz < second.hi_hz
+    assert not contdat.problems
 
 
 def test_a_typo_in_a_v1_file_becomes_a_field_name_that_the_checker_reports():
@@ -403,8 +438,10 @@ def test_a_cont_dat_syntax_error_stops_even_a_dry_run_without_starting_casa(tmp_
              'print(code, [m for m in sys.modules if m.startswith("casa")])' % (str(SCRIPT.parent), str(tmp_path)))
     done = subprocess.run([sys.executable, '-c', probe], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           universal_newlines=True)
-    assert done.stdout.strip() == '1 []'
-    assert 'ERROR: caltables/cont.dat line 3: "# was 230.0~230.2GHz" starts with "#"' in done.stderr
+    assert done.stdout.strip().splitlines()[-1] == '1 []'
+    assert '  caltables/cont.dat:3: error: "# was 230.0~230.2GHz" starts with "#"' in done.stdout
+    assert done.stderr.strip() == ('ERROR: caltables/cont.dat has 1 error (listed above) — correct it and run again; '
+                                   'nothing was written')
     assert sorted(p.name for p in tmp_path.iterdir()) == ['caltables', 'measurement_sets']
 
 
@@ -444,10 +481,11 @@ def test_lower_case_keywords_are_named_at_their_line(tmp_path, number, line, pro
     lines[number - 1:number - 1 + replaces] = [line]
     path = tmp_path / 'cont.dat'
     path.write_text('\n'.join(lines) + '\n')
-    with pytest.raises(sfr.ReprocessingError) as raised:
+    with pytest.raises(sfr.ContDatErrors) as raised:
         sfr.read_contdat(path, display='caltables/cont.dat')
-    message = str(raised.value)
-    assert message.startswith('caltables/cont.dat line %d: "%s": cont.dat keywords are case-sensitive' % (number, line))
+    message, = raised.value.lines()
+    assert message.startswith('caltables/cont.dat:%d: error: "%s": cont.dat keywords are case-sensitive'
+                              % (number, line))
     assert message.endswith('write "%s"' % proper)
 
 

@@ -112,8 +112,9 @@ def ghz_ranges(truth, field, spw, frame='lsrk_ghz'):
 @pytest.mark.parametrize('mistake, where, message', [
     ('outside', 'caltables/cont.dat:5: error: 230.000000~230.100000GHz LSRK lies outside spw 25',
      'caltables/cont.dat has 1 error (listed above) — correct it and run again; nothing was written'),
-    ('comment', None, 'caltables/cont.dat line 5: "# old: 216.9~217.0GHz LSRK" starts with "#", but cont.dat '
-                      'has no comments (the pipeline would read the line as a field name) — delete the line'),
+    ('comment', 'caltables/cont.dat:5: error: "# old: 216.9~217.0GHz LSRK" starts with "#", but cont.dat has no '
+                'comments (the pipeline would read the line as a field name) — delete the line',
+     'caltables/cont.dat has 1 error (listed above) — correct it and run again; nothing was written'),
 ])
 def test_a_cont_dat_error_stops_the_run_before_anything_is_written(delivery_factory, run_script, mistake, where,
                                                                    message):

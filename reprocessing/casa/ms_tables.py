@@ -90,7 +90,7 @@ SpwInfo.__new__.__defaults__ = (None, None)  # the frequency range: unknown wher
 class MsLayout(object):
     """Fields, science spws and (field, spw) pairs with data of one MS, read once with the table tool."""
 
-    def __init__(self, *, path, start, fields, spws, pairs, rows, ephemeris_fields=()):
+    def __init__(self, *, path, start, fields, spws, pairs, rows, ephemeris_fields=(), fields_without_rows=()):
         self.path = Path(path)
         self.name = self.path.name
         self.eb = eb_name(self.path)
@@ -100,6 +100,8 @@ class MsLayout(object):
         self.pairs = pairs    # {(field id, spw id)} with rows
         self.rows = rows
         self.ephemeris_fields = set(ephemeris_fields)  # names of fields with an ephemeris (EPHEMERIS_ID >= 0)
+        # names in FIELD with no rows (calibrators importasdm keeps in the FIELD table of a target's data)
+        self.fields_without_rows = set(fields_without_rows) - set(fields)
 
     def spw_ids_by_name(self, name):
         """The ids of the windows called name; else of those whose name is another form of it (same_window_name)."""
@@ -153,7 +155,7 @@ def _read_ms_layout(casa, ms):
     start = float(numpy.min(time_range)) if len(time_range) else 0.0
     ephemeris_fields = {str(name) for name, ephemeris in zip(field_names, ephemeris_ids) if ephemeris >= 0}
     return MsLayout(path=ms, start=start, fields=fields, spws=spws, pairs=pairs, rows=rows,
-                    ephemeris_fields=ephemeris_fields)
+                    ephemeris_fields=ephemeris_fields, fields_without_rows={str(name) for name in field_names})
 
 
 def check_measurement_set(casa, ms, *, root=None):

@@ -5,9 +5,9 @@ from pathlib import Path
 
 from ..casa.ms_tables import read_ms_layout, same_window, same_window_name, virtual_spws
 from ..core.fileops import relative_path
-from ..core.messages import ReprocessingError, one_line, say
+from ..core.messages import one_line, say
 from .channels import ChannelConverter, channel_string, merge_channel_ranges
-from .grammar import CONTDAT_FRAMES, Problem, read_contdat
+from .grammar import CONTDAT_FRAMES, ContDatErrors, ContRange, Problem, describe_problem, read_contdat
 
 
 # -- the checker -----------------------------------------------------------------------------------
@@ -100,6 +100,11 @@ class _ProblemCollector(object):
 
 def _check_field(field, layouts, converter, analysis, report):
     present = [layout for layout in layouts if field.name in layout.fields]
+    if not present and any(field.name in layout.fields_without_rows for layout in layouts):
+        # importasdm keeps the calibrators in FIELD; the pipeline reads blocks for fields it images only
+        report.add('note', field.line, 'field "%s" has no data in any measurement set (it is only a row of their '
+                   'FIELD tables, as calibrators are) — its block is not used' % field.name)
+        return
     if not present:
         known = sorted({name for layout in layouts for name in layout.fields})
         report.add('error', field.line, 'field "%s" is in none of the measurement sets (they have %s) — correct '
@@ -180,26 +185,7 @@ def _check_spw_in_ms(field, spw, layout, converter, analysis, report):
             field.name, field_ids, real_id, spw.virtual_id, '', nchan, nchan, fitorder, spw.line,
             spw.selection_word, order_flags, order_line))
         return
-    channel_ranges = []
-    for cont_range in spw.ranges:
-        try:
-            channels = converter.channels(layout.path, field_ids[0], real_id, cont_range)
-            coverage = converter.coverage(layout.path, field_ids[0], real_id, cont_range.frame)
-        except Exception as error:  # CASA raises plain RuntimeErrors
-            report.add('error', cont_range.line, 'cannot convert %s of field "%s" to channels {where} (%s) — '
-                       'check the frame (SOURCE is for ephemeris targets only)'
-                       % (_range_text(cont_range), field.name, one_line(error)), layout.eb)
-            continue
-        covered = 'it covers %s %s' % (_ghz_text(*coverage), cont_range.frame)
-        if channels is None:
-            report.add('error', cont_range.line, '%s lies outside %s of field "%s" {where} — correct the range'
-                       % (_range_text(cont_range), spw.label(), field.name), layout.eb, covered)
-            continue
-        if cont_range.lo_hz < coverage[0] or cont_range.hi_hz > coverage[1]:
-            report.add('warning', cont_range.line, '%s reaches beyond %s of field "%s" {where}; only the channels '
-                       'inside are fitted — trim the range' % (_range_text(cont_range), spw.label(), field.name),
-                       layout.eb, covered)
-        channel_ranges.append(channels)
+    channel_ranges = _channels_of_ranges(field, spw, layout, real_id, converter, report)
     merged = merge_channel_ranges(channel_ranges)
     selected = sum(last - first + 1 for first, last in merged)
     if channel_ranges and selected < fitorder + 1:
@@ -210,6 +196,67 @@ def _check_spw_in_ms(field, spw, layout, converter, analysis, report):
         analysis.selections[str(layout.path)].append(FitSelection(
             field.name, field_ids, real_id, spw.virtual_id, channel_string(merged), selected, nchan, fitorder,
             spw.line, 'ranges', order_flags, order_line))
+
+
+def _channels_of_ranges(field, spw, layout, real_id, converter, report):
+    """[(first, last)] channels of this MS that the block's ranges select, each problem reported at its line.
+
+    Linear in the ranges: the spw's coverage is asked once per frame and decides which ranges lie
+    outside or reach beyond it; the others go to advisechansel in groups, a group being ranges whose
+    gaps are narrower than 0.9 channel.  No channel fits in such a gap, so the channels of the group's
+    span are those of its ranges together; a group's call costs what one range's did (advisechansel
+    reads the MS's times each time: 4,000 ranges took minutes, one call per range).
+    """
+    field_id = layout.fields[field.name][0]
+    info = layout.spws[real_id]
+    width = abs(info.high_hz - info.low_hz) / (info.nchan - 1) if info.nchan > 1 and info.high_hz is not None else 0.0
+    channel_ranges = []
+    for frame in CONTDAT_FRAMES:
+        ranges = sorted((r for r in spw.ranges if r.frame == frame), key=lambda r: (r.lo_hz, r.hi_hz))
+        if not ranges:
+            continue
+        try:
+            coverage = converter.coverage(layout.path, field_id, real_id, frame)
+        except Exception as error:  # CASA raises plain RuntimeErrors
+            for cont_range in ranges:
+                _cannot_convert(cont_range, field, layout, error, report)
+            continue
+        covered = 'it covers %s %s' % (_ghz_text(*coverage), frame)
+        groups = []
+        for cont_range in ranges:
+            if cont_range.hi_hz < coverage[0] or cont_range.lo_hz > coverage[1]:
+                report.add('error', cont_range.line, '%s lies outside %s of field "%s" {where} — correct the range'
+                           % (_range_text(cont_range), spw.label(), field.name), layout.eb, covered)
+                continue
+            if cont_range.lo_hz < coverage[0] or cont_range.hi_hz > coverage[1]:
+                report.add('warning', cont_range.line, '%s reaches beyond %s of field "%s" {where}; only the '
+                           'channels inside are fitted — trim the range' % (_range_text(cont_range), spw.label(),
+                                                                          field.name), layout.eb, covered)
+            if groups and cont_range.lo_hz - groups[-1][1] < 0.9 * width:
+                groups[-1][1] = max(groups[-1][1], cont_range.hi_hz)
+                groups[-1][2].append(cont_range)
+            else:
+                groups.append([cont_range.lo_hz, cont_range.hi_hz, [cont_range]])
+        for low, high, members in groups:
+            first = members[0]
+            try:
+                channels = converter.channels(layout.path, field_id, real_id, ContRange(low, high, frame, first.line))
+            except Exception as error:
+                _cannot_convert(first, field, layout, error, report)
+                continue
+            if channels is None:
+                for cont_range in members:
+                    report.add('error', cont_range.line, '%s lies outside %s of field "%s" {where} — correct the '
+                               'range' % (_range_text(cont_range), spw.label(), field.name), layout.eb, covered)
+                continue
+            channel_ranges.append(channels)
+    return channel_ranges
+
+
+def _cannot_convert(cont_range, field, layout, error, report):
+    report.add('error', cont_range.line, 'cannot convert %s of field "%s" to channels {where} (%s) — check the '
+               'frame (SOURCE is for ephemeris targets only)' % (_range_text(cont_range), field.name,
+                                                                  one_line(error)), layout.eb)
 
 
 def _check_coverage_of_science_data(contdat, layouts, analysis, report):
@@ -256,11 +303,6 @@ def _ghz_text(lo_hz, hi_hz):
     return '%.6f~%.6fGHz' % (lo_hz / 1e9, hi_hz / 1e9)
 
 
-def describe_problem(problem):
-    where = '%s:%d' % (problem.path, problem.line) if problem.line else problem.path
-    return '%s: %s: %s' % (where, problem.severity, problem.message)
-
-
 def contdat_preflight(plan, casa):
     """Check cont.dat against the measurement sets before anything is written; stop on errors.
 
@@ -279,15 +321,19 @@ def contdat_preflight(plan, casa):
         plan.contdat_analysis = analysis
     errors = analysis.errors
     if errors:
-        raise ReprocessingError('%s has %d error%s (listed above) — correct %s and run again; nothing was written'
-                                % (analysis.contdat.display, len(errors), '' if len(errors) == 1 else 's',
-                                   'it' if len(errors) == 1 else 'them'))
+        raise ContDatErrors(analysis.contdat.display, errors)
     return analysis
 
 
 def read_delivery_contdat(delivery):
-    """The delivery's caltables/cont.dat, read (pure Python; errors name the line)."""
-    return read_contdat(delivery.contdat, display=relative_path(delivery.contdat, delivery.root))
+    """The delivery's caltables/cont.dat, read (pure Python).  On errors every one is printed as
+    "caltables/cont.dat:LINE: error: ...", then ContDatErrors (one ERROR line counting them) is raised."""
+    try:
+        return read_contdat(delivery.contdat, display=relative_path(delivery.contdat, delivery.root))
+    except ContDatErrors as errors:
+        for line in errors.lines():
+            say('  ' + line)
+        raise
 
 
 def say_fit_table(analysis, *, fitorder=None):

@@ -17,11 +17,18 @@ class ChannelConverter(object):
 
     def __init__(self, casa):
         self.tool = casa.casatools.synthesisutils()
+        self._coverage = {}
 
     def channels(self, ms, field_id, spw_id, cont_range):
-        """(first, last) channel of the range in this MS/field/spw, or None when it selects nothing."""
+        """(first, last) channel of the range in this MS/field/spw, or None when it selects nothing.
+
+        The ends go to advisechansel as the pipeline's to_ms_frame passes them: written '%.10f' in GHz
+        (get_merged_selection) and read back.  A range whose ends are equal selects the channel holding
+        that frequency (both channels at the edge between two), as there.
+        """
         arguments = dict(msname=str(ms), fieldid=int(field_id), spwselection=str(spw_id),
-                         freqstart=cont_range.lo_hz, freqend=cont_range.hi_hz, freqstep=100.,
+                         freqstart=_as_the_pipeline_writes(cont_range.lo_hz),
+                         freqend=_as_the_pipeline_writes(cont_range.hi_hz), freqstep=100.,
                          freqframe=cont_range.frame)
         if cont_range.frame == 'SOURCE':
             arguments['ephemtable'] = 'TRACKFIELD'
@@ -35,7 +42,14 @@ class ChannelConverter(object):
         return (first, first + count - 1) if count > 0 else None
 
     def coverage(self, ms, field_id, spw_id, frame):
-        """(low, high) Hz that the spw covers in frame, over the whole observation."""
+        """(low, high) Hz that the spw covers in frame, over the whole observation (asked once per MS,
+        field, spw and frame: advisechansel reads the MS's times at every call, ~50 ms for 20 MB)."""
+        key = (str(ms), int(field_id), int(spw_id), frame)
+        if key not in self._coverage:
+            self._coverage[key] = self._ask_coverage(ms, field_id, spw_id, frame)
+        return self._coverage[key]
+
+    def _ask_coverage(self, ms, field_id, spw_id, frame):
         arguments = dict(msname=str(ms), fieldid=int(field_id), spwselection=str(spw_id),
                          freqframe=frame, getfreqrange=True)
         if frame == 'SOURCE':
@@ -50,6 +64,10 @@ class ChannelConverter(object):
             finally:
                 self.tool.done()
         return ms_metadata(ms, ('advisechansel',) + tuple(sorted(arguments.items())), read)
+
+
+def _as_the_pipeline_writes(hz):
+    return float('%.10f' % (hz / 1e9)) * 1e9
 
 
 def _hz(quantity):

@@ -27,6 +27,26 @@ ContRange = collections.namedtuple('ContRange', 'lo_hz hi_hz frame line')
 Problem = collections.namedtuple('Problem', 'severity path line message')  # severity: error, warning, note
 
 
+def describe_problem(problem):
+    """'caltables/cont.dat:12: error: what — what to do': how every problem of cont.dat is reported."""
+    where = '%s:%d' % (problem.path, problem.line) if problem.line else problem.path
+    return '%s: %s: %s' % (where, problem.severity, problem.message)
+
+
+class ContDatErrors(ReprocessingError):
+    """cont.dat has errors: every one (Problems, in file order) and, as the message, one line that counts them."""
+
+    def __init__(self, display, problems):
+        self.problems = list(problems)
+        count = len(self.problems)
+        ReprocessingError.__init__(self, '%s has %d error%s (listed above) — correct %s and run again; nothing was '
+                                         'written' % (display, count, '' if count == 1 else 's',
+                                                      'it' if count == 1 else 'them'))
+
+    def lines(self):
+        return [describe_problem(problem) for problem in self.problems]
+
+
 class ContDatSpw(object):
     """One spectral-window block: the pipeline's virtual spw id, its name (v3), ranges, flags."""
 
@@ -87,7 +107,8 @@ class ContDat(object):
 
 
 def read_contdat(path, *, display=None):
-    """Read a cont.dat of any version (v1, v2, v3); raise ReprocessingError naming the line on errors."""
+    """Read a cont.dat of any version (v1, v2, v3); raise ContDatErrors listing every error with its line
+    (ReprocessingError when the file cannot be read as text)."""
     path = Path(path)
     display = display or str(path)
     try:
@@ -115,74 +136,108 @@ def contdat_text(data, *, display):
                                 'restore it from the delivery' % (display, error.start, data[error.start]))
 
 
+class _LineError(Exception):
+    """One line's error while reading: (what, what to do); reading goes on with the next line."""
+
+
+def _fail(number, what, todo):
+    raise _LineError(what, todo)
+
+
 def parse_contdat(text, *, path, display):
+    """cont.dat text -> ContDat.  Every line is read whatever errors earlier lines had (a line with an
+    error is left out; a bad "Field:" or "SpectralWindow:" line opens a block that is not kept, so the
+    lines under it are still read without follow-on errors); then ContDatErrors lists them all."""
     import re
     contdat = ContDat(path=path, display=display)
     lines = text.splitlines()
     # A file that uses "Field:" anywhere is v2/v3, where a bare line is a mistake, not a field (v1).
     bare_lines_are_fields = not any(line.strip().startswith('Field:') for line in lines)
-    field = spw = None
-    saw_v1_spw = saw_v3 = False
-
-    def fail(number, what, todo):
-        raise ReprocessingError('%s line %d: %s — %s' % (display, number, what, todo))
-
+    state = {'field': None, 'spw': None}
+    saw = {'v1_spw': False, 'v3': False}
+    errors = []
     for number, raw in enumerate(lines, 1):
         line = raw.strip()
         if not line:
             continue
-        keyword = re.match(r'^(field|spectralwindow|flags)\s*:', line, re.IGNORECASE)
-        if keyword and not line.startswith(('Field:', 'SpectralWindow:', 'Flags:')):
-            proper = {'field': 'Field:', 'spectralwindow': 'SpectralWindow:', 'flags': 'Flags:'}[
-                keyword.group(1).lower()]
-            fail(number, '"%s": cont.dat keywords are case-sensitive, and the pipeline reads this line as a field '
-                         'name' % shorten(line), 'write "%s"' % proper)
-        if any(not (character.isprintable() or character.isspace()) for character in line):
-            fail(number, 'the line holds characters that are not printable (%s)' % shorten(ascii(line)),
-                 'delete them, or restore cont.dat from the delivery')
-        v1_spw = re.match(r'^SPW\s*(\d+)$', line)
-        if line.startswith('#'):
-            fail(number, '"%s" starts with "#", but cont.dat has no comments (the pipeline would read the line '
-                         'as a field name)' % shorten(line), 'delete the line')
-        elif line.startswith('Field:'):
-            field, spw = _start_field(contdat, _dequote(line[len('Field:'):].strip()), number, fail), None
-        elif line.startswith('SpectralWindow:'):
-            words = line.split()
-            if len(words) not in (2, 3) or not words[1].isdigit():
-                fail(number, '"%s" is not "SpectralWindow: ID" nor "SpectralWindow: ID NAME"' % shorten(line),
-                     'write e.g. "SpectralWindow: 25" or "SpectralWindow: 25 X1#ALMA_RB_06#BB_1#SW-01#FULL_RES"')
-            saw_v3 = saw_v3 or len(words) == 3
-            spw = _start_spw(contdat, field, int(words[1]), words[2] if len(words) == 3 else None, number, fail)
-        elif v1_spw:
-            saw_v1_spw = True
-            spw = _start_spw(contdat, field, int(v1_spw.group(1)), None, number, fail)
-            spw.implicit_topo = True
-        elif line.startswith('Flags:'):
-            saw_v3 = True
-            _need_spw(spw, number, 'a Flags: line', fail)
-            spw.flags_line = number
-            for flag in line[len('Flags:'):].split():
-                if flag not in CONTDAT_FLAGS:
-                    contdat.warn(number, 'unknown flag "%s" (the pipeline writes %s) — it is ignored; delete it'
-                                 % (flag, ', '.join(CONTDAT_FLAGS)))
-                elif flag not in spw.flags:
-                    spw.flags.append(flag)
-        elif line in CONTDAT_KEYWORDS:
-            _need_spw(spw, number, line, fail)
-            spw.keywords.append((line, number))
-        elif '~' in line:
-            _need_spw(spw, number, 'a frequency range', fail)
-            for part in line.split(';'):
-                if part.strip():
-                    spw.ranges.append(_parse_range(part.strip(), number, spw.implicit_topo, fail))
-        elif bare_lines_are_fields:
-            field, spw = _start_field(contdat, _dequote(line), number, fail), None
-        else:
-            fail(number, '"%s" is not a cont.dat line' % shorten(line),
-                 'expected "Field: NAME", "SpectralWindow: ID [NAME]", "Flags: ...", NONE, ALL, ALLCONT or '
-                 'ranges like "215.1~215.6GHz LSRK"; correct or delete the line')
-    contdat.version = 1 if saw_v1_spw else 3 if saw_v3 else 2
+        try:
+            _read_line(contdat, line, number, state, saw, bare_lines_are_fields, errors)
+        except _LineError as error:
+            what, todo = error.args
+            errors.append(Problem('error', display, number, '%s — %s' % (what, todo)))
+            opens = line.lower().replace(' ', '')
+            if opens.startswith('field:'):
+                state['field'], state['spw'] = ContDatField(name='', line=number), None  # not kept
+            elif opens.startswith('spectralwindow:') or re.match(r'^SPW\s*\d+$', line):
+                state['spw'] = ContDatSpw(virtual_id=-1, name=None, line=number)  # not kept
+    if errors:
+        raise ContDatErrors(display, errors)
+    contdat.version = 1 if saw['v1_spw'] else 3 if saw['v3'] else 2
     return contdat
+
+
+def _read_line(contdat, line, number, state, saw, bare_lines_are_fields, errors):
+    """Read one stripped, non-empty line into contdat (state: the open field and spw block); _LineError
+    on the line's first error, range errors (one line may hold several ranges) appended to errors."""
+    import re
+    fail = _fail
+    keyword = re.match(r'^(field|spectralwindow|flags)\s*:', line, re.IGNORECASE)
+    if keyword and not line.startswith(('Field:', 'SpectralWindow:', 'Flags:')):
+        proper = {'field': 'Field:', 'spectralwindow': 'SpectralWindow:', 'flags': 'Flags:'}[keyword.group(1).lower()]
+        fail(number, '"%s": cont.dat keywords are case-sensitive, and the pipeline reads this line as a field '
+                     'name' % shorten(line), 'write "%s"' % proper)
+    if any(not (character.isprintable() or character.isspace()) for character in line):
+        fail(number, 'the line holds characters that are not printable (%s)' % shorten(ascii(line)),
+             'delete them, or restore cont.dat from the delivery')
+    v1_spw = re.match(r'^SPW\s*(\d+)$', line)
+    spw = state['spw']
+    if line.startswith('#'):
+        fail(number, '"%s" starts with "#", but cont.dat has no comments (the pipeline would read the line '
+                     'as a field name)' % shorten(line), 'delete the line')
+    elif line.startswith('Field:'):
+        state['spw'] = None
+        state['field'] = _start_field(contdat, _dequote(line[len('Field:'):].strip()), number, fail)
+    elif line.startswith('SpectralWindow:'):
+        words = line.split()
+        if len(words) not in (2, 3) or not words[1].isdigit():
+            fail(number, '"%s" is not "SpectralWindow: ID" nor "SpectralWindow: ID NAME"' % shorten(line),
+                 'write e.g. "SpectralWindow: 25" or "SpectralWindow: 25 X1#ALMA_RB_06#BB_1#SW-01#FULL_RES"')
+        saw['v3'] = saw['v3'] or len(words) == 3
+        state['spw'] = _start_spw(contdat, state['field'], int(words[1]), words[2] if len(words) == 3 else None,
+                                  number, fail)
+    elif v1_spw:
+        saw['v1_spw'] = True
+        state['spw'] = _start_spw(contdat, state['field'], int(v1_spw.group(1)), None, number, fail)
+        state['spw'].implicit_topo = True
+    elif line.startswith('Flags:'):
+        saw['v3'] = True
+        _need_spw(spw, number, 'a Flags: line', fail)
+        spw.flags_line = number
+        for flag in line[len('Flags:'):].split():
+            if flag not in CONTDAT_FLAGS:
+                contdat.warn(number, 'unknown flag "%s" (the pipeline writes %s) — it is ignored; delete it'
+                             % (flag, ', '.join(CONTDAT_FLAGS)))
+            elif flag not in spw.flags:
+                spw.flags.append(flag)
+    elif line in CONTDAT_KEYWORDS:
+        _need_spw(spw, number, line, fail)
+        spw.keywords.append((line, number))
+    elif '~' in line:
+        _need_spw(spw, number, 'a frequency range', fail)
+        for part in line.split(';'):
+            if part.strip():
+                try:
+                    spw.ranges.append(_parse_range(part.strip(), number, spw.implicit_topo, fail))
+                except _LineError as error:
+                    what, todo = error.args
+                    errors.append(Problem('error', contdat.display, number, '%s — %s' % (what, todo)))
+    elif bare_lines_are_fields:
+        state['spw'] = None
+        state['field'] = _start_field(contdat, _dequote(line), number, fail)
+    else:
+        fail(number, '"%s" is not a cont.dat line' % shorten(line),
+             'expected "Field: NAME", "SpectralWindow: ID [NAME]", "Flags: ...", NONE, ALL, ALLCONT or '
+             'ranges like "215.1~215.6GHz LSRK"; correct or delete the line')
 
 
 def _start_field(contdat, name, number, fail):
@@ -240,8 +295,10 @@ def _parse_range(text, number, implicit_topo, fail):
              'use LSRK, SOURCE or TOPO, in capitals (the pipeline compares them exactly)')
     scale = HZ_PER_UNIT[unit]
     lo_hz, hi_hz = float(low) * scale, float(high) * scale
-    if lo_hz >= hi_hz:
-        fail(number, 'the range "%s" is empty or reversed' % shorten(text), 'write the lower frequency first')
+    # Equal ends are what findcont writes for a one-channel range: like the pipeline (advisechansel), the
+    # range selects the channel holding that frequency (two where it is the edge between two).
+    if lo_hz > hi_hz:
+        fail(number, 'the range "%s" is reversed' % shorten(text), 'write the lower frequency first')
     return ContRange(lo_hz, hi_hz, frame, number)
 
 

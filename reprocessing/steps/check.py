@@ -1,6 +1,7 @@
 """Step --check: cont.dat against the measurement sets, and the channels each execution block would fit."""
 
-from ..contdat.against_ms import contdat_preflight, describe_problem, say_fit_table
+from ..contdat.against_ms import contdat_preflight, say_fit_table
+from ..contdat.grammar import describe_problem
 from ..core.messages import ReprocessingError, say
 
 

@@ -311,8 +311,9 @@ def _validate(kw):
     if kw['contdat_version'] not in (1, 2, 3):
         raise ValueError('contdat_version must be 1, 2 or 3')
     spw_ids = [int(s) for s in kw['spw_ids']]
-    if not spw_ids or len(spw_ids) > len(_SPW_PLAN):
-        raise ValueError('give 1 to %d science spw ids' % len(_SPW_PLAN))
+    most = len(_SPW_PLAN) if kw.get('spw_centres_ghz') is None else 2 * len(_SPW_PLAN)  # 16 with centres given
+    if not spw_ids or len(spw_ids) > most:
+        raise ValueError('give 1 to %d science spw ids' % most)
     if sorted(set(spw_ids)) != spw_ids or spw_ids[0] < 0:
         raise ValueError('spw_ids must be increasing non-negative integers, got %r' % (kw['spw_ids'],))
     if not 1 <= kw['n_fields'] <= len(_FIELDS):
@@ -349,6 +350,14 @@ def _validate(kw):
         raise ValueError('continuum_pol_fraction must be 0..1')
     if kw['n_antennas'] < 2:
         raise ValueError('n_antennas must be >= 2')
+    centres = kw.get('spw_centres_ghz')
+    if centres is not None and (len(centres) != len(spw_ids) or min(centres) <= 0):
+        raise ValueError('spw_centres_ghz must give one positive centre frequency (GHz) per science spw (%d)'
+                         % len(spw_ids))
+    names = kw.get('field_names')
+    if names is not None and (len(names) != kw['n_fields'] or len(set(names)) != len(names)
+                              or not all(name.strip() for name in names)):
+        raise ValueError('field_names must give n_fields (%d) different, non-blank names' % kw['n_fields'])
     if kw['noise_jy'] <= 0:
         raise ValueError('noise_jy must be > 0 (WEIGHT = 1/noise_jy**2)')
     if kw['with_line_ms'] and kw['layout'].startswith('cycle8'):
@@ -436,17 +445,20 @@ def _cycle_era(alma_cycle):
     return first, project, _SPECTRAL_SPEC, _CAL_SPECS, ''
 
 
-def _spw_table(spw_ids, nchan, spw_nchan=None, alma_cycle=None):
+def _spw_table(spw_ids, nchan, spw_nchan=None, alma_cycle=None, centres_ghz=None):
     """All SPECTRAL_WINDOW rows 0..max(spw_ids): dicts for the simulator and the fix-ups.
 
     ``nchan`` channels of 976.5625 kHz in every science spw, or ``spw_nchan`` (one count per
-    science spw) with the widths of _science_chan_width.  Names as in ``alma_cycle`` (_cycle_era).
+    science spw) with the widths of _science_chan_width; centred as _SPW_PLAN, or at ``centres_ghz``.  Names as in
+    ``alma_cycle`` (_cycle_era).
     """
     _date, _project, science_spec, cal_specs, prefix = _cycle_era(alma_cycle)
     rows = []
     science = {}
     for k, sid in enumerate(spw_ids):
-        centre, sideband = _SPW_PLAN[k]
+        centre, sideband = _SPW_PLAN[k % len(_SPW_PLAN)]
+        if centres_ghz is not None:
+            centre = centres_ghz[k]
         science[sid] = (k, centre * 1e9, sideband)
     for sid in range(max(spw_ids) + 1):
         if sid in science:
@@ -1160,7 +1172,7 @@ def simulate_delivery(outdir, *, n_ebs=2, n_fields=1, spw_ids=(25, 27), nchan=64
                       continuum_pol_fraction=None, spw_nchan=None, field_spw_ids=None,
                       integrations_per_scan=_INTEGRATIONS_PER_SCAN, selfcal_phase_rms_deg=0.0,
                       ephemeris_radvel_kms=None, eb_fields=None, alma_cycle=None, lines=None,
-                      contdat_flags=None):
+                      contdat_flags=None, spw_centres_ghz=None, field_names=None):
     """Write a simulated ALMA delivery into ``outdir`` (new or empty); return the truth dict.
 
     See the module docstring for the layouts and the model.  ``pipeline_ready`` adds the
@@ -1238,6 +1250,10 @@ def simulate_delivery(outdir, *, n_ebs=2, n_fields=1, spw_ids=(25, 27), nchan=64
         kw['ephemeris_radvel_kms'] = float(ephemeris_radvel_kms)
     if eb_fields is not None:
         kw['eb_fields'] = [[int(i) for i in ids] for ids in eb_fields]
+    if spw_centres_ghz is not None:
+        kw['spw_centres_ghz'] = [float(f) for f in spw_centres_ghz]
+    if field_names is not None:
+        kw['field_names'] = [str(name) for name in field_names]
     if alma_cycle is not None:
         kw['alma_cycle'] = int(alma_cycle)
     if lines:
@@ -1295,6 +1311,8 @@ def _simulate(casa, outdir, scratch, kw, spw_ids):
     dx, dy = kw['offset_arcsec']
     for i in range(kw['n_fields']):
         name, ra_s, dec_s = _FIELDS[i]
+        if kw.get('field_names'):
+            name = kw['field_names'][i]
         ra = casa.qa.convert(casa.qa.quantity(ra_s), 'rad')['value']
         dec = casa.qa.convert(casa.qa.quantity(dec_s), 'rad')['value']
         sdec = dec + dy * _ARCSEC
@@ -1312,7 +1330,7 @@ def _simulate(casa, outdir, scratch, kw, spw_ids):
         fields[0]['name'] = _EPHEMERIS_NAME
         fields[0]['ephemeris_radvel_kms'] = kw['ephemeris_radvel_kms']
 
-    spw_rows = _spw_table(spw_ids, kw['nchan'], kw.get('spw_nchan'), kw.get('alma_cycle'))
+    spw_rows = _spw_table(spw_ids, kw['nchan'], kw.get('spw_nchan'), kw.get('alma_cycle'), kw.get('spw_centres_ghz'))
     sci = [r for r in spw_rows if r['science']]
     first_date, project = _cycle_era(kw.get('alma_cycle'))[:2]
     uids = _make_uids(rng, kw['n_ebs'], first_date)
