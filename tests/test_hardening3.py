@@ -1,0 +1,100 @@
+"""Hardening, round 3 (issue 26): orphan workers, long paths, no inodes, signals at publishing, images
+put back after a kill, subtable edits under --update, outputs into the user's data, per-EB windows.
+Real CASA on small simulated deliveries; every case ends in success or one ERROR line.
+"""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import scriptForReprocessing as sfr
+from conftest import SCRIPT, user_ms_digests
+
+TWO_EBS = dict(n_ebs=2)  # the delivery of test_contsub_fast and test_signals (shared cache)
+
+
+def start(delivery, *args, env=None, cwd=None):
+    environment = dict(os.environ, **(env or {}))
+    return subprocess.Popen([sys.executable, str(SCRIPT), '--delivery', str(delivery)] + [str(a) for a in args],
+                            cwd=str(cwd or delivery), env=environment, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, universal_newlines=True)
+
+
+def run(delivery, *args, env=None, cwd=None, timeout=600):
+    process = start(delivery, *args, env=env, cwd=cwd)
+    out, err = process.communicate(timeout=timeout)
+    return process.returncode, out, err
+
+
+def one_error(err):
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith('ERROR: '), err
+    return lines[0]
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open('/proc/%d/stat' % pid) as handle:
+        return handle.read().rsplit(')', 1)[-1].split()[0] != 'Z'
+
+
+def paused_workers(delivery, process, count):
+    """The pids of `count` workers paused before their first task (WORKER_PAUSE_ENV)."""
+    logs = delivery / 'working_reprocess' / 'logs'
+    deadline = time.time() + 240
+    while len(list(logs.glob('.worker-paused-*'))) < count:
+        assert process.poll() is None, process.communicate()
+        assert time.time() < deadline, 'the workers never started their tasks'
+        time.sleep(0.2)
+    return [int(path.read_text()) for path in logs.glob('.worker-paused-*')]
+
+
+# --- 2b: every worker process dies with its parent; the next run stops an orphan ----------------------
+
+def test_workers_die_with_their_parent_killed_outright(delivery_factory):
+    delivery = delivery_factory(**TWO_EBS)
+    before = user_ms_digests(delivery)
+    process = start(delivery, '--contsub_fast', '--jobs', '2', env={sfr.WORKER_PAUSE_ENV: '1'})
+    workers = paused_workers(delivery, process, 2)
+    process.kill()  # SIGKILL: no cleanup runs in the parent
+    process.communicate()
+    deadline = time.time() + 5
+    while any(alive(pid) for pid in workers) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(pid) for pid in workers), 'a worker outlived its parent by 5 s'
+    status, out, err = run(delivery, '--check')
+    assert status == 0, err
+    assert 'Recovering from an interrupted run' in out
+    assert user_ms_digests(delivery) == before
+
+
+def test_the_next_run_stops_workers_that_outlived_their_run(delivery_factory):
+    delivery = delivery_factory(**TWO_EBS)
+    process = start(delivery, '--contsub_fast', '--jobs', '2',
+                    env={sfr.WORKER_PAUSE_ENV: '1', sfr.NO_PARENT_WATCH_ENV: '1'})
+    workers = paused_workers(delivery, process, 2)
+    process.kill()
+    process.communicate()
+    time.sleep(1.5)
+    assert all(alive(pid) for pid in workers)  # orphans (their watch disabled), holding the lock
+    stranger = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])  # not the tool's
+    try:
+        lock = delivery / sfr.LOCK_NAME
+        text = lock.read_text()
+        assert 'workers ' in text
+        lock.write_text(text.rstrip('\n') + ' %d\n' % stranger.pid)  # named as a worker, but is not one
+        status, out, err = run(delivery, '--check')
+        assert status == 0, err
+        assert 'Stopped 2 worker processes' in out, out
+        assert not any(alive(pid) for pid in workers)
+        assert stranger.poll() is None  # a process that is not one of its workers is never touched
+    finally:
+        stranger.kill()
+        stranger.wait()
