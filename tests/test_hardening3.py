@@ -98,3 +98,49 @@ def test_the_next_run_stops_workers_that_outlived_their_run(delivery_factory):
     finally:
         stranger.kill()
         stranger.wait()
+
+
+# --- 4: a current directory (or a delivery) too long for CASA -----------------------------------------
+
+def long_directory(base, length):
+    """A directory below base whose path is exactly `length` characters (components of at most 250)."""
+    path = str(base)
+    while len(path) < length:
+        room = length - len(path) - 1
+        path = os.path.join(path, 'd' * min(250, room) if room > 250 or room < 1 else 'e' * room)
+    os.makedirs(path)
+    assert len(path) == length
+    return Path(path)
+
+
+def test_a_delivery_of_1503_characters_is_checked_from_inside_it(delivery_factory, tmp_path):
+    import shutil
+    source = delivery_factory(**TWO_EBS)
+    delivery = long_directory(tmp_path / 'long', 1503)
+    os.rmdir(str(delivery))
+    shutil.move(str(source), str(delivery))
+    before = user_ms_digests(delivery)
+    command = [sys.executable, str(SCRIPT)]
+    checked = subprocess.run(command + ['--check'], cwd=str(delivery), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, universal_newlines=True, timeout=600)
+    assert checked.returncode == 0, (checked.returncode, checked.stderr[-2000:])  # was -6 (SIGABRT), silent
+    made = subprocess.run(command + ['--contsub_fast', '--jobs', '2'], cwd=str(delivery), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, timeout=600)
+    assert made.returncode == 0, made.stderr[-2000:]  # its workers, started in working_reprocess/logs/, too
+    assert len(list((delivery / 'measurement_sets').glob('*_targets_line.ms'))) == 2
+    imaged = subprocess.run(command + ['--image'], cwd=str(delivery), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, universal_newlines=True, timeout=600)
+    assert imaged.returncode == 1
+    assert 'move the delivery to a shorter path' in one_error(imaged.stderr)
+    assert not (delivery / 'images').exists()
+    now = user_ms_digests(delivery)
+    assert all(now[name] == digests for name, digests in before.items())
+
+
+def test_a_delivery_too_long_for_the_files_it_would_hold_is_refused_in_one_line(tmp_path):
+    delivery = long_directory(tmp_path / 'longer', 3953)
+    (delivery / 'measurement_sets').mkdir()
+    (delivery / 'caltables').mkdir()
+    status, out, err = run(delivery, '--contsub_fast', cwd=tmp_path)
+    assert status == 1 and "system's limit" in one_error(err)
+    assert not (delivery / 'working_reprocess').exists()

@@ -35,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..casa.casa_engine import is_monolithic_casa, load_casa, native_output_into
+from ..casa.casa_engine import CASA_CWD_LIMIT, LONGEST_PATH_BELOW_DELIVERY, PATH_LIMIT, casa_safe_directory, is_monolithic_casa, load_casa, native_output_into
 from ..casa.environment import describe_environment
 from ..casa.mpi import casa_mpi_job, mpi_info, mpi_launch, share_logs_with_mpi_servers
 from ..casa.pipeline_engine import pipeline_call_log
@@ -253,6 +253,7 @@ def main(argv=None):
 
     def checked_run(options):
         check_combinations(options)
+        avoid_long_paths(options)
         with casa_mpi_job():  # under mpirun: ranks > 0 serve CASA in here and never come back
             return run(options, args)
     # Under mpirun every rank reads the same command line; rank 0 says a usage error once and exits 2.  A
@@ -260,6 +261,30 @@ def main(argv=None):
     # so the others end quietly and mpirun passes on rank 0's status.
     return run_main(lambda: build_parser().parse_args(args), checked_run, script=SCRIPT_NAME,
                     usage_said_elsewhere=lambda: mpi_launch()[1] != 0)
+
+
+def avoid_long_paths(options):
+    """Before CASA is imported: a path CASA cannot work in is refused in one line, and a current directory
+    too long for it (CASA_CWD_LIMIT) is left for a short one, every path of the run being absolute."""
+    here = os.getcwd()
+    root = options.delivery or Path(here).resolve()
+    writes = set(chosen_actions(options)) - {'check', 'weblog', 'cleanup'}
+    if writes and len(str(root)) + LONGEST_PATH_BELOW_DELIVERY > PATH_LIMIT:
+        raise ReprocessingError('the delivery\'s path is %d characters long: the files this tool writes in it '
+                                'would pass the system\'s limit of %d — move the delivery to a shorter path'
+                                % (len(str(root)), PATH_LIMIT))
+    work_dir = root / WORK_DIR_NAME / 'pipeline-image-YYYYMMDDTHHMMSS'
+    if (options.contsub or options.image is not None) and len(str(work_dir)) >= CASA_CWD_LIMIT:
+        raise ReprocessingError('the delivery\'s path is %d characters long: CASA cannot work in a directory '
+                                'of more than %d characters, and %s runs in %s/ — move the delivery to a '
+                                'shorter path (--check, --contsub_fast and --calibrated_final work from it as it is)'
+                                % (len(str(root)), CASA_CWD_LIMIT, '--contsub' if options.contsub else '--image',
+                                   WORK_DIR_NAME))
+    if casa_safe_directory(here) != here:
+        options.delivery = root
+        if options.archive_products is not None:
+            options.archive_products = os.path.abspath(options.archive_products)
+        os.chdir(casa_safe_directory(here))
 
 
 def run(options, args):

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from .casa_engine import load_casa
+from .casa_engine import casa_safe_directory, load_casa
 from .eb_tasks import EB_TASKS, run_registered_task
 from ..core.script import self_command, self_environment
 from ..core.layout import SCRIPT_NAME
@@ -99,7 +99,7 @@ class EbWorkers(object):
             # its log; the terminal gets the worker's progress lines only.
             errors = logfile.with_name(logfile.name[:-len('.log')] + '-stderr.txt')
             process = _start_worker_process(command + [EB_WORKER_FLAG, str(logfile)],
-                                            cwd=str(self.state.logs_dir), env=environment, pass_fds=keep,
+                                            cwd=casa_safe_directory(self.state.logs_dir), env=environment, pass_fds=keep,
                                             stderr_path=errors)
             self.processes.append(process)
             self.logfiles.append(logfile)
