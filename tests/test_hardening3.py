@@ -144,3 +144,67 @@ def test_a_delivery_too_long_for_the_files_it_would_hold_is_refused_in_one_line(
     status, out, err = run(delivery, '--contsub_fast', cwd=tmp_path)
     assert status == 1 and "system's limit" in one_error(err)
     assert not (delivery / 'working_reprocess').exists()
+
+
+# --- 2a: images replaced under --update come back after a kill, as line MSes do -------------------------
+
+MFS = ['--image', 'imgs', '--specmodes', 'mfs', '--imsize', '64', '--engine', 'casa']
+
+
+def tree_state(folder):
+    """{relative path: (inode, size, mtime ns)} of every file below folder."""
+    states = {}
+    for root, _dirs, files in os.walk(str(folder)):
+        for name in files:
+            info = os.stat(os.path.join(root, name))
+            states[os.path.relpath(os.path.join(root, name), str(folder))] = (info.st_ino, info.st_size,
+                                                                               info.st_mtime_ns)
+    return states
+
+
+@pytest.fixture(scope='module')
+def imaged(delivery_cache, tmp_path_factory):
+    """A delivery with mfs images made once (and recorded) in imgs/, kept as a template."""
+    from simulate_delivery import cached_delivery, copy_delivery
+    delivery = tmp_path_factory.mktemp('imaged') / 'calibrated_final'
+    copy_delivery(cached_delivery(delivery_cache, **TWO_EBS), delivery)
+    status, out, err = run(delivery, *MFS)
+    assert status == 0, err
+    return delivery
+
+
+def copy_of(template, tmp_path):
+    import shutil
+    delivery = tmp_path / 'calibrated_final'
+    shutil.copytree(str(template), str(delivery), symlinks=True)
+    return delivery
+
+
+@pytest.mark.parametrize('moment, how', [('images-set-aside', signal.SIGKILL), ('image-published', signal.SIGKILL),
+                                         ('image-published', signal.SIGTERM)])
+def test_images_replaced_by_update_come_back_after_a_kill(imaged, tmp_path, moment, how):
+    delivery = copy_of(imaged, tmp_path)
+    images = delivery / 'imgs'
+    before = tree_state(images)
+    assert any(name.endswith('.provenance.json') for name in before) and len(before) > 20
+    env = {sfr.PAUSE_ENV: moment}
+    process = start(delivery, *(MFS + ['--update', '--robust', '1']), env=env)
+    marker = delivery / ('.paused-at-' + moment)
+    deadline = time.time() + 300
+    while not marker.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.time() < deadline
+        time.sleep(0.1)
+    process.send_signal(how)
+    out, err = process.communicate(timeout=120)
+    marker.unlink()
+    if how == signal.SIGTERM:  # stopped: the run itself puts them back
+        assert process.returncode == 1 and one_error(err).startswith('ERROR: stopped by signal 15')
+    status, out, err = run(delivery, '--check')
+    assert status == 0, err
+    assert tree_state(images) == before, 'the old images were not all put back, untouched'
+    assert not list(images.glob('.*')), 'a temporary was left in imgs/'
+    status, out, err = run(delivery, *(MFS + ['--update', '--robust', '1']))  # and the next --update works
+    assert status == 0, err
+    assert '0 images kept, 2 to make' in out
+    assert not list(images.glob('.*'))

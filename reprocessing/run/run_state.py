@@ -184,6 +184,88 @@ class RunState(object):
         self._journal.pop('publishing', None)
         self._write_journal()
 
+    # -- images replaced under --update: the new set is kept whole, or the old one put back ---------------
+    def begin_image_set(self, images_dir, aside, old_names):
+        """Journal, before the first move, that the images folder's old files old_names go into aside (a
+        .stale-images.partial-PID folder in it, or None when nothing is replaced): until image_set_done,
+        a run that fails or is killed gets them back and loses the new files it had put there."""
+        self._journal['image_set'] = {'dir': str(images_dir), 'aside': str(aside) if aside else None,
+                                      'old': list(old_names), 'new': [], 'records': [], 'complete': False}
+        self._write_journal()
+
+    def image_set_adding(self, path, name):
+        """path (a new file or folder) is about to be moved into the images folder as name: journalled
+        with its inode (a rename keeps it), so that a rollback removes only what this run put there."""
+        entry = self._journal.get('image_set') if self._journal else None
+        if entry is None:
+            return
+        info = os.lstat(str(path))
+        entry['new'].append([name, [info.st_dev, info.st_ino]])
+        self._write_journal()
+
+    def image_set_records(self, names):
+        """The provenance records about to be written into the images folder for the new images."""
+        entry = self._journal.get('image_set') if self._journal else None
+        if entry is not None:
+            entry['records'] = sorted(set(entry['records']) | set(names))
+            self._write_journal()
+
+    def image_set_done(self):
+        """Every new image and its record is in place: the old versions set aside can go."""
+        entry = self._journal.get('image_set') if self._journal else None
+        if entry is None:
+            return
+        entry['complete'] = True
+        self._write_journal()
+        if entry['aside'] and Path(entry['aside']).exists():
+            remove_tree(entry['aside'])
+        self._journal.pop('image_set', None)
+        self._write_journal()
+
+    def _recover_image_set(self, entry):
+        """Roll back (or finish) an image set a run left journalled; says what it did."""
+        images_dir = Path(entry['dir'])
+        aside = Path(entry['aside']) if entry.get('aside') else None
+        if aside is not None and not (aside.parent == images_dir and is_partial_name(aside.name)):
+            aside = None  # not a folder this tool makes: never touched
+        if entry.get('complete'):
+            if aside is not None and aside.exists():
+                remove_tree(aside)
+            return
+        removed = []
+        for name, inode in entry.get('new', []):
+            path = images_dir / name
+            try:
+                info = os.lstat(str(path))
+            except OSError:
+                continue
+            if [info.st_dev, info.st_ino] == inode:
+                remove_tree(path)
+                removed.append(name)
+        for name in entry.get('records', []):
+            path = images_dir / name
+            if path.is_file() and not path.is_symlink():
+                remove_file(path)
+        restored, left = [], []
+        if aside is not None and aside.is_dir():
+            for name in entry.get('old', []):
+                old, path = aside / name, images_dir / name
+                if not (old.exists() or old.is_symlink()):
+                    continue
+                if path.exists() or path.is_symlink():
+                    left.append(name)
+                    continue
+                os.rename(str(old), str(path))
+                restored.append(name)
+            if not left:
+                remove_tree(aside)
+        where = relative_path(images_dir, self.delivery.root)
+        say('  the images of an --update in %s were being replaced: rolled back to their state before that run '
+            '(%d new files removed, %d old ones put back)' % (where, len(removed), len(restored)))
+        if left:
+            say('  the old versions of %s are kept in %s (their names are taken)'
+                % (', '.join(left[:3]), relative_path(aside, self.delivery.root)))
+
     def will_create(self, path):
         """Record path before creating it: the next run removes it if this one dies."""
         self._journal['created'].append(str(path))
@@ -229,7 +311,8 @@ class RunState(object):
                    and isinstance(m.get('inode'), list) and len(m['inode']) == 2
                    and all(isinstance(n, int) for n in m['inode'])] if isinstance(members, list) else []
         publishing = {'members': members, 'complete': bool(publishing.get('complete'))} if members else None
-        return dict(journal, created=created, set_aside=set_aside, logs=logs, publishing=publishing)
+        return dict(journal, created=created, set_aside=set_aside, logs=logs, publishing=publishing,
+                    image_set=_valid_image_set(journal.get('image_set')))
 
     def made_by_this_tool(self, path):
         """True for what this tool creates: anything in working_reprocess/, or a .NAME.partial-PID temporary.
@@ -304,6 +387,9 @@ class RunState(object):
 
     def undo(self, journal):
         removed = []
+        if journal.get('image_set'):
+            self._recover_image_set(journal['image_set'])
+            journal.pop('image_set', None)
         for aside_text, original_text in reversed(journal.get('set_aside', [])):
             aside, original = Path(aside_text), Path(original_text)
             ours = aside.parent == original.parent and aside.name.startswith('.%s.replaced-' % original.name)
@@ -353,6 +439,24 @@ class RunState(object):
         os.rename(str(partial), str(final))
         self.created_for_good(partial)
         self.published.append(final)
+
+
+def _plain_name(text):
+    return isinstance(text, str) and text not in ('', '.', '..') and '/' not in text and '\0' not in text
+
+
+def _valid_image_set(entry):
+    """A journal's image set, its entries checked (plain names, inodes as pairs of numbers), or None."""
+    if not isinstance(entry, dict) or not isinstance(entry.get('dir'), str):
+        return None
+    aside = entry.get('aside') if isinstance(entry.get('aside'), str) else None
+    lists = [entry.get(key) if isinstance(entry.get(key), list) else [] for key in ('old', 'new', 'records')]
+    old = [name for name in lists[0] if _plain_name(name)]
+    new = [item for item in lists[1] if isinstance(item, list) and len(item) == 2 and _plain_name(item[0])
+           and isinstance(item[1], list) and len(item[1]) == 2 and all(isinstance(n, int) for n in item[1])]
+    records = [name for name in lists[2] if _plain_name(name) and name.endswith('.provenance.json')]
+    return {'dir': entry['dir'], 'aside': aside, 'old': old, 'new': new, 'records': records,
+            'complete': bool(entry.get('complete'))}
 
 
 def find_orphan_workers(holder, logs_dir):
