@@ -208,3 +208,34 @@ def test_images_replaced_by_update_come_back_after_a_kill(imaged, tmp_path, mome
     assert status == 0, err
     assert '0 images kept, 2 to make' in out
     assert not list(images.glob('.*'))
+
+
+# --- 6: --update sees edits of the subtables that change the science ------------------------------------
+
+def shift_phase_centre(casa, ms, arcsec):
+    """What fixvis/fixplanets do to an MS: every field's directions moved north by `arcsec`."""
+    import math
+    table = casa.casatools.table()
+    table.open(str(Path(ms) / 'FIELD'), nomodify=False)
+    try:
+        for column in ('PHASE_DIR', 'DELAY_DIR', 'REFERENCE_DIR'):
+            directions = table.getcol(column)
+            directions[1] += arcsec / 3600.0 * math.pi / 180.0
+            table.putcol(column, directions)
+    finally:
+        table.close()
+
+
+def test_update_remakes_what_a_moved_phase_centre_changes(imaged, tmp_path, casa):
+    delivery = copy_of(imaged, tmp_path)
+    status, out, err = run(delivery, '--contsub_fast')
+    assert status == 0, err
+    targets = sorted((delivery / 'measurement_sets').glob('*_targets.ms'))
+    shift_phase_centre(casa, targets[0], 2.0)
+    status, out, err = run(delivery, *(['--contsub_fast', '--update'] + MFS))
+    assert status == 0, err
+    moved, other = [ms.name.replace('_targets.ms', '_targets_line.ms') for ms in targets]
+    assert '--update: %s to make' % moved in out, out  # was "kept: its source MS ... unchanged"
+    assert '--update: %s kept' % other in out, out
+    assert '0 images kept, 2 to make' in out, out  # was "2 images kept"
+    assert '%s changed' % targets[0].name in out
