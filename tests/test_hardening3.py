@@ -239,3 +239,75 @@ def test_update_remakes_what_a_moved_phase_centre_changes(imaged, tmp_path, casa
     assert '--update: %s kept' % other in out, out
     assert '0 images kept, 2 to make' in out, out  # was "2 images kept"
     assert '%s changed' % targets[0].name in out
+
+
+# --- 3: an execution block without one of the windows ----------------------------------------------------
+
+def drop_window_from_later_eb(casa, delivery, keep_spw):
+    """The later EB's targets MS rebuilt with mstransform with only keep_spw (as an EB that observed fewer
+    windows is delivered: its SPECTRAL_WINDOW table lacks the others); returns (earlier, later) MS."""
+    import shutil
+    targets = sorted((delivery / 'measurement_sets').glob('*_targets.ms'))
+    def start(ms):
+        table = casa.casatools.table()
+        table.open(str(ms))
+        try:
+            return float(table.getcol('TIME').min())
+        finally:
+            table.close()
+    earlier, later = sorted(targets, key=start)
+    rebuilt = later.with_name('rebuilt.ms')
+    casa.casatasks.mstransform(vis=str(later), outputvis=str(rebuilt), spw=str(keep_spw), datacolumn='data')
+    shutil.rmtree(str(later))
+    rebuilt.rename(later)
+    return earlier, later
+
+
+def spw_names(casa, ms):
+    table = casa.casatools.table()
+    table.open(str(Path(ms) / 'SPECTRAL_WINDOW'))
+    try:
+        return [str(name) for name in table.getcol('NAME')]
+    finally:
+        table.close()
+
+
+def windows_with_data(casa, ms):
+    """The names of the spectral windows that have rows in an MS's main table."""
+    import numpy
+    table = casa.casatools.table()
+    table.open(str(ms))
+    try:
+        dd_ids = numpy.unique(table.getcol('DATA_DESC_ID'))
+    finally:
+        table.close()
+    table.open(str(Path(ms) / 'DATA_DESCRIPTION'))
+    try:
+        spws = table.getcol('SPECTRAL_WINDOW_ID')
+    finally:
+        table.close()
+    names = spw_names(casa, ms)
+    return sorted(names[spws[dd]] for dd in dd_ids)
+
+
+def test_a_window_one_execution_block_lacks_applies_to_the_others(delivery_factory, casa):
+    delivery = delivery_factory(**TWO_EBS)
+    earlier, later = drop_window_from_later_eb(casa, delivery, 25)
+    assert len(spw_names(casa, later)) < len(spw_names(casa, earlier))
+    before = user_ms_digests(delivery)
+    status, out, err = run(delivery, '--check')
+    assert status == 0, err  # was: "no spectral window numbered 27 in ... — correct the spw number"
+    assert 'spw 27 is not in %s' % later.name.split('_targets')[0] in out, out
+    status, out, err = run(delivery, '--contsub_fast')
+    assert status == 0, err
+    lines = dict((ms.name, windows_with_data(casa, ms)) for ms in (delivery / 'measurement_sets').glob('*_line.ms'))
+    earlier_line = lines[earlier.name.replace('_targets.ms', '_targets_line.ms')]
+    later_line = lines[later.name.replace('_targets.ms', '_targets_line.ms')]
+    assert len(earlier_line) == 2 and len(later_line) == 1, lines  # spw 27 subtracted where it is
+    now = user_ms_digests(delivery)
+    assert all(now[name] == digests for name, digests in before.items())
+    # a window no execution block has is still refused, in one line
+    contdat = delivery / 'caltables' / 'cont.dat'
+    contdat.write_text(contdat.read_text().replace('SpectralWindow: 27', 'SpectralWindow: 29'))
+    status, out, err = run(delivery, '--check')
+    assert status == 1 and 'no spectral window numbered 29' in out + err
