@@ -11,7 +11,7 @@ import collections
 from pathlib import Path
 
 from ..casa.casa_engine import casatools_version
-from ..core.fileops import directory_bytes, human_bytes, move_tree, remove_tree
+from ..core.fileops import directory_bytes, human_bytes, move_tree
 from ..core.messages import ReprocessingError, say
 from ..run.provenance import image_differences, image_record_path, line_ms_record_path, ms_identity, read_record, same_ms, write_record
 from .image_casa import tclean_arguments

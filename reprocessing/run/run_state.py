@@ -9,6 +9,8 @@ from ..core.fileops import DISK_FULL_SIGNS, PARTIAL_TAG, free_bytes, human_bytes
 from ..core.host import host_name, now_text, owner_name
 from ..core.layout import JOURNAL_NAME, LOCK_NAME
 from ..core.messages import ReprocessingError, say
+from .image_set import recover_image_set, valid_image_set
+from .orphans import stop_orphan_workers
 
 
 # Test-only: the name of a checkpoint at which the run stops and waits to be killed.
@@ -81,36 +83,7 @@ class RunState(object):
         self._lock_file.flush()
 
     def _stop_orphans(self, holder, handle):
-        """The lock is held: if its run is gone and only its worker processes hold it (orphans still
-        writing into working_reprocess/), stop them and take the lock.  True when the lock is now ours.
-
-        A process is stopped only when all of this holds: the lock file names it as a worker of a run on
-        this host whose own process is gone, it belongs to this user, and its command line is this tool's
-        worker mode with its log in this delivery's working_reprocess/logs/.
-        """
-        import fcntl
-        import signal
-        orphans = find_orphan_workers(holder, self.logs_dir)
-        if not orphans:
-            return False
-        for pid in orphans:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        deadline = time.time() + 10
-        while True:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError:
-                if time.time() > deadline:
-                    return False
-                time.sleep(0.1)
-        say('Stopped %d worker process%s (pid %s) that the interrupted run %s left running'
-            % (len(orphans), '' if len(orphans) == 1 else 'es', ', '.join(str(p) for p in orphans),
-               (holder.split() + ['?', '?'])[1]))
-        return True
+        return stop_orphan_workers(holder, handle, self.logs_dir)
 
     def release(self):
         if self._lock_file is not None:
@@ -223,48 +196,7 @@ class RunState(object):
         self._write_journal()
 
     def _recover_image_set(self, entry):
-        """Roll back (or finish) an image set a run left journalled; says what it did."""
-        images_dir = Path(entry['dir'])
-        aside = Path(entry['aside']) if entry.get('aside') else None
-        if aside is not None and not (aside.parent == images_dir and is_partial_name(aside.name)):
-            aside = None  # not a folder this tool makes: never touched
-        if entry.get('complete'):
-            if aside is not None and aside.exists():
-                remove_tree(aside)
-            return
-        removed = []
-        for name, inode in entry.get('new', []):
-            path = images_dir / name
-            try:
-                info = os.lstat(str(path))
-            except OSError:
-                continue
-            if [info.st_dev, info.st_ino] == inode:
-                remove_tree(path)
-                removed.append(name)
-        for name in entry.get('records', []):
-            path = images_dir / name
-            if path.is_file() and not path.is_symlink():
-                remove_file(path)
-        restored, left = [], []
-        if aside is not None and aside.is_dir():
-            for name in entry.get('old', []):
-                old, path = aside / name, images_dir / name
-                if not (old.exists() or old.is_symlink()):
-                    continue
-                if path.exists() or path.is_symlink():
-                    left.append(name)
-                    continue
-                os.rename(str(old), str(path))
-                restored.append(name)
-            if not left:
-                remove_tree(aside)
-        where = relative_path(images_dir, self.delivery.root)
-        say('  the images of an --update in %s were being replaced: rolled back to their state before that run '
-            '(%d new files removed, %d old ones put back)' % (where, len(removed), len(restored)))
-        if left:
-            say('  the old versions of %s are kept in %s (their names are taken)'
-                % (', '.join(left[:3]), relative_path(aside, self.delivery.root)))
+        recover_image_set(entry, self.delivery.root)
 
     def will_create(self, path):
         """Record path before creating it: the next run removes it if this one dies."""
@@ -312,7 +244,7 @@ class RunState(object):
                    and all(isinstance(n, int) for n in m['inode'])] if isinstance(members, list) else []
         publishing = {'members': members, 'complete': bool(publishing.get('complete'))} if members else None
         return dict(journal, created=created, set_aside=set_aside, logs=logs, publishing=publishing,
-                    image_set=_valid_image_set(journal.get('image_set')))
+                    image_set=valid_image_set(journal.get('image_set')))
 
     def made_by_this_tool(self, path):
         """True for what this tool creates: anything in working_reprocess/, or a .NAME.partial-PID temporary.
@@ -439,70 +371,6 @@ class RunState(object):
         os.rename(str(partial), str(final))
         self.created_for_good(partial)
         self.published.append(final)
-
-
-def _plain_name(text):
-    return isinstance(text, str) and text not in ('', '.', '..') and '/' not in text and '\0' not in text
-
-
-def _valid_image_set(entry):
-    """A journal's image set, its entries checked (plain names, inodes as pairs of numbers), or None."""
-    if not isinstance(entry, dict) or not isinstance(entry.get('dir'), str):
-        return None
-    aside = entry.get('aside') if isinstance(entry.get('aside'), str) else None
-    lists = [entry.get(key) if isinstance(entry.get(key), list) else [] for key in ('old', 'new', 'records')]
-    old = [name for name in lists[0] if _plain_name(name)]
-    new = [item for item in lists[1] if isinstance(item, list) and len(item) == 2 and _plain_name(item[0])
-           and isinstance(item[1], list) and len(item[1]) == 2 and all(isinstance(n, int) for n in item[1])]
-    records = [name for name in lists[2] if _plain_name(name) and name.endswith('.provenance.json')]
-    return {'dir': entry['dir'], 'aside': aside, 'old': old, 'new': new, 'records': records,
-            'complete': bool(entry.get('complete'))}
-
-
-def find_orphan_workers(holder, logs_dir):
-    """The worker pids of a lock file's text (holder) that outlived their run: [] unless the run's
-    process is gone (on this host) and each pid is this user's process running this tool's worker mode
-    with its log in logs_dir."""
-    lines = holder.splitlines()
-    words = lines[0].split() if lines else []
-    if len(words) < 4 or words[0] != 'pid' or not words[1].isdigit() or words[3] != host_name():
-        return []
-    if _alive(int(words[1])):
-        return []  # the run itself is working
-    pids = []
-    for line in lines[1:]:
-        if line.startswith('workers '):
-            pids.extend(int(word) for word in line.split()[1:] if word.isdigit())
-    return [pid for pid in pids if _is_our_worker(pid, logs_dir)]
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # another user's process of that pid: not ours to judge
-    try:
-        with open('/proc/%d/stat' % pid) as handle:
-            return handle.read().rsplit(')', 1)[-1].split()[0] != 'Z'  # a zombie is gone
-    except OSError:
-        return True
-
-
-def _is_our_worker(pid, logs_dir):
-    """True when pid is this user's process of this tool's worker mode, logging into logs_dir."""
-    try:
-        if os.stat('/proc/%d' % pid).st_uid != os.geteuid():
-            return False
-        with open('/proc/%d/cmdline' % pid, 'rb') as handle:
-            arguments = [a.decode('utf-8', 'replace') for a in handle.read().split(b'\0') if a]
-    except OSError:
-        return False  # gone, or no /proc (not Linux): nothing is stopped
-    if '--eb-worker' not in arguments or arguments.index('--eb-worker') + 1 >= len(arguments):
-        return False
-    log = os.path.abspath(arguments[arguments.index('--eb-worker') + 1])
-    return is_inside(log, logs_dir) and _alive(pid)
 
 
 # What a dying CASA prints (it goes to the run's console log), and what it means.  Measured with CASA
