@@ -311,3 +311,41 @@ def test_a_window_one_execution_block_lacks_applies_to_the_others(delivery_facto
     contdat.write_text(contdat.read_text().replace('SpectralWindow: 27', 'SpectralWindow: 29'))
     status, out, err = run(delivery, '--check')
     assert status == 1 and 'no spectral window numbered 29' in out + err
+
+
+# --- 7: the advice after a signal is true of what is on disk --------------------------------------------
+
+@pytest.mark.parametrize('moment', ['renamed', 'concat-written'])
+def test_sigint_as_the_concatenated_ms_is_published_says_what_is_there(delivery_factory, moment):
+    delivery = delivery_factory(**TWO_EBS)
+    before = user_ms_digests(delivery)
+    process = start(delivery, '--calibrated_final', env={sfr.PAUSE_ENV: moment})
+    marker = delivery / ('.paused-at-' + moment)
+    deadline = time.time() + 300
+    while not marker.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.time() < deadline
+        time.sleep(0.1)
+    marker.unlink()
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    error = one_error(err)
+    output = delivery / 'measurement_sets' / 'calibrated_final.ms'
+    assert process.returncode == 1
+    if moment == 'renamed':  # published a moment before the signal: complete, kept, and said so
+        assert output.is_dir()
+        assert 'calibrated_final.ms' in error and 'kept' in error, error  # was "nothing of this run was kept"
+        assert 'run the same command again' in error.lower()
+        inode = os.stat(str(output)).st_ino
+    else:  # still under its temporary name: removed, and said so
+        assert not output.exists() and 'nothing of this run was kept' in error
+    status, out, err = run(delivery, '--calibrated_final')  # the same command: it does not fail on it
+    assert status == 0, err
+    assert output.is_dir()
+    if moment == 'renamed':
+        assert 'completed by the interrupted run' in out and os.stat(str(output)).st_ino == inode
+    now = user_ms_digests(delivery)
+    assert all(now[name] == digests for name, digests in before.items())
+    assert not list((delivery / 'measurement_sets').glob('.*partial*'))
+    status, out, err = run(delivery, '--calibrated_final')  # once done, the usual rule again
+    assert status == 1 and 'already exists' in one_error(err)

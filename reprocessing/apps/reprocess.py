@@ -53,6 +53,7 @@ from ..plan.imaging_options import IMAGING_ENGINES, argparse_type, check_imaging
 from ..plan.plan import check_measurement_sets, describe_plan, make_plan, preflight_combination, preflight_data_columns, preflight_images, preview_update
 from ..plan.requests import chosen_actions, run_request
 from ..report.report import write_report
+from ..run.interrupted import forget_kept, new_outputs, output_identities, remember_kept
 from ..run.run_state import RunState
 from ..steps.cleanup import record_created_log
 from ..steps.weblog import WEBLOG_PORTS
@@ -313,13 +314,16 @@ def run(options, args):
         say('Note: ' + note)
     state = RunState(delivery)
     state.acquire()
+    outputs_before = {}
     try:
         state.recover()
+        outputs_before = output_identities([output for step in plan.steps for output in step.outputs])
         state.begin(' '.join([SCRIPT_NAME] + args))
         status, failure = 'failed', None
         try:
             _run_steps(plan, state)
             status = 'succeeded'
+            forget_kept(delivery)
         except BaseException as error:
             failure = error
             raise
@@ -327,21 +331,31 @@ def run(options, args):
             write_report(plan, state, status=status, error=failure)
             state.finish()
     except (Interrupted, KeyboardInterrupt) as stop:
-        raise Interrupted(getattr(stop, 'number', 2), describe_interruption(stop, state))
+        raise Interrupted(getattr(stop, 'number', 2), describe_interruption(stop, state, outputs_before))
     finally:
         state.release()
     say('Done.')
     return EXIT_OK
 
 
-def describe_interruption(stop, state):
-    """What a stopped run left on disk, and what to do next: true of what is there now."""
+def describe_interruption(stop, state, outputs_before):
+    """What a stopped run left on disk, and what to do next: true of what is there now.
+
+    outputs_before: the identities of the plan's final outputs when the run began; an output there now
+    under a new identity was completed by this run, even when the signal came between its rename and
+    the run's note of it.  Those are remembered, so that the same command run again keeps them.
+    """
     what = 'interrupted (Ctrl-C)' if isinstance(stop, KeyboardInterrupt) else str(stop)
-    kept = [relative_path(path, state.delivery.root) for path in state.published if Path(path).exists()]
-    if not kept:
+    made = new_outputs(outputs_before, state.published)
+    if not made:
         return '%s — nothing of this run was kept; run the same command again' % what
+    remember_kept(state.delivery, state.command, made)
+    names = ', '.join(relative_path(path, state.delivery.root) for path in made)
+    if all(path.endswith('.ms') for path in made):  # the plan keeps measurement sets a stopped run completed
+        return ('%s — these outputs were complete and are kept: %s; unfinished ones were removed. Run the same '
+                'command again: it keeps them and makes the rest' % (what, names))
     return ('%s — these outputs were complete and are kept: %s; unfinished ones were removed. Run the command '
-            'again without the steps that made them (or move them away first)' % (what, ', '.join(kept)))
+            'again without the steps that made them (or move them away first)' % (what, names))
 
 
 def _run_steps(plan, state):

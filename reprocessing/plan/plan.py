@@ -20,6 +20,7 @@ from ..imaging.image_casa import plan_casa_images, require_image_space
 from ..imaging.image_publish import check_no_collisions, check_reused_images_dir
 from ..imaging.image_update import check_update_names, decide_images, say_decisions
 from ..imaging.products import ous_from_path
+from ..run.interrupted import kept_by_interrupted_run, kept_note
 from ..run.staging import is_read_only
 from ..steps.check import run_check
 from ..steps.cleanup import run_cleanup
@@ -114,6 +115,9 @@ def _plan_contsub(plan):
     if request.engine == 'pipeline':
         require_pipeline_for_contsub()
     plan.replace_line_ms = request.overwrite_line
+    if not request.overwrite_line and kept_by_interrupted_run(delivery, [line_ms_path(ms) for ms in delivery.targets]):
+        plan.notes.append(kept_note(delivery, [line_ms_path(ms) for ms in delivery.targets]))
+        return
     if delivery.targets_line and not request.overwrite_line and request.update:
         unrecorded = [line for line in delivery.targets_line if not is_recorded_line_ms(line)]
         if unrecorded:
@@ -194,6 +198,9 @@ def _plan_image(plan):
 def _plan_concat(plan, inputs, output_name):
     delivery = plan.delivery
     output = delivery.output(output_name)
+    if kept_by_interrupted_run(delivery, [output]):
+        plan.notes.append(kept_note(delivery, [output]))
+        return
     if output.exists() or output.is_symlink():
         raise ReprocessingError('%s already exists — rename or remove it to make a new one' % output)
     _require_writable_folder(delivery, output)

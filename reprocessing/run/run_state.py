@@ -369,6 +369,7 @@ class RunState(object):
             raise ReprocessingError('%s appeared while this run was writing it — the new result is kept as %s'
                                     % (final, partial))
         os.rename(str(partial), str(final))
+        pause_point('renamed', self)  # test-only: a signal between the rename and the journal's note of it
         self.created_for_good(partial)
         self.published.append(final)
 
