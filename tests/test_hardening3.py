@@ -349,3 +349,78 @@ def test_sigint_as_the_concatenated_ms_is_published_says_what_is_there(delivery_
     assert not list((delivery / 'measurement_sets').glob('.*partial*'))
     status, out, err = run(delivery, '--calibrated_final')  # once done, the usual rule again
     assert status == 1 and 'already exists' in one_error(err)
+
+
+# --- 5: a file system with bytes free but no inodes left ---------------------------------------------------
+
+def small_tmpfs(where, inodes):
+    """A 200 MB tmpfs at where that holds at most `inodes` files (root only; the test is skipped elsewhere)."""
+    where.mkdir()
+    made = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=200m,nr_inodes=%d' % inodes, 'tmpfs', str(where)],
+                          stderr=subprocess.PIPE, universal_newlines=True)
+    if made.returncode != 0:
+        pytest.skip('cannot mount a tmpfs here (%s)' % made.stderr.strip())
+    return where
+
+
+@pytest.fixture
+def few_inodes(tmp_path):
+    mount = small_tmpfs(tmp_path / 'few_inodes', 400)
+    yield mount
+    subprocess.run(['umount', '-l', str(mount)])
+
+
+@pytest.fixture
+def some_inodes(tmp_path):
+    mount = small_tmpfs(tmp_path / 'some_inodes', 2000)
+    yield mount
+    subprocess.run(['umount', '-l', str(mount)])
+
+
+def test_no_free_inodes_is_said_before_the_first_long_step(delivery_factory, few_inodes):
+    import shutil
+    source = delivery_factory(**TWO_EBS)
+    delivery = few_inodes / 'calibrated_final'
+    shutil.copytree(str(source), str(delivery))
+    info = os.statvfs(str(delivery))
+    assert info.f_favail < 250 and info.f_bavail * info.f_frsize > 150e6  # bytes free, files not
+    before = user_ms_digests(delivery)
+    status, out, err = run(delivery, '--contsub_fast', cwd=few_inodes)
+    error = one_error(err)  # was: SIGABRT inside uvcontsub, no ERROR line, a .partial- MS left
+    assert status == 1 and 'no room for more files' in error and 'inode' in error, error
+    assert user_ms_digests(delivery) == before
+    assert not list((delivery / 'measurement_sets').glob('*line*')) and not list(delivery.rglob('.*partial*'))
+    status, out, err = run(delivery, '--check', cwd=few_inodes)  # what writes (almost) nothing still runs
+    assert status == 0, err
+
+
+def test_inodes_running_out_during_uvcontsub_are_said_in_one_line(delivery_factory, some_inodes):
+    few_inodes = some_inodes
+    import shutil
+    delivery = few_inodes / 'calibrated_final'
+    shutil.copytree(str(delivery_factory(n_ebs=1, spw_ids=(25, 27), nchan=16, n_antennas=8)), str(delivery))
+    before = user_ms_digests(delivery)
+    assert os.statvfs(str(delivery)).f_favail > 250  # the checks before the first long step pass
+    process = start(delivery, '--contsub_fast', env={sfr.HOLD_ENV: 'contsub-tasks'}, cwd=few_inodes)
+    marker = delivery / '.held-at-contsub-tasks'
+    deadline = time.time() + 300
+    while not marker.exists():
+        assert process.poll() is None and time.time() < deadline, process.communicate()
+        time.sleep(0.1)
+    fillers = few_inodes / 'fillers'
+    fillers.mkdir()
+    with pytest.raises(OSError) as full:
+        for number in range(10000):
+            (fillers / str(number)).touch()
+    assert full.value.errno == 28  # ENOSPC: every inode is taken, 190 MB are still free
+    marker.unlink()
+    out, err = process.communicate(timeout=300)
+    assert err.strip(), (process.returncode, out[-3000:])
+    error = one_error(err)  # was: SIGABRT (exit 134) after a line naming /tmp's 51 GB as the full disk
+    assert process.returncode == 1, (process.returncode, err)
+    assert 'uvcontsub failed' in error and 'no free inodes' in error and str(few_inodes) in error, error
+    assert user_ms_digests(delivery) == before
+    assert not list((delivery / 'measurement_sets').glob('*line*'))
+    shutil.rmtree(str(fillers))  # the user frees some files: the next run recovers and completes
+    status, out, err = run(delivery, '--contsub_fast', cwd=few_inodes)
+    assert status == 0, err

@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..core.fileops import full_disk_among, human_bytes
+from ..core.fileops import free_space_text, full_disk_among
 from ..core.messages import ReprocessingError, one_line, say
 
 
@@ -309,7 +309,8 @@ def casa_task(casa, name, *, about, **arguments):
     except ReprocessingError:
         raise
     except Exception as error:
-        full = full_disk_among([os.getcwd()] + [arguments[key] for key in OUTPUT_ARGUMENTS if arguments.get(key)],
+        # what the task writes first: the current directory (tclean's temporary tables) is on another disk
+        full = full_disk_among([arguments[key] for key in OUTPUT_ARGUMENTS if arguments.get(key)] + [os.getcwd()],
                                error)
         if full:
             raise full_disk_error(name, about, error, full)
@@ -323,9 +324,9 @@ OUTPUT_ARGUMENTS = ('imagename', 'concatvis', 'outputvis', 'fitsimage')
 
 def full_disk_error(task, about, error, full):
     """The one error line of a CASA task that failed on a full disk (full: full_disk_among's answer)."""
-    return ReprocessingError('%s failed on %s (%s): the disk of %s%s%s free) — free some space, then run '
+    return ReprocessingError('%s failed on %s (%s): the disk of %s%s%s) — free some space, then run '
                              'the same command again; your MS was not changed'
-                             % (task, about, one_line(error), full[0], _FULL_DISK_MARK, human_bytes(full[1])))
+                             % (task, about, one_line(error), full[0], _FULL_DISK_MARK, free_space_text(full[0])))
 
 
 _FULL_DISK_MARK = ' is full ('

@@ -12,7 +12,7 @@ from ..casa.pipeline_engine import require_pipeline_for_contsub
 from ..casa.workers import resolve_jobs
 from ..contdat.against_ms import contdat_preflight, read_delivery_contdat
 from ..contsub.line_update import continuum_by_spw, expected_line_record, is_recorded_line_ms, line_ms_decision, say_line_decisions
-from ..core.fileops import directory_bytes, free_bytes, human_bytes, relative_path, removal_blocker, require_free_space
+from ..core.fileops import directory_bytes, file_count, free_bytes, human_bytes, relative_path, removal_blocker, require_free_space
 from ..core.layout import WORK_DIR_NAME, line_ms_path
 from ..core.messages import ReprocessingError, UsageError, one_line, say
 from ..imaging.archive_compare import find_archive_products
@@ -224,7 +224,10 @@ def _require_writable_folder(delivery, output):
 
 
 def _check_free_space(plan):
-    require_free_space(plan.delivery.root, plan.extra_bytes, what='this plan',
+    """Bytes and files: each step that writes copies of its inputs (line MSes, a concatenated MS) makes
+    about as many files as they have."""
+    files = file_count([ms for step in plan.steps if step.extra_bytes for ms in step.inputs if os.path.exists(str(ms))])
+    require_free_space(plan.delivery.root, plan.extra_bytes, what='this plan', files=files,
                        advice='free some space or run fewer steps at once')
 
 

@@ -5,7 +5,7 @@ import os
 import time
 from pathlib import Path
 
-from ..core.fileops import DISK_FULL_SIGNS, PARTIAL_TAG, free_bytes, human_bytes, is_inside, is_partial_name, relative_path, remove_file, remove_tree, write_atomically
+from ..core.fileops import DISK_FULL_SIGNS, PARTIAL_TAG, free_space_text, is_inside, is_partial_name, relative_path, remove_file, remove_tree, write_atomically
 from ..core.host import host_name, now_text, owner_name
 from ..core.layout import JOURNAL_NAME, LOCK_NAME
 from ..core.messages import ReprocessingError, say
@@ -390,15 +390,15 @@ def describe_unfinished_run(journal, root):
             line = _last_line_with(tail, sign)
             if line:
                 return ('the previous run (pid %s) ended without finishing: the disk was full (%s says "%s") — '
-                        '%s free now in %s; free some space before running it again'
-                        % (pid, Path(log).name, line, human_bytes(free_bytes(root)), root))
+                        '%s now in %s; free some space before running it again'
+                        % (pid, Path(log).name, line, free_space_text(root), root))
         for sign in CRASH_SIGNS:
             line = _last_line_with(tail, sign)
             if line:
                 return ('the previous run (pid %s) ended without finishing: CASA crashed (%s says "%s")'
                         % (pid, Path(log).name, line))
     return ('the previous run (pid %s) ended without finishing — killed (SIGKILL, a time limit, out of memory) or '
-            'crashed; %s free now in %s' % (pid, human_bytes(free_bytes(root)), root))
+            'crashed; %s now in %s' % (pid, free_space_text(root), root))
 
 
 def _tail(path, size=65536):
