@@ -424,3 +424,37 @@ def test_inodes_running_out_during_uvcontsub_are_said_in_one_line(delivery_facto
     shutil.rmtree(str(fillers))  # the user frees some files: the next run recovers and completes
     status, out, err = run(delivery, '--contsub_fast', cwd=few_inodes)
     assert status == 0, err
+
+
+# --- 1: an output folder is never one of the user's paths ---------------------------------------------------
+
+def test_images_are_never_written_into_the_users_data(delivery_factory):
+    delivery = delivery_factory(**TWO_EBS)
+    target = sorted((delivery / 'measurement_sets').glob('*_targets.ms'))[0]
+    before = {'ms': user_ms_digests(delivery), 'caltables': sorted(os.listdir(str(delivery / 'caltables'))),
+              'root': sorted(os.listdir(str(delivery)))}
+    for folder, named in (('measurement_sets/%s' % target.name, target.name), ('measurement_sets', 'measurement_sets'),
+                          ('caltables', 'caltables'), ('.', str(delivery)), ('..', 'holds the delivery'),
+                          ('measurement_sets/%s/images' % target.name, target.name),
+                          ('working_reprocess/images', 'working_reprocess')):
+        status, out, err = run(delivery, '--image', folder, '--reuse-images', '--specmodes', 'mfs', '--spw', '25')
+        error = one_error(err)  # was: exit 0, "Done.", FITS and CASA images inside the MS
+        assert status == 2 and named in error and 'choose a new folder' in error, (folder, error)
+    assert user_ms_digests(delivery) == before['ms']
+    assert sorted(os.listdir(str(delivery / 'caltables'))) == before['caltables']
+    assert sorted(os.listdir(str(delivery))) == before['root']  # nothing written, not even working_reprocess/
+    (delivery / 'linked').symlink_to(delivery / 'caltables')  # the same folder by another name
+    status, out, err = run(delivery, '--image', 'linked', '--reuse-images', '--specmodes', 'mfs')
+    assert status == 2 and 'caltables' in one_error(err)
+
+
+def test_delivery_pointed_at_measurement_sets_or_a_working_directory_says_where_to_point(delivery_factory, tmp_path):
+    delivery = delivery_factory(**TWO_EBS)
+    status, out, err = run(delivery / 'measurement_sets', '--check')
+    assert status == 1 and 'point --delivery at its parent, %s' % delivery in one_error(err)
+    working = tmp_path / 'working'
+    working.mkdir()
+    target = sorted((delivery / 'measurement_sets').glob('*_targets.ms'))[0]
+    (working / target.name.replace('_targets.ms', '_target.ms')).symlink_to(target)
+    status, out, err = run(working, '--check')
+    assert status == 1 and 'reprocessing_prep.py --working %s' % working in one_error(err)

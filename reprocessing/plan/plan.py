@@ -154,6 +154,7 @@ def _plan_image(plan):
     delivery, request = plan.delivery, plan.request.image
     engine = choose_imaging_engine(request.engine)
     images = request.images_dir
+    delivery.check_output_folder(images, '--image', also=[request.archive_products])  # before anything is written
     if images.exists() and not images.is_dir():
         raise ReprocessingError('%s exists and is not a directory — choose another name with --image DIR' % images)
     update = request.update
