@@ -458,3 +458,20 @@ def test_delivery_pointed_at_measurement_sets_or_a_working_directory_says_where_
     (working / target.name.replace('_targets.ms', '_target.ms')).symlink_to(target)
     status, out, err = run(working, '--check')
     assert status == 1 and 'reprocessing_prep.py --working %s' % working in one_error(err)
+
+
+# --- Also seen: what a user meets ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize('args, flag', [(['--image', 'a', '--image', 'b'], '--image'),
+                                        (['--image', '--robust', '1', '--robust=2'], '--robust'),
+                                        (['--check', '--imag=a', '--image', 'b'], '--image')])
+def test_a_flag_given_twice_is_a_usage_error(tmp_path, args, flag):
+    status, out, err = run(tmp_path, *args)
+    error = one_error(err)  # was: the last one kept, silently
+    assert status == 2 and error.startswith('ERROR: %s is given twice' % flag), error
+
+
+@pytest.mark.parametrize('size', ['1', '4', '8,64'])
+def test_an_image_too_small_to_grid_is_refused_at_once(tmp_path, size):
+    status, out, err = run(tmp_path, '--image', '--imsize', size)
+    assert status == 2 and 'at least 16 pixels' in one_error(err)  # was: CASA's text from inside tclean
