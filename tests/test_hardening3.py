@@ -475,3 +475,17 @@ def test_a_flag_given_twice_is_a_usage_error(tmp_path, args, flag):
 def test_an_image_too_small_to_grid_is_refused_at_once(tmp_path, size):
     status, out, err = run(tmp_path, '--image', '--imsize', size)
     assert status == 2 and 'at least 16 pixels' in one_error(err)  # was: CASA's text from inside tclean
+
+
+def test_a_field_name_with_a_look_alike_character_is_pointed_at(delivery_factory):
+    delivery = delivery_factory(**TWO_EBS)
+    contdat = delivery / 'caltables' / 'cont.dat'
+    field = contdat.read_text().splitlines()[0].split(':', 1)[1].strip()
+    assert '-' in field
+    typed = field.replace('-', '\u2212')  # pasted from a PDF
+    status, out, err = run(delivery, '--image', 'imgs', '--specmodes', 'mfs', '--field', typed, '--dry-run')
+    error = one_error(err)
+    assert status == 1 and "U+2212 MINUS SIGN" in error and 'it means "%s"' % field in error, error
+    contdat.write_text(contdat.read_text().replace(field, typed))
+    status, out, err = run(delivery, '--check')
+    assert status == 1 and "U+2212 MINUS SIGN" in out, out

@@ -4,6 +4,7 @@ import collections
 from pathlib import Path
 
 from ..casa.ms_tables import read_ms_layout, same_window, same_window_name, virtual_spws
+from ..core.lookalikes import lookalike_hint
 from ..core.fileops import relative_path
 from ..core.messages import one_line, say
 from .channels import ChannelConverter, channel_string, merge_channel_ranges
@@ -107,8 +108,9 @@ def _check_field(field, layouts, converter, analysis, report):
         return
     if not present:
         known = sorted({name for layout in layouts for name in layout.fields})
-        report.add('error', field.line, 'field "%s" is in none of the measurement sets (they have %s) — correct '
-                   'the name or delete its block' % (field.name, ', '.join(known) or 'no fields'))
+        report.add('error', field.line, 'field "%s" is in none of the measurement sets (they have %s) —%s correct '
+                   'the name or delete its block' % (field.name, ', '.join(known) or 'no fields',
+                                                     lookalike_hint(field.name, known)))
         return
     if not field.spws:
         report.add('warning', field.line, 'field "%s" has no spectral windows, so it is left out of the line '
