@@ -489,3 +489,24 @@ def test_a_field_name_with_a_look_alike_character_is_pointed_at(delivery_factory
     contdat.write_text(contdat.read_text().replace(field, typed))
     status, out, err = run(delivery, '--check')
     assert status == 1 and "U+2212 MINUS SIGN" in out, out
+
+
+def test_cleanup_of_a_linked_working_reprocess_keeps_the_link_and_what_it_did_not_make(delivery_factory, tmp_path):
+    delivery = delivery_factory(**TWO_EBS)
+    scratch = tmp_path / 'scratch'
+    scratch.mkdir()
+    (delivery / 'working_reprocess').symlink_to(scratch)
+    status, out, err = run(delivery, '--check')
+    assert status == 0, err
+    assert (scratch / 'report').is_dir() and (scratch / 'logs').is_dir()
+    (scratch / 'notes.txt').write_text('the user\'s')
+    before = user_ms_digests(delivery)
+    status, out, err = run(delivery, '--cleanup')
+    assert status == 0, err  # was: "is a link to ... — remove the link by hand"
+    assert (delivery / 'working_reprocess').is_symlink() and os.readlink(str(delivery / 'working_reprocess')) == str(scratch)
+    assert sorted(os.listdir(str(scratch))) == ['notes.txt']
+    assert user_ms_digests(delivery) == before
+    (delivery / 'working_reprocess').unlink()  # a link into the user's data is never cleaned
+    (delivery / 'working_reprocess').symlink_to(delivery / 'caltables')
+    status, out, err = run(delivery, '--cleanup')
+    assert status == 1 and 'holds or is inside your data' in one_error(err)
