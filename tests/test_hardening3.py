@@ -510,3 +510,14 @@ def test_cleanup_of_a_linked_working_reprocess_keeps_the_link_and_what_it_did_no
     (delivery / 'working_reprocess').symlink_to(delivery / 'caltables')
     status, out, err = run(delivery, '--cleanup')
     assert status == 1 and 'holds or is inside your data' in one_error(err)
+
+
+def test_an_entirely_flagged_execution_block_is_said_in_one_line(delivery_factory, casa):
+    delivery = delivery_factory(**TWO_EBS)
+    flagged, other = sorted((delivery / 'measurement_sets').glob('*_targets.ms'))
+    casa.casatasks.flagdata(vis=str(flagged), mode='manual', flagbackup=False)
+    status, out, err = run(delivery, '--contsub_fast', '--dry-run')
+    assert status == 0, err
+    said = [line for line in out.splitlines() if 'is flagged' in line]
+    assert len(said) == 1 and said[0].startswith('WARNING: every visibility of measurement_sets/%s' % flagged.name)
+    assert other.name not in said[0]

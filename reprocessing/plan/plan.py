@@ -7,14 +7,14 @@ import sys
 from ..casa.casa_engine import is_monolithic_casa, load_casa, native_output_into, native_stdout_silenced
 from ..casa.data_columns import describe_selfcal, survey_data_columns
 from ..casa.ms_imaging import read_ms_for_imaging
-from ..casa.ms_tables import check_measurement_set
+from ..casa.ms_tables import check_measurement_set, is_entirely_flagged
 from ..casa.pipeline_engine import require_pipeline_for_contsub
 from ..casa.workers import resolve_jobs
 from ..contdat.against_ms import contdat_preflight, read_delivery_contdat
 from ..contsub.line_update import continuum_by_spw, expected_line_record, is_recorded_line_ms, line_ms_decision, say_line_decisions
 from ..core.fileops import directory_bytes, file_count, free_bytes, human_bytes, relative_path, removal_blocker, require_free_space
 from ..core.layout import WORK_DIR_NAME, line_ms_path
-from ..core.messages import ReprocessingError, UsageError, one_line, say
+from ..core.messages import ReprocessingError, UsageError, one_line, say, warn
 from ..imaging.archive_compare import find_archive_products
 from ..imaging.image_casa import plan_casa_images, require_image_space
 from ..imaging.image_publish import check_no_collisions, check_reused_images_dir
@@ -284,6 +284,11 @@ def check_measurement_sets(plan):
     with native_output_into(os.devnull), native_stdout_silenced():
         for ms in inputs:
             check_measurement_set(casa, ms, root=delivery.root)
+        flagged = [ms for ms in inputs if is_entirely_flagged(casa, ms)]
+    for ms in flagged:
+        warn('every visibility of %s is flagged: it adds nothing to the line MSes, images or concatenated MS — '
+             'check its flags (flagmanager), or move it out of measurement_sets/ if that is meant'
+             % relative_path(ms, delivery.root))
 
 
 # --- The plan's pre-flight: what the images will take, before the first long step --
