@@ -34,7 +34,32 @@ class OneLineParser(argparse.ArgumentParser):
                 continue
             joined.append(arg)
             index += 1
+        self._refuse_repeated(joined)
         return argparse.ArgumentParser.parse_args(self, joined, namespace)
+
+    def _refuse_repeated(self, args):
+        """A flag given twice (--image a --image b, two --robust) is a usage error: argparse would keep the last
+        silently, and the user meant one of them."""
+        by_flag = dict((flag, action) for action in self._actions for flag in action.option_strings)
+        seen = {}
+        for index, arg in enumerate(args):
+            if arg == '--':
+                break
+            if not arg.startswith('--'):
+                continue
+            name = arg.split('=', 1)[0]
+            candidates = [flag for flag in by_flag if flag == name] or [
+                flag for flag in by_flag if flag.startswith(name)]  # argparse's abbreviations
+            if len(candidates) != 1:
+                continue  # argparse says what is wrong with it
+            action = by_flag[candidates[0]]
+            following = args[index + 1] if index + 1 < len(args) else ''
+            given = arg if '=' in arg or action.nargs == 0 or not following or following.startswith('-') \
+                else '%s %s' % (arg, following)
+            if action.dest in seen:
+                raise UsageError('%s is given twice (%s, then %s) — give it once' % (
+                    candidates[0], seen[action.dest], given))
+            seen[action.dest] = given
 
 
 def existing_directory(text):

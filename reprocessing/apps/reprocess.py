@@ -35,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..casa.casa_engine import is_monolithic_casa, load_casa, native_output_into
+from ..casa.casa_engine import CASA_CWD_LIMIT, LONGEST_PATH_BELOW_DELIVERY, PATH_LIMIT, casa_safe_directory, is_monolithic_casa, load_casa, native_output_into
 from ..casa.environment import describe_environment
 from ..casa.mpi import casa_mpi_job, mpi_info, mpi_launch, share_logs_with_mpi_servers
 from ..casa.pipeline_engine import pipeline_call_log
@@ -53,6 +53,7 @@ from ..plan.imaging_options import IMAGING_ENGINES, argparse_type, check_imaging
 from ..plan.plan import check_measurement_sets, describe_plan, make_plan, preflight_combination, preflight_data_columns, preflight_images, preview_update
 from ..plan.requests import chosen_actions, run_request
 from ..report.report import write_report
+from ..run.interrupted import forget_kept, new_outputs, output_identities, remember_kept
 from ..run.run_state import RunState
 from ..steps.cleanup import record_created_log
 from ..steps.weblog import WEBLOG_PORTS
@@ -253,6 +254,7 @@ def main(argv=None):
 
     def checked_run(options):
         check_combinations(options)
+        avoid_long_paths(options)
         with casa_mpi_job():  # under mpirun: ranks > 0 serve CASA in here and never come back
             return run(options, args)
     # Under mpirun every rank reads the same command line; rank 0 says a usage error once and exits 2.  A
@@ -260,6 +262,30 @@ def main(argv=None):
     # so the others end quietly and mpirun passes on rank 0's status.
     return run_main(lambda: build_parser().parse_args(args), checked_run, script=SCRIPT_NAME,
                     usage_said_elsewhere=lambda: mpi_launch()[1] != 0)
+
+
+def avoid_long_paths(options):
+    """Before CASA is imported: a path CASA cannot work in is refused in one line, and a current directory
+    too long for it (CASA_CWD_LIMIT) is left for a short one, every path of the run being absolute."""
+    here = os.getcwd()
+    root = options.delivery or Path(here).resolve()
+    writes = set(chosen_actions(options)) - {'check', 'weblog', 'cleanup'}
+    if writes and len(str(root)) + LONGEST_PATH_BELOW_DELIVERY > PATH_LIMIT:
+        raise ReprocessingError('the delivery\'s path is %d characters long: the files this tool writes in it '
+                                'would pass the system\'s limit of %d — move the delivery to a shorter path'
+                                % (len(str(root)), PATH_LIMIT))
+    work_dir = root / WORK_DIR_NAME / 'pipeline-image-YYYYMMDDTHHMMSS'
+    if (options.contsub or options.image is not None) and len(str(work_dir)) >= CASA_CWD_LIMIT:
+        raise ReprocessingError('the delivery\'s path is %d characters long: CASA cannot work in a directory '
+                                'of more than %d characters, and %s runs in %s/ — move the delivery to a '
+                                'shorter path (--check, --contsub_fast and --calibrated_final work from it as it is)'
+                                % (len(str(root)), CASA_CWD_LIMIT, '--contsub' if options.contsub else '--image',
+                                   WORK_DIR_NAME))
+    if casa_safe_directory(here) != here:
+        options.delivery = root
+        if options.archive_products is not None:
+            options.archive_products = os.path.abspath(options.archive_products)
+        os.chdir(casa_safe_directory(here))
 
 
 def run(options, args):
@@ -288,13 +314,16 @@ def run(options, args):
         say('Note: ' + note)
     state = RunState(delivery)
     state.acquire()
+    outputs_before = {}
     try:
         state.recover()
+        outputs_before = output_identities([output for step in plan.steps for output in step.outputs])
         state.begin(' '.join([SCRIPT_NAME] + args))
         status, failure = 'failed', None
         try:
             _run_steps(plan, state)
             status = 'succeeded'
+            forget_kept(delivery)
         except BaseException as error:
             failure = error
             raise
@@ -302,21 +331,31 @@ def run(options, args):
             write_report(plan, state, status=status, error=failure)
             state.finish()
     except (Interrupted, KeyboardInterrupt) as stop:
-        raise Interrupted(getattr(stop, 'number', 2), describe_interruption(stop, state))
+        raise Interrupted(getattr(stop, 'number', 2), describe_interruption(stop, state, outputs_before))
     finally:
         state.release()
     say('Done.')
     return EXIT_OK
 
 
-def describe_interruption(stop, state):
-    """What a stopped run left on disk, and what to do next: true of what is there now."""
+def describe_interruption(stop, state, outputs_before):
+    """What a stopped run left on disk, and what to do next: true of what is there now.
+
+    outputs_before: the identities of the plan's final outputs when the run began; an output there now
+    under a new identity was completed by this run, even when the signal came between its rename and
+    the run's note of it.  Those are remembered, so that the same command run again keeps them.
+    """
     what = 'interrupted (Ctrl-C)' if isinstance(stop, KeyboardInterrupt) else str(stop)
-    kept = [relative_path(path, state.delivery.root) for path in state.published if Path(path).exists()]
-    if not kept:
+    made = new_outputs(outputs_before, state.published)
+    if not made:
         return '%s — nothing of this run was kept; run the same command again' % what
+    remember_kept(state.delivery, state.command, made)
+    names = ', '.join(relative_path(path, state.delivery.root) for path in made)
+    if all(path.endswith('.ms') for path in made):  # the plan keeps measurement sets a stopped run completed
+        return ('%s — these outputs were complete and are kept: %s; unfinished ones were removed. Run the same '
+                'command again: it keeps them and makes the rest' % (what, names))
     return ('%s — these outputs were complete and are kept: %s; unfinished ones were removed. Run the command '
-            'again without the steps that made them (or move them away first)' % (what, ', '.join(kept)))
+            'again without the steps that made them (or move them away first)' % (what, names))
 
 
 def _run_steps(plan, state):

@@ -7,6 +7,9 @@ line (REPROCESSING_DEBUG=1 shows the traceback).
 """
 
 import os
+import sys
+
+from ..casa.casa_engine import is_full_disk_error
 
 from ..core.messages import DEBUG_ENV, EXIT_FAILED, EXIT_OK, EXIT_USAGE, Interrupted, ReprocessingError, UsageError, one_line, report_error, signals_as_exceptions
 
@@ -31,6 +34,13 @@ def run_main(parse, run, *, script, usage_said_elsewhere=lambda: False):
         return EXIT_USAGE
     except ReprocessingError as error:
         report_error(str(error))
+        if is_full_disk_error(error) and 'casatools' in sys.modules:
+            # Measured (CASA 6.7, no inodes left during uvcontsub): after the ERROR line, a table CASA could
+            # not create aborts the process as Python ends ("terminate called ... cannot be created", exit
+            # 134).  The run has cleaned up and said why: end here, without CASA's destructors.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_FAILED)
         return EXIT_FAILED
     except (Interrupted, KeyboardInterrupt) as stop:
         if isinstance(stop, Interrupted) and stop.described:

@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..core.fileops import full_disk_among, human_bytes
+from ..core.fileops import free_space_text, full_disk_among
 from ..core.messages import ReprocessingError, one_line, say
 
 
@@ -69,6 +69,43 @@ CASA_MODULE_PROVIDERS = {
 
 _LOADED = []  # the CasaModules of this process, once loaded
 
+# casacore asks for the current directory with a buffer of 1,024 bytes (Path.cc: "Failed AlwaysAssert
+# getcwd(temp, 1024)"): measured (CASA 6.7, Linux), from a directory of 1,491 characters `import casatools`
+# dies of SIGABRT with nothing printed, and once imported every table open fails with that assertion.
+# So CASA never runs in such a directory: the run moves to a short one (casa_safe_directory).
+CASA_CWD_LIMIT = 1000
+# The longest path this tool makes below a delivery (working_reprocess/staging/concat/.uid..._targets.ms
+# .partial-PID/SPECTRAL_WINDOW/table.f0 and the like), and the system's limit on a path.
+LONGEST_PATH_BELOW_DELIVERY = 240
+PATH_LIMIT = 4095
+
+
+def casa_safe_directory(path=None):
+    """path (default: the current directory) when CASA can work in it, else a short directory that exists
+    (tempfile's, else the home directory, else /)."""
+    path = str(path) if path is not None else os.getcwd()
+    if len(path) < CASA_CWD_LIMIT:
+        return path
+    for candidate in (tempfile.gettempdir(), os.path.expanduser('~'), '/'):
+        if len(candidate) < CASA_CWD_LIMIT and os.path.isdir(candidate):
+            return candidate
+    return '/'
+
+
+@contextlib.contextmanager
+def short_working_directory():
+    """Run the block (CASA's imports) in a directory whose path CASA can hold, then come back."""
+    here = os.getcwd()
+    safe = casa_safe_directory(here)
+    if safe == here:
+        yield
+        return
+    os.chdir(safe)
+    try:
+        yield
+    finally:
+        os.chdir(here)
+
 
 def casatools_version(casatools):
     """casatools' version as text: version_string(), else its numbers (6.6.0.20's version_string() is empty)."""
@@ -115,7 +152,7 @@ def load_casa(*, logfile=None, script='scriptForReprocessing.py', native_output=
     kind = 'monolithic' if monolithic else 'modular'
     native = native_output or logfile or os.devnull
     if with_casaconfig:
-        with _casa_import_errors():
+        with _casa_import_errors(), short_working_directory():
             with native_output_into(native):
                 import casatools
         # casatasks when first used (CasaModules); until then a logger made as casatasks makes its casalog
@@ -126,7 +163,7 @@ def load_casa(*, logfile=None, script='scriptForReprocessing.py', native_output=
         _LOADED.append(CasaModules(casatools, casatools_version(casatools), kind, casalog=casalog,
                                    import_casatasks=_import_casatasks_now))
         return _LOADED[0]
-    with _casa_import_errors():
+    with _casa_import_errors(), short_working_directory():
         with native_output_into(native), \
                 casatasks_settings_without_casaconfig(None if configured else logfile):
             import casatools
@@ -145,7 +182,7 @@ def _import_casatasks_now(current_log):
     goes there too."""
     from casaconfig import config
     config.logfile = str(current_log)
-    with _casa_import_errors():
+    with _casa_import_errors(), short_working_directory():
         with native_output_into(current_log):
             import casatasks
     # measured (CASA 6.7.0): casatasks' casalog kept the log casatools opened (/dev/null while
@@ -272,7 +309,8 @@ def casa_task(casa, name, *, about, **arguments):
     except ReprocessingError:
         raise
     except Exception as error:
-        full = full_disk_among([os.getcwd()] + [arguments[key] for key in OUTPUT_ARGUMENTS if arguments.get(key)],
+        # what the task writes first: the current directory (tclean's temporary tables) is on another disk
+        full = full_disk_among([arguments[key] for key in OUTPUT_ARGUMENTS if arguments.get(key)] + [os.getcwd()],
                                error)
         if full:
             raise full_disk_error(name, about, error, full)
@@ -286,9 +324,9 @@ OUTPUT_ARGUMENTS = ('imagename', 'concatvis', 'outputvis', 'fitsimage')
 
 def full_disk_error(task, about, error, full):
     """The one error line of a CASA task that failed on a full disk (full: full_disk_among's answer)."""
-    return ReprocessingError('%s failed on %s (%s): the disk of %s%s%s free) — free some space, then run '
+    return ReprocessingError('%s failed on %s (%s): the disk of %s%s%s) — free some space, then run '
                              'the same command again; your MS was not changed'
-                             % (task, about, one_line(error), full[0], _FULL_DISK_MARK, human_bytes(full[1])))
+                             % (task, about, one_line(error), full[0], _FULL_DISK_MARK, free_space_text(full[0])))
 
 
 _FULL_DISK_MARK = ' is full ('

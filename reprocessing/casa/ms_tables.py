@@ -194,6 +194,27 @@ def check_measurement_set(casa, ms, *, root=None):
             pass
 
 
+def is_entirely_flagged(casa, ms, *, chunk=2000):
+    """True when every visibility of ms is flagged (FLAG_ROW, or every FLAG of the row).  Read a chunk of rows
+    at a time per data description (FLAG's shape differs between spws), stopping at the first unflagged
+    sample: an MS with data costs a read of its first rows."""
+    import numpy
+    with opened_table(casa, ms) as table:
+        if table.nrows() == 0 or 'FLAG' not in table.colnames():
+            return False
+        for dd in sorted(set(int(v) for v in table.getcol('DATA_DESC_ID'))):
+            rows = table.query('DATA_DESC_ID==%d' % dd)
+            try:
+                for start in range(0, rows.nrows(), chunk):
+                    flag_row = rows.getcol('FLAG_ROW', startrow=start, nrow=chunk)
+                    flags = rows.getcol('FLAG', startrow=start, nrow=chunk)
+                    if not numpy.all(flags | flag_row[numpy.newaxis, numpy.newaxis, :]):
+                        return False
+            finally:
+                rows.close()
+    return True
+
+
 # The subtables this tool reads from every MS (read_ms_layout and the tasks it runs).
 REQUIRED_SUBTABLES = ('ANTENNA', 'DATA_DESCRIPTION', 'FIELD', 'OBSERVATION', 'POLARIZATION', 'SPECTRAL_WINDOW')
 

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from .casa_engine import load_casa
+from .casa_engine import casa_safe_directory, load_casa
 from .eb_tasks import EB_TASKS, run_registered_task
 from ..core.script import self_command, self_environment
 from ..core.layout import SCRIPT_NAME
@@ -24,6 +24,11 @@ from .mpi import MpiEbServers, mpi_servers_available
 # parent prints the progress lines prefixed with the execution block's name.
 
 EB_WORKER_FLAG = '--eb-worker'  # hidden: this script as a worker process of a parent run
+PARENT_ENV = 'SCRIPTFORREPROCESSING_PARENT_PID'  # the parent run's pid, given to its workers
+# Test-only: a worker stops before its first task and waits to be killed (a marker in its logs folder says so).
+WORKER_PAUSE_ENV = 'SCRIPTFORREPROCESSING_TEST_WORKER_PAUSE'
+# Test-only: a worker that does not die with its parent (to test that the next run stops such an orphan).
+NO_PARENT_WATCH_ENV = 'SCRIPTFORREPROCESSING_TEST_NO_PARENT_WATCH'
 _RESULT_MARK = '@@eb-task-result@@ '
 _MPI_VARIABLES = ('OMPI_', 'PMI_', 'PMIX_', 'MPI_', 'HYDRA_')
 
@@ -82,6 +87,7 @@ class EbWorkers(object):
         environment = self_environment((name, value) for name, value in os.environ.items()
                                        if not name.startswith(_MPI_VARIABLES))
         environment['PYTHONIOENCODING'] = 'utf-8'  # the pipe between us, whatever the locale
+        environment[PARENT_ENV] = str(os.getpid())  # a worker dies with this process (die_with_parent)
         lock = getattr(self.state, '_lock_file', None)
         # The workers inherit the run's lock: if this process is killed, no new run starts in this
         # delivery before they have stopped writing.
@@ -93,10 +99,13 @@ class EbWorkers(object):
             # its log; the terminal gets the worker's progress lines only.
             errors = logfile.with_name(logfile.name[:-len('.log')] + '-stderr.txt')
             process = _start_worker_process(command + [EB_WORKER_FLAG, str(logfile)],
-                                            cwd=str(self.state.logs_dir), env=environment, pass_fds=keep,
+                                            cwd=casa_safe_directory(self.state.logs_dir), env=environment, pass_fds=keep,
                                             stderr_path=errors)
             self.processes.append(process)
             self.logfiles.append(logfile)
+        record = getattr(self.state, 'record_workers', None)
+        if record is not None:  # the next run stops them if they outlive this process
+            record([process.pid for process in self.processes])
 
     def run(self, tasks, *, casa, unit='execution blocks'):
         """Results of the tasks, in their order; the first failure stops the others and is raised.
@@ -229,9 +238,53 @@ def _read_answer(process, eb, guard):
     return None
 
 
+def die_with_parent(parent):
+    """End this process as soon as its parent (pid) has gone, even in the middle of a long CASA task.
+
+    Linux: the kernel sends SIGKILL when the parent dies (prctl PR_SET_PDEATHSIG; CASA's C++ code
+    runs on, holding the GIL, so no Python handler could act in time).  Everywhere: a thread checks
+    every second that the parent is still this process's parent (it runs between CASA's calls).
+    What a killed worker leaves in working_reprocess/ is removed by the next run (its journal).
+    """
+    import signal
+    import threading
+    if os.environ.get(NO_PARENT_WATCH_ENV) == '1':
+        return
+    if sys.platform.startswith('linux'):
+        try:
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            PR_SET_PDEATHSIG = 1
+            libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the thread below still watches
+    if parent is not None and os.getppid() != parent:
+        os._exit(EXIT_FAILED)  # the parent died before the line above took effect
+
+    def watch():
+        while True:
+            time.sleep(1.0)
+            if parent is not None and os.getppid() != parent or parent is None and os.getppid() == 1:
+                os._exit(EXIT_FAILED)
+    thread = threading.Thread(target=watch, name='parent-watch')
+    thread.daemon = True
+    thread.start()
+
+
+def _pause_for_test(logfile):
+    """Test-only (WORKER_PAUSE_ENV): say so by a marker beside the worker's log, then wait to be killed."""
+    if os.environ.get(WORKER_PAUSE_ENV) != '1' or logfile is None:
+        return
+    (logfile.parent / ('.worker-paused-%d' % os.getpid())).write_text(str(os.getpid()))
+    while True:
+        time.sleep(0.2)
+
+
 def run_eb_worker(arguments):
     """Worker mode: load CASA, then run the tasks read from stdin, one JSON line each, until EOF."""
     logfile = Path(arguments[0]) if arguments else None
+    parent = os.environ.get(PARENT_ENV, '')
+    die_with_parent(int(parent) if parent.isdigit() else None)
     try:
         casa = load_casa(logfile=logfile)  # while the parent checks cont.dat
         casa.import_casatasks()  # now, not when the first task comes (load_casa leaves it to its first use)
@@ -241,6 +294,7 @@ def run_eb_worker(arguments):
         for line in iter(sys.stdin.readline, ''):
             if not line.strip():
                 continue
+            _pause_for_test(logfile)
             answer = run_registered_task(json.loads(line), say, casa=casa, logfile=logfile)
             sys.stdout.write(_RESULT_MARK + json.dumps(answer) + '\n')
             sys.stdout.flush()

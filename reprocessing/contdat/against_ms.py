@@ -4,6 +4,7 @@ import collections
 from pathlib import Path
 
 from ..casa.ms_tables import read_ms_layout, same_window, same_window_name, virtual_spws
+from ..core.lookalikes import lookalike_hint
 from ..core.fileops import relative_path
 from ..core.messages import one_line, say
 from .channels import ChannelConverter, channel_string, merge_channel_ranges
@@ -107,8 +108,9 @@ def _check_field(field, layouts, converter, analysis, report):
         return
     if not present:
         known = sorted({name for layout in layouts for name in layout.fields})
-        report.add('error', field.line, 'field "%s" is in none of the measurement sets (they have %s) — correct '
-                   'the name or delete its block' % (field.name, ', '.join(known) or 'no fields'))
+        report.add('error', field.line, 'field "%s" is in none of the measurement sets (they have %s) —%s correct '
+                   'the name or delete its block' % (field.name, ', '.join(known) or 'no fields',
+                                                     lookalike_hint(field.name, known)))
         return
     if not field.spws:
         report.add('warning', field.line, 'field "%s" has no spectral windows, so it is left out of the line '
@@ -116,7 +118,15 @@ def _check_field(field, layouts, converter, analysis, report):
     for spw in field.spws.values():
         _check_ranges_among_themselves(spw, report)
         _check_spw_name(field, spw, analysis.virtual, report)
+        # Like a target an execution block did not observe, a window an execution block does not have:
+        # the block applies to the execution blocks that have it; only a window no EB has is an error.
+        having = [layout for layout in layouts if map_spw(spw, layout, analysis.virtual) is not None]
         for layout in present:
+            if having and layout not in having:
+                report.add('note', spw.line, 'field "%s": %s is not {where}: the block applies to the execution '
+                           'blocks that have it' % (field.name, _window_text(spw)), layout.eb,
+                           'it has spws %s' % ', '.join(str(i) for i in layout.spws))
+                continue
             _check_spw_in_ms(field, spw, layout, converter, analysis, report)
 
 
@@ -293,6 +303,10 @@ def _block_maps_here(field, spw_id, layout, virtual):
         if map_spw(spw, layout, virtual) == spw_id:
             return spw
     return None
+
+
+def _window_text(spw):
+    return 'spw %d (%s)' % (spw.virtual_id, spw.name) if spw.name else 'spw %d' % spw.virtual_id
 
 
 def _range_text(cont_range):

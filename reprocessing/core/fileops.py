@@ -76,6 +76,32 @@ def free_bytes(path):
     return shutil.disk_usage(str(path)).free
 
 
+def free_inodes(path):
+    """Files that can still be created on path's file system (statvfs f_favail), or None where the file
+    system sets no such limit (f_files 0: btrfs, some network file systems)."""
+    info = os.statvfs(str(path))
+    return info.f_favail if info.f_files else None
+
+
+def file_count(paths):
+    """Entries (files, folders, links) below paths: the inodes a copy of them takes."""
+    total = 0
+    for path in paths:
+        for _root, dirs, files in os.walk(str(path)):
+            total += len(dirs) + len(files)
+        total += 1
+    return total
+
+
+def free_space_text(path):
+    """'12.3 GB free', with the free inodes when they are what is short: a disk can be full of files."""
+    text = '%s free' % human_bytes(free_bytes(path))
+    inodes = free_inodes(path)
+    if inodes is not None and inodes < FULL_DISK_INODES:
+        text += ' but room for only %d more files (no free inodes)' % inodes
+    return text
+
+
 def human_bytes(count):
     for unit in ('B', 'kB', 'MB', 'GB', 'TB'):
         if abs(count) < 1000 or unit == 'TB':
@@ -225,8 +251,16 @@ def with_free_space_margin(needed):
     return int(needed * FREE_SPACE_MARGIN + 0.5)
 
 
-def require_free_space(where, needed, *, what, advice, margin_included=False):
-    """The free bytes where `where` would be written; stops unless `needed` (plus the margin) fit there."""
+# Files a step creates besides those counted (logs, flag versions, tclean's temporary tables); a file
+# system with fewer free inodes than this counts as full, as one with under FULL_DISK_BYTES free.
+FULL_DISK_INODES = 1000
+FEW_FILES = 100
+
+
+def require_free_space(where, needed, *, what, advice, margin_included=False, files=0):
+    """The free bytes where `where` would be written; stops unless `needed` (plus the margin) fit there,
+    and `files` new files (plus FULL_DISK_INODES) fit in its free inodes: a disk full of files
+    refuses a new one with ENOSPC as a disk full of bytes does."""
     probe = Path(where)
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent  # an output folder not made yet: its file system is its parent's
@@ -235,6 +269,14 @@ def require_free_space(where, needed, *, what, advice, margin_included=False):
     if needed and available < needed:
         raise ReprocessingError('not enough free disk in %s for %s: about %s needed, %s free — %s'
                                 % (where, what, human_bytes(needed), human_bytes(available), advice))
+    inodes = free_inodes(probe)
+    # what writes no data (--check, --cleanup) still writes its lock, journal, logs and report
+    files_needed = with_free_space_margin(files) + (FULL_DISK_INODES if files or needed else FEW_FILES)
+    if inodes is not None and inodes < files_needed:
+        raise ReprocessingError('no room for more files in %s for %s: about %d files needed, the file system '
+                                'can take %d more (it has %s free, but no free inodes) — %s; or delete files '
+                                'there, or ask for a larger inode quota'
+                                % (where, what, files_needed, inodes, human_bytes(available), advice))
     return available
 
 
@@ -253,16 +295,19 @@ def says_disk_is_full(error):
 
 
 def full_disk_among(paths, error):
-    """(folder, free bytes) of the first path whose disk is (nearly) full after error, else None."""
+    """(folder, free bytes) of the first path whose disk is (nearly) full of bytes or of files (inodes) after
+    error, else None; when error says the disk is full and none is low, the first path's."""
     said_so = says_disk_is_full(error)
+    first = None
     for path in paths:
         probe = Path(str(path))
         while not probe.exists() and probe != probe.parent:
             probe = probe.parent
         try:
-            free = free_bytes(probe)
+            free, inodes = free_bytes(probe), free_inodes(probe)
         except OSError:
             continue
-        if said_so or free < FULL_DISK_BYTES:
+        if free < FULL_DISK_BYTES or inodes is not None and inodes < FULL_DISK_INODES:
             return probe, free
-    return None
+        first = first or (probe, free)
+    return first if said_so else None

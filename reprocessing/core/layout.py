@@ -8,7 +8,7 @@ import fnmatch
 from pathlib import Path
 
 from .fileops import PARTIAL_TAG
-from .messages import ReprocessingError
+from .messages import ReprocessingError, UsageError
 
 
 SCRIPT_NAME = 'scriptForReprocessing.py'        # the reprocessing script, run in calibrated_final/
@@ -57,6 +57,16 @@ class Delivery(object):
 
     def check_layout(self):
         if not self.ms_dir.is_dir():
+            here = [p.name for p in self.root.glob('uid*_target*.ms') if p.is_dir()]
+            if self.root.name == MS_DIR_NAME and here:
+                raise ReprocessingError(
+                    '%s is the measurement_sets/ folder of a delivery — point --delivery at its parent, %s (or run '
+                    'the script there)' % (self.root, self.root.parent))
+            if here:
+                raise ReprocessingError(
+                    '%s looks like the pipeline\'s working/ directory (it holds %s, not measurement_sets/) — make a '
+                    'calibrated_final/ from it first with "python reprocessing_prep.py --working %s", then run '
+                    'this script there' % (self.root, here[0], self.root))
             raise ReprocessingError(
                 'no measurement_sets/ directory in %s — run the script in a delivery\'s calibrated_final/ '
                 'directory, or point at one with --delivery DIR' % self.root)
@@ -78,6 +88,25 @@ class Delivery(object):
 
     def output(self, name):
         return self.ms_dir / name
+
+    def check_output_folder(self, folder, flag, *, also=()):
+        """An output folder (--image DIR) may be none of the user's paths, be in none, and hold none: not a
+        measurement set, measurement_sets/, caltables/, the delivery itself, the tool's working_reprocess/
+        (nor a folder inside them, nor one above the delivery), nor the paths in also (--archive-products)."""
+        import os
+        chosen = os.path.realpath(str(folder))
+        users = list(self.targets) + list(self.targets_line) + [self.output(n) for n in (
+            'calibrated_final.ms', 'calibrated_final_line.ms')] + [self.ms_dir, self.caltables, self.work_dir, self.root]
+        for user in [path for path in users if path is not None] + [Path(p) for p in also if p is not None]:
+            real = os.path.realpath(str(user))
+            inside = chosen == real or chosen.startswith(real.rstrip('/') + '/')
+            if inside and real != os.path.realpath(str(self.root)) or chosen == real:
+                raise UsageError('%s %s would write into %s — choose a new folder for the products, e.g. %s images'
+                                 % (flag, folder, user, flag))
+        root = os.path.realpath(str(self.root))
+        if root.startswith(chosen.rstrip('/') + '/'):
+            raise UsageError('%s %s holds the delivery %s — choose a new folder for the products, e.g. %s images'
+                             % (flag, folder, self.root, flag))
 
 
 def line_ms_path(targets_ms):

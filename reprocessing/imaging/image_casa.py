@@ -6,6 +6,7 @@ from pathlib import Path
 from ..casa.casa_engine import casa_task, opened_tool
 from ..casa.ms_imaging import virtual_spw_map
 from ..contdat.channels import ChannelConverter
+from ..core.lookalikes import lookalike_hint
 from ..core.fileops import remove_tree, require_free_space
 from ..core.messages import ReprocessingError, UsageError
 from ..core.requests import nbins_for_spw
@@ -379,8 +380,9 @@ def plan_casa_images(casa, request, *, targets, lines, channels_for, contdat, ou
         fields = [name.strip() for name in request.field.split(',')]
         unknown = [name for name in fields if name not in known_fields]
         if unknown:
-            raise ReprocessingError('--field %s: not a science field of these measurement sets (they have %s) — '
-                                    'correct the name' % (', '.join(unknown), ', '.join(known_fields)))
+            hint = lookalike_hint(unknown[0], known_fields)
+            raise ReprocessingError('--field %s: not a science field of these measurement sets (they have %s) —%s '
+                                    'correct the name' % (', '.join(unknown), ', '.join(known_fields), hint))
     spw_ids = list(spw_map)
     if request.spw:
         spw_ids = [int(i) for i in request.spw.split(',')]

@@ -8,6 +8,7 @@ from ..casa.casa_engine import casa_task, opened_tool
 from ..core.fileops import directory_bytes, human_bytes, move_tree, remove_tree, require_free_space
 from .image_casa import IMAGE_SPACE_ADVICE
 from .image_stats import image_statistics
+from ..run.run_state import pause_point
 from ..core.messages import ReprocessingError
 from .products import products_destinations
 from .thumbnails import thumbnail_or_warning
@@ -68,7 +69,9 @@ def publish_products(state, products, *, images_dir, all_products, ous, casa):
         state.publish(partial, images_dir)
     else:  # --reuse-images: add ours, name by name, to what is there
         for name in names:
+            state.image_set_adding(partial / name, name)  # --update: a rollback removes it (inode), no other
             move_tree(partial / name, images_dir / name)
+            pause_point('image-published', state)
         remove_tree(partial)
         state.created_for_good(partial)
     for product, casa_name, _fits in placed:

@@ -11,7 +11,7 @@ import collections
 from pathlib import Path
 
 from ..casa.casa_engine import casatools_version
-from ..core.fileops import directory_bytes, human_bytes, move_tree, remove_tree
+from ..core.fileops import directory_bytes, human_bytes, move_tree
 from ..core.messages import ReprocessingError, say
 from ..run.provenance import image_differences, image_record_path, line_ms_record_path, ms_identity, read_record, same_ms, write_record
 from .image_casa import tclean_arguments
@@ -151,11 +151,14 @@ def update_summary(decisions):
 
 def retire_stale_images(state, decisions, *, images_dir, expected_names):
     """Move the files of stale images that this tool made (they have a record) out of the way, into a
-    temporary folder the journal knows, before their new versions are published.
+    temporary folder in the images folder, before their new versions are published.
 
+    The move is journalled as an image set (RunState.begin_image_set): until every new image and its
+    record is in place (discard_retired), a run that fails, is stopped or is killed gets the old images
+    back, as line MSes are, and loses the new files it had put there; never the old ones.
     expected_names: {stem: [names the new products take]}.  A name this run will write that is taken
     by a file without a record is the user's: an error, nothing is moved.
-    Returns the temporary folder (to remove once the new images are in place) or None.
+    Returns the temporary folder (None when nothing was moved).
     """
     images_dir = Path(images_dir)
     moves = []
@@ -173,10 +176,10 @@ def retire_stale_images(state, decisions, *, images_dir, expected_names):
         moves.extend(taken)
         if ours:
             moves.append(decision.record_path.name)
-    if not moves:
+    aside = state.partial_name(images_dir / 'stale-images') if moves else None
+    state.begin_image_set(images_dir, aside, moves)
+    if aside is None:
         return None
-    aside = state.partial_name(images_dir / 'stale-images')
-    state.will_create(aside)
     aside.mkdir()
     for name in moves:
         move_tree(images_dir / name, aside / name)
@@ -184,12 +187,11 @@ def retire_stale_images(state, decisions, *, images_dir, expected_names):
 
 
 def discard_retired(state, aside):
-    if aside is not None:
-        remove_tree(aside)
-        state.created_for_good(aside)
+    """The new images and their records are in place: the old versions go."""
+    state.image_set_done()
 
 
-def write_image_records(decisions, table, *, images_dir, seconds_by_job, placed, ous):
+def write_image_records(decisions, table, *, images_dir, seconds_by_job, placed, ous, state=None):
     """After publishing: a record beside each image made, with its files, duration and table row."""
     rows = dict((row['image'], row) for row in table)
     files = collections.defaultdict(list)
@@ -200,6 +202,8 @@ def write_image_records(decisions, table, *, images_dir, seconds_by_job, placed,
     for decision in decisions:
         if not decision.reasons:
             continue
+        if state is not None:
+            state.image_set_records([decision.record_path.name])
         record = dict(decision.expected, seconds=seconds_by_job.get(decision.job.name),
                       files=sorted(files.get(decision.stem, [])), table_row=rows.get(decision.stem))
         write_record(image_record_path(images_dir, decision.stem), record)

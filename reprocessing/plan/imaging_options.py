@@ -113,6 +113,11 @@ def parse_phasecenter(value):
                      'TRACKFIELD' % text)
 
 
+# Measured (CASA 6.7, gridder standard): imsize 1, 2 and 4 fail in tclean ("number of pixels 6 on x axis is
+# smaller that the gridding support 6"), 8 works; the mosaic gridder's support is larger: 16 at least.
+MIN_IMSIZE = 16
+
+
 def parse_imsize(value):
     """[n, n], n, 'n,m' or '0.3pb' (image edge at that primary-beam level)."""
     import re
@@ -137,6 +142,9 @@ def parse_imsize(value):
         sizes = sizes * 2
     if len(sizes) != 2 or min(sizes) < 1:
         raise ValueError('imsize "%s" must be one or two positive pixel counts, or e.g. 0.3pb' % (value,))
+    if min(sizes) < MIN_IMSIZE:
+        raise ValueError('imsize "%s" is smaller than tclean can grid: give at least %d pixels a side'
+                         % (value, MIN_IMSIZE))
     return sizes
 
 

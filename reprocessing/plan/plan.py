@@ -7,19 +7,20 @@ import sys
 from ..casa.casa_engine import is_monolithic_casa, load_casa, native_output_into, native_stdout_silenced
 from ..casa.data_columns import describe_selfcal, survey_data_columns
 from ..casa.ms_imaging import read_ms_for_imaging
-from ..casa.ms_tables import check_measurement_set
+from ..casa.ms_tables import check_measurement_set, is_entirely_flagged
 from ..casa.pipeline_engine import require_pipeline_for_contsub
 from ..casa.workers import resolve_jobs
 from ..contdat.against_ms import contdat_preflight, read_delivery_contdat
 from ..contsub.line_update import continuum_by_spw, expected_line_record, is_recorded_line_ms, line_ms_decision, say_line_decisions
-from ..core.fileops import directory_bytes, free_bytes, human_bytes, relative_path, removal_blocker, require_free_space
+from ..core.fileops import directory_bytes, file_count, free_bytes, human_bytes, relative_path, removal_blocker, require_free_space
 from ..core.layout import WORK_DIR_NAME, line_ms_path
-from ..core.messages import ReprocessingError, UsageError, one_line, say
+from ..core.messages import ReprocessingError, UsageError, one_line, say, warn
 from ..imaging.archive_compare import find_archive_products
 from ..imaging.image_casa import plan_casa_images, require_image_space
 from ..imaging.image_publish import check_no_collisions, check_reused_images_dir
 from ..imaging.image_update import check_update_names, decide_images, say_decisions
 from ..imaging.products import ous_from_path
+from ..run.interrupted import kept_by_interrupted_run, kept_note
 from ..run.staging import is_read_only
 from ..steps.check import run_check
 from ..steps.cleanup import run_cleanup
@@ -114,6 +115,9 @@ def _plan_contsub(plan):
     if request.engine == 'pipeline':
         require_pipeline_for_contsub()
     plan.replace_line_ms = request.overwrite_line
+    if not request.overwrite_line and kept_by_interrupted_run(delivery, [line_ms_path(ms) for ms in delivery.targets]):
+        plan.notes.append(kept_note(delivery, [line_ms_path(ms) for ms in delivery.targets]))
+        return
     if delivery.targets_line and not request.overwrite_line and request.update:
         unrecorded = [line for line in delivery.targets_line if not is_recorded_line_ms(line)]
         if unrecorded:
@@ -150,6 +154,7 @@ def _plan_image(plan):
     delivery, request = plan.delivery, plan.request.image
     engine = choose_imaging_engine(request.engine)
     images = request.images_dir
+    delivery.check_output_folder(images, '--image', also=[request.archive_products])  # before anything is written
     if images.exists() and not images.is_dir():
         raise ReprocessingError('%s exists and is not a directory — choose another name with --image DIR' % images)
     update = request.update
@@ -194,6 +199,9 @@ def _plan_image(plan):
 def _plan_concat(plan, inputs, output_name):
     delivery = plan.delivery
     output = delivery.output(output_name)
+    if kept_by_interrupted_run(delivery, [output]):
+        plan.notes.append(kept_note(delivery, [output]))
+        return
     if output.exists() or output.is_symlink():
         raise ReprocessingError('%s already exists — rename or remove it to make a new one' % output)
     _require_writable_folder(delivery, output)
@@ -217,7 +225,10 @@ def _require_writable_folder(delivery, output):
 
 
 def _check_free_space(plan):
-    require_free_space(plan.delivery.root, plan.extra_bytes, what='this plan',
+    """Bytes and files: each step that writes copies of its inputs (line MSes, a concatenated MS) makes
+    about as many files as they have."""
+    files = file_count([ms for step in plan.steps if step.extra_bytes for ms in step.inputs if os.path.exists(str(ms))])
+    require_free_space(plan.delivery.root, plan.extra_bytes, what='this plan', files=files,
                        advice='free some space or run fewer steps at once')
 
 
@@ -273,6 +284,11 @@ def check_measurement_sets(plan):
     with native_output_into(os.devnull), native_stdout_silenced():
         for ms in inputs:
             check_measurement_set(casa, ms, root=delivery.root)
+        flagged = [ms for ms in inputs if is_entirely_flagged(casa, ms)]
+    for ms in flagged:
+        warn('every visibility of %s is flagged: it adds nothing to the line MSes, images or concatenated MS — '
+             'check its flags (flagmanager), or move it out of measurement_sets/ if that is meant'
+             % relative_path(ms, delivery.root))
 
 
 # --- The plan's pre-flight: what the images will take, before the first long step --

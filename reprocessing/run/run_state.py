@@ -5,10 +5,12 @@ import os
 import time
 from pathlib import Path
 
-from ..core.fileops import DISK_FULL_SIGNS, PARTIAL_TAG, free_bytes, human_bytes, is_inside, is_partial_name, relative_path, remove_file, remove_tree, write_atomically
+from ..core.fileops import DISK_FULL_SIGNS, PARTIAL_TAG, free_space_text, is_inside, is_partial_name, relative_path, remove_file, remove_tree, write_atomically
 from ..core.host import host_name, now_text, owner_name
 from ..core.layout import JOURNAL_NAME, LOCK_NAME
 from ..core.messages import ReprocessingError, say
+from .image_set import recover_image_set, valid_image_set
+from .orphans import stop_orphan_workers
 
 
 # Test-only: the name of a checkpoint at which the run stops and waits to be killed.
@@ -57,15 +59,31 @@ class RunState(object):
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             handle.seek(0)
-            holder = handle.read().strip() or 'another process'
-            handle.close()
-            raise ReprocessingError('another run is working in this delivery (%s) — wait for it to finish'
-                                    % holder)
+            holder = handle.read()
+            if not self._stop_orphans(holder, handle):
+                handle.close()
+                raise ReprocessingError('another run is working in this delivery (%s) — wait for it to finish'
+                                        % (holder.splitlines() or ['another process'])[0].strip())
         handle.seek(0)
         handle.truncate()
         handle.write('pid %d on %s since %s\n' % (os.getpid(), host_name(), now_text()))
         handle.flush()
         self._lock_file = handle
+
+    def record_workers(self, pids):
+        """Write the worker processes' pids into the lock file: they hold the lock too (inherited), and the
+        next run stops them if they outlive this process (orphans)."""
+        if self._lock_file is None:
+            return
+        self._lock_file.seek(0)
+        first = (self._lock_file.read().splitlines() or [''])[0]
+        self._lock_file.seek(0)
+        self._lock_file.truncate()
+        self._lock_file.write('%s\nworkers %s\n' % (first, ' '.join(str(pid) for pid in pids)))
+        self._lock_file.flush()
+
+    def _stop_orphans(self, holder, handle):
+        return stop_orphan_workers(holder, handle, self.logs_dir)
 
     def release(self):
         if self._lock_file is not None:
@@ -139,6 +157,47 @@ class RunState(object):
         self._journal.pop('publishing', None)
         self._write_journal()
 
+    # -- images replaced under --update: the new set is kept whole, or the old one put back ---------------
+    def begin_image_set(self, images_dir, aside, old_names):
+        """Journal, before the first move, that the images folder's old files old_names go into aside (a
+        .stale-images.partial-PID folder in it, or None when nothing is replaced): until image_set_done,
+        a run that fails or is killed gets them back and loses the new files it had put there."""
+        self._journal['image_set'] = {'dir': str(images_dir), 'aside': str(aside) if aside else None,
+                                      'old': list(old_names), 'new': [], 'records': [], 'complete': False}
+        self._write_journal()
+
+    def image_set_adding(self, path, name):
+        """path (a new file or folder) is about to be moved into the images folder as name: journalled
+        with its inode (a rename keeps it), so that a rollback removes only what this run put there."""
+        entry = self._journal.get('image_set') if self._journal else None
+        if entry is None:
+            return
+        info = os.lstat(str(path))
+        entry['new'].append([name, [info.st_dev, info.st_ino]])
+        self._write_journal()
+
+    def image_set_records(self, names):
+        """The provenance records about to be written into the images folder for the new images."""
+        entry = self._journal.get('image_set') if self._journal else None
+        if entry is not None:
+            entry['records'] = sorted(set(entry['records']) | set(names))
+            self._write_journal()
+
+    def image_set_done(self):
+        """Every new image and its record is in place: the old versions set aside can go."""
+        entry = self._journal.get('image_set') if self._journal else None
+        if entry is None:
+            return
+        entry['complete'] = True
+        self._write_journal()
+        if entry['aside'] and Path(entry['aside']).exists():
+            remove_tree(entry['aside'])
+        self._journal.pop('image_set', None)
+        self._write_journal()
+
+    def _recover_image_set(self, entry):
+        recover_image_set(entry, self.delivery.root)
+
     def will_create(self, path):
         """Record path before creating it: the next run removes it if this one dies."""
         self._journal['created'].append(str(path))
@@ -184,7 +243,8 @@ class RunState(object):
                    and isinstance(m.get('inode'), list) and len(m['inode']) == 2
                    and all(isinstance(n, int) for n in m['inode'])] if isinstance(members, list) else []
         publishing = {'members': members, 'complete': bool(publishing.get('complete'))} if members else None
-        return dict(journal, created=created, set_aside=set_aside, logs=logs, publishing=publishing)
+        return dict(journal, created=created, set_aside=set_aside, logs=logs, publishing=publishing,
+                    image_set=valid_image_set(journal.get('image_set')))
 
     def made_by_this_tool(self, path):
         """True for what this tool creates: anything in working_reprocess/, or a .NAME.partial-PID temporary.
@@ -259,6 +319,9 @@ class RunState(object):
 
     def undo(self, journal):
         removed = []
+        if journal.get('image_set'):
+            self._recover_image_set(journal['image_set'])
+            journal.pop('image_set', None)
         for aside_text, original_text in reversed(journal.get('set_aside', [])):
             aside, original = Path(aside_text), Path(original_text)
             ours = aside.parent == original.parent and aside.name.startswith('.%s.replaced-' % original.name)
@@ -306,6 +369,7 @@ class RunState(object):
             raise ReprocessingError('%s appeared while this run was writing it — the new result is kept as %s'
                                     % (final, partial))
         os.rename(str(partial), str(final))
+        pause_point('renamed', self)  # test-only: a signal between the rename and the journal's note of it
         self.created_for_good(partial)
         self.published.append(final)
 
@@ -326,15 +390,15 @@ def describe_unfinished_run(journal, root):
             line = _last_line_with(tail, sign)
             if line:
                 return ('the previous run (pid %s) ended without finishing: the disk was full (%s says "%s") — '
-                        '%s free now in %s; free some space before running it again'
-                        % (pid, Path(log).name, line, human_bytes(free_bytes(root)), root))
+                        '%s now in %s; free some space before running it again'
+                        % (pid, Path(log).name, line, free_space_text(root), root))
         for sign in CRASH_SIGNS:
             line = _last_line_with(tail, sign)
             if line:
                 return ('the previous run (pid %s) ended without finishing: CASA crashed (%s says "%s")'
                         % (pid, Path(log).name, line))
     return ('the previous run (pid %s) ended without finishing — killed (SIGKILL, a time limit, out of memory) or '
-            'crashed; %s free now in %s' % (pid, human_bytes(free_bytes(root)), root))
+            'crashed; %s now in %s' % (pid, free_space_text(root), root))
 
 
 def _tail(path, size=65536):

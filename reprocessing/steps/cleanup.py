@@ -3,7 +3,7 @@
 import os
 from pathlib import Path
 
-from ..core.fileops import is_inside, relative_path, remove_file, remove_tree, directory_bytes, human_bytes
+from ..core.fileops import directory_bytes, human_bytes, is_inside, is_partial_name, relative_path, remove_file, remove_tree
 from ..core.layout import WORK_DIR_NAME
 from ..core.messages import ReprocessingError, say
 from ..run.staging import find_user_measurement_sets
@@ -14,9 +14,8 @@ def run_cleanup(plan, state, step, casa):
     """Remove working_reprocess/ and the CASA logs this tool created, nothing else."""
     delivery = plan.delivery
     work_dir = delivery.work_dir
-    if work_dir.is_symlink():
-        raise ReprocessingError('%s is a link to %s — not removing anything through it; remove the link by hand'
-                                % (work_dir, os.readlink(str(work_dir))))
+    if work_dir.is_symlink():  # a link to scratch (a cluster habit): keep it, clean what this tool made there
+        return _clean_linked_work_dir(delivery, state)
     if not work_dir.exists():
         say('  nothing to clean up: %s/ does not exist' % WORK_DIR_NAME)
         return {'freed': 0}
@@ -39,6 +38,46 @@ def run_cleanup(plan, state, step, casa):
 
 
 CREATED_LOGS = 'created_logs.txt'
+# What this tool makes in working_reprocess/ (Delivery's *_dir, the pipeline's folders, its notes and
+# temporaries): a working_reprocess/ that links elsewhere loses these only.
+TOOL_MADE_NAMES = ('report', 'staging', 'logs', 'imaging', CREATED_LOGS, 'kept-by-interrupted-run.json',
+                   '.cont.dat.delivered.sha256')
+TOOL_MADE_PREFIXES = ('pipeline-',)
+
+
+def _clean_linked_work_dir(delivery, state):
+    """working_reprocess/ links to another folder: remove what this tool made in it; keep the link, the
+    folder and anything else in it (another run's or the user's files)."""
+    target = Path(os.path.realpath(str(delivery.work_dir)))
+    if not target.is_dir():
+        raise ReprocessingError('%s links to %s, which is not a folder — remove the link, or point it at one'
+                                % (delivery.work_dir, os.readlink(str(delivery.work_dir))))
+    if is_inside(delivery.root, target) or any(is_inside(target, os.path.realpath(str(p))) for p in (
+            delivery.ms_dir, delivery.caltables)):
+        raise ReprocessingError('%s links to %s, which holds or is inside your data — not cleaning it; make the '
+                                'link point at a scratch folder of its own' % (delivery.work_dir, target))
+    stranded = find_user_measurement_sets(target)
+    if stranded:
+        raise ReprocessingError('%s holds measurement sets that are not links or tool outputs: %s — move them '
+                                'back to measurement_sets/ first' % (target, ', '.join(str(p) for p in stranded)))
+    logs = read_created_logs(delivery)
+    freed, removed, kept = 0, [], []
+    for entry in sorted(target.iterdir()):
+        if entry.name in TOOL_MADE_NAMES or entry.name.startswith(TOOL_MADE_PREFIXES) or is_partial_name(entry.name):
+            freed += directory_bytes(entry)
+            remove_tree(entry)
+            removed.append(entry.name)
+        else:
+            kept.append(entry.name)
+    for log in logs:
+        if log.exists() and is_inside(log, delivery.root) and log != state.casa_logfile:
+            freed += log.stat().st_size
+            remove_file(log)
+    say('  %s/ links to %s: removed what this tool made there (%s), freed %s; the link is kept%s' % (
+        WORK_DIR_NAME, target, ', '.join(removed) or 'nothing', human_bytes(freed),
+        ', and %d other entr%s there (not made by this tool)' % (len(kept), 'y' if len(kept) == 1 else 'ies')
+        if kept else ''))
+    return {'freed': freed}
 
 
 def record_created_log(delivery, log):

@@ -154,6 +154,7 @@ def contsub_with_uvcontsub(plan, state, step, casa, reason):
             else ''))
         if tasks:
             import_drawing_in_background(casa, fits_here=workers.count == 1)
+        pause_point('contsub-tasks', state)
         results = workers.run(tasks, casa=casa) if tasks else []
         # drawn while the worker processes exit and the line MSes are published
         drawing = drawn_in_background(_spectra_of(results), delivery.spectra_dir)

@@ -22,6 +22,7 @@ from ..imaging.image_update import decide_images, describe_kept, discard_retired
 from ..imaging.products import ImageProduct, ous_from_path
 from ..imaging.cube_chunks import chunk_clean, chunk_dirty
 from ..imaging.tclean_run import run_image_job, run_tclean_jobs
+from ..run.run_state import pause_point
 from ..run.staging import make_shadow, space_free_path
 
 
@@ -133,6 +134,7 @@ def run_image(plan, state, step, casa):
             aside = retire_stale_images(state, decisions, images_dir=images_dir, expected_names=dict(
                 (image_stem(job, ous), [p.fits_name(ous) for p in expected_finals([job])]
                  + [p.path.name for p in expected_finals([job])]) for job in jobs))
+            pause_point('images-set-aside', state)
         seconds = {}
         with EbWorkers.started(imaging_processes(jobs), state=state) as workers:
             products = run_tclean_jobs(casa, request, jobs, work_dir=work_dir, state=state, workers=workers,
@@ -154,8 +156,9 @@ def run_image(plan, state, step, casa):
         records = dict(images_dir=images_dir, seconds_by_job=seconds, placed=placed, ous=ous)
         decisions = decisions or decide_images(casa, jobs, request, images_dir=images_dir,
                                                infos=targets + line_infos, delivery_ms_dir=delivery.ms_dir, ous=ous)
-        write_image_records(decisions, [], **records)  # at once: the files are this tool's from now on
-        discard_retired(state, aside)
+        write_image_records(decisions, [], state=state, **records)  # at once: the files are this tool's now
+        if aside is not None or request.update:
+            discard_retired(state, aside)
     table = image_table(casa, placed, ous=ous, thumbnails_dir=delivery.report_dir / 'images')
     if engine != 'pipeline':
         write_image_records(decisions, table, **records)  # again, with the table's row for later reports
