@@ -56,10 +56,11 @@ class OneLineParser(argparse.ArgumentParser):
             following = args[index + 1] if index + 1 < len(args) else ''
             given = arg if '=' in arg or action.nargs == 0 or not following or following.startswith('-') \
                 else '%s %s' % (arg, following)
-            if action.dest in seen:
+            # by flag, not by destination: two flags of one destination (--link, --move) are argparse's to refuse
+            if candidates[0] in seen:
                 raise UsageError('%s is given twice (%s, then %s) — give it once' % (
-                    candidates[0], seen[action.dest], given))
-            seen[action.dest] = given
+                    candidates[0], seen[candidates[0]], given))
+            seen[candidates[0]] = given
 
 
 def existing_directory(text):

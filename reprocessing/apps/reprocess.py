@@ -174,10 +174,10 @@ def check_combinations(options):
                              'recorded) — add --engine casa')
     if options.image is not None:
         _check_relative_output_name(options.image, '--image')
-    if options.feather is not None and not options.combine:
-        raise UsageError('--feather adds total power to the joint image of --combine — add --combine DIR')
     elif options.archive_products is not None:
         raise UsageError('--archive-products compares the images of --image with the archive\'s — add --image [DIR]')
+    if options.feather is not None and not options.combine:
+        raise UsageError('--feather adds total power to the joint image of --combine — add --combine DIR')
     check_imaging_options(options)
 
 

@@ -97,13 +97,18 @@ class Delivery(object):
         chosen = os.path.realpath(str(folder))
         users = list(self.targets) + list(self.targets_line) + [self.output(n) for n in (
             'calibrated_final.ms', 'calibrated_final_line.ms')] + [self.ms_dir, self.caltables, self.work_dir, self.root]
-        for user in [path for path in users if path is not None] + [Path(p) for p in also if p is not None]:
+        root = os.path.realpath(str(self.root))
+        in_delivery = chosen.startswith(root.rstrip('/') + '/')
+        inputs = [Path(p) for p in also if p is not None]
+        for user in [path for path in users if path is not None] + inputs:
             real = os.path.realpath(str(user))
             inside = chosen == real or chosen.startswith(real.rstrip('/') + '/')
-            if inside and real != os.path.realpath(str(self.root)) or chosen == real:
+            # an input folder may hold the delivery (--archive-products at the member folder that holds
+            # calibrated/ and product/): a folder inside the delivery is then fine
+            allowed = real == root or (user in inputs and in_delivery and not root.startswith(chosen + '/'))
+            if inside and not allowed or chosen == real:
                 raise UsageError('%s %s would write into %s — choose a new folder for the products, e.g. %s images'
                                  % (flag, folder, user, flag))
-        root = os.path.realpath(str(self.root))
         if root.startswith(chosen.rstrip('/') + '/'):
             raise UsageError('%s %s holds the delivery %s — choose a new folder for the products, e.g. %s images'
                              % (flag, folder, self.root, flag))
