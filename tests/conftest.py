@@ -281,6 +281,19 @@ def error_lines(text):
     return [line for line in text.splitlines() if line.strip()]
 
 
+def one_error_line(result, exit_code=None):
+    """The failure's single line, 'ERROR: what is wrong — what to do', alone on stderr, no traceback.
+
+    result: a finished script (subprocess; its exit code checked when exit_code is given) or pytest's captured
+    output of an in-process run (capsys.readouterr())."""
+    stderr = result.stderr if hasattr(result, 'stderr') else result.err
+    if exit_code is not None:
+        assert result.returncode == exit_code, stderr
+    lines = error_lines(stderr)
+    assert len(lines) == 1 and lines[0].startswith('ERROR: ') and ' — ' in lines[0], stderr
+    return lines[0]
+
+
 Image = collections.namedtuple('Image', 'pixels coordinates beam unit')
 
 

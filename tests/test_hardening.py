@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import scriptForReprocessing as sfr
-from conftest import SCRIPT, error_lines, user_ms_digests
+from conftest import SCRIPT, error_lines, one_error_line, user_ms_digests
 from test_cli import tree_listing
 from test_concat_and_safety import THREE_EBS, read_table
 
@@ -30,12 +30,6 @@ def script_command(delivery, *args, prefix=()):
 def run(delivery, *args, prefix=(), env=None):
     return subprocess.run(script_command(delivery, *args, prefix=prefix), cwd=str(delivery), env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=600)
-
-
-def one_error_line(result):
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith('ERROR: '), result.stderr
-    return lines[0]
 
 
 # --- Read-only measurement sets --------------------------------------------------------------------

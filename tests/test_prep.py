@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import PREP, REPO, error_lines, md5_tree
+from conftest import PREP, REPO, error_lines, md5_tree, one_error_line
 
 import reprocessing_prep as prep
 
@@ -78,13 +78,6 @@ def listing(root):
 def snapshot(directory):
     """Listing and checksums of everything in directory (the project folder holding working/)."""
     return listing(directory), md5_tree(directory)
-
-
-def one_error_line(captured):
-    lines = error_lines(captured.err)
-    assert len(lines) == 1, lines
-    assert lines[0].startswith('ERROR: ') and ' — ' in lines[0], lines[0]
-    return lines[0]
 
 
 def expected_tree(working):

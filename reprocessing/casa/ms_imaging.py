@@ -64,6 +64,19 @@ def _read_ms_for_imaging(casa, ms):
                         read_science_goals(casa, ms))
 
 
+def require_baselines_to_image(infos):
+    """Refuse to image data of fewer than three baselines (three antennas): tclean made a 0 x 0 beam out of the one
+    baseline of a real ALMA MS (pyuvdata's X5707 test MS) and exited without an error."""
+    counts = {info.name: len(info.baselines_m) for info in infos}
+    if counts and max(counts.values()) < 3:
+        name, count = max(counts.items(), key=lambda item: item[1])
+        raise ReprocessingError(
+            '%s holds data on %d baseline%s%s: an image needs at least three antennas (three baselines) — image a '
+            'delivery with more antennas; --check, --contsub_fast and --calibrated_final work on this one'
+            % (name, count, '' if count == 1 else 's',
+               '' if len(counts) == 1 else ' (the most of its %d measurement sets)' % len(counts)))
+
+
 def read_science_goals(casa, ms):
     """{'representativeFrequency': Hz, 'representativeBandwidth': Hz, ...} from ASDM_SBSUMMARY, or {}."""
     path = Path(ms) / 'ASDM_SBSUMMARY'

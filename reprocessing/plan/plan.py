@@ -6,7 +6,7 @@ import sys
 
 from ..casa.casa_engine import is_monolithic_casa, load_casa, native_output_into, native_stdout_silenced
 from ..casa.data_columns import describe_selfcal, survey_data_columns
-from ..casa.ms_imaging import read_ms_for_imaging
+from ..casa.ms_imaging import read_ms_for_imaging, require_baselines_to_image
 from ..casa.ms_tables import check_measurement_set, is_entirely_flagged
 from ..casa.pipeline_engine import require_pipeline_for_contsub
 from ..casa.workers import resolve_jobs
@@ -314,6 +314,7 @@ def preflight_images(plan):
             # line MSes this run makes have the spws and channels of the targets MSes they come from
             lines = [] if makes_line_ms else sorted(
                 (read_ms_for_imaging(casa, ms) for ms in delivery.targets_line), key=observed_first)
+            require_baselines_to_image(targets + lines)
             jobs, _notes = plan_casa_images(casa, request, targets=targets, lines=lines,
                                             channels_for=_every_channel, contdat=None,
                                             ous=ous_from_path(delivery.root))
