@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import scriptForReprocessing as sfr
-from conftest import truth_of
+from conftest import read_image, truth_of
 
 # The demo's delivery (tools/demo.py), one spw: the cube automasking cannot mask.
 DEMO_LIKE = dict(n_ebs=2, spw_ids=(25,), nchan=64, n_antennas=12)
@@ -150,24 +150,11 @@ def test_the_cube_has_the_grid_asked_for_and_the_line_at_its_velocity(grid_cube,
     # the rest frequency the PI set up: the SOURCE table's (the simulator writes the line's frequency there)
     assert restfreq == pytest.approx(truth['line_lsrk_freq_ghz']['25'][0] * 1e9, rel=1e-9)
     assert 'rest frequency from the SOURCE table' in grid_cube['result'].stdout
-    pixels, _c, _b, _u = _read(casa, cube)
+    pixels, _c, _b, _u = read_image(casa, cube, dropdeg=False)
     spectrum = pixels[pixels.shape[0] // 2, pixels.shape[1] // 2, :]
     strong = spectrum > 0.1 * spectrum.max()
     centre = float((spectrum[strong] * numpy.array(velocities)[strong]).sum() / spectrum[strong].sum())
     assert abs(centre - injected_velocity(truth, restfreq)) <= 0.25 * 2.0, (centre, injected_velocity(truth, restfreq))
-
-
-def _read(casa, path):
-    image = casa.casatools.image()
-    image.open(str(path))
-    try:
-        pixels = image.getchunk(dropdeg=False)
-        coordinates = image.coordsys()
-        beam = image.restoringbeam()
-        unit = image.brightnessunit()
-    finally:
-        image.close()
-    return pixels.reshape(pixels.shape[0], pixels.shape[1], -1), coordinates, beam, unit
 
 
 def test_moment_maps_hold_the_injected_flux_velocity_and_width(grid_cube, casa):
@@ -178,7 +165,7 @@ def test_moment_maps_hold_the_injected_flux_velocity_and_width(grid_cube, casa):
     assert fits_in(images, 'mom0.error.fits').is_file()
     assert 'moments 0,1,2,8 from a signal mask' in grid_cube['result'].stdout
     moment0 = fits_in(images, 'mom0.fits')
-    pixels, coordinates, beam, unit = _read(casa, moment0)
+    pixels, coordinates, beam, unit = read_image(casa, moment0, dropdeg=False)
     assert unit == 'Jy/beam.km/s'
     quanta = casa.casatools.quanta()
     cell = abs(coordinates.increment(type='direction')['numeric'][0]) * 180 / math.pi * 3600
@@ -191,12 +178,12 @@ def test_moment_maps_hold_the_injected_flux_velocity_and_width(grid_cube, casa):
     assert flux == pytest.approx(expected, rel=0.05), (flux, expected)
     _velocities, restfreq, _frame = spectral_axis(casa, fits_in(images, 'pbcor.fits'))
     centre = (plane.shape[0] // 2, plane.shape[1] // 2)
-    moment1 = _read(casa, fits_in(images, 'mom1.fits'))[0][:, :, 0]
+    moment1 = read_image(casa, fits_in(images, 'mom1.fits'), dropdeg=False)[0][:, :, 0]
     assert abs(moment1[centre] - injected_velocity(truth, restfreq)) <= 0.25 * 2.0, moment1[centre]
-    moment2 = _read(casa, fits_in(images, 'mom2.fits'))[0][:, :, 0]
+    moment2 = read_image(casa, fits_in(images, 'mom2.fits'), dropdeg=False)[0][:, :, 0]
     sigma = truth['line_fwhm_kms'] / (2.0 * math.sqrt(2.0 * math.log(2.0)))
     assert moment2[centre] == pytest.approx(sigma, rel=0.1), moment2[centre]
-    error = _read(casa, fits_in(images, 'mom0.error.fits'))[0][:, :, 0]
+    error = read_image(casa, fits_in(images, 'mom0.error.fits'), dropdeg=False)[0][:, :, 0]
     assert 0 < error[centre] < 0.01 * plane[centre], (error[centre], plane[centre])
 
 
@@ -218,7 +205,7 @@ def test_round_beam_makes_the_source_round(grid_cube, casa):
     """CASA convolves planes accurately only with kernels over a pixel wide: the round beam is widened to that
     (with the plain largest major axis the source came out 2.03 x 1.83 arcsec under a header saying 2.04 round)."""
     cube = fits_in(grid_cube['images'], 'pbcor.fits')
-    _pixels, _coordinates, beam, _unit = _read(casa, cube)
+    _pixels, _coordinates, beam, _unit = read_image(casa, cube, dropdeg=False)
     assert 'beams' not in beam and beam['major']['value'] == pytest.approx(beam['minor']['value'], rel=1e-6)
     major, minor = fitted_shape(casa, cube, 10)  # the line's peak channel
     assert minor == pytest.approx(major, rel=0.01), (major, minor)
@@ -228,7 +215,7 @@ def test_round_beam_makes_the_source_round(grid_cube, casa):
 def test_common_beam_is_the_same_in_every_plane(demo_cube, casa):
     import numpy
     cube = next(Path(demo_cube['images']).glob('*spw25.cube.I.iter1.image.pbcor'))
-    _pixels, _coordinates, beam, _unit = _read(casa, cube)
+    _pixels, _coordinates, beam, _unit = read_image(casa, cube, dropdeg=False)
     assert 'beams' not in beam, beam  # one beam for the cube
     image = casa.casatools.image()
     image.open(str(cube))
