@@ -50,7 +50,8 @@ from ..imaging.beams import parse_beam
 from ..imaging.moments import parse_moments
 from ..imaging.spectral_grid import parse_nchan, parse_outframe, parse_restfreq, parse_start, parse_veltype, parse_width
 from ..plan.imaging_options import IMAGING_ENGINES, argparse_type, check_imaging_options, parse_cell, parse_field, parse_gigabytes, parse_imsize, parse_nbins, parse_phasecenter, parse_robust, parse_specmodes, parse_spw, parse_uvrange, parse_uvtaper
-from ..plan.plan import check_measurement_sets, describe_plan, make_plan, preflight_combination, preflight_data_columns, preflight_images, preview_update
+from ..plan.image_plan import preflight_images, preview_update
+from ..plan.plan import check_measurement_sets, describe_plan, make_plan, preflight_combination, preflight_data_columns
 from ..plan.requests import chosen_actions, run_request
 from ..report.report import write_report
 from ..run.interrupted import forget_kept, new_outputs, output_identities, remember_kept
