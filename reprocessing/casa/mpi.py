@@ -10,7 +10,7 @@ import time
 from .casa_engine import configure_modular_casa, is_monolithic_casa
 from ..core.script import package_parent, running_as_package, script_path
 from ..core.layout import SCRIPT_NAME
-from ..core.messages import EXIT_FAILED, ReprocessingError, one_line, say
+from ..core.messages import EXIT_FAILED, ReprocessingError, leave_stop_warning_to_parent, one_line, say
 
 
 MpiInfo = collections.namedtuple('MpiInfo', 'size rank is_client')
@@ -174,6 +174,7 @@ def _join_casampi(size, rank):
 
 def _serve_until_stopped(rank):
     """An MPI server: run what rank 0 sends until it says stop; then end this process, whatever happens."""
+    leave_stop_warning_to_parent()  # mpirun passes SIGUSR1 to every rank: rank 0 stops the servers
     try:
         import casampi.private.start_mpi  # noqa: F401  (serves, then ends the process with status 0)
     except KeyboardInterrupt:  # Ctrl-C reaches every rank; rank 0 reports it

@@ -12,7 +12,7 @@ from .casa_engine import casa_safe_directory, load_casa
 from .eb_tasks import EB_TASKS, run_registered_task
 from ..core.script import self_command, self_environment
 from ..core.layout import SCRIPT_NAME
-from ..core.messages import EXIT_FAILED, EXIT_OK, ReprocessingError, duration_text, say
+from ..core.messages import EXIT_FAILED, EXIT_OK, ReprocessingError, duration_text, leave_stop_warning_to_parent, say
 from .mpi import MpiEbServers, mpi_servers_available
 
 
@@ -285,6 +285,7 @@ def run_eb_worker(arguments):
     logfile = Path(arguments[0]) if arguments else None
     parent = os.environ.get(PARENT_ENV, '')
     die_with_parent(int(parent) if parent.isdigit() else None)
+    leave_stop_warning_to_parent()
     try:
         casa = load_casa(logfile=logfile)  # while the parent checks cont.dat
         casa.import_casatasks()  # now, not when the first task comes (load_casa leaves it to its first use)

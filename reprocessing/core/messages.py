@@ -23,7 +23,7 @@ class UsageError(ReprocessingError):
 
 
 class Interrupted(BaseException):
-    """A signal (SIGTERM, SIGHUP, SIGINT) asked the run to stop.
+    """A signal (STOP_SIGNALS) asked the run to stop.
 
     A BaseException, like KeyboardInterrupt: handlers for CASA's errors (``except Exception``) let
     it through, so no step can turn a signal into a warning and carry on.
@@ -31,9 +31,29 @@ class Interrupted(BaseException):
 
     def __init__(self, number, message=None):
         self.number = number
-        self.name = {1: 'SIGHUP', 2: 'SIGINT', 15: 'SIGTERM'}.get(number, 'signal %s' % number)
+        self.name = signal_name(number)
         self.described = message is not None  # says what is on disk and what to do
         BaseException.__init__(self, message or 'stopped by signal %d (%s)' % (number, self.name))
+
+
+# SIGUSR1 is the warning a batch job asks for before its time limit (Slurm: --signal=B:USR1@300), which
+# mpirun passes on to every rank.  Slurm's own SIGTERM at the limit reaches mpirun too, and measured
+# (Open MPI 4.1, Slurm 22.05) mpirun then drops whatever its ranks print after it: even a line printed
+# at once was lost, while the same line after SIGUSR1 reached the job's output.
+STOP_SIGNALS = ('SIGTERM', 'SIGHUP', 'SIGINT', 'SIGUSR1')
+
+
+def leave_stop_warning_to_parent():
+    """In a worker or an MPI server: SIGUSR1 is for the process that drives the run, which stops this one."""
+    if hasattr(signal, 'SIGUSR1'):
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
+def signal_name(number):
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return 'signal %s' % number
 
 
 # Set to 1 to see the traceback of an unexpected error instead of its one-line summary.
@@ -92,7 +112,7 @@ def one_line(error):
 
 @contextlib.contextmanager
 def signals_as_exceptions():
-    """SIGTERM, SIGHUP and SIGINT raise Interrupted wherever the run is, so every cleanup runs.
+    """STOP_SIGNALS (SIGTERM, SIGHUP, SIGINT, SIGUSR1) raise Interrupted wherever the run is, so every cleanup runs.
 
     A signal that arrives while CASA's C++ code runs (a long tclean) is acted on when CASA returns
     to Python; a cluster's SIGKILL after its grace period is recovered by the next run.
@@ -100,7 +120,7 @@ def signals_as_exceptions():
     def interrupt(number, _frame):
         raise Interrupted(number)
     previous = {}
-    for name in ('SIGTERM', 'SIGHUP', 'SIGINT'):
+    for name in STOP_SIGNALS:
         number = getattr(signal, name, None)
         if number is not None:
             try:
