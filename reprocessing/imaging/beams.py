@@ -5,7 +5,8 @@ import re
 
 from ..casa.casa_engine import casa_task, opened_tool
 from ..core.fileops import move_tree, remove_tree
-from ..core.messages import ReprocessingError
+from ..core.messages import ReprocessingError, UsageError
+from .heuristics import ARCSEC_PER_RADIAN, SPEED_OF_LIGHT
 
 BEAM_CHOICES = ('common', 'round')
 _ANGLE = r'^([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)(arcsec|mas|arcmin|deg)$'
@@ -100,3 +101,60 @@ def convolve_cube(casa, image_path, beam_option, *, report, beams=None):
     remove_tree(image_path)
     move_tree(out, image_path)
     return final
+
+
+# --- --beam <angle> finer than the data: refused at plan time, from metadata alone ---------------------------
+# The smallest beam tclean can give a cube, as a factor of lambda / B at the spw's highest frequency and the
+# longest baseline with data, by robust (linear in between).  Measured with bench/bench_beam_estimate.py (CASA 6.7,
+# PSF-only cubes, briggsbwtaper, perchanweightdensity) on 12 m arrays of 12, 25 and 40 antennas (C-1 pads, 143-161 m
+# baselines, 217 and 231 GHz) and a 10-antenna 7 m array: the largest major axis of a cube's planes was at least
+# 0.959 lambda/B at robust -2..0 (40 antennas), 0.986 at 0.5, 1.028 at 1, 1.041 at 2 (25 antennas); 7 m: 1.089+.
+# The factors are those / 1.2: a 20 % margin.  The compact configuration is the worst case: a numpy model of
+# uniformly weighted PSFs of casadata's Cycle 10 configurations (1 h at dec -24 deg, 230 GHz) gave 0.95 lambda/B for
+# C-1 (tclean above: 0.959) and 1.14-1.28 for C-3 to C-10, whose longest baselines are sparse.  A target between
+# this floor and the real beam is refused after tclean (check_target).
+BEAM_FLOOR_FACTORS = ((-2.0, 0.80), (0.0, 0.80), (0.5, 0.82), (1.0, 0.86), (2.0, 0.87))
+
+
+def diffraction_arcsec(frequency_hz, baseline_m):
+    """lambda / B in arcsec."""
+    return SPEED_OF_LIGHT / frequency_hz / baseline_m * ARCSEC_PER_RADIAN
+
+
+def beam_floor_factor(robust):
+    """BEAM_FLOOR_FACTORS at robust (linear between the measured points, the ends beyond them)."""
+    points = sorted(BEAM_FLOOR_FACTORS)
+    if robust <= points[0][0]:
+        return points[0][1]
+    for (low, low_factor), (high, high_factor) in zip(points, points[1:]):
+        if robust <= high:
+            return low_factor + (high_factor - low_factor) * (robust - low) / (high - low)
+    return points[-1][1]
+
+
+def estimated_beam_floor(infos, *, highest_hz, robust):
+    """arcsec below which no plane's major axis can be: BEAM_FLOOR_FACTORS x lambda / B at highest_hz, B the longest
+    baseline with data in any of the MSes (infos: MsForImaging)."""
+    longest = max(max(info.baselines_m) for info in infos)
+    return beam_floor_factor(0.5 if robust is None else robust) * diffraction_arcsec(highest_hz, longest)
+
+
+def check_target_before_tclean(beam_option, jobs, *, targets, spw_map, robust, uvrange):
+    """--beam <angle> finer than any cube's estimated_beam_floor: refused in one line while planning (nothing made).
+    Not checked with --uvrange (leaving out short baselines makes the beam smaller than all baselines' estimate);
+    the check after tclean covers what is not refused here."""
+    target = target_arcsec(beam_option)
+    if target is None or uvrange:
+        return
+    for job in jobs:
+        if not job.spectral or job.spw_ids[0] not in spw_map:
+            continue
+        highest = max(max(s.freqs) + s.width / 2.0 for s in spw_map[job.spw_ids[0]].values())
+        floor = estimated_beam_floor(targets, highest_hz=highest, robust=robust)
+        if target < floor:
+            longest = max(max(info.baselines_m) for info in targets)
+            raise UsageError('--beam %s is finer than the data: the spw %d cube of %s cannot have a beam under about '
+                             '%.3g arcsec (%.4g GHz, longest baseline %.0f m, robust %g) — choose a larger '
+                             'resolution, or --beam round for the smallest round beam the cube allows'
+                             % (beam_option, job.spw_ids[0], job.field, floor, highest / 1e9, longest,
+                                0.5 if robust is None else robust))

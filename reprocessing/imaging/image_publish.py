@@ -12,6 +12,7 @@ from ..run.run_state import pause_point
 from ..core.messages import ReprocessingError
 from .products import products_destinations
 from .thumbnails import thumbnail_or_warning
+from .cube_pictures import cube_pictures
 
 
 def check_no_collisions(images_dir, names):
@@ -115,9 +116,13 @@ def describe_image(casa, pbcor, pb=None, mask=None):
             'rms_outside_mask': stats['rms_outside_mask']}
 
 
-def image_table(casa, placed, *, ous, thumbnails_dir=None):
-    """One row per image: its final products and what they show (and a PNG of it in thumbnails_dir)."""
+def image_table(casa, placed, *, ous, thumbnails_dir=None, redone=None):
+    """One row per image: its final products and what they show (and a PNG of it in thumbnails_dir; a cube's
+    moment maps and its spectrum at the moment-0 peak too).  redone: {image (archive stem): [[channel, why]]} of
+    the channels cube health cleaned again."""
+    import re
     rows = collections.OrderedDict()
+    moments = {}
     for product, casa_path, fits_path in placed:
         if product.iteration < 0:
             continue
@@ -134,9 +139,14 @@ def image_table(casa, placed, *, ous, thumbnails_dir=None):
             row['pb'] = casa_path
         if product.ext == 'mask':
             row['mask'] = casa_path
+        moment = re.match(r'^image\.pbcor\.mom([0-9])$', product.ext)
+        if moment:
+            moments.setdefault(product.image_key, {})[int(moment.group(1))] = casa_path
     table = []
-    for row in rows.values():
+    for key, row in rows.items():
         pbcor, pb, mask = row.pop('pbcor', None), row.pop('pb', None), row.pop('mask', None)
+        if (redone or {}).get(row['image']):
+            row['redone_channels'] = [list(item) for item in redone[row['image']]]
         if pbcor is not None:
             row.update(describe_image(casa, pbcor, pb, mask))
             if thumbnails_dir is not None:  # the picture's numbers are the table's
@@ -146,6 +156,10 @@ def image_table(casa, placed, *, ous, thumbnails_dir=None):
                                                            'peak_position': row['peak_pixel']})
                 if picture is not None:
                     row.update(thumbnail=picture['png'], thumbnail_title=picture['title'])
+                if key in moments:
+                    row.update(cube_pictures(casa, pbcor=pbcor, moments=moments[key], folder=thumbnails_dir,
+                                             stem=row['image'], redone=row.get('redone_channels'),
+                                             peak_pixel=row.get('peak_pixel')))
         table.append(row)
     return table
 

@@ -26,10 +26,11 @@ _STOP_REASONS = {0: 'not cleaned', 1: 'iteration limit', 2: 'threshold', 3: 'sto
                  5: 'residual grew', 6: 'diverged', 7: 'no automask found: dirty image', 8: 'noise threshold'}
 
 
-def run_tclean_jobs(casa, request, jobs, *, work_dir, state, workers=None, seconds=None):
+def run_tclean_jobs(casa, request, jobs, *, work_dir, state, workers=None, seconds=None, redone=None):
     """Make each job's image in work_dir (in workers' processes when given); the products are the CASA images
     named after each job (job.name + '.image', '.pb', ...).  seconds: a dict given gets each job's duration
-    (by job name), for its provenance record."""
+    (by job name), for its provenance record; redone: a dict given gets the [[channel, why]] cube health cleaned
+    again (by job name, only the jobs that had any)."""
     previous_dir = os.getcwd()
     change_directory(work_dir)  # tclean (and monolithic CASA's .last files) write into the working directory
     try:
@@ -66,6 +67,9 @@ def run_tclean_jobs(casa, request, jobs, *, work_dir, state, workers=None, secon
         change_directory(previous_dir)
     if seconds is not None:
         seconds.update((job.name, result['seconds']) for job, result in zip(jobs, results))
+    if redone is not None:
+        redone.update((job.name, result['redone_channels']) for job, result in zip(jobs, results)
+                      if result.get('redone_channels'))
     products = []
     for job in jobs:
         made = sorted(name for name in os.listdir(str(work_dir)) if name.startswith(job.name + '.')

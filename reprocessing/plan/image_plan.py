@@ -4,13 +4,14 @@ import collections
 import os
 
 from ..casa.casa_engine import native_output_into, native_stdout_silenced
-from ..casa.ms_imaging import read_ms_for_imaging, require_baselines_to_image
+from ..casa.ms_imaging import read_ms_for_imaging, require_baselines_to_image, virtual_spw_map
 from ..contdat.against_ms import contdat_preflight
 from ..contsub.line_update import continuum_by_spw, expected_line_record, line_ms_decision, say_line_decisions
 from ..core.fileops import human_bytes
 from ..core.layout import line_ms_path
 from ..core.messages import ReprocessingError, UsageError, one_line, say
 from ..imaging.archive_compare import find_archive_products
+from ..imaging.beams import check_target_before_tclean
 from ..imaging.image_casa import plan_casa_images, require_image_space
 from ..imaging.image_publish import check_no_collisions, check_reused_images_dir
 from ..imaging.image_update import check_update_names, decide_images, say_decisions
@@ -99,6 +100,8 @@ def preflight_images(plan):
     if not jobs and engine == 'casa':
         raise ReprocessingError('nothing to image with --specmodes %s in these measurement sets — choose other '
                                 'specmodes, fields or spws' % ','.join(request.specmodes))
+    check_target_before_tclean(request.beam, jobs, targets=targets, spw_map=virtual_spw_map(targets),
+                               robust=request.robust, uvrange=request.uvrange)
     images_dir = request.images_dir
     delivered, peak, available = require_image_space(jobs, folder=images_dir, all_products=request.all_products,
                                                      iterations=2 if engine == 'pipeline' else 1)

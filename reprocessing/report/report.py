@@ -17,6 +17,7 @@ from ..core.host import full_host_name, time_text, user_name
 from ..core.layout import SCRIPT_NAME
 from ..core.messages import Interrupted, duration_text, warn
 from ..imaging.archive_compare import COMPARISON_HEADER, comparison_cells
+from .cubes import cubes_section
 from .html import _Markup, _detail_html, _format_value, _html_page, _is_short, _table
 
 
@@ -165,6 +166,7 @@ def _run_page(plan, state, summary, steps, assets):
     parts.extend(_contdat_section(plan, state))
     parts.extend(_spectra_section(state, assets))
     parts.extend(_images_section(state, assets))
+    parts.extend(cubes_section(state, assets))
     parts.extend(_archive_section(state, assets))
     title = 'Reprocessing report %s' % summary['run']
     return _html_page(title, '\n'.join(parts))

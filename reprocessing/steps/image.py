@@ -79,6 +79,7 @@ def run_image(plan, state, step, casa):
     ous = ous_from_path(delivery.root)
     say('  engine: %s; specmodes %s' % ('ALMA pipeline' if engine == 'pipeline' else 'CASA tclean (no pipeline)',
                                          ','.join(request.specmodes)))
+    redone = {}  # channels cube health cleaned again, by tclean job (pipeline-free engine)
     if engine == 'pipeline':
         # plotms keeps the directory of the first pipeline step of this process, and the pipeline
         # gives it relative paths: after --contsub, imaging must run where the contsub ran.
@@ -138,7 +139,7 @@ def run_image(plan, state, step, casa):
         seconds = {}
         with EbWorkers.started(imaging_processes(jobs), state=state) as workers:
             products = run_tclean_jobs(casa, request, jobs, work_dir=work_dir, state=state, workers=workers,
-                                       seconds=seconds)
+                                       seconds=seconds, redone=redone)
     if not products:
         raise ReprocessingError('the %s made no images — see the CASA log %s' % (engine, state.casa_logfile))
     placed = publish_products(state, products, images_dir=images_dir, all_products=request.all_products,
@@ -159,7 +160,9 @@ def run_image(plan, state, step, casa):
         write_image_records(decisions, [], state=state, **records)  # at once: the files are this tool's now
         if aside is not None or request.update:
             discard_retired(state, aside)
-    table = image_table(casa, placed, ous=ous, thumbnails_dir=delivery.report_dir / 'images')
+    table = image_table(casa, placed, ous=ous, thumbnails_dir=delivery.report_dir / 'images', redone=dict(
+        (ImageProduct.from_working_name(Path(name + '.image')).archive_stem(ous), channels)
+        for name, channels in redone.items()))
     if engine != 'pipeline':
         write_image_records(decisions, table, **records)  # again, with the table's row for later reports
         table = kept_rows(decisions) + table

@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""Benchmark of a cube on a custom grid: ``--image --specmodes cube --spw 25 --start/--width/--nchan`` against tclean
+by hand with the same grid, side by side in one run, on the same simulated delivery (with its line MSes).
+
+1. the tool (CASA engine), wall and CPU time of the whole command;
+2. the same tclean calls, replayed: read from that run's CASA log (the PSF for the cell, the dirty image, the
+   cleaning, any fallback or cube-health call), in a fresh Python on the user's MSes, then exportfits of the same
+   products: what the tool costs on top of its own tclean calls;
+3. tclean by hand: ONE tclean call with the grid, weighting, threshold and mask of the tool's LAST cleaning call
+   (the one that made the product: after a failed automask, the primary-beam mask to twice the threshold), with
+   calcpsf and calcres on, then exportfits of the same products: the same cube, made by a user who knew the
+   settings;
+4. also by hand, the tool's FIRST cleaning call (automasking to the pipeline's threshold) from scratch: what a user
+   typing the pipeline's settings gets (when automasking finds no mask it is a dirty cube: cheaper, not the same).
+
+   target: tool / by hand (3) <= 1.1 (the team's goal for a single-process step); also printed: tool / replay.
+
+The machine is shared: the load (uptime) is printed with the numbers; the sides alternate and the fastest of
+--repeat runs of each counts.
+
+Usage: python bench/bench_grid.py [--n-ebs 2] [--n-antennas 25] [--nchan 128] [--repeat 2]
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_image import REPLAY, SCRIPT, REPO, best, replay_bare, task_calls_in_log, timed  # noqa: E402
+
+sys.path.insert(0, str(REPO / 'tests' / 'support'))
+TARGET = 1.1
+GRID = ['--spw', '25', '--start', '-20km/s', '--width', '2km/s', '--nchan', '20']
+
+
+def load():
+    return '%.1f %.1f %.1f (1, 5, 15 min)' % os.getloadavg()
+
+
+def by_hand(delivery, script_log, workdir, round_number, which=-1):
+    """One tclean call with the arguments of the tool's cleaning call `which` (-1: the last, 0: the first), calcpsf
+    and calcres on, then exportfits."""
+    staging = str(delivery / 'working_reprocess' / 'staging' / 'image')
+    imaging = str(delivery / 'working_reprocess' / 'imaging')
+    folder = workdir / 'hand'
+    if folder.exists():
+        shutil.rmtree(str(folder))
+    folder.mkdir()
+    cleans = [c for c in task_calls_in_log(script_log, 'tclean') if c.get('specmode') == 'cube'
+              and c.get('niter', 0) > 0]
+    call = dict(cleans[which])  # its grid, weighting, threshold and mask
+    call.update(vis=[v.replace(staging, str(delivery / 'measurement_sets')) for v in call['vis']],
+                imagename=call['imagename'].replace(imaging, str(folder)), calcpsf=True, calcres=True, restart=True)
+    exports = []
+    for arguments in task_calls_in_log(script_log, 'exportfits'):
+        name = Path(arguments['imagename']).name
+        exports.append(('exportfits', {'imagename': str(folder / name),
+                                       'fitsimage': str(folder / Path(arguments['fitsimage']).name),
+                                       'dropdeg': False}))
+    plan = workdir / 'hand_calls.json'
+    plan.write_text(json.dumps([('tclean', call)] + exports))
+    program = workdir / 'replay.py'
+    program.write_text(REPLAY)
+    seconds, _result = timed([sys.executable, str(program), str(REPO), str(plan),
+                              str(workdir / ('hand-%d-%d.log' % (which, round_number)))], cwd=folder)
+    return seconds
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--n-ebs', type=int, default=2)
+    parser.add_argument('--n-antennas', type=int, default=25)
+    parser.add_argument('--nchan', type=int, default=128, help='channels of the spw (the grid takes 20 of 2 km/s)')
+    parser.add_argument('--repeat', type=int, default=2, help='runs of each side; the fastest counts')
+    parser.add_argument('--workdir', default=None, help='where to work (default: a temporary folder, removed)')
+    args = parser.parse_args(argv)
+    from simulate_delivery import cached_delivery, copy_delivery
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix='bench-grid-'))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        params = dict(n_ebs=args.n_ebs, n_antennas=args.n_antennas, nchan=args.nchan, spw_ids=(25,),
+                      with_line_ms=True)
+        source = cached_delivery(os.environ.get('SIMULATION_CACHE') or workdir / 'cache', **params)
+        delivery = workdir / 'calibrated_final'
+        if delivery.exists():
+            shutil.rmtree(str(delivery))
+        copy_delivery(source, delivery)
+        print('delivery: %d EBs, %d antennas, spw 25 of %d channels; grid %s' % (
+            args.n_ebs, args.n_antennas, args.nchan, ' '.join(GRID)), flush=True)
+        tool, replayed, hand, first, logs = [], [], [], [], []
+
+        def run_tool():
+            images = delivery / 'images'
+            if images.exists():
+                shutil.rmtree(str(images))
+            timing, result = timed([sys.executable, str(SCRIPT), '--image', '--engine', 'casa', '--specmodes',
+                                    'cube'] + GRID, cwd=delivery)
+            log = workdir / ('tool-%d.log' % len(logs))
+            shutil.copyfile(re.search(r'CASA log: (\S+)', result.stdout).group(1), str(log))
+            logs.append(log)
+            return timing
+
+        print('load before: %s' % load(), flush=True)
+        run_tool()  # the calls to replay are the tool's own (and a warm disk cache for every side)
+        calls = len(task_calls_in_log(logs[0], 'tclean'))
+        for round_number in range(args.repeat):
+            sides = ['tool', 'replay', 'hand', 'first']
+            for side in (sides if round_number % 2 == 0 else list(reversed(sides))):
+                if side == 'tool':
+                    tool.append(run_tool())
+                elif side == 'replay':
+                    replayed.append(replay_bare(delivery, logs[0], workdir, round_number)[0])
+                elif side == 'hand':
+                    hand.append(by_hand(delivery, logs[0], workdir, round_number))
+                else:
+                    first.append(by_hand(delivery, logs[0], workdir, round_number, which=0))
+        tool, replayed, hand, first = best(tool), best(replayed), best(hand), best(first)
+        cleans = [c for c in task_calls_in_log(logs[0], 'tclean') if c.get('specmode') == 'cube' and c.get('niter', 0)]
+        print('load after: %s (2 cores)' % load())
+        print('tool --image (custom grid):     %6.1f s wall, %6.1f s CPU' % tool)
+        print('its %d tclean calls, replayed:   %6.1f s wall, %6.1f s CPU' % ((calls,) + tuple(replayed)))
+        print('one tclean by hand, same grid:  %6.1f s wall, %6.1f s CPU  (the last cleaning call: usemask %s, '
+              'threshold %s)' % (tuple(hand) + (cleans[-1].get('usemask'), cleans[-1].get('threshold'))))
+        print('the first cleaning call by hand: %5.1f s wall, %6.1f s CPU  (usemask %s, threshold %s%s)' % (
+            tuple(first) + (cleans[0].get('usemask'), cleans[0].get('threshold'),
+                            '; automasking found no mask: a dirty cube' if len(cleans) > 1 else '')))
+        print('tool / by hand:   %.3f wall, %.3f CPU  (target <= %.1f; best of %d runs each)'
+              % (tool.wall / hand.wall, tool.cpu / hand.cpu, TARGET, args.repeat))
+        print('tool / replay:    %.3f wall, %.3f CPU  (the tool\'s own cost around its tclean calls)'
+              % (tool.wall / replayed.wall, tool.cpu / replayed.cpu))
+        print('tool / first call by hand: %.3f wall, %.3f CPU' % (tool.wall / first.wall, tool.cpu / first.cpu))
+    finally:
+        if not args.workdir:
+            shutil.rmtree(str(workdir), ignore_errors=True)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
