@@ -271,6 +271,17 @@ def mean_spectrum(casa, ms, spw_id, column='DATA'):
     return numpy.ma.masked_array(data, flags).mean(axis=(0, 2)).filled(numpy.nan), data.shape[0] * data.shape[2]
 
 
+def long_directory(base, length):
+    """A directory below base whose path is exactly `length` characters (components of at most 250)."""
+    path = str(base)
+    while len(path) < length:
+        room = length - len(path) - 1
+        path = os.path.join(path, 'd' * min(250, room) if room > 250 or room < 1 else 'e' * room)
+    os.makedirs(path)
+    assert len(path) == length
+    return Path(path)
+
+
 def truth_of(delivery):
     """What the simulator put into a delivery (its truth.json)."""
     return json.loads((Path(delivery) / 'truth.json').read_text())

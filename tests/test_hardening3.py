@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import scriptForReprocessing as sfr
-from conftest import SCRIPT, user_ms_digests
+from conftest import SCRIPT, long_directory, user_ms_digests
 
 TWO_EBS = dict(n_ebs=2)  # the delivery of test_contsub_fast and test_signals (shared cache)
 
@@ -101,17 +101,6 @@ def test_the_next_run_stops_workers_that_outlived_their_run(delivery_factory):
 
 
 # --- 4: a current directory (or a delivery) too long for CASA -----------------------------------------
-
-def long_directory(base, length):
-    """A directory below base whose path is exactly `length` characters (components of at most 250)."""
-    path = str(base)
-    while len(path) < length:
-        room = length - len(path) - 1
-        path = os.path.join(path, 'd' * min(250, room) if room > 250 or room < 1 else 'e' * room)
-    os.makedirs(path)
-    assert len(path) == length
-    return Path(path)
-
 
 def test_a_delivery_of_1503_characters_is_checked_from_inside_it(delivery_factory, tmp_path):
     import shutil

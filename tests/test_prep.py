@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import PREP, REPO, error_lines, md5_tree, one_error_line
+from conftest import PREP, REPO, error_lines, long_directory, md5_tree, one_error_line
 
 import reprocessing_prep as prep
 
@@ -300,6 +300,21 @@ def test_cycle8_target_ms_becomes_targets_and_targets_line(cycle8_working, casa,
         ms.close()
     # The sources are byte-identical: mstransform only read them.
     assert {s.name: md5_tree(s) for s in sources} == source_digests
+
+
+def test_cycle8_conversion_from_a_working_directory_too_long_for_casa(simulated_cycle8_working, tmp_path):
+    """casacore cannot work in a directory of 1,024+ characters (casa_engine.CASA_CWD_LIMIT): the script
+    leaves it before CASA opens a table, and builds calibrated_final/ beside working/ all the same."""
+    from simulate_delivery import copy_delivery
+    project = long_directory(tmp_path / 'long', 1403)
+    os.rmdir(str(project))
+    copy_delivery(simulated_cycle8_working, project)
+    working = project / 'working'
+    result = subprocess.run([sys.executable, str(PREP)], cwd=str(working), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, universal_newlines=True, timeout=600)
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])  # was 1: every table open failed
+    built = sorted(p.name for p in (project / 'calibrated_final' / 'measurement_sets').iterdir())
+    assert len(built) == 4 and len([name for name in built if name.endswith('_targets_line.ms')]) == 2, built
 
 
 def test_cycle8_without_corrected_data_makes_no_line_ms():

@@ -42,7 +42,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..casa.casa_engine import casa_log_path, load_casa, native_output_into
+from ..casa.casa_engine import casa_log_path, leave_directory_too_long_for_casa, load_casa, native_output_into
 from ..casa.data_columns import has_selfcal_column
 from ..core.fileops import directory_bytes, free_bytes
 from ..core.layout import PREP_SCRIPT_NAME, SCRIPT_NAME
@@ -95,6 +95,7 @@ def prepare(options):
     """Everything after the command line; raises ReprocessingError."""
     working = options.working or Path(os.getcwd()).resolve()
     output = options.output or working.parent / DEFAULT_OUTPUT_NAME
+    leave_directory_too_long_for_casa()  # every path is absolute now
     check_not_a_delivery(working=working)
     check_output_is_free(output=output)
     products = find_delivery_products(working=working)

@@ -35,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..casa.casa_engine import CASA_CWD_LIMIT, LONGEST_PATH_BELOW_DELIVERY, PATH_LIMIT, casa_safe_directory, is_monolithic_casa, load_casa, native_output_into
+from ..casa.casa_engine import CASA_CWD_LIMIT, LONGEST_PATH_BELOW_DELIVERY, PATH_LIMIT, casa_safe_directory, is_monolithic_casa, leave_directory_too_long_for_casa, load_casa, native_output_into
 from ..casa.environment import describe_environment
 from ..casa.mpi import casa_mpi_job, mpi_info, mpi_launch, share_logs_with_mpi_servers
 from ..casa.pipeline_engine import pipeline_call_log
@@ -282,11 +282,11 @@ def avoid_long_paths(options):
                                 'shorter path (--check, --contsub_fast and --calibrated_final work from it as it is)'
                                 % (len(str(root)), CASA_CWD_LIMIT, '--contsub' if options.contsub else '--image',
                                    WORK_DIR_NAME))
-    if casa_safe_directory(here) != here:
+    if casa_safe_directory(here) != here:  # every path of the run made absolute before leaving
         options.delivery = root
         if options.archive_products is not None:
             options.archive_products = os.path.abspath(options.archive_products)
-        os.chdir(casa_safe_directory(here))
+    leave_directory_too_long_for_casa()
 
 
 def run(options, args):

@@ -92,6 +92,17 @@ def casa_safe_directory(path=None):
     return '/'
 
 
+def leave_directory_too_long_for_casa():
+    """Move, for the rest of the process, out of a current directory too long for CASA (casa_safe_directory).
+
+    For good, not for a block: CASA asks for the current directory again as the process ends (measured:
+    reprocessing_prep.py from a directory of 1,411 characters came back to it after its work and died of
+    SIGABRT, "Failed AlwaysAssert getcwd(temp, 1024)").  Every path the caller holds must be absolute."""
+    here = os.getcwd()
+    if casa_safe_directory(here) != here:
+        os.chdir(casa_safe_directory(here))
+
+
 @contextlib.contextmanager
 def short_working_directory():
     """Run the block (CASA's imports) in a directory whose path CASA can hold, then come back."""
