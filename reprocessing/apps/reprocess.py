@@ -110,6 +110,11 @@ def build_parser():
                          help='with --image DIR (and --contsub_fast): DIR may hold the images of an earlier run; '
                               'keep each requested image (and line MS) whose recorded inputs and parameters are '
                               'unchanged, remake only the others and say why; with --dry-run: only say it')
+    general.add_argument('--jobs', type=_job_count, default=None, metavar='N',
+                         help='worker processes of every step: execution blocks of --contsub_fast and images of '
+                              '--image (CASA engine) made at the same time, each in its own process (default: the '
+                              'number of cores, at most the number of execution blocks or images; under mpirun the '
+                              'MPI servers are the workers)')
     general.add_argument('--overwrite-line', action='store_true',
                          help='with --contsub/--contsub_fast: replace existing uid*_targets_line.ms '
                               '(the old ones are kept until the new ones are complete)')
@@ -120,9 +125,6 @@ def build_parser():
     continuum.add_argument('--fitorder', type=_fit_order, default=None, metavar='N',
                            help='polynomial order of every continuum fit (default: 1, and 0 for spws cont.dat '
                                 'flags LOWBANDWIDTH or LOWSPREAD, as the pipeline does); implies --refit')
-    continuum.add_argument('--jobs', type=_job_count, default=None, metavar='N',
-                           help='execution blocks processed at the same time, each in its own process '
-                                '(default: the number of cores, at most the number of execution blocks)')
     add_imaging_arguments(parser)
     return parser
 
@@ -145,10 +147,12 @@ def check_combinations(options):
     if not actions:
         raise UsageError('no action given — add at least one of --contsub, --contsub_fast, --check, --image, '
                          '--calibrated_final, --calibrated_final_line, --cleanup, --weblog, --combine')
-    for flag, given in (('--refit', options.refit), ('--fitorder', options.fitorder is not None),
-                        ('--jobs', options.jobs is not None)):
+    for flag, given in (('--refit', options.refit), ('--fitorder', options.fitorder is not None)):
         if given and not options.contsub_fast:
             raise UsageError('%s only applies to --contsub_fast — add it' % flag)
+    if options.jobs is not None and not (options.contsub_fast or options.image is not None):
+        raise UsageError('--jobs only applies to --contsub_fast and --image (the steps that run in worker '
+                         'processes) — add one of them')
     if options.contsub and options.contsub_fast:
         raise UsageError('--contsub and --contsub_fast both subtract the continuum — choose one')
     if options.weblog is not None and options.cleanup:

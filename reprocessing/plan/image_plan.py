@@ -17,7 +17,7 @@ from ..imaging.image_publish import check_no_collisions, check_reused_images_dir
 from ..imaging.image_update import check_update_names, decide_images, say_decisions
 from ..imaging.products import ous_from_path
 from ..steps.contsub_fast import choose_contsub_fast_method
-from ..steps.image import choose_imaging_engine, continuum_channel_finder, expected_finals, observed_first, run_image
+from ..steps.image import choose_imaging_engine, continuum_channel_finder, expected_finals, imaging_processes, observed_first, processes_text, run_image
 from .planning import Step, casa_for_planning, check_free_space
 
 
@@ -60,6 +60,10 @@ def plan_image(plan):
                          '--engine casa' % ', '.join('--' + n for n in products))
     if request.archive_products is not None:
         find_archive_products(delivery.root, request.archive_products)  # a folder without archive images stops here
+    if plan.request.jobs and engine == 'pipeline':
+        plan.notes.append('--jobs %d: the pipeline makes its images in this process (under mpicasa, on its MPI '
+                          'servers); the CASA engine (--engine casa) makes them in worker processes'
+                          % plan.request.jobs)
     plan.imaging_engine = engine
     engine_name = 'ALMA pipeline' if engine == 'pipeline' else 'CASA tclean, no pipeline'
     inputs = list(delivery.targets) + ([] if makes_line_ms else list(delivery.targets_line) if cubes else [])
@@ -69,7 +73,7 @@ def plan_image(plan):
 
 # --- The plan's pre-flight: what the images will take, before the first long step --
 
-ImageEstimate = collections.namedtuple('ImageEstimate', 'images delivered peak available engine')
+ImageEstimate = collections.namedtuple('ImageEstimate', 'images delivered peak available engine processes')
 
 
 def preflight_images(plan):
@@ -102,10 +106,12 @@ def preflight_images(plan):
                                 'specmodes, fields or spws' % ','.join(request.specmodes))
     check_target_before_tclean(request.beam, jobs, targets=targets, spw_map=virtual_spw_map(targets),
                                robust=request.robust, uvrange=request.uvrange)
+    plan.image_jobs = imaging_processes(plan.request.jobs, len(jobs), engine=engine)
     images_dir = request.images_dir
     delivered, peak, available = require_image_space(jobs, folder=images_dir, all_products=request.all_products,
                                                      iterations=2 if engine == 'pipeline' else 1)
-    plan.image_estimate = ImageEstimate(len(jobs), delivered, peak, available, engine)
+    plan.image_estimate = ImageEstimate(len(jobs), delivered, peak, available, engine,
+                                        plan.image_jobs if engine == 'casa' else None)
     if images_dir.is_dir() and request.update:
         check_update_names(jobs, images_dir, ous=ous_from_path(delivery.root), expected_names=lambda job: [
             name for p in expected_finals([job]) for name in (p.fits_name(ous_from_path(delivery.root)), p.path.name)])
@@ -129,8 +135,9 @@ def _every_channel(info, field, spw_id, virtual_id):
 
 
 def describe_image_estimate(estimate):
-    text = 'Images: %d to make, about %s of products (%s on disk while imaging), %s free' % (
-        estimate.images, human_bytes(estimate.delivered), human_bytes(estimate.peak), human_bytes(estimate.available))
+    text = 'Images: %d to make%s, about %s of products (%s on disk while imaging), %s free' % (
+        estimate.images, processes_text(estimate.processes), human_bytes(estimate.delivered),
+        human_bytes(estimate.peak), human_bytes(estimate.available))
     if estimate.engine == 'pipeline':
         text += ' (sized by the pipeline\'s heuristics, before its size mitigation)'
     return text

@@ -103,7 +103,7 @@ def _plan_contsub(plan):
     require_writable_folder(delivery, outputs[0])
     extra = sum(directory_bytes(ms) for ms in delivery.targets)
     # One answer to "how many processes", for the disk check (scratch per process) and the run.
-    plan.contsub_jobs = 1 if request.engine == 'pipeline' else resolve_jobs(request.jobs, len(delivery.targets),
+    plan.contsub_jobs = 1 if request.engine == 'pipeline' else resolve_jobs(plan.request.jobs, len(delivery.targets),
                                                                              total_bytes=extra)
     plan.steps.append(Step('contsub', 'continuum subtraction (%s) from %s' % (engine, delivery.contdat),
                            list(delivery.targets), outputs, extra, function))

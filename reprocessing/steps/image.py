@@ -9,7 +9,7 @@ from ..casa.eb_tasks import eb_task
 from ..casa.mpi import mpi_servers_available
 from ..casa.ms_imaging import read_ms_for_imaging, virtual_spw_map
 from ..casa.pipeline_engine import pipeline_is_installed, stage_for_pipeline_contsub
-from ..casa.workers import EbWorkers, available_cores
+from ..casa.workers import EbWorkers, resolve_jobs
 from ..contdat.against_ms import contdat_preflight
 from ..core.fileops import changed_files, directory_bytes, file_states, human_bytes, relative_path, remove_tree
 from ..core.layout import Delivery
@@ -130,14 +130,15 @@ def run_image(plan, state, step, casa):
         if not jobs:  # --update: every image is kept
             return _kept_only_result(plan, state, decisions, images_dir=images_dir, notes=notes, work_dir=work_dir,
                                      staging=staging, user_files=user_files)
-        _check_image_space(jobs, request, images_dir, delivery)
+        processes = min(plan.image_jobs, len(jobs))  # --update may have kept some
+        _check_image_space(jobs, request, images_dir, processes)
         if decisions is not None:
             aside = retire_stale_images(state, decisions, images_dir=images_dir, expected_names=dict(
                 (image_stem(job, ous), [p.fits_name(ous) for p in expected_finals([job])]
                  + [p.path.name for p in expected_finals([job])]) for job in jobs))
             pause_point('images-set-aside', state)
         seconds = {}
-        with EbWorkers.started(imaging_processes(jobs), state=state) as workers:
+        with EbWorkers.started(processes, state=state) as workers:
             products = run_tclean_jobs(casa, request, jobs, work_dir=work_dir, state=state, workers=workers,
                                        seconds=seconds, redone=redone)
     if not products:
@@ -212,12 +213,17 @@ def _kept_only_result(plan, state, decisions, *, images_dir, notes, work_dir, st
             'casa_images': 0, 'update': update_summary(decisions)}
 
 
-def imaging_processes(jobs):
-    """Processes making images at once: one per core (each image's tclean runs on one core), at most one per
-    image; one under MPI, where tclean itself spreads cubes over the servers."""
-    if mpi_servers_available():
+def imaging_processes(requested, images, *, engine):
+    """Processes making images at once (the plan's answer, Plan.image_jobs): --jobs N, else one per core (each
+    image's tclean runs in one process), at most one per image; one under MPI, where tclean itself spreads cubes
+    over the servers, and with the pipeline, which images in this process."""
+    if engine == 'pipeline' or mpi_servers_available():
         return 1
-    return max(1, min(available_cores(), len(jobs)))
+    return resolve_jobs(requested, max(1, images))
+
+
+def processes_text(count):
+    return ' in %d process%s' % (count, 'es' if count > 1 else '') if count else ''
 
 
 @eb_task
@@ -252,7 +258,7 @@ def expected_finals(jobs):
     return products
 
 
-def _check_image_space(jobs, request, images_dir, delivery):
+def _check_image_space(jobs, request, images_dir, processes):
     delivered, peak, available = require_image_space(jobs, folder=images_dir, all_products=request.all_products)
-    say('  %d images to make: about %s of products (%s on disk while imaging), %s free'
-        % (len(jobs), human_bytes(delivered), human_bytes(peak), human_bytes(available)))
+    say('  %d images to make%s: about %s of products (%s on disk while imaging), %s free'
+        % (len(jobs), processes_text(processes), human_bytes(delivered), human_bytes(peak), human_bytes(available)))
