@@ -12,9 +12,9 @@ import collections
 # The whole run: which actions, and each one's request (None when that action was not asked for).
 RunRequest = collections.namedtuple(
     'RunRequest', 'actions check contsub image concat_targets concat_lines cleanup weblog dry_run update combine '
-                  'jobs')
+                  'jobs memory_per_worker')
 # jobs: --jobs as given, the worker processes of every step (None: the plan decides, Plan.contsub_jobs and
-# Plan.image_jobs).
+# Plan.image_jobs); memory_per_worker: --memory-per-worker in bytes (None: the available memory / workers).
 
 # --contsub (engine 'pipeline') or --contsub_fast (engine 'casa').  fitorder: --fitorder (None: cont.dat's
 # and the pipeline's rule); refit: fit although the delivered *uvcont.tbl could be applied (--refit or

@@ -29,6 +29,7 @@ class Plan(object):
         self.image_jobs = 1            # processes making images at once (preflight_images): the checks' and the run's
         self.imaging_engine = None     # 'pipeline' or 'casa', with --image
         self.image_estimate = None     # ImageEstimate, with --image (preflight_images)
+        self.image_resources = None    # ImageResources: memory and time of each image (preflight_images)
         self.combination = None        # Combination, with --combine (preflight_combination)
 
     @property
