@@ -9,6 +9,7 @@ dirty image, threshold, clean with auto-multithresh; peak RSS by getrusage; simu
     128 x 60           3.9 MB          0.36 GB  0.44 GB   21.3                  21 s (7)
     256 x 60          15.7 MB          0.36 GB  0.70 GB   21.7                  48 s (7-12)
     256 x 240         62.9 MB          0.36 GB  1.51 GB   18.3                 829 s (17)
+    512 x 60          62.9 MB          0.36 GB  1.31 GB   15.1                 222 s (13-17)
 
 A whole --image run of one 144x144 x 26 channel cube peaked at 0.47 GB (its largest process).
 
@@ -32,7 +33,7 @@ magnitude only.
 """
 
 MEMORY_BASE = 500 * 1000 * 1000   # bytes: CASA loaded, the MSes read (0.36 GB measured; 0.47 GB for a whole run)
-MEMORY_PLANES = 24                # 4-byte planes per pixel and channel held by tclean (21.3-21.7 measured)
+MEMORY_PLANES = 24                # 4-byte planes per pixel and channel held by tclean (15.1-21.7 measured)
 SECONDS_BASE = 12.0               # the fit of the wall times above: 12 s + 9.2 microseconds per pixel-channel
 SECONDS_PER_PIXEL = 9.2e-6
 
