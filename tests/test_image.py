@@ -339,8 +339,8 @@ def test_dry_run_estimates_the_images_size_and_changes_nothing(imaged, delivery_
     before = md5_tree(delivery)
     result = run_script('--delivery', delivery, '--image', '--dry-run')
     assert result.returncode == 0, result.stdout + result.stderr
-    match = re.search(r'\n  Images: 5 to make, about ([0-9.]+) (kB|MB|GB) of products \(([0-9.]+) (kB|MB|GB) on '
-                      r'disk while imaging\), [0-9.]+ [kMGT]B free\n', result.stdout)
+    match = re.search(r'\n  Images: 5 to make(?: in [0-9]+ process(?:es)?)?, about ([0-9.]+) (kB|MB|GB) of '
+                      r'products \(([0-9.]+) (kB|MB|GB) on disk while imaging\), [0-9.]+ [kMGT]B free\n', result.stdout)
     assert match, result.stdout
     estimate = float(match.group(1)) * {'kB': 1e3, 'MB': 1e6, 'GB': 1e9}[match.group(2)]
     written = sfr.directory_bytes(imaged['images'])

@@ -110,6 +110,15 @@ def build_parser():
                          help='with --image DIR (and --contsub_fast): DIR may hold the images of an earlier run; '
                               'keep each requested image (and line MS) whose recorded inputs and parameters are '
                               'unchanged, remake only the others and say why; with --dry-run: only say it')
+    general.add_argument('--jobs', type=_job_count, default=None, metavar='N',
+                         help='worker processes of every step: execution blocks of --contsub_fast and images of '
+                              '--image (CASA engine) made at the same time, each in its own process (default: the '
+                              'number of cores, at most the number of execution blocks or images; under mpirun the '
+                              'MPI servers are the workers)')
+    general.add_argument('--memory-per-worker', type=_memory_size, default=None, metavar='SIZE',
+                         help='with --image: the memory each worker process may use, e.g. 4GB or 500MB (default: '
+                              'the available memory divided by the workers); an image that needs more is refused '
+                              'before any work')
     general.add_argument('--overwrite-line', action='store_true',
                          help='with --contsub/--contsub_fast: replace existing uid*_targets_line.ms '
                               '(the old ones are kept until the new ones are complete)')
@@ -120,9 +129,6 @@ def build_parser():
     continuum.add_argument('--fitorder', type=_fit_order, default=None, metavar='N',
                            help='polynomial order of every continuum fit (default: 1, and 0 for spws cont.dat '
                                 'flags LOWBANDWIDTH or LOWSPREAD, as the pipeline does); implies --refit')
-    continuum.add_argument('--jobs', type=_job_count, default=None, metavar='N',
-                           help='execution blocks processed at the same time, each in its own process '
-                                '(default: the number of cores, at most the number of execution blocks)')
     add_imaging_arguments(parser)
     return parser
 
@@ -139,16 +145,35 @@ def _job_count(text):
     return int(text)
 
 
+_SIZE_UNITS = {'': 1e9, 'B': 1, 'KB': 1e3, 'MB': 1e6, 'GB': 1e9, 'TB': 1e12, 'K': 1e3, 'M': 1e6, 'G': 1e9,
+               'T': 1e12, 'KIB': 2 ** 10, 'MIB': 2 ** 20, 'GIB': 2 ** 30, 'TIB': 2 ** 40}
+
+
+def _memory_size(text):
+    """Bytes of '4GB', '500MB', '1.5G', '2GiB' (a bare number is GB)."""
+    number = text.strip().rstrip('bBiIkKmMgGtT')
+    unit = text.strip()[len(number):].upper()
+    try:
+        size = float(number) * _SIZE_UNITS[unit]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError('%s is not a memory size: give e.g. 4GB or 500MB' % text)
+    if size < 1e6:
+        raise argparse.ArgumentTypeError('%s is too little memory for a worker: give e.g. 4GB or 500MB' % text)
+    return int(size)
+
+
 def check_combinations(options):
     """Rules that depend on the flags alone."""
     actions = chosen_actions(options)
     if not actions:
         raise UsageError('no action given — add at least one of --contsub, --contsub_fast, --check, --image, '
                          '--calibrated_final, --calibrated_final_line, --cleanup, --weblog, --combine')
-    for flag, given in (('--refit', options.refit), ('--fitorder', options.fitorder is not None),
-                        ('--jobs', options.jobs is not None)):
+    for flag, given in (('--refit', options.refit), ('--fitorder', options.fitorder is not None)):
         if given and not options.contsub_fast:
             raise UsageError('%s only applies to --contsub_fast — add it' % flag)
+    if options.jobs is not None and not (options.contsub_fast or options.image is not None):
+        raise UsageError('--jobs only applies to --contsub_fast and --image (the steps that run in worker '
+                         'processes) — add one of them')
     if options.contsub and options.contsub_fast:
         raise UsageError('--contsub and --contsub_fast both subtract the continuum — choose one')
     if options.weblog is not None and options.cleanup:
@@ -159,6 +184,8 @@ def check_combinations(options):
                          'run --weblog on its own')
     if (options.port is not None or options.no_browser) and options.weblog is None:
         raise UsageError('--port and --no-browser only apply to --weblog — add --weblog')
+    if options.memory_per_worker is not None and options.image is None:
+        raise UsageError('--memory-per-worker is checked against the images of --image — add --image [DIR]')
     if options.overwrite_line and not (options.contsub or options.contsub_fast):
         raise UsageError('--overwrite-line only applies to --contsub or --contsub_fast — add one of them')
     if options.update:

@@ -56,3 +56,46 @@ def owner_name(path):
         return pwd.getpwuid(uid).pw_name
     except (ImportError, KeyError):
         return 'uid %d' % uid
+
+
+def available_memory():
+    """Bytes of memory this run may take: /proc/meminfo's MemAvailable, or less where a cgroup (a Slurm job's
+    --mem, a container) limits the whole job (cgroup v2 memory.max, v1 memory.limit_in_bytes); None where unknown."""
+    available = None
+    try:
+        with open('/proc/meminfo') as handle:
+            for line in handle:
+                if line.startswith('MemAvailable:'):
+                    available = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    for limit in _cgroup_memory_limits():
+        available = limit if available is None else min(available, limit)
+    return available
+
+
+def _cgroup_memory_limits():
+    limits = []
+    try:
+        with open('/proc/self/cgroup') as handle:
+            lines = [line.strip().split(':', 2) for line in handle]
+    except OSError:
+        return limits
+    for _number, controllers, path in (line for line in lines if len(line) == 3):
+        if controllers == '':
+            candidates = [('/sys/fs/cgroup' + path, 'memory.max')]
+        elif 'memory' in controllers.split(','):
+            candidates = [('/sys/fs/cgroup/memory' + path, 'memory.limit_in_bytes'),
+                          ('/sys/fs/cgroup/memory', 'memory.limit_in_bytes')]
+        else:
+            continue
+        for folder, name in candidates:
+            try:
+                with open(os.path.join(folder, name)) as handle:
+                    text = handle.read().strip()
+            except OSError:
+                continue
+            if text.isdigit() and int(text) < 2 ** 60:  # "max", or v1's "no limit" (about 2**63)
+                limits.append(int(text))
+            break
+    return limits

@@ -40,6 +40,9 @@ class Delivery(object):
         self.staging_dir = self.work_dir / STAGING_DIR_NAME    # shadows and copies of the user's MSes
         self.logs_dir = self.work_dir / LOGS_DIR_NAME          # CASA's logs and what CASA printed
         self.imaging_dir = self.work_dir / IMAGING_DIR_NAME    # the CASA engine's tclean products before publishing
+        # each image the CASA engine finished, with its record, until the run publishes them all: what a stopped
+        # run keeps for the same command again (imaging/image_resume.py)
+        self.finished_images_dir = self.work_dir / (IMAGING_DIR_NAME + '-finished')
         self.targets = self._list_ms('uid*_targets.ms')
         self.targets_line = self._list_ms('uid*_targets_line.ms')
         self.target_cycle8 = self._list_ms('uid*_target.ms')

@@ -11,13 +11,15 @@ import collections
 
 # The whole run: which actions, and each one's request (None when that action was not asked for).
 RunRequest = collections.namedtuple(
-    'RunRequest', 'actions check contsub image concat_targets concat_lines cleanup weblog dry_run update combine')
+    'RunRequest', 'actions check contsub image concat_targets concat_lines cleanup weblog dry_run update combine '
+                  'jobs memory_per_worker')
+# jobs: --jobs as given, the worker processes of every step (None: the plan decides, Plan.contsub_jobs and
+# Plan.image_jobs); memory_per_worker: --memory-per-worker in bytes (None: the available memory / workers).
 
-# --contsub (engine 'pipeline') or --contsub_fast (engine 'casa').  jobs: --jobs as given (None: the plan
-# decides); fitorder: --fitorder (None: cont.dat's and the pipeline's rule); refit: fit although the
-# delivered *uvcont.tbl could be applied (--refit or --fitorder); update: keep the line MSes whose record
-# is unchanged.
-ContsubRequest = collections.namedtuple('ContsubRequest', 'engine overwrite_line update refit fitorder jobs')
+# --contsub (engine 'pipeline') or --contsub_fast (engine 'casa').  fitorder: --fitorder (None: cont.dat's
+# and the pipeline's rule); refit: fit although the delivered *uvcont.tbl could be applied (--refit or
+# --fitorder); update: keep the line MSes whose record is unchanged.
+ContsubRequest = collections.namedtuple('ContsubRequest', 'engine overwrite_line update refit fitorder')
 
 # --image DIR: images_dir is DIR resolved against the delivery; archive_products the folder of the
 # archive's images to compare with (None: looked for beside the delivery); update: --update.

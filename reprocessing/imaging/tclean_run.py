@@ -12,6 +12,7 @@ from ..core.messages import ReprocessingError, duration_text, say
 from ..core.requests import ImagingRequest, request_as_json
 from ..run.run_state import pause_point
 from .heuristics import ARCSEC_PER_RADIAN, bandwidth_correction_factor, distinct_pointings, dynamic_range_threshold, mosaic_overlap_factor, pointing_geometry
+from .image_resume import save_finished, take_finished
 from .image_casa import ImageJob, PB_LIMIT, PB_MASK, require_image_space, tclean_arguments
 from .beams import convolve_cube, plane_beams
 from .cube_health import check_and_repair
@@ -26,11 +27,16 @@ _STOP_REASONS = {0: 'not cleaned', 1: 'iteration limit', 2: 'threshold', 3: 'sto
                  5: 'residual grew', 6: 'diverged', 7: 'no automask found: dirty image', 8: 'noise threshold'}
 
 
-def run_tclean_jobs(casa, request, jobs, *, work_dir, state, workers=None, seconds=None, redone=None):
+def run_tclean_jobs(casa, request, jobs, *, work_dir, state, workers=None, seconds=None, redone=None,
+                    finished_dir=None, records=None, kept=None):
     """Make each job's image in work_dir (in workers' processes when given); the products are the CASA images
     named after each job (job.name + '.image', '.pb', ...).  seconds: a dict given gets each job's duration
     (by job name), for its provenance record; redone: a dict given gets the [[channel, why]] cube health cleaned
-    again (by job name, only the jobs that had any)."""
+    again (by job name, only the jobs that had any).  finished_dir, records: each image finished is kept there
+    with its record until all are made (image_resume); kept: {name: seconds} of the ones a stopped run finished."""
+    kept = kept or {}
+    every_job, jobs = jobs, [job for job in jobs if job.name not in kept]
+    results = []
     previous_dir = os.getcwd()
     change_directory(work_dir)  # tclean (and monolithic CASA's .last files) write into the working directory
     try:
@@ -40,16 +46,21 @@ def run_tclean_jobs(casa, request, jobs, *, work_dir, state, workers=None, secon
                 ' x %d channels' % job.nchan if job.spectral else '', job.cell[0], job.gridder,
                 ', %s nterms=%d' % (job.deconvolver, job.nterms) if job.nterms else ''))
         pause_point('image-product', state)
+        if not jobs:  # every image was finished by a stopped run
+            return _collect_products(every_job, work_dir, state, finished_dir, seconds, redone, kept, jobs, results)
         # again before the images: the disk may have filled since the plan (other jobs, other users), and a
         # tclean that finds it full is aborted by CASA with no message (exit 134)
         require_image_space(jobs, folder=work_dir, all_products=request.all_products, what='the image %s%s' % (
             jobs[0].name, ' and %d more' % (len(jobs) - 1) if len(jobs) > 1 else ''))
         pause_point('tclean', state)
         arguments = [dict(job=job._asdict(), request=request_as_json(request), imagename=str(work_dir / job.name),
-                          parallel=tclean_parallel(job)) for job in jobs]
+                          parallel=tclean_parallel(job), finished=str(finished_dir) if finished_dir else None,
+                          record=(records or {}).get(job.name)) for job in jobs]
         if workers is None or workers.count <= 1:
-            results = [run_image_job(casa, lambda message, name=job.name: say('  [%s] %s' % (name, message)), **kwargs)
-                       for job, kwargs in zip(jobs, arguments)]
+            for job, kwargs in zip(jobs, arguments):
+                results.append(run_image_job(casa, lambda message, name=job.name: say('  [%s] %s' % (name, message)),
+                                             **kwargs))
+                pause_point('image-finished', state)  # test-only: a stop with finished images kept
         else:  # the largest first, so that no worker is left with a big cube at the end
             order = sorted(range(len(jobs)), key=lambda i: -jobs[i].imsize[0] * jobs[i].imsize[1] * jobs[i].nchan)
             try:
@@ -65,13 +76,20 @@ def run_tclean_jobs(casa, request, jobs, *, work_dir, state, workers=None, secon
                 raise
     finally:
         change_directory(previous_dir)
+    return _collect_products(every_job, work_dir, state, finished_dir, seconds, redone, kept, jobs, results)
+
+
+def _collect_products(every_job, work_dir, state, finished_dir, seconds, redone, kept, jobs, results):
+    if finished_dir:
+        take_finished(work_dir, [job.name for job in every_job], finished_dir)
     if seconds is not None:
+        seconds.update(kept)
         seconds.update((job.name, result['seconds']) for job, result in zip(jobs, results))
     if redone is not None:
         redone.update((job.name, result['redone_channels']) for job, result in zip(jobs, results)
                       if result.get('redone_channels'))
     products = []
-    for job in jobs:
+    for job in every_job:
         made = sorted(name for name in os.listdir(str(work_dir)) if name.startswith(job.name + '.')
                       and is_casa_image(work_dir / name))
         if not any(name in made for name in (job.name + '.image', job.name + '.image.tt0')):
@@ -80,10 +98,11 @@ def run_tclean_jobs(casa, request, jobs, *, work_dir, state, workers=None, secon
     return products
 
 
-def run_image_job(casa, report, *, job, request, imagename, parallel):
+def run_image_job(casa, report, *, job, request, imagename, parallel, finished=None, record=None):
     """One image: the dirty image and the pipeline's threshold, tclean, the automasking fallback.
 
-    job and request as dicts (they travel to worker processes as JSON); report(line) prints progress.
+    job and request as dicts (they travel to worker processes as JSON); report(line) prints progress;
+    finished: the folder where the finished image is kept with its record (image_resume.save_finished).
     """
     job = ImageJob(**job)
     request = ImagingRequest(**request)
@@ -108,7 +127,10 @@ def run_image_job(casa, report, *, job, request, imagename, parallel):
                                   threshold_jy=float(summary.get('threshold') or threshold))
     if job.spectral and (request.beam or request.moments):
         cube_products(casa, report, imagename=imagename, beam=request.beam, moments=request.moments)
-    return {'iterations': iterations, 'stop': stop, 'seconds': round(time.time() - started, 1),
+    seconds = round(time.time() - started, 1)
+    if finished:
+        save_finished(Path(imagename).parent, Path(imagename).name, finished, dict(record or {}, seconds=seconds))
+    return {'iterations': iterations, 'stop': stop, 'seconds': seconds,
             'redone_channels': [[channel, why] for channel, why in redone]}
 
 

@@ -1,13 +1,11 @@
 """The plan of --image: the engine, the images folder's rules, and the pre-flight that sizes the images."""
 
-import collections
 import os
 
 from ..casa.casa_engine import native_output_into, native_stdout_silenced
 from ..casa.ms_imaging import read_ms_for_imaging, require_baselines_to_image, virtual_spw_map
 from ..contdat.against_ms import contdat_preflight
 from ..contsub.line_update import continuum_by_spw, expected_line_record, line_ms_decision, say_line_decisions
-from ..core.fileops import human_bytes
 from ..core.layout import line_ms_path
 from ..core.messages import ReprocessingError, UsageError, one_line, say
 from ..imaging.archive_compare import find_archive_products
@@ -17,8 +15,9 @@ from ..imaging.image_publish import check_no_collisions, check_reused_images_dir
 from ..imaging.image_update import check_update_names, decide_images, say_decisions
 from ..imaging.products import ous_from_path
 from ..steps.contsub_fast import choose_contsub_fast_method
-from ..steps.image import choose_imaging_engine, continuum_channel_finder, expected_finals, observed_first, run_image
+from ..steps.image import choose_imaging_engine, continuum_channel_finder, expected_finals, imaging_processes, observed_first, run_image
 from .planning import Step, casa_for_planning, check_free_space
+from .resources import ImageEstimate, plan_image_resources
 
 
 def plan_image(plan):
@@ -60,6 +59,10 @@ def plan_image(plan):
                          '--engine casa' % ', '.join('--' + n for n in products))
     if request.archive_products is not None:
         find_archive_products(delivery.root, request.archive_products)  # a folder without archive images stops here
+    if plan.request.jobs and engine == 'pipeline':
+        plan.notes.append('--jobs %d: the pipeline makes its images in this process (under mpicasa, on its MPI '
+                          'servers); the CASA engine (--engine casa) makes them in worker processes'
+                          % plan.request.jobs)
     plan.imaging_engine = engine
     engine_name = 'ALMA pipeline' if engine == 'pipeline' else 'CASA tclean, no pipeline'
     inputs = list(delivery.targets) + ([] if makes_line_ms else list(delivery.targets_line) if cubes else [])
@@ -69,7 +72,6 @@ def plan_image(plan):
 
 # --- The plan's pre-flight: what the images will take, before the first long step --
 
-ImageEstimate = collections.namedtuple('ImageEstimate', 'images delivered peak available engine')
 
 
 def preflight_images(plan):
@@ -102,10 +104,13 @@ def preflight_images(plan):
                                 'specmodes, fields or spws' % ','.join(request.specmodes))
     check_target_before_tclean(request.beam, jobs, targets=targets, spw_map=virtual_spw_map(targets),
                                robust=request.robust, uvrange=request.uvrange)
+    plan.image_jobs = imaging_processes(plan.request.jobs, len(jobs), engine=engine)
+    plan.image_resources = plan_image_resources(plan, jobs)  # may lower plan.image_jobs, or refuse in one line
     images_dir = request.images_dir
     delivered, peak, available = require_image_space(jobs, folder=images_dir, all_products=request.all_products,
                                                      iterations=2 if engine == 'pipeline' else 1)
-    plan.image_estimate = ImageEstimate(len(jobs), delivered, peak, available, engine)
+    plan.image_estimate = ImageEstimate(len(jobs), delivered, peak, available, engine,
+                                        plan.image_jobs if engine == 'casa' else None)
     if images_dir.is_dir() and request.update:
         check_update_names(jobs, images_dir, ous=ous_from_path(delivery.root), expected_names=lambda job: [
             name for p in expected_finals([job]) for name in (p.fits_name(ous_from_path(delivery.root)), p.path.name)])
@@ -126,14 +131,6 @@ def preflight_images(plan):
 def _every_channel(info, field, spw_id, virtual_id):
     """Channel selection while sizing images: the channels do not change an mfs image's size."""
     return '', None
-
-
-def describe_image_estimate(estimate):
-    text = 'Images: %d to make, about %s of products (%s on disk while imaging), %s free' % (
-        estimate.images, human_bytes(estimate.delivered), human_bytes(estimate.peak), human_bytes(estimate.available))
-    if estimate.engine == 'pipeline':
-        text += ' (sized by the pipeline\'s heuristics, before its size mitigation)'
-    return text
 
 
 def preview_update(plan):

@@ -24,7 +24,8 @@ from ..steps.contsub_fast import choose_contsub_fast_method, run_contsub_fast
 from ..steps.contsub_pipeline import run_contsub
 from ..steps.weblog import choose_weblog, report_weblog, run_weblog
 from .combine_plan import plan_combination
-from .image_plan import describe_image_estimate, plan_image
+from .image_plan import plan_image
+from .resources import describe_image_estimate, describe_image_resources
 from .planning import Plan, Step, casa_for_planning, check_free_space, require_writable_folder
 
 
@@ -103,7 +104,7 @@ def _plan_contsub(plan):
     require_writable_folder(delivery, outputs[0])
     extra = sum(directory_bytes(ms) for ms in delivery.targets)
     # One answer to "how many processes", for the disk check (scratch per process) and the run.
-    plan.contsub_jobs = 1 if request.engine == 'pipeline' else resolve_jobs(request.jobs, len(delivery.targets),
+    plan.contsub_jobs = 1 if request.engine == 'pipeline' else resolve_jobs(plan.request.jobs, len(delivery.targets),
                                                                              total_bytes=extra)
     plan.steps.append(Step('contsub', 'continuum subtraction (%s) from %s' % (engine, delivery.contdat),
                            list(delivery.targets), outputs, extra, function))
@@ -144,6 +145,7 @@ def describe_plan(plan):
     if plan.image_estimate is not None:
         lines.append('  ' + describe_image_estimate(plan.image_estimate) + (
             ' (before --update keeps the unchanged ones)' if plan.request.update else ''))
+        lines.extend(describe_image_resources(plan.image_resources))
     for note in plan.notes:
         lines.append('  Note: ' + note)
     return '\n'.join(lines)

@@ -26,8 +26,10 @@ class Plan(object):
         self.column_surveys = []       # ColumnSurvey of every uid*_targets.ms (preflight_data_columns)
         self.replace_line_ms = False   # existing uid*_targets_line.ms are replaced (--overwrite-line, --update)
         self.contsub_jobs = 1          # processes of the continuum subtraction: the disk check's and the run's
+        self.image_jobs = 1            # processes making images at once (preflight_images): the checks' and the run's
         self.imaging_engine = None     # 'pipeline' or 'casa', with --image
         self.image_estimate = None     # ImageEstimate, with --image (preflight_images)
+        self.image_resources = None    # ImageResources: memory and time of each image (preflight_images)
         self.combination = None        # Combination, with --combine (preflight_combination)
 
     @property

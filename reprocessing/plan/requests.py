@@ -26,15 +26,15 @@ def run_request(options, root):
     if options.contsub or options.contsub_fast:
         contsub = ContsubRequest(engine='pipeline' if options.contsub else 'casa',
                                  overwrite_line=options.overwrite_line, update=options.update,
-                                 refit=options.refit, fitorder=options.fitorder,
-                                 jobs=options.jobs)
+                                 refit=options.refit, fitorder=options.fitorder)
     weblog = None if options.weblog is None else WeblogRequest(
         name=options.weblog, port=options.port, open_browser=not options.no_browser)
     return RunRequest(actions=tuple(chosen_actions(options)), check=options.check, contsub=contsub,
                       image=None if options.image is None else imaging_request(options, root),
                       concat_targets=options.calibrated_final, concat_lines=options.calibrated_final_line,
                       cleanup=options.cleanup, weblog=weblog, dry_run=options.dry_run, update=options.update,
-                      combine=combine_request(options))
+                      combine=combine_request(options), jobs=options.jobs,
+                      memory_per_worker=options.memory_per_worker)
 
 
 def combine_request(options):

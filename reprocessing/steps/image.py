@@ -9,7 +9,7 @@ from ..casa.eb_tasks import eb_task
 from ..casa.mpi import mpi_servers_available
 from ..casa.ms_imaging import read_ms_for_imaging, virtual_spw_map
 from ..casa.pipeline_engine import pipeline_is_installed, stage_for_pipeline_contsub
-from ..casa.workers import EbWorkers, available_cores
+from ..casa.workers import EbWorkers, resolve_jobs
 from ..contdat.against_ms import contdat_preflight
 from ..core.fileops import changed_files, directory_bytes, file_states, human_bytes, relative_path, remove_tree
 from ..core.layout import Delivery
@@ -18,7 +18,8 @@ from ..imaging.archive_compare import compare_with_archive, find_archive_product
 from ..imaging.image_casa import plan_casa_images, psf_beam_finder, require_image_space
 from ..imaging.image_pipeline import run_pipeline_imaging
 from ..imaging.image_publish import format_image_table, image_table, publish_products
-from ..imaging.image_update import decide_images, describe_kept, discard_retired, image_stem, kept_rows, retire_stale_images, say_decisions, update_summary, write_image_records
+from ..imaging.image_resume import resume_finished
+from ..imaging.image_update import expected_record, decide_images, describe_kept, discard_retired, image_stem, kept_rows, retire_stale_images, say_decisions, update_summary, write_image_records
 from ..imaging.products import ImageProduct, ous_from_path
 from ..imaging.cube_chunks import chunk_clean, chunk_dirty
 from ..imaging.tclean_run import run_image_job, run_tclean_jobs
@@ -130,16 +131,22 @@ def run_image(plan, state, step, casa):
         if not jobs:  # --update: every image is kept
             return _kept_only_result(plan, state, decisions, images_dir=images_dir, notes=notes, work_dir=work_dir,
                                      staging=staging, user_files=user_files)
-        _check_image_space(jobs, request, images_dir, delivery)
+        # what a stopped run finished with the same inputs and parameters is kept (image_resume)
+        records = dict((job.name, expected_record(casa, job, request, infos=targets + line_infos,
+                                                  delivery_ms_dir=delivery.ms_dir, ous=ous)) for job in jobs)
+        kept = resume_finished(delivery.finished_images_dir, records)
+        processes = max(1, min(plan.image_jobs, len(jobs) - len(kept)))  # --update may have kept some too
+        _check_image_space([job for job in jobs if job.name not in kept], request, images_dir, processes)
         if decisions is not None:
             aside = retire_stale_images(state, decisions, images_dir=images_dir, expected_names=dict(
                 (image_stem(job, ous), [p.fits_name(ous) for p in expected_finals([job])]
                  + [p.path.name for p in expected_finals([job])]) for job in jobs))
             pause_point('images-set-aside', state)
         seconds = {}
-        with EbWorkers.started(imaging_processes(jobs), state=state) as workers:
+        with EbWorkers.started(processes, state=state) as workers:
             products = run_tclean_jobs(casa, request, jobs, work_dir=work_dir, state=state, workers=workers,
-                                       seconds=seconds, redone=redone)
+                                       seconds=seconds, redone=redone, finished_dir=delivery.finished_images_dir,
+                                       records=records, kept=kept)
     if not products:
         raise ReprocessingError('the %s made no images — see the CASA log %s' % (engine, state.casa_logfile))
     placed = publish_products(state, products, images_dir=images_dir, all_products=request.all_products,
@@ -149,6 +156,8 @@ def run_image(plan, state, step, casa):
         state.created_for_good(staging)
         remove_tree(work_dir)  # the intermediates (psf, residual, model, ...) unless they were kept
         state.created_for_good(work_dir)
+        if delivery.finished_images_dir.exists():  # emptied by run_tclean_jobs: every image is published
+            remove_tree(delivery.finished_images_dir)
     changed = changed_files(user_files)
     if changed:
         raise ReprocessingError('files of your measurement sets changed during imaging (%s) — this must never '
@@ -212,12 +221,17 @@ def _kept_only_result(plan, state, decisions, *, images_dir, notes, work_dir, st
             'casa_images': 0, 'update': update_summary(decisions)}
 
 
-def imaging_processes(jobs):
-    """Processes making images at once: one per core (each image's tclean runs on one core), at most one per
-    image; one under MPI, where tclean itself spreads cubes over the servers."""
-    if mpi_servers_available():
+def imaging_processes(requested, images, *, engine):
+    """Processes making images at once (the plan's answer, Plan.image_jobs): --jobs N, else one per core (each
+    image's tclean runs in one process), at most one per image; one under MPI, where tclean itself spreads cubes
+    over the servers, and with the pipeline, which images in this process."""
+    if engine == 'pipeline' or mpi_servers_available():
         return 1
-    return max(1, min(available_cores(), len(jobs)))
+    return resolve_jobs(requested, max(1, images))
+
+
+def processes_text(count):
+    return ' in %d process%s' % (count, 'es' if count > 1 else '') if count else ''
 
 
 @eb_task
@@ -252,7 +266,7 @@ def expected_finals(jobs):
     return products
 
 
-def _check_image_space(jobs, request, images_dir, delivery):
+def _check_image_space(jobs, request, images_dir, processes):
     delivered, peak, available = require_image_space(jobs, folder=images_dir, all_products=request.all_products)
-    say('  %d images to make: about %s of products (%s on disk while imaging), %s free'
-        % (len(jobs), human_bytes(delivered), human_bytes(peak), human_bytes(available)))
+    say('  %d images to make%s: about %s of products (%s on disk while imaging), %s free'
+        % (len(jobs), processes_text(processes), human_bytes(delivered), human_bytes(peak), human_bytes(available)))

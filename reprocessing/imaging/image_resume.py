@@ -1,0 +1,70 @@
+"""Resume of --image (CASA engine): every image a run finishes is kept with its record until the run has
+published them all.  A run stopped on the way (SIGKILL, a scheduler's SIGTERM, a failed tclean) leaves the
+finished ones in working_reprocess/imaging-finished/<image>/; the same command again takes each one whose
+record equals what it would make now (inputs, parameters, CASA version: image_update.expected_record) and
+makes only the others.  A folder there gets its final name only once the products and the record are in
+it (written under a partial name, then renamed); anything else there is removed.
+"""
+
+import os
+from pathlib import Path
+
+from ..core.fileops import is_partial_name, remove_tree
+from ..core.messages import say
+from ..run.provenance import image_differences, read_record, write_record
+
+RECORD_NAME = 'finished.provenance.json'
+
+
+def save_finished(work_dir, name, finished_dir, record):
+    """Move the products of one image just made (work_dir/<name>.*) into finished_dir/<name>/, record last."""
+    work_dir, finished_dir = Path(work_dir), Path(finished_dir)
+    folder = finished_dir / name
+    partial = finished_dir / ('.%s.partial-%d' % (name, os.getpid()))
+    for stale in (partial, folder):
+        if stale.exists():
+            remove_tree(stale)
+    partial.mkdir(parents=True)
+    files = sorted(path.name for path in work_dir.iterdir() if path.name.startswith(name + '.'))
+    for file_name in files:
+        os.rename(str(work_dir / file_name), str(partial / file_name))
+    write_record(partial / RECORD_NAME, dict(record, files=files))
+    os.rename(str(partial), str(folder))
+
+
+def take_finished(work_dir, names, finished_dir):
+    """Move every finished image of names back into work_dir (where the products are collected), then forget it."""
+    for name in names:
+        folder = Path(finished_dir) / name
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.iterdir()):
+            if path.name != RECORD_NAME:
+                os.rename(str(path), str(Path(work_dir) / path.name))
+        remove_tree(folder)
+
+
+def resume_finished(finished_dir, records):
+    """{name: seconds it took} of the images an earlier, stopped run finished whose record equals this run's
+    (records: name -> expected record); every other folder in finished_dir (partial, stale, not asked for) is
+    removed."""
+    finished_dir = Path(finished_dir)
+    if not finished_dir.is_dir():
+        return {}
+    kept, dropped = {}, []
+    for folder in sorted(finished_dir.iterdir()):
+        expected = records.get(folder.name)
+        recorded = None if is_partial_name(folder.name) or expected is None else read_record(folder / RECORD_NAME)[0]
+        complete = recorded is not None and all((folder / file_name).exists() for file_name in recorded.get('files') or [])
+        if complete and recorded.get('files') and not image_differences(recorded, expected):
+            kept[folder.name] = recorded.get('seconds')
+        else:
+            dropped.append(folder.name)
+            remove_tree(folder)
+    if kept:
+        say('  %d image%s finished by a run that was stopped, with the same inputs and parameters: kept, not made '
+            'again (%s)' % (len(kept), '' if len(kept) == 1 else 's', ', '.join(sorted(kept))))
+    if dropped:
+        say('  removed %d image%s a stopped run left in %s that this run does not make as they are' % (
+            len(dropped), '' if len(dropped) == 1 else 's', finished_dir.name))
+    return kept

@@ -1,0 +1,56 @@
+"""Resume of --image (CASA engine): a run stopped after some images were finished keeps them, and the same
+command again makes only the missing ones (issue 28).
+
+Each image a run finishes is moved with its record into working_reprocess/imaging-finished/<image>/ (the
+folder gets its name when complete); a run killed later (SIGKILL here: nothing of the run can clean up)
+leaves them; the next run compares each record with what it would make now and keeps the equal ones.
+"""
+import json
+import re
+
+import scriptForReprocessing as sfr
+from conftest import start_paused
+
+SMALL = dict(nchan=32, n_antennas=25, line_fwhm_kms=8.0, noise_jy=0.2, n_ebs=1, offset_arcsec=(4.0, -3.0))
+COMMAND = ('--image', '--specmodes', 'mfs,cont', '--jobs', '1')
+
+
+def killed_after_the_first_image(delivery):
+    process = start_paused(delivery, 'image-finished', *COMMAND)
+    process.kill()
+    process.communicate()
+    finished = sorted((delivery / sfr.WORK_DIR_NAME / 'imaging-finished').iterdir())
+    assert len(finished) == 1 and (finished[0] / 'finished.provenance.json').is_file(), finished
+    assert not (delivery / 'images').exists()
+    return finished[0]
+
+
+def test_the_same_command_after_a_kill_makes_only_the_missing_images(delivery_factory, run_script):
+    delivery = delivery_factory(**SMALL)
+    kept = killed_after_the_first_image(delivery)
+    done = run_script('--delivery', delivery, *COMMAND, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert ('  1 image finished by a run that was stopped, with the same inputs and parameters: kept, not made '
+            'again (%s)' % kept.name) in done.stdout, done.stdout
+    assert re.search(r'\n  2 images to make in 1 process: about ', done.stdout), done.stdout
+    assert '[%s]' % kept.name not in done.stdout  # no tclean of it: its progress lines are absent
+    made = [line for line in done.stdout.splitlines() if re.match(r'  \[\d/\d\] oussid', line)]
+    assert len(made) == 2 and all(kept.name not in line for line in made), made
+    fits = sorted(p.name for p in (delivery / 'images').glob('*.pbcor.fits'))
+    assert len(fits) == 3 and any(kept.name.replace('.iter1', '').split('oussid.')[1] in n for n in fits), fits
+    assert not (delivery / sfr.WORK_DIR_NAME / 'imaging-finished').exists()
+
+
+def test_a_finished_image_whose_parameters_changed_is_made_again(delivery_factory, run_script):
+    delivery = delivery_factory(**SMALL)
+    kept = killed_after_the_first_image(delivery)
+    record_path = kept / 'finished.provenance.json'
+    record = json.loads(record_path.read_text())
+    record['parameters']['robust'] = -1.0  # as if made with another --robust
+    record_path.write_text(json.dumps(record))
+    done = run_script('--delivery', delivery, *COMMAND, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert 'removed 1 image a stopped run left in imaging-finished that this run does not make as they are' \
+        in done.stdout, done.stdout
+    assert re.search(r'\n  3 images to make in 1 process: about ', done.stdout), done.stdout
+    assert len(list((delivery / 'images').glob('*.pbcor.fits'))) == 3
