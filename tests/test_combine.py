@@ -151,3 +151,29 @@ def test_combine_plan_pairs_spws_by_lsrk_frequency(goal, run_script):
 def test_feather_needs_combine(goal, run_script):
     result = run_script('--check', '--feather', goal / 'tp.fits', '--delivery', goal / '12m', '--dry-run')
     assert result.returncode == 2 and 'ERROR: --feather adds total power' in result.stderr, result.stderr
+
+
+def test_combine_cubes_refuse_a_delivery_without_contdat_for_a_shared_spw(goal, run_script):
+    contdat = goal / '7m' / 'caltables' / 'cont.dat'
+    contdat.write_text(contdat.read_text().split('SpectralWindow: 18')[0])
+    result = run_script('--combine', goal / '7m', '--delivery', goal / '12m', '--dry-run')
+    assert result.returncode == 1, result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith('ERROR: --combine: 7m (') and \
+        "cont.dat has no block for field IRAS_16293-2422 spw 18 (paired with this delivery's spw 27)" in errors[0], errors
+    # the continuum image alone does without it; --contdat FILE covering every delivery too
+    assert run_script('--combine', goal / '7m', '--delivery', goal / '12m', '--dry-run', '--specmodes', 'mfs'
+                      ).returncode == 0
+    given = run_script('--combine', goal / '7m', '--delivery', goal / '12m', '--dry-run',
+                       '--contdat', goal / '12m' / 'caltables' / 'cont.dat')
+    assert given.returncode == 0 and 'written to working_reprocess/combined_cont.dat' in given.stdout, given.stdout
+
+
+def test_contdat_needs_combine(goal, run_script):
+    result = run_script('--image', '--contdat', 'merge', '--delivery', goal / '12m', '--dry-run')
+    assert result.returncode == 2 and 'ERROR: --contdat gives the line-free ranges of the deliveries of --combine' \
+        in result.stderr, result.stderr
+    result = run_script('--combine', goal / '7m', '--contdat', goal / 'nothing.dat', '--delivery', goal / '12m')
+    assert result.returncode == 2 and 'is not a file' in result.stderr, result.stderr
+    result = run_script('--combine', goal / '7m', '--specmodes', 'cont', '--delivery', goal / '12m')
+    assert result.returncode == 2 and '--combine makes mfs and cube images' in result.stderr, result.stderr

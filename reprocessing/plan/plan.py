@@ -269,6 +269,6 @@ def preflight_combination(plan):
     request = plan.request.combine
     with native_output_into(os.devnull), native_stdout_silenced():
         plan.combination = plan_combination(casa_for_planning(), plan.delivery, request.deliveries,
-                                            request.feather)
+                                            request.feather, request)
     for line in plan.combination.notes:
         say('  combine: ' + line)
