@@ -6,13 +6,14 @@ line, seen through CASA's 12 m and 7 m primary beams; a TP cube of the true sky 
 """
 import os
 import math
+import re
 import shutil
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import truth_of, user_ms_digests
+from conftest import one_error_line, truth_of, user_ms_digests
 
 ARCSEC = math.pi / 180.0 / 3600.0
 
@@ -78,7 +79,8 @@ def test_combine_recovers_extended_flux_and_feather_the_total(goal, run_script, 
     twelve, seven = goal / '12m', goal / '7m'
     before = (user_ms_digests(twelve), user_ms_digests(seven))
     started = time.time()
-    result = run_script('--combine', seven, '--feather', goal / 'tp.fits', '--delivery', twelve, timeout=1500)
+    result = run_script('--combine', seven, '--feather', goal / 'tp.fits', '--specmodes', 'mfs', '--delivery', twelve,
+                        timeout=1500)
     elapsed = time.time() - started
     assert result.returncode == 0, result.stdout + result.stderr
     print(result.stdout)
@@ -177,3 +179,15 @@ def test_contdat_needs_combine(goal, run_script):
     assert result.returncode == 2 and 'is not a file' in result.stderr, result.stderr
     result = run_script('--combine', goal / '7m', '--specmodes', 'cont', '--delivery', goal / '12m')
     assert result.returncode == 2 and '--combine makes mfs and cube images' in result.stderr, result.stderr
+
+
+def test_combine_cube_grid_is_checked_at_plan_time(goal, run_script):
+    # the default: the coarsest native channel (the 7 m's 1953.125 kHz) over what both arrays cover
+    result = run_script('--combine', goal / '7m', '--delivery', goal / '12m', '--dry-run')
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r'spw 25 cube of IRAS_16293-2422: 27 channels of 1\.9531250MHz .* native channels 12m 976\.6 kHz, '
+                     r'7m 1953 kHz', result.stdout), result.stdout
+    # finer than the 7 m's channels: refused before anything runs, in one line
+    result = run_script('--combine', goal / '7m', '--delivery', goal / '12m', '--dry-run', '--width', '25:1MHz')
+    assert one_error_line(result, exit_code=1).startswith("ERROR: --combine: spw 25: --width 1MHz is finer than the "
+                                                          "spw's channels"), result.stderr

@@ -115,8 +115,9 @@ def test_cube_grid_line_and_continuum(cube_run, casa):
     assert (user_ms_digests(twelve), user_ms_digests(goal / '7m')) == before
     products = sorted(p.name for p in (twelve / 'combined').glob('*.fits'))
     assert [re.sub(r'^.*_sci\.', '', p) for p in products] == [
-        'spw25.12m7m.cube.I.pbcor.fits', 'spw25.12m7mTP.cube.I.pbcor.fits',
-        'spw27.12m7m.cube.I.pbcor.fits', 'spw27.12m7mTP.cube.I.pbcor.fits'], products
+        'spw25.12m7m.cube.I.pbcor.fits', 'spw25.12m7mTP.cube.I.pbcor.fits', 'spw27.12m7m.cube.I.pbcor.fits'], products
+    # the simulated TP cube covers the first spw's band only: the other is not feathered, and the run says why
+    assert re.search(r'spw 27 is not feathered: the TP cube covers 216\.\d+-216\.\d+ GHz', result.stdout), result.stdout
     sky = truth['sky']
     line_hz = truth['arrays']['12m']['truth']['line_lsrk_freq_ghz']['25'][0] * 1e9
     seven_width = 1953125.0

@@ -16,15 +16,16 @@ from ..contdat.merge import blocks_of, find_block, merge_contdats, merged_contda
 from ..core.fileops import relative_path
 from ..core.layout import Delivery
 from ..core.requests import CombineRequest
-from ..imaging.combine_cube import spw_groups_of
+from ..imaging.combine_cube import common_cube_grid, spw_groups_of
 from ..imaging.combine_image import ARCSEC, C_M_S
 from ..core.messages import ReprocessingError
 
 
 CombinePart = collections.namedtuple('CombinePart', 'root label mses spw_map notes')
 Combination = collections.namedtuple('Combination', 'parts fields spw_groups label notes feather contdats written '
-                                                    'request')
-Combination.__new__.__defaults__ = (None, (), None)
+                                                    'request grids')
+Combination.__new__.__defaults__ = (None, (), None, None)
+# grids: {(field, reference spw id): (tclean's spectral keywords, a line saying the grid)} of the cubes;
 # contdats: per part, the ContDat its continuum is fitted from (None: all channels); written: [(path, text)] of the
 # cont.dat files this run writes (the merge, or --contdat told in another delivery's spw ids); request: CombineRequest
 
@@ -189,5 +190,16 @@ def plan_combination(casa, delivery, other_roots, feather=None, request=None):
         raise ReprocessingError('--feather %s does not exist — give the TP image (FITS or CASA image)' % feather)
     if feather is not None:
         combination = combination._replace(label=combination.label + 'TP', feather=Path(feather))
-    return plan_contdats(combination, request or CombineRequest(tuple(other_roots), feather), delivery)
+    combination = plan_contdats(combination, request or CombineRequest(tuple(other_roots), feather), delivery)
+    if 'cube' not in combination.request.specmodes:
+        return combination
+    grids = collections.OrderedDict()
+    for field in combination.fields:
+        for reference_id in combination.spw_groups:
+            try:
+                grids[(field, reference_id)] = common_cube_grid(casa, combination, reference_id, field)
+            except ValueError as error:  # a grid outside what every delivery covers, finer than a channel, ...
+                raise ReprocessingError('--combine: %s' % error)
+    return combination._replace(grids=grids, notes=combination.notes + [
+        '[%s] %s' % (field, note) for (field, _k), (_s, note) in grids.items()])
 

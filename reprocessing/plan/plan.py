@@ -258,7 +258,8 @@ def plan_combine_step(plan):
     output = plan.delivery.root / 'combined'
     if output.exists() and any(output.iterdir()):
         raise ReprocessingError('%s exists and is not empty — move it away (or delete it) and run again' % output)
-    plan.steps.append(Step('combine', 'joint images with %d other deliver%s%s into %s' % (
+    plan.steps.append(Step('combine', 'joint %s with %d other deliver%s%s into %s' % (
+        ' and '.join({'mfs': 'continuum images', 'cube': 'cubes'}[m] for m in request.specmodes),
         len(request.deliveries), 'y' if len(request.deliveries) == 1 else 'ies',
         ', feathered with %s' % request.feather if request.feather else '', output.name),
         list(plan.delivery.targets), [output], 0, run_combine))

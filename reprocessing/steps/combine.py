@@ -5,17 +5,17 @@ continuum-subtracted line MSes, and with --feather the total power added."""
 from pathlib import Path
 
 from ..casa.casa_engine import casa_task
+from ..casa.data_columns import has_selfcal_column
 from ..contdat.against_ms import analyse_contdat
 from ..contdat.grammar import ContDatErrors, describe_problem
-from ..contsub.uvcontsub import build_fitspec, uvcontsub_checked
+from ..contsub.uvcontsub import build_fitspec, mstransform_fit_of, uvcontsub_checked, uvcontsub_takes_fitspec
 from ..core.fileops import relative_path, remove_tree, write_atomically
-from ..core.messages import ReprocessingError, say
 from ..contdat.merge import WHOLE_WINDOW, find_block, intersect_ranges, line_free
-from ..imaging.combine_cube import common_coverage, common_cube_grid, spw_groups_of, cube_tclean_parameters, feather_cube_with_tp, tp_channel_width_hz
+from ..core.messages import ReprocessingError, say
+from ..imaging.combine_cube import common_coverage, spw_groups_of, cube_tclean_parameters, feather_cube_with_tp, tp_channel_width_hz
 from ..imaging.combine_image import ARCSEC, C_M_S, feather_with_tp, joint_tclean_parameters, measure_fluxes, run_joint_tclean, tp_beam_and_unit
 from ..imaging.products import ous_from_path
 from ..run.staging import make_shadow
-
 
 
 def checked_analysis(casa, contdat, part):
@@ -146,10 +146,14 @@ def line_mses(casa, combination, analyses, work):
                                             part.label, ms.path.name, ', '.join(str(k) for k in sorted(wanted))))
             field, spw, fitspec = build_fitspec(chosen)
             line = work / ('%d-%s.line.ms' % (number, ms.path.name[:-3]))
-            say('  %s: continuum of %s fitted and subtracted (uvcontsub; spws %s; %s)' % (
-                part.label, ms.path.name, spw, '; '.join('spw %d: %s' % (s.spw_id, 'channels ' + s.chan if s.chan
+            # the self-calibrated data where the delivery has them (CORRECTED_DATA), as the imaging step reads
+            column = 'corrected' if has_selfcal_column(casa, ms.path) else 'data'
+            say('  %s: continuum of %s (%s) fitted and subtracted (uvcontsub; spws %s; %s)' % (
+                part.label, ms.path.name, 'CORRECTED_DATA' if column == 'corrected' else 'DATA', spw, '; '.join('spw %d: %s' % (s.spw_id, 'channels ' + s.chan if s.chan
                                                                               else 'all channels') for s in chosen)))
-            uvcontsub_checked(casa, ms=ms.path, output=line, field=field, spw=spw, fitspec=fitspec, datacolumn='data')
+            uvcontsub_checked(casa, ms=ms.path, output=line, field=field, spw=spw, fitspec=fitspec, datacolumn=column,
+                              mstransform_fit=None if uvcontsub_takes_fitspec(casa) else mstransform_fit_of(
+                                  fitspec, ms_name=ms.path.name, casa_version=casa.version))
             # uvcontsub keeps the spw ids (its SPECTRAL_WINDOW table whole, rows of the selected spws only; CASA 6.7)
             lines.append((line, dict((k, spw_id) for spw_id, k in wanted.items())))
         made.append((part.label, lines))
@@ -182,11 +186,11 @@ def joint_cubes(casa, combination, delivery, analyses, work, partial, output):
         ra, dec = combination.parts[0].mses[0].fields[field]
         phasecenter = 'J2000 %.10frad %.10frad' % (ra, dec)
         for reference_id in combination.spw_groups:
-            spectral, note = common_cube_grid(casa, combination, reference_id, field)
-            say('  [%s] %s' % (field, note))
+            spectral, _note = combination.grids[(field, reference_id)]  # decided (and said) while planning
             chosen = [(line, ids[reference_id]) for _label, lines in made for line, ids in lines]
             base = str(work / ('%s.%s_sci.spw%d.%s.cube.I' % (ous, field, reference_id, joint_label)))
-            parameters = cube_tclean_parameters(combination, field, chosen, base, spectral, phasecenter=phasecenter)
+            parameters = cube_tclean_parameters(combination, field, chosen, base, spectral, phasecenter=phasecenter,
+                                                casa=casa)
             say('  [%s] tclean cube spw %d %s: %d line MS, cell %s, %d pixels, %d channels' % (
                 field, reference_id, joint_label, len(chosen), parameters['cell'], parameters['imsize'][0],
                 parameters['nchan']))
@@ -195,16 +199,20 @@ def joint_cubes(casa, combination, delivery, analyses, work, partial, output):
             if combination.feather is not None:
                 major, minor, unit = tp_beam_and_unit(casa, combination.feather)
                 tp_width = tp_channel_width_hz(casa, combination.feather)
-                say('  [%s] feather spw %d with %s: TP beam %.1f" x %.1f", %s%s, put on the cube\'s grid (imregrid)'
+                say('  [%s] feather spw %d with %s: TP beam %.1f" x %.1f", %s%s, put on the cube\'s grid'
                     % (field, reference_id, combination.feather, major, minor, unit,
                        ', channels of %.4g kHz (the cube\'s: %.4g kHz)' % (tp_width / 1e3, spectral['width_hz'] / 1e3)
                        if tp_width else ''))
                 line_free = tp_line_free(combination, field, reference_id)
                 feathered, chans = feather_cube_with_tp(casa, base, combination.feather, work, line_free)
-                say('  [%s] TP continuum subtracted over channels %s of the cube\'s grid (the line-free ranges every '
-                    'delivery shares)' % (field, chans) if chans else '  [%s] no channel of the cube is line-free in '
-                    'every delivery: the TP cube is feathered as it is' % field)
-                products.append((combination.label, feathered))
+                if feathered is None:
+                    say('  [%s] spw %d is not feathered: %s' % (field, reference_id, chans))
+                else:
+                    say('  [%s] TP put on the cube\'s channels (linear interpolation in LSRK frequency); its continuum '
+                        'subtracted over channels %s (line-free in every delivery)' % (field, chans) if chans else
+                        '  [%s] no channel of the cube is line-free in every delivery: the TP cube is feathered as it is'
+                        % field)
+                    products.append((combination.label, feathered))
             for label, path in products:
                 name = '%s.%s_sci.spw%d.%s.cube.I.pbcor.fits' % (ous, field, reference_id, label)
                 casa_task(casa, 'exportfits', about=name, imagename=path, fitsimage=str(partial / name),
