@@ -159,10 +159,9 @@ def test_combine_cubes_refuse_a_delivery_without_contdat_for_a_shared_spw(goal, 
     contdat = goal / '7m' / 'caltables' / 'cont.dat'
     contdat.write_text(contdat.read_text().split('SpectralWindow: 18')[0])
     result = run_script('--combine', goal / '7m', '--delivery', goal / '12m', '--dry-run')
-    assert result.returncode == 1, result.stdout + result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(errors) == 1 and errors[0].startswith('ERROR: --combine: 7m (') and \
-        "cont.dat has no block for field IRAS_16293-2422 spw 18 (paired with this delivery's spw 27)" in errors[0], errors
+    error = one_error_line(result, exit_code=1)
+    assert error.startswith('ERROR: --combine: 7m (') and \
+        "cont.dat has no block for field IRAS_16293-2422 spw 18 (paired with this delivery's spw 27)" in error, error
     # the continuum image alone does without it; --contdat FILE covering every delivery too
     assert run_script('--combine', goal / '7m', '--delivery', goal / '12m', '--dry-run', '--specmodes', 'mfs'
                       ).returncode == 0
@@ -173,19 +172,19 @@ def test_combine_cubes_refuse_a_delivery_without_contdat_for_a_shared_spw(goal, 
 
 def test_contdat_needs_combine(goal, run_script):
     result = run_script('--image', '--contdat', 'merge', '--delivery', goal / '12m', '--dry-run')
-    assert result.returncode == 2 and 'ERROR: --contdat gives the line-free ranges of the deliveries of --combine' \
-        in result.stderr, result.stderr
+    assert one_error_line(result, exit_code=2).startswith('ERROR: --contdat gives the line-free ranges of the '
+                                                          'deliveries of --combine'), result.stderr
     result = run_script('--combine', goal / '7m', '--contdat', goal / 'nothing.dat', '--delivery', goal / '12m')
-    assert result.returncode == 2 and 'is not a file' in result.stderr, result.stderr
+    assert 'is not a file' in one_error_line(result, exit_code=2)
     result = run_script('--combine', goal / '7m', '--specmodes', 'cont', '--delivery', goal / '12m')
-    assert result.returncode == 2 and '--combine makes mfs and cube images' in result.stderr, result.stderr
+    assert '--combine makes mfs and cube images' in one_error_line(result, exit_code=2)
 
 
 def test_combine_cube_grid_is_checked_at_plan_time(goal, run_script):
     # the default: the coarsest native channel (the 7 m's 1953.125 kHz) over what both arrays cover
     result = run_script('--combine', goal / '7m', '--delivery', goal / '12m', '--dry-run')
     assert result.returncode == 0, result.stdout + result.stderr
-    assert re.search(r'spw 25 cube of IRAS_16293-2422: 27 channels of 1\.9531250MHz .* native channels 12m 976\.6 kHz, '
+    assert re.search(r'spw 25 cube of IRAS_16293-2422: 27 channels of 1\.9531250MHz .*native channels 12m 976\.6 kHz, '
                      r'7m 1953 kHz', result.stdout), result.stdout
     # finer than the 7 m's channels: refused before anything runs, in one line
     result = run_script('--combine', goal / '7m', '--delivery', goal / '12m', '--dry-run', '--width', '25:1MHz')
