@@ -148,6 +148,17 @@ def test_combine_plan_pairs_spws_by_lsrk_frequency(goal, run_script):
     result = run_script('--combine', goal / '7m', '--delivery', goal / '12m', '--dry-run')
     assert result.returncode == 0, result.stdout + result.stderr
     assert "7m: spws 16, 18 with this delivery's 25, 27" in result.stdout, result.stdout
+    # the uv coverage per array: its largest angular scale against the simulator's (from projected baselines, at the
+    # first spw's centre; the plan's is at the highest science frequency, from the antenna separations)
+    truth = truth_of(goal)
+    for label in ('12m', '7m'):
+        found = re.search(r'combine: %s: .*5th percentile ([0-9.]+) m: largest angular scale about ([0-9.]+)"' % label,
+                          result.stdout)
+        assert found, result.stdout
+        spws = truth['arrays'][label]['truth']['ebs'][0]['spws']
+        expected = truth['arrays'][label]['las_arcsec'] * truth['arrays'][label]['ebs'][0]['baselines']['at_freq_ghz'] \
+            / max(s['lsrk_freq_range_ghz'][1] for s in spws)
+        assert abs(float(found.group(2)) / expected - 1.0) < 0.1, (label, found.group(0), expected)
 
 
 def test_feather_needs_combine(goal, run_script):
