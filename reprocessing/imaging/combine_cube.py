@@ -80,7 +80,9 @@ def _tclean_takes(casa, name):
 
 def feather_cube_with_tp(casa, image_base, tp_image, work, line_free_hz):
     """The TP cube put on the joint cube's grid and feathered with the pb-corrected cube (domain 'sky', as
-    feather_with_tp); (output path, channels fitted), or (None, why) when the TP cube does not cover the cube.
+    feather_with_tp); (output path, channels fitted, how many cube channels lie beyond the TP's first or last channel
+    centre, within one TP channel, and take its value there), or (None, why, 0) when the TP cube does not cover the
+    cube.
 
     On the grid: axes reordered as the cube's (imtrans), imregrid on the direction axes only, then each pixel's
     spectrum interpolated linearly (in LSRK frequency, each image's own frame) onto the cube's channels.  imregrid on
@@ -105,9 +107,11 @@ def feather_cube_with_tp(casa, image_base, tp_image, work, line_free_hz):
     tp_axis, tp_freqs = spectral_frequencies(casa, source)
     axis, freqs = spectral_frequencies(casa, image_base + '.image')
     tp_low, tp_high = sorted([tp_freqs[0], tp_freqs[-1]])
-    if freqs.min() < tp_low or freqs.max() > tp_high:
+    tp_step = abs(tp_freqs[1] - tp_freqs[0]) if len(tp_freqs) > 1 else 0.0
+    if freqs.min() < tp_low - tp_step or freqs.max() > tp_high + tp_step:  # more than one TP channel beyond its edge
         return None, 'the TP cube covers %.6f-%.6f GHz (LSRK channel centres), the cube %.6f-%.6f GHz' % (
-            tp_low / 1e9, tp_high / 1e9, freqs.min() / 1e9, freqs.max() / 1e9)
+            tp_low / 1e9, tp_high / 1e9, freqs.min() / 1e9, freqs.max() / 1e9), 0
+    edge = int(((freqs < tp_low) | (freqs > tp_high)).sum())  # these take the TP's first or last channel
     tk.imregrid(imagename=source, template=image_base + '.image', output=names['regrid'], overwrite=True,
                 axes=[0, 1])
     tool = casa.casatools.image()
@@ -120,7 +124,7 @@ def feather_cube_with_tp(casa, image_base, tp_image, work, line_free_hz):
     rising = numpy.argsort(tp_freqs)
     upper = numpy.clip(numpy.searchsorted(tp_freqs[rising], freqs), 1, len(tp_freqs) - 1)
     f0, f1 = tp_freqs[rising][upper - 1], tp_freqs[rising][upper]
-    weight = (freqs - f0) / (f1 - f0)
+    weight = numpy.clip((freqs - f0) / (f1 - f0), 0.0, 1.0)
     gridded = tp[..., rising[upper - 1]] * (1.0 - weight) + tp[..., rising[upper]] * weight
     shutil.copytree(image_base + '.image', names['grid'])
     tool.open(names['grid'])
@@ -140,7 +144,7 @@ def feather_cube_with_tp(casa, image_base, tp_image, work, line_free_hz):
     output = image_base + '.feather.image.pbcor'
     shutil.rmtree(output, ignore_errors=True)
     tk.feather(imagename=output, highres=image_base + '.image.pbcor', lowres=lowres)
-    return output, chans
+    return output, chans, edge
 
 
 def spectral_frequencies(casa, image):

@@ -204,12 +204,14 @@ def joint_cubes(casa, combination, delivery, analyses, work, partial, output):
                        ', channels of %.4g kHz (the cube\'s: %.4g kHz)' % (tp_width / 1e3, spectral['width_hz'] / 1e3)
                        if tp_width else ''))
                 line_free = tp_line_free(combination, field, reference_id)
-                feathered, chans = feather_cube_with_tp(casa, base, combination.feather, work, line_free)
+                feathered, chans, edge = feather_cube_with_tp(casa, base, combination.feather, work, line_free)
                 if feathered is None:
                     say('  [%s] spw %d is not feathered: %s' % (field, reference_id, chans))
                 else:
-                    say('  [%s] TP put on the cube\'s channels (linear interpolation in LSRK frequency); its continuum '
-                        'subtracted over channels %s (line-free in every delivery)' % (field, chans) if chans else
+                    say('  [%s] TP put on the cube\'s channels (linear interpolation in LSRK frequency%s); its continuum '
+                        'subtracted over channels %s (line-free in every delivery)' % (
+                            field, '; %d channel%s beyond the TP\'s last channel centre take its value' % (
+                                edge, '' if edge == 1 else 's') if edge else '', chans) if chans else
                         '  [%s] no channel of the cube is line-free in every delivery: the TP cube is feathered as it is'
                         % field)
                     products.append((combination.label, feathered))
