@@ -6,13 +6,14 @@ line, seen through CASA's 12 m and 7 m primary beams; a TP cube of the true sky 
 """
 import os
 import math
+import re
 import shutil
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import truth_of, user_ms_digests
+from conftest import one_error_line, truth_of, user_ms_digests
 
 ARCSEC = math.pi / 180.0 / 3600.0
 
@@ -78,7 +79,8 @@ def test_combine_recovers_extended_flux_and_feather_the_total(goal, run_script, 
     twelve, seven = goal / '12m', goal / '7m'
     before = (user_ms_digests(twelve), user_ms_digests(seven))
     started = time.time()
-    result = run_script('--combine', seven, '--feather', goal / 'tp.fits', '--delivery', twelve, timeout=1500)
+    result = run_script('--combine', seven, '--feather', goal / 'tp.fits', '--specmodes', 'mfs', '--delivery', twelve,
+                        timeout=1500)
     elapsed = time.time() - started
     assert result.returncode == 0, result.stdout + result.stderr
     print(result.stdout)
@@ -146,8 +148,56 @@ def test_combine_plan_pairs_spws_by_lsrk_frequency(goal, run_script):
     result = run_script('--combine', goal / '7m', '--delivery', goal / '12m', '--dry-run')
     assert result.returncode == 0, result.stdout + result.stderr
     assert "7m: spws 16, 18 with this delivery's 25, 27" in result.stdout, result.stdout
+    # the uv coverage per array: its largest angular scale against the simulator's (from projected baselines, at the
+    # first spw's centre; the plan's is at the highest science frequency, from the antenna separations)
+    truth = truth_of(goal)
+    for label in ('12m', '7m'):
+        found = re.search(r'combine: %s: .*5th percentile ([0-9.]+) m: largest angular scale about ([0-9.]+)"' % label,
+                          result.stdout)
+        assert found, result.stdout
+        spws = truth['arrays'][label]['truth']['ebs'][0]['spws']
+        expected = truth['arrays'][label]['las_arcsec'] * truth['arrays'][label]['ebs'][0]['baselines']['at_freq_ghz'] \
+            / max(s['lsrk_freq_range_ghz'][1] for s in spws)
+        assert abs(float(found.group(2)) / expected - 1.0) < 0.1, (label, found.group(0), expected)
 
 
 def test_feather_needs_combine(goal, run_script):
     result = run_script('--check', '--feather', goal / 'tp.fits', '--delivery', goal / '12m', '--dry-run')
     assert result.returncode == 2 and 'ERROR: --feather adds total power' in result.stderr, result.stderr
+
+
+def test_combine_cubes_refuse_a_delivery_without_contdat_for_a_shared_spw(goal, run_script):
+    contdat = goal / '7m' / 'caltables' / 'cont.dat'
+    contdat.write_text(contdat.read_text().split('SpectralWindow: 18')[0])
+    result = run_script('--combine', goal / '7m', '--delivery', goal / '12m', '--dry-run')
+    error = one_error_line(result, exit_code=1)
+    assert error.startswith('ERROR: --combine: 7m (') and \
+        "cont.dat has no block for field IRAS_16293-2422 spw 18 (paired with this delivery's spw 27)" in error, error
+    # the continuum image alone does without it; --contdat FILE covering every delivery too
+    assert run_script('--combine', goal / '7m', '--delivery', goal / '12m', '--dry-run', '--specmodes', 'mfs'
+                      ).returncode == 0
+    given = run_script('--combine', goal / '7m', '--delivery', goal / '12m', '--dry-run',
+                       '--contdat', goal / '12m' / 'caltables' / 'cont.dat')
+    assert given.returncode == 0 and 'written to working_reprocess/combined_cont.dat' in given.stdout, given.stdout
+
+
+def test_contdat_needs_combine(goal, run_script):
+    result = run_script('--image', '--contdat', 'merge', '--delivery', goal / '12m', '--dry-run')
+    assert one_error_line(result, exit_code=2).startswith('ERROR: --contdat gives the line-free ranges of the '
+                                                          'deliveries of --combine'), result.stderr
+    result = run_script('--combine', goal / '7m', '--contdat', goal / 'nothing.dat', '--delivery', goal / '12m')
+    assert 'is not a file' in one_error_line(result, exit_code=2)
+    result = run_script('--combine', goal / '7m', '--specmodes', 'cont', '--delivery', goal / '12m')
+    assert '--combine makes mfs and cube images' in one_error_line(result, exit_code=2)
+
+
+def test_combine_cube_grid_is_checked_at_plan_time(goal, run_script):
+    # the default: the coarsest native channel (the 7 m's 1953.125 kHz) over what both arrays cover
+    result = run_script('--combine', goal / '7m', '--delivery', goal / '12m', '--dry-run')
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r'spw 25 cube of IRAS_16293-2422: 27 channels of 1\.9531250MHz .*native channels 12m 976\.6 kHz, '
+                     r'7m 1953 kHz', result.stdout), result.stdout
+    # finer than the 7 m's channels: refused before anything runs, in one line
+    result = run_script('--combine', goal / '7m', '--delivery', goal / '12m', '--dry-run', '--width', '25:1MHz')
+    assert one_error_line(result, exit_code=1).startswith("ERROR: --combine: spw 25: --width 1MHz is finer than the "
+                                                          "spw's channels"), result.stderr

@@ -97,6 +97,11 @@ def build_parser():
     actions.add_argument('--feather', default=None, metavar='TP_IMAGE',
                          help='with --combine: feather the joint image with this total-power image (FITS or CASA, '
                               'Jy/beam)')
+    actions.add_argument('--contdat', default=None, metavar='FILE|merge',
+                         help='with --combine: the line-free ranges (LSRK) for every delivery\'s continuum '
+                              'subtraction: a cont.dat covering all (blocks in each delivery\'s spw ids, or in this '
+                              'delivery\'s), or "merge": the intersection of the deliveries\' own cont.dat '
+                              '(default: each delivery its own)')
     general = parser.add_argument_group('general')
     general.add_argument('--delivery', type=existing_directory, default=None, metavar='DIR',
                          help='the calibrated_final/ directory to work on (default: the current directory)')
@@ -206,6 +211,12 @@ def check_combinations(options):
         raise UsageError('--archive-products compares the images of --image with the archive\'s — add --image [DIR]')
     if options.feather is not None and not options.combine:
         raise UsageError('--feather adds total power to the joint image of --combine — add --combine DIR')
+    if options.contdat is not None and not options.combine:
+        raise UsageError('--contdat gives the line-free ranges of the deliveries of --combine — add --combine DIR '
+                         '(a delivery alone uses its caltables/cont.dat)')
+    if options.contdat not in (None, 'merge') and not os.path.isfile(os.path.expanduser(options.contdat)):
+        raise UsageError('--contdat %s is not a file — give a cont.dat, or "merge" to intersect the deliveries\' own'
+                         % options.contdat)
     check_imaging_options(options)
 
 

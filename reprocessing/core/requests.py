@@ -40,8 +40,13 @@ def request_as_json(request):
                 for name, value in request._asdict().items())
 
 
-# --combine DIR [DIR ...] (the other deliveries of the science goal, Paths) and --feather TP_IMAGE (a Path or None)
-CombineRequest = collections.namedtuple('CombineRequest', 'deliveries feather')
+# --combine DIR [DIR ...] (the other deliveries of the science goal, Paths), --feather TP_IMAGE (a Path or None),
+# --contdat FILE|merge (None: each delivery's own cont.dat; 'merge'; or a Path), the products (specmodes: 'mfs',
+# 'cube') and the cubes' common grid (the canonical per-spw texts of --start/--width/--nchan/--restfreq/--veltype, in
+# this delivery's spw ids, or None)
+CombineRequest = collections.namedtuple('CombineRequest', 'deliveries feather contdat specmodes start width nchan '
+                                                          'restfreq veltype')
+CombineRequest.__new__.__defaults__ = (None, ('mfs', 'cube'), None, None, None, None, None)
 
 
 def nbins_for_spw(nbins, spw_id):

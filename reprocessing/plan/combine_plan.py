@@ -11,13 +11,23 @@ import math
 from pathlib import Path
 
 from ..casa.ms_combine import read_ms_for_combination
+from ..contdat.grammar import read_contdat
+from ..contdat.merge import blocks_of, find_block, merge_contdats, merged_contdat_text, parse_text
+from ..core.fileops import relative_path
 from ..core.layout import Delivery
+from ..core.requests import CombineRequest
+from ..imaging.combine_cube import common_cube_grid, spw_groups_of
 from ..imaging.combine_image import ARCSEC, C_M_S
 from ..core.messages import ReprocessingError
 
 
 CombinePart = collections.namedtuple('CombinePart', 'root label mses spw_map notes')
-Combination = collections.namedtuple('Combination', 'parts fields spw_groups label notes feather')
+Combination = collections.namedtuple('Combination', 'parts fields spw_groups label notes feather contdats written '
+                                                    'request grids')
+Combination.__new__.__defaults__ = (None, (), None, None)
+# grids: {(field, reference spw id): (tclean's spectral keywords, a line saying the grid)} of the cubes;
+# contdats: per part, the ContDat its continuum is fitted from (None: all channels); written: [(path, text)] of the
+# cont.dat files this run writes (the merge, or --contdat told in another delivery's spw ids); request: CombineRequest
 
 
 def array_label(dish_m):
@@ -55,10 +65,24 @@ def shared_fields(reference, other, tolerance_arcsec):
 
 def describe_ms_set(label, mses):
     first = mses[0]
-    return '%s: %d MS, %d antennas (%s dishes), spws %s, %s' % (
+    return '%s: %d MS, %d antennas (%s dishes), spws %s, %s; %s' % (
         label, len(mses), len(first.antennas), label,
         ', '.join('%d (%s, %d x %.4g MHz)' % (s.spw_id, s.name, s.nchan, s.width_hz / 1e6) for s in first.spws),
-        ', '.join(sorted(set(m.date for m in mses))))
+        ', '.join(sorted(set(m.date for m in mses))), describe_uv_coverage(mses))
+
+
+def describe_uv_coverage(mses):
+    """The uv coverage of one delivery in a few numbers: its baselines (antenna separations, not projected) and the
+    largest angular scale they recover, 0.983 lambda / L5 (L5: the 5th percentile of the baselines; ALMA's
+    definition, at the highest science frequency)."""
+    import numpy
+    baselines = numpy.array([b for m in mses for b in m.imaging.baselines_m], dtype=float)
+    if not len(baselines):
+        return 'no baselines'
+    wavelength = C_M_S / max(s.lsrk_hi for m in mses for s in m.spws)
+    l5 = float(numpy.percentile(baselines, 5))
+    return 'baselines %.0f-%.0f m (5th percentile %.1f m: largest angular scale about %.1f")' % (
+        baselines.min(), baselines.max(), l5, 0.983 * wavelength / l5 / ARCSEC)
 
 
 def match_deliveries(reference, others):
@@ -103,11 +127,68 @@ def match_deliveries(reference, others):
     return Combination(parts, fields, spw_groups, ''.join(labels), notes, None)
 
 
+def plan_contdats(combination, request, delivery):
+    """The Combination with, per part, the cont.dat its continuum is fitted from (pure: cont.dat files read).
+
+    Without --contdat each delivery's own caltables/cont.dat; cubes need it to cover every shared field and spw
+    (refused in one line otherwise), a continuum image alone does without (all channels).  --contdat merge: the
+    intersection of the deliveries' own (contdat/merge.py), written as working_reprocess/combined_cont.dat in this
+    delivery's spw ids (and one file per other delivery in its ids).  --contdat FILE: that file for every delivery."""
+    parts, cubes = combination.parts, 'cube' in request.specmodes
+    roots = [Path(p.root or delivery.root) for p in parts]
+    names = ['%s (%s)' % (p.label, root) for p, root in zip(parts, roots)]
+    contdats, written, notes = [], [], list(combination.notes)
+    if request.contdat is None or request.contdat == 'merge':
+        own = []
+        for part, root, name in zip(parts, roots, names):
+            path = Delivery(root).contdat
+            if not path.is_file():
+                if cubes or request.contdat == 'merge':
+                    raise ReprocessingError('--combine: %s has no caltables/cont.dat, so its continuum cannot be '
+                                            'subtracted for the cubes — give --contdat FILE covering every delivery, or '
+                                            '--specmodes mfs' % name)
+                own.append(None)
+                continue
+            contdat = read_contdat(path, display='%s/caltables/cont.dat' % part.label)
+            if cubes and request.contdat is None:
+                for field in combination.fields:
+                    for reference_id, (spw_id, spw_name) in spw_groups_of(combination, part).items():
+                        if find_block(contdat, field, spw_id, spw_name) is None:
+                            raise ReprocessingError(
+                                '--combine: %s\'s cont.dat has no block for field %s spw %d (paired with this '
+                                'delivery\'s spw %d), so its line MS cannot be made — add it, give --contdat FILE '
+                                'covering every delivery, or --specmodes mfs' % (name, field, spw_id, reference_id))
+            own.append(contdat)
+        if request.contdat is None:
+            notes.append('continuum: each delivery\'s own caltables/cont.dat')
+            return combination._replace(contdats=own, notes=notes, request=request)
+        blocks = merge_contdats([(p.label, c) for p, c in zip(parts, own)], combination.fields, collections.OrderedDict(
+            (k, [spw_groups_of(combination, p)[k] for p in parts]) for k in combination.spw_groups))
+        per_part = [blocks] * len(parts)
+        what = 'the intersection of the deliveries\' line-free ranges (LSRK), --contdat merge'
+    else:
+        given = read_contdat(request.contdat)
+        per_part = [blocks_of(given, combination.fields, spw_groups_of(combination, p), '--contdat %s' % request.contdat)
+                    for p in parts]
+        what = '--contdat %s' % request.contdat
+    for number, (part, blocks) in enumerate(zip(parts, per_part)):
+        name = 'combined_cont.dat' if number == 0 else 'combined_cont.%d-%s.dat' % (number, part.label)
+        path = delivery.work_dir / name
+        text = merged_contdat_text(blocks, spw_ids=dict((k, v[0]) for k, v in spw_groups_of(combination, part).items()))
+        written.append((path, text))
+        contdats.append(parse_text(text, relative_path(path, delivery.root)))
+    notes.append('continuum of every delivery from %s: written to %s%s' % (
+        what, relative_path(written[0][0], delivery.root),
+        ' (in this delivery\'s spw ids; %s in the others\')' % ', '.join(p.name for p, _t in written[1:])
+        if len(written) > 1 else ''))
+    return combination._replace(contdats=contdats, written=written, notes=notes, request=request)
+
+
 def _ranges(spws):
     return ', '.join('%d: %.3f-%.3f' % (s.spw_id, s.lsrk_lo / 1e9, s.lsrk_hi / 1e9) for s in spws)
 
 
-def plan_combination(casa, delivery, other_roots, feather=None):
+def plan_combination(casa, delivery, other_roots, feather=None, request=None):
     """Read every delivery's targets MSes (metadata) and match them; the Combination to image."""
     reference = [read_ms_for_combination(casa, ms) for ms in delivery.targets]
     others = []
@@ -123,5 +204,16 @@ def plan_combination(casa, delivery, other_roots, feather=None):
         raise ReprocessingError('--feather %s does not exist — give the TP image (FITS or CASA image)' % feather)
     if feather is not None:
         combination = combination._replace(label=combination.label + 'TP', feather=Path(feather))
-    return combination
+    combination = plan_contdats(combination, request or CombineRequest(tuple(other_roots), feather), delivery)
+    if 'cube' not in combination.request.specmodes:
+        return combination
+    grids = collections.OrderedDict()
+    for field in combination.fields:
+        for reference_id in combination.spw_groups:
+            try:
+                grids[(field, reference_id)] = common_cube_grid(casa, combination, reference_id, field)
+            except ValueError as error:  # a grid outside what every delivery covers, finer than a channel, ...
+                raise ReprocessingError('--combine: %s' % error)
+    return combination._replace(grids=grids, notes=combination.notes + [
+        '[%s] %s' % (field, note) for (field, _k), (_s, note) in grids.items()])
 

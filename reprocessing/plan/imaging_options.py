@@ -276,12 +276,21 @@ def imaging_request(options, root):
                           **imaging_values(options))
 
 
+# The imaging values --combine takes without --image (the cubes' common grid, and which products)
+COMBINE_GRID_OPTIONS = ('start', 'width', 'nchan', 'restfreq', 'veltype')
+
+
 def check_imaging_options(options):
-    """Imaging flags need --image; every imaging value is valid (flags and the script's block)."""
+    """Imaging flags need --image (--combine takes its products and cube grid); every imaging value is valid (flags
+    and the script's block)."""
     if options.image is None:
         given_values = vars(options)
+        combine = ('specmodes',) + COMBINE_GRID_OPTIONS if given_values.get('combine') else ()
+        if combine and [m for m in options.specmodes or () if m not in ('mfs', 'cube')]:
+            raise UsageError('--combine makes mfs and cube images (--specmodes %s) — choose from mfs,cube'
+                             % ','.join(options.specmodes))
         given = ['--' + name.replace('_', '-') for name, _variable, _default, _parse in imaging_parameters()
-                 if given_values.get(name) is not None]
+                 if given_values.get(name) is not None and name not in combine]
         given += ['--' + name.replace('_', '-') for name in IMAGING_FLAGS if given_values.get(name)]
         if given:
             raise UsageError('%s only apply to --image — add --image [DIR]' % ', '.join(given))

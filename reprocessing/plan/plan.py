@@ -260,7 +260,8 @@ def plan_combine_step(plan):
     output = plan.delivery.root / 'combined'
     if output.exists() and any(output.iterdir()):
         raise ReprocessingError('%s exists and is not empty — move it away (or delete it) and run again' % output)
-    plan.steps.append(Step('combine', 'joint images with %d other deliver%s%s into %s' % (
+    plan.steps.append(Step('combine', 'joint %s with %d other deliver%s%s into %s' % (
+        ' and '.join({'mfs': 'continuum images', 'cube': 'cubes'}[m] for m in request.specmodes),
         len(request.deliveries), 'y' if len(request.deliveries) == 1 else 'ies',
         ', feathered with %s' % request.feather if request.feather else '', output.name),
         list(plan.delivery.targets), [output], 0, run_combine))
@@ -271,6 +272,6 @@ def preflight_combination(plan):
     request = plan.request.combine
     with native_output_into(os.devnull), native_stdout_silenced():
         plan.combination = plan_combination(casa_for_planning(), plan.delivery, request.deliveries,
-                                            request.feather)
+                                            request.feather, request)
     for line in plan.combination.notes:
         say('  combine: ' + line)

@@ -7,7 +7,7 @@ requests (core/requests.py), never the Namespace.
 from pathlib import Path
 
 from ..core.requests import CombineRequest, ContsubRequest, RunRequest, WeblogRequest
-from .imaging_options import imaging_request
+from .imaging_options import COMBINE_GRID_OPTIONS, imaging_request
 
 
 ACTION_NAMES = ('check', 'contsub', 'contsub_fast', 'image', 'calibrated_final', 'calibrated_final_line',
@@ -38,8 +38,15 @@ def run_request(options, root):
 
 
 def combine_request(options):
-    """CombineRequest of --combine DIR [DIR ...] and --feather TP_IMAGE (None without --combine)."""
+    """CombineRequest of --combine DIR [DIR ...], --feather TP_IMAGE, --contdat and the cube grid (None without
+    --combine)."""
     if not options.combine:
         return None
     feather = Path(options.feather).resolve() if options.feather else None
-    return CombineRequest(tuple(Path(d).resolve() for d in options.combine), feather)
+    contdat = options.contdat
+    if contdat is not None and contdat != 'merge':
+        contdat = Path(contdat).expanduser().resolve()
+    given = vars(options)
+    return CombineRequest(tuple(Path(d).resolve() for d in options.combine), feather, contdat,
+                          tuple(options.specmodes or ('mfs', 'cube')),
+                          **dict((name, given.get(name)) for name in COMBINE_GRID_OPTIONS))
