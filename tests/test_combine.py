@@ -62,8 +62,31 @@ def _fits_fluxes(casa, fits, truth):
     total = pixels[numpy.hypot(ee, nn) < 24.0].sum() / beam_pixels
     px, py = truth['sky']['point_offset_arcsec']
     r = numpy.hypot(ee - px, nn - py)
-    point = pixels[r < major].max() - numpy.median(pixels[(r > 2.5 * major) & (r < 4 * major)])
+    point = _peak_of_beam(pixels, r < major, numpy.median(pixels[(r > 2.5 * major) & (r < 4 * major)]))
     return float(inner), float(total), float(point), (major, minor)
+
+
+def _peak_of_beam(pixels, near, background):
+    """Peak above background of the beam-shaped source whose brightest pixel is among `near`: the maximum of the
+    quadratic fitted to ln(pixel - background) over that pixel's 3 x 3 neighbours (exact for a Gaussian beam).  The
+    brightest pixel alone is low by the beam's response at the source's offset from the pixel centre: the point of
+    the test goal is 0.44 pixel off in RA, and the 12 m image's brightest pixel was 4 % under its fitted peak."""
+    import numpy
+    i, j = numpy.unravel_index(numpy.where(near, pixels, -numpy.inf).argmax(), pixels.shape)
+    block = pixels[i - 1:i + 2, j - 1:j + 2] - background
+    if block.shape != (3, 3) or (block <= 0).any():
+        return float(pixels[i, j] - background)
+    x, y = [a.ravel() for a in numpy.meshgrid([-1.0, 0.0, 1.0], [-1.0, 0.0, 1.0], indexing='ij')]
+    a, bx, by, cxx, cxy, cyy = numpy.linalg.lstsq(numpy.stack([numpy.ones(9), x, y, x * x, x * y, y * y], axis=1),
+                                                   numpy.log(block.ravel()), rcond=None)[0]
+    hessian = numpy.array([[2 * cxx, cxy], [cxy, 2 * cyy]])
+    if not (numpy.linalg.eigvalsh(hessian) < 0).all():
+        return float(pixels[i, j] - background)
+    offset = numpy.linalg.solve(hessian, -numpy.array([bx, by]))
+    if (abs(offset) > 1.0).any():
+        return float(pixels[i, j] - background)
+    return float(numpy.exp(a + bx * offset[0] + by * offset[1] + cxx * offset[0] ** 2 + cxy * offset[0] * offset[1]
+                           + cyy * offset[1] ** 2))
 
 
 def test_multiscale_scales_reach_half_the_compact_arrays_largest_angular_scale():
