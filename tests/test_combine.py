@@ -63,17 +63,63 @@ def _fits_fluxes(casa, fits, truth):
     total = pixels[numpy.hypot(ee, nn) < 24.0].sum() / beam_pixels
     px, py = truth['sky']['point_offset_arcsec']
     r = numpy.hypot(ee - px, nn - py)
-    point = pixels[r < major].max() - numpy.median(pixels[(r > 2.5 * major) & (r < 4 * major)])
+    point = _peak_of_beam(pixels, r < major, numpy.median(pixels[(r > 2.5 * major) & (r < 4 * major)]))
     return float(inner), float(total), float(point), (major, minor)
 
 
-# Known short of issue 29's goal (measured: 12m7m recovers 76 % of the extended flux within 12", 12m7mTP 62 %
-# of the total within 24"): strict, so that it fails the day it passes.  It takes ~10 min on 2 busy cores, so
-# it runs only when asked: REPROCESSING_SLOW_TESTS=1 make test.
+def _peak_of_beam(pixels, near, background):
+    """Peak above background of the beam-shaped source whose brightest pixel is among `near`: the maximum of the
+    quadratic fitted to ln(pixel - background) over that pixel's 3 x 3 neighbours (exact for a Gaussian beam).  The
+    brightest pixel alone is low by the beam's response at the source's offset from the pixel centre: the point of
+    the test goal is 0.44 pixel off in RA, and the 12 m image's brightest pixel was 4 % under its fitted peak."""
+    import numpy
+    i, j = numpy.unravel_index(numpy.where(near, pixels, -numpy.inf).argmax(), pixels.shape)
+    block = pixels[i - 1:i + 2, j - 1:j + 2] - background
+    if block.shape != (3, 3) or (block <= 0).any():
+        return float(pixels[i, j] - background)
+    x, y = [a.ravel() for a in numpy.meshgrid([-1.0, 0.0, 1.0], [-1.0, 0.0, 1.0], indexing='ij')]
+    a, bx, by, cxx, cxy, cyy = numpy.linalg.lstsq(numpy.stack([numpy.ones(9), x, y, x * x, x * y, y * y], axis=1),
+                                                   numpy.log(block.ravel()), rcond=None)[0]
+    hessian = numpy.array([[2 * cxx, cxy], [cxy, 2 * cyy]])
+    if not (numpy.linalg.eigvalsh(hessian) < 0).all():
+        return float(pixels[i, j] - background)
+    offset = numpy.linalg.solve(hessian, -numpy.array([bx, by]))
+    if (abs(offset) > 1.0).any():
+        return float(pixels[i, j] - background)
+    return float(numpy.exp(a + bx * offset[0] + by * offset[1] + cxx * offset[0] ** 2 + cxy * offset[0] * offset[1]
+                           + cyy * offset[1] ** 2))
+
+
+def test_multiscale_scales_reach_half_the_compact_arrays_largest_angular_scale():
+    """The joint and 7 m images get scales of 3 and 9 beams (4" and 12" at a 1.35" beam: the 8" Gaussian of the goal;
+    the largest scale was 3 beams and the joint image recovered 76 %); the 12 m alone, whose LAS is 6.7", stops at 1
+    beam (a 4" scale is not constrained by its baselines)."""
+    import collections
+    import numpy
+    from reprocessing.imaging.combine_image import joint_tclean_parameters, largest_angular_scale_arcsec
+    Spw = collections.namedtuple('Spw', 'lsrk_lo lsrk_hi')
+    Ms = collections.namedtuple('Ms', 'path imaging spws dish_m max_baseline_m')
+    Info = collections.namedtuple('Info', 'baselines_m')
+    Part = collections.namedtuple('Part', 'mses')
+    spws = [Spw(216.89e9, 216.96e9)]
+    # L5 (the 5th percentile of the 45 baselines) 39 m and 9.3 m, as the simulated goal's arrays
+    twelve = Ms(Path('/d/12m/uid_A_targets.ms'), Info([39.0] * 5 + list(numpy.linspace(50.0, 149.0, 40))), spws, 12.0,
+                149.0)
+    seven = Ms(Path('/d/7m/uid_B_targets.ms'), Info([9.3] * 5 + list(numpy.linspace(12.0, 45.0, 40))), spws, 7.0, 45.0)
+    combination = collections.namedtuple('C', 'parts')([Part([twelve]), Part([seven])])
+    assert 29.0 < largest_angular_scale_arcsec(combination, [('/w/1-uid_B_targets.ms', '16')]) < 31.0
+    scales = {}
+    for label, mses in (('12m7m', [twelve, seven]), ('12m', [twelve]), ('7m', [seven])):
+        selections = [('/w/%d-%s' % (n, m.path.name), '25') for n, m in enumerate(mses)]
+        scales[label] = joint_tclean_parameters(combination, 'f', selections, '/w/i', phasecenter='J2000 0 0')['scales']
+    assert scales == {'12m7m': [0, 5, 15, 45], '12m': [0, 5], '7m': [0, 5, 15, 45]}, scales
+
+
+# Issue 29's goal, met since the multiscale scales reach half the 7 m's LAS (12m7m recovered 76 % before, 12m7mTP
+# 62 % of the total within 24"; now 104 % and 102 %, the point -3 to -4 %).  It takes ~8 min at a load of 11 on 2
+# cores, so it runs only when asked: REPROCESSING_SLOW_TESTS=1 make test.
 @pytest.mark.skipif(os.environ.get('REPROCESSING_SLOW_TESTS') != '1',
-                    reason='slow (about 10 min): set REPROCESSING_SLOW_TESTS=1 to run it')
-@pytest.mark.xfail(strict=True, reason='issue 29: 12m7m recovers 76 % of the extended flux (goal 90 %), 12m7mTP 62 % '
-                                       'of the total (goal 90 %)')
+                    reason='slow (about 8 min): set REPROCESSING_SLOW_TESTS=1 to run it')
 def test_combine_recovers_extended_flux_and_feather_the_total(goal, run_script, casa):
     truth = truth_of(goal)
     twelve, seven = goal / '12m', goal / '7m'
