@@ -328,3 +328,22 @@ def test_spectra_show_the_line_at_its_lsrk_frequency_in_every_execution_block(de
                                         casa=casa)
     assert sorted(p.name for p in pictures) == ['IRAS_16293-2422_spw25.png', 'IRAS_16293-2422_spw27.png']
     assert all(p.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' for p in pictures)
+
+
+@pytest.mark.parametrize('rows, values_per_row, expected', [
+    (3000, 2 * 960, 187),        # the bench's spw at 960 channels: 1/16 of the rows
+    (3000, 2 * 240, 187),        # and at 240: still 1/16, so the sample costs the same share of any fit
+    (200000, 2 * 3840, 260),     # a large MS: 2e6 values
+    (500, 2 * 960, 64),          # a small MS: 64 rows at least
+    (40, 2 * 11, 40),            # smaller still: all of them
+])
+def test_a_spectrum_reads_a_bounded_share_of_the_rows_in_few_windows(rows, values_per_row, expected):
+    limit = sfr.sample_rows(rows, values_per_row)
+    assert limit == expected
+    windows = sfr._time_windows(numpy.arange(rows), limit)
+    assert sum(last - first + 1 for first, last in windows) == limit - limit % len(windows)
+    assert 1 <= len(windows) <= sfr.SPECTRUM_WINDOWS and windows == sorted(windows)
+    if len(windows) > 1:
+        assert windows[0][0] == 0 and windows[-1][1] == rows - 1, 'spread over the observation'
+    elif limit < rows:
+        assert abs(windows[0][0] + windows[0][1] - (rows - 1)) <= 1, 'one window: in the middle'

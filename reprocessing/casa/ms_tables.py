@@ -194,10 +194,11 @@ def check_measurement_set(casa, ms, *, root=None):
             pass
 
 
-def is_entirely_flagged(casa, ms, *, chunk=2000):
+def is_entirely_flagged(casa, ms, *, chunk=2000, first=64):
     """True when every visibility of ms is flagged (FLAG_ROW, or every FLAG of the row).  Read a chunk of rows
     at a time per data description (FLAG's shape differs between spws), stopping at the first unflagged
-    sample: an MS with data costs a read of its first rows."""
+    sample: an MS with data costs a read of its first `first` rows per data description (the chunks then
+    grow to `chunk` rows; decoding a tile of FLAG for 2000 rows cost 0.1 s CPU per run of 4 MSes)."""
     import numpy
     with opened_table(casa, ms) as table:
         if table.nrows() == 0 or 'FLAG' not in table.colnames():
@@ -205,11 +206,13 @@ def is_entirely_flagged(casa, ms, *, chunk=2000):
         for dd in sorted(set(int(v) for v in table.getcol('DATA_DESC_ID'))):
             rows = table.query('DATA_DESC_ID==%d' % dd)
             try:
-                for start in range(0, rows.nrows(), chunk):
-                    flag_row = rows.getcol('FLAG_ROW', startrow=start, nrow=chunk)
-                    flags = rows.getcol('FLAG', startrow=start, nrow=chunk)
+                start, size = 0, first
+                while start < rows.nrows():
+                    flag_row = rows.getcol('FLAG_ROW', startrow=start, nrow=size)
+                    flags = rows.getcol('FLAG', startrow=start, nrow=size)
                     if not numpy.all(flags | flag_row[numpy.newaxis, numpy.newaxis, :]):
                         return False
+                    start, size = start + size, min(chunk, size * 4)
             finally:
                 rows.close()
     return True

@@ -81,28 +81,16 @@ def _constants(values):
 
 
 def _pb_profile(casa, ms, spw_id, scratch, dish_m, pb_fwhm):
-    """(radius arcsec, gain, frequency Hz) of CASA's primary beam for this MS (tclean .pb, niter=0)."""
+    """(radius arcsec, gain, frequency Hz) of CASA's primary beam for this MS, at its spw's mean frequency."""
     tb = casa.tb
     tb.open(os.path.join(ms, 'SPECTRAL_WINDOW'))
     try:
         freqs = tb.getcell('CHAN_FREQ', spw_id)
     finally:
         tb.close()
-    centre = float(np.mean(freqs))
-    fwhm = pb_fwhm * _C / centre / dish_m / _ARCSEC
-    cell = fwhm / 50.0
-    name = os.path.join(scratch, 'pb-%s' % os.path.basename(ms))
-    casa.tk.tclean(vis=ms, imagename=name, field='0', spw=str(spw_id), specmode='mfs', gridder='standard',
-                   imsize=[256, 256], cell='%.4farcsec' % cell, niter=0, pblimit=1e-4, weighting='natural')
-    image = casa.ct.image()
-    try:
-        image.open(name + '.pb')
-        pb = image.getchunk(dropdeg=True)
-        f0 = float(image.coordsys().referencevalue(format='n', type='spectral')['numeric'][0])
-    finally:
-        image.close()
-    row = np.nan_to_num(np.asarray(pb[128:, 128], dtype=float))
-    return np.arange(len(row)) * cell, row / row[0], f0
+    return _sd.casa_primary_beam_profile(casa, ms, spw_id=spw_id, centre_hz=float(np.mean(freqs)), dish_m=dish_m,
+                                         fwhm_lambda_over_d=pb_fwhm,
+                                         imagename=os.path.join(scratch, 'pb-%s' % os.path.basename(ms)))
 
 
 def _gaussian_vis_table(sky, profile, freq):

@@ -901,23 +901,29 @@ def _primary_beam(plan, fids, f_topo):
 
 
 def _casa_primary_beam_profile(casa, raw, plan, scratch):
+    """The primary-beam profile of the raw MS's first science spw (casa_primary_beam_profile)."""
+    spw = plan['sci_spws'][0]
+    return casa_primary_beam_profile(casa, raw, spw_id=spw['id'], centre_hz=spw['centre'], dish_m=plan['dish_m'],
+                                     fwhm_lambda_over_d=plan['pb_fwhm_lambda_over_d'],
+                                     imagename=os.path.join(scratch, 'primary-beam'))
+
+
+def casa_primary_beam_profile(casa, ms, *, spw_id, centre_hz, dish_m, fwhm_lambda_over_d, imagename):
     """(radius arcsec, gain, frequency Hz): the radial profile of the primary beam CASA images with, read
-    off a tclean .pb image of one pointing of the raw MS (its first science spw, standard gridder).
+    off a tclean .pb image of one pointing (field 0) of ms in spw_id (standard gridder, niter=0).
 
     Why not a Gaussian of CASA's FWHM: the models are Airy patterns, whose wings fall faster.  Measured on
     7 m at 217 GHz: a Gaussian of the same FWHM (1.175 lambda / D) gives 0.336 at 30" where CASA's beam is
     0.316 (6% more), so a source far from every pointing would come out too bright.  One tclean call with
-    niter=0 per mosaic delivery (about 2 s).
+    niter=0 (about 2 s).  Also used by simulate_combine, per execution block.
     """
-    spw = plan['sci_spws'][0]
-    fwhm = plan['pb_fwhm_lambda_over_d'] * _C_MS / spw['centre'] / plan['dish_m'] / _ARCSEC
+    fwhm = fwhm_lambda_over_d * _C_MS / centre_hz / dish_m / _ARCSEC
     cell = fwhm / 50.0
-    name = os.path.join(scratch, 'primary-beam')
-    casa.tk.tclean(vis=raw, imagename=name, field='0', spw=str(spw['id']), specmode='mfs', gridder='standard',
+    casa.tk.tclean(vis=ms, imagename=imagename, field='0', spw=str(spw_id), specmode='mfs', gridder='standard',
                    imsize=[256, 256], cell='%.4farcsec' % cell, niter=0, pblimit=1e-4, weighting='natural')
     image = casa.ct.image()
     try:
-        image.open(name + '.pb')
+        image.open(imagename + '.pb')
         pb = image.getchunk(dropdeg=True)
         f0 = float(image.coordsys().referencevalue(format='n', type='spectral')['numeric'][0])
     finally:
