@@ -61,8 +61,8 @@ def test_one_makeimlist_call_per_spw_and_per_field_where_grids_differ():
     assert [c.task for c in made].count('hif_makeimages') == 5
     assert imlists[0] == {'specmode': 'mfs', 'robust': 0.5}
     assert imlists[1] == {'specmode': 'cube', 'robust': 0.5, 'nbins': '*:2', 'spw': '27,31'}
-    # a width is the binning: nbins is left out of that call (the pipeline's tclean refuses both)
-    assert imlists[2] == dict(a, specmode='cube', robust=0.5, spw='25')
+    # a width is the binning: that spw gets none ('25:-1', also over a size mitigation's; tclean refuses both)
+    assert imlists[2] == dict(a, specmode='cube', robust=0.5, spw='25', nbins='25:-1')
 
 
 def test_grid_options_the_release_cannot_take_are_refused_naming_it():
@@ -136,7 +136,7 @@ def test_pipeline_engine_makes_the_cube_on_the_grid_asked_for(delivery_factory, 
                         '--moments', '0,1', '--beam', 'common', *GRID, timeout=1800)
     assert result.returncode == 0, result.stdout + result.stderr
     # passed to hif_makeimlist as frequencies: a velocity grid goes down in frequency
-    assert re.search(r"hif_makeimlist\(nchan=10, specmode='cube', spw='25', start='216\.9[0-9]+GHz', "
+    assert re.search(r"hif_makeimlist\(nbins='25:-1', nchan=10, specmode='cube', spw='25', start='216\.9[0-9]+GHz', "
                      r"width='-1\.44[0-9]+MHz'\)", result.stdout), result.stdout
     assert 'rest frequency from --restfreq 216.927708GHz' in result.stdout, result.stdout
     assert 'rest frequency of the grid written into' in result.stdout, result.stdout

@@ -143,7 +143,9 @@ def pipeline_task_calls(request, *, targets, targets_line=(), selfcal=(), parall
             arguments.update(makeimlist_arguments(request, specmode))
             arguments.update(grid)
             if 'width' in grid:
-                arguments.pop('nbins', None)  # the grid's width is the binning (tclean refuses both)
+                # the grid's width is the binning, and the pipeline's tclean refuses a width beside a binning: '25:-1'
+                # is "no binning" for that spw, also over the nbins a size mitigation put in the context
+                arguments['nbins'] = ','.join('%s:-1' % spw for spw in grid['spw'].split(','))
             arguments.update(parallel_argument)
             calls.append(PipelineCall('hif_makeimlist', arguments, ('parallel',)))
             calls.append(PipelineCall('hif_makeimages', dict(parallel_argument), ('parallel',)))
@@ -198,7 +200,8 @@ def fit_call_to_release(call, accepted):
 #   velocities are linear in frequency, so a velocity grid is exactly a frequency grid (descending in frequency).
 # * A width finer than the native channel (the pipeline's, in LSRK over every EB) stops the cube: 2024/2025 at any
 #   amount finer, the head beyond 5 % (within it, the native width is used).  A width and a binning (nbins, also
-#   set by the size mitigation) together stop it too ("width and nbin are mutually exclusive").
+#   set by the size mitigation, hif_checkproductsize) together stop it too ("width and nbin are mutually
+#   exclusive"); nbins 'SPW:-1' (makeimlist: int(value), -1 = none) gives that spw no binning.
 GRID_ARGUMENTS = ('start', 'width', 'nchan')
 SPEED_OF_LIGHT_KMS = 299792.458
 PipelineGridSupport = collections.namedtuple('PipelineGridSupport', 'release makeimlist_parameters outframe_used')

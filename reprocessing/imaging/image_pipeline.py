@@ -11,7 +11,7 @@ from .products import ImageProduct, is_casa_image, ous_from_path
 
 def run_pipeline_imaging(plan, state, casa, request, *, inputs, work_dir):
     """h_init .. h_save in work_dir; returns the products each hif_makeimages made."""
-    cube_calls, restfreqs = pipeline_cube_grids(casa, request, targets=inputs['targets'],
+    cube_calls, restfreqs, gridded = pipeline_cube_grids(casa, request, targets=inputs['targets'],
                                                 targets_line=inputs['targets_line'], ous=ous_from_path(plan.delivery.root))
     calls = pipeline_task_calls(request, targets=inputs['targets'], targets_line=inputs['targets_line'],
                                 selfcal=inputs['selfcal'], parallel=mpi_info().size > 1, cube_calls=cube_calls)
@@ -36,11 +36,10 @@ def run_pipeline_imaging(plan, state, casa, request, *, inputs, work_dir):
                        casa_log=state.casa_logfile, after_call=record_images)
     if restfreqs:
         made = set((p.field, p.spw) for p in products if p.specmode == 'cube')
-        for field, spw in restfreqs:  # the pipeline refuses a grid it cannot make in its log only: say it here
+        for field, spw in sorted(gridded):  # the pipeline refuses a grid it cannot make in its log only: say it here
             if not any(spw_text == str(spw) and same_field(field, name) for name, spw_text in made):
                 raise ReprocessingError('the pipeline made no cube of field %s spw %d on the grid asked for (its '
-                                        '"clean error" is in the CASA log %s) — add --no-mitigation if its size '
-                                        'mitigation binned the channels, or use --engine casa' % (
+                                        '"clean error" is in the CASA log %s) — use --engine casa for this grid' % (
                                             field, spw, state.casa_logfile))
         changed = set_rest_frequencies(casa, products, restfreqs)
         if changed:

@@ -8,34 +8,40 @@ from ..casa.pipeline_calls import grid_options_given, group_cube_grids, makeimli
 from ..core.messages import say
 from .image_casa import plan_casa_images
 from .products import ImageProduct, is_casa_image
+from .spectral_grid import value_for_spw
 from .tclean_run import cube_products
 
 
 def pipeline_cube_grids(casa, request, *, targets, targets_line, ous):
-    """(hif_makeimlist calls of specmode cube, {(field, spw id): rest frequency Hz}) for the user's grid, or
-    (None, {}) when no grid option is given.
+    """(hif_makeimlist calls of specmode cube or None for one call of them all, {(field, spw id): rest frequency
+    Hz}, the (field, spw id) given a grid) for the user's grid options; (None, {}, set()) without any.
 
     The grid of each field and spw is the CASA engine's (the same checks, the same rest frequency rule), given
-    to the pipeline as frequencies: makeimlist_grid says why.
+    to the pipeline as frequencies (makeimlist_grid says why) where --start, --width or --nchan ask for one for
+    that spw; with only --restfreq the pipeline keeps its grid and the rest frequency goes into the header.
     """
     if 'cube' not in request.specmodes or not grid_options_given(request):
-        return None, {}
+        return None, {}, set()
     cube_request = request._replace(specmodes=['cube'])
     infos = [read_ms_for_imaging(casa, ms) for ms in targets]
     lines = [read_ms_for_imaging(casa, ms) for ms in targets_line]
     jobs, notes = plan_casa_images(casa, cube_request, targets=infos, lines=lines, channels_for=None, contdat=None,
                                    ous=ous)
-    grids, restfreqs, fields = [], {}, []
+    grids, restfreqs, fields, gridded = [], {}, [], set()
     for job in jobs:
         spw = job.spw_ids[0]
         grid, restfreq = makeimlist_grid(job.spectral, native_hz=job.spectral.get('native_hz'))
+        if not any(value_for_spw(getattr(request, name), spw) for name in ('start', 'width', 'nchan')):
+            grid = None  # the pipeline's own grid
+        else:
+            gridded.add((job.field, spw))
         grids.append((job.field, spw, grid))
         restfreqs[(job.field, spw)] = restfreq
         if job.field not in fields:
             fields.append(job.field)
     for note in notes:
         say('  note: ' + note)
-    return group_cube_grids(grids, fields), restfreqs
+    return (group_cube_grids(grids, fields) if gridded else None), restfreqs, gridded
 
 
 def set_rest_frequencies(casa, products, restfreqs):
