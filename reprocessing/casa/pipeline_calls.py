@@ -2,6 +2,7 @@
 
 import collections
 import json
+import math
 
 from ..core.messages import ReprocessingError
 
@@ -104,13 +105,15 @@ REGCAL_LINE = {'data': 'regcal_line'}
 SELFCAL_LINE = {'data': 'regcal_line', 'corrected': 'selfcal_line'}
 
 
-def pipeline_task_calls(request, *, targets, targets_line=(), selfcal=(), parallel=False):
+def pipeline_task_calls(request, *, targets, targets_line=(), selfcal=(), parallel=False, cube_calls=None):
     """The pipeline task calls that make the requested images, in order.
 
     targets/targets_line: paths of the MSes to import; selfcal: those of them
     with a CORRECTED column (Cycle 10+ self-calibrated data).  Every imaging
     parameter the user set reaches hif_makeimlist (robust=0.0 included); the
     ones not set are left out, so the pipeline's heuristics decide them.
+    cube_calls: the cubes on the user's grid (group_cube_grids), one hif_makeimlist
+    and hif_makeimages each; None: one call makes every cube.
     """
     def datacolumns(ms, regcal, selfcal_columns):
         return dict(selfcal_columns if str(ms) in {str(s) for s in selfcal} else regcal)
@@ -135,11 +138,17 @@ def pipeline_task_calls(request, *, targets, targets_line=(), selfcal=(), parall
         limits.update(parallel_argument)
         calls.append(PipelineCall('hif_checkproductsize', limits, ('parallel',)))
     for specmode in request.specmodes:
-        arguments = {'specmode': specmode}
-        arguments.update(makeimlist_arguments(request, specmode))
-        arguments.update(parallel_argument)
-        calls.append(PipelineCall('hif_makeimlist', arguments, ('parallel',)))
-        calls.append(PipelineCall('hif_makeimages', dict(parallel_argument), ('parallel',)))
+        for grid in (cube_calls if specmode == 'cube' and cube_calls else [{}]):
+            arguments = {'specmode': specmode}
+            arguments.update(makeimlist_arguments(request, specmode))
+            arguments.update(grid)
+            if 'width' in grid:
+                # the grid's width is the binning, and the pipeline's tclean refuses a width beside a binning: '25:-1'
+                # is "no binning" for that spw, also over the nbins a size mitigation put in the context
+                arguments['nbins'] = ','.join('%s:-1' % spw for spw in grid['spw'].split(','))
+            arguments.update(parallel_argument)
+            calls.append(PipelineCall('hif_makeimlist', arguments, ('parallel',)))
+            calls.append(PipelineCall('hif_makeimages', dict(parallel_argument), ('parallel',)))
     return calls
 
 
@@ -176,3 +185,117 @@ def fit_call_to_release(call, accepted):
             raise ReprocessingError('this pipeline release\'s %s does not take "%s" — %s' % (
                 call.task, name, _MISSING_ARGUMENT_HINTS.get(name, 'leave that option out, or use --engine casa')))
     return arguments
+
+
+# --- The cube grid (--start/--width/--nchan/--restfreq/--outframe/--veltype) through hif_makeimlist ---------------
+#
+# Read in each release's source (hif/cli/hif_makeimlist.py, hif/tasks/makeimlist/makeimlist.py and cleantarget.py,
+# hif/tasks/tclean/tclean.py and cleanbase.py) of 2024.1.0.8, 2025.1.0.35 and the development head (fbf19139c1):
+# * hif_makeimlist takes start, width, nchan, nbins and outframe, but no restfreq and no veltype.  start, width and
+#   nchan are one value for every spw and field of the call (nbins alone is per spw); they reach tclean unchanged
+#   through the clean target.  outframe is stored and never used: the clean target has no outframe, and every
+#   cube is LSRK (an ephemeris target's in its rest frame, outframe '').
+# * A velocity start or width is turned into a frequency with the clean target's restfreq, which hif_makeimlist
+#   leaves None (the ALMA heuristics give none): the task then fails.  So the tool gives frequencies: radio
+#   velocities are linear in frequency, so a velocity grid is exactly a frequency grid (descending in frequency).
+# * A width finer than the native channel (the pipeline's, in LSRK over every EB) stops the cube: 2024/2025 at any
+#   amount finer, the head beyond 5 % (within it, the native width is used).  A width and a binning (nbins, also
+#   set by the size mitigation, hif_checkproductsize) together stop it too ("width and nbin are mutually
+#   exclusive"); nbins 'SPW:-1' (makeimlist: int(value), -1 = none) gives that spw no binning.
+GRID_ARGUMENTS = ('start', 'width', 'nchan')
+SPEED_OF_LIGHT_KMS = 299792.458
+PipelineGridSupport = collections.namedtuple('PipelineGridSupport', 'release makeimlist_parameters outframe_used')
+PipelineGridSupport.__doc__ = """What the installed pipeline's hif_makeimlist takes: its release name (PL2025),
+its parameter names (None when unreadable) and whether its clean targets carry an outframe (no release does yet)."""
+
+
+def grid_options_given(request):
+    return [name for name in ('start', 'width', 'nchan', 'restfreq', 'outframe', 'veltype')
+            if getattr(request, name, None) is not None]
+
+
+def pipeline_grid_refusal(request, support):
+    """One line saying which grid option this pipeline release cannot take and what to do, or None (pure)."""
+    given = grid_options_given(request)
+    if not given or 'cube' not in request.specmodes:
+        return None
+    release = support.release
+    instead = 'or use the CASA engine: add --engine casa (or run in plain Python without the pipeline)'
+    accepted = support.makeimlist_parameters
+    if accepted is not None:
+        missing = [name for name in GRID_ARGUMENTS if name not in accepted]
+        if missing and any(name in given for name in ('start', 'width', 'nchan', 'restfreq', 'veltype')):
+            return ('the pipeline %s\'s hif_makeimlist takes no %s, so it cannot make a cube on your grid — leave '
+                    '%s out, %s' % (release, '/'.join(missing), ', '.join('--' + n for n in given), instead))
+    frames = set(item.split(':', 1)[1] for item in (request.outframe or '').split(',') if item)
+    other = sorted(frames - {'LSRK', 'SOURCE'})
+    if other and not support.outframe_used:
+        return ('--outframe %s: the pipeline %s makes every cube in LSRK (an ephemeris target\'s in its rest frame); '
+                'its hif_makeimlist takes an outframe but does not use it — leave --outframe out, %s'
+                % ('/'.join(other), release, instead))
+    veltypes = set(item.split(':', 1)[1] for item in (request.veltype or '').split(',') if item)
+    if 'optical' in veltypes:
+        return ('--veltype optical: the pipeline %s makes cubes in radio velocity only (its channels are equally '
+                'spaced in frequency) — leave --veltype out, %s' % (release, instead))
+    return None
+
+
+def makeimlist_grid(spectral, *, native_hz=None):
+    """(hif_makeimlist's start, width, nchan as frequencies, the rest frequency Hz) of a CASA engine cube job's
+    'spectral' (spectral_grid.cube_spectral: start/width as km/s or GHz/MHz texts, radio velocities).
+
+    A velocity grid becomes the same channels in frequency, first channel first (a negative width).  A width
+    within the tolerance below native_hz (the spw's channel) becomes native_hz, which every release accepts.
+    """
+    import re
+    restfreq = float(re.match(r'^([0-9.eE+-]+)Hz$', spectral['restfreq'][0]).group(1))
+
+    def hertz(text):
+        number, unit = re.match(r'^([-+0-9.eE]+)([A-Za-z/]+)$', text).groups()
+        number = float(number)
+        scale = {'hz': 1.0, 'khz': 1e3, 'mhz': 1e6, 'ghz': 1e9}.get(unit.lower())
+        if scale is not None:
+            return number * scale, False
+        return number * (1e-3 if unit.lower() == 'm/s' else 1.0), True  # km/s
+
+    start, start_is_velocity = hertz(spectral['start'])
+    width, width_is_velocity = hertz(spectral['width'])
+    if start_is_velocity:
+        start = restfreq * (1.0 - start / SPEED_OF_LIGHT_KMS)
+    if width_is_velocity:
+        width = -width / SPEED_OF_LIGHT_KMS * restfreq
+    if native_hz is not None and abs(width) < native_hz:
+        width = native_hz * (1.0 if width > 0 else -1.0)
+    # the pipeline formats the width with 0.1 Hz steps ('%.7fMHz'): rounded away from zero, never finer than asked
+    width_text = '%.7fMHz' % (math.copysign(math.ceil(abs(width) * 10.0) / 10.0, width) / 1e6)
+    return {'start': '%.10fGHz' % (start / 1e9), 'width': width_text, 'nchan': int(spectral['nchan'])}, restfreq
+
+
+def group_cube_grids(grids, all_fields):
+    """hif_makeimlist calls of specmode cube: [{'spw': ..., 'field': ... (absent: the request's), start, width,
+    nchan (absent: the pipeline's grid)}] from grids = [(field, spw id, {start, width, nchan} or None)].
+
+    start/width/nchan of one call apply to all its spws and fields, so one call per spw (per field where the
+    fields' grids differ); the spws left on the pipeline's grid share one call."""
+    by_spw = collections.OrderedDict()
+    for field, spw, grid in grids:
+        by_spw.setdefault(spw, []).append((field, grid))
+    calls, plain = [], []
+    for spw, entries in by_spw.items():
+        distinct = []
+        for _field, grid in entries:
+            if grid not in distinct:
+                distinct.append(grid)
+        if distinct == [None]:
+            plain.append(str(spw))
+            continue
+        for grid in distinct:
+            fields = [field for field, g in entries if g == grid]
+            call = {'spw': str(spw)}
+            if len(distinct) > 1 or sorted(fields) != sorted(all_fields):
+                call['field'] = ','.join(fields)
+            call.update(grid or {})
+            calls.append(call)
+    if plain:
+        calls.insert(0, {'spw': ','.join(plain)})
+    return calls

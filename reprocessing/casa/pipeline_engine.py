@@ -13,7 +13,7 @@ from ..core.messages import ReprocessingError, one_line, say, warn
 from ..run.staging import find_user_measurement_sets, make_shadow
 from .casa_engine import is_monolithic_casa, load_casa, opened_table
 from .mpi import change_directory
-from .pipeline_calls import fit_call_to_release, pipeline_line_name
+from .pipeline_calls import PipelineGridSupport, fit_call_to_release, pipeline_line_name, pipeline_release_name
 
 
 # -- --contsub: the ALMA pipeline, the way each release needs it -------------------------------------
@@ -274,3 +274,45 @@ def pipeline_call_log():
         if name:
             return Path(name)
     return None
+
+
+def pipeline_grid_support():
+    """PipelineGridSupport of the installed pipeline, read from its source files without importing it (planning
+    stays quick; under casa --pipeline the imported one is asked): hif_makeimlist's parameters, whether its clean
+    targets carry an outframe, and the release from pipeline/_version.py (or the imported revision)."""
+    import ast
+    import importlib.util
+    import re
+    revision = None
+    module = sys.modules.get('pipeline')
+    if module is not None:
+        revision = getattr(module, 'revision', None) or getattr(module, '__version__', None)
+    try:
+        spec = importlib.util.find_spec('pipeline')
+    except (ImportError, ValueError):
+        spec = None
+    folders = list(getattr(spec, 'submodule_search_locations', None) or []) if spec is not None else []
+    root = Path(folders[0]) if folders else None
+
+    def source(relative):
+        try:
+            return (root / relative).read_text() if root is not None else None
+        except (OSError, UnicodeDecodeError):
+            return None
+    if revision is None:
+        match = re.search(r'''version\s*=\s*['"]([^'"]+)['"]''', source('_version.py') or '')
+        revision = match.group(1) if match else None
+    parameters = None
+    text = source('hif/cli/hif_makeimlist.py')
+    if text is not None:
+        try:
+            for node in ast.parse(text).body:
+                if isinstance(node, ast.FunctionDef) and node.name == 'hif_makeimlist':
+                    parameters = [a.arg for a in node.args.args + node.args.kwonlyargs]
+        except SyntaxError:
+            parameters = None
+    elif source('hif/cli/hif_makeimlist.xml') is not None:  # PL2022: CASA task XML
+        parameters = re.findall(r'<param[^>]*name="([A-Za-z_]+)"', source('hif/cli/hif_makeimlist.xml'))
+    target = source('hif/tasks/makeimlist/cleantarget.py') or ''
+    release = '%s (%s)' % (pipeline_release_name(revision), revision) if revision else 'release in this Python'
+    return PipelineGridSupport(release, parameters, "self['outframe']" in target)

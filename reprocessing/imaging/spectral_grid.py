@@ -375,6 +375,6 @@ def cube_spectral(*, spw_id, field, low_hz, high_hz, native_hz, nbin, start=None
                      start=start_value, width=width_value, nchan=int(nchan_text) if nchan_text else None, nbin=nbin,
                      outframe=frame, veltype=veltype_text, other_spws=other_spws)
     spectral = {'nchan': grid.nchan, 'start': grid.start, 'width': grid.width, 'restfreq': [grid.restfreq],
-                'outframe': frame, 'veltype': veltype_text, 'width_hz': grid.channel_hz}
+                'outframe': frame, 'veltype': veltype_text, 'width_hz': grid.channel_hz, 'native_hz': native_hz}
     note = 'spw %d cube of %s: %s; rest frequency from %s' % (spw_id, field, grid.description, origin)
     return spectral, note

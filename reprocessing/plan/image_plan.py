@@ -4,6 +4,8 @@ import os
 
 from ..casa.casa_engine import native_output_into, native_stdout_silenced
 from ..casa.ms_imaging import read_ms_for_imaging, require_baselines_to_image, virtual_spw_map
+from ..casa.pipeline_calls import grid_options_given, pipeline_grid_refusal
+from ..casa.pipeline_engine import pipeline_grid_support
 from ..contdat.against_ms import contdat_preflight
 from ..contsub.line_update import continuum_by_spw, expected_line_record, line_ms_decision, say_line_decisions
 from ..core.layout import line_ms_path
@@ -52,11 +54,10 @@ def plan_image(plan):
     if engine == 'casa' and (limits or not request.mitigation):
         plan.notes.append('%s only apply to the pipeline\'s size mitigation: the CASA engine checks the free '
                           'disk instead' % ', '.join('--' + n for n in limits or ['no-mitigation']))
-    products = [n for n in ('start', 'width', 'nchan', 'restfreq', 'outframe', 'veltype', 'moments', 'beam')
-                if getattr(request, n, None) is not None]
-    if engine == 'pipeline' and products:  # issue 27: the pipeline engine does not pass them on yet
-        raise UsageError('%s are made by the CASA engine only (the pipeline engine does not pass them on yet) — add '
-                         '--engine casa' % ', '.join('--' + n for n in products))
+    if engine == 'pipeline' and grid_options_given(request):  # through hif_makeimlist, where the release takes them
+        refusal = pipeline_grid_refusal(request, pipeline_grid_support())
+        if refusal:
+            raise UsageError(refusal)
     if request.archive_products is not None:
         find_archive_products(delivery.root, request.archive_products)  # a folder without archive images stops here
     if plan.request.jobs and engine == 'pipeline':
