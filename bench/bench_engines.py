@@ -64,7 +64,7 @@ def product_key(name):
 
 
 def read_products(casa, images):
-    from reprocessing.image_stats import image_statistics
+    from reprocessing.imaging.image_stats import image_statistics
     products = {}
     for fits in sorted(Path(images).glob('*.pbcor.fits')):
         key = product_key(fits.name)
