@@ -23,8 +23,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) tools/demo.py
 
+# --durations: CI's log lists the 20 slowest tests (CI took 34 min on a shared 2-core machine, 2026-12-06)
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests --durations=20
 
 # The pipeline tests need a Python with the ALMA pipeline installed (not on PyPI); they skip elsewhere.
 # Any release's Python will do (PL2022 on 3.6, PL2023 on 3.8, PL2024+ on 3.10+: README "ALMA eras").

@@ -282,6 +282,29 @@ def long_directory(base, length):
     return Path(path)
 
 
+def spectral_axis(casa, path):
+    """(radio velocities km/s of every channel at the image's rest frequency, rest frequency Hz, frame) of a CASA
+    image or FITS file (its spectral axis is 3 in a CASA image, 2 in a FITS file)."""
+    image = casa.casatools.image()
+    image.open(str(path))
+    try:
+        shape = [int(n) for n in image.shape()]
+        coordinates = image.coordsys()
+        restfreq = coordinates.restfrequency()['value'][0]
+        frame = coordinates.referencecode('spectral')[0]
+        axis = int(coordinates.findcoordinate('spectral')['pixel'][0])
+        velocities = []
+        for k in range(shape[axis]):
+            pixel = [0] * len(shape)
+            pixel[axis] = k
+            velocities.append(float(coordinates.frequencytovelocity(coordinates.toworld(pixel)['numeric'][axis],
+                                                                    doppler='radio', velunit='km/s')[0]))
+        coordinates.done()
+    finally:
+        image.close()
+    return velocities, restfreq, frame
+
+
 def truth_of(delivery):
     """What the simulator put into a delivery (its truth.json)."""
     return json.loads((Path(delivery) / 'truth.json').read_text())

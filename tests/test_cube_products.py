@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import scriptForReprocessing as sfr
-from conftest import read_image, truth_of
+from conftest import read_image, spectral_axis, truth_of
 
 # The demo's delivery (tools/demo.py), one spw: the cube automasking cannot mask.
 DEMO_LIKE = dict(n_ebs=2, spw_ids=(25,), nchan=64, n_antennas=12)
@@ -104,28 +104,6 @@ def grid_cube(delivery_cache, tmp_path_factory):
                          cwd=delivery, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
     return {'delivery': delivery, 'result': result, 'truth': truth_of(delivery), 'images': delivery / 'images'}
-
-
-def spectral_axis(casa, path):
-    """(velocities km/s of every channel (radio, the image's rest frequency), rest frequency Hz, frame)."""
-    image = casa.casatools.image()
-    image.open(str(path))
-    try:
-        shape = [int(n) for n in image.shape()]
-        coordinates = image.coordsys()
-        restfreq = coordinates.restfrequency()['value'][0]
-        frame = coordinates.referencecode('spectral')[0]
-        axis = int(coordinates.findcoordinate('spectral')['pixel'][0])  # 3 in a CASA image, 2 in its FITS file
-        velocities = []
-        for k in range(shape[axis]):
-            pixel = [0, 0, 0, 0]
-            pixel[axis] = k
-            velocities.append(float(coordinates.frequencytovelocity(coordinates.toworld(pixel)['numeric'][axis],
-                                                                    doppler='radio', velunit='km/s')[0]))
-        coordinates.done()
-    finally:
-        image.close()
-    return velocities, restfreq, frame
 
 
 def injected_velocity(truth, restfreq, spw=25):

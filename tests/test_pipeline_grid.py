@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import scriptForReprocessing as sfr
-from conftest import one_error_line, read_image, requires_pipeline, truth_of, user_ms_digests
+from conftest import one_error_line, read_image, requires_pipeline, spectral_axis, truth_of, user_ms_digests
 
 C_KMS = 299792.458
 
@@ -91,28 +91,6 @@ LINE_DELIVERY = dict(nchan=32, n_antennas=25, line_fwhm_kms=8.0, noise_jy=0.05, 
 # rest frequency, so this checks that the tool's grid and header use it
 RESTFREQ_HZ = 216.927708e9
 GRID = ['--start', '-10km/s', '--width=2km/s', '--nchan', '10', '--restfreq', '216.927708GHz']
-
-
-def spectral_axis(casa, path):
-    """(radio velocities km/s of every channel at the image's rest frequency, rest frequency Hz, frame)."""
-    image = casa.casatools.image()
-    image.open(str(path))
-    try:
-        shape = [int(n) for n in image.shape()]
-        coordinates = image.coordsys()
-        restfreq = coordinates.restfrequency()['value'][0]
-        frame = coordinates.referencecode('spectral')[0]
-        axis = int(coordinates.findcoordinate('spectral')['pixel'][0])
-        velocities = []
-        for k in range(shape[axis]):
-            pixel = [0] * len(shape)
-            pixel[axis] = k
-            velocities.append(float(coordinates.frequencytovelocity(coordinates.toworld(pixel)['numeric'][axis],
-                                                                    doppler='radio', velunit='km/s')[0]))
-        coordinates.done()
-    finally:
-        image.close()
-    return velocities, restfreq, frame
 
 
 def one_fits(images, suffix):

@@ -12,9 +12,8 @@ would interpolate the coarser array's channels.  tclean regrids every MS onto th
 
 import collections
 import shutil
-from pathlib import Path
 
-from .combine_image import joint_grid
+from .combine_image import joint_grid, tp_work_images
 from .spectral_grid import cube_spectral, read_source_rest_frequencies
 
 
@@ -92,14 +91,7 @@ def feather_cube_with_tp(casa, image_base, tp_image, work, line_free_hz):
     baseline-subtracted loses nothing).  line_free_hz: [(low, high)] LSRK."""
     import numpy
     tk = casa.casatasks
-    work = Path(work)
-    names = dict((k, str(work / ('tpcube.' + k))) for k in ('imported', 'ordered', 'regrid', 'grid', 'line', 'cont'))
-    for name in names.values():
-        shutil.rmtree(name, ignore_errors=True)
-    source = str(tp_image)
-    if source.lower().endswith(('.fits', '.fit')):
-        tk.importfits(fitsimage=source, imagename=names['imported'], overwrite=True)
-        source = names['imported']
+    names, source = tp_work_images(casa, tp_image, work, 'tpcube', ('ordered', 'regrid', 'grid', 'line', 'cont'))
     order = axis_order(casa, source, image_base + '.image')
     if order is not None:  # e.g. a TP cube of (RA, Dec, Frequency, Stokes), tclean's are (RA, Dec, Stokes, Frequency)
         tk.imtrans(imagename=source, outfile=names['ordered'], order=order)

@@ -128,17 +128,23 @@ def tp_beam_and_unit(casa, tp_image):
     return qa.convert(beam['major'], 'arcsec')['value'], qa.convert(beam['minor'], 'arcsec')['value'], unit
 
 
+def tp_work_images(casa, tp_image, work, prefix, names):
+    """({name: work/<prefix>.<name>}, the TP as a CASA image) for one feather: the work images of an earlier attempt
+    removed, and tp_image itself or, a FITS file, imported as <prefix>.imported."""
+    paths = dict((name, str(Path(work) / ('%s.%s' % (prefix, name)))) for name in ('imported',) + tuple(names))
+    for path in paths.values():
+        shutil.rmtree(path, ignore_errors=True)
+    source = str(tp_image)
+    if source.lower().endswith(('.fits', '.fit')):
+        casa.casatasks.importfits(fitsimage=source, imagename=paths['imported'], overwrite=True)
+        source = paths['imported']
+    return paths, source
+
+
 def feather_with_tp(casa, image_base, tp_image, work, domain='sky'):
     """Feather image_base (.image and .pb) with tp_image; returns the feathered, pb-corrected CASA image path."""
     tk = casa.casatasks
-    work = Path(work)
-    names = dict((k, str(work / ('tp.' + k))) for k in ('imported', 'collapsed', 'regrid', 'apparent', 'feather'))
-    for name in names.values():
-        shutil.rmtree(name, ignore_errors=True)
-    source = str(tp_image)
-    if source.lower().endswith(('.fits', '.fit')):
-        tk.importfits(fitsimage=source, imagename=names['imported'], overwrite=True)
-        source = names['imported']
+    names, source = tp_work_images(casa, tp_image, work, 'tp', ('collapsed', 'regrid', 'apparent', 'feather'))
     image = casa.casatools.image()
     image.open(source)
     try:
