@@ -5,6 +5,7 @@ import json
 import math
 
 from ..core.messages import ReprocessingError
+from ..core.units import SPEED_OF_LIGHT_KMS
 
 
 # Which cont.dat grammar each release reads (measured in each tag's contfilehandler.py; contdat/grammar.py
@@ -203,7 +204,6 @@ def fit_call_to_release(call, accepted):
 #   set by the size mitigation, hif_checkproductsize) together stop it too ("width and nbin are mutually
 #   exclusive"); nbins 'SPW:-1' (makeimlist: int(value), -1 = none) gives that spw no binning.
 GRID_ARGUMENTS = ('start', 'width', 'nchan')
-SPEED_OF_LIGHT_KMS = 299792.458
 PipelineGridSupport = collections.namedtuple('PipelineGridSupport', 'release makeimlist_parameters outframe_used')
 PipelineGridSupport.__doc__ = """What the installed pipeline's hif_makeimlist takes: its release name (PL2025),
 its parameter names (None when unreadable) and whether its clean targets carry an outframe (no release does yet)."""

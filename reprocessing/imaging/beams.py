@@ -6,7 +6,8 @@ import re
 from ..casa.casa_engine import casa_task, opened_tool
 from ..core.fileops import move_tree, remove_tree
 from ..core.messages import ReprocessingError, UsageError
-from .heuristics import ARCSEC_PER_RADIAN, SPEED_OF_LIGHT
+from ..core.units import SPEED_OF_LIGHT
+from .heuristics import ARCSEC_PER_RADIAN
 
 BEAM_CHOICES = ('common', 'round')
 _ANGLE = r'^([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)(arcsec|mas|arcmin|deg)$'

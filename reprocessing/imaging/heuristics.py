@@ -1,10 +1,11 @@
 """The pipeline's imaging heuristics as pure functions: primary beam, beam, cell, image size, automasking."""
 
+from ..core.units import SPEED_OF_LIGHT
+
 
 
 # --- Pipeline-free engine: what the measurement sets hold -----------------------
 
-SPEED_OF_LIGHT = 299792458.0
 ARCSEC_PER_RADIAN = 180.0 * 3600.0 / 3.141592653589793
 
 

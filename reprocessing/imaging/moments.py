@@ -15,6 +15,7 @@ sqrt(sum over the masked channels of (rms_k / pb_k)^2) x the channel width (<cub
 
 from ..casa.casa_engine import casa_task, opened_tool
 from ..core.fileops import remove_tree
+from ..core.units import SPEED_OF_LIGHT_KMS
 
 MOMENT_CHOICES = (0, 1, 2, 8)
 CORE_SIGMA = 4.0
@@ -167,7 +168,7 @@ def _moment0_error(casa, *, pbcor, pb, mask_path, shape, flat):
         width_hz = abs(coordinates.increment(type='spectral')['numeric'][0])
         restfreq = coordinates.restfrequency()['value'][0]
         coordinates.done()
-    width_kms = width_hz / restfreq * 299792.458
+    width_kms = width_hz / restfreq * SPEED_OF_LIGHT_KMS
     variance = numpy.zeros((shape[0], shape[1]))
     with opened_tool(image_tool(), mask_path) as masks, opened_tool(image_tool(), pb) as beams:
         for channel in range(shape[3]):

@@ -9,9 +9,9 @@ start and width of different kinds (a velocity start with a frequency width) is 
 import collections
 import re
 
+from ..core.units import SPEED_OF_LIGHT_KMS
 from .heuristics import cube_channel_grid
 
-C_KMS = 299792.458
 OUTFRAMES = ('LSRK', 'BARY', 'TOPO', 'SOURCE')
 VELTYPES = ('radio', 'optical')
 _SIGNED_NUMBER = r'[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?'
@@ -167,14 +167,14 @@ def spws_named(canonical):
 
 def velocity_to_frequency(velocity_kms, restfreq_hz, veltype='radio'):
     if veltype == 'optical':
-        return restfreq_hz / (1.0 + velocity_kms / C_KMS)
-    return restfreq_hz * (1.0 - velocity_kms / C_KMS)
+        return restfreq_hz / (1.0 + velocity_kms / SPEED_OF_LIGHT_KMS)
+    return restfreq_hz * (1.0 - velocity_kms / SPEED_OF_LIGHT_KMS)
 
 
 def frequency_to_velocity(frequency_hz, restfreq_hz, veltype='radio'):
     if veltype == 'optical':
-        return (restfreq_hz / frequency_hz - 1.0) * C_KMS
-    return (1.0 - frequency_hz / restfreq_hz) * C_KMS
+        return (restfreq_hz / frequency_hz - 1.0) * SPEED_OF_LIGHT_KMS
+    return (1.0 - frequency_hz / restfreq_hz) * SPEED_OF_LIGHT_KMS
 
 
 CubeGrid = collections.namedtuple('CubeGrid', 'start width nchan restfreq outframe veltype first_hz last_hz '
@@ -207,7 +207,7 @@ def cube_grid(*, spw_id, low_hz, high_hz, native_hz, restfreq_hz, start=None, wi
         raise ValueError('spw %d: --start %s is a %s but --width %s is a %s — give both as velocities or both as '
                          'frequencies (or the width in channels)' % (spw_id, start.text, start.kind, width.text,
                                                                      width.kind))
-    native_kms = native_hz / restfreq_hz * C_KMS
+    native_kms = native_hz / restfreq_hz * SPEED_OF_LIGHT_KMS
     if width is None:
         step = native_hz * step_channels if kind == 'frequency' else native_kms * step_channels
     elif width.kind == 'channels':
@@ -215,7 +215,7 @@ def cube_grid(*, spw_id, low_hz, high_hz, native_hz, restfreq_hz, start=None, wi
     else:
         step = width.value
     # the channel width in frequency (for a velocity grid: at the rest frequency; radio velocities are linear)
-    step_hz = step if kind == 'frequency' else step / C_KMS * restfreq_hz
+    step_hz = step if kind == 'frequency' else step / SPEED_OF_LIGHT_KMS * restfreq_hz
     if step_hz < native_hz * (1.0 - WIDTH_TOLERANCE):
         raise ValueError('spw %d: --width %s is finer than the spw\'s channels (%s = %.4g MHz) — choose at least '
                          'one channel' % (spw_id, width.text, _show('velocity', native_kms)
