@@ -75,9 +75,9 @@ def test_contsub_fast_fits_cont_dat_removes_the_continuum_keeps_the_line_and_lea
     after = user_ms_digests(delivery)
     assert {name: after[name] for name in before} == before, 'a user MS changed'
     assert [name for name in listing(delivery) if name.startswith('.')] == [], 'a temporary output was left'
-    spectra = sorted(p.name for p in (delivery / 'working_reprocess' / 'report' / 'spectra').glob('*.png'))
-    assert spectra == ['IRAS_16293-2422_spw25.png', 'IRAS_16293-2422_spw27.png']
-    assert 'spectra before/after (2 PNG, one per field and spw): working_reprocess/report/spectra/' in done.stdout
+    spectra = sorted(p.name for p in (delivery / 'working_reprocess' / 'report' / 'spectra').glob('*.svg'))
+    assert spectra == ['IRAS_16293-2422_spw25.svg', 'IRAS_16293-2422_spw27.svg']
+    assert 'spectra before/after (2 SVG, one per field and spw): working_reprocess/report/spectra/' in done.stdout
     for eb in truth_of(delivery)['ebs']:
         assert 'fit order 1' in done.stdout and '%s: field IRAS_16293-2422 spw 25: channels ' % eb['uid'] in done.stdout
 
@@ -274,10 +274,10 @@ def test_cycle9_tables_are_applied_until_cont_dat_is_edited_and_both_ways_plot_s
     assert done.returncode == 0, done.stderr
     assert 'method: applying the delivered continuum fits caltables/*uvcont.tbl' in done.stdout
     spectra = delivery / 'working_reprocess' / 'report' / 'spectra'
-    assert sorted(p.name for p in spectra.glob('*.png')) == ['IRAS_16293-2422_spw25.png',
-                                                             'IRAS_16293-2422_spw27.png']
+    assert sorted(p.name for p in spectra.glob('*.svg')) == ['IRAS_16293-2422_spw25.svg',
+                                                             'IRAS_16293-2422_spw27.svg']
     assert 'by modification times' in done.stdout  # no fingerprint yet: the times decided, and one is recorded
-    first_plots = dict((p.name, p.stat().st_mtime_ns) for p in spectra.glob('*.png'))
+    first_plots = dict((p.name, p.stat().st_mtime_ns) for p in spectra.glob('*.svg'))
     contdat = delivery / 'caltables' / 'cont.dat'
     contdat.write_text(contdat.read_text() + '\n')  # the user edited cont.dat ...
     later = time.time() + 3600
@@ -287,7 +287,7 @@ def test_cycle9_tables_are_applied_until_cont_dat_is_edited_and_both_ways_plot_s
     done = run_script('--contsub_fast', '--overwrite-line', delivery=delivery)
     assert done.returncode == 0, done.stderr
     assert 'cont.dat was edited since delivery' in done.stdout and 'by content' in done.stdout, done.stdout
-    assert all(p.stat().st_mtime_ns != first_plots[p.name] for p in spectra.glob('*.png')), 'plots not redone'
+    assert all(p.stat().st_mtime_ns != first_plots[p.name] for p in spectra.glob('*.svg')), 'plots not redone'
 
 
 def test_without_a_fingerprint_a_newer_cont_dat_counts_as_edited_and_a_touch_alone_does_not_with_one(
@@ -326,8 +326,13 @@ def test_spectra_show_the_line_at_its_lsrk_frequency_in_every_execution_block(de
                 truth['contdat_ranges']['IRAS_16293-2422'][str(spectrum['spw_id'])]['lsrk_ghz']]
     pictures = sfr.plot_contsub_spectra(before_ms=targets, after_ms=targets, contdat=contdat, out_dir=tmp_path,
                                         casa=casa)
-    assert sorted(p.name for p in pictures) == ['IRAS_16293-2422_spw25.png', 'IRAS_16293-2422_spw27.png']
-    assert all(p.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' for p in pictures)
+    assert sorted(p.name for p in pictures) == ['IRAS_16293-2422_spw25.svg', 'IRAS_16293-2422_spw27.svg']
+    from xml.etree import ElementTree
+    for picture in pictures:   # each chart: before and after, one curve per execution block, the ranges shaded
+        root = ElementTree.parse(str(picture)).getroot()
+        assert len(list(root.iter('{http://www.w3.org/2000/svg}polyline'))) == 2 * len(targets), picture.name
+        texts = [t.text for t in root.iter('{http://www.w3.org/2000/svg}text')]
+        assert 'LSRK frequency (GHz)' in texts and any(t.startswith('after: uid*_targets_line.ms') for t in texts)
 
 
 @pytest.mark.parametrize('rows, values_per_row, expected', [

@@ -172,9 +172,9 @@ def test_multi_target_full_polarization_wide_spws_four_ebs_end_to_end(multi, run
 
 
 def test_spectra_plots_of_four_correlations_per_target(multi):
-    pictures = sorted(p.name for p in (multi / sfr.WORK_DIR_NAME / 'report' / 'spectra').glob('*.png'))
-    assert pictures == ['Elias_2-27_spw29.png', 'Elias_2-27_spw31.png', 'IRAS_16293-2422_spw25.png',
-                        'IRAS_16293-2422_spw27.png']
+    pictures = sorted(p.name for p in (multi / sfr.WORK_DIR_NAME / 'report' / 'spectra').glob('*.svg'))
+    assert pictures == ['Elias_2-27_spw29.svg', 'Elias_2-27_spw31.svg', 'IRAS_16293-2422_spw25.svg',
+                        'IRAS_16293-2422_spw27.svg']
 
 
 @pytest.fixture(scope='module')

@@ -123,7 +123,12 @@ def test_dry_run_says_which_column_is_read(selfcal_run):
 
 def test_spectra_show_the_self_calibrated_column(selfcal_run):
     report = selfcal_run['delivery'] / 'working_reprocess' / 'report' / 'spectra'
-    assert sorted(p.name for p in report.glob('*.png'))
+    charts = sorted(report.glob('*.svg'))
+    assert charts, 'no spectra drawn'
+    for chart in charts:  # the panels' titles name the column the curves show
+        text = chart.read_text()
+        assert 'before: uid*_targets.ms, CORRECTED_DATA (self-calibrated)' in text, chart.name
+        assert 'DATA, ' not in text and 'shown: DATA' not in text, chart.name
 
 
 def test_cube_from_the_new_line_mses_has_the_self_calibrated_line_flux(selfcal_run, casa):

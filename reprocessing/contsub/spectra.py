@@ -1,4 +1,4 @@
-"""Before/after spectra of a continuum subtraction: measured on a sample of the data, drawn as PNGs."""
+"""Before/after spectra of a continuum subtraction: measured on a sample of the data, drawn as SVG charts."""
 
 import collections
 from pathlib import Path
@@ -12,6 +12,7 @@ from ..contdat.grammar import ContRange
 from ..core.fileops import atomic_file, relative_path
 from ..core.layout import eb_name
 from ..core.messages import ReprocessingError, one_line, say, warn
+from ..report.svg_chart import stacked_line_chart
 
 
 # -- spectra before and after -----------------------------------------------------------------------
@@ -195,10 +196,10 @@ def _time_windows(rows, limit):
 
 
 def plot_contsub_spectra(*, before_ms, after_ms, contdat, out_dir, casa):
-    """PNGs of |<V>| versus LSRK frequency before and after subtraction, cont.dat ranges shaded.
+    """SVG charts of |<V>| versus LSRK frequency before and after subtraction, cont.dat ranges shaded.
 
     before_ms / after_ms: an MS or a list of them, paired (uid*_targets.ms and its line MS).  One
-    PNG per science field and spw, with one curve per execution block.  Returns the PNG paths.
+    chart per science field and spw, with one curve per execution block.  Returns their paths.
     """
     befores = [Path(before_ms)] if isinstance(before_ms, (str, Path)) else [Path(p) for p in before_ms]
     afters = [Path(after_ms)] if isinstance(after_ms, (str, Path)) else [Path(p) for p in after_ms]
@@ -225,16 +226,9 @@ def plot_contsub_spectra(*, before_ms, after_ms, contdat, out_dir, casa):
 
 
 def draw_spectra(spectra, out_dir):
-    """One PNG per (field, cont.dat spw): before above, after below, one curve per EB (matplotlib, Agg)."""
+    """One SVG per (field, cont.dat spw): before above, after below, one curve per EB (report/svg_chart)."""
     import re
     if not spectra:
-        return []
-    try:
-        from matplotlib.figure import Figure
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-    except ImportError:
-        warn('matplotlib is not installed in this Python, so no spectra plots were made — install it with '
-             '"pip install matplotlib"')
         return []
     groups = collections.OrderedDict()
     for spectrum in spectra:
@@ -243,83 +237,28 @@ def draw_spectra(spectra, out_dir):
     out_dir.mkdir(parents=True, exist_ok=True)
     pictures = []
     for (field_name, virtual_id), items in groups.items():
-        figure = Figure(figsize=(10, 6.5))
-        FigureCanvasAgg(figure)
-        top = figure.add_subplot(2, 1, 1)
-        bottom = figure.add_subplot(2, 1, 2, sharex=top)
-        top.tick_params(labelbottom=False)  # the axis below has them (4 PNGs: 0.63 s CPU before, 0.56 s)
         shown = describe_spectrum_columns(items)
-        for axes, key, title in ((top, 'before', 'before: uid*_targets.ms, ' + shown),
-                                 (bottom, 'after', 'after: uid*_targets_line.ms (continuum subtracted), ' + shown)):
-            for lo_hz, hi_hz in items[0]['shade_hz']:
-                axes.axvspan(lo_hz / 1e9, hi_hz / 1e9, color='tab:green', alpha=0.18, linewidth=0)
-            for item in items:
-                points = [(f / 1e9, a) for f, a in zip(item['frequency_hz'], item[key]) if a is not None]
-                points.sort()
-                axes.plot([p[0] for p in points], [p[1] for p in points], linewidth=0.9,
-                          label=item['eb'] + ('' if item['fraction'] >= 0.999 else
-                                              ' (%d%% of the integrations)' % round(100 * item['fraction'])))
-            axes.set_title(title, fontsize=10, loc='left')
-            axes.set_ylabel('Amplitude (Jy)')
-            axes.axhline(0.0, color='0.6', linewidth=0.5)
-            axes.grid(alpha=0.3)
-        bottom.set_xlabel('LSRK frequency (GHz)')
+        panels = []
+        for key, title in (('before', 'before: uid*_targets.ms, ' + shown),
+                           ('after', 'after: uid*_targets_line.ms (continuum subtracted), ' + shown)):
+            curves = [(item['eb'] + ('' if item['fraction'] >= 0.999 else
+                                     ' (%d%% of the integrations)' % round(100 * item['fraction'])),
+                       [(f / 1e9, a) for f, a in zip(item['frequency_hz'], item[key]) if a is not None])
+                      for item in items]
+            panels.append({'title': title, 'y_label': 'Amplitude (Jy)', 'curves': curves,
+                           'spans': [(lo_hz / 1e9, hi_hz / 1e9) for lo_hz, hi_hz in items[0]['shade_hz']]})
         frames = sorted({frame for item in items for frame in item['frames']})
         shaded = ('cont.dat ranges shaded (%s)' % ', '.join(frames) if frames
                   else 'no cont.dat ranges: all channels fitted')
-        figure.suptitle('%s — spw %d %s\n|mean visibility| over baselines and time; %s' % (
-            field_name, virtual_id, items[0]['spw_name'], shaded), fontsize=10)
-        if len(items) <= 8:
-            top.legend(fontsize=8, loc='upper right')
-        name = '%s_spw%d.png' % (re.sub(r'[^A-Za-z0-9_.+-]+', '_', field_name), virtual_id)
+        chart = stacked_line_chart(
+            title_lines=['%s \u2014 spw %d %s' % (field_name, virtual_id, items[0]['spw_name']),
+                         '|mean visibility| over baselines and time; %s' % shaded],
+            panels=panels, x_label='LSRK frequency (GHz)')
+        name = '%s_spw%d.svg' % (re.sub(r'[^A-Za-z0-9_.+-]+', '_', field_name), virtual_id)
         with atomic_file(out_dir / name) as temporary:
-            figure.savefig(str(temporary), dpi=90, format='png')
+            with open(str(temporary), 'w', encoding='utf-8') as handle:
+                handle.write(chart)
         pictures.append(out_dir / name)
-    return pictures
-
-
-def import_drawing_in_background(casa, *, fits_here):
-    """Import what draw_spectra uses (matplotlib, 0.4 s) in a thread started now, while CASA fits.
-
-    The fits run in C++ with the GIL released (a Python thread kept 70% of its speed during a
-    uvcontsub), so on a second core the import costs no time; drawn after the fits it was half of
-    the drawing that --contsub_fast --jobs 1 waits for.  fits_here: the fits run in this process
-    (one job): casatasks is imported first, as the first fit would a moment later, so that two
-    threads never import at once.  A failure is left to draw_spectra, which imports again and says why.
-    """
-    import importlib
-    import threading
-    if fits_here:
-        casa.casatasks  # noqa: B018 -- imported here, before the thread starts
-
-    def load():
-        try:
-            importlib.import_module('matplotlib.figure')
-            importlib.import_module('matplotlib.backends.backend_agg')
-        except Exception:  # no matplotlib, or a broken one: draw_spectra warns
-            pass
-    thread = threading.Thread(target=load)
-    thread.daemon = True
-    thread.start()
-
-
-def drawn_in_background(spectra, out_dir):
-    """draw_spectra in a thread started now; returns a function that waits for it and gives the PNGs.
-
-    Measured on the 5 EB bench delivery: the PNGs take 0.76 s (importing matplotlib half of it), which
-    the parallel --contsub_fast otherwise spent after its worker processes had exited (0.3-0.5 s of
-    CASA's teardown) and the line MSes were published.  A failure is a warning (plots_or_warning);
-    a stopped run does not wait for the plots (daemon thread; each PNG gets its name when complete).
-    """
-    import threading
-    drawn = []
-    thread = threading.Thread(target=lambda: drawn.append(plots_or_warning(lambda: draw_spectra(spectra, out_dir))))
-    thread.daemon = True
-    thread.start()
-
-    def pictures():
-        thread.join()
-        return drawn[0] if drawn else []
     return pictures
 
 
@@ -347,5 +286,5 @@ def plots_or_warning(make):
 
 def say_spectra(pictures, delivery):
     if pictures:
-        say('  spectra before/after (%d PNG, one per field and spw): %s/' % (
+        say('  spectra before/after (%d SVG, one per field and spw): %s/' % (
             len(pictures), relative_path(Path(pictures[0]).parent, delivery.root)))

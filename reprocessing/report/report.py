@@ -108,7 +108,7 @@ def _step_rows(plan, state, *, ended, status):
 
 
 class _ReportAssets(object):
-    """PNGs shown by the report, copied into the run's folder so the page (and its server) is self-contained."""
+    """Pictures (PNG, SVG) shown by the report, copied into the run's folder so the page (and its server) is self-contained."""
 
     def __init__(self, run_dir):
         self.folder = run_dir / 'assets'
@@ -291,12 +291,12 @@ def _spectra_section(state, assets):
     from html import escape
     figures = []
     for result in state.results:
-        for png in result.get('spectra') or []:
-            link = assets.link(png)
-            caption = escape(Path(str(png)).name)
+        for picture in result.get('spectra') or []:
+            link = assets.link(picture)
+            caption = escape(Path(str(picture)).name)
             figures.append('<figure><img src="%s" alt="%s"><figcaption>%s</figcaption></figure>'
                            % (escape(link), caption, caption) if link else
-                           '<p class="muted">missing spectrum: %s</p>' % escape(str(png)))
+                           '<p class="muted">missing spectrum: %s</p>' % escape(str(picture)))
     if not figures:
         return []
     return ['<h2>Continuum subtraction: spectra before and after (cont.dat ranges shaded)</h2>'] + figures

@@ -7,7 +7,7 @@ from ..casa.workers import eb_workers
 from ..contdat.against_ms import contdat_preflight, say_fit_table
 from ..contdat.grammar import CONTDAT_FINGERPRINT_NAME, contdat_fingerprint, recorded_contdat_fingerprint
 from ..contsub.line_update import continuum_by_spw, expected_line_record, line_ms_decision, say_line_decisions, write_line_record
-from ..contsub.spectra import drawn_in_background, import_drawing_in_background, plot_contsub_spectra, plots_or_warning, say_spectra, spectrum_requests
+from ..contsub.spectra import draw_spectra, plot_contsub_spectra, plots_or_warning, say_spectra, spectrum_requests
 from ..contsub.uvcont_tables import contsub_apply_uvcont_tables
 from ..contsub.uvcontsub import build_fitspec, describe_line_columns, mstransform_fit_of, uvcontsub_takes_fitspec
 from ..core.fileops import directory_bytes, human_bytes, relative_path, write_atomically
@@ -152,12 +152,9 @@ def contsub_with_uvcontsub(plan, state, step, casa, reason):
         say('  subtracting the continuum of %d execution block%s%s' % (
             len(tasks), '' if len(tasks) == 1 else 's', ' in %d processes' % workers.count if workers.count > 1
             else ''))
-        if tasks:
-            import_drawing_in_background(casa, fits_here=workers.count == 1)
         pause_point('contsub-tasks', state)
         results = workers.run(tasks, casa=casa) if tasks else []
-        # drawn while the worker processes exit and the line MSes are published
-        drawing = drawn_in_background(_spectra_of(results), delivery.spectra_dir)
+        spectra = _spectra_of(results)
     pause_point('contsub-written', state)
     for task in tasks:
         if task['arguments']['selfcal_fit']:
@@ -170,7 +167,7 @@ def contsub_with_uvcontsub(plan, state, step, casa, reason):
             human_bytes(directory_bytes(final)), result['seconds'],
             '; it replaced the earlier line MS (%s)' % ('--update' if request.update
                                                          else '--overwrite-line') if str(final) in replaced else ''))
-    pictures = drawing()
+    pictures = plots_or_warning(lambda: draw_spectra(spectra, delivery.spectra_dir))
     say_spectra(pictures, delivery)
     update = dict((line_ms_path(ms).name, 'kept: unchanged' if keep else 'made: %s' % why)
                   for ms, keep, why in decisions) if request.update else {}
