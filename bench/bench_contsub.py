@@ -22,7 +22,7 @@ moves less than the wall ratio.  Not a test: it prints numbers.
 
 Target (issue 24): --contsub_fast --jobs 1 <= 1.1 x the bare calls, at every size.
 
-Usage: python bench/bench_contsub.py [--nchan 960] [--repeats 1] [--keep]
+Usage: python bench/bench_contsub.py [--nchan 960] [--repeats 1] [--keep] [--previous OLD_SCRIPT] [--skip-parallel]
 """
 import argparse
 import json
@@ -99,6 +99,10 @@ def main(argv=None):
     parser.add_argument('--nchan', type=int, default=960)
     parser.add_argument('--repeats', type=int, default=1)
     parser.add_argument('--keep', action='store_true', help='keep the working copy of the delivery')
+    parser.add_argument('--previous', metavar='SCRIPT', help='another scriptForReprocessing.py (e.g. of an earlier '
+                        'commit: git show REV:scriptForReprocessing.py > old.py) timed with --jobs 1 in the same '
+                        'alternation, so that a change is measured side by side')
+    parser.add_argument('--skip-parallel', action='store_true', help='do not time --contsub_fast with the default jobs')
     args = parser.parse_args(argv)
     from simulate_delivery import cached_delivery, copy_delivery
 
@@ -116,8 +120,12 @@ def main(argv=None):
     bare_dir.mkdir()
     calls_file = workdir / 'calls.json'
     calls_file.write_text(json.dumps(bare_calls(delivery, bare_dir)))
-    times = {'bare': [], 'fast': [], 'fast1': [], 'pipeline': []}
-    cpu = {'bare': [], 'fast': [], 'fast1': []}
+    times = {'bare': [], 'fast': [], 'fast1': [], 'previous1': [], 'pipeline': []}
+    cpu = {'bare': [], 'fast': [], 'fast1': [], 'previous1': []}
+    commands = [] if args.skip_parallel else [('fast', SCRIPT, [])]
+    commands.append(('fast1', SCRIPT, ['--jobs', '1']))
+    if args.previous:
+        commands.append(('previous1', Path(args.previous).resolve(), ['--jobs', '1']))
     try:
         for repeat in range(args.repeats):
             for path in bare_dir.glob('*_line.ms'):
@@ -125,9 +133,9 @@ def main(argv=None):
             elapsed, _ = timed([sys.executable, '-c', BARE, str(REPO), str(calls_file), str(bare_dir / 'casa.log')],
                                workdir, cpu['bare'])
             times['bare'].append(elapsed)
-            for key, extra in (('fast', []), ('fast1', ['--jobs', '1'])):
+            for key, script, extra in commands:
                 remove_line_mses(delivery)
-                elapsed, result = timed([sys.executable, str(SCRIPT), '--contsub_fast'] + extra, delivery, cpu[key])
+                elapsed, result = timed([sys.executable, str(script), '--contsub_fast'] + extra, delivery, cpu[key])
                 times[key].append(elapsed)
                 if key == 'fast' and repeat == 0:
                     processes = [l for l in result.stdout.splitlines() if 'subtracting the continuum of' in l]
@@ -141,12 +149,16 @@ def main(argv=None):
                     with_pipeline = False
                 else:
                     times['pipeline'].append(elapsed)
-            print('repeat %d: bare %.1f s, --contsub_fast %.1f s, --contsub_fast --jobs 1 %.1f s (ratio %.3f)%s; '
-                  'CPU bare %.1f s, --jobs 1 %.1f s (ratio %.3f) (load %.2f)' % (
-                      repeat + 1, times['bare'][-1], times['fast'][-1], times['fast1'][-1],
-                      times['fast1'][-1] / times['bare'][-1],
+            print('repeat %d: bare %.1f s, --contsub_fast %s s, --contsub_fast --jobs 1 %.1f s (ratio %.3f)%s%s; '
+                  'CPU bare %.1f s, --jobs 1 %.1f s (ratio %.3f)%s (load %.2f)' % (
+                      repeat + 1, times['bare'][-1], '%.1f' % times['fast'][-1] if times['fast'] else '-',
+                      times['fast1'][-1], times['fast1'][-1] / times['bare'][-1],
+                      ', previous --jobs 1 %.1f s (ratio %.3f)' % (times['previous1'][-1], times['previous1'][-1] /
+                                                                   times['bare'][-1]) if args.previous else '',
                       ', --contsub %.1f s' % times['pipeline'][-1] if with_pipeline else '',
-                      cpu['bare'][-1], cpu['fast1'][-1], cpu['fast1'][-1] / cpu['bare'][-1], os.getloadavg()[0]),
+                      cpu['bare'][-1], cpu['fast1'][-1], cpu['fast1'][-1] / cpu['bare'][-1],
+                      ', previous %.1f s (ratio %.3f)' % (cpu['previous1'][-1], cpu['previous1'][-1] / cpu['bare'][-1])
+                      if args.previous else '', os.getloadavg()[0]),
                   flush=True)
     finally:
         if not args.keep:
@@ -159,13 +171,19 @@ def main(argv=None):
     print()
     print('machine: %d cores, load average now %.2f %.2f %.2f' % ((cores,) + os.getloadavg()))
     print('bare serial uvcontsub (fresh Python, CASA import included): %6.1f s' % median('bare'))
-    print('--contsub_fast (whole command, default jobs):               %6.1f s   ratio %.2f (target <= 0.6)'
-          % (median('fast'), median('fast') / median('bare')))
+    if times['fast']:
+        print('--contsub_fast (whole command, default jobs):               %6.1f s   ratio %.2f (target <= 0.6)'
+              % (median('fast'), median('fast') / median('bare')))
     print('--contsub_fast --jobs 1 (whole command, serial):            %6.1f s   ratio %.3f (target <= 1.1)'
           % (median('fast1'), median('fast1') / median('bare')))
-    print('CPU seconds (user + system): bare %.1f, --contsub_fast %.1f, --jobs 1 %.1f   serial ratio %.3f' % (
-        statistics.median(cpu['bare']), statistics.median(cpu['fast']), statistics.median(cpu['fast1']),
-        statistics.median(cpu['fast1']) / statistics.median(cpu['bare'])))
+    if args.previous:
+        print('previous script --jobs 1 (whole command, serial):          %6.1f s   ratio %.3f'
+              % (median('previous1'), median('previous1') / median('bare')))
+    print('CPU seconds (user + system): bare %.1f, --contsub_fast %s, --jobs 1 %.1f   serial ratio %.3f%s' % (
+        statistics.median(cpu['bare']), '%.1f' % statistics.median(cpu['fast']) if cpu['fast'] else '-',
+        statistics.median(cpu['fast1']), statistics.median(cpu['fast1']) / statistics.median(cpu['bare']),
+        ';   previous --jobs 1 %.1f, ratio %.3f' % (statistics.median(cpu['previous1']), statistics.median(
+            cpu['previous1']) / statistics.median(cpu['bare'])) if args.previous else ''))
     if with_pipeline:
         print('--contsub (pipeline):                                       %6.1f s   fast/pipeline %.2f '
               '(target <= 0.25)' % (median('pipeline'), median('fast') / median('pipeline')))
