@@ -1,7 +1,8 @@
 """A real single-node Slurm (Debian's slurm-wlm and munge) in a temporary directory, for the tests.
 
 munged with a key made here, slurmctld and slurmd with a generated slurm.conf: one node "localhost" with
-2 CPUs, one partition, free ports on 127.0.0.1, KillWait 30 s (a time limit sends SIGTERM, then SIGKILL
+4 CPUs (SlurmdParameters=config_overrides: more than this 2-core machine has, so that two 2-task jobs
+that mostly wait at a time limit can run at once), one partition, free ports on 127.0.0.1, KillWait 30 s (a time limit sends SIGTERM, then SIGKILL
 30 s later).  Everything (state, spool, logs, sockets) lives in the directory; stop() ends the three
 daemons (by their pids) and every job process they started.
 
@@ -49,7 +50,8 @@ KillWait={kill_wait}
 OverTimeLimit=0
 InactiveLimit=0
 MinJobAge=600
-NodeName=localhost NodeAddr=127.0.0.1 CPUs=2 State=UNKNOWN
+SlurmdParameters=config_overrides
+NodeName=localhost NodeAddr=127.0.0.1 CPUs=4 State=UNKNOWN
 PartitionName=test Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 '''
 

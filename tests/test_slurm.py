@@ -89,33 +89,42 @@ def test_sbatch_of_the_readme_job_script_runs_the_tool_under_mpirun(slurm, deliv
     assert run_files(delivery) == [sfr.LOCK_NAME]
 
 
-@pytest.mark.mpi
-@pytest.mark.parametrize('launcher, warning, stopped_by, state', [
-    pytest.param('', '', 'SIGTERM', 'TIMEOUT', id='one-process-at-the-limit'),
+# (name, launcher, warning, stopped by, final state, time limit in minutes)
+TIME_LIMIT_CASES = [
+    ('one process at the limit', '', '', 'SIGTERM', 'TIMEOUT', 1),
     # Under mpirun the limit's own SIGTERM loses the line (mpirun drops what ranks print after it gets
     # SIGTERM itself: measured, even a line printed at once), so the README's script asks for the warning.
-    pytest.param(MPIRUN, WARNING, 'SIGUSR1', 'FAILED', id='mpirun-warned-before-the-limit')])
-def test_a_time_limit_stops_the_tool_with_one_line_and_the_same_job_again_finishes(
-        slurm, delivery_factory, launcher, warning, stopped_by, state):
-    delivery = delivery_factory(**TWO_EBS)
-    # held after the line MSes are written, before any is published: the time limit (or its warning) comes there
-    job, output = submit(slurm, delivery, minutes=1 if not warning else 2, options='--contsub_fast',
-                         env={sfr.PAUSE_ENV: 'contsub-written'}, launcher=launcher, warning=warning)
+    ('mpirun warned before the limit', MPIRUN, WARNING, 'SIGUSR1', 'FAILED', 2)]
 
-    assert slurm.wait(job, timeout=300) == state, output.read_text()
-    text = output.read_text()
-    assert ('DUE TO TIME LIMIT' in text) == (state == 'TIMEOUT'), text
-    errors = [line for line in text.splitlines() if line.startswith('ERROR: ')]
-    assert len(errors) == 1 and ('(%s)' % stopped_by) in errors[0], text
-    assert 'Traceback' not in text
-    assert line_mses(delivery) == []  # nothing half-written under a final name
-    marker = Path(delivery) / '.paused-at-contsub-written'  # the test's pause marker, not the tool's
-    if marker.exists():  # (the warning may come before the pause: Slurm sends it up to 60 s early)
-        marker.unlink()
 
-    again, output = submit(slurm, delivery, minutes=15, options='--contsub_fast')
+@pytest.mark.mpi
+def test_a_time_limit_stops_the_tool_with_one_line_and_the_same_job_again_finishes(slurm, delivery_factory):
+    # Both cases' jobs run at once (the test Slurm has 4 CPUs for it): each waits at a pause for its time
+    # limit, so together they take the longer limit, not the sum (CI: 117 s + 88 s one after the other).
+    jobs = []
+    for name, launcher, warning, stopped_by, state, minutes in TIME_LIMIT_CASES:
+        delivery = delivery_factory(**TWO_EBS)
+        # held after the line MSes are written, before any is published: the time limit (or its warning) comes there
+        job, output = submit(slurm, delivery, minutes=minutes, options='--contsub_fast',
+                             env={sfr.PAUSE_ENV: 'contsub-written'}, launcher=launcher, warning=warning)
+        jobs.append((name, delivery, job, output, stopped_by, state))
 
-    assert slurm.wait(again) == 'COMPLETED', output.read_text()
-    assert output.read_text().count('Done.') == 1
-    assert len(line_mses(delivery)) == 2
-    assert run_files(delivery) == [sfr.LOCK_NAME]
+    for name, delivery, job, output, stopped_by, state in jobs:
+        assert slurm.wait(job, timeout=300) == state, (name, output.read_text())
+        text = output.read_text()
+        assert ('DUE TO TIME LIMIT' in text) == (state == 'TIMEOUT'), (name, text)
+        errors = [line for line in text.splitlines() if line.startswith('ERROR: ')]
+        assert len(errors) == 1 and ('(%s)' % stopped_by) in errors[0], (name, text)
+        assert 'Traceback' not in text, name
+        assert line_mses(delivery) == [], name  # nothing half-written under a final name
+        marker = Path(delivery) / '.paused-at-contsub-written'  # the test's pause marker, not the tool's
+        if marker.exists():  # (the warning may come before the pause: Slurm sends it up to 60 s early)
+            marker.unlink()
+
+    again = [(name, delivery) + submit(slurm, delivery, minutes=15, options='--contsub_fast')
+             for name, delivery, _job, _output, _stopped_by, _state in jobs]
+    for name, delivery, job, output in again:
+        assert slurm.wait(job) == 'COMPLETED', (name, output.read_text())
+        assert output.read_text().count('Done.') == 1, name
+        assert len(line_mses(delivery)) == 2, name
+        assert run_files(delivery) == [sfr.LOCK_NAME], name
