@@ -107,18 +107,21 @@ class EbWorkers(object):
         if record is not None:  # the next run stops them if they outlive this process
             record([process.pid for process in self.processes])
 
-    def run(self, tasks, *, casa, unit='execution blocks'):
+    def run(self, tasks, *, casa, unit='execution blocks', progress=None):
         """Results of the tasks, in their order; the first failure stops the others and is raised.
 
-        unit: what the tasks are, in the progress lines ('images').
+        unit: what the tasks are, in the progress lines ('images'); progress(done, total, started, queued=): says
+        the progress instead of say_progress.
         """
+        progress = progress or (lambda done, total, started, queued=None: say_progress(
+            done, total, started, queued=queued, unit=unit))
         if self.count <= 1 or not self.processes:
             results, started = [], time.time()
             for task in tasks:
                 results.append(self._run_here(task, casa))
-                say_progress(len(results), len(tasks), started, unit=unit)
+                progress(len(results), len(tasks), started)
             return results
-        return self._run_in_workers(tasks, unit)
+        return self._run_in_workers(tasks, progress)
 
     @staticmethod
     def _run_here(task, casa):
@@ -126,7 +129,7 @@ class EbWorkers(object):
             say('  [%s] %s' % (task['eb'], message))
         return EB_TASKS[task['function']](casa, report, **task['arguments'])
 
-    def _run_in_workers(self, tasks, unit):
+    def _run_in_workers(self, tasks, progress):
         import threading
         queue = list(enumerate(tasks))
         results = [None] * len(tasks)
@@ -157,7 +160,7 @@ class EbWorkers(object):
                     else:
                         results[index] = answer['result']
                         done[0] += 1
-                        say_progress(done[0], len(tasks), started, queued=len(queue), unit=unit)
+                        progress(done[0], len(tasks), started, queued=len(queue))
 
         threads = [threading.Thread(target=serve, args=(process, logfile))
                    for process, logfile in zip(self.processes, self.logfiles)]
