@@ -69,7 +69,9 @@ def test_a_cube_too_large_for_a_worker_is_split_in_chunks_that_fit_not_refused(d
 
 def cleaned_chunks(delivery):
     store = delivery / sfr.WORK_DIR_NAME / 'imaging-chunks'
-    records = [json.loads(path.read_text()) for path in store.glob('*/*/finished.provenance.json')]
+    # only folders with their final name: a partial one (".name.partial-PID") is not a finished chunk
+    records = [json.loads(path.read_text()) for path in store.glob('*/*/finished.provenance.json')
+               if not path.parent.name.startswith('.')]
     return [record for record in records if record.get('stage') == 'cleaned']
 
 
