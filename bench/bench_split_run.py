@@ -6,6 +6,8 @@ Each case runs `scriptForReprocessing.py --image --specmodes cube ...` on a fres
 largest process (psutil every 0.2 s, bench_cube_split.measured), and the load average before and after.
 
   jobs1, jobs2   --split-cube CHUNKS with --jobs 1 and --jobs 2: the speed-up of two workers (same products)
+  jobs2-omp2     jobs2 with OMP_NUM_THREADS=2 given: each worker's tclean with as many threads as cores (as
+                 before the workers of a split cube got their share of the cores)
   whole          the cube in one tclean (--split-cube no --jobs 1): the product the chunks are compared with
   short, long    --memory-per-worker LIMIT (chunks sized by the memory model) on the cube of --nbins 25:4 and on
                  the same data's four times longer cube (--nbins 25:1): the largest process's peak memory
@@ -44,11 +46,11 @@ def fresh(source, out, name):
     return target
 
 
-def run_measured(delivery, args):
+def run_measured(delivery, args, env=None):
     from bench_cube_split import measured
     before = os.getloadavg()
     code, wall, cpu, largest, _total, text = measured([sys.executable, str(SCRIPT), '--delivery', str(delivery)]
-                                                      + list(args))
+                                                      + list(args), env=env)
     after = os.getloadavg()
     (delivery / 'output.txt').write_text(text)
     return dict(returncode=code, wall_s=round(wall, 1), cpu_s=round(cpu, 1), largest_rss_gb=round(largest / 1e9, 3),
@@ -102,7 +104,8 @@ def main():
             row.update(killed_at_s=round(full / 2.0, 1), kept=kept, ratio_to_full=round(row['wall_s'] / full, 2))
         else:
             delivery = fresh(source, out, case)
-            row = run_measured(delivery, cases[case])
+            row = run_measured(delivery, cases[case.split('-')[0]],
+                               env={'OMP_NUM_THREADS': '2'} if case.endswith('-omp2') else None)
             text = (delivery / 'output.txt').read_text()
             row['chunk_lines'] = [line.strip() for line in text.splitlines() if 'is made in' in line][:1]
         rows[case] = row

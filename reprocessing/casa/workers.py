@@ -58,16 +58,19 @@ def resolve_jobs(requested, n_ebs, *, total_bytes=None):
 class EbWorkers(object):
     """Tasks on execution blocks: in this process (one job) or in worker processes (several)."""
 
-    def __init__(self, count, *, state):
+    def __init__(self, count, *, state, share_cores=False):
         self.count = count
         self.state = state
+        self.share_cores = share_cores
         self.processes = []
         self.logfiles = []
 
     @classmethod
     @contextlib.contextmanager
-    def started(cls, jobs, *, state):
-        workers = cls(jobs, state=state)
+    def started(cls, jobs, *, state, share_cores=False):
+        """share_cores: each worker's OpenMP threads (tclean's) limited to its share of the cores, unless
+        OMP_NUM_THREADS is set already (measured: README "One cube over several workers")."""
+        workers = cls(jobs, state=state, share_cores=share_cores)
         try:
             if jobs > 1:
                 workers._start()
@@ -87,6 +90,8 @@ class EbWorkers(object):
         environment = self_environment((name, value) for name, value in os.environ.items()
                                        if not name.startswith(_MPI_VARIABLES))
         environment['PYTHONIOENCODING'] = 'utf-8'  # the pipe between us, whatever the locale
+        if self.share_cores and 'OMP_NUM_THREADS' not in environment:
+            environment['OMP_NUM_THREADS'] = str(max(1, available_cores() // self.count))
         environment[PARENT_ENV] = str(os.getpid())  # a worker dies with this process (die_with_parent)
         lock = getattr(self.state, '_lock_file', None)
         # The workers inherit the run's lock: if this process is killed, no new run starts in this

@@ -152,7 +152,7 @@ def run_image(plan, state, step, casa):
                  + [p.path.name for p in expected_finals([job])]) for job in jobs))
             pause_point('images-set-aside', state)
         seconds = {}
-        with EbWorkers.started(processes, state=state) as workers:
+        with EbWorkers.started(processes, state=state, share_cores=bool(chunks)) as workers:
             products = run_tclean_jobs(casa, request, jobs, work_dir=work_dir, state=state, workers=workers,
                                        seconds=seconds, redone=redone, finished_dir=delivery.finished_images_dir,
                                        records=records, kept=kept, chunks=chunks, make_split=functools.partial(
