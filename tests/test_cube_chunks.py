@@ -42,18 +42,34 @@ def test_a_chunk_keeps_the_whole_cubes_grid():
     assert job.spectral['start'] == '216.6771904376GHz'  # the whole cube's job is unchanged
 
 
-def test_the_chunk_size_fits_the_memory_per_worker_and_gives_every_worker_work():
+def cube(imsize, nchan):
+    return sfr.ImageJob(*([None] * len(sfr.ImageJob._fields)))._replace(
+        name='x.cube.I.iter1', nchan=nchan, imsize=[imsize, imsize], deconvolver='hogbom',
+        spectral={'nchan': nchan, 'start': '216.6771904376GHz', 'width': '3.9058405MHz'})
+
+
+def test_a_cube_that_does_not_fit_is_split_in_chunks_that_fit_and_no_larger_for_a_longer_cube():
     gb = 1000 ** 3
-    per_plane = sfr.PLANE_COPIES * 4 * 1000 * 1000
-    size = sfr.channels_per_chunk([1000, 1000], 4000, memory_per_worker=4 * gb, workers=8)
-    assert sfr.chunk_memory_bytes([1000, 1000], size) <= 4 * gb < sfr.chunk_memory_bytes([1000, 1000], size + 1)
-    assert size == (4 * gb - sfr.PROCESS_BASE_BYTES) // per_plane
-    # a cube four times longer: the same chunk size, so the same memory per worker
-    assert sfr.channels_per_chunk([1000, 1000], 16000, memory_per_worker=4 * gb, workers=8) == size
-    # few channels: split so that every worker has a chunk
-    assert sfr.channels_per_chunk([100, 100], 64, memory_per_worker=4 * gb, workers=2) == 32
-    # not one plane fits: None (the plan refuses, in one line)
-    assert sfr.channels_per_chunk([20000, 20000], 100, memory_per_worker=2 * gb, workers=2) is None
+    job = cube(1000, 1000)
+    assert sfr.job_memory(job) > 4 * gb  # 0.5 GB + 24 x 4 bytes x 10^6 pixels x 1000 channels = 96.5 GB
+    ranges = sfr.cube_chunking(job, split='auto', limit=4 * gb)
+    largest = max(count for _first, count in ranges)
+    # each chunk fits, and one more channel would not: the chunks are as large as the memory allows
+    assert sfr.job_memory(job._replace(nchan=largest)) <= 4 * gb
+    assert sfr.job_memory(job._replace(nchan=largest + 2)) > 4 * gb
+    assert sum(count for _f, count in ranges) == 1000 and len(ranges) == -(-1000 // largest)
+    # four times the channels: four times the chunks, none larger (the memory per worker stays)
+    longer = sfr.cube_chunking(cube(1000, 4000), split='auto', limit=4 * gb)
+    assert max(count for _f, count in longer) <= largest and len(longer) >= 4 * len(ranges) - 1
+    # it fits: made whole, unless chunks are asked for (at least N, for the workers)
+    assert sfr.cube_chunking(cube(100, 64), split='auto', limit=4 * gb) is None
+    assert sfr.cube_chunking(cube(100, 64), split=2, limit=4 * gb) == [(0, 32), (32, 32)]
+    assert sfr.cube_chunking(cube(100, 64), split=3, limit=None) == [(0, 22), (22, 21), (43, 21)]
+    assert sfr.cube_chunking(job, split='no', limit=4 * gb) is None  # never: the plan refuses it
+    # not even three channels fit: [] (the plan refuses in one line)
+    assert sfr.cube_chunking(cube(20000, 100), split='auto', limit=2 * gb) == []
+    # not a cube: never split
+    assert sfr.cube_chunking(job._replace(spectral=None), split=4, limit=gb) is None
 
 
 def test_frequencies_are_read_in_their_units():

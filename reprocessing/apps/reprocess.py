@@ -123,7 +123,13 @@ def build_parser():
     general.add_argument('--memory-per-worker', type=_memory_size, default=None, metavar='SIZE',
                          help='with --image: the memory each worker process may use, e.g. 4GB or 500MB (default: '
                               'the available memory divided by the workers); an image that needs more is refused '
-                              'before any work')
+                              'before any work, unless it is a cube that channel chunks can make (--split-cube)')
+    general.add_argument('--split-cube', type=_split_cube, default='auto', metavar='auto|no|N',
+                         help='with --image (CASA engine, no MPI): make a cube as channel chunks, each its own tclean '
+                              'in a worker, joined into one cube. auto (default): only a cube that does not fit '
+                              '--memory-per-worker in one process; N: every cube in at least N chunks, over the '
+                              '--jobs workers (for speed); no: never. A split cube differs slightly from the '
+                              'one-process cube (README: "One cube over several workers")')
     general.add_argument('--overwrite-line', action='store_true',
                          help='with --contsub/--contsub_fast: replace existing uid*_targets_line.ms '
                               '(the old ones are kept until the new ones are complete)')
@@ -141,6 +147,14 @@ def build_parser():
 def _fit_order(text):
     if not text.isdigit() or int(text) > 3:
         raise argparse.ArgumentTypeError('%s is not a fit order: give 0, 1, 2 or 3' % text)
+    return int(text)
+
+
+def _split_cube(text):
+    if text in ('auto', 'no'):
+        return text
+    if not text.isdigit() or int(text) < 2:
+        raise argparse.ArgumentTypeError('%s: give auto, no, or a number of chunks of 2 or more' % text)
     return int(text)
 
 
@@ -191,6 +205,8 @@ def check_combinations(options):
         raise UsageError('--port and --no-browser only apply to --weblog — add --weblog')
     if options.memory_per_worker is not None and options.image is None:
         raise UsageError('--memory-per-worker is checked against the images of --image — add --image [DIR]')
+    if options.split_cube != 'auto' and options.image is None:
+        raise UsageError('--split-cube splits the cubes of --image — add --image [DIR]')
     if options.overwrite_line and not (options.contsub or options.contsub_fast):
         raise UsageError('--overwrite-line only applies to --contsub or --contsub_fast — add one of them')
     if options.update:

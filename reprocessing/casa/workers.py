@@ -58,16 +58,19 @@ def resolve_jobs(requested, n_ebs, *, total_bytes=None):
 class EbWorkers(object):
     """Tasks on execution blocks: in this process (one job) or in worker processes (several)."""
 
-    def __init__(self, count, *, state):
+    def __init__(self, count, *, state, share_cores=False):
         self.count = count
         self.state = state
+        self.share_cores = share_cores
         self.processes = []
         self.logfiles = []
 
     @classmethod
     @contextlib.contextmanager
-    def started(cls, jobs, *, state):
-        workers = cls(jobs, state=state)
+    def started(cls, jobs, *, state, share_cores=False):
+        """share_cores: each worker's OpenMP threads (tclean's) limited to its share of the cores, unless
+        OMP_NUM_THREADS is set already (measured: README "One cube over several workers")."""
+        workers = cls(jobs, state=state, share_cores=share_cores)
         try:
             if jobs > 1:
                 workers._start()
@@ -87,6 +90,8 @@ class EbWorkers(object):
         environment = self_environment((name, value) for name, value in os.environ.items()
                                        if not name.startswith(_MPI_VARIABLES))
         environment['PYTHONIOENCODING'] = 'utf-8'  # the pipe between us, whatever the locale
+        if self.share_cores and 'OMP_NUM_THREADS' not in environment:
+            environment['OMP_NUM_THREADS'] = str(max(1, available_cores() // self.count))
         environment[PARENT_ENV] = str(os.getpid())  # a worker dies with this process (die_with_parent)
         lock = getattr(self.state, '_lock_file', None)
         # The workers inherit the run's lock: if this process is killed, no new run starts in this
@@ -107,18 +112,21 @@ class EbWorkers(object):
         if record is not None:  # the next run stops them if they outlive this process
             record([process.pid for process in self.processes])
 
-    def run(self, tasks, *, casa, unit='execution blocks'):
+    def run(self, tasks, *, casa, unit='execution blocks', progress=None):
         """Results of the tasks, in their order; the first failure stops the others and is raised.
 
-        unit: what the tasks are, in the progress lines ('images').
+        unit: what the tasks are, in the progress lines ('images'); progress(done, total, started, queued=): says
+        the progress instead of say_progress.
         """
+        progress = progress or (lambda done, total, started, queued=None: say_progress(
+            done, total, started, queued=queued, unit=unit))
         if self.count <= 1 or not self.processes:
             results, started = [], time.time()
             for task in tasks:
                 results.append(self._run_here(task, casa))
-                say_progress(len(results), len(tasks), started, unit=unit)
+                progress(len(results), len(tasks), started)
             return results
-        return self._run_in_workers(tasks, unit)
+        return self._run_in_workers(tasks, progress)
 
     @staticmethod
     def _run_here(task, casa):
@@ -126,7 +134,7 @@ class EbWorkers(object):
             say('  [%s] %s' % (task['eb'], message))
         return EB_TASKS[task['function']](casa, report, **task['arguments'])
 
-    def _run_in_workers(self, tasks, unit):
+    def _run_in_workers(self, tasks, progress):
         import threading
         queue = list(enumerate(tasks))
         results = [None] * len(tasks)
@@ -157,7 +165,7 @@ class EbWorkers(object):
                     else:
                         results[index] = answer['result']
                         done[0] += 1
-                        say_progress(done[0], len(tasks), started, queued=len(queue), unit=unit)
+                        progress(done[0], len(tasks), started, queued=len(queue))
 
         threads = [threading.Thread(target=serve, args=(process, logfile))
                    for process, logfile in zip(self.processes, self.logfiles)]

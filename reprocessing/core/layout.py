@@ -43,6 +43,9 @@ class Delivery(object):
         # each image the CASA engine finished, with its record, until the run publishes them all: what a stopped
         # run keeps for the same command again (imaging/image_resume.py)
         self.finished_images_dir = self.work_dir / (IMAGING_DIR_NAME + '-finished')
+        # each channel chunk of a split cube (--split-cube) once made, with its record, until its cube is joined
+        # (imaging/cube_split.py): a stopped run's chunks are reused by the same command again
+        self.chunks_dir = self.work_dir / (IMAGING_DIR_NAME + '-chunks')
         self.targets = self._list_ms('uid*_targets.ms')
         self.targets_line = self._list_ms('uid*_targets_line.ms')
         self.target_cycle8 = self._list_ms('uid*_target.ms')

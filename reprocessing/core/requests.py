@@ -12,9 +12,12 @@ import collections
 # The whole run: which actions, and each one's request (None when that action was not asked for).
 RunRequest = collections.namedtuple(
     'RunRequest', 'actions check contsub image concat_targets concat_lines cleanup weblog dry_run update combine '
-                  'jobs memory_per_worker')
+                  'jobs memory_per_worker split_cube')
 # jobs: --jobs as given, the worker processes of every step (None: the plan decides, Plan.contsub_jobs and
-# Plan.image_jobs); memory_per_worker: --memory-per-worker in bytes (None: the available memory / workers).
+# Plan.image_jobs); memory_per_worker: --memory-per-worker in bytes (None: the available memory / workers);
+# split_cube: --split-cube, 'auto' (a cube is split in channel chunks only when it does not fit a worker's
+# memory), 'no' (never: what does not fit is refused) or N (every cube in at least N chunks).
+RunRequest.__new__.__defaults__ = ('auto',)
 
 # --contsub (engine 'pipeline') or --contsub_fast (engine 'casa').  fitorder: --fitorder (None: cont.dat's
 # and the pipeline's rule); refit: fit although the delivered *uvcont.tbl could be applied (--refit or

@@ -12,6 +12,8 @@ the noise, and memory per process that does not grow with the number of channels
 
 import math
 import os
+import shutil
+import time
 from pathlib import Path
 
 from ..casa.casa_engine import casa_task, opened_tool
@@ -19,8 +21,10 @@ from ..core.fileops import remove_tree
 from ..core.messages import ReprocessingError
 from ..core.requests import ImagingRequest
 from .heuristics import dynamic_range_threshold
+from .memory_model import job_memory
 from .image_casa import PB_LIMIT, ImageJob, tclean_arguments
-from .tclean_run import TLIMIT, _tclean_with_progress, theoretical_sensitivity
+from .image_resume import save_finished
+from .tclean_run import TLIMIT, _tclean_with_progress, clean_to_threshold, theoretical_sensitivity
 
 CHUNK_MARK = '.chunk'
 # The images tclean makes for a cube (hogbom): joined plane by plane into the whole cube's.
@@ -78,27 +82,40 @@ def chunk_job(job, index, first, count, *, start_hz=None):
     return job._replace(name=chunk_name(job.name, index), spectral=spectral, nchan=count)
 
 
-# Bytes tclean holds per image plane of a cube chunk: image, residual, psf, model, pb, weight, mask, sumwt
-# and the gridder's complex planes (measured: README).  The fixed part is CASA itself and the visibilities'
-# buffers.
-PLANE_COPIES = 12
-PROCESS_BASE_BYTES = 450 * 1000 * 1000
-
-
-def chunk_memory_bytes(imsize, chunk_nchan):
-    """Peak memory of one tclean process imaging chunk_nchan planes of imsize pixels (estimate)."""
-    return PROCESS_BASE_BYTES + PLANE_COPIES * 4 * int(imsize[0]) * int(imsize[1]) * int(chunk_nchan)
-
-
-def channels_per_chunk(imsize, nchan, *, memory_per_worker, workers):
-    """The chunk size: at most what memory_per_worker allows, at least nchan / workers chunks' worth (so every
-    worker gets work), None when not even MIN_CHUNK_NCHAN planes fit."""
-    per_plane = PLANE_COPIES * 4 * int(imsize[0]) * int(imsize[1])
-    fitting = int((memory_per_worker - PROCESS_BASE_BYTES) // per_plane)
-    if fitting < min(MIN_CHUNK_NCHAN, nchan):
+def chunk_channels_fitting(job, limit):
+    """The most channels of job's cube one process holds within limit bytes (memory_model: the same model that
+    refuses an image), or None without a limit."""
+    if limit is None:
         return None
-    even = int(math.ceil(float(nchan) / max(1, workers)))
-    return max(min(MIN_CHUNK_NCHAN, nchan), min(fitting, even, nchan))
+    one, two = job_memory(job._replace(nchan=1)), job_memory(job._replace(nchan=2))
+    per_channel = max(1, two - one)
+    return max(0, int((limit - (one - per_channel)) // per_channel))
+
+
+def cube_chunking(job, *, split='auto', limit=None):
+    """How a cube job is made: None (whole, in one tclean) or [(first channel, count)] of its chunks.
+
+    split: 'auto' (split only when the whole cube does not fit limit bytes in one process), 'no' (never), or N
+    (at least N chunks).  The chunks are as large as limit allows (a cube four times longer gets four times
+    the chunks, not larger ones) and never a single channel.  [] when not even MIN_CHUNK_NCHAN channels fit:
+    the plan refuses it.
+    """
+    if not job.spectral or split == 'no':
+        return None
+    wanted = 1 if split in ('auto', None) else int(split)
+    fits = limit is None or job_memory(job) <= limit
+    if fits and wanted <= 1:
+        return None
+    nchan = int(job.nchan)
+    size = nchan
+    fitting = chunk_channels_fitting(job, limit)
+    if fitting is not None:
+        if fitting < min(MIN_CHUNK_NCHAN, nchan):
+            return []
+        size = min(size, fitting)
+    size = min(size, int(math.ceil(float(nchan) / max(1, wanted))))
+    ranges = chunk_ranges(nchan, size)
+    return ranges if len(ranges) > 1 else None
 
 
 def first_channel_hz(casa, image_path):
@@ -134,11 +151,12 @@ def cube_start_hz(casa, job, request, work_dir):
             remove_tree(path)
 
 
-# -- the tclean calls of one chunk (run in a worker process, an MPI server or here) ---------------------
+# -- the tclean calls of one chunk (run in a worker process or here) ----------------------------------------
 
-def chunk_dirty(casa, report, *, job, request, imagename):
+def chunk_dirty(casa, report, *, job, request, imagename, store=None, record=None):
     """The dirty image of one chunk (niter 0): its PSF and residual are the cleaning's start.
-    Returns the dirty peak inside the 0.2 primary-beam level (the dynamic range's numerator)."""
+    Returns the dirty peak inside the 0.2 primary-beam level (the dynamic range's numerator).
+    store: the folder where the chunk is kept with its record once made (image_resume.save_finished)."""
     job, request = ImageJob(**job), ImagingRequest(**request)
     arguments = tclean_arguments(job, request, imagename=imagename, parallel=False)
     _tclean_with_progress(casa, job, report, 'dirty image',
@@ -147,19 +165,38 @@ def chunk_dirty(casa, report, *, job, request, imagename):
     with opened_tool(casa.casatools.image(), residual) as image:
         stats = image.statistics(mask='"%s" > %s' % (pb.replace('"', '\\"'), PB_LIMIT), robust=False,
                                  verbose=False, list=False)
-    return float(stats['max'][0]) if len(stats.get('max', [])) else None
+    peak = float(stats['max'][0]) if len(stats.get('max', [])) else None
+    if store:
+        save_finished(Path(imagename).parent, Path(imagename).name, store, dict(record or {}, stage='dirty', peak=peak))
+    return peak
 
 
-def chunk_clean(casa, report, *, job, request, imagename, threshold):
-    """Clean one chunk from its dirty image to the whole cube's threshold (Jy; None: nsigma as tclean_run)."""
+def chunk_clean(casa, report, *, job, request, imagename, threshold, store=None, record=None):
+    """Clean one chunk from its dirty image to the whole cube's threshold (Jy; None: nsigma as tclean_run), with
+    the same fallback and cube health as a whole cube.  The dirty image is taken from store (a copy: the kept
+    dirty chunk stays until the cleaned one replaces it) when it is not beside imagename."""
     job, request = ImageJob(**job), ImagingRequest(**request)
+    started = time.time()
+    name, here = Path(imagename).name, Path(imagename).parent
+    kept = Path(store) / name if store else None
+    if kept is not None and kept.is_dir() and not Path(imagename + '.psf').exists():
+        for path in sorted(kept.iterdir()):
+            if path.name.startswith(name + '.'):
+                shutil.copytree(str(path), str(here / path.name))
     arguments = tclean_arguments(job, request, imagename=imagename, parallel=False)
     arguments.update(calcpsf=False, calcres=False)
-    if threshold is not None:
-        arguments.update(threshold='%.3gJy' % threshold, nsigma=0.0)
-    summary = _tclean_with_progress(casa, job, report, 'cleaning', arguments)
-    iterations = int(summary.get('iterdone', 0)) if isinstance(summary, dict) else 0
-    return {'iterations': iterations, 'stop': summary.get('stopcode') if isinstance(summary, dict) else None}
+    iterations, stop, redone = clean_to_threshold(casa, job, report, arguments, threshold, started=started)
+    result = {'iterations': iterations, 'stop': stop, 'seconds': round(time.time() - started, 1),
+              'redone_channels': [[channel, why] for channel, why in redone]}
+    if store:
+        save_finished(here, name, store, dict(record or {}, stage='cleaned', threshold=threshold_text(threshold),
+                                              **result))
+    return result
+
+
+def threshold_text(threshold):
+    """The threshold as tclean is given it (a chunk's record keeps it so: a resumed cube cleans to the same)."""
+    return None if threshold is None else '%.3gJy' % threshold
 
 
 def whole_cube_threshold(casa, job, request, dirty_peaks):

@@ -21,14 +21,15 @@ def save_finished(work_dir, name, finished_dir, record):
     work_dir, finished_dir = Path(work_dir), Path(finished_dir)
     folder = finished_dir / name
     partial = finished_dir / ('.%s.partial-%d' % (name, os.getpid()))
-    for stale in (partial, folder):
-        if stale.exists():
-            remove_tree(stale)
+    if partial.exists():
+        remove_tree(partial)
     partial.mkdir(parents=True)
     files = sorted(path.name for path in work_dir.iterdir() if path.name.startswith(name + '.'))
     for file_name in files:
         os.rename(str(work_dir / file_name), str(partial / file_name))
     write_record(partial / RECORD_NAME, dict(record, files=files))
+    if folder.exists():  # an earlier state of the same product (a chunk's dirty image): replaced when the new is whole
+        remove_tree(folder)
     os.rename(str(partial), str(folder))
 
 

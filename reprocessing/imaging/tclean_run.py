@@ -28,23 +28,26 @@ _STOP_REASONS = {0: 'not cleaned', 1: 'iteration limit', 2: 'threshold', 3: 'sto
 
 
 def run_tclean_jobs(casa, request, jobs, *, work_dir, state, workers=None, seconds=None, redone=None,
-                    finished_dir=None, records=None, kept=None):
+                    finished_dir=None, records=None, kept=None, chunks=None, make_split=None):
     """Make each job's image in work_dir (in workers' processes when given); the products are the CASA images
     named after each job (job.name + '.image', '.pb', ...).  seconds: a dict given gets each job's duration
     (by job name), for its provenance record; redone: a dict given gets the [[channel, why]] cube health cleaned
     again (by job name, only the jobs that had any).  finished_dir, records: each image finished is kept there
-    with its record until all are made (image_resume); kept: {name: seconds} of the ones a stopped run finished."""
-    kept = kept or {}
+    with its record until all are made (image_resume); kept: {name: seconds} of the ones a stopped run finished.
+    chunks: {name: [(first channel, count)]} of the cubes made in channel chunks, after the other images, by
+    make_split(job, ranges, workers=, report=, finished=, record=) (cube_split.make_split_cube)."""
+    kept, chunks = kept or {}, chunks or {}
     every_job, jobs = jobs, [job for job in jobs if job.name not in kept]
     results = []
     previous_dir = os.getcwd()
     change_directory(work_dir)  # tclean (and monolithic CASA's .last files) write into the working directory
     try:
         for number, job in enumerate(jobs, 1):
-            say('  [%d/%d] %s: %s, %dx%d%s, cell %s, %s%s' % (
+            say('  [%d/%d] %s: %s, %dx%d%s, cell %s, %s%s%s' % (
                 number, len(jobs), job.name, job.specmode, job.imsize[0], job.imsize[1],
                 ' x %d channels' % job.nchan if job.spectral else '', job.cell[0], job.gridder,
-                ', %s nterms=%d' % (job.deconvolver, job.nterms) if job.nterms else ''))
+                ', %s nterms=%d' % (job.deconvolver, job.nterms) if job.nterms else '',
+                ', in %d chunks of channels' % len(chunks[job.name]) if chunks.get(job.name) else ''))
         pause_point('image-product', state)
         if not jobs:  # every image was finished by a stopped run
             return _collect_products(every_job, work_dir, state, finished_dir, seconds, redone, kept, jobs, results)
@@ -53,10 +56,14 @@ def run_tclean_jobs(casa, request, jobs, *, work_dir, state, workers=None, secon
         require_image_space(jobs, folder=work_dir, all_products=request.all_products, what='the image %s%s' % (
             jobs[0].name, ' and %d more' % (len(jobs) - 1) if len(jobs) > 1 else ''))
         pause_point('tclean', state)
+        split = dict((job.name, job) for job in jobs if chunks.get(job.name))
+        all_jobs, jobs = jobs, [job for job in jobs if job.name not in split]
         arguments = [dict(job=job._asdict(), request=request_as_json(request), imagename=str(work_dir / job.name),
                           parallel=tclean_parallel(job), finished=str(finished_dir) if finished_dir else None,
                           record=(records or {}).get(job.name)) for job in jobs]
-        if workers is None or workers.count <= 1:
+        if not jobs:
+            pass
+        elif workers is None or workers.count <= 1:
             for job, kwargs in zip(jobs, arguments):
                 results.append(run_image_job(casa, lambda message, name=job.name: say('  [%s] %s' % (name, message)),
                                              **kwargs))
@@ -74,6 +81,14 @@ def run_tclean_jobs(casa, request, jobs, *, work_dir, state, workers=None, secon
                 if full and not is_full_disk_error(error):
                     raise full_disk_error('tclean', 'the images', error, full)
                 raise
+        by_name = dict(zip([job.name for job in jobs], results))
+        for name, job in split.items():  # each cube over all the workers, one after the other
+            by_name[name] = make_split(job, chunks[name], workers=workers, finished=finished_dir,
+                                       record=(records or {}).get(name),
+                                       report=lambda message, name=name: say('  [%s] %s' % (name, message)))
+            pause_point('image-finished', state)
+        jobs = all_jobs
+        results = [by_name[job.name] for job in jobs]
     finally:
         change_directory(previous_dir)
     return _collect_products(every_job, work_dir, state, finished_dir, seconds, redone, kept, jobs, results)
@@ -110,21 +125,8 @@ def run_image_job(casa, report, *, job, request, imagename, parallel, finished=N
     arguments = tclean_arguments(job, request, imagename=imagename, parallel=parallel)
     threshold = _dirty_image_and_threshold(casa, job, request, arguments, report)
     if threshold is not None:  # clean the dirty image further, to the pipeline's threshold
-        arguments.update(threshold='%.3gJy' % threshold, nsigma=0.0, calcpsf=False, calcres=False)
-    summary = _tclean_with_progress(casa, job, report, 'cleaning' if threshold is not None else 'tclean', arguments)
-    stop = summary.get('stopcode') if isinstance(summary, dict) else None
-    iterations = int(summary.get('iterdone', 0)) if isinstance(summary, dict) else 0
-    last_arguments = arguments
-    if stop == NO_AUTOMASK_STOPCODE:
-        summary, last_arguments = _clean_in_primary_beam_mask(casa, job, arguments, report), arguments
-        stop = summary.get('stopcode') if isinstance(summary, dict) else stop
-        iterations += int(summary.get('iterdone', 0)) if isinstance(summary, dict) else 0
-    report('%d clean iterations, stopped by %s, %s' % (
-        iterations, _STOP_REASONS.get(stop, 'code %s' % stop), duration_text(time.time() - started)))
-    redone = []
-    if job.spectral and threshold is not None and iterations > 0:  # channels that diverged or stayed dirty
-        redone = check_and_repair(casa, report, arguments=last_arguments, summary=summary,
-                                  threshold_jy=float(summary.get('threshold') or threshold))
+        arguments.update(calcpsf=False, calcres=False)
+    iterations, stop, redone = clean_to_threshold(casa, job, report, arguments, threshold, started=started)
     if job.spectral and (request.beam or request.moments):
         cube_products(casa, report, imagename=imagename, beam=request.beam, moments=request.moments)
     seconds = round(time.time() - started, 1)
@@ -132,6 +134,28 @@ def run_image_job(casa, report, *, job, request, imagename, parallel, finished=N
         save_finished(Path(imagename).parent, Path(imagename).name, finished, dict(record or {}, seconds=seconds))
     return {'iterations': iterations, 'stop': stop, 'seconds': seconds,
             'redone_channels': [[channel, why] for channel, why in redone]}
+
+
+def clean_to_threshold(casa, job, report, arguments, threshold, *, started):
+    """tclean to threshold (Jy; None: to nsigma of the residual), the primary-beam-mask fallback when automasking
+    found nothing, then cube health (channels that diverged or stayed dirty are cleaned again).  arguments: the
+    call, from the dirty image (calcpsf/calcres False) or from nothing.  (iterations, stop code, redone channels)."""
+    if threshold is not None:
+        arguments.update(threshold='%.3gJy' % threshold, nsigma=0.0)
+    summary = _tclean_with_progress(casa, job, report, 'cleaning' if threshold is not None else 'tclean', arguments)
+    stop = summary.get('stopcode') if isinstance(summary, dict) else None
+    iterations = int(summary.get('iterdone', 0)) if isinstance(summary, dict) else 0
+    if stop == NO_AUTOMASK_STOPCODE:
+        summary = _clean_in_primary_beam_mask(casa, job, arguments, report)
+        stop = summary.get('stopcode') if isinstance(summary, dict) else stop
+        iterations += int(summary.get('iterdone', 0)) if isinstance(summary, dict) else 0
+    report('%d clean iterations, stopped by %s, %s' % (
+        iterations, _STOP_REASONS.get(stop, 'code %s' % stop), duration_text(time.time() - started)))
+    redone = []
+    if job.spectral and threshold is not None and iterations > 0:  # channels that diverged or stayed dirty
+        redone = check_and_repair(casa, report, arguments=arguments, summary=summary,
+                                  threshold_jy=float(summary.get('threshold') or threshold))
+    return iterations, stop, redone
 
 
 def cube_products(casa, report, *, imagename, beam=None, moments=None):

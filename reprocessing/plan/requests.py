@@ -34,7 +34,7 @@ def run_request(options, root):
                       concat_targets=options.calibrated_final, concat_lines=options.calibrated_final_line,
                       cleanup=options.cleanup, weblog=weblog, dry_run=options.dry_run, update=options.update,
                       combine=combine_request(options), jobs=options.jobs,
-                      memory_per_worker=options.memory_per_worker)
+                      memory_per_worker=options.memory_per_worker, split_cube=options.split_cube)
 
 
 def combine_request(options):

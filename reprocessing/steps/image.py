@@ -1,6 +1,7 @@
 """Step --image: make the images with the chosen engine, publish them, describe them."""
 
 import datetime
+import functools
 import sys
 from pathlib import Path
 
@@ -21,7 +22,9 @@ from ..imaging.image_publish import format_image_table, image_table, publish_pro
 from ..imaging.image_resume import resume_finished
 from ..imaging.image_update import expected_record, decide_images, describe_kept, discard_retired, image_stem, kept_rows, retire_stale_images, say_decisions, update_summary, write_image_records
 from ..imaging.products import ImageProduct, ous_from_path
-from ..imaging.cube_chunks import chunk_clean, chunk_dirty
+from ..imaging.cube_chunks import MIN_CHUNK_NCHAN, chunk_clean, chunk_dirty, cube_chunking
+from ..imaging.cube_split import make_split_cube
+from ..imaging.memory_model import job_memory
 from ..imaging.tclean_run import run_image_job, run_tclean_jobs
 from ..run.run_state import pause_point
 from ..run.staging import make_shadow, space_free_path
@@ -134,8 +137,14 @@ def run_image(plan, state, step, casa):
         # what a stopped run finished with the same inputs and parameters is kept (image_resume)
         records = dict((job.name, expected_record(casa, job, request, infos=targets + line_infos,
                                                   delivery_ms_dir=delivery.ms_dir, ous=ous)) for job in jobs)
+        chunks = split_cubes(plan, jobs)
+        for name, ranges in chunks.items():  # a cube made otherwise is another product: not kept for this one
+            records[name]['parameters']['channel_chunks'] = [[first, count] for first, count in ranges]
         kept = resume_finished(delivery.finished_images_dir, records)
-        processes = max(1, min(plan.image_jobs, len(jobs) - len(kept)))  # --update may have kept some too
+        for name in kept:  # a cube kept whole: its chunks, if a stop left any, are of no more use
+            remove_tree(delivery.chunks_dir / name)
+        units = sum(len(chunks.get(job.name) or [None]) for job in jobs if job.name not in kept)
+        processes = max(1, min(plan.image_jobs, units))  # --update may have kept some too
         _check_image_space([job for job in jobs if job.name not in kept], request, images_dir, processes)
         if decisions is not None:
             aside = retire_stale_images(state, decisions, images_dir=images_dir, expected_names=dict(
@@ -143,10 +152,12 @@ def run_image(plan, state, step, casa):
                  + [p.path.name for p in expected_finals([job])]) for job in jobs))
             pause_point('images-set-aside', state)
         seconds = {}
-        with EbWorkers.started(processes, state=state) as workers:
+        with EbWorkers.started(processes, state=state, share_cores=bool(chunks)) as workers:
             products = run_tclean_jobs(casa, request, jobs, work_dir=work_dir, state=state, workers=workers,
                                        seconds=seconds, redone=redone, finished_dir=delivery.finished_images_dir,
-                                       records=records, kept=kept)
+                                       records=records, kept=kept, chunks=chunks, make_split=functools.partial(
+                                           make_split_cube, casa, request, work_dir=work_dir,
+                                           store_dir=delivery.chunks_dir))
     if not products:
         raise ReprocessingError('the %s made no images — see the CASA log %s' % (engine, state.casa_logfile))
     placed = publish_products(state, products, images_dir=images_dir, all_products=request.all_products,
@@ -156,8 +167,9 @@ def run_image(plan, state, step, casa):
         state.created_for_good(staging)
         remove_tree(work_dir)  # the intermediates (psf, residual, model, ...) unless they were kept
         state.created_for_good(work_dir)
-        if delivery.finished_images_dir.exists():  # emptied by run_tclean_jobs: every image is published
-            remove_tree(delivery.finished_images_dir)
+        for finished in (delivery.finished_images_dir, delivery.chunks_dir):  # emptied: every image is published
+            if finished.exists():
+                remove_tree(finished)
     changed = changed_files(user_files)
     if changed:
         raise ReprocessingError('files of your measurement sets changed during imaging (%s) — this must never '
@@ -186,6 +198,38 @@ def run_image(plan, state, step, casa):
             'fits': fits_count, 'casa_images': len(placed),
             'update': update_summary(decisions) if plan.imaging.update else {},
             'archive_comparison': comparison}
+
+
+# What a cube made in chunks differs by from the one-process cube (README "One cube over several workers").
+SPLIT_DIFFERENCE = ('it differs slightly from the cube one tclean makes: briggsbwtaper weights each chunk by '
+                    'its own bandwidth (per-plane beams measured within 0.3 %) and automasking follows each '
+                    'chunk\'s own cycles (masks of a few channels differ; cube rms measured within 2-6 %)')
+
+
+def split_cubes(plan, jobs):
+    """{name: [(first channel, count)]} of the cubes made in channel chunks (--split-cube), for the jobs as the
+    run made them (their cell from the PSF), with the plan's memory limit; the run says which and why."""
+    resources = plan.image_resources
+    if resources is None or resources.split == 'no':
+        return {}
+    chunks = {}
+    for job in jobs:
+        ranges = cube_chunking(job, split=resources.split, limit=resources.limit)
+        if ranges == []:
+            raise ReprocessingError('the cube %s (%dx%d x %d channels) does not fit %s even in chunks of %d '
+                                    'channels — make its planes smaller (--imsize, --cell), or give a larger '
+                                    '--memory-per-worker' % (job.name, job.imsize[0], job.imsize[1], job.nchan,
+                                                             resources.limit_text, MIN_CHUNK_NCHAN))
+        if ranges:
+            chunks[job.name] = ranges
+            sizes = sorted(count for _first, count in ranges)
+            say('  note: %s is made in %d chunks of %s channels (%s), %s' % (
+                job.name, len(ranges), sizes[0] if sizes[0] == sizes[-1] else '%d-%d' % (sizes[0], sizes[-1]),
+                'it needs about %s in one process, more than %s allows' % (
+                    human_bytes(job_memory(job)), resources.limit_text)
+                if resources.limit is not None and job_memory(job) > resources.limit else
+                '--split-cube %s' % resources.split, SPLIT_DIFFERENCE))
+    return chunks
 
 
 def _compare_with_archive(plan, casa, placed, ous):

@@ -1,0 +1,136 @@
+"""A cube made in channel chunks (--split-cube; engine B of README "One cube over several workers"), resumable.
+
+The chunks (cube_chunks.chunk_job: the whole cube's grid restricted by start/nchan) are imaged by the run's
+workers in two rounds: every chunk's dirty image, then, with the one threshold of the whole cube (its
+sensitivity and the dirty peak over every chunk), every chunk cleaned.  Each chunk, once its dirty image and
+again once cleaned, is kept with its record (the whole cube's record: inputs, parameters, CASA version; its
+channels; its dirty peak; the threshold it was cleaned to) in working_reprocess/imaging-chunks/<cube>/<chunk>/,
+a folder named only when complete (image_resume.save_finished).  A run stopped on the way (SIGKILL, a
+scheduler's SIGTERM) leaves them; the same command again reuses every chunk whose record equals what it would
+make now (a cleaned chunk only when the threshold is the same) and makes the others; then the chunks are joined
+plane by plane into the cube (cube_chunks.join_chunks, each image under a partial name until complete).
+"""
+
+import time
+from pathlib import Path
+
+from ..core.fileops import is_partial_name, remove_tree
+from ..core.messages import duration_text
+from ..core.requests import request_as_json
+from ..run.provenance import image_differences, read_record
+from .cube_chunks import chunk_job, cube_start_hz, join_chunks, threshold_text, whole_cube_threshold
+from .image_resume import RECORD_NAME, save_finished
+from .tclean_run import cube_products
+
+
+def make_split_cube(casa, request, job, ranges, *, work_dir, workers, store_dir, report, finished=None, record=None):
+    """Make job's cube from the chunks ranges ([(first channel, count)]) on workers (EbWorkers), into
+    work_dir/<job.name>.* as one tclean would name them; finished, record: as run_image_job (the whole cube is kept
+    there once made).  Returns run_image_job's result."""
+    started = time.time()
+    work_dir = Path(work_dir)
+    chunk_dir = work_dir / 'chunks'
+    chunk_dir.mkdir(parents=True, exist_ok=True)
+    start_hz = cube_start_hz(casa, job, request, chunk_dir)
+    chunks = [chunk_job(job, index, first, count, start_hz=start_hz) for index, (first, count) in enumerate(ranges)]
+    store = Path(store_dir) / job.name
+    records = dict((chunk.name, {'cube': record or {}, 'first': first, 'count': count,
+                                 'start': chunk.spectral['start']})
+                   for chunk, (first, count) in zip(chunks, ranges))
+    found = resume_chunks(store, records)
+    request_json = request_as_json(request)
+
+    def task(function, chunk, **extra):
+        return {'function': function, 'eb': '%s %s' % ('.'.join(job.name.split('.')[-4:-2]), chunk.name.split('.')[-1]),
+                'arguments': dict(job=chunk._asdict(), request=request_json, imagename=str(chunk_dir / chunk.name),
+                                  store=str(store), record=records[chunk.name], **extra)}
+
+    dirty = [chunk for chunk in chunks if chunk.name not in found]
+    cleaned_before = [name for name, kept in found.items() if kept.get('stage') == 'cleaned']
+    if found:
+        report('%d of %d chunks kept from a run that was stopped, with the same inputs and parameters (%d cleaned, '
+               '%d dirty images): not made again' % (len(found), len(chunks), len(cleaned_before),
+                                                     len(found) - len(cleaned_before)))
+    peaks = dict((name, kept.get('peak')) for name, kept in found.items())
+    progress = ChunkProgress(report, len(chunks), len(dirty), done=len(cleaned_before))
+    if dirty:
+        answers = workers.run([task('cube_chunk_dirty', chunk) for chunk in dirty], casa=casa, unit='chunks',
+                              progress=progress.dirty_done)
+        peaks.update((chunk.name, peak) for chunk, peak in zip(dirty, answers))
+    threshold, sensitivity, peak = whole_cube_threshold(casa, job, request, [peaks[c.name] for c in chunks])
+    if threshold is not None:
+        report('theoretical sensitivity %.3g mJy/beam, dirty peak %.3g mJy/beam over the %d chunks (dynamic range %.0f): '
+               'every chunk cleaned to %.3g mJy/beam, as the pipeline would the whole cube' % (
+                   sensitivity * 1e3, peak * 1e3, len(chunks), peak / sensitivity, threshold * 1e3))
+    wanted = threshold_text(threshold)
+    done = [c for c in chunks if found.get(c.name, {}).get('stage') == 'cleaned' and found[c.name].get('threshold') == wanted]
+    if len(done) < len(cleaned_before):
+        report('%d chunks kept cleaned to another threshold: cleaned again' % (len(cleaned_before) - len(done)))
+    to_clean = [chunk for chunk in chunks if chunk not in done]
+    progress.cleaning(len(done))
+    results = dict((c.name, found[c.name]) for c in done)
+    if to_clean:
+        answers = workers.run([task('cube_chunk_clean', chunk, threshold=threshold) for chunk in to_clean],
+                              casa=casa, unit='chunks', progress=progress.clean_done)
+        results.update((chunk.name, answer) for chunk, answer in zip(to_clean, answers))
+    joined = time.time()
+    join_chunks(casa, [str(store / c.name / c.name) for c in chunks], str(work_dir / job.name))
+    report('joined the %d chunks into one cube in %s' % (len(chunks), duration_text(time.time() - joined)))
+    if request.beam or request.moments:
+        cube_products(casa, report, imagename=str(work_dir / job.name), beam=request.beam, moments=request.moments)
+    seconds = round(time.time() - started, 1)
+    if finished:
+        save_finished(work_dir, job.name, finished, dict(record or {}, seconds=seconds, chunks=len(chunks)))
+    remove_tree(store)
+    remove_tree(chunk_dir)
+    redone = [[first + channel, why] for c, (first, _count) in zip(chunks, ranges)
+              for channel, why in results[c.name].get('redone_channels') or []]
+    stops = sorted(set(str(results[c.name].get('stop')) for c in chunks))
+    return {'iterations': sum(int(results[c.name].get('iterations') or 0) for c in chunks),
+            'stop': ','.join(stops), 'seconds': seconds, 'redone_channels': redone, 'chunks': len(chunks)}
+
+
+def resume_chunks(store, records):
+    """{chunk name: its record} of the chunks a stopped run kept in store whose record equals this run's (the
+    whole cube's inputs and parameters, the chunk's channels); every other folder there is removed."""
+    store = Path(store)
+    if not store.is_dir():
+        return {}
+    kept = {}
+    for folder in sorted(store.iterdir()):
+        expected = records.get(folder.name)
+        recorded = None if is_partial_name(folder.name) or expected is None else read_record(folder / RECORD_NAME)[0]
+        complete = recorded is not None and bool(recorded.get('files')) and all(
+            (folder / name).exists() for name in recorded['files'])
+        same = complete and all(recorded.get(key) == expected[key] for key in ('first', 'count', 'start'))
+        if same and expected['cube']:
+            same = not image_differences(recorded.get('cube') or {}, expected['cube'])
+        if same:
+            kept[folder.name] = recorded
+        else:
+            remove_tree(folder)
+    return kept
+
+
+class ChunkProgress(object):
+    """'chunk k of N done, about T left' for one split cube over its two rounds.  A chunk counts as done once
+    cleaned.  While the dirty images are made, only their own time left is said: the cleaning took from as long
+    as the dirty images (16 chunks of 32 channels) to ten times as long (2 chunks of 31, automasking and cube
+    health's channels cleaned again), too varied to count in advance."""
+
+    def __init__(self, report, total, dirty, done=0):
+        self.report, self.total, self.dirty, self.done = report, total, dirty, done
+
+    def dirty_done(self, count, tasks, started, queued=None):
+        left = (time.time() - started) / max(1, count) * (tasks - count)
+        self.report('dirty image of chunk %d of %d done, %s' % (
+            count, tasks, 'about %s left for the dirty images' % duration_text(left) if count < tasks
+            else 'the chunks are cleaned next'))
+
+    def cleaning(self, done):
+        self.done = done
+
+    def clean_done(self, count, tasks, started, queued=None):
+        left = (time.time() - started) / max(1, count) * (tasks - count)
+        self.report('chunk %d of %d done, %s' % (self.done + count, self.total, 'about %s left' % duration_text(left)
+                                                  if count < tasks else 'all cleaned'))
