@@ -42,6 +42,31 @@ def load():
     return '%.1f %.1f %.1f (1, 5, 15 min)' % os.getloadavg()
 
 
+def tclean_durations(log):
+    """[(what the call was, seconds)] of each tclean call in a CASA log, in order (its 'Task tclean complete' line)."""
+    import datetime
+    seconds = []
+    pattern = re.compile(r'Task tclean complete\. Start time: (\S+ \S+) End time: (\S+ \S+)')
+    with open(str(log)) as handle:
+        for line in handle:
+            match = pattern.search(line)
+            if match:
+                start, end = (datetime.datetime.strptime(t, '%Y-%m-%d %H:%M:%S.%f') for t in match.groups())
+                seconds.append((end - start).total_seconds())
+    return [(call_role(call), duration) for call, duration in zip(task_calls_in_log(log, 'tclean'), seconds)]
+
+
+def call_role(call):
+    if call.get('specmode') == 'mfs' and not call.get('niter'):
+        return 'the PSF that sets the cell (mfs, whole spw)'
+    if not call.get('niter'):
+        return 'the dirty image (PSF + residual)'
+    if call.get('usemask') == 'auto-multithresh':
+        return 'cleaning with automasking%s' % ('' if call.get('calcres', True) else ' (calcpsf/calcres False)')
+    return 'cleaning in the %s mask%s' % (call.get('usemask'), '' if call.get('calcres', True) else
+                                          ' (calcpsf/calcres False)')
+
+
 def by_hand(delivery, script_log, workdir, round_number, which=-1):
     """One tclean call with the arguments of the tool's cleaning call `which` (-1: the last, 0: the first), calcpsf
     and calcres on, then exportfits."""
@@ -129,6 +154,12 @@ def main(argv=None):
         print('the first cleaning call by hand: %5.1f s wall, %6.1f s CPU  (usemask %s, threshold %s%s)' % (
             tuple(first) + (cleans[0].get('usemask'), cleans[0].get('threshold'),
                             '; automasking found no mask: a dirty cube' if len(cleans) > 1 else '')))
+        print('where the time goes (wall of each tclean call, CASA log; the tool\'s last run, then by hand):')
+        for role, seconds in tclean_durations(logs[-1]):
+            print('   tool: %-55s %6.1f s' % (role, seconds))
+        for log in sorted(workdir.glob('hand--1-*.log'))[:1]:
+            for role, seconds in tclean_durations(log):
+                print('   hand: %-55s %6.1f s' % (role, seconds))
         print('tool / by hand:   %.3f wall, %.3f CPU  (target <= %.1f; best of %d runs each)'
               % (tool.wall / hand.wall, tool.cpu / hand.cpu, TARGET, args.repeat))
         print('tool / replay:    %.3f wall, %.3f CPU  (the tool\'s own cost around its tclean calls)'

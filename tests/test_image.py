@@ -577,6 +577,14 @@ def test_products_get_archive_fits_names_and_only_final_ones_are_kept():
                      'uid___A001_X9_X8.Elias_2-27_sci.spw25.cube.selfcal.I.mom8_fc.fits',
                      'uid___A001_X9_X8.Elias_2-27_sci.spw25.cube.selfcal.I.pbcor.fits']
     assert all(p.iteration == 1 for p in finals)
+    # the pipeline's own whole-cube moments of the flat cube never take the name of a --moments map
+    cube = 'oussid.s40_0.Elias_2-27_sci.spw25.cube.I.iter1.'
+    names = {ext: sfr.ImageProduct.from_working_name(Path('/work') / (cube + ext)).fits_name('uid___A001_X9_X8')
+             for ext in ('image.mom8', 'image.mom0', 'image.pbcor.mom8', 'image.pbcor.mom0')}
+    assert names == {'image.mom8': 'uid___A001_X9_X8.Elias_2-27_sci.spw25.cube.I.pipeline_mom8.fits',
+                     'image.mom0': 'uid___A001_X9_X8.Elias_2-27_sci.spw25.cube.I.pipeline_mom0.fits',
+                     'image.pbcor.mom8': 'uid___A001_X9_X8.Elias_2-27_sci.spw25.cube.I.mom8.fits',
+                     'image.pbcor.mom0': 'uid___A001_X9_X8.Elias_2-27_sci.spw25.cube.I.mom0.fits'}
     assert sfr.ous_from_path('/data/2022.1.01234.S/science_goal.uid___A001_X1_X2/group.uid___A001_X1_X3/'
                              'member.uid___A001_X1_X4/calibrated_final') == 'uid___A001_X1_X4'
 

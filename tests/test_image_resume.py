@@ -54,3 +54,25 @@ def test_a_finished_image_whose_parameters_changed_is_made_again(delivery_factor
         in done.stdout, done.stdout
     assert re.search(r'\n  3 images to make in 1 process: about ', done.stdout), done.stdout
     assert len(list((delivery / 'images').glob('*.pbcor.fits'))) == 3
+
+
+def test_a_kept_image_keeps_the_channels_cube_health_redid_in_the_report(delivery_factory, run_script):
+    """The record of a finished image holds the channels cube health cleaned again (an mfs image has none: here
+    they are written into its record as cube health writes them), and the run that keeps the image reports them:
+    in the image's row of the table (its record in the images folder) and on the report page."""
+    delivery = delivery_factory(**SMALL)
+    kept = killed_after_the_first_image(delivery)
+    record_path = kept / 'finished.provenance.json'
+    record = json.loads(record_path.read_text())
+    assert record['redone_channels'] == [], record  # written by the run that made it
+    why = 'left uncleaned (residual peak 0.0123 Jy/beam, no clean component) where others cleaned'
+    record['redone_channels'] = [[0, why]]
+    record_path.write_text(json.dumps(record))
+    done = run_script('--delivery', delivery, *COMMAND, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert 'kept, not made again (%s)' % kept.name in done.stdout, done.stdout
+    stem = sfr.ImageProduct.from_working_name(kept.name + '.image').archive_stem('oussid')
+    row = json.loads((delivery / 'images' / (stem + '.provenance.json')).read_text())['table_row']
+    assert row['redone_channels'] == [[0, why]], row
+    pages = sorted((delivery / sfr.WORK_DIR_NAME / 'report').glob('run-*/index.html'))
+    assert why in pages[-1].read_text(), pages

@@ -138,4 +138,8 @@ def test_pipeline_engine_makes_the_cube_on_the_grid_asked_for(delivery_factory, 
     moment1 = read_image(casa, one_fits(images, '.mom1.fits'), dropdeg=False).pixels
     assert abs(moment1[moment1.shape[0] // 2, moment1.shape[1] // 2, 0] - injected) <= 0.5
     assert one_fits(images, '.mom0.fits').is_file()
+    # the pipeline's own whole-cube moment 8 (its weblog's picture) is published under a name that says so, never
+    # as <cube>.mom8.fits: --moments did not ask for 8
+    assert one_fits(images, '.pipeline_mom8.fits').is_file()
+    assert not [p.name for p in images.iterdir() if p.name.endswith('.I.mom8.fits')]
     assert user_ms_digests(delivery) == before

@@ -79,12 +79,13 @@ def make_split_cube(casa, request, job, ranges, *, work_dir, workers, store_dir,
     if request.beam or request.moments:
         cube_products(casa, report, imagename=str(work_dir / job.name), beam=request.beam, moments=request.moments)
     seconds = round(time.time() - started, 1)
-    if finished:
-        save_finished(work_dir, job.name, finished, dict(record or {}, seconds=seconds, chunks=len(chunks)))
-    remove_tree(store)
-    remove_tree(chunk_dir)
     redone = [[first + channel, why] for c, (first, _count) in zip(chunks, ranges)
               for channel, why in results[c.name].get('redone_channels') or []]
+    if finished:  # the redone channels stay with the image: a resumed run reports them (image_resume.finished_redone)
+        save_finished(work_dir, job.name, finished, dict(record or {}, seconds=seconds, chunks=len(chunks),
+                                                         redone_channels=redone))
+    remove_tree(store)
+    remove_tree(chunk_dir)
     stops = sorted(set(str(results[c.name].get('stop')) for c in chunks))
     return {'iterations': sum(int(results[c.name].get('iterations') or 0) for c in chunks),
             'stop': ','.join(stops), 'seconds': seconds, 'redone_channels': redone, 'chunks': len(chunks)}

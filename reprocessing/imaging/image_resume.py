@@ -45,6 +45,17 @@ def take_finished(work_dir, names, finished_dir):
         remove_tree(folder)
 
 
+def finished_redone(finished_dir, names):
+    """{name: [[channel, why]]} of the channels cube health cleaned again in the finished images of names (as their
+    records hold them), only those that had any."""
+    redone = {}
+    for name in names:
+        record = read_record(Path(finished_dir) / name / RECORD_NAME)[0] or {}
+        if record.get('redone_channels'):
+            redone[name] = [list(item) for item in record['redone_channels']]
+    return redone
+
+
 def resume_finished(finished_dir, records):
     """{name: seconds it took} of the images an earlier, stopped run finished whose record equals this run's
     (records: name -> expected record); every other folder in finished_dir (partial, stale, not asked for) is

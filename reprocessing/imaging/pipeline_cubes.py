@@ -77,9 +77,8 @@ def same_field(field, image_field):
 
 def pipeline_cube_products(casa, request, products, *, work_dir):
     """--beam and --moments for each cube the pipeline made (its last iteration), as the CASA engine does for
-    its own; returns the products then: the moment maps added, and the pipeline's own whole-cube moments of the
-    .image (.image.mom0, .image.mom8: weblog pictures, every channel, no mask) left out where they would take
-    the same FITS name (<cube>.mom0.fits) as the user's."""
+    its own; returns the products then: the moment maps added (the pipeline's own whole-cube .image.mom0 and
+    .image.mom8 stay, published as <cube>.pipeline_mom0/8.fits: ImageProduct.fits_name)."""
     if not (request.beam or request.moments):
         return list(products)
     last = {}
@@ -103,9 +102,4 @@ def pipeline_cube_products(casa, request, products, *, work_dir):
             if name.startswith(prefix) and str(path) not in known and is_casa_image(path):
                 added.append(ImageProduct.from_working_name(path, specmode=product.specmode))
                 known.add(str(path))
-    ours = {p.fits_name() for p in added}
-    replaced = [p for p in products if p.ext.startswith('image.mom') and p.fits_name() in ours]
-    if replaced:
-        say('    not published: the pipeline\'s own whole-cube %s (same FITS names as the --moments maps; kept in %s)'
-            % (', '.join(sorted({p.ext for p in replaced})), work_dir.name))
-    return [p for p in products if p not in replaced] + added
+    return list(products) + added

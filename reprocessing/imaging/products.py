@@ -64,8 +64,14 @@ class ImageProduct(object):
 
     def fits_name(self, ous=None):
         """The archive's FITS name: the working name without stage and iteration, image.* shortened
-        (image.pbcor -> pbcor, image.tt0.pbcor -> tt0.pbcor, image.pbcor.mom0_fc -> mom0_fc)."""
+        (image.pbcor -> pbcor, image.tt0.pbcor -> tt0.pbcor, image.pbcor.mom0_fc -> mom0_fc).  The pipeline's
+        own whole-cube moments of the flat cube (image.mom0, image.mom8: its weblog's pictures, every channel,
+        no mask) become pipeline_mom0, pipeline_mom8, never the name of a --moments map (image.pbcor.mom8 ->
+        mom8)."""
+        import re
         suffix = self.ext
+        if re.match(r'^image\.mom[0-9]+$', suffix):
+            return '%s.pipeline_%s.fits' % (self.archive_stem(ous), suffix[len('image.'):])
         for prefix in ('image.pbcor.', 'image.'):
             if suffix.startswith(prefix):
                 suffix = suffix[len(prefix):]

@@ -12,7 +12,7 @@ from ..core.messages import ReprocessingError, duration_text, say
 from ..core.requests import ImagingRequest, request_as_json
 from ..run.run_state import pause_point
 from .heuristics import ARCSEC_PER_RADIAN, bandwidth_correction_factor, distinct_pointings, dynamic_range_threshold, mosaic_overlap_factor, pointing_geometry
-from .image_resume import save_finished, take_finished
+from .image_resume import finished_redone, save_finished, take_finished
 from .image_casa import ImageJob, PB_LIMIT, PB_MASK, require_image_space, tclean_arguments
 from .beams import convolve_cube, plane_beams
 from .cube_health import check_and_repair
@@ -96,6 +96,8 @@ def run_tclean_jobs(casa, request, jobs, *, work_dir, state, workers=None, secon
 
 def _collect_products(every_job, work_dir, state, finished_dir, seconds, redone, kept, jobs, results):
     if finished_dir:
+        if redone is not None:  # the images a stopped run finished: their redone channels are in their records
+            redone.update(finished_redone(finished_dir, sorted(kept)))
         take_finished(work_dir, [job.name for job in every_job], finished_dir)
     if seconds is not None:
         seconds.update(kept)
@@ -130,10 +132,11 @@ def run_image_job(casa, report, *, job, request, imagename, parallel, finished=N
     if job.spectral and (request.beam or request.moments):
         cube_products(casa, report, imagename=imagename, beam=request.beam, moments=request.moments)
     seconds = round(time.time() - started, 1)
-    if finished:
-        save_finished(Path(imagename).parent, Path(imagename).name, finished, dict(record or {}, seconds=seconds))
-    return {'iterations': iterations, 'stop': stop, 'seconds': seconds,
-            'redone_channels': [[channel, why] for channel, why in redone]}
+    redone_channels = [[channel, why] for channel, why in redone]
+    if finished:  # what cube health redid stays with the image: a resumed run reports it (finished_redone)
+        save_finished(Path(imagename).parent, Path(imagename).name, finished,
+                      dict(record or {}, seconds=seconds, redone_channels=redone_channels))
+    return {'iterations': iterations, 'stop': stop, 'seconds': seconds, 'redone_channels': redone_channels}
 
 
 def clean_to_threshold(casa, job, report, arguments, threshold, *, started):
