@@ -217,7 +217,7 @@ def _rewrite(casa, ms, subtable, column, change):
         table.close()
 
 
-def test_uv_coverage_per_array_and_the_report_section(goal, casa, tmp_path):
+def test_uv_coverage_per_array_and_the_report_section(goal, casa, tmp_path, capsys):
     """The combination's account for the report: each array's uv sample (a bounded share of its rows) spans its
     projected baselines as the simulator measured them from every row (longest within 5 %, 5th percentile within
     10 %); the 7 m's sample is the compact one; the PNG is drawn and the report's section lists both arrays, the
@@ -266,6 +266,12 @@ def test_uv_coverage_per_array_and_the_report_section(goal, casa, tmp_path):
     assert '<h2>Combination: 12m7m</h2>' in html and 'assets/uv_coverage.png' in html, html
     assert '<td>12m7m</td>' in html and '0.4100' in html and '7.10/3.30 x; point 1.01 x' in html, html
     assert '+0.464/+0.539 Jy over; point 1.04 x' in html, html  # no ratio to a flux that is not positive
+    # the picture cannot be written (its folder is a file): a warning, the account without it, the run goes on
+    blocked = tmp_path / 'a-file'
+    blocked.write_text('')
+    summary = describe_combination(casa, combination, Delivery(goal / '12m'), blocked, tmp_path, flux, [])
+    assert summary['uv_png'] is None and [p['label'] for p in summary['parts']] == ['12m', '7m']
+    assert 'WARNING: the uv-coverage picture could not be made' in capsys.readouterr().out
 
 
 def test_combine_refuses_another_target(goal, run_script, casa):

@@ -11,7 +11,7 @@ from ..contdat.grammar import ContDatErrors, describe_problem
 from ..contsub.uvcontsub import build_fitspec, mstransform_fit_of, uvcontsub_checked, uvcontsub_takes_fitspec
 from ..core.fileops import relative_path, remove_tree, write_atomically
 from ..contdat.merge import WHOLE_WINDOW, find_block, intersect_ranges, line_free
-from ..core.messages import ReprocessingError, say
+from ..core.messages import ReprocessingError, one_line, say, warn
 from ..imaging.combine_cube import common_coverage, spw_groups_of, cube_tclean_parameters, feather_cube_with_tp, tp_channel_width_hz
 from ..imaging.combine_flux import compare_with_arrays, describe_rows, measure_product, write_flux_tables
 from ..casa.ms_combine import UV_POINTS, sample_uvw
@@ -81,11 +81,35 @@ def run_combine(plan, state, step, casa):
 def describe_combination(casa, combination, delivery, partial, output, flux, cubes):
     """The report's account of the combination (JSON-friendly): each delivery's array, MSes, antennas and spws, its
     uv coverage in numbers and drawn (uv_coverage.png beside the products, a bounded sample of each MS's rows), the
-    continuum products' flux table and the cubes."""
+    continuum products' flux table and the cubes.  The picture is a view of finished products: when it fails, the
+    run says so and carries on."""
+    parts = [dict(label=part.label, delivery=str(part.root or delivery.root), mses=[m.path.name for m in part.mses],
+                  antennas=len(part.mses[0].antennas), spws=[part.spw_map[k] for k in combination.spw_groups],
+                  uv=describe_uv_coverage(part.mses)) for part in combination.parts]
+    png = partial / 'uv_coverage.png'
+    try:
+        uv_coverage_picture(casa, combination, parts, png)
+        say('  %s' % relative_path(output / png.name, delivery.root))
+    except Exception as error:
+        warn('the uv-coverage picture could not be made (%s) — the images are complete; report this problem'
+             % one_line(error))
+        png = None
+    radii = sorted(set((name, radius) for row in flux for name, radius in row.get('radii', {}).items()),
+                   key=lambda item: item[1])
+    return dict(label=combination.label, fields=list(combination.fields), spws=list(combination.spw_groups),
+                feather=str(combination.feather) if combination.feather else None, parts=parts,
+                uv_png=str(output / png.name) if png else None, flux=flux, radii=radii,
+                arrays=sorted(set(p.label for p in combination.parts), key=lambda l: -int(l[:-1])),
+                flux_csv=str(output / 'flux_recovered.csv') if flux else None, cubes=cubes)
+
+
+def uv_coverage_picture(casa, combination, parts, png):
+    """Sample each delivery's uv points (at most UV_POINTS rows per delivery), draw them to png, and add to each of
+    parts (describe_combination's) what was drawn."""
     import numpy
-    samples, parts = [], []
+    samples = []
     reference_id = combination.spw_groups[0]
-    for part in combination.parts:
+    for part, described in zip(combination.parts, parts):
         spw = next(s for s in part.mses[0].spws if s.spw_id == part.spw_map[reference_id])
         per_klambda = 0.5 * (spw.lsrk_lo + spw.lsrk_hi) / C_M_S / 1e3  # metres -> klambda at that spw's centre
         us, vs, read, rows = [], [], 0, 0
@@ -98,23 +122,11 @@ def describe_combination(casa, combination, delivery, partial, output, flux, cub
         u, v = numpy.concatenate(us), numpy.concatenate(vs)
         samples.append((part.label, u, v, read, rows))
         distance = numpy.hypot(u, v)
-        parts.append(dict(label=part.label, delivery=str(part.root or delivery.root), mses=[m.path.name for m in part.mses],
-                          antennas=len(part.mses[0].antennas), spws=[part.spw_map[k] for k in combination.spw_groups],
-                          uv=describe_uv_coverage(part.mses), uv_rows_read=read, uv_rows=rows,
-                          uv_frequency_hz=per_klambda * C_M_S * 1e3,
-                          uv_klambda=[float(distance.min()), float(numpy.percentile(distance, 5)),
-                                      float(distance.max())] if read else None))
-    png = partial / 'uv_coverage.png'
+        described.update(uv_rows_read=read, uv_rows=rows, uv_frequency_hz=per_klambda * C_M_S * 1e3,
+                         uv_klambda=[float(distance.min()), float(numpy.percentile(distance, 5)),
+                                     float(distance.max())] if read else None)
     draw_uv_coverage(samples, png, title='uv coverage of %s, field %s, at the spw paired with %d' % (
         ''.join(p.label for p in combination.parts), ', '.join(combination.fields), reference_id))
-    say('  %s' % relative_path(output / png.name, delivery.root))
-    radii = sorted(set((name, radius) for row in flux for name, radius in row.get('radii', {}).items()),
-                   key=lambda item: item[1])
-    return dict(label=combination.label, fields=list(combination.fields), spws=list(combination.spw_groups),
-                feather=str(combination.feather) if combination.feather else None, parts=parts,
-                uv_png=str(output / png.name), flux=flux, radii=radii,
-                arrays=sorted(set(p.label for p in combination.parts), key=lambda l: -int(l[:-1])),
-                flux_csv=str(output / 'flux_recovered.csv') if flux else None, cubes=cubes)
 
 
 def continuum_images(casa, combination, delivery, analyses, work, partial, output):
