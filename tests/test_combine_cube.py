@@ -164,3 +164,61 @@ def test_cube_grid_line_and_continuum(cube_run, casa):
     mean_map = pixels.mean(axis=2)
     print('spw 27: largest |channel mean| within 20": %.4f Jy' % abs(mean_map[inner]).max())
     assert abs(mean_map[inner]).max() < 0.1 * sky['point_jy']
+
+
+def _order_one_fit(freqs_hz, values, low_hz, high_hz):
+    """(a, b) of the least-squares line a + b (f - low) through values at the channels inside [low, high]."""
+    import numpy
+    inside = (freqs_hz >= low_hz) & (freqs_hz <= high_hz)
+    design = numpy.stack([numpy.ones(inside.sum()), freqs_hz[inside] - low_hz], axis=1)
+    return numpy.linalg.lstsq(design, values[inside], rcond=None)[0]
+
+
+def test_one_contdat_file_drives_every_deliverys_continuum_fit(tmp_path, run_script, casa):
+    """--contdat FILE in a real run: a file that calls the whole common band line-free (the line included) makes
+    each delivery's uvcontsub fit the line too, so the cube's line-free channels at the point source go negative by
+    the order-1 fit of the line over the file's range (about -28 mJy here), where the deliveries' own cont.dat leave
+    them at zero (test_cube_grid_line_and_continuum: < 0.1 mJy).  Predicted from the simulator's line alone."""
+    import numpy
+    import os
+    from simulate_combine import cached_goal
+    goal = tmp_path / 'goal'
+    shutil.copytree(cached_goal(os.environ.get('SIMULATION_CACHE') or str(tmp_path / 'cache')), str(goal),
+                    symlinks=True)
+    truth = truth_of(goal)
+    twelve, seven = goal / '12m', goal / '7m'
+    before = (user_ms_digests(twelve), user_ms_digests(seven))
+    spws = dict((a, truth['arrays'][a]['truth']['ebs'][0]['spws']) for a in ('12m', '7m'))
+    bands = [(max(spws[a][k]['lsrk_freq_range_ghz'][0] for a in spws) + 0.001,
+              min(spws[a][k]['lsrk_freq_range_ghz'][1] for a in spws) - 0.001) for k in (0, 1)]
+    contdat = tmp_path / 'all_line_free.dat'
+    contdat.write_text('Field: IRAS_16293-2422\n\nSpectralWindow: 25\n%.10f~%.10fGHz LSRK\n\n'
+                       'SpectralWindow: 27\n%.10f~%.10fGHz LSRK\n' % (bands[0] + bands[1]))
+    # spw 27 (no line) on 3 channels only: it is not what this test measures, and its cube costs as much as spw 25's
+    result = run_script('--combine', seven, '--delivery', twelve, '--specmodes', 'cube', '--contdat', contdat,
+                        '--nchan', '27:3', timeout=1500)
+    print(result.stdout)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (user_ms_digests(twelve), user_ms_digests(seven)) == before
+    # the plan's notes once (the step printed them again)
+    assert result.stdout.count("7m: spws 16, 18 with this delivery's 25, 27") == 1, result.stdout
+    sky = truth['sky']
+    line_hz = truth['arrays']['12m']['truth']['line_lsrk_freq_ghz']['25'][0] * 1e9
+    sigma = 10.0 / C_KMS * line_hz / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+    low, high = bands[0][0] * 1e9, bands[0][1] * 1e9
+    cube = _cube(casa, next((twelve / 'combined').glob('*spw25.12m7m.cube*')))
+    _pixels, freqs, _rest, _frame, _axes, _beam = cube
+    free = abs(freqs - line_hz) > 2.5 * 10.0 / C_KMS * line_hz
+    # each array's fit of the line over its own channels inside the file's range, at the cube's line-free channels
+    predicted = {}
+    for label, nchan in (('12m', 64), ('7m', 32)):
+        lo, hi = (f * 1e9 for f in spws[label][0]['lsrk_freq_range_ghz'])
+        channels = lo + (numpy.arange(nchan) + 0.5) * (hi - lo) / nchan
+        a, b = _order_one_fit(channels, sky['line_peak_jy'] * numpy.exp(-0.5 * ((channels - line_hz) / sigma) ** 2),
+                              low, high)
+        predicted[label] = -float((a + b * (freqs[free] - low)).mean())
+    spectrum = _spectrum_at(cube, truth, sky['point_offset_arcsec'])
+    measured = float(spectrum[free].mean())
+    print('line-free channels at the point: %.4f Jy (predicted %s)' % (measured, predicted))
+    assert min(predicted.values()) < -0.02, predicted  # the test means something: the line's fit is large
+    assert min(predicted.values()) * 1.15 < measured < max(predicted.values()) * 0.85, (measured, predicted)

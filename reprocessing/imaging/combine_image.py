@@ -192,48 +192,15 @@ def feather_with_tp(casa, image_base, tp_image, work, domain='sky'):
     return output
 
 
-def measure_fluxes(casa, image, centre, radius_arcsec, points=()):
-    """{'total': Jy within radius of centre (ra, dec rad), 'points': [Jy at each (ra, dec): the peak within a
-    beam minus the median of an annulus 2.5-4 beams out]} of a (pb-corrected) image."""
+def describe_uv_coverage(mses):
+    """The uv coverage of one delivery in a few numbers: its baselines (antenna separations, not projected) and the
+    largest angular scale they recover, 0.983 lambda / L5 (L5: the 5th percentile of the baselines; ALMA's
+    definition, at the highest science frequency)."""
     import numpy
-    tool = casa.casatools.image()
-    tool.open(str(image))
-    try:
-        pixels = numpy.nan_to_num(numpy.array(tool.getchunk(dropdeg=True), dtype=float))
-        coords = tool.coordsys()
-        increment = coords.increment(type='direction')['numeric']
-        reference_pixel = coords.referencepixel(type='direction')['numeric']
-        reference_value = coords.referencevalue(type='direction')['numeric']
-        beam = tool.restoringbeam()
-        coords.done()
-    finally:
-        tool.close()
-    if 'beams' in beam:
-        beam = beam['beams']['*0']['*0']
-    qa = casa.casatools.quanta()
-    major, minor = qa.convert(beam['major'], 'arcsec')['value'], qa.convert(beam['minor'], 'arcsec')['value']
-    if pixels.ndim > 2:
-        pixels = pixels.reshape(pixels.shape[0], pixels.shape[1], -1).mean(axis=2)
-    cell = abs(increment[0]) / ARCSEC
-    beam_pixels = math.pi / (4.0 * math.log(2.0)) * major * minor / cell ** 2
-    nx, ny = pixels.shape
-    # offsets (arcsec east, north) of each pixel from the image's reference direction (small-field)
-    east = (numpy.arange(nx) - reference_pixel[0]) * increment[0] / ARCSEC  # the RA increment is negative: east
-    north = (numpy.arange(ny) - reference_pixel[1]) * increment[1] / ARCSEC
-    ee, nn = numpy.meshgrid(east, north, indexing='ij')
-
-    def offset(direction):
-        # msmetadata gives RA in -pi..pi, an image's coordinates 0..2 pi: wrap the difference
-        d_ra = (direction[0] - reference_value[0] + math.pi) % (2.0 * math.pi) - math.pi
-        return (d_ra * math.cos(reference_value[1]) / ARCSEC,
-                (direction[1] - reference_value[1]) / ARCSEC)
-    cx, cy = offset(centre)
-    total = float(pixels[numpy.hypot(ee - cx, nn - cy) < radius_arcsec].sum() / beam_pixels)
-    found = []
-    for point in points:
-        px, py = offset(point)
-        r = numpy.hypot(ee - px, nn - py)
-        peak = float(pixels[r < max(major, 2 * cell)].max())
-        background = float(numpy.median(pixels[(r > 2.5 * major) & (r < 4.0 * major)]))
-        found.append(peak - background)
-    return dict(total=total, points=found, beam=(major, minor))
+    baselines = numpy.array([b for m in mses for b in m.imaging.baselines_m], dtype=float)
+    if not len(baselines):
+        return 'no baselines'
+    wavelength = C_M_S / max(s.lsrk_hi for m in mses for s in m.spws)
+    l5 = float(numpy.percentile(baselines, 5))
+    return 'baselines %.0f-%.0f m (5th percentile %.1f m: largest angular scale about %.1f")' % (
+        baselines.min(), baselines.max(), l5, 0.983 * wavelength / l5 / ARCSEC)

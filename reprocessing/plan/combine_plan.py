@@ -17,7 +17,7 @@ from ..core.fileops import relative_path
 from ..core.layout import Delivery
 from ..core.requests import CombineRequest
 from ..imaging.combine_cube import common_cube_grid, spw_groups_of
-from ..imaging.combine_image import ARCSEC, C_M_S
+from ..imaging.combine_image import ARCSEC, C_M_S, describe_uv_coverage
 from ..core.messages import ReprocessingError
 
 
@@ -69,20 +69,6 @@ def describe_ms_set(label, mses):
         label, len(mses), len(first.antennas), label,
         ', '.join('%d (%s, %d x %.4g MHz)' % (s.spw_id, s.name, s.nchan, s.width_hz / 1e6) for s in first.spws),
         ', '.join(sorted(set(m.date for m in mses))), describe_uv_coverage(mses))
-
-
-def describe_uv_coverage(mses):
-    """The uv coverage of one delivery in a few numbers: its baselines (antenna separations, not projected) and the
-    largest angular scale they recover, 0.983 lambda / L5 (L5: the 5th percentile of the baselines; ALMA's
-    definition, at the highest science frequency)."""
-    import numpy
-    baselines = numpy.array([b for m in mses for b in m.imaging.baselines_m], dtype=float)
-    if not len(baselines):
-        return 'no baselines'
-    wavelength = C_M_S / max(s.lsrk_hi for m in mses for s in m.spws)
-    l5 = float(numpy.percentile(baselines, 5))
-    return 'baselines %.0f-%.0f m (5th percentile %.1f m: largest angular scale about %.1f")' % (
-        baselines.min(), baselines.max(), l5, 0.983 * wavelength / l5 / ARCSEC)
 
 
 def match_deliveries(reference, others):

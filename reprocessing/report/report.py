@@ -17,6 +17,7 @@ from ..core.host import full_host_name, time_text, user_name
 from ..core.layout import SCRIPT_NAME
 from ..core.messages import Interrupted, duration_text, warn
 from ..imaging.archive_compare import COMPARISON_HEADER, comparison_cells
+from .combination import combination_section
 from .cubes import cubes_section
 from .html import _Markup, _detail_html, _format_value, _html_page, _is_short, _table
 
@@ -27,7 +28,7 @@ STATUS_LABELS = {'succeeded': 'succeeded', 'failed': 'FAILED', 'interrupted': 'I
                  'running': 'running (or killed)'}
 # Result keys the report shows in their own sections; any other key is listed beside its step.
 _RESULT_KEYS_SHOWN = ('step', 'seconds', 'started', 'ended', 'outputs', 'spectra', 'images', 'contdat_problems',
-                      'problems', 'archive_comparison')
+                      'problems', 'archive_comparison', 'combination')
 
 
 def write_report(plan, state, *, status, error=None):
@@ -167,6 +168,7 @@ def _run_page(plan, state, summary, steps, assets):
     parts.extend(_spectra_section(state, assets))
     parts.extend(_images_section(state, assets))
     parts.extend(cubes_section(state, assets))
+    parts.extend(combination_section(state, assets))
     parts.extend(_archive_section(state, assets))
     title = 'Reprocessing report %s' % summary['run']
     return _html_page(title, '\n'.join(parts))

@@ -11,9 +11,12 @@ from ..contdat.grammar import ContDatErrors, describe_problem
 from ..contsub.uvcontsub import build_fitspec, mstransform_fit_of, uvcontsub_checked, uvcontsub_takes_fitspec
 from ..core.fileops import relative_path, remove_tree, write_atomically
 from ..contdat.merge import WHOLE_WINDOW, find_block, intersect_ranges, line_free
-from ..core.messages import ReprocessingError, say
+from ..core.messages import ReprocessingError, one_line, say, warn
 from ..imaging.combine_cube import common_coverage, spw_groups_of, cube_tclean_parameters, feather_cube_with_tp, tp_channel_width_hz
-from ..imaging.combine_image import ARCSEC, C_M_S, feather_with_tp, joint_tclean_parameters, measure_fluxes, run_joint_tclean, tp_beam_and_unit
+from ..imaging.combine_flux import compare_with_arrays, describe_rows, measure_product, write_flux_tables
+from ..casa.ms_combine import UV_POINTS, sample_uvw
+from ..report.combination import draw_uv_coverage
+from ..imaging.combine_image import ARCSEC, C_M_S, describe_uv_coverage, feather_with_tp, joint_tclean_parameters, run_joint_tclean, tp_beam_and_unit
 from ..imaging.products import ous_from_path
 from ..run.staging import make_shadow
 
@@ -55,8 +58,6 @@ def run_combine(plan, state, step, casa):
     partial = state.partial_name(output)
     state.will_create(partial)
     partial.mkdir(parents=True)
-    for line in combination.notes:
-        say('  ' + line)
     for path, text in combination.written:  # the merged (or translated) cont.dat: kept for the user to read
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(path, text)
@@ -64,17 +65,68 @@ def run_combine(plan, state, step, casa):
     analyses = [None if contdat is None else checked_analysis(casa, contdat, part)
                 for contdat, part in zip(combination.contdats, combination.parts)]
     specmodes = combination.request.specmodes
-    results = []
-    if 'mfs' in specmodes:
-        results += continuum_images(casa, combination, delivery, analyses, work, partial, output)
-    if 'cube' in specmodes:
-        results += joint_cubes(casa, combination, delivery, analyses, work, partial, output)
+    flux = continuum_images(casa, combination, delivery, analyses, work, partial, output) if 'mfs' in specmodes \
+        else []
+    cubes = joint_cubes(casa, combination, delivery, analyses, work, partial, output) if 'cube' in specmodes else []
+    results = flux + cubes
+    summary = describe_combination(casa, combination, delivery, partial, output, flux, cubes)
     if output.is_dir() and not any(output.iterdir()):
         output.rmdir()  # an empty folder of that name (the plan refuses a non-empty one)
     state.publish(partial, output)
     remove_tree(work)
     state.created_for_good(work)
-    return {'combined': results}
+    return {'combined': results, 'combination': summary}
+
+
+def describe_combination(casa, combination, delivery, partial, output, flux, cubes):
+    """The report's account of the combination (JSON-friendly): each delivery's array, MSes, antennas and spws, its
+    uv coverage in numbers and drawn (uv_coverage.png beside the products, a bounded sample of each MS's rows), the
+    continuum products' flux table and the cubes.  The picture is a view of finished products: when it fails, the
+    run says so and carries on."""
+    parts = [dict(label=part.label, delivery=str(part.root or delivery.root), mses=[m.path.name for m in part.mses],
+                  antennas=len(part.mses[0].antennas), spws=[part.spw_map[k] for k in combination.spw_groups],
+                  uv=describe_uv_coverage(part.mses)) for part in combination.parts]
+    png = partial / 'uv_coverage.png'
+    try:
+        uv_coverage_picture(casa, combination, parts, png)
+        say('  %s' % relative_path(output / png.name, delivery.root))
+    except Exception as error:
+        warn('the uv-coverage picture could not be made (%s) — the images are complete; report this problem'
+             % one_line(error))
+        png = None
+    radii = sorted(set((name, radius) for row in flux for name, radius in row.get('radii', {}).items()),
+                   key=lambda item: item[1])
+    return dict(label=combination.label, fields=list(combination.fields), spws=list(combination.spw_groups),
+                feather=str(combination.feather) if combination.feather else None, parts=parts,
+                uv_png=str(output / png.name) if png else None, flux=flux, radii=radii,
+                arrays=sorted(set(p.label for p in combination.parts), key=lambda l: -int(l[:-1])),
+                flux_csv=str(output / 'flux_recovered.csv') if flux else None, cubes=cubes)
+
+
+def uv_coverage_picture(casa, combination, parts, png):
+    """Sample each delivery's uv points (at most UV_POINTS rows per delivery), draw them to png, and add to each of
+    parts (describe_combination's) what was drawn."""
+    import numpy
+    samples = []
+    reference_id = combination.spw_groups[0]
+    for part, described in zip(combination.parts, parts):
+        spw = next(s for s in part.mses[0].spws if s.spw_id == part.spw_map[reference_id])
+        per_klambda = 0.5 * (spw.lsrk_lo + spw.lsrk_hi) / C_M_S / 1e3  # metres -> klambda at that spw's centre
+        us, vs, read, rows = [], [], 0, 0
+        for ms in part.mses:
+            ids = [p.field_id for name in combination.fields for p in ms.imaging.fields.get(name, ())]
+            u, v, count = sample_uvw(casa, ms.path, ids, budget=UV_POINTS // len(part.mses))
+            us.append(u * per_klambda)
+            vs.append(v * per_klambda)
+            read, rows = read + len(u), rows + count
+        u, v = numpy.concatenate(us), numpy.concatenate(vs)
+        samples.append((part.label, u, v, read, rows))
+        distance = numpy.hypot(u, v)
+        described.update(uv_rows_read=read, uv_rows=rows, uv_frequency_hz=per_klambda * C_M_S * 1e3,
+                         uv_klambda=[float(distance.min()), float(numpy.percentile(distance, 5)),
+                                     float(distance.max())] if read else None)
+    draw_uv_coverage(samples, png, title='uv coverage of %s, field %s, at the spw paired with %d' % (
+        ''.join(p.label for p in combination.parts), ', '.join(combination.fields), reference_id))
 
 
 def continuum_images(casa, combination, delivery, analyses, work, partial, output):
@@ -90,15 +142,18 @@ def continuum_images(casa, combination, delivery, analyses, work, partial, outpu
                 make_shadow(ms, shadow)
             shadowed.append((shadow, selection))
         selections[part.label] = shadowed
-    results = []
     spw_text = '_'.join(str(k) for k in combination.spw_groups)
+    array_labels = sorted(set(p.label for p in combination.parts), key=lambda l: -int(l[:-1]))
+    highest = max(s.lsrk_hi for s in combination.parts[0].mses[0].spws)
+    # each array's primary-beam half-power radius (the largest dish's holds the extended source an array filters
+    # out; the smallest dish's, what the combination adds beyond it)
+    radii = sorted(set((p.label, round(0.5 * 1.13 * C_M_S / highest / min(m.dish_m for m in p.mses) / ARCSEC, 2))
+                       for p in combination.parts), key=lambda item: item[1])
+    flux_rows = []
     for field in combination.fields:
         ra, dec = combination.parts[0].mses[0].fields[field]
         phasecenter = 'J2000 %.10frad %.10frad' % (ra, dec)
-        half_power = 0.5 * 1.13 * C_M_S / max(s.lsrk_hi for s in combination.parts[0].mses[0].spws) / \
-            max(m.dish_m for p in combination.parts for m in p.mses) / ARCSEC
-        radius = half_power
-        rows = []
+        made = []
         joint_label = ''.join(p.label for p in combination.parts)
         runs = [(joint_label, [item for p in combination.parts for item in selections[p.label]])]
         runs += [(p.label, selections[p.label]) for p in combination.parts]
@@ -108,26 +163,28 @@ def continuum_images(casa, combination, delivery, analyses, work, partial, outpu
             say('  [%s] tclean %s: %d MS, cell %s, %d pixels, %s' % (
                 field, label, len(chosen), parameters['cell'], parameters['imsize'][0], parameters['deconvolver']))
             summary = run_joint_tclean(casa, parameters)
-            flux = measure_fluxes(casa, base + '.image.pbcor', (ra, dec), radius)
-            rows.append((label, base + '.image.pbcor', flux, summary.get('stopcode')))
+            made.append((label, base + '.image.pbcor', summary.get('stopcode')))
             if label == joint_label and combination.feather is not None:
                 major, minor, unit = tp_beam_and_unit(casa, combination.feather)
                 say('  [%s] feather with %s: TP beam %.1f" x %.1f", %s' % (field, combination.feather, major, minor,
                                                                           unit))
-                feathered = feather_with_tp(casa, base, combination.feather, work)
-                rows.append((combination.label, feathered, measure_fluxes(casa, feathered, (ra, dec), radius), None))
-        say('  [%s] flux within %.1f" of the field centre (the half-power radius of the largest dish):' % (field, radius))
-        alone = dict((label, flux['total']) for label, _p, flux, _s in rows)
-        for label, path, flux, stop in rows:
-            versus = ', '.join('%.2f x %s alone' % (flux['total'] / alone[p.label], p.label)
-                               for p in combination.parts if alone.get(p.label) and label != p.label)
-            say('    %-8s %8.4f Jy  beam %.2f" x %.2f"%s' % (label, flux['total'], flux['beam'][0], flux['beam'][1],
-                                                           ('  (' + versus + ')') if versus else ''))
+                made.append((combination.label, feather_with_tp(casa, base, combination.feather, work), None))
+        rows, point = [], None
+        for label, path, stop in made:  # the joint image first: its brightest compact source is measured in all
             name = '%s.%s_sci.spw%s.%s.mfs.I.pbcor.fits' % (ous, field, spw_text, label)
+            flux = measure_product(casa, path, (ra, dec), radii, point=point)
+            point = point or flux['point']['offset_arcsec']
             casa_task(casa, 'exportfits', about=name, imagename=path, fitsimage=str(partial / name), dropdeg=False)
-            results.append(dict(field=field, product=label, fits=str(output / name), flux_jy=flux['total'],
-                                beam_arcsec=list(flux['beam']), radius_arcsec=radius, stopcode=stop))
-    return results
+            rows.append(dict(field=field, product=label, fits=str(output / name), flux_jy=flux['within'][radii[0][0]],
+                             within=flux['within'], point=flux['point'], beam=list(flux['beam']), radii=dict(radii),
+                             beam_arcsec=list(flux['beam']), radius_arcsec=radii[0][1], stopcode=stop))
+        compare_with_arrays(rows, array_labels)
+        for line in describe_rows(rows, radii):
+            say('  [%s] %s' % (field, line))
+        flux_rows.extend(rows)
+    for path in write_flux_tables(partial, flux_rows, radii, array_labels):
+        say('  %s' % relative_path(output / path.name, delivery.root))
+    return flux_rows
 
 
 def line_mses(casa, combination, analyses, work):
