@@ -48,13 +48,19 @@ def run_contsub(plan, state, step, casa):
     for path in produced.values():
         state.will_create(path)  # removed by the journal if the pipeline fails or the run is killed
     extracted = prepare_selfcal_restore(state, work_dir, resources if decided.selfcal_restore else None)
+    failed = []
+    if decided.selfcal_restore:
+        tasks = dict(tasks, hif_selfcal=restore_or_note(tasks['hif_selfcal'], failed))
     run_pipeline_calls(tasks, decided.calls, work_dir=work_dir, casa_log=state.casa_logfile)
     missing = [path.name for path in produced.values() if not (path / 'table.dat').exists()]
     if missing:
         raise ReprocessingError('the pipeline did not write %s — see its weblog (%s/pipeline-*/html/index.html) '
                                 'and the CASA log' % (', '.join(missing), WORK_DIR_NAME))
     restored = set()
-    if decided.selfcal_restore:
+    if failed:
+        say('  note: hif_selfcal(restore_only=True) failed (%s): the self-calibrated CORRECTED_DATA is fitted '
+            'instead' % failed[0])
+    elif decided.selfcal_restore:
         restored = {str(ms) for ms, path in produced.items() if str(ms) in selfcal and has_selfcal_column(casa, path)}
         for ms, path in produced.items():
             if str(ms) in restored:
@@ -68,7 +74,8 @@ def run_contsub(plan, state, step, casa):
             state.created_for_good(path)
     for ms, path in produced.items():
         if str(ms) in selfcal and str(ms) not in restored:
-            add_selfcal_line_data(casa, state, analysis=analysis, ms=ms, line_ms=path, fitorder=plan.request.contsub.fitorder)
+            add_selfcal_line_data(casa, state, analysis=analysis, ms=ms, line_ms=path, fitorder=plan.request.contsub.fitorder,
+                                  replace=bool(failed))
     outputs = []
     for ms, path in produced.items():
         final = line_ms_path(ms)
@@ -132,7 +139,18 @@ def prepare_selfcal_restore(state, work_dir, resources):
     return paths
 
 
-def add_selfcal_line_data(casa, state, *, analysis, ms, line_ms, fitorder):
+def restore_or_note(task, failed):
+    """hif_selfcal that notes its failure in failed instead of stopping the run: the line MSes are there, and the
+    tool's own fit of CORRECTED_DATA gives the same data."""
+    def restore(**arguments):
+        try:
+            return task(**arguments)
+        except Exception as error:  # whatever the pipeline raises
+            failed.append(' '.join(str(error).split())[-300:] or repr(error))
+    return restore
+
+
+def add_selfcal_line_data(casa, state, *, analysis, ms, line_ms, fitorder, replace=False):
     """Give the pipeline's line MS of a self-calibrated MS its CORRECTED_DATA: the self-calibrated line data.
 
     hif_uvcontsub fits the regular calibration (DATA) only and labels its output REGCAL_LINE_SCIENCE
@@ -140,8 +158,9 @@ def add_selfcal_line_data(casa, state, *, analysis, ms, line_ms, fitorder):
     from hif_selfcal applying its gain tables afterwards.  Here the same cont.dat ranges are fitted
     in CORRECTED_DATA with CASA uvcontsub (a phase-only gain is one complex factor per row, so
     fitting the corrected data equals correcting the fitted data) and written into the line MS.
+    replace: overwrite a CORRECTED_DATA that a failed hif_selfcal(restore_only=True) may have begun.
     """
-    if SELFCAL_COLUMN in column_names(casa, line_ms):
+    if SELFCAL_COLUMN in column_names(casa, line_ms) and not replace:
         say('  %s: the pipeline kept CORRECTED_DATA (self-calibrated)' % line_ms.name)
         return
     field, spw, fitspec = build_fitspec(analysis.selections[str(ms)], fitorder=fitorder)
