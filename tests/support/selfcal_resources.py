@@ -94,13 +94,12 @@ def make_selfcal_delivery(delivery, work, *, phase_rms_deg=30.0, seed=3, auxprod
     import pipeline
     tasks = {}
     pipeline.initcli(tasks)
-    if not weblog:  # the weblog of hif_selfcal draws every gain table per antenna: most of the time of a run
-        import pipeline.infrastructure.basetask as basetask
-        basetask.DISABLE_WEBLOG = True
     here = os.getcwd()
     os.chdir(work)
     try:
-        tasks['h_init']()
+        # weblog=False: hif_selfcal's weblog draws every gain table per antenna (3066 plotms calls for 30 antennas,
+        # most of a run); h_init sets pipeline.infrastructure.basetask.DISABLE_WEBLOG from it
+        tasks['h_init'](weblog=weblog)
         tasks['hifa_importdata'](vis=[os.path.basename(ms) for ms in targets], dbservice=False,
                                  datacolumns={'data': 'regcal_contline'})
         tasks['hif_selfcal']()
