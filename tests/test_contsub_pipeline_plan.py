@@ -35,6 +35,10 @@ RELEASES = {
         'hifa_importdata': 'vis session asis process_caldevice overwrite nocopy bdfflags datacolumns lazy '
                            'dbservice ocorr_mode createmms minparang parallel',
         'hif_uvcontsub': 'vis field intent spw fitorder parallel',
+        'hif_selfcal': 'vis field spw contfile imsize cell apply recal restore_only refantignore restore_resources '
+                       'n_solints amplitude_selfcal gaincal_minsnr minsnr_to_proceed delta_beam_thresh '
+                       'apply_cal_mode_default rel_thresh_scaling dividing_factor check_all_spws '
+                       'inf_EB_gaincal_combine usermask usermodel allow_wproject parallel',
         'h_save': 'filename',
     },
     '2025.1.1.61': {  # PL2025
@@ -42,9 +46,18 @@ RELEASES = {
         'hifa_importdata': 'vis session asis process_caldevice overwrite nocopy bdfflags datacolumns lazy '
                            'dbservice ocorr_mode createmms minparang parallel',
         'hif_uvcontsub': 'vis field intent spw fitorder parallel',
+        'hif_selfcal': 'vis field spw contfile hm_imsize hm_cell apply recal restore_only overwrite refantignore '
+                       'restore_resources n_solints amplitude_selfcal gaincal_minsnr minsnr_to_proceed '
+                       'delta_beam_thresh apply_cal_mode_default rel_thresh_scaling dividing_factor check_all_spws '
+                       'inf_EB_gaincal_combine usermask usermodel allow_wproject parallel',
         'h_save': 'filename',
     },
 }
+# hif_selfcal of 2024.1.0.8 (and every release before 2024.1.1.18): no restore_only
+HIF_SELFCAL_2024_1_0_8 = ('vis field spw contfile apply recal refantignore restore_resources n_solints amplitude_selfcal '
+                          'gaincal_minsnr minsnr_to_proceed delta_beam_thresh apply_cal_mode_default rel_thresh_scaling '
+                          'dividing_factor check_all_spws inf_EB_gaincal_combine usermask usermodel allow_wproject '
+                          'parallel')
 VIS = ['uid___A002_X1_X2_targets.ms', 'uid___A002_X3_X4_targets.ms']
 
 

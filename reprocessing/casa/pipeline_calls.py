@@ -31,7 +31,16 @@ TARGETS_DATA_TYPE = 'regcal_contline_science'
 # calls: [(task name, keyword arguments)] in order; h_save is called after them, even on failure.
 # copies_ms: the flow writes into the MS it imports, so the pipeline gets a copy, not a shadow.
 # contdat_grammar: the cont.dat version the release reads (2: v1/v2 only, 3: v3 too).
-PipelineContsub = collections.namedtuple('PipelineContsub', 'release flow calls copies_ms notes contdat_grammar')
+# selfcal_restore: the *.auxproducts.tgz hif_selfcal(restore_only=True) applies to the new line MSes, or None.
+PipelineContsub = collections.namedtuple('PipelineContsub',
+                                         'release flow calls copies_ms notes contdat_grammar selfcal_restore')
+
+# The data types of a self-calibrated uid*_targets.ms, given to hifa_importdata when hif_selfcal restores: with
+# CORRECTED_DATA registered as SELFCAL_CONTLINE_SCIENCE, hif_selfcal(restore_only=True) leaves the MS alone
+# (selfcal.py prepare: "Skip applying selfcal solutions to the REGCAL_CONT*_SCIENCE MS(es) due to the presence
+# of DataType:SELFCAL_CONT*_SCIENCE", overwrite=False) and applies its tables to the REGCAL_LINE_SCIENCE line
+# MSes hif_uvcontsub registered.
+SELFCAL_TARGETS_DATA_TYPES = {'data': 'regcal_contline_science', 'corrected': 'selfcal_contline_science'}
 
 
 def pipeline_release_name(revision):
@@ -41,13 +50,16 @@ def pipeline_release_name(revision):
     return 'PL%s' % match.group(1) if match else 'unknown release'
 
 
-def pipeline_contsub_calls(*, revision, task_parameters, vis, mpi_size, datatypes_recorded):
+def pipeline_contsub_calls(*, revision, task_parameters, vis, mpi_size, datatypes_recorded, selfcal_resources=None):
     """The pipeline tasks --contsub calls, and their arguments, for the release at hand (pure).
 
     task_parameters: {task name: [its parameter names], or None when they cannot be read}; a task
     absent from it does not exist in this release.  The flow follows which tasks exist, not the
     version number.  An argument is passed only when the task declares it, and only the ones that
     are needed: every release has its own defaults for the rest.
+    selfcal_resources: the path of the delivery's *.auxproducts.tgz with self-calibration tables for every MS of
+    vis (all self-calibrated); hif_selfcal(restore_only=True) then applies them to the new line MSes, when this
+    release's hif_selfcal has restore_only (2025 on), else (None in selfcal_restore) the caller does it its way.
     """
     needed = ('h_init', 'hifa_importdata', 'hif_uvcontsub', 'h_save')
     missing = [name for name in needed if name not in task_parameters]
@@ -64,7 +76,19 @@ def pipeline_contsub_calls(*, revision, task_parameters, vis, mpi_size, datatype
     importdata = {'vis': list(vis)}
     if accepts('hifa_importdata', 'dbservice'):
         importdata['dbservice'] = False
-    if not datatypes_recorded and accepts('hifa_importdata', 'datacolumns'):
+    restore = None
+    if selfcal_resources is not None:
+        if not (accepts('hif_selfcal', 'restore_only') and accepts('hif_selfcal', 'restore_resources')):
+            notes.append('hif_selfcal of %s has no restore_only: the self-calibration tables in %s are not applied '
+                         'by the pipeline' % (release, selfcal_resources))
+        elif not accepts('hifa_importdata', 'datacolumns'):
+            notes.append('hifa_importdata of %s has no datacolumns: the self-calibration tables in %s are not applied '
+                         'by the pipeline' % (release, selfcal_resources))
+        else:
+            restore = str(selfcal_resources)
+    if restore is not None:
+        importdata['datacolumns'] = dict(SELFCAL_TARGETS_DATA_TYPES)
+    elif not datatypes_recorded and accepts('hifa_importdata', 'datacolumns'):
         importdata['datacolumns'] = {'data': TARGETS_DATA_TYPE}
         notes.append('the MSes do not record their data type, or this release does not read the record: '
                      'importing DATA as %s' % TARGETS_DATA_TYPE)
@@ -82,8 +106,11 @@ def pipeline_contsub_calls(*, revision, task_parameters, vis, mpi_size, datatype
     else:
         flow = 'hif_uvcontsub (CASA uvcontsub with the cont.dat ranges)'
     calls.append(('hif_uvcontsub', uvcontsub))
+    if restore is not None:
+        calls.append(('hif_selfcal', {'restore_only': True, 'restore_resources': restore}))
+        flow += ', then hif_selfcal(restore_only=True) with the delivery\'s self-calibration tables'
     return PipelineContsub(release, flow, calls, fits_first, notes,
-                           contdat_grammar_read_by(revision, fits_with_uvcontfit=fits_first))
+                           contdat_grammar_read_by(revision, fits_with_uvcontfit=fits_first), restore)
 
 
 def pipeline_line_name(ms_name):

@@ -31,7 +31,7 @@ from .pipeline_calls import PipelineGridSupport, fit_call_to_release, pipeline_l
 
 PIPELINE_MISSING = ('the ALMA pipeline is not available in this Python — use --contsub_fast, or run with '
                     'casa --pipeline -c %s ...' % SCRIPT_NAME)
-PIPELINE_TASKS = ('h_init', 'hifa_importdata', 'hif_uvcontfit', 'hif_uvcontsub', 'h_save')
+PIPELINE_TASKS = ('h_init', 'hifa_importdata', 'hif_uvcontfit', 'hif_uvcontsub', 'hif_selfcal', 'h_save')
 
 
 def pipeline_is_installed():

@@ -11,6 +11,7 @@ from ..casa.ms_tables import check_measurement_set, is_entirely_flagged
 from ..casa.pipeline_engine import require_pipeline_for_contsub
 from ..casa.workers import resolve_jobs
 from ..contsub.line_update import is_recorded_line_ms
+from ..contsub.selfcal_restore import find_selfcal_resources
 from ..core.fileops import directory_bytes, free_bytes, human_bytes, relative_path, removal_blocker
 from ..core.layout import WORK_DIR_NAME, line_ms_path
 from ..core.messages import ReprocessingError, say, warn
@@ -219,8 +220,16 @@ def preflight_data_columns(plan):
             contsub, delivery, delivery.targets,
             selfcal=[survey.path for survey in plan.column_surveys if survey.has_selfcal])[1])
     if contsub is not None and contsub.engine == 'pipeline':
-        readers.append('after the pipeline\'s hif_uvcontsub (which fits DATA), the same cont.dat ranges are fitted '
-                       'in CORRECTED_DATA with CASA uvcontsub, so each line MS keeps both columns')
+        resources = find_selfcal_resources(delivery.root, [ms.name for ms in delivery.targets])[0] \
+            if any(selfcal.values()) else None
+        if resources is not None:
+            readers.append('after the pipeline\'s hif_uvcontsub (which fits DATA), hif_selfcal(restore_only=True) '
+                           'applies the self-calibration tables of %s to the line MSes (pipeline 2024.1.1.18 on; with '
+                           'an older one the same cont.dat ranges are fitted in CORRECTED_DATA), so each line MS keeps '
+                           'both columns' % relative_path(resources.path, delivery.root))
+        else:
+            readers.append('after the pipeline\'s hif_uvcontsub (which fits DATA), the same cont.dat ranges are fitted '
+                           'in CORRECTED_DATA with CASA uvcontsub, so each line MS keeps both columns')
     if request.image is not None:
         readers.append('imaging reads CORRECTED_DATA (DATA where an MS has no CORRECTED_DATA)')
     if request.concat_targets or request.concat_lines:
