@@ -228,8 +228,9 @@ RANGE = re.compile(r'([\d.]+)\s*~\s*([\d.]+)\s*(GHz|MHz|kHz|Hz)\s*([A-Z]*)')
 SCALE_GHZ = {'GHz': 1.0, 'MHz': 1e-3, 'kHz': 1e-6, 'Hz': 1e-9}
 
 
-def blocks_in(text):
-    """{field: {spw id: [(low GHz, high GHz)]}} read plainly (not with the reader under test)."""
+def blocks_in(text, *, frames=False):
+    """{field: {spw id: [(low GHz, high GHz)]}} read plainly (not with the reader under test); with
+    frames, [(low GHz, high GHz, frame)] ('' when the range names none)."""
     fields, field, spw = {}, None, None
     for line in (raw.strip() for raw in text.splitlines()):
         if line.startswith('Field:'):
@@ -239,8 +240,9 @@ def blocks_in(text):
             spw = int(line.split()[1])
             fields[field][spw] = []
         elif '~' in line:
-            for low, high, unit, _frame in RANGE.findall(line):
-                fields[field][spw].append((float(low) * SCALE_GHZ[unit], float(high) * SCALE_GHZ[unit]))
+            for low, high, unit, frame in RANGE.findall(line):
+                low, high = float(low) * SCALE_GHZ[unit], float(high) * SCALE_GHZ[unit]
+                fields[field][spw].append((low, high, frame) if frames else (low, high))
     return fields
 
 
@@ -320,7 +322,8 @@ def unreadable_lines(text):
 
 
 @pytest.mark.parametrize('name, text', CORPUS, ids=[name for name, _text in CORPUS])
-def test_check_reads_each_cont_dat_against_an_ms_covering_its_ranges(delivery_factory, run_script, name, text):
+def test_check_reads_each_cont_dat_against_an_ms_covering_its_ranges(delivery_factory, casa, run_script, name,
+                                                                      text):
     delivery = delivery_for(delivery_factory, text)
     result = run_script('--check', '--delivery', delivery)
     output = output_of(result)
@@ -335,6 +338,65 @@ def test_check_reads_each_cont_dat_against_an_ms_covering_its_ranges(delivery_fa
     expected = [(field, str(spw)) for field, blocks in blocks_in(text).items() for spw, ranges in blocks.items()
                 if ranges]
     assert sorted(selected) == sorted(expected), output
+    # Which channels: checked against each channel's own LSRK span (TOPO edges times the Doppler factors
+    # of the field's first and last integration, measures tool), not with advisechansel as the tool does.
+    ms = next((delivery / 'measurement_sets').glob('*_targets.ms'))
+    blocks = blocks_in(text, frames=True)
+    for field, spw, chans in re.findall(r': field (.+) spw (\d+): channels ([\d~;]+) \(', output):
+        ranges = blocks[field][int(spw)]
+        if any(frame not in ('LSRK', 'TOPO') for _low, _high, frame in ranges):
+            continue  # SOURCE (or a bare range): not modelled here
+        spans = channel_spans_ghz(casa, ms, field, int(spw), [frame for _low, _high, frame in ranges])
+        inside, outside = channels_inside_and_outside(spans, ranges)
+        chosen = channel_set(chans)
+        assert inside <= chosen, (field, spw, sorted(inside - chosen))
+        assert not chosen & outside, (field, spw, sorted(chosen & outside))
+
+
+def channel_spans_ghz(casa, ms, field, spw, frames):
+    """{frame: [(low GHz, high GHz)] per channel}: the frequencies each channel of the spw covers in that frame
+    during the field's observation (TOPO: its edges; LSRK: its edges times the TOPO->LSRK factors at the
+    field's first and last integration, read with the msmetadata and measures tools)."""
+    tools = casa.casatools
+    msmd, me, qa = tools.msmetadata(), tools.measures(), tools.quanta()
+    msmd.open(str(ms))
+    try:
+        field_id = int(msmd.fieldsforname(field)[0])
+        centres, widths = msmd.chanfreqs(spw), msmd.chanwidths(spw)
+        times = msmd.timesforfield(field_id)
+        direction = msmd.phasecenter(field_id)
+        position = msmd.observatoryposition()
+    finally:
+        msmd.close()
+    edges = [(c - abs(w) / 2.0, c + abs(w) / 2.0) for c, w in zip(centres, widths)]
+    spans = {'TOPO': [(lo / 1e9, hi / 1e9) for lo, hi in edges]}
+    if 'LSRK' in frames:
+        me.doframe(position)
+        me.doframe(direction)
+        factors = []
+        for time in (min(times), max(times)):
+            me.doframe(me.epoch('UTC', qa.quantity(time, 's')))
+            topo = float(centres[len(centres) // 2])
+            lsrk = me.measure(me.frequency('TOPO', qa.quantity(topo, 'Hz')), 'LSRK')['m0']['value']
+            factors.append(lsrk / topo)
+        me.done()
+        spans['LSRK'] = [(lo * min(factors) / 1e9, hi * max(factors) / 1e9) for lo, hi in edges]
+    return spans
+
+
+def channels_inside_and_outside(spans, ranges):
+    """Channels every range-frame says must be fitted (wholly inside a range) and must not be (touching no
+    range); the others (straddling a range's end) may go either way.  With ranges in both frames, a
+    channel is inside when inside a range of either frame and outside when outside those of both."""
+    nchan = len(next(iter(spans.values())))
+    inside, touching = set(), set()
+    for low, high, frame in ranges:
+        for channel, (lo, hi) in enumerate(spans[frame]):
+            if low <= lo and hi <= high:
+                inside.add(channel)
+            if lo <= high and low <= hi:
+                touching.add(channel)
+    return inside, set(range(nchan)) - touching
 
 
 def channel_set(selection):
