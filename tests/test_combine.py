@@ -354,3 +354,25 @@ def test_combine_cube_grid_is_checked_at_plan_time(goal, run_script):
     result = run_script('--combine', goal / '7m', '--delivery', goal / '12m', '--dry-run', '--width', '25:1MHz')
     assert one_error_line(result, exit_code=1).startswith("ERROR: --combine: spw 25: --width 1MHz is finer than the "
                                                           "spw's channels"), result.stderr
+
+
+def test_two_deliveries_of_the_same_dishes_keep_names_of_their_own_and_an_execution_block_counts_once(goal, casa):
+    """Two 12 m configurations of one goal: the second gets its own label (12mB), so its MSes keep a selection of
+    their own in the joint image (with one label the second's selections replaced the first's); the same execution
+    block given twice (the same delivery again) is refused in one line, as its data would count twice."""
+    from reprocessing.core.layout import Delivery
+    from reprocessing.plan.combine_plan import plan_combination
+    from reprocessing.core.messages import ReprocessingError
+    again = goal / '12m_again'
+    shutil.copytree(str(goal / '12m'), str(again), symlinks=True)
+    with pytest.raises(ReprocessingError) as refused:
+        plan_combination(casa, Delivery(goal / '12m'), [again, goal / '7m'])
+    assert 'holds the execution block uid___' in str(refused.value) and 'already in this delivery' in str(
+        refused.value)
+    for ms in (again / 'measurement_sets').glob('uid*'):  # another execution block of the same array
+        ms.rename(ms.with_name(ms.name.replace('uid___A002_', 'uid___A002_X1', 1)))
+    combination = plan_combination(casa, Delivery(goal / '12m'), [again, goal / '7m'])
+    assert [part.label for part in combination.parts] == ['12m', '12mB', '7m']
+    assert combination.label == '12m12mB7m'
+    assert any(note.startswith('12mB: 1 MS, 10 antennas (12m dishes)') for note in combination.notes), \
+        combination.notes

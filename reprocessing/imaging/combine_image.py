@@ -30,6 +30,7 @@ Heuristics (issue 29, measured on tools/simulate_combine.py's goal):
 """
 
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -39,6 +40,24 @@ C_M_S = 299792458.0
 ARCSEC = math.pi / 180.0 / 3600.0
 GOOD_SIZES = sorted(2 ** a * 3 ** b * 5 ** c for a in range(1, 13) for b in range(0, 4) for c in range(0, 3)
                     if 2 ** a * 3 ** b * 5 ** c <= 8192)
+
+
+def array_order(label):
+    """Sort key of array labels, larger dishes first: '12m', '12mB', '7m'."""
+    digits = re.match(r'\d+', label)
+    return (-int(digits.group()) if digits else 0, label)
+
+
+def distinct_label(label, taken):
+    """label itself, or with a letter when another delivery of the same dishes took it ('12m', '12mB', '12mC'):
+    two 12 m configurations of one goal get names of their own (with one, the second's selections replaced the
+    first's, and its MSes were left out of the joint image)."""
+    if label not in taken:
+        return label
+    for letter in 'BCDEFGHIJKLMNOPQRSTUVWXYZ':
+        if label + letter not in taken:
+            return label + letter
+    raise ReprocessingError('--combine: more than 26 deliveries of %s dishes — combine fewer' % label)
 
 
 def joint_grid(combination, pb_level=0.2):

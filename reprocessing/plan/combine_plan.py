@@ -14,10 +14,10 @@ from ..casa.ms_combine import read_ms_for_combination
 from ..contdat.grammar import read_contdat
 from ..contdat.merge import blocks_of, find_block, merge_contdats, merged_contdat_text, parse_text
 from ..core.fileops import relative_path
-from ..core.layout import Delivery
+from ..core.layout import Delivery, eb_name
 from ..core.requests import CombineRequest
 from ..imaging.combine_cube import common_cube_grid, spw_groups_of
-from ..imaging.combine_image import ARCSEC, C_M_S, describe_uv_coverage
+from ..imaging.combine_image import ARCSEC, C_M_S, array_order, describe_uv_coverage, distinct_label
 from ..core.messages import ReprocessingError
 
 
@@ -66,7 +66,7 @@ def shared_fields(reference, other, tolerance_arcsec):
 def describe_ms_set(label, mses):
     first = mses[0]
     return '%s: %d MS, %d antennas (%s dishes), spws %s, %s; %s' % (
-        label, len(mses), len(first.antennas), label,
+        label, len(mses), len(first.antennas), array_label(min(m.dish_m for m in mses)),
         ', '.join('%d (%s, %d x %.4g MHz)' % (s.spw_id, s.name, s.nchan, s.width_hz / 1e6) for s in first.spws),
         ', '.join(sorted(set(m.date for m in mses))), describe_uv_coverage(mses))
 
@@ -81,9 +81,15 @@ def match_deliveries(reference, others):
     parts = [CombinePart(None, ref_label, reference, dict((s.spw_id, s.spw_id) for s in ref.spws), [])]
     notes, refused = [describe_ms_set(ref_label, reference) + ' (this delivery)'], []
     fields = list(ref.fields)
+    seen = dict((eb_name(m.path), 'this delivery') for m in reference)
     for root, mses in others:
-        label = array_label(min(m.dish_m for m in mses))
+        label = distinct_label(array_label(min(m.dish_m for m in mses)), {p.label for p in parts})
         first = mses[0]
+        for ms in mses:  # an execution block imaged twice would count its data twice
+            if eb_name(ms.path) in seen:
+                raise ReprocessingError('--combine: %s holds the execution block %s, which is already in %s — give '
+                                        'each delivery once' % (root, eb_name(ms.path), seen[eb_name(ms.path)]))
+            seen[eb_name(ms.path)] = str(root)
         common = shared_fields(ref.fields, first.fields, tolerance)
         if not common:
             refused.append('%s (%s): no field shared with this delivery by name and position (this: %s; that: %s)'
@@ -109,7 +115,7 @@ def match_deliveries(reference, others):
         raise ReprocessingError('--combine: no spectral window of this delivery overlaps one in every other delivery '
                                 '— combine fewer deliveries')
     notes.extend('cannot combine ' + line for line in refused)
-    labels = sorted(set(p.label for p in parts), key=lambda l: -int(l[:-1]))
+    labels = sorted(set(p.label for p in parts), key=array_order)
     return Combination(parts, fields, spw_groups, ''.join(labels), notes, None)
 
 

@@ -16,7 +16,7 @@ from ..imaging.combine_cube import common_coverage, spw_groups_of, cube_tclean_p
 from ..imaging.combine_flux import compare_with_arrays, describe_rows, measure_product, write_flux_tables
 from ..casa.ms_combine import UV_POINTS, sample_uvw
 from ..report.combination import draw_uv_coverage
-from ..imaging.combine_image import ARCSEC, C_M_S, describe_uv_coverage, feather_with_tp, joint_tclean_parameters, run_joint_tclean, tp_beam_and_unit
+from ..imaging.combine_image import ARCSEC, C_M_S, array_order, describe_uv_coverage, feather_with_tp, joint_tclean_parameters, run_joint_tclean, tp_beam_and_unit
 from ..imaging.products import ous_from_path
 from ..run.staging import make_shadow
 
@@ -99,7 +99,7 @@ def describe_combination(casa, combination, delivery, partial, output, flux, cub
     return dict(label=combination.label, fields=list(combination.fields), spws=list(combination.spw_groups),
                 feather=str(combination.feather) if combination.feather else None, parts=parts,
                 uv_png=str(output / png.name) if png else None, flux=flux, radii=radii,
-                arrays=sorted(set(p.label for p in combination.parts), key=lambda l: -int(l[:-1])),
+                arrays=sorted(set(p.label for p in combination.parts), key=array_order),
                 flux_csv=str(output / 'flux_recovered.csv') if flux else None, cubes=cubes)
 
 
@@ -143,7 +143,7 @@ def continuum_images(casa, combination, delivery, analyses, work, partial, outpu
             shadowed.append((shadow, selection))
         selections[part.label] = shadowed
     spw_text = '_'.join(str(k) for k in combination.spw_groups)
-    array_labels = sorted(set(p.label for p in combination.parts), key=lambda l: -int(l[:-1]))
+    array_labels = sorted(set(p.label for p in combination.parts), key=array_order)
     highest = max(s.lsrk_hi for s in combination.parts[0].mses[0].spws)
     # each array's primary-beam half-power radius (the largest dish's holds the extended source an array filters
     # out; the smallest dish's, what the combination adds beyond it)
