@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) tools/demo.py
 
-# --durations: CI's log lists the 20 slowest tests (22 min on 2 quiet cores, 2026-12-06)
+# --durations: CI's log lists the 20 slowest tests (22 min 38 s on 2 quiet cores, 518 tests, 2026-12-06)
 test: $(STAMP)
 	$(PY) -m pytest -q tests --durations=20
 
