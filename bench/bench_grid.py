@@ -96,27 +96,37 @@ def by_hand(delivery, script_log, workdir, round_number, which=-1):
     return seconds
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+def grid_bench_arguments(description, argv):
+    """The command line of the grid benches (this one and bench_products): the delivery's size, repeats, folder."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument('--n-ebs', type=int, default=2)
     parser.add_argument('--n-antennas', type=int, default=25)
     parser.add_argument('--nchan', type=int, default=128, help='channels of the spw (the grid takes 20 of 2 km/s)')
     parser.add_argument('--repeat', type=int, default=2, help='runs of each side; the fastest counts')
     parser.add_argument('--workdir', default=None, help='where to work (default: a temporary folder, removed)')
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def grid_delivery(args, workdir):
+    """A fresh copy of the simulated delivery the grid benches image (one spw 25 with a line), in workdir."""
     from simulate_delivery import cached_delivery, copy_delivery
+    params = dict(n_ebs=args.n_ebs, n_antennas=args.n_antennas, nchan=args.nchan, spw_ids=(25,), with_line_ms=True)
+    source = cached_delivery(os.environ.get('SIMULATION_CACHE') or workdir / 'cache', **params)
+    delivery = workdir / 'calibrated_final'
+    if delivery.exists():
+        shutil.rmtree(str(delivery))
+    copy_delivery(source, delivery)
+    print('delivery: %d EBs, %d antennas, spw 25 of %d channels; grid %s' % (
+        args.n_ebs, args.n_antennas, args.nchan, ' '.join(GRID)), flush=True)
+    return delivery
+
+
+def main(argv=None):
+    args = grid_bench_arguments(__doc__.split('\n\n')[0], argv)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix='bench-grid-'))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        params = dict(n_ebs=args.n_ebs, n_antennas=args.n_antennas, nchan=args.nchan, spw_ids=(25,),
-                      with_line_ms=True)
-        source = cached_delivery(os.environ.get('SIMULATION_CACHE') or workdir / 'cache', **params)
-        delivery = workdir / 'calibrated_final'
-        if delivery.exists():
-            shutil.rmtree(str(delivery))
-        copy_delivery(source, delivery)
-        print('delivery: %d EBs, %d antennas, spw 25 of %d channels; grid %s' % (
-            args.n_ebs, args.n_antennas, args.nchan, ' '.join(GRID)), flush=True)
+        delivery = grid_delivery(args, workdir)
         tool, replayed, hand, first, logs = [], [], [], [], []
 
         def run_tool():

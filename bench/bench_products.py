@@ -17,9 +17,7 @@ The machine is shared: the load (uptime) is printed with the numbers; CPU time i
 
 Usage: python bench/bench_products.py [--n-ebs 2] [--n-antennas 25] [--nchan 128] [--repeat 2]
 """
-import argparse
 import json
-import os
 import re
 import shutil
 import sys
@@ -29,7 +27,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_image import REPO, SCRIPT, best, task_seconds, timed  # noqa: E402
-from bench_grid import GRID, load  # noqa: E402
+from bench_grid import GRID, grid_bench_arguments, grid_delivery, load  # noqa: E402
 
 sys.path.insert(0, str(REPO / 'tests' / 'support'))
 TARGET = 0.10
@@ -83,26 +81,11 @@ def products_alone(images, workdir, beam, round_number):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--n-ebs', type=int, default=2)
-    parser.add_argument('--n-antennas', type=int, default=25)
-    parser.add_argument('--nchan', type=int, default=128, help='channels of the spw (the grid takes 20 of 2 km/s)')
-    parser.add_argument('--repeat', type=int, default=2, help='runs of each side; the fastest counts')
-    parser.add_argument('--workdir', default=None, help='where to work (default: a temporary folder, removed)')
-    args = parser.parse_args(argv)
-    from simulate_delivery import cached_delivery, copy_delivery
+    args = grid_bench_arguments(__doc__.split('\n\n')[0], argv)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix='bench-products-'))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        params = dict(n_ebs=args.n_ebs, n_antennas=args.n_antennas, nchan=args.nchan, spw_ids=(25,),
-                      with_line_ms=True)
-        source = cached_delivery(os.environ.get('SIMULATION_CACHE') or workdir / 'cache', **params)
-        delivery = workdir / 'calibrated_final'
-        if delivery.exists():
-            shutil.rmtree(str(delivery))
-        copy_delivery(source, delivery)
-        print('delivery: %d EBs, %d antennas, spw 25 of %d channels; grid %s' % (
-            args.n_ebs, args.n_antennas, args.nchan, ' '.join(GRID)), flush=True)
+        delivery = grid_delivery(args, workdir)
         print('load before: %s' % load(), flush=True)
         # the plain run's CASA images for 2 (and a warm disk cache for every side)
         _timing, _out, _log = run_tool(delivery, workdir, ['--all-products'], 'all-products')
