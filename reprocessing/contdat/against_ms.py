@@ -235,7 +235,6 @@ def _channels_of_ranges(field, spw, layout, real_id, converter, report):
                 groups[-1][2].append(cont_range)
             else:
                 groups.append([cont_range.lo_hz, cont_range.hi_hz, [cont_range]])
-        coverage = []   # [(low, high) Hz] once asked
         for low, high, members in groups:
             try:
                 channels = converter.channels(layout.path, field_id, real_id, ContRange(low, high, frame,
@@ -246,39 +245,25 @@ def _channels_of_ranges(field, spw, layout, real_id, converter, report):
             if channels is not None and channels[0] > 0 and channels[1] < info.nchan - 1:
                 channel_ranges.append(channels)
                 continue
-            try:
-                coverage = coverage or [converter.coverage(layout.path, field_id, real_id, frame)]
+            try:  # asked once per MS, field, spw and frame: the converter keeps the answer
+                coverage = converter.coverage(layout.path, field_id, real_id, frame)
             except Exception as error:
                 for cont_range in members:
                     _cannot_convert(cont_range, field, layout, error, report)
                 continue
-            outside = _report_edges(members, coverage[0], field, spw, layout, frame, report)
-            if channels is None:
-                for cont_range in members:
-                    if cont_range not in outside:
-                        report.add('error', cont_range.line, '%s lies outside %s of field "%s" {where} — correct '
-                                   'the range' % (_range_text(cont_range), spw.label(), field.name), layout.eb,
-                                   'it covers %s %s' % (_ghz_text(*coverage[0]), frame))
-                continue
-            channel_ranges.append(channels)
+            covered = 'it covers %s %s' % (_ghz_text(*coverage), frame)
+            for cont_range in members:
+                outside = cont_range.hi_hz < coverage[0] or cont_range.lo_hz > coverage[1]
+                if not outside and (cont_range.lo_hz < coverage[0] or cont_range.hi_hz > coverage[1]):
+                    report.add('warning', cont_range.line, '%s reaches beyond %s of field "%s" {where}; only the '
+                               'channels inside are fitted — trim the range' % (_range_text(cont_range), spw.label(),
+                                                                              field.name), layout.eb, covered)
+                if outside or channels is None:  # a group selecting no channel lies outside all the same
+                    report.add('error', cont_range.line, '%s lies outside %s of field "%s" {where} — correct the '
+                               'range' % (_range_text(cont_range), spw.label(), field.name), layout.eb, covered)
+            if channels is not None:
+                channel_ranges.append(channels)
     return channel_ranges
-
-
-def _report_edges(ranges, coverage, field, spw, layout, frame, report):
-    """Report the ranges outside the spw's coverage (errors) and those reaching beyond it (warnings); returns
-    the ranges outside."""
-    covered = 'it covers %s %s' % (_ghz_text(*coverage), frame)
-    outside = []
-    for cont_range in ranges:
-        if cont_range.hi_hz < coverage[0] or cont_range.lo_hz > coverage[1]:
-            report.add('error', cont_range.line, '%s lies outside %s of field "%s" {where} — correct the range'
-                       % (_range_text(cont_range), spw.label(), field.name), layout.eb, covered)
-            outside.append(cont_range)
-        elif cont_range.lo_hz < coverage[0] or cont_range.hi_hz > coverage[1]:
-            report.add('warning', cont_range.line, '%s reaches beyond %s of field "%s" {where}; only the '
-                       'channels inside are fitted — trim the range' % (_range_text(cont_range), spw.label(),
-                                                                      field.name), layout.eb, covered)
-    return outside
 
 
 def _cannot_convert(cont_range, field, layout, error, report):

@@ -9,7 +9,7 @@ from ..casa.ms_tables import ROWS_PER_CHUNK, dd_ids_by_spw, read_ms_layout, same
 from ..contdat.against_ms import analyse_contdat
 from ..contdat.channels import ChannelConverter
 from ..contdat.grammar import ContRange
-from ..core.fileops import atomic_file, relative_path
+from ..core.fileops import relative_path, write_atomically
 from ..core.layout import eb_name
 from ..core.messages import ReprocessingError, one_line, say, warn
 from ..report.svg_chart import stacked_line_chart
@@ -255,9 +255,7 @@ def draw_spectra(spectra, out_dir):
                          '|mean visibility| over baselines and time; %s' % shaded],
             panels=panels, x_label='LSRK frequency (GHz)')
         name = '%s_spw%d.svg' % (re.sub(r'[^A-Za-z0-9_.+-]+', '_', field_name), virtual_id)
-        with atomic_file(out_dir / name) as temporary:
-            with open(str(temporary), 'w', encoding='utf-8') as handle:
-                handle.write(chart)
+        write_atomically(out_dir / name, chart)
         pictures.append(out_dir / name)
     return pictures
 
