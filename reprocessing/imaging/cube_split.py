@@ -14,12 +14,12 @@ plane by plane into the cube (cube_chunks.join_chunks, each image under a partia
 import time
 from pathlib import Path
 
-from ..core.fileops import is_partial_name, remove_tree
+from ..core.fileops import remove_tree
 from ..core.messages import duration_text
 from ..core.requests import request_as_json
-from ..run.provenance import image_differences, read_record
+from ..run.provenance import image_differences
 from .cube_chunks import chunk_job, cube_start_hz, join_chunks, threshold_text, whole_cube_threshold
-from .image_resume import RECORD_NAME, save_finished
+from .image_resume import kept_folders, save_finished
 from .tclean_run import cube_products
 
 
@@ -94,23 +94,10 @@ def make_split_cube(casa, request, job, ranges, *, work_dir, workers, store_dir,
 def resume_chunks(store, records):
     """{chunk name: its record} of the chunks a stopped run kept in store whose record equals this run's (the
     whole cube's inputs and parameters, the chunk's channels); every other folder there is removed."""
-    store = Path(store)
-    if not store.is_dir():
-        return {}
-    kept = {}
-    for folder in sorted(store.iterdir()):
-        expected = records.get(folder.name)
-        recorded = None if is_partial_name(folder.name) or expected is None else read_record(folder / RECORD_NAME)[0]
-        complete = recorded is not None and bool(recorded.get('files')) and all(
-            (folder / name).exists() for name in recorded['files'])
-        same = complete and all(recorded.get(key) == expected[key] for key in ('first', 'count', 'start'))
-        if same and expected['cube']:
-            same = not image_differences(recorded.get('cube') or {}, expected['cube'])
-        if same:
-            kept[folder.name] = recorded
-        else:
-            remove_tree(folder)
-    return kept
+    def same(recorded, expected):
+        return (all(recorded.get(key) == expected[key] for key in ('first', 'count', 'start'))
+                and not (expected['cube'] and image_differences(recorded.get('cube') or {}, expected['cube'])))
+    return kept_folders(store, records, same)[0]
 
 
 class ChunkProgress(object):

@@ -61,18 +61,9 @@ def resume_finished(finished_dir, records):
     (records: name -> expected record); every other folder in finished_dir (partial, stale, not asked for) is
     removed."""
     finished_dir = Path(finished_dir)
-    if not finished_dir.is_dir():
-        return {}
-    kept, dropped = {}, []
-    for folder in sorted(finished_dir.iterdir()):
-        expected = records.get(folder.name)
-        recorded = None if is_partial_name(folder.name) or expected is None else read_record(folder / RECORD_NAME)[0]
-        complete = recorded is not None and all((folder / file_name).exists() for file_name in recorded.get('files') or [])
-        if complete and recorded.get('files') and not image_differences(recorded, expected):
-            kept[folder.name] = recorded.get('seconds')
-        else:
-            dropped.append(folder.name)
-            remove_tree(folder)
+    found, dropped = kept_folders(finished_dir, records,
+                                  lambda recorded, expected: not image_differences(recorded, expected))
+    kept = dict((name, recorded.get('seconds')) for name, recorded in found.items())
     if kept:
         say('  %d image%s finished by a run that was stopped, with the same inputs and parameters: kept, not made '
             'again (%s)' % (len(kept), '' if len(kept) == 1 else 's', ', '.join(sorted(kept))))
@@ -80,3 +71,25 @@ def resume_finished(finished_dir, records):
         say('  removed %d image%s a stopped run left in %s that this run does not make as they are' % (
             len(dropped), '' if len(dropped) == 1 else 's', finished_dir.name))
     return kept
+
+
+def kept_folders(store, records, same):
+    """({folder name: its record}, [names removed]) of store's folders (save_finished's): a folder is kept when
+    it is complete (its record and every file the record lists) and same(its record, records[its name]) holds;
+    every other folder (partial, stale, not asked for) is removed.  The one rule for finished images and for
+    the chunks of a split cube."""
+    store = Path(store)
+    if not store.is_dir():
+        return {}, []
+    kept, dropped = {}, []
+    for folder in sorted(store.iterdir()):
+        expected = records.get(folder.name)
+        recorded = None if is_partial_name(folder.name) or expected is None else read_record(folder / RECORD_NAME)[0]
+        complete = recorded is not None and bool(recorded.get('files')) and all(
+            (folder / file_name).exists() for file_name in recorded['files'])
+        if complete and same(recorded, expected):
+            kept[folder.name] = recorded
+        else:
+            dropped.append(folder.name)
+            remove_tree(folder)
+    return kept, dropped
