@@ -307,6 +307,25 @@ def test_without_a_fingerprint_a_newer_cont_dat_counts_as_edited_and_a_touch_alo
     assert 'cont.dat is the delivered one, by content' in done.stdout, done.stdout
 
 
+def test_the_lsrk_channel_frequencies_are_casas_own(delivery_factory, casa):
+    """The spectra's axis (a window's CHAN_FREQ times one Doppler factor) equals the ms tool's cvelfreqs at
+    the same time, for every field and spw, within 1 Hz (a TOPO axis would be tens of MHz off)."""
+    delivery = delivery_factory(**TWO_EBS)
+    for ms in sorted(ms_dir(delivery).glob('*_targets.ms')):
+        layout = sfr.read_ms_layout(casa, ms)
+        pairs = [(ids[0], spw) for ids in layout.fields.values() for spw in layout.spws]
+        ours = sfr.lsrk_channel_frequencies(casa, ms, pairs)
+        later = sfr.lsrk_channel_frequencies(casa, ms, pairs, seconds=layout.start + 6 * 3600)
+        with sfr.opened_tool(casa.casatools.ms(), ms) as tool:
+            obstime = sfr.casa_time_text(layout.start)
+            for (field_id, spw_id), axis, moved in zip(pairs, ours, later):
+                cvel = tool.cvelfreqs(spwids=[spw_id], fieldids=[field_id], obstime=obstime, mode='channel',
+                                      outframe='LSRK')
+                assert numpy.max(numpy.abs(numpy.asarray(axis) - cvel)) < 1.0, (ms.name, spw_id)
+                # six hours later the Earth has turned: the axis moves (by ~ 0.5 km/s)
+                assert numpy.max(numpy.abs(numpy.asarray(moved) - cvel)) > 1e4, (ms.name, spw_id)
+
+
 def test_spectra_show_the_line_at_its_lsrk_frequency_in_every_execution_block(delivery_factory, casa, tmp_path):
     delivery = delivery_factory(**TWO_EBS)
     truth = truth_of(delivery)
@@ -315,7 +334,7 @@ def test_spectra_show_the_line_at_its_lsrk_frequency_in_every_execution_block(de
     analysis = sfr.analyse_contdat(contdat, targets, casa)
     for ms in targets:
         spectra = sfr.measure_spectra_pair(casa, before_ms=ms, after_ms=ms, requests=sfr.spectrum_requests(
-            analysis, ms))
+            casa, analysis, ms))
         for spectrum in spectra:
             amplitudes = numpy.array([a for a in spectrum['before']])
             peak_hz = spectrum['frequency_hz'][int(numpy.argmax(amplitudes))]

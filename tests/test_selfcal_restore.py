@@ -27,8 +27,9 @@ def scal_targets(vislist=VIS, success=True, exception=False):
              'sc_exception': exception, 'sc_lib': library, 'spw_real': dict((vis, '25,27') for vis in vislist)}]
 
 
-def write_auxproducts(path, targets, *, tables=None, extra=()):
-    """An auxproducts.tgz as hifa_exportdata writes it; tables: the gain tables to include (default: all named)."""
+def write_auxproducts(path, targets, *, tables=None, extra=(), links=()):
+    """An auxproducts.tgz as hifa_exportdata writes it; tables: the gain tables to include (default: all named);
+    links: (name, target) symbolic links added (hifa_exportdata writes none)."""
     if tables is None:
         tables = ['%s/%s' % (t['sc_workdir'], table) for t in targets for vis in t['sc_lib']['vislist']
                   for table in t['sc_lib'][vis]['gaintable_final']]
@@ -48,6 +49,10 @@ def write_auxproducts(path, targets, *, tables=None, extra=()):
             add(table + '/table.dat', b'x')
         for name in extra:
             add(name, b'x')
+        for name, target in links:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tar.addfile(info)
     return path
 
 
@@ -79,11 +84,13 @@ def test_every_folder_the_readme_names_is_searched(tmp_path, folder):
     (scal_targets(), ['%s/sc.IRAS_%s_Band_6_inf_EB_0_p.g' % (WORKDIR, VIS[0])], (), 'lacks the gain table'),
     (scal_targets(vislist=['uid___A002_X9_X9_targets.ms']), None, (), 'other measurement sets (uid___A002_X9_X9_targets)'),
     (scal_targets(), None, ('../evil.txt',), 'paths outside its folder'),
+    (scal_targets(), None, (), 'a link or special file (%s/home)' % WORKDIR),
 ])
 def test_resources_hif_selfcal_would_not_apply_are_named_and_left(tmp_path, targets, tables, extra, why):
     delivery = tmp_path / 'calibrated_final'
     delivery.mkdir()
-    write_auxproducts(delivery / 'caltables' / 'a.auxproducts.tgz', targets, tables=tables, extra=extra)
+    links = [(WORKDIR + '/home', '/root')] if 'link' in why else []
+    write_auxproducts(delivery / 'caltables' / 'a.auxproducts.tgz', targets, tables=tables, extra=extra, links=links)
     resources, notes = sfr.find_selfcal_resources(delivery, VIS)
     assert resources is None
     assert len(notes) == 1 and why in notes[0] and 'a.auxproducts.tgz' in notes[0], notes

@@ -4,7 +4,8 @@ LSRK coverage, antennas and dish sizes, dates.  Read-only metadata reads."""
 import collections
 from pathlib import Path
 
-from .casa_engine import opened_table, opened_tool
+from .casa_engine import opened_table
+from .frequencies import lsrk_channel_frequencies
 from .ms_imaging import read_ms_for_imaging
 
 CombineSpw = collections.namedtuple('CombineSpw', 'spw_id name nchan width_hz lsrk_lo lsrk_hi')
@@ -12,10 +13,9 @@ CombineMs = collections.namedtuple('CombineMs', 'path imaging fields spws dish_m
 
 
 def lsrk_edges(casa, ms, spw_id, field_id, width_hz):
-    """(low, high) LSRK edge frequencies (Hz) of a spw of ms for a field (CASA's cvelfreqs, channel centres
-    widened by half a channel)."""
-    with opened_tool(casa.casatools.ms(), ms) as tool:
-        freqs = tool.cvelfreqs(spwids=[int(spw_id)], fieldids=[int(field_id)], mode='channel', outframe='LSRK')
+    """(low, high) LSRK edge frequencies (Hz) of a spw of ms for a field at the observation's start (channel
+    centres widened by half a channel)."""
+    freqs, = lsrk_channel_frequencies(casa, ms, [(field_id, spw_id)])
     return float(min(freqs)) - width_hz / 2.0, float(max(freqs)) + width_hz / 2.0
 
 

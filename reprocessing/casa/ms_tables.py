@@ -87,10 +87,20 @@ SpwInfo = collections.namedtuple('SpwInfo', 'id name nchan low_hz high_hz')
 SpwInfo.__new__.__defaults__ = (None, None)  # the frequency range: unknown where a test builds one by hand
 
 
+# MEAS_FREQ_REF codes of casacore's MFrequency
+FREQUENCY_FRAMES = {0: 'REST', 1: 'LSRK', 2: 'LSRD', 3: 'BARY', 4: 'GEO', 5: 'TOPO', 6: 'GALACTO', 7: 'LGROUP', 8: 'CMB'}
+
+# Of every spw: CHAN_FREQ (numpy, Hz) and its frame; of every field: PHASE_DIR's first term (radians) in
+# direction_frame, and whether it has an ephemeris; the OBSERVATION's telescope name.
+FrequencyFrames = collections.namedtuple('FrequencyFrames',
+                                         'chan_freq spw_frames directions direction_frame ephemeris telescope')
+
+
 class MsLayout(object):
     """Fields, science spws and (field, spw) pairs with data of one MS, read once with the table tool."""
 
-    def __init__(self, *, path, start, fields, spws, pairs, rows, ephemeris_fields=(), fields_without_rows=()):
+    def __init__(self, *, path, start, fields, spws, pairs, rows, ephemeris_fields=(), fields_without_rows=(),
+                 frames=None):
         self.path = Path(path)
         self.name = self.path.name
         self.eb = eb_name(self.path)
@@ -102,6 +112,7 @@ class MsLayout(object):
         self.ephemeris_fields = set(ephemeris_fields)  # names of fields with an ephemeris (EPHEMERIS_ID >= 0)
         # names in FIELD with no rows (calibrators importasdm keeps in the FIELD table of a target's data)
         self.fields_without_rows = set(fields_without_rows) - set(fields)
+        self.frames = frames  # FrequencyFrames: what converting its channel frequencies to LSRK needs
 
     def spw_ids_by_name(self, name):
         """The ids of the windows called name; else of those whose name is another form of it (same_window_name)."""
@@ -117,6 +128,10 @@ def read_ms_layout(casa, ms):
     return ms_metadata(ms, 'layout', lambda: _read_ms_layout(casa, ms))
 
 
+# Columns whose cells may differ in shape from row to row (a window's channels, a field's polynomial terms)
+CELL_BY_CELL = ('CHAN_FREQ', 'PHASE_DIR')
+
+
 def _read_ms_layout(casa, ms):
     import numpy
     missing = 'the measurement set %s is incomplete or not an MS: restore it from the delivery' % Path(ms).name
@@ -125,16 +140,18 @@ def _read_ms_layout(casa, ms):
         with opened_table(casa, Path(ms) / subtable if subtable else ms, missing=missing) as table:
             if not table.nrows():
                 return [[] for _name in names]
-            return [[table.getcell(name, row) for row in range(table.nrows())] if name == 'CHAN_FREQ'
+            return [[table.getcell(name, row) for row in range(table.nrows())] if name in CELL_BY_CELL
                     else table.getcol(name) for name in names]
 
-    field_names, = columns('FIELD', 'NAME')
+    field_names, phase_dir = columns('FIELD', 'NAME', 'PHASE_DIR')
     with opened_table(casa, Path(ms) / 'FIELD', missing=missing) as table:
         ephemeris_ids = (list(table.getcol('EPHEMERIS_ID')) if 'EPHEMERIS_ID' in table.colnames() and table.nrows()
                          else [-1] * len(field_names))
-    spw_names, spw_nchan, spw_freqs = columns('SPECTRAL_WINDOW', 'NAME', 'NUM_CHAN', 'CHAN_FREQ')
+        direction_frame = table.getcolkeyword('PHASE_DIR', 'MEASINFO').get('Ref', 'J2000')
+    spw_names, spw_nchan, spw_freqs, spw_frames = columns('SPECTRAL_WINDOW', 'NAME', 'NUM_CHAN', 'CHAN_FREQ',
+                                                          'MEAS_FREQ_REF')
     dd_spw, = columns('DATA_DESCRIPTION', 'SPECTRAL_WINDOW_ID')
-    time_range, = columns('OBSERVATION', 'TIME_RANGE')
+    time_range, telescopes = columns('OBSERVATION', 'TIME_RANGE', 'TELESCOPE_NAME')
     pairs, rows = set(), 0
     with opened_table(casa, ms, missing=missing) as table:
         rows = table.nrows()
@@ -154,8 +171,15 @@ def _read_ms_layout(casa, ms):
         for spw_id in sorted({pair[1] for pair in pairs}))
     start = float(numpy.min(time_range)) if len(time_range) else 0.0
     ephemeris_fields = {str(name) for name, ephemeris in zip(field_names, ephemeris_ids) if ephemeris >= 0}
+    frames = FrequencyFrames(
+        chan_freq=[numpy.asarray(freqs, dtype=float) for freqs in spw_freqs],
+        spw_frames=[FREQUENCY_FRAMES.get(int(code), 'TOPO') for code in spw_frames],
+        directions=[(float(cell[0][0]), float(cell[1][0])) for cell in phase_dir],
+        direction_frame=str(direction_frame), ephemeris=[int(value) >= 0 for value in ephemeris_ids],
+        telescope=str(telescopes[0]) if len(telescopes) else '')
     return MsLayout(path=ms, start=start, fields=fields, spws=spws, pairs=pairs, rows=rows,
-                    ephemeris_fields=ephemeris_fields, fields_without_rows={str(name) for name in field_names})
+                    ephemeris_fields=ephemeris_fields, fields_without_rows={str(name) for name in field_names},
+                    frames=frames)
 
 
 def check_measurement_set(casa, ms, *, root=None):

@@ -60,6 +60,12 @@ def read_selfcal_resources(path, ms_names):
             unsafe = [name for name in names if name.startswith('/') or '..' in name.split('/')]
             if unsafe:
                 return None, 'it holds paths outside its folder (%s)' % unsafe[0]
+            # hif_selfcal extracts the sc_workdir* members with tarfile, without a filter (pipeline 2025.1.0.35,
+            # Python 3.10): a link member, or a file written through one, would land wherever the link points.
+            links = [member.name for member in members if not (member.isfile() or member.isdir())]
+            if links:
+                return None, 'it holds a link or special file (%s), which extracting could follow out of its folder' % (
+                    links[0])
             jsons = [member for member in members
                      if member.isfile() and fnmatch.fnmatch(member.name, '*.selfcal.json') and '/' not in member.name]
             if not jsons:

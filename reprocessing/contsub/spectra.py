@@ -3,8 +3,9 @@
 import collections
 from pathlib import Path
 
-from ..casa.casa_engine import opened_table, opened_tool
+from ..casa.casa_engine import opened_table
 from ..casa.data_columns import SELFCAL_COLUMN, has_selfcal_column
+from ..casa.frequencies import lsrk_channel_frequencies
 from ..casa.ms_tables import ROWS_PER_CHUNK, dd_ids_by_spw, read_ms_layout, same_window, spw_name
 from ..contdat.against_ms import analyse_contdat
 from ..contdat.channels import ChannelConverter
@@ -32,27 +33,37 @@ SPECTRUM_WINDOWS = 4
 SPECTRUM_WINDOW_ROWS = 128
 
 
-def spectrum_requests(analysis, ms):
-    """What to measure for one MS: one entry per field and spw it fits, with cont.dat's ranges."""
+def spectrum_requests(casa, analysis, ms):
+    """What to measure for one MS: one entry per field and spw it fits, with cont.dat's ranges and the
+    channels' LSRK frequencies.
+
+    The frequencies are converted here, where the run plans its fits, for every MS in a row: a CASA task
+    in between (uvcontsub) lets the measures tables go, and converting after each fit cost 50-60 ms per MS
+    to read them again (0.22 s of a 9 s --contsub_fast at 240 channels; here 3 ms per MS after the first).
+    """
     requests = []
-    for selection in analysis.selections[str(ms)]:
+    selections = analysis.selections[str(ms)]
+    axes = lsrk_channel_frequencies(casa, ms, [(selection.field_ids[0], selection.spw_id) for selection in selections])
+    for selection, frequencies in zip(selections, axes):
         block = analysis.contdat.fields[selection.field_name].spws.get(selection.virtual_id)
         ranges = [[r.lo_hz, r.hi_hz, r.frame] for r in block.ranges] if block is not None else []
         requests.append({'field_name': selection.field_name, 'field_ids': list(selection.field_ids),
                          'spw_id': selection.spw_id, 'virtual_id': selection.virtual_id, 'ranges': ranges,
-                         'after_field_ids': list(selection.field_ids), 'after_spw_id': selection.spw_id})
+                         'after_field_ids': list(selection.field_ids), 'after_spw_id': selection.spw_id,
+                         'frequency_hz': frequencies})
     return requests
 
 
 def measure_spectra_pair(casa, *, before_ms, after_ms, requests, column='DATA'):
-    """For each request: LSRK frequency, |<V>| before and after, and the cont.dat ranges on that axis.
+    """For each request (spectrum_requests): LSRK frequency, |<V>| before and after, and the cont.dat ranges on
+    that axis.
 
     column: the data column both spectra show (CORRECTED_DATA: the self-calibrated data).  Each MS
     is read in one pass for all requests (average_spectra).
     """
     measured = []
     converter = ChannelConverter(casa)
-    all_frequencies = lsrk_channel_frequencies(casa, before_ms, [(r['field_ids'][0], r['spw_id']) for r in requests])
+    all_frequencies = [r['frequency_hz'] for r in requests]
     befores = average_spectra(casa, before_ms, [(r['field_ids'], r['spw_id']) for r in requests], column=column)
     afters = average_spectra(casa, after_ms, [(r['after_field_ids'], r['after_spw_id']) for r in requests],
                              column=column)
@@ -77,25 +88,6 @@ def measure_spectra_pair(casa, *, before_ms, after_ms, requests, column='DATA'):
                          'fraction': fraction, 'frames': sorted({r[2] for r in request['ranges']}),
                          'column': column})
     return measured
-
-
-def lsrk_channel_frequencies(casa, ms, pairs):
-    """For each (field id, spw id) of pairs: the channel frequencies in LSRK, in channel order, as the ms tool
-    converts them (no maths of ours); the MS is opened once.
-
-    The conversion is made for the observation's start (OBSERVATION's TIME_RANGE): given no time,
-    cvelfreqs reads the MS's times at every call (15 ms per spw on 12000 rows, 6x the conversion) to
-    take its first integration, 3 s later: 75 Hz apart on the bench MS, 1e-4 of a channel.
-    """
-    import datetime
-    if not pairs:
-        return []
-    seconds = read_ms_layout(casa, ms).start  # MJD seconds; 0 when OBSERVATION gives no time
-    obstime = ((datetime.datetime(1858, 11, 17) + datetime.timedelta(seconds=seconds)).strftime('%Y/%m/%d/%H:%M:%S.%f')
-               if seconds > 0 else '')
-    with opened_tool(casa.casatools.ms(), ms) as tool:
-        return [[float(v) for v in tool.cvelfreqs(spwids=[int(spw_id)], fieldids=[int(field_id)], obstime=obstime,
-                                                   mode='channel', outframe='LSRK')] for field_id, spw_id in pairs]
 
 
 def average_spectra(casa, ms, selections, *, budget=SPECTRUM_BUDGET, column='DATA'):
@@ -209,7 +201,7 @@ def plot_contsub_spectra(*, before_ms, after_ms, contdat, out_dir, casa):
         after_layout = read_ms_layout(casa, after)
         before_layout = analysis.layout(before)
         requests = []
-        for request in spectrum_requests(analysis, before):
+        for request in spectrum_requests(casa, analysis, before):
             if request['field_name'] not in after_layout.fields:
                 continue
             name = before_layout.spws[request['spw_id']].name

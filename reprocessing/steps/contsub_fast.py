@@ -147,7 +147,7 @@ def contsub_with_uvcontsub(plan, state, step, casa, reason):
                                                                             casa_version=casa.version)
             tasks.append({'function': 'subtract_continuum', 'eb': eb_name(ms), 'arguments': {
                 'ms': str(ms), 'output': str(partial), 'field': field, 'spw': spw, 'fitspec': fitspec,
-                'spectra': spectrum_requests(analysis, ms),
+                'spectra': spectrum_requests(casa, analysis, ms),
                 'selfcal_fit': None if selfcal_fit is None else str(selfcal_fit), 'mstransform_fit': mstransform_fit}})
         say('  subtracting the continuum of %d execution block%s%s' % (
             len(tasks), '' if len(tasks) == 1 else 's', ' in %d processes' % workers.count if workers.count > 1
