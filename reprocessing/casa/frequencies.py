@@ -6,9 +6,9 @@ channels are its CHAN_FREQ times one factor that the measures tool computes for 
 the observatory and the time, from the metadata the MS's layout already holds (read_ms_layout).
 Measured on the bench delivery (4 MSes x 4 spws x 240 channels, 2026-12-07): the ms tool's cvelfreqs
 took 0.22-0.31 s for the 16 windows of a --contsub_fast run (it opens the MS and all its subtables, and
-its measures start afresh at each MS's epoch), this MEASURED; the frequencies within 0.01 Hz of
-cvelfreqs' at the same time.  Fields with an
-ephemeris move against the stars during the observation: their frequencies come from cvelfreqs.
+its measures start afresh at each MS's epoch), this 14-17 ms; the frequencies within 0.01 Hz of
+cvelfreqs' at the same time.  Fields with an ephemeris move against the stars during the observation:
+their frequencies come from cvelfreqs.
 
 Not for choosing the channels that a fit or the pipeline uses: those go through advisechansel
 (contdat/channels.py), as the pipeline's contfilehandler does.
