@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+import scriptForReprocessing as sfr
 from conftest import REPO, md5_tree, one_error_line, requires_pipeline, user_ms_digests
 
 REAL = REPO / 'tests' / 'data' / 'real'
@@ -415,7 +416,6 @@ def test_channel_selections_equal_those_of_the_pipeline_s_own_reader(delivery_fa
     """The pipeline's ContFileHandler (get_merged_selection, then to_ms_frame, to_topo before the development
     head, as hif_uvcontsub's calc_ms_frame_ranges calls it) on a real ObservingRun of the MS, against the tool's
     analysis."""
-    import scriptForReprocessing as sfr
     if unreadable_lines(text):
         pytest.skip('the pipeline\'s reader cannot read it either (lines %s)' % unreadable_lines(text))
     from pipeline.domain import ObservingRun
@@ -445,3 +445,82 @@ def test_channel_selections_equal_those_of_the_pipeline_s_own_reader(delivery_fa
             theirs[(field, spw)] = channel_set(chans[0].split()[0] if chans[0] else '')
     assert any(isinstance(channels, set) and channels for channels in theirs.values())
     assert ours == theirs
+
+
+# -- advisechansel's answer worked out without it ---------------------------------------------------------
+
+def advisechansel_channels(casa, ms, field_id, spw_id, low, high, frame):
+    """(first, last) channels advisechansel itself gives for the range (the pipeline's call), or None."""
+    tool = casa.casatools.synthesisutils()
+    try:
+        result = tool.advisechansel(msname=str(ms), fieldid=field_id, spwselection=str(spw_id), freqstart=low,
+                                    freqend=high, freqstep=100., freqframe=frame)
+    finally:
+        tool.done()
+    spws = [int(spw) for spw in result.get('spw', [])]
+    if spw_id not in spws or int(result['nchan'][spws.index(spw_id)]) <= 0:
+        return None
+    first = int(result['start'][spws.index(spw_id)])
+    return first, first + int(result['nchan'][spws.index(spw_id)]) - 1
+
+
+def ranges_around(spw, rng, count):
+    """Ranges of every kind around a window: equal ends, a few channels, wide, reaching beyond either edge,
+    wholly outside; in LSRK and some in TOPO (ends as the pipeline writes them)."""
+    span = spw.high_hz - spw.low_hz
+    width = span / max(1, spw.nchan - 1)
+    for _ in range(count):
+        low = spw.low_hz + rng.uniform(-0.2, 1.2) * span
+        kind = rng.random()
+        high = low if kind < 0.2 else low + rng.uniform(0, 3) * width if kind < 0.4 else low + rng.uniform(0, 0.6) * span
+        yield (sfr.ChannelConverter.pipeline_hz(low), sfr.ChannelConverter.pipeline_hz(high),
+               'TOPO' if rng.random() < 0.15 else 'LSRK')
+
+
+@pytest.mark.parametrize('which', ['simulated mosaic, 2 EBs', 'real MS'])
+def test_channels_worked_out_without_casa_are_advisechansels_own(tmp_path, delivery_factory, real_ms, casa, which):
+    """channels_without_casa (CASA's rule applied to the MS's metadata) against advisechansel on every field and
+    spw: equal wherever it decides, and it decides nearly always (else the run would ask CASA every time)."""
+    import random
+    if which == 'real MS':
+        mses = [real_ms]
+    else:
+        delivery = delivery_factory(n_ebs=2, n_fields=3, spw_ids=(17, 19), nchan=128)
+        mses = sorted((delivery / 'measurement_sets').glob('*_targets.ms'))
+    rng = random.Random(7)
+    converter = sfr.ChannelConverter(casa)
+    decided = compared = 0
+    for ms in mses:
+        layout = sfr.read_ms_layout(casa, ms)
+        for field_ids in layout.fields.values():
+            for spw in layout.spws.values():
+                for low, high, frame in ranges_around(spw, rng, 25):
+                    ours = converter.channels_without_casa(ms, field_ids[0], spw.id, low, high, frame)
+                    compared += 1
+                    if ours is sfr.UNDECIDED:
+                        continue
+                    decided += 1
+                    assert ours == advisechansel_channels(casa, ms, field_ids[0], spw.id, low, high, frame), (
+                        ms.name, field_ids[0], spw.id, low, high, frame)
+    assert decided >= 0.95 * compared, (decided, compared)
+
+
+@pytest.mark.parametrize('which', ['simulated mosaic, 2 EBs', 'real MS'])
+def test_a_window_s_coverage_worked_out_without_casa_is_advisechansels_own(delivery_factory, real_ms, casa, which):
+    """ChannelConverter.coverage (CASA's rule on the MS's metadata) within 0.1 Hz of advisechansel's getfreqrange,
+    in LSRK and TOPO, for every field and spw (a coverage without the Doppler shift would be ~MHz off)."""
+    if which == 'real MS':
+        mses = [real_ms]
+    else:
+        delivery = delivery_factory(n_ebs=2, n_fields=3, spw_ids=(17, 19), nchan=128)
+        mses = sorted((delivery / 'measurement_sets').glob('*_targets.ms'))
+    converter = sfr.ChannelConverter(casa)
+    for ms in mses:
+        layout = sfr.read_ms_layout(casa, ms)
+        for field_ids in layout.fields.values():
+            for spw in layout.spws.values():
+                for frame in ('LSRK', 'TOPO'):
+                    assert sfr.to_topo_factors(casa, ms, field_ids[0], spw.id, frame) is not None
+                    ours = converter.coverage(ms, field_ids[0], spw.id, frame)
+                    theirs = converter._ask_coverage(ms, field_ids[0], spw.id, frame)
+                    assert ours == pytest.approx(theirs, abs=0.1), (ms.name, field_ids[0], spw.id, frame)

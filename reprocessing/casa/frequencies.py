@@ -14,11 +14,12 @@ Not for choosing the channels that a fit or the pipeline uses: those go through 
 (contdat/channels.py), as the pipeline's contfilehandler does.
 """
 
+import collections
 import datetime
 from pathlib import Path
 
 from .casa_engine import opened_table, opened_tool
-from .ms_tables import read_ms_layout
+from .ms_tables import ROWS_PER_CHUNK, dd_ids_by_spw, ms_metadata, read_ms_layout
 
 
 def lsrk_channel_frequencies(casa, ms, pairs, *, seconds=None):
@@ -37,7 +38,7 @@ def lsrk_channel_frequencies(casa, ms, pairs, *, seconds=None):
     answers = []
     for field_id, spw_id in pairs:
         longitude, latitude = frames.directions[field_id]
-        measures.doframe(measures.direction(frames.direction_frame, quanta.quantity(longitude, 'rad'),
+        measures.doframe(measures.direction(frames.direction_frames[field_id], quanta.quantity(longitude, 'rad'),
                                             quanta.quantity(latitude, 'rad')))
         channels = frames.chan_freq[spw_id]
         reference = float(channels[0]) or 1e11
@@ -58,6 +59,88 @@ def _measures_tool(casa):
     if key not in _MEASURES:
         _MEASURES[key] = casa.casatools.measures()
     return _MEASURES[key]
+
+
+def to_topo_factors(casa, ms, field_id, spw_id, frame):
+    """(smallest, largest) of f_TOPO / f_frame over the distinct times of the rows of field_id and spw_id, as
+    CASA's advisechansel takes them (MSUtil::getSpwInFreqRange: each range end is converted at every distinct
+    time of the field, the lowest start and the highest end kept); (1.0, 1.0) for a TOPO window and a TOPO range.
+
+    None where this cannot be CASA's answer for sure, and advisechansel must be asked: a field with an
+    ephemeris or a polynomial direction, windows in different frames, OBSERVATION rows of different
+    telescopes or one the measures do not know, a time shared by two fields, or a field whose times differ
+    between windows (CASA's choice of rows then depends on its selection).
+    """
+    frames = read_ms_layout(casa, ms).frames
+    if frames is None or frames.ephemeris[field_id] or frames.polynomial[field_id]:
+        return None
+    data_frames = {frames.spw_frames[spw] for spw in read_ms_layout(casa, ms).spws}
+    if data_frames != {frames.spw_frames[spw_id]} or not frames.telescope:
+        return None
+    if frame == frames.spw_frames[spw_id]:
+        return 1.0, 1.0
+    times = distinct_times(casa, ms)
+    if times is None or (field_id, spw_id) not in times.by_pair:
+        return None
+    mine = times.by_pair[field_id, spw_id]
+    if any(len(other) != len(mine) or (other != mine).any()
+           for (other_field, _spw), other in times.by_pair.items() if other_field == field_id):
+        return None
+    key = ('factors', field_id, frames.spw_frames[spw_id], frame)
+    if key not in times.factors:
+        times.factors[key] = _factors(casa, frames, field_id, frames.spw_frames[spw_id], frame, mine, times.reference)
+    return times.factors[key]
+
+
+def _factors(casa, frames, field_id, data_frame, frame, seconds, reference):
+    measures, quanta = _measures_tool(casa), casa.casatools.quanta()
+    observatory = measures.observatory(frames.telescope)
+    if not observatory:
+        return None
+    measures.doframe(observatory)
+    longitude, latitude = frames.directions[field_id]
+    measures.doframe(measures.direction(frames.direction_frames[field_id], quanta.quantity(longitude, 'rad'),
+                                        quanta.quantity(latitude, 'rad')))
+    reference_hz = 1e11
+    values = []
+    for moment in seconds:
+        measures.doframe(measures.epoch(reference, quanta.quantity(float(moment), 's')))
+        converted = measures.measure(measures.frequency(frame, quanta.quantity(reference_hz, 'Hz')), data_frame)
+        values.append(converted['m0']['value'] / reference_hz)
+    return (min(values), max(values)) if values else None
+
+
+DistinctTimes = collections.namedtuple('DistinctTimes', 'by_pair reference factors')
+
+
+def distinct_times(casa, ms):
+    """DistinctTimes of an MS: by_pair {(field id, spw id): sorted distinct TIME values (numpy)}, the TIME
+    column's reference (UTC), and a dict of the factors computed from them; None when a time is shared
+    by two fields.  Read once per MS (three columns, a chunk of rows at a time)."""
+    return ms_metadata(ms, 'distinct times', lambda: _read_distinct_times(casa, ms))
+
+
+def _read_distinct_times(casa, ms):
+    import numpy
+    spw_of_dd = dict((dd_id, spw_id) for spw_id, dd_ids in dd_ids_by_spw(casa, ms).items() for dd_id in dd_ids)
+    found = {}
+    field_of_time = {}
+    with opened_table(casa, ms) as table:
+        reference = table.getcolkeyword('TIME', 'MEASINFO').get('Ref', 'UTC')
+        for start in range(0, table.nrows(), ROWS_PER_CHUNK):
+            times = numpy.asarray(table.getcol('TIME', startrow=start, nrow=ROWS_PER_CHUNK))
+            field_ids = numpy.asarray(table.getcol('FIELD_ID', startrow=start, nrow=ROWS_PER_CHUNK))
+            dd_ids = numpy.asarray(table.getcol('DATA_DESC_ID', startrow=start, nrow=ROWS_PER_CHUNK))
+            for field_id in numpy.unique(field_ids):
+                of_field = field_ids == field_id
+                for moment in numpy.unique(times[of_field]):
+                    if field_of_time.setdefault(float(moment), int(field_id)) != int(field_id):
+                        return None
+                for dd_id in numpy.unique(dd_ids[of_field]):
+                    key = (int(field_id), spw_of_dd[int(dd_id)])
+                    chosen = times[of_field & (dd_ids == dd_id)]
+                    found[key] = numpy.union1d(found.get(key, numpy.array([])), chosen)
+    return DistinctTimes(found, str(reference), {})
 
 
 def _observatory(casa, ms, measures, telescope):

@@ -91,9 +91,11 @@ SpwInfo.__new__.__defaults__ = (None, None)  # the frequency range: unknown wher
 FREQUENCY_FRAMES = {0: 'REST', 1: 'LSRK', 2: 'LSRD', 3: 'BARY', 4: 'GEO', 5: 'TOPO', 6: 'GALACTO', 7: 'LGROUP', 8: 'CMB'}
 
 # Of every spw: CHAN_FREQ (numpy, Hz) and its frame; of every field: PHASE_DIR's first term (radians) in
-# direction_frame, and whether it has an ephemeris; the OBSERVATION's telescope name.
-FrequencyFrames = collections.namedtuple('FrequencyFrames',
-                                         'chan_freq spw_frames directions direction_frame ephemeris telescope')
+# its frame (direction_frames), and whether it has an ephemeris; the OBSERVATION's telescope name.
+# (chan_width: every spw's CHAN_WIDTH; polynomial: a field whose PHASE_DIR has more than one term; telescope:
+# '' where OBSERVATION's rows name different telescopes)
+FrequencyFrames = collections.namedtuple('FrequencyFrames', 'chan_freq chan_width spw_frames directions '
+                                                            'direction_frames ephemeris polynomial telescope')
 
 
 class MsLayout(object):
@@ -129,7 +131,17 @@ def read_ms_layout(casa, ms):
 
 
 # Columns whose cells may differ in shape from row to row (a window's channels, a field's polynomial terms)
-CELL_BY_CELL = ('CHAN_FREQ', 'PHASE_DIR')
+CELL_BY_CELL = ('CHAN_FREQ', 'CHAN_WIDTH', 'PHASE_DIR')
+
+
+def _row_frames(table, column, rows):
+    """The reference frame of each row of a measure column: the column's one frame, or, where the column
+    keeps one per row (importasdm's PHASE_DIR: MEASINFO's VarRefCol PhaseDir_Ref, e.g. ICRS rows), each row's."""
+    info = table.getcolkeyword(column, 'MEASINFO')
+    if 'VarRefCol' not in info:
+        return [str(info.get('Ref', 'J2000'))] * rows
+    names = dict(zip((int(code) for code in info['TabRefCodes']), (str(name) for name in info['TabRefTypes'])))
+    return [names[int(code)] for code in table.getcol(info['VarRefCol'])] if rows else []
 
 
 def _read_ms_layout(casa, ms):
@@ -147,9 +159,9 @@ def _read_ms_layout(casa, ms):
     with opened_table(casa, Path(ms) / 'FIELD', missing=missing) as table:
         ephemeris_ids = (list(table.getcol('EPHEMERIS_ID')) if 'EPHEMERIS_ID' in table.colnames() and table.nrows()
                          else [-1] * len(field_names))
-        direction_frame = table.getcolkeyword('PHASE_DIR', 'MEASINFO').get('Ref', 'J2000')
-    spw_names, spw_nchan, spw_freqs, spw_frames = columns('SPECTRAL_WINDOW', 'NAME', 'NUM_CHAN', 'CHAN_FREQ',
-                                                          'MEAS_FREQ_REF')
+        direction_frames = _row_frames(table, 'PHASE_DIR', len(field_names))
+    spw_names, spw_nchan, spw_freqs, spw_widths, spw_frames = columns('SPECTRAL_WINDOW', 'NAME', 'NUM_CHAN',
+                                                                      'CHAN_FREQ', 'CHAN_WIDTH', 'MEAS_FREQ_REF')
     dd_spw, = columns('DATA_DESCRIPTION', 'SPECTRAL_WINDOW_ID')
     time_range, telescopes = columns('OBSERVATION', 'TIME_RANGE', 'TELESCOPE_NAME')
     pairs, rows = set(), 0
@@ -173,10 +185,12 @@ def _read_ms_layout(casa, ms):
     ephemeris_fields = {str(name) for name, ephemeris in zip(field_names, ephemeris_ids) if ephemeris >= 0}
     frames = FrequencyFrames(
         chan_freq=[numpy.asarray(freqs, dtype=float) for freqs in spw_freqs],
+        chan_width=[numpy.asarray(widths, dtype=float) for widths in spw_widths],
         spw_frames=[FREQUENCY_FRAMES.get(int(code), 'TOPO') for code in spw_frames],
         directions=[(float(cell[0][0]), float(cell[1][0])) for cell in phase_dir],
-        direction_frame=str(direction_frame), ephemeris=[int(value) >= 0 for value in ephemeris_ids],
-        telescope=str(telescopes[0]) if len(telescopes) else '')
+        direction_frames=direction_frames, ephemeris=[int(value) >= 0 for value in ephemeris_ids],
+        polynomial=[numpy.shape(cell)[-1] > 1 for cell in phase_dir],
+        telescope=str(telescopes[0]) if len(set(telescopes)) == 1 else '')
     return MsLayout(path=ms, start=start, fields=fields, spws=spws, pairs=pairs, rows=rows,
                     ephemeris_fields=ephemeris_fields, fields_without_rows={str(name) for name in field_names},
                     frames=frames)
