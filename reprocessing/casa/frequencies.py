@@ -71,10 +71,11 @@ def to_topo_factors(casa, ms, field_id, spw_id, frame):
     telescopes or one the measures do not know, a time shared by two fields, or a field whose times differ
     between windows (CASA's choice of rows then depends on its selection).
     """
-    frames = read_ms_layout(casa, ms).frames
+    layout = read_ms_layout(casa, ms)
+    frames = layout.frames
     if frames is None or frames.ephemeris[field_id] or frames.polynomial[field_id]:
         return None
-    data_frames = {frames.spw_frames[spw] for spw in read_ms_layout(casa, ms).spws}
+    data_frames = {frames.spw_frames[spw] for spw in layout.spws}
     if data_frames != {frames.spw_frames[spw_id]} or not frames.telescope:
         return None
     if frame == frames.spw_frames[spw_id]:
