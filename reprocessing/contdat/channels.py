@@ -72,15 +72,10 @@ class ChannelConverter(object):
         point could then differ); advisechansel is asked then.
         """
         import numpy
-        key = (str(ms), int(field_id), int(spw_id), frame)
-        if key not in self._windows:
-            factors = to_topo_factors(self.casa, ms, field_id, spw_id, frame)
-            frames = read_ms_layout(self.casa, ms).frames
-            self._windows[key] = None if factors is None else (
-                factors, frames.chan_freq[spw_id], 0.5 * numpy.abs(frames.chan_width[spw_id]))
-        if self._windows[key] is None:
+        window = self._window(ms, field_id, spw_id, frame)
+        if window is None:
             return UNDECIDED
-        factors, freqs, half_widths = self._windows[key]
+        factors, freqs, half_widths = window
         low = freqstart * factors[0] - 0.5 * FREQSTEP
         high = freqend * factors[1] + 0.5 * FREQSTEP
         lowest, highest = float(freqs.min()), float(freqs.max())
@@ -104,15 +99,26 @@ class ChannelConverter(object):
         else asked of advisechansel (which reads the MS's times at every call, ~50 ms for 20 MB)."""
         key = (str(ms), int(field_id), int(spw_id), frame)
         if key not in self._coverage:
-            factors = to_topo_factors(self.casa, ms, field_id, spw_id, frame) if frame != 'SOURCE' else None
-            if factors is None:
+            window = self._window(ms, field_id, spw_id, frame)
+            if window is None:
                 self._coverage[key] = self._ask_coverage(ms, field_id, spw_id, frame)
             else:
-                frames = read_ms_layout(self.casa, ms).frames
-                freqs, widths = frames.chan_freq[spw_id], abs(frames.chan_width[spw_id])
-                self._coverage[key] = (float(min(freqs - widths / 2)) / factors[1],
-                                       float(max(freqs + widths / 2)) / factors[0])
+                factors, freqs, half_widths = window
+                self._coverage[key] = (float(min(freqs - half_widths)) / factors[1],
+                                       float(max(freqs + half_widths)) / factors[0])
         return self._coverage[key]
+
+    def _window(self, ms, field_id, spw_id, frame):
+        """(to_topo_factors, channel frequencies, half channel widths) of a window, or None where advisechansel
+        must be asked; once per MS, field, spw and frame."""
+        import numpy
+        key = (str(ms), int(field_id), int(spw_id), frame)
+        if key not in self._windows:
+            factors = to_topo_factors(self.casa, ms, field_id, spw_id, frame) if frame != 'SOURCE' else None
+            frames = read_ms_layout(self.casa, ms).frames if factors is not None else None
+            self._windows[key] = None if factors is None else (
+                factors, frames.chan_freq[spw_id], 0.5 * numpy.abs(frames.chan_width[spw_id]))
+        return self._windows[key]
 
     def _ask_coverage(self, ms, field_id, spw_id, frame):
         arguments = dict(msname=str(ms), fieldid=int(field_id), spwselection=str(spw_id),
