@@ -124,24 +124,19 @@ def distinct_times(casa, ms):
 def _read_distinct_times(casa, ms):
     import numpy
     spw_of_dd = dict((dd_id, spw_id) for spw_id, dd_ids in dd_ids_by_spw(casa, ms).items() for dd_id in dd_ids)
-    found = {}
-    field_of_time = {}
+    triples = set()  # (field id, data description id, time): a few per integration, whatever the baselines
     with opened_table(casa, ms) as table:
         reference = table.getcolkeyword('TIME', 'MEASINFO').get('Ref', 'UTC')
         for start in range(0, table.nrows(), ROWS_PER_CHUNK):
-            times = numpy.asarray(table.getcol('TIME', startrow=start, nrow=ROWS_PER_CHUNK))
-            field_ids = numpy.asarray(table.getcol('FIELD_ID', startrow=start, nrow=ROWS_PER_CHUNK))
-            dd_ids = numpy.asarray(table.getcol('DATA_DESC_ID', startrow=start, nrow=ROWS_PER_CHUNK))
-            for field_id in numpy.unique(field_ids):
-                of_field = field_ids == field_id
-                for moment in numpy.unique(times[of_field]):
-                    if field_of_time.setdefault(float(moment), int(field_id)) != int(field_id):
-                        return None
-                for dd_id in numpy.unique(dd_ids[of_field]):
-                    key = (int(field_id), spw_of_dd[int(dd_id)])
-                    chosen = times[of_field & (dd_ids == dd_id)]
-                    found[key] = numpy.union1d(found.get(key, numpy.array([])), chosen)
-    return DistinctTimes(found, str(reference), {})
+            chunk = numpy.rec.fromarrays([table.getcol(name, startrow=start, nrow=ROWS_PER_CHUNK)
+                                          for name in ('FIELD_ID', 'DATA_DESC_ID', 'TIME')])
+            triples.update((int(field), int(dd), float(moment)) for field, dd, moment in numpy.unique(chunk))
+    field_of_time, times = {}, collections.defaultdict(set)
+    for field_id, dd_id, moment in triples:
+        if field_of_time.setdefault(moment, field_id) != field_id:
+            return None
+        times[field_id, spw_of_dd[dd_id]].add(moment)
+    return DistinctTimes(dict((key, numpy.array(sorted(values))) for key, values in times.items()), str(reference), {})
 
 
 def _observatory(casa, ms, measures, telescope):
