@@ -2,12 +2,14 @@
 
 The chunks (cube_chunks.chunk_job: the whole cube's grid restricted by start/nchan) are imaged by the run's
 workers in two rounds: every chunk's dirty image, then, with the one threshold of the whole cube (its
-sensitivity and the dirty peak over every chunk), every chunk cleaned.  Each chunk, once its dirty image and
-again once cleaned, is kept with its record (the whole cube's record: inputs, parameters, CASA version; its
-channels; its dirty peak; the threshold it was cleaned to) in working_reprocess/imaging-chunks/<cube>/<chunk>/,
-a folder named only when complete (image_resume.save_finished).  A run stopped on the way (SIGKILL, a
-scheduler's SIGTERM) leaves them; the same command again reuses every chunk whose record equals what it would
-make now (a cleaned chunk only when the threshold is the same) and makes the others; then the chunks are joined
+sensitivity and the dirty peak over every chunk), every chunk cleaned, brightest first.  Each chunk, once its
+dirty image, once cleaned when its cube-health pass has channels to redo (before it redoes them), and once
+finished, is kept with its record (the whole cube's record: inputs, parameters, CASA version; its channels; its
+dirty peak; the threshold it was cleaned to) in working_reprocess/imaging-chunks/<cube>/<chunk>/, a folder named
+only when complete (image_resume.save_finished); so is the cube's channel grid (<cube>.grid: cube_start_hz).
+A run stopped on the way (SIGKILL, a scheduler's SIGTERM) leaves them; the same command again reuses every
+chunk whose record equals what it would make now (a cleaned chunk only when the threshold is the same; one kept
+before its health pass makes only that pass) and the grid, and makes the others; then the chunks are joined
 plane by plane into the cube (cube_chunks.join_chunks, each image under a partial name until complete).
 """
 
