@@ -77,8 +77,8 @@ def make_split_cube(casa, request, job, ranges, *, work_dir, workers, store_dir,
     if len(done) + len(health_left) < len(cleaned_before):
         report('%d chunks kept cleaned to another threshold: cleaned again'
                % (len(cleaned_before) - len(done) - len(health_left)))
-    # the brightest first (the line's chunks: their cleaning and cube health took 84 of the 90 s of the 4 chunks
-    # on bench_split_run's cube): the others fill the workers' time after them, not before
+    # the brightest first (the line's chunks: all of cube health's work, 32 of the 56 s CPU of the cleaning round
+    # of 4 chunks on bench_split_run's cube, bench/profile_split.py): the others fill the workers after them
     to_clean = sorted((chunk for chunk in chunks if chunk not in done), key=lambda c: -(peaks.get(c.name) or 0.0))
     progress.cleaning(len(done))
     results = dict((c.name, found[c.name]) for c in done)
