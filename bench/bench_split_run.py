@@ -13,7 +13,11 @@ largest process (psutil every 0.2 s, bench_cube_split.measured), and the load av
                  the same data's four times longer cube (--nbins 25:1): the largest process's peak memory
   resumed        the jobs2 command SIGKILLed at half of jobs2's wall time, then the same command again (measured)
 
-Usage: python bench/bench_split_run.py OUTDIR [--nchan 64] [--chunks 4] [--limit 600MB] [--cases ...]
+  chunking       --split-cube CHUNKS against 2 x CHUNKS (chunking_cost): CPU with one worker, resume with two
+  ratios         issue 28's three ratios measured side by side in one sequence (side_by_side): the overhead of
+                 splitting (jobs1 against whole), 2 workers against 1, a resumed run against a full one
+
+Usage: python bench/bench_split_run.py OUTDIR [--nchan 64] [--chunks 4] [--limit 600MB] [--cases ...|ratios|chunking]
 """
 import argparse
 import json
@@ -67,7 +71,91 @@ def killed_at(delivery, args, seconds):
     store = delivery / 'working_reprocess' / 'imaging-chunks'
     stages = [json.loads(p.read_text()).get('stage') for p in store.glob('*/*/finished.provenance.json')
               if not p.parent.name.startswith('.')]
-    return dict(cleaned=stages.count('cleaned'), dirty=stages.count('dirty'))
+    return dict(cleaned=stages.count('cleaned'), before_health=stages.count('cleaned-before-health'),
+                dirty=stages.count('dirty'))
+
+
+def compare_products(out, folders, whole, rows):
+    """Each case's cube (folders: case -> its delivery folder in out) against the one-process cube's."""
+    from bench_cube_split import compare, load
+    casa = load(str(out / 'casa-compare.log'))
+    reference = next((out / whole / 'images').glob('*.cube.I.iter1.image.pbcor'))
+    for case, folder in folders.items():
+        made = list((out / folder / 'images').glob('*.cube.I.iter1.image.pbcor')) if (out / folder).exists() else []
+        if made:
+            result = compare(casa, reference, made[0])
+            rows.setdefault('compared_with_whole', {})[case] = dict(
+                (key, result[key]) for key in ('same_shape', 'peak_rel_diff', 'rms_rel_diff', 'beam_max_rel_diff',
+                                               'max_abs_diff_over_rms'))
+            say('%s against whole: %s' % (case, json.dumps(rows['compared_with_whole'][case], default=str)))
+
+
+def side_by_side(source, out, cases):
+    """Issue 28's three ratios measured in one sequence, each pair around the middle (A B C C B A), so that a
+    load that drifts through the sequence weighs on both sides alike:
+      whole jobs1 jobs2 jobs2 jobs1 whole, then jobs2 SIGKILLed at half of jobs2's mean wall time and the same
+      command again, then jobs2 once more (the resumed run against the mean of the three full jobs2 runs).
+    Overhead: CPU (and wall) of the chunks with one worker over one tclean's; workers: wall of jobs1 over jobs2;
+    resume: the resumed run's wall (and CPU) over a full jobs2 run's."""
+    runs = {}
+    for index, case in enumerate(('whole', 'jobs1', 'jobs2', 'jobs2', 'jobs1', 'whole')):
+        delivery = fresh(source, out, '%s-%d' % (case, index))
+        row = run_measured(delivery, cases[case])
+        runs.setdefault(case, []).append(row)
+        say('%s (%d): %s' % (case, index, json.dumps(row)))
+    half = sum(row['wall_s'] for row in runs['jobs2']) / len(runs['jobs2']) / 2.0
+    delivery = fresh(source, out, 'resumed')
+    kept = killed_at(delivery, cases['jobs2'], half)
+    resumed = run_measured(delivery, cases['jobs2'])
+    resumed.update(killed_at_s=round(half, 1), kept=kept)
+    say('resumed: %s' % json.dumps(resumed))
+    delivery = fresh(source, out, 'jobs2-7')
+    runs['jobs2'].append(run_measured(delivery, cases['jobs2']))
+    say('jobs2 (7): %s' % json.dumps(runs['jobs2'][-1]))
+
+    def mean(case, key):
+        return sum(row[key] for row in runs[case]) / len(runs[case])
+    ratios = dict(
+        overhead_cpu=round(mean('jobs1', 'cpu_s') / mean('whole', 'cpu_s'), 3),
+        overhead_wall=round(mean('jobs1', 'wall_s') / mean('whole', 'wall_s'), 3),
+        workers_wall_speedup=round(mean('jobs1', 'wall_s') / mean('jobs2', 'wall_s'), 3),
+        workers_cpu=round(mean('jobs2', 'cpu_s') / mean('jobs1', 'cpu_s'), 3),
+        resumed_wall=round(resumed['wall_s'] / mean('jobs2', 'wall_s'), 3),
+        resumed_cpu=round(resumed['cpu_s'] / mean('jobs2', 'cpu_s'), 3),
+        load=[min(r['load'][0] for rows in runs.values() for r in rows),
+              max(r['load'][1] for rows in runs.values() for r in rows)])
+    say('ratios: %s' % json.dumps(ratios))
+    say('  splitting overhead (CPU, one worker): %+.0f %% (goal <= +10 %%); wall %+.0f %%' % (
+        100 * (ratios['overhead_cpu'] - 1), 100 * (ratios['overhead_wall'] - 1)))
+    say('  2 workers against 1: x%.2f wall (goal >= 1.6)' % ratios['workers_wall_speedup'])
+    say('  resumed after SIGKILL at half: %.2f of a full run (goal <= 0.6), CPU %.2f' % (
+        ratios['resumed_wall'], ratios['resumed_cpu']))
+    return dict(runs=runs, resumed=resumed, ratios=ratios)
+
+
+def chunking_cost(source, out, chunks):
+    """What twice the chunks cost and give (issue 28: more chunks than workers lose less to a kill): --split-cube
+    CHUNKS and 2 x CHUNKS with one worker, side by side (A B B A), then 2 x CHUNKS on 2 workers, whole and
+    SIGKILLed at half its time then resumed."""
+    split = lambda n, jobs: IMAGE + ['--split-cube', str(n), '--jobs', str(jobs)]  # noqa: E731
+    runs = {}
+    for index, n in enumerate((chunks, 2 * chunks, 2 * chunks, chunks)):
+        row = run_measured(fresh(source, out, 'chunks%d-%d' % (n, index)), split(n, 1))
+        runs.setdefault(n, []).append(row)
+        say('%d chunks, 1 worker (%d): %s' % (n, index, json.dumps(row)))
+    full = run_measured(fresh(source, out, 'chunks%d-jobs2' % (2 * chunks)), split(2 * chunks, 2))
+    say('%d chunks, 2 workers: %s' % (2 * chunks, json.dumps(full)))
+    delivery = fresh(source, out, 'chunks%d-resumed' % (2 * chunks))
+    kept = killed_at(delivery, split(2 * chunks, 2), full['wall_s'] / 2.0)
+    resumed = run_measured(delivery, split(2 * chunks, 2))
+    say('%d chunks, 2 workers, killed at %.1f s (%s), resumed: %s' % (2 * chunks, full['wall_s'] / 2.0, kept,
+                                                                     json.dumps(resumed)))
+
+    def mean(n, key):
+        return sum(row[key] for row in runs[n]) / len(runs[n])
+    say('%d chunks against %d, one worker: CPU x%.3f, wall x%.3f; resumed %d chunks: %.2f of a full run' % (
+        2 * chunks, chunks, mean(2 * chunks, 'cpu_s') / mean(chunks, 'cpu_s'),
+        mean(2 * chunks, 'wall_s') / mean(chunks, 'wall_s'), 2 * chunks, resumed['wall_s'] / full['wall_s']))
 
 
 def main():
@@ -92,6 +180,14 @@ def main():
         'long': IMAGE + ['--memory-per-worker', options.limit, '--jobs', '1', '--nbins', '25:1'],
     }
     rows = {}
+    if options.cases == 'chunking':
+        chunking_cost(source, out, options.chunks)
+        return 0
+    if options.cases == 'ratios':
+        result = side_by_side(source, out, cases)
+        compare_products(out, {'jobs1': 'jobs1-1', 'jobs2': 'jobs2-2', 'resumed': 'resumed'}, 'whole-0', result)
+        (out / ('ratios-%d.json' % int(time.time()))).write_text(json.dumps(result, indent=1, default=str))
+        return 0
     for case in options.cases.split(','):
         if case == 'resumed':
             full = rows.get('jobs2', {}).get('wall_s')
@@ -112,17 +208,7 @@ def main():
         say('%s: %s' % (case, json.dumps(row)))
     # the products: every split cube against the one-process cube
     if 'whole' in rows:
-        from bench_cube_split import compare, load
-        casa = load(str(out / 'casa-compare.log'))
-        reference = next((out / 'whole' / 'images').glob('*.cube.I.iter1.image.pbcor'))
-        for case in ('jobs1', 'jobs2', 'resumed', 'long'):
-            made = list((out / case / 'images').glob('*.cube.I.iter1.image.pbcor')) if (out / case).exists() else []
-            if made:
-                result = compare(casa, reference, made[0])
-                rows[case]['compared_with_whole'] = dict(
-                    (key, result[key]) for key in ('same_shape', 'peak_rel_diff', 'rms_rel_diff', 'beam_max_rel_diff',
-                                                   'max_abs_diff_over_rms'))
-                say('%s against whole: %s' % (case, json.dumps(rows[case]['compared_with_whole'], default=str)))
+        compare_products(out, dict((case, case) for case in ('jobs1', 'jobs2', 'resumed', 'long')), 'whole', rows)
     if 'jobs1' in rows and 'jobs2' in rows:
         say('2 workers against 1: wall x%.2f faster, CPU x%.2f' % (rows['jobs1']['wall_s'] / rows['jobs2']['wall_s'],
                                                                    rows['jobs2']['cpu_s'] / rows['jobs1']['cpu_s']))

@@ -5,8 +5,10 @@
     cannot fit is refused, in one line; --split-cube no keeps the old refusal;
   * a split cube has the whole cube's spectral grid, one beam per plane, and its line where the simulator put
     it, at the injected peak;
-  * a run stopped by SIGTERM, then by SIGKILL, after some chunks were finished: the same command reuses them
-    (it says so), makes only the others, and joins a cube equal (peak, rms within 1 %) to an uninterrupted run's.
+  * a run stopped by SIGTERM while a chunk's cube health cleaned channels again, then by SIGKILL after more chunks
+    were finished: the same command reuses them (it says so), makes only the others (a chunk kept before its
+    health pass: only that pass; the channel grid: not probed again), and joins a cube equal (peak, rms within
+    1 %) to an uninterrupted run's.
 """
 import json
 import re
@@ -23,6 +25,7 @@ from conftest import SCRIPT, one_error_line, read_image, truth_of
 # one EB, one spw: a cube of 144x144 pixels x 30 channels with a line in the middle
 CUBE = dict(nchan=32, n_antennas=25, line_fwhm_kms=8.0, noise_jy=0.2, n_ebs=1, with_line_ms=True, spw_ids=(25,))
 MB = 1000 * 1000
+BEFORE_HEALTH = sfr.BEFORE_HEALTH
 
 
 def dry_run_rows(stdout):
@@ -67,21 +70,21 @@ def test_a_cube_too_large_for_a_worker_is_split_in_chunks_that_fit_not_refused(d
     assert dry_run_rows(both.stdout)[30][:2] == (2, '15') and '\n  Images: 1 to make in 2 processes' in both.stdout
 
 
-def cleaned_chunks(delivery):
+def cleaned_chunks(delivery, stage='cleaned'):
     store = delivery / sfr.WORK_DIR_NAME / 'imaging-chunks'
     # only folders with their final name: a partial one (".name.partial-PID") is not a finished chunk
     records = [json.loads(path.read_text()) for path in store.glob('*/*/finished.provenance.json')
                if not path.parent.name.startswith('.')]
-    return [record for record in records if record.get('stage') == 'cleaned']
+    return [record for record in records if record.get('stage') == stage]
 
 
-def stopped_after(delivery, args, cleaned, how):
-    """Start the command, send how (a signal) once `cleaned` chunks are finished; the process's output."""
+def stopped_after(delivery, args, cleaned, how, stage='cleaned'):
+    """Start the command, send how (a signal) once `cleaned` chunks are kept at stage; the process's output."""
     process = subprocess.Popen([sys.executable, str(SCRIPT), '--delivery', str(delivery)] + list(args),
                                cwd=str(delivery), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                universal_newlines=True)
     deadline = time.time() + 900
-    while len(cleaned_chunks(delivery)) < cleaned:
+    while len(cleaned_chunks(delivery, stage)) < cleaned:
         assert process.poll() is None, process.communicate()
         assert time.time() < deadline, 'no chunk was finished in time'
         time.sleep(0.2)
@@ -140,25 +143,35 @@ def test_a_split_cube_stopped_twice_reuses_its_finished_chunks_and_equals_an_uni
     assert line_peak == pytest.approx(truth['line_peak_jy'], rel=0.10)
 
     delivery = delivery_factory(**CUBE)
-    code, out, err = stopped_after(delivery, args, 1, signal.SIGTERM)  # a scheduler's time limit
+    # a scheduler's time limit, while a chunk's cube health cleans channels again (the line's): that chunk is kept
+    # cleaned, before its health pass
+    code, out, err = stopped_after(delivery, args, 1, signal.SIGTERM, stage=BEFORE_HEALTH)
     assert code == sfr.EXIT_FAILED and re.fullmatch(r'ERROR: stopped by signal 15 \(SIGTERM\).*', one_error_line(
         subprocess.CompletedProcess([], code, out, err))), out + err
     assert not (delivery / 'images').exists()
-    first = len(cleaned_chunks(delivery))
-    assert first >= 1
+    first, health = len(cleaned_chunks(delivery)), len(cleaned_chunks(delivery, BEFORE_HEALTH))
+    assert health >= 1
     code, out, err = stopped_after(delivery, args, first + 1, signal.SIGKILL)  # then nothing can clean up
     assert code == -signal.SIGKILL
-    assert 'chunks kept from a run that was stopped, with the same inputs and parameters (%d cleaned' % first in out, out
+    assert 'chunks kept from a run that was stopped, with the same inputs and parameters (%d cleaned, %d of them ' \
+           'before their cube-health pass, ' % (first + health, health) in out, out
+    # such a chunk is not cleaned again: only its health pass is made; the channel grid is not probed again
+    assert len(re.findall(r'\[spw25\.cube chunk\d+\] cleaned by a run that was stopped \(\d+ clean iterations\): '
+                          r'only its cube-health pass is made again\n', out)) == health, out
+    assert 'the channel grid of a run that was stopped, with the same inputs and parameters: not probed again' in out
     store = delivery / sfr.WORK_DIR_NAME / 'imaging-chunks'
     for folder in store.glob('*/*'):  # a final name only when complete
         assert folder.name.startswith('.') or (folder / 'finished.provenance.json').is_file(), folder
-    kept = cleaned_chunks(delivery)
-    assert len(kept) >= 2 and len(set(record['threshold'] for record in kept)) == 1
+    kept, health = cleaned_chunks(delivery), cleaned_chunks(delivery, BEFORE_HEALTH)
+    assert len(kept) >= 2 and len(set(record['threshold'] for record in kept + health)) == 1
     resumed = run_script('--delivery', delivery, *args, timeout=1200)
     assert resumed.returncode == 0 and resumed.stderr == '', resumed.stdout + resumed.stderr
     assert re.search(r'\] \d of 3 chunks kept from a run that was stopped, with the same inputs and parameters '
-                     r'\(%d cleaned, \d dirty images\): not made again' % len(kept), resumed.stdout), resumed.stdout
-    assert len(re.findall(r'\[spw25\.cube chunk\d+\] \d+ clean iterations', resumed.stdout)) == 3 - len(kept)
+                     r'\(%d cleaned, %s\d dirty images\): not made again' % (
+                         len(kept) + len(health), '%d of them before their cube-health pass, ' % len(health)
+                         if health else ''), resumed.stdout), resumed.stdout
+    assert len(re.findall(r'\[spw25\.cube chunk\d+\] \d+ clean iterations', resumed.stdout)) == \
+        3 - len(kept) - len(health)
     again, again_peak, again_rms = cube_of(casa, delivery)
     assert again.pixels.shape == image.pixels.shape
     assert again_peak == pytest.approx(peak, rel=0.01) and again_rms == pytest.approx(rms, rel=0.01)

@@ -171,10 +171,17 @@ def chunk_dirty(casa, report, *, job, request, imagename, store=None, record=Non
     return peak
 
 
-def chunk_clean(casa, report, *, job, request, imagename, threshold, store=None, record=None):
+BEFORE_HEALTH = 'cleaned-before-health'  # a chunk's stage: cleaned, its cube-health pass had channels to redo
+
+
+def chunk_clean(casa, report, *, job, request, imagename, threshold, store=None, record=None, cleaned=None):
     """Clean one chunk from its dirty image to the whole cube's threshold (Jy; None: nsigma as tclean_run), with
-    the same fallback and cube health as a whole cube.  The dirty image is taken from store (a copy: the kept
-    dirty chunk stays until the cleaned one replaces it) when it is not beside imagename."""
+    the same fallback and cube health as a whole cube.  The images are taken from store (a copy: the kept chunk
+    stays until the next stage replaces it) when they are not beside imagename: the dirty image, or (cleaned:
+    its record) the chunk a stopped run had cleaned and kept before cube health redid channels, when only the
+    health pass is left to do.  A chunk whose health pass finds channels to redo is kept (a copy) at that stage:
+    the redone channels took half of the cube's CPU on bench_split_run's cube (32 of 60 s), a stop then loses
+    only them."""
     job, request = ImageJob(**job), ImagingRequest(**request)
     started = time.time()
     name, here = Path(imagename).name, Path(imagename).parent
@@ -185,12 +192,21 @@ def chunk_clean(casa, report, *, job, request, imagename, threshold, store=None,
                 shutil.copytree(str(path), str(here / path.name))
     arguments = tclean_arguments(job, request, imagename=imagename, parallel=False)
     arguments.update(calcpsf=False, calcres=False)
-    iterations, stop, redone = clean_to_threshold(casa, job, report, arguments, threshold, started=started)
+    text = threshold_text(threshold)
+    if cleaned:
+        report('cleaned by a run that was stopped (%d clean iterations): only its cube-health pass is made again'
+               % cleaned['cleaned']['iterations'])
+
+    def keep_before_health(state):
+        save_finished(here, name, store, dict(record or {}, stage=BEFORE_HEALTH, threshold=text, cleaned=state),
+                      copy=True)
+    iterations, stop, redone = clean_to_threshold(
+        casa, job, report, arguments, threshold, started=started, cleaned=(cleaned or {}).get('cleaned'),
+        before_redo=keep_before_health if store else None)
     result = {'iterations': iterations, 'stop': stop, 'seconds': round(time.time() - started, 1),
               'redone_channels': [[channel, why] for channel, why in redone]}
     if store:
-        save_finished(here, name, store, dict(record or {}, stage='cleaned', threshold=threshold_text(threshold),
-                                              **result))
+        save_finished(here, name, store, dict(record or {}, stage='cleaned', threshold=text, **result))
     return result
 
 

@@ -7,6 +7,7 @@ it (written under a partial name, then renamed); anything else there is removed.
 """
 
 import os
+import shutil
 from pathlib import Path
 
 from ..core.fileops import is_partial_name, remove_tree
@@ -16,8 +17,9 @@ from ..run.provenance import image_differences, read_record, write_record
 RECORD_NAME = 'finished.provenance.json'
 
 
-def save_finished(work_dir, name, finished_dir, record):
-    """Move the products of one image just made (work_dir/<name>.*) into finished_dir/<name>/, record last."""
+def save_finished(work_dir, name, finished_dir, record, *, copy=False):
+    """Move the products of one image just made (work_dir/<name>.*) into finished_dir/<name>/, record last; copy:
+    copied instead (the images are worked on further: a chunk kept before its cube-health pass)."""
     work_dir, finished_dir = Path(work_dir), Path(finished_dir)
     folder = finished_dir / name
     partial = finished_dir / ('.%s.partial-%d' % (name, os.getpid()))
@@ -26,7 +28,11 @@ def save_finished(work_dir, name, finished_dir, record):
     partial.mkdir(parents=True)
     files = sorted(path.name for path in work_dir.iterdir() if path.name.startswith(name + '.'))
     for file_name in files:
-        os.rename(str(work_dir / file_name), str(partial / file_name))
+        if copy:
+            source = work_dir / file_name
+            (shutil.copytree if source.is_dir() else shutil.copy2)(str(source), str(partial / file_name))
+        else:
+            os.rename(str(work_dir / file_name), str(partial / file_name))
     write_record(partial / RECORD_NAME, dict(record, files=files))
     if folder.exists():  # an earlier state of the same product (a chunk's dirty image): replaced when the new is whole
         remove_tree(folder)

@@ -15,7 +15,7 @@ from .heuristics import ARCSEC_PER_RADIAN, bandwidth_correction_factor, distinct
 from .image_resume import finished_redone, save_finished, take_finished
 from .image_casa import ImageJob, PB_LIMIT, PB_MASK, require_image_space, tclean_arguments
 from .beams import convolve_cube, plane_beams
-from .cube_health import check_and_repair
+from .cube_health import check_and_repair, peak_histories
 from .image_stats import image_statistics
 from .moments import make_moments
 from .products import ImageProduct, is_casa_image
@@ -139,25 +139,40 @@ def run_image_job(casa, report, *, job, request, imagename, parallel, finished=N
     return {'iterations': iterations, 'stop': stop, 'seconds': seconds, 'redone_channels': redone_channels}
 
 
-def clean_to_threshold(casa, job, report, arguments, threshold, *, started):
+def clean_to_threshold(casa, job, report, arguments, threshold, *, started, cleaned=None, before_redo=None):
     """tclean to threshold (Jy; None: to nsigma of the residual), the primary-beam-mask fallback when automasking
     found nothing, then cube health (channels that diverged or stayed dirty are cleaned again).  arguments: the
-    call, from the dirty image (calcpsf/calcres False) or from nothing.  (iterations, stop code, redone channels)."""
-    if threshold is not None:
-        arguments.update(threshold='%.3gJy' % threshold, nsigma=0.0)
-    summary = _tclean_with_progress(casa, job, report, 'cleaning' if threshold is not None else 'tclean', arguments)
-    stop = summary.get('stopcode') if isinstance(summary, dict) else None
-    iterations = int(summary.get('iterdone', 0)) if isinstance(summary, dict) else 0
-    if stop == NO_AUTOMASK_STOPCODE:
-        summary = _clean_in_primary_beam_mask(casa, job, arguments, report)
-        stop = summary.get('stopcode') if isinstance(summary, dict) else stop
-        iterations += int(summary.get('iterdone', 0)) if isinstance(summary, dict) else 0
-    report('%d clean iterations, stopped by %s, %s' % (
-        iterations, _STOP_REASONS.get(stop, 'code %s' % stop), duration_text(time.time() - started)))
+    call, from the dirty image (calcpsf/calcres False) or from nothing.  (iterations, stop code, redone channels).
+
+    before_redo(cleaned): called once cube health has found channels to clean again, before it does, with what
+    the health pass needs to be run again alone ({'iterations', 'stop', 'histories', 'health_threshold'}); cleaned:
+    that, from a run stopped during the health pass, whose images are these: the tclean is not made again."""
+    if cleaned is None:
+        if threshold is not None:
+            arguments.update(threshold='%.3gJy' % threshold, nsigma=0.0)
+        summary = _tclean_with_progress(casa, job, report, 'cleaning' if threshold is not None else 'tclean',
+                                        arguments)
+        stop = summary.get('stopcode') if isinstance(summary, dict) else None
+        iterations = int(summary.get('iterdone', 0)) if isinstance(summary, dict) else 0
+        if stop == NO_AUTOMASK_STOPCODE:
+            summary = _clean_in_primary_beam_mask(casa, job, arguments, report)
+            stop = summary.get('stopcode') if isinstance(summary, dict) else stop
+            iterations += int(summary.get('iterdone', 0)) if isinstance(summary, dict) else 0
+        report('%d clean iterations, stopped by %s, %s' % (
+            iterations, _STOP_REASONS.get(stop, 'code %s' % stop), duration_text(time.time() - started)))
+        cleaned = {'iterations': iterations, 'stop': stop, 'histories': peak_histories(summary),
+                   'health_threshold': float((summary.get('threshold') if isinstance(summary, dict) else None)
+                                             or threshold or 0.0)}
+    else:
+        if threshold is not None:
+            arguments.update(threshold='%.3gJy' % threshold, nsigma=0.0)
+        iterations, stop = cleaned['iterations'], cleaned['stop']
     redone = []
     if job.spectral and threshold is not None and iterations > 0:  # channels that diverged or stayed dirty
-        redone = check_and_repair(casa, report, arguments=arguments, summary=summary,
-                                  threshold_jy=float(summary.get('threshold') or threshold))
+        histories = dict((int(channel), values) for channel, values in (cleaned['histories'] or {}).items())
+        redone = check_and_repair(casa, report, arguments=arguments, histories=histories,
+                                  threshold_jy=cleaned['health_threshold'],
+                                  before_redo=(lambda: before_redo(cleaned)) if before_redo else None)
     return iterations, stop, redone
 
 
