@@ -1,5 +1,5 @@
-"""Channel frequencies of an MS's spectral windows in LSRK: the one place that converts them for display
-and for comparing windows (the spectra's axis, a combination's overlapping windows).
+"""Channel frequencies of an MS's spectral windows in another frame, from the MS's metadata and CASA's measures
+tool: the spectra's LSRK axis, and the factors with which contdat/channels works out advisechansel's answers.
 
 A change of frame multiplies every frequency of a window by the same Doppler factor, so a window's
 channels are its CHAN_FREQ times one factor that the measures tool computes for the field's direction,
@@ -10,8 +10,10 @@ its measures start afresh at each MS's epoch), this 14-17 ms; the frequencies wi
 cvelfreqs' at the same time.  Fields with an ephemeris move against the stars during the observation:
 their frequencies come from cvelfreqs.
 
-Not for choosing the channels that a fit or the pipeline uses: those go through advisechansel
-(contdat/channels.py), as the pipeline's contfilehandler does.
+The channels a fit uses follow advisechansel's rule exactly (contdat/channels.py decides only where a
+hundredth of a Hz cannot change the answer).  Frequency ranges that a cube's channel count is computed
+from stay CASA's own numbers (advisechansel's coverage for imaging, cvelfreqs for a combination): their
+quotient by a channel width is often a whole number, which a hundredth of a Hz can round the other way.
 """
 
 import collections

@@ -4,8 +4,7 @@ LSRK coverage, antennas and dish sizes, dates.  Read-only metadata reads."""
 import collections
 from pathlib import Path
 
-from .casa_engine import opened_table
-from .frequencies import lsrk_channel_frequencies
+from .casa_engine import opened_table, opened_tool
 from .ms_imaging import read_ms_for_imaging
 
 CombineSpw = collections.namedtuple('CombineSpw', 'spw_id name nchan width_hz lsrk_lo lsrk_hi')
@@ -13,9 +12,12 @@ CombineMs = collections.namedtuple('CombineMs', 'path imaging fields spws dish_m
 
 
 def lsrk_edges(casa, ms, spw_id, field_id, width_hz):
-    """(low, high) LSRK edge frequencies (Hz) of a spw of ms for a field at the observation's start (channel
-    centres widened by half a channel)."""
-    freqs, = lsrk_channel_frequencies(casa, ms, [(field_id, spw_id)])
+    """(low, high) LSRK edge frequencies (Hz) of a spw of ms for a field (CASA's cvelfreqs at the field's first
+    integration, channel centres widened by half a channel).  Not casa/frequencies' Doppler factor: the joint
+    cube's channel count is the quotient of these numbers by a native width, and a hundredth of a Hz there
+    turned a cube of 30 channels into 29 elsewhere (tests/test_cube_split.py)."""
+    with opened_tool(casa.casatools.ms(), ms) as tool:
+        freqs = tool.cvelfreqs(spwids=[int(spw_id)], fieldids=[int(field_id)], mode='channel', outframe='LSRK')
     return float(min(freqs)) - width_hz / 2.0, float(max(freqs)) + width_hz / 2.0
 
 

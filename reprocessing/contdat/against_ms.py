@@ -246,7 +246,7 @@ def _channels_of_ranges(field, spw, layout, real_id, converter, report):
                 channel_ranges.append(channels)
                 continue
             try:  # asked once per MS, field, spw and frame: the converter keeps the answer
-                coverage = converter.coverage(layout.path, field_id, real_id, frame)
+                coverage = converter.coverage(layout.path, field_id, real_id, frame, casa_exact=False)
             except Exception as error:
                 for cont_range in members:
                     _cannot_convert(cont_range, field, layout, error, report)

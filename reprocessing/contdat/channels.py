@@ -91,15 +91,19 @@ class ChannelConverter(object):
             return 0, len(freqs) - 1
         return None
 
-    def coverage(self, ms, field_id, spw_id, frame):
+    def coverage(self, ms, field_id, spw_id, frame, *, casa_exact=True):
         """(low, high) Hz that the spw covers in frame, over the whole observation (once per MS, field, spw
-        and frame).  As advisechansel's getfreqrange gives it (CASA's MSUtil::getFreqRangeInSpw: the outer
-        channel edges converted at every distinct time of the field, the extremes kept), worked out from
-        to_topo_factors where it can stand for CASA (within 0.02 Hz of advisechansel's on the test MSes),
-        else asked of advisechansel (which reads the MS's times at every call, ~50 ms for 20 MB)."""
-        key = (str(ms), int(field_id), int(spw_id), frame)
+        and frame), as advisechansel's getfreqrange gives it (CASA's MSUtil::getFreqRangeInSpw: the outer
+        channel edges converted at every distinct time of the field, the extremes kept).
+
+        casa_exact=False (for messages): worked out from to_topo_factors where it can stand for CASA, within
+        0.02 Hz of advisechansel's on the test MSes.  Imaging asks advisechansel itself (which reads the MS's
+        times at every call, ~50 ms for 20 MB), as the pipeline does: a cube's channel count is the quotient of
+        these numbers, and 0.01 Hz less turned a cube of 30 channels into 29 (tests/test_cube_split.py).
+        """
+        key = (str(ms), int(field_id), int(spw_id), frame, casa_exact)
         if key not in self._coverage:
-            window = self._window(ms, field_id, spw_id, frame)
+            window = None if casa_exact else self._window(ms, field_id, spw_id, frame)
             if window is None:
                 self._coverage[key] = self._ask_coverage(ms, field_id, spw_id, frame)
             else:
