@@ -8,11 +8,13 @@ matters: with no mask yet nothing grows) is per channel:
 
     threshold = max(sidelobethreshold x the PSF's largest sidelobe x the channel's peak, noisethreshold x rms)
 
-inside the primary beam above pbmask, every region of fewer pixels than minbeamfrac x the beam's area is pruned,
-and likewise below -max(sidelobe term, negativethreshold x rms) when negativethreshold > 0.  A region cannot
-outlive the pruning when the channel holds fewer pixels beyond the threshold than the pruning size, whatever
-their connectivity: that count is what is checked here, with each number taken on the side that finds MORE
-pixels than CASA can (so "nothing" is only said when CASA certainly finds nothing):
+inside the primary beam above pbmask, then every region of fewer pixels than minbeamfrac x the beam's area is
+pruned; when negativethreshold > 0, every pixel below -max(sidelobe term, negativethreshold x rms) is masked too,
+without pruning (CASA's documentation of auto-multithresh: "the negative mask is not pruned or expanded").  A
+region cannot outlive the pruning when the channel holds fewer pixels beyond the threshold than the pruning size,
+whatever their connectivity, and no negative pixel may lie beyond its threshold: that is what is checked here, with
+each number taken on the side that finds MORE pixels than CASA can (so "nothing" is only said when CASA certainly
+finds nothing); with fastnoise (a MAD over pixels not documented) no forecast is made:
   * the sidelobe level: the smallest over the first, middle and last planes, and 0.99 of it (CASA logs its own:
     0.383259 on the bench cube, 0.382963 here);
   * the peak: the largest pixel inside 1.01 x pbmask (CASA's is at least that);
@@ -21,8 +23,8 @@ pixels than CASA can (so "nothing" is only said when CASA certainly finds nothin
   * the pruning size: 0.95 x minbeamfrac x the smallest plane's beam in pixels (CASA: 10.79, here 10.76);
   * the primary-beam edge: pixels down to 0.99 x pbmask.
 Measured on the bench cube: at most 10 pixels beyond those thresholds in a channel against a pruning size of
-10.2 (CASA's own thresholds leave 9); the first channel over the count ends the reading (a noisy cube has some
-3.8-sigma pixels in its first plane already).
+10.2 (CASA's own thresholds leave 9); the first channel over the count ends the reading (a noisy cube is expected
+to have enough 3.8-sigma pixels in its first plane already).
 """
 
 import math
@@ -41,7 +43,8 @@ def automask_finds_nothing(casa, arguments, *, psf, residual, pb):
     """True when auto-multithresh with these tclean arguments certainly masks nothing in any channel of the
     residual (its first pass, from no mask); False when it may find something or a number cannot be read."""
     import numpy
-    if arguments.get('usemask') != 'auto-multithresh' or not all(Path(p).is_dir() for p in (psf, residual, pb)):
+    if arguments.get('usemask') != 'auto-multithresh' or arguments.get('fastnoise') or \
+            not all(Path(p).is_dir() for p in (psf, residual, pb)):
         return False
     sidelobe_factor = float(arguments.get('sidelobethreshold', 3.0))
     noise_factor = float(arguments.get('noisethreshold', 5.0))
@@ -67,8 +70,8 @@ def automask_finds_nothing(casa, arguments, *, psf, residual, pb):
             sidelobe_term = SIDELOBE_MARGIN * sidelobe_factor * sidelobe * peak
             if int((values > max(sidelobe_term, noise_factor * rms)).sum()) >= prune:
                 return False
-            if negative_factor > 0 and int((values < -max(sidelobe_term, negative_factor * rms)).sum()) >= prune:
-                return False
+            if negative_factor > 0 and (values < -max(sidelobe_term, negative_factor * rms)).any():
+                return False  # the negative mask is not pruned: one pixel is a mask
     return True
 
 
