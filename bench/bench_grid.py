@@ -9,9 +9,7 @@ by hand with the same grid, side by side in one run, on the same simulated deliv
 3. tclean by hand: ONE tclean call with the grid, weighting, threshold and mask of the tool's LAST cleaning call
    (the one that made the product: after a failed automask, the primary-beam mask to twice the threshold), with
    calcpsf and calcres on, then exportfits of the same products: the same cube, made by a user who knew the
-   settings;
-4. also by hand, the tool's FIRST cleaning call (automasking to the pipeline's threshold) from scratch: what a user
-   typing the pipeline's settings gets (when automasking finds no mask it is a dirty cube: cheaper, not the same).
+   settings.
 
    target: tool / by hand (3) <= 1.1 (the team's goal for a single-process step); also printed: tool / replay.
 
@@ -127,7 +125,7 @@ def main(argv=None):
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         delivery = grid_delivery(args, workdir)
-        tool, replayed, hand, first, logs = [], [], [], [], []
+        tool, replayed, hand, logs = [], [], [], []
 
         def run_tool():
             images = delivery / 'images'
@@ -144,26 +142,24 @@ def main(argv=None):
         run_tool()  # the calls to replay are the tool's own (and a warm disk cache for every side)
         calls = len(task_calls_in_log(logs[0], 'tclean'))
         for round_number in range(args.repeat):
-            sides = ['tool', 'replay', 'hand', 'first']
+            sides = ['tool', 'replay', 'hand']
             for side in (sides if round_number % 2 == 0 else list(reversed(sides))):
                 if side == 'tool':
                     tool.append(run_tool())
                 elif side == 'replay':
                     replayed.append(replay_bare(delivery, logs[0], workdir, round_number)[0])
-                elif side == 'hand':
-                    hand.append(by_hand(delivery, logs[0], workdir, round_number))
                 else:
-                    first.append(by_hand(delivery, logs[0], workdir, round_number, which=0))
-        tool, replayed, hand, first = best(tool), best(replayed), best(hand), best(first)
+                    hand.append(by_hand(delivery, logs[0], workdir, round_number))
+                timing = {'tool': tool, 'replay': replayed, 'hand': hand}[side][-1]
+                print('  %-7s %6.1f s wall, %6.1f s CPU; load now %s' % ((side,) + tuple(timing) + (load(),)),
+                      flush=True)
+        tool, replayed, hand = best(tool), best(replayed), best(hand)
         cleans = [c for c in task_calls_in_log(logs[0], 'tclean') if c.get('specmode') == 'cube' and c.get('niter', 0)]
         print('load after: %s (2 cores)' % load())
         print('tool --image (custom grid):     %6.1f s wall, %6.1f s CPU' % tool)
         print('its %d tclean calls, replayed:   %6.1f s wall, %6.1f s CPU' % ((calls,) + tuple(replayed)))
         print('one tclean by hand, same grid:  %6.1f s wall, %6.1f s CPU  (the last cleaning call: usemask %s, '
               'threshold %s)' % (tuple(hand) + (cleans[-1].get('usemask'), cleans[-1].get('threshold'))))
-        print('the first cleaning call by hand: %5.1f s wall, %6.1f s CPU  (usemask %s, threshold %s%s)' % (
-            tuple(first) + (cleans[0].get('usemask'), cleans[0].get('threshold'),
-                            '; automasking found no mask: a dirty cube' if len(cleans) > 1 else '')))
         print('where the time goes (wall of each tclean call, CASA log; the tool\'s last run, then by hand):')
         for role, seconds in tclean_durations(logs[-1]):
             print('   tool: %-55s %6.1f s' % (role, seconds))
@@ -174,7 +170,6 @@ def main(argv=None):
               % (tool.wall / hand.wall, tool.cpu / hand.cpu, TARGET, args.repeat))
         print('tool / replay:    %.3f wall, %.3f CPU  (the tool\'s own cost around its tclean calls)'
               % (tool.wall / replayed.wall, tool.cpu / replayed.cpu))
-        print('tool / first call by hand: %.3f wall, %.3f CPU' % (tool.wall / first.wall, tool.cpu / first.cpu))
     finally:
         if not args.workdir:
             shutil.rmtree(str(workdir), ignore_errors=True)

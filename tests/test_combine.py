@@ -220,7 +220,7 @@ def _rewrite(casa, ms, subtable, column, change):
 def test_uv_coverage_per_array_and_the_report_section(goal, casa, tmp_path, capsys):
     """The combination's account for the report: each array's uv sample (a bounded share of its rows) spans its
     projected baselines as the simulator measured them from every row (longest within 5 %, 5th percentile within
-    10 %); the 7 m's sample is the compact one; the PNG is drawn and the report's section lists both arrays, the
+    10 %); the 7 m's sample is the compact one; the SVG is drawn (a path of dots per array) and the report's section lists both arrays, the
     picture and the flux table."""
     import numpy
     from reprocessing.casa.ms_combine import sample_uvw
@@ -240,7 +240,10 @@ def test_uv_coverage_per_array_and_the_report_section(goal, casa, tmp_path, caps
                   'versus': {'12m': dict(within={'12m': None, '7m': None}, added_jy={'12m': 0.464, '7m': 0.539},
                                          point=1.04)}}]
     summary = describe_combination(casa, combination, Delivery(goal / '12m'), tmp_path, tmp_path, flux, [])
-    assert Path(summary['uv_png']).stat().st_size > 10000
+    picture = Path(summary['uv_picture']).read_text()
+    dots = re.findall(r'<path fill="[^"]+" d="([^"]*)"', picture)  # one path of dots per array, 12 m first
+    assert len(dots) == 2 and all(d.count('M') > 100 for d in dots), [d.count('M') for d in dots]
+    assert '12m: ' in picture and '7m: ' in picture and picture.rstrip().endswith('</svg>')
     parts = dict((part['label'], part) for part in summary['parts'])
     assert set(parts) == {'12m', '7m'}
     for label, part in parts.items():
@@ -263,14 +266,14 @@ def test_uv_coverage_per_array_and_the_report_section(goal, casa, tmp_path, caps
         def link(self, source):
             return 'assets/' + Path(str(source)).name if Path(str(source)).is_file() else None
     html = '\n'.join(combination_section(state, Assets()))
-    assert '<h2>Combination: 12m7m</h2>' in html and 'assets/uv_coverage.png' in html, html
+    assert '<h2>Combination: 12m7m</h2>' in html and 'assets/uv_coverage.svg' in html, html
     assert '<td>12m7m</td>' in html and '0.4100' in html and '7.10/3.30 x; point 1.01 x' in html, html
     assert '+0.464/+0.539 Jy over; point 1.04 x' in html, html  # no ratio to a flux that is not positive
     # the picture cannot be written (its folder is a file): a warning, the account without it, the run goes on
     blocked = tmp_path / 'a-file'
     blocked.write_text('')
     summary = describe_combination(casa, combination, Delivery(goal / '12m'), blocked, tmp_path, flux, [])
-    assert summary['uv_png'] is None and [p['label'] for p in summary['parts']] == ['12m', '7m']
+    assert summary['uv_picture'] is None and [p['label'] for p in summary['parts']] == ['12m', '7m']
     assert 'WARNING: the uv-coverage picture could not be made' in capsys.readouterr().out
 
 

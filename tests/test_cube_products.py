@@ -273,6 +273,38 @@ def test_a_channel_left_dirty_by_a_bad_mask_is_cleaned_again_and_spliced_back(de
     assert measured == pytest.approx(injected_line_integral(demo_cube['truth']), rel=0.05), measured
 
 
+def test_the_automask_forecast_agrees_with_tcleans_automasking_both_ways(demo_cube, casa, tmp_path, monkeypatch):
+    """The demo's dirty line cube (12 antennas: PSF sidelobe 0.50): with the pipeline's automasking settings
+    (sidelobethreshold 2.0, minbeamfrac 0.3) the forecast says automasking finds nothing, and tclean's
+    automasking pass from that dirty cube indeed stops with "zero mask" (stop code 7); with sidelobethreshold
+    1.0 (masks above half the peak: a core of ln 2 = 0.69 beam, over the pruning size) the forecast says it may
+    find something, and tclean does find a mask and cleans.  And the tool skipped the pass it foresaw."""
+    monkeypatch.chdir(tmp_path)
+    assert 'foreseen from the dirty cube' in demo_cube['result'].stdout, demo_cube['result'].stdout
+    delivery = demo_cube['delivery']
+    lines = sorted(str(p) for p in (delivery / 'measurement_sets').glob('*_targets_line.ms'))
+    outcomes = {}
+    for sidelobe in (2.0, 1.0):
+        name = str(tmp_path / ('cube%g' % sidelobe))
+        arguments = dict(vis=lines, field=['0'] * len(lines), spw=['25'] * len(lines), datacolumn='data',
+                         imagename=name, imsize=[150, 150], cell=['0.3arcsec'], specmode='cube', nchan=20,
+                         start='-20km/s', width='2km/s', outframe='LSRK', veltype='radio',
+                         restfreq=['%.3fHz' % (demo_cube['truth']['line_lsrk_freq_ghz']['25'][0] * 1e9)],
+                         gridder='standard', pblimit=0.2, deconvolver='hogbom', weighting='briggsbwtaper',
+                         robust=0.5, perchanweightdensity=True, niter=0, threshold='0.00263Jy', nsigma=0.0,
+                         savemodel='none', interactive=False, restoration=False, pbcor=False, parallel=False,
+                         usemask='auto-multithresh', pbmask=0.3, sidelobethreshold=sidelobe, noisethreshold=4.25,
+                         lownoisethreshold=1.5, negativethreshold=15.0, minbeamfrac=0.3, growiterations=50)
+        casa.casatasks.tclean(**arguments)
+        foreseen = sfr.automask_finds_nothing(casa, arguments, psf=name + '.psf', residual=name + '.residual',
+                                              pb=name + '.pb')
+        summary = casa.casatasks.tclean(**dict(arguments, niter=100000, calcpsf=False, calcres=False,
+                                                restart=True, restoration=True, pbcor=True))
+        outcomes[sidelobe] = (foreseen, summary['stopcode'], int(summary['iterdone']))
+    assert outcomes[2.0][:2] == (True, 7), outcomes
+    assert outcomes[1.0][0] is False and outcomes[1.0][1] != 7 and outcomes[1.0][2] > 0, outcomes
+
+
 # ---------------------------------------------------------------------------------------------
 # the grid options: parsed before anything runs, checked against the spw at plan time
 # ---------------------------------------------------------------------------------------------

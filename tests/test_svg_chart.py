@@ -49,3 +49,19 @@ def test_two_panels_share_the_x_axis_and_escape_text():
     assert len(lines) == 4
     assert [x for x, _ in lines[0]] == [x for x, _ in lines[2]], 'the panels do not share the x axis'
     assert len(list(root.iter(SVG + 'rect'))) >= 4   # background, 2 frames, the shaded span
+
+
+def test_the_uv_scatter_puts_east_on_the_left_and_keeps_one_dot_per_pixel():
+    """square_scatter_chart (the combination's uv picture): with mirror_x a point at +u is drawn left of the
+    centre (u grows east, to the left, as the sky); 10000 copies of one point make one dot; the SVG parses."""
+    import numpy
+    svg = sfr.square_scatter_chart(title='uv & co', reach=10.0, mirror_x=True, x_label='u', y_label='v', series=[
+        ('east', numpy.full(10000, 5.0), numpy.zeros(10000)), ('west', numpy.array([-5.0]), numpy.array([0.0]))])
+    root = ElementTree.fromstring(svg)
+    paths = [p.get('d') for p in root.iter(SVG + 'path')]
+    assert [d.count('M') for d in paths] == [1, 1], paths
+    (east_x, east_y), (west_x, west_y) = [[int(n) for n in d[1:].split('h')[0].split()] for d in paths]
+    assert east_x < west_x and east_y == west_y, paths
+    frame = [r for r in root.iter(SVG + 'rect') if r.get('fill') == 'none'][0]
+    centre = float(frame.get('x')) + float(frame.get('width')) / 2
+    assert east_x < centre < west_x

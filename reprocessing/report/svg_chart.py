@@ -168,3 +168,58 @@ def stacked_line_chart(*, title_lines, panels, x_label, width=900, height=585, l
                        % (left + plot_width / 2, y0 + panel_height + 36, escape(x_label)))
     out.append('</svg>')
     return '\n'.join(out) + '\n'
+
+
+def square_scatter_chart(*, title, series, x_label, y_label, reach, size=500, mirror_x=False):
+    """An SVG document (text): points of each series [(label, xs, ys)] (numpy arrays) in its colour on a square
+    plot from -reach to reach on both axes (mirror_x: x grows to the left, as u on the sky).  Each series keeps one
+    2-pixel dot per occupied pixel (the uv picture's 2 x 40000 points make about 6000 dots, 90 kB), drawn in
+    order, so the last series stays visible over the others; the legend gives each label."""
+    import numpy
+    left, top, right, bottom = 62, 30, 12, 46
+    plot = float(size - left - right)
+    height = int(top + plot + bottom)
+    reach = float(reach) or 1.0
+
+    def x_pixel(x):
+        return left + (0.5 - 0.5 * x / reach if mirror_x else 0.5 + 0.5 * x / reach) * plot
+
+    def y_pixel(y):
+        return top + (0.5 - 0.5 * y / reach) * plot
+    out = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" %s font-size="11">'
+           % (size, height, size, height, FONT), '<rect width="100%" height="100%" fill="white"/>',
+           '<text x="%d" y="18" text-anchor="middle" font-size="11">%s</text>' % (size // 2, escape(title))]
+    ticks = nice_ticks(-reach, reach, count=7)
+    for tick in ticks:
+        out.append('<line x1="%.1f" x2="%.1f" y1="%d" y2="%.1f" stroke="#000" stroke-opacity="0.12"/>'
+                   % (x_pixel(tick), x_pixel(tick), top, top + plot))
+        out.append('<line x1="%d" x2="%.1f" y1="%.1f" y2="%.1f" stroke="#000" stroke-opacity="0.12"/>'
+                   % (left, left + plot, y_pixel(tick), y_pixel(tick)))
+        out.append('<text x="%.1f" y="%.1f" text-anchor="middle">%s</text>'
+                   % (x_pixel(tick), top + plot + 15, tick_text(tick, ticks)))
+        out.append('<text x="%d" y="%.1f" text-anchor="end" dominant-baseline="middle">%s</text>'
+                   % (left - 5, y_pixel(tick), tick_text(tick, ticks)))
+    for index, (_label, xs, ys) in enumerate(series):
+        xs, ys = numpy.asarray(xs, dtype=float), numpy.asarray(ys, dtype=float)
+        keep = numpy.isfinite(xs) & numpy.isfinite(ys) & (numpy.abs(xs) <= reach) & (numpy.abs(ys) <= reach)
+        pixels = numpy.unique(numpy.stack([numpy.floor(x_pixel(xs[keep])), numpy.floor(y_pixel(ys[keep]))],
+                                          axis=1).astype(int), axis=0) if keep.any() else []
+        out.append('<path fill="%s" d="%s"/>' % (PALETTE[index % len(PALETTE)], ''.join(
+            'M%d %dh2v2h-2z' % (x, y) for x, y in pixels)))
+    out.append('<rect x="%d" y="%d" width="%.1f" height="%.1f" fill="none" stroke="#000" stroke-width="0.8"/>'
+               % (left, top, plot, plot))
+    text_width = 6.2 * max([len(label) for label, _x, _y in series] or [0])
+    x = left + plot - text_width - 30
+    out.append('<rect x="%.1f" y="%d" width="%.1f" height="%d" fill="white" fill-opacity="0.85" stroke="#ccc"/>'
+               % (x, top + 4, text_width + 26, 15 * len(series) + 6))
+    for index, (label, _xs, _ys) in enumerate(series):
+        y = top + 14 + 15 * index
+        out.append('<rect x="%.1f" y="%d" width="8" height="8" fill="%s"/>' % (x + 6, y - 4,
+                                                                            PALETTE[index % len(PALETTE)]))
+        out.append('<text x="%.1f" y="%d" dominant-baseline="middle">%s</text>' % (x + 20, y, escape(label)))
+    out.append('<text x="%.1f" y="%.1f" text-anchor="middle">%s</text>' % (left + plot / 2, top + plot + 36,
+                                                                          escape(x_label)))
+    out.append('<text transform="translate(16 %.1f) rotate(-90)" text-anchor="middle">%s</text>'
+               % (top + plot / 2, escape(y_label)))
+    out.append('</svg>')
+    return '\n'.join(out) + '\n'

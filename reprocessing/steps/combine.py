@@ -80,31 +80,31 @@ def run_combine(plan, state, step, casa):
 
 def describe_combination(casa, combination, delivery, partial, output, flux, cubes):
     """The report's account of the combination (JSON-friendly): each delivery's array, MSes, antennas and spws, its
-    uv coverage in numbers and drawn (uv_coverage.png beside the products, a bounded sample of each MS's rows), the
+    uv coverage in numbers and drawn (uv_coverage.svg beside the products, a bounded sample of each MS's rows), the
     continuum products' flux table and the cubes.  The picture is a view of finished products: when it fails, the
     run says so and carries on."""
     parts = [dict(label=part.label, delivery=str(part.root or delivery.root), mses=[m.path.name for m in part.mses],
                   antennas=len(part.mses[0].antennas), spws=[part.spw_map[k] for k in combination.spw_groups],
                   uv=describe_uv_coverage(part.mses)) for part in combination.parts]
-    png = partial / 'uv_coverage.png'
+    picture = partial / 'uv_coverage.svg'
     try:
-        uv_coverage_picture(casa, combination, parts, png)
-        say('  %s' % relative_path(output / png.name, delivery.root))
+        uv_coverage_picture(casa, combination, parts, picture)
+        say('  %s' % relative_path(output / picture.name, delivery.root))
     except Exception as error:
         warn('the uv-coverage picture could not be made (%s) — the images are complete; report this problem'
              % one_line(error))
-        png = None
+        picture = None
     radii = sorted(set((name, radius) for row in flux for name, radius in row.get('radii', {}).items()),
                    key=lambda item: item[1])
     return dict(label=combination.label, fields=list(combination.fields), spws=list(combination.spw_groups),
                 feather=str(combination.feather) if combination.feather else None, parts=parts,
-                uv_png=str(output / png.name) if png else None, flux=flux, radii=radii,
+                uv_picture=str(output / picture.name) if picture else None, flux=flux, radii=radii,
                 arrays=sorted(set(p.label for p in combination.parts), key=array_order),
                 flux_csv=str(output / 'flux_recovered.csv') if flux else None, cubes=cubes)
 
 
-def uv_coverage_picture(casa, combination, parts, png):
-    """Sample each delivery's uv points (at most UV_POINTS rows per delivery), draw them to png, and add to each of
+def uv_coverage_picture(casa, combination, parts, picture):
+    """Sample each delivery's uv points (at most UV_POINTS rows per delivery), draw them to picture (SVG), and add to each of
     parts (describe_combination's) what was drawn."""
     import numpy
     samples = []
@@ -125,7 +125,7 @@ def uv_coverage_picture(casa, combination, parts, png):
         described.update(uv_rows_read=read, uv_rows=rows, uv_frequency_hz=per_klambda * C_M_S * 1e3,
                          uv_klambda=[float(distance.min()), float(numpy.percentile(distance, 5)),
                                      float(distance.max())] if read else None)
-    draw_uv_coverage(samples, png, title='uv coverage of %s, field %s, at the spw paired with %d' % (
+    draw_uv_coverage(samples, picture, title='uv coverage of %s, field %s, at the spw paired with %d' % (
         ''.join(p.label for p in combination.parts), ', '.join(combination.fields), reference_id))
 
 
