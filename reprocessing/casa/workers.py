@@ -133,9 +133,14 @@ class EbWorkers(object):
         return self._run_in_workers(tasks, progress, casa)
 
     @staticmethod
-    def _run_here(task, casa):
+    def _run_here(task, casa, guard=None):
+        """guard: the lock the workers' lines are printed under (this process's lines are whole lines too)."""
         def report(message):
-            say('  [%s] %s' % (task['eb'], message))
+            if guard is None:
+                say('  [%s] %s' % (task['eb'], message))
+                return
+            with guard:
+                say('  [%s] %s' % (task['eb'], message))
         return EB_TASKS[task['function']](casa, report, **task['arguments'])
 
     def _run_in_workers(self, tasks, progress, casa):
@@ -187,7 +192,7 @@ class EbWorkers(object):
                         break
                     index, task = queue.pop(0)
                 # the same result as a worker's (JSON: tuples become lists)
-                result = json.loads(json.dumps(self._run_here(task, casa)))
+                result = json.loads(json.dumps(self._run_here(task, casa, guard)))
                 with guard:
                     results[index] = result
                     done[0] += 1
