@@ -14,10 +14,11 @@ largest process (psutil every 0.2 s, bench_cube_split.measured), and the load av
   resumed        the jobs2 command SIGKILLed at half of jobs2's wall time, then the same command again (measured)
 
   chunking       --split-cube CHUNKS against 2 x CHUNKS (chunking_cost): CPU with one worker, resume with two
+  kills          2 workers against 1, and SIGKILL at 1/3, 1/2, 2/3 then resumed, for CHUNKS and 2 x CHUNKS (kills)
   ratios         issue 28's three ratios measured side by side in one sequence (side_by_side): the overhead of
                  splitting (jobs1 against whole), 2 workers against 1, a resumed run against a full one
 
-Usage: python bench/bench_split_run.py OUTDIR [--nchan 64] [--chunks 4] [--limit 600MB] [--cases ...|ratios|chunking]
+Usage: python bench/bench_split_run.py OUTDIR [--nchan 64] [--chunks 4] [--limit 600MB] [--cases ...|ratios|chunking|kills]
 """
 import argparse
 import json
@@ -158,6 +159,44 @@ def chunking_cost(source, out, chunks):
         mean(2 * chunks, 'wall_s') / mean(chunks, 'wall_s'), 2 * chunks, resumed['wall_s'] / full['wall_s']))
 
 
+def kills(source, out, chunks):
+    """Issue 28, round 2: 2 workers against 1 and a kill wherever it lands, in one sequence.  whole, then
+    CHUNKS on 1 worker, CHUNKS on 2, 2 x CHUNKS on 2, twice each as A B C C B A; then for each chunking on 2 workers
+    the command SIGKILLed at 1/3, 1/2 and 2/3 of its mean full wall time and the same command again.  A kill's
+    loss: (time before the kill + the resumed run) / a full run - 1 (0: nothing lost)."""
+    split = lambda n, jobs: IMAGE + ['--split-cube', str(n), '--jobs', str(jobs)]  # noqa: E731
+    variants = {'whole': IMAGE + ['--split-cube', 'no', '--jobs', '1'], 'jobs1': split(chunks, 1),
+                'jobs2': split(chunks, 2), 'jobs2x2': split(2 * chunks, 2)}
+    runs = {}
+    for index, case in enumerate(('whole', 'jobs1', 'jobs2', 'jobs2x2', 'jobs2x2', 'jobs2', 'jobs1')):
+        row = run_measured(fresh(source, out, '%s-%d' % (case, index)), variants[case])
+        runs.setdefault(case, []).append(row)
+        say('%s (%d): %s' % (case, index, json.dumps(row)))
+
+    def mean(case, key):
+        return sum(row[key] for row in runs[case]) / len(runs[case])
+    say('2 workers against 1 (%d chunks): wall x%.2f, CPU x%.2f' % (
+        chunks, mean('jobs1', 'wall_s') / mean('jobs2', 'wall_s'), mean('jobs2', 'cpu_s') / mean('jobs1', 'cpu_s')))
+    say('%d chunks against %d on 2 workers: wall x%.3f, CPU x%.3f' % (
+        2 * chunks, chunks, mean('jobs2x2', 'wall_s') / mean('jobs2', 'wall_s'),
+        mean('jobs2x2', 'cpu_s') / mean('jobs2', 'cpu_s')))
+    resumed = {}
+    for case in ('jobs2', 'jobs2x2'):
+        full = mean(case, 'wall_s')
+        for fraction in (1 / 3.0, 1 / 2.0, 2 / 3.0):
+            delivery = fresh(source, out, '%s-killed-%d' % (case, round(100 * fraction)))
+            kept = killed_at(delivery, variants[case], full * fraction)
+            row = run_measured(delivery, variants[case])
+            row.update(killed_at_s=round(full * fraction, 1), kept=kept, resumed_over_full=round(row['wall_s'] / full, 3),
+                       loss=round((full * fraction + row['wall_s']) / full - 1, 3))
+            resumed['%s-%d' % (case, round(100 * fraction))] = row
+            say('%s killed at %.0f %% (%.1f s): %s' % (case, 100 * fraction, full * fraction, json.dumps(row)))
+    result = dict(runs=runs, resumed=resumed)
+    compare_products(out, {'jobs1': 'jobs1-1', 'jobs2': 'jobs2-2', 'jobs2x2': 'jobs2x2-3',
+                           'resumed-half': 'jobs2-killed-50'}, 'whole-0', result)
+    (out / ('kills-%d.json' % int(time.time()))).write_text(json.dumps(result, indent=1, default=str))
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument('outdir')
@@ -180,6 +219,9 @@ def main():
         'long': IMAGE + ['--memory-per-worker', options.limit, '--jobs', '1', '--nbins', '25:1'],
     }
     rows = {}
+    if options.cases == 'kills':
+        kills(source, out, options.chunks)
+        return 0
     if options.cases == 'chunking':
         chunking_cost(source, out, options.chunks)
         return 0

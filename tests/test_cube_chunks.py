@@ -72,6 +72,26 @@ def test_a_cube_that_does_not_fit_is_split_in_chunks_that_fit_and_no_larger_for_
     assert sfr.cube_chunking(job._replace(spectral=None), split=4, limit=gb) is None
 
 
+def test_a_long_split_cube_gets_several_chunks_per_worker_within_the_start_up_budget():
+    # --split-cube 2 on 2 workers: a kill would lose half of a long cube; 4 chunks a worker lose at most one each
+    long_cube = cube(1000, 1000)  # job_seconds: about 2.6 hours
+    ranges = sfr.cube_chunking(long_cube, split=2, limit=None, workers=2)
+    assert len(ranges) == 8 == 4 * 2 and sum(count for _f, count in ranges) == 1000
+    assert len(sfr.cube_chunking(long_cube, split=2, limit=None, workers=1)) == 4
+    # the chunks' start-ups (1.6 s each) within 5 % of the cube's estimated time: fewer for a shorter cube
+    shorter = cube(300, 200)  # about 178 s: 5 chunks' start-ups fit in 5 %
+    assert len(sfr.cube_chunking(shorter, split=2, limit=None, workers=2)) == 5
+    assert 5 * 1.6 <= 0.05 * sfr.job_seconds(shorter) < 6 * 1.6
+    # bench_split_run's cube (about 24 s estimated): as asked, no more
+    assert len(sfr.cube_chunking(cube(144, 61), split=4, limit=None, workers=2)) == 4
+    # a cube that fits stays whole (one tclean's product), however long
+    assert sfr.cube_chunking(long_cube, split='auto', limit=None, workers=2) is None
+    # the memory's chunks, when more, are kept
+    gb = 1000 ** 3
+    assert len(sfr.cube_chunking(long_cube, split='auto', limit=4 * gb, workers=2)) == len(
+        sfr.cube_chunking(long_cube, split='auto', limit=4 * gb))
+
+
 def test_frequencies_are_read_in_their_units():
     assert sfr.hz_of('216.6771904376GHz') == pytest.approx(216.6771904376e9)
     assert sfr.hz_of('3.9058405MHz') == pytest.approx(3.9058405e6)

@@ -21,7 +21,7 @@ from ..core.fileops import remove_tree
 from ..core.messages import ReprocessingError
 from ..core.requests import ImagingRequest
 from .heuristics import dynamic_range_threshold
-from .memory_model import job_memory
+from .memory_model import job_memory, job_seconds
 from .image_casa import PB_LIMIT, ImageJob, tclean_arguments
 from .image_resume import save_finished
 from .tclean_run import TLIMIT, _tclean_with_progress, clean_to_threshold, theoretical_sensitivity
@@ -92,13 +92,31 @@ def chunk_channels_fitting(job, limit):
     return max(0, int((limit - (one - per_channel)) // per_channel))
 
 
-def cube_chunking(job, *, split='auto', limit=None):
+# A split cube long enough gets CHUNKS_PER_WORKER chunks per worker, so that a kill (a scheduler's time limit)
+# loses at most the one chunk under way on each worker, about a quarter of its share; but only while every
+# chunk's start-up (CHUNK_START_SECONDS: 1.3 s for its dirty image and 0.3 s for its cleaning, profiled with
+# bench/profile_split.py) stays within START_BUDGET of the cube's estimated time (job_seconds).  Measured on
+# bench_split_run's cube (61 channels, about 60 s CPU; its estimate 24 s: not more chunks), README "One cube
+# over several workers".
+CHUNKS_PER_WORKER = 4
+CHUNK_START_SECONDS = 1.6
+START_BUDGET = 0.05
+
+
+def resumable_chunks(job, workers):
+    """How many chunks a split cube is made in at least, for what a kill loses (CHUNKS_PER_WORKER a worker,
+    within START_BUDGET of job_seconds); 1: no more than the memory or --split-cube asks."""
+    affordable = int(START_BUDGET * job_seconds(job) / CHUNK_START_SECONDS)
+    return max(1, min(CHUNKS_PER_WORKER * max(1, int(workers)), affordable, int(job.nchan) // MIN_CHUNK_NCHAN))
+
+
+def cube_chunking(job, *, split='auto', limit=None, workers=1):
     """How a cube job is made: None (whole, in one tclean) or [(first channel, count)] of its chunks.
 
     split: 'auto' (split only when the whole cube does not fit limit bytes in one process), 'no' (never), or N
     (at least N chunks).  The chunks are as large as limit allows (a cube four times longer gets four times
-    the chunks, not larger ones) and never a single channel.  [] when not even MIN_CHUNK_NCHAN channels fit:
-    the plan refuses it.
+    the chunks, not larger ones) and never a single channel; a cube split anyway gets resumable_chunks over
+    workers if more.  [] when not even MIN_CHUNK_NCHAN channels fit: the plan refuses it.
     """
     if not job.spectral or split == 'no':
         return None
@@ -114,6 +132,8 @@ def cube_chunking(job, *, split='auto', limit=None):
             return []
         size = min(size, fitting)
     size = min(size, int(math.ceil(float(nchan) / max(1, wanted))))
+    if size < nchan:  # split anyway (the memory, --split-cube N): a whole cube stays one tclean's product
+        size = min(size, int(math.ceil(float(nchan) / resumable_chunks(job, workers))))
     ranges = chunk_ranges(nchan, size)
     return ranges if len(ranges) > 1 else None
 

@@ -49,13 +49,13 @@ def plan_image_resources(plan, jobs):
                                   'es' if fewer > 1 else '', '' if fewer > 1 else 's'))
             workers = fewer
         limit, limit_text = _available_share(available, workers)
-    chunks = dict((job.name, cube_chunking(job, split=split, limit=limit)) for job in jobs)
+    chunks = dict((job.name, cube_chunking(job, split=split, limit=limit, workers=workers)) for job in jobs)
     units = sum(len(ranges) if ranges else 1 for ranges in chunks.values())
     if plan.imaging_engine == 'casa' and units > workers and (request.jobs is not None or split != 'auto'):
         workers = imaging_processes(request.jobs, units, engine=plan.imaging_engine)  # the chunks' workers
         if request.memory_per_worker is None and available is not None and not mpi:
             limit, limit_text = _available_share(available, workers)
-            chunks = dict((job.name, cube_chunking(job, split=split, limit=limit)) for job in jobs)
+            chunks = dict((job.name, cube_chunking(job, split=split, limit=limit, workers=workers)) for job in jobs)
     needs = [ImageNeeds(job, estimate_image_bytes([job])[1], _memory(job, chunks[job.name], whole[job.name]),
                         job_seconds(job), chunks[job.name]) for job in jobs]
     if plan.imaging_engine == 'casa' and limit is not None:
