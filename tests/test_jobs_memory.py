@@ -58,7 +58,7 @@ def test_image_jobs_2_makes_the_products_of_jobs_1_in_two_processes(delivery_fac
         processes = ' in 2 processes' if jobs == '2' else ' in 1 process'
         assert re.search(r'\n  3 images to make%s: about ' % processes, done.stdout), done.stdout
         workers = sorted((delivery / sfr.WORK_DIR_NAME / 'logs').glob('casa-*-worker*.log'))
-        assert len(workers) == (1 if jobs == '2' else 0), workers  # the run's own process is the other
+        assert len(workers) == (2 if jobs == '2' else 0), workers
         made[jobs] = dict((path.name, peak_and_rms(casa, path)) for path in sorted((delivery / 'images').glob('*.fits')))
     assert len(made['1']) >= 6 and sorted(made['1']) == sorted(made['2'])
     for name, (peak, rms) in made['1'].items():

@@ -21,11 +21,7 @@ from .mpi import MpiEbServers, mpi_servers_available
 # CASA tools are not fork-safe, so each worker is a fresh Python running this same script in
 # worker mode (EB_WORKER_FLAG), which loads CASA with its own log and takes one task (JSON, one
 # line on its stdin) after another, answering with progress lines and one result line.  The
-# parent prints the progress lines prefixed with the execution block's name.  With N jobs the
-# run's own process is one of them (N - 1 worker processes): it has CASA loaded already, and a
-# worker process costs a CASA start (about 5 s CPU measured on bench_split_run's cube, where the
-# 2-worker run took x1.19 the CPU of one).  It takes its tasks in its main thread, so that signals
-# act there as with --jobs 1 (when CASA returns to Python).
+# parent prints the progress lines prefixed with the execution block's name.
 
 EB_WORKER_FLAG = '--eb-worker'  # hidden: this script as a worker process of a parent run
 PARENT_ENV = 'SCRIPTFORREPROCESSING_PARENT_PID'  # the parent run's pid, given to its workers
@@ -102,7 +98,7 @@ class EbWorkers(object):
         # delivery before they have stopped writing.
         keep = (lock.fileno(),) if lock is not None else ()
         stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
-        for number in range(1, self.count):  # the run's own process is the count-th (_run_in_workers)
+        for number in range(1, self.count + 1):
             logfile = self.state.logs_dir / ('casa-%s-worker%d.log' % (stamp, number))
             # What CASA prints on stderr (leap-second warnings, C++ messages) goes to a file beside
             # its log; the terminal gets the worker's progress lines only.
@@ -130,20 +126,15 @@ class EbWorkers(object):
                 results.append(self._run_here(task, casa))
                 progress(len(results), len(tasks), started)
             return results
-        return self._run_in_workers(tasks, progress, casa)
+        return self._run_in_workers(tasks, progress)
 
     @staticmethod
-    def _run_here(task, casa, guard=None):
-        """guard: the lock the workers' lines are printed under (this process's lines are whole lines too)."""
+    def _run_here(task, casa):
         def report(message):
-            if guard is None:
-                say('  [%s] %s' % (task['eb'], message))
-                return
-            with guard:
-                say('  [%s] %s' % (task['eb'], message))
+            say('  [%s] %s' % (task['eb'], message))
         return EB_TASKS[task['function']](casa, report, **task['arguments'])
 
-    def _run_in_workers(self, tasks, progress, casa):
+    def _run_in_workers(self, tasks, progress):
         import threading
         queue = list(enumerate(tasks))
         results = [None] * len(tasks)
@@ -175,41 +166,22 @@ class EbWorkers(object):
                         results[index] = answer['result']
                         done[0] += 1
                         progress(done[0], len(tasks), started, queued=len(queue))
-                    if failures:  # the other processes stop now, even while this one's own task runs
-                        self._terminate()
 
         threads = [threading.Thread(target=serve, args=(process, logfile))
                    for process, logfile in zip(self.processes, self.logfiles)]
         for thread in threads:
             thread.daemon = True
             thread.start()
-        # The run's own process takes tasks too, in this (the main) thread; an error of its own is raised as
-        # with --jobs 1 (EbWorkers.started stops the workers).  A worker's failure is seen after its task.
-        with omp_threads(max(1, available_cores() // self.count) if self.share_cores else None), lines_kept(guard):
-            while True:
-                with guard:
-                    if failures or not queue:
-                        break
-                    index, task = queue.pop(0)
-                # the same result as a worker's (JSON: tuples become lists)
-                result = json.loads(json.dumps(self._run_here(task, casa, guard)))
-                with guard:
-                    results[index] = result
-                    done[0] += 1
-                    progress(done[0], len(tasks), started, queued=len(queue))
         for thread in threads:
             while thread.is_alive():
                 thread.join(0.2)  # short waits keep Ctrl-C and SIGTERM responsive
                 if failures:  # stop the other execution blocks now rather than after their work
-                    self._terminate()
+                    for process in self.processes:
+                        if process.poll() is None:
+                            process.terminate()
         if failures:
             raise ReprocessingError(failures[0])
         return results
-
-    def _terminate(self):
-        for process in self.processes:
-            if process.poll() is None:
-                process.terminate()
 
     def _stop(self, at_once=False):
         for process in self.processes:
@@ -251,54 +223,6 @@ def say_progress(done, total, started, *, queued=None, unit='execution blocks'):
     else:
         left = ', about %s left' % duration_text(elapsed / done * (total - done))
     say('  %d of %d %s done in %s%s' % (done, total, unit, duration_text(elapsed), left))
-
-
-@contextlib.contextmanager
-def lines_kept(guard):
-    """sys.stdout on a copy of file descriptor 1 while this process's own task runs beside the workers: a task
-    that silences what CASA's C++ prints on descriptor 1 (uvcontsub, native_stdout_silenced) would otherwise
-    swallow the workers' lines printed meanwhile (seen: one progress line of 4 lost in one run of 8 of
-    test_contsub_fast's two processes).  Not when sys.stdout is not descriptor 1 (a test's capture).  guard: the
-    lock lines are printed under (no line is being printed when sys.stdout is put back)."""
-    import io
-    stream = sys.stdout
-    try:
-        same = stream.fileno() == 1
-    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
-        same = False
-    if not same:
-        yield
-        return
-    stream.flush()
-    kept = io.TextIOWrapper(os.fdopen(os.dup(1), 'wb'), encoding=stream.encoding, errors=stream.errors,
-                            line_buffering=True)
-    sys.stdout = kept
-    try:
-        yield
-    finally:
-        with guard:
-            sys.stdout = stream
-            kept.close()
-
-
-@contextlib.contextmanager
-def omp_threads(count):
-    """OpenMP threads of the parallel regions this thread starts (tclean's) limited to count while it runs, as the
-    worker processes' OMP_NUM_THREADS (share_cores), unless OMP_NUM_THREADS is set; then restored.  None: as is."""
-    library = None
-    if count and 'OMP_NUM_THREADS' not in os.environ:
-        import ctypes
-        try:  # casatools' own libgomp (loaded with it), else the system's
-            library = ctypes.CDLL('libgomp.so.1')
-            before = library.omp_get_max_threads()
-            library.omp_set_num_threads(int(count))
-        except (OSError, AttributeError):
-            library = None
-    try:
-        yield
-    finally:
-        if library is not None:
-            library.omp_set_num_threads(before)
 
 
 def _start_worker_process(command, *, cwd, env, pass_fds=(), stderr_path):
