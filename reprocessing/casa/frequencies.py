@@ -39,9 +39,7 @@ def lsrk_channel_frequencies(casa, ms, pairs, *, seconds=None):
     measures.doframe(_observatory(casa, ms, measures, frames.telescope))
     answers = []
     for field_id, spw_id in pairs:
-        longitude, latitude = frames.directions[field_id]
-        measures.doframe(measures.direction(frames.direction_frames[field_id], quanta.quantity(longitude, 'rad'),
-                                            quanta.quantity(latitude, 'rad')))
+        _point_at(measures, quanta, frames, field_id)
         channels = frames.chan_freq[spw_id]
         reference = float(channels[0]) or 1e11
         converted = measures.measure(measures.frequency(frames.spw_frames[spw_id],
@@ -101,9 +99,7 @@ def _factors(casa, frames, field_id, data_frame, frame, seconds, reference):
     if not observatory:
         return None
     measures.doframe(observatory)
-    longitude, latitude = frames.directions[field_id]
-    measures.doframe(measures.direction(frames.direction_frames[field_id], quanta.quantity(longitude, 'rad'),
-                                        quanta.quantity(latitude, 'rad')))
+    _point_at(measures, quanta, frames, field_id)
     reference_hz = 1e11
     values = []
     for moment in seconds:
@@ -139,6 +135,13 @@ def _read_distinct_times(casa, ms):
             return None
         times[field_id, spw_of_dd[dd_id]].add(moment)
     return DistinctTimes(dict((key, numpy.array(sorted(values))) for key, values in times.items()), str(reference), {})
+
+
+def _point_at(measures, quanta, frames, field_id):
+    """The measures frame's direction: the field's PHASE_DIR, in its own frame."""
+    longitude, latitude = frames.directions[field_id]
+    measures.doframe(measures.direction(frames.direction_frames[field_id], quanta.quantity(longitude, 'rad'),
+                                        quanta.quantity(latitude, 'rad')))
 
 
 def _observatory(casa, ms, measures, telescope):
