@@ -158,3 +158,18 @@ def test_sigterm_at_random_moments_of_image(delivery_factory, count, capsys):
         assert not [p for p in delivery.rglob('*.partial-*')], 'a partial output survived the next run'
         assert unchanged(delivery, before)
     assert stopped >= count - 1, 'the signal came too late to stop most runs'
+
+
+@pytest.mark.parametrize('script', ['scriptForReprocessing', 'reprocessing_prep'])
+def test_a_sigterm_while_the_finished_process_shuts_down_does_not_kill_it(script):
+    # The race the random moments found under load (2026-12-07): "Done." printed, then a SIGTERM while Python
+    # shut down, and the process died by it (-15).  Here the signal comes from an atexit handler, i.e. after
+    # main() returned, at the same place; the process must end with the status main() gave.
+    program = ('import atexit, os, signal, time\n'
+               'import %s as script\n'
+               'atexit.register(lambda: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(0.3)))\n'
+               'script.exit_as_finished(0)\n' % script)
+    done = subprocess.run([sys.executable, '-c', program], cwd=str(SCRIPT.parent), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, timeout=120)
+    assert done.returncode == 0, (done.returncode, done.stderr[-500:])
+    assert 'Traceback' not in done.stderr

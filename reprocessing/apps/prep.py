@@ -46,7 +46,7 @@ from ..casa.casa_engine import casa_log_path, leave_directory_too_long_for_casa,
 from ..casa.data_columns import has_selfcal_column
 from ..core.fileops import directory_bytes, free_bytes
 from ..core.layout import PREP_SCRIPT_NAME, SCRIPT_NAME
-from ..core.messages import EXIT_OK, ReprocessingError, say, warn
+from ..core.messages import EXIT_OK, exit_as_finished, ReprocessingError, say, warn
 from ..core.prep_layout import DEFAULT_OUTPUT_NAME, MODE_COPY, MODE_LINK, MODE_MOVE
 from ..core.script import script_arguments, script_path
 from ..plan.prep_plan import _describe_missing_products, build_plan, check_free_space, check_move_is_possible, check_not_a_delivery, check_output_is_free, check_output_outside_sources, find_delivery_products, format_plan, leftover_partial_outputs, next_steps_text
@@ -158,4 +158,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    exit_as_finished(main())

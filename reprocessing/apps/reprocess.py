@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import datetime
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -44,7 +43,7 @@ from ..core.defaults import IMAGES_DIR, SPECMODES, WEBLOG
 from ..core.fileops import relative_path
 from ..core.host import process_started_at
 from ..core.layout import Delivery, SCRIPT_NAME, WORK_DIR_NAME
-from ..core.messages import EXIT_OK, Interrupted, ReprocessingError, UsageError, say
+from ..core.messages import EXIT_OK, exit_as_finished, Interrupted, ReprocessingError, UsageError, say
 from ..core.script import script_arguments
 from ..imaging.beams import parse_beam
 from ..imaging.moments import parse_moments
@@ -453,4 +452,4 @@ def _start_casa(plan, state):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    exit_as_finished(main())

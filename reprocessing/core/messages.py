@@ -110,6 +110,19 @@ def one_line(error):
     return shorten(text, 160)
 
 
+def exit_as_finished(status):
+    """End the script's process with status, a stop signal no longer able to change how it ended.
+
+    Once run_main has returned, the run has finished, failed or said why it stopped; a SIGTERM while Python and
+    CASA shut down (atexit handlers, C++ destructors) would otherwise kill the process by that signal after
+    its last line (seen under load, 2026-12-07: "Done." printed, then exit -15, working_reprocess/ complete)."""
+    for name in STOP_SIGNALS:
+        number = getattr(signal, name, None)
+        if number is not None:
+            signal.signal(number, signal.SIG_IGN)
+    sys.exit(status)
+
+
 @contextlib.contextmanager
 def signals_as_exceptions():
     """STOP_SIGNALS (SIGTERM, SIGHUP, SIGINT, SIGUSR1) raise Interrupted wherever the run is, so every cleanup runs.
