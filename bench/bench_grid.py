@@ -13,12 +13,19 @@ by hand with the same grid, side by side in one run, on the same simulated deliv
 
    target: tool / by hand (3) <= 1.1 (the team's goal for a single-process step); also printed: tool / replay.
 
+Two sizes (--size; both: one after the other, then both ratios side by side). What the tool adds is about constant
+(its checks and planning, the PSF that sets the cell, its report), so the ratio depends on the cube's size:
+* small: 2 EBs of 25 antennas, spw 25 of 128 channels, grid -20 km/s + 20 x 2 km/s: tclean by hand ~9 s;
+* large: 4 EBs of 25 antennas, spw 25 of 320 channels, grid -100 km/s + 100 x 2 km/s: tclean by hand >= 60 s on
+  2 cores, as users' cubes take minutes (simulated once, ~1.5 min, cached in $SIMULATION_CACHE or the workdir).
+
 The machine is shared: the load (uptime) is printed with the numbers; the sides alternate and the fastest of
 --repeat runs of each counts.
 
-Usage: python bench/bench_grid.py [--n-ebs 2] [--n-antennas 25] [--nchan 128] [--repeat 2]
+Usage: python bench/bench_grid.py [--size small|large|both] [--n-ebs N] [--n-antennas N] [--nchan N] [--repeat 2]
 """
 import argparse
+import collections
 import json
 import os
 import re
@@ -34,6 +41,12 @@ from bench_image import REPLAY, SCRIPT, REPO, best, replay_bare, task_calls_in_l
 sys.path.insert(0, str(REPO / 'tests' / 'support'))
 TARGET = 1.1
 GRID = ['--spw', '25', '--start', '-20km/s', '--width', '2km/s', '--nchan', '20']
+# the delivery and grid of each --size (see the docstring); --n-ebs, --n-antennas and --nchan override the delivery's
+SIZES = collections.OrderedDict([
+    ('small', dict(n_ebs=2, n_antennas=25, nchan=128, grid=GRID)),
+    ('large', dict(n_ebs=4, n_antennas=25, nchan=320,
+                   grid=['--spw', '25', '--start', '-100km/s', '--width', '2km/s', '--nchan', '100'])),
+])
 
 
 def load():
@@ -94,15 +107,26 @@ def by_hand(delivery, script_log, workdir, round_number, which=-1):
     return seconds
 
 
-def grid_bench_arguments(description, argv):
+def grid_bench_arguments(description, argv, sizes=tuple(SIZES)):
     """The command line of the grid benches (this one and bench_products): the delivery's size, repeats, folder."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument('--n-ebs', type=int, default=2)
-    parser.add_argument('--n-antennas', type=int, default=25)
-    parser.add_argument('--nchan', type=int, default=128, help='channels of the spw (the grid takes 20 of 2 km/s)')
+    parser.add_argument('--size', choices=sizes, default='small', help='the delivery and grid (see the docstring)')
+    parser.add_argument('--n-ebs', type=int, default=None, help='EBs (default: the size\'s)')
+    parser.add_argument('--n-antennas', type=int, default=None, help='antennas (default: the size\'s)')
+    parser.add_argument('--nchan', type=int, default=None, help='channels of the spw (default: the size\'s)')
     parser.add_argument('--repeat', type=int, default=2, help='runs of each side; the fastest counts')
     parser.add_argument('--workdir', default=None, help='where to work (default: a temporary folder, removed)')
     return parser.parse_args(argv)
+
+
+def of_size(args, size):
+    """args with the delivery and grid of size (those given on the command line kept)."""
+    sized = argparse.Namespace(**vars(args))
+    sized.size = size
+    for name, value in SIZES[size].items():
+        if getattr(sized, name, None) is None:
+            setattr(sized, name, value)
+    return sized
 
 
 def grid_delivery(args, workdir):
@@ -114,62 +138,79 @@ def grid_delivery(args, workdir):
     if delivery.exists():
         shutil.rmtree(str(delivery))
     copy_delivery(source, delivery)
-    print('delivery: %d EBs, %d antennas, spw 25 of %d channels; grid %s' % (
-        args.n_ebs, args.n_antennas, args.nchan, ' '.join(GRID)), flush=True)
+    print('%s delivery: %d EBs, %d antennas, spw 25 of %d channels; grid %s' % (
+        args.size, args.n_ebs, args.n_antennas, args.nchan, ' '.join(args.grid)), flush=True)
     return delivery
 
 
+def bench_size(args, workdir):
+    """Side by side on args' delivery and grid: (tool, replay, hand) best Timings, printed with where the time goes."""
+    delivery = grid_delivery(args, workdir)
+    tool, replayed, hand, logs = [], [], [], []
+
+    def run_tool():
+        images = delivery / 'images'
+        if images.exists():
+            shutil.rmtree(str(images))
+        timing, result = timed([sys.executable, str(SCRIPT), '--image', '--engine', 'casa', '--specmodes',
+                                'cube'] + args.grid, cwd=delivery)
+        log = workdir / ('tool-%d.log' % len(logs))
+        shutil.copyfile(re.search(r'CASA log: (\S+)', result.stdout).group(1), str(log))
+        logs.append(log)
+        return timing
+
+    print('load before: %s' % load(), flush=True)
+    run_tool()  # the calls to replay are the tool's own (and a warm disk cache for every side)
+    calls = len(task_calls_in_log(logs[0], 'tclean'))
+    for round_number in range(args.repeat):
+        sides = ['tool', 'replay', 'hand']
+        for side in (sides if round_number % 2 == 0 else list(reversed(sides))):
+            if side == 'tool':
+                tool.append(run_tool())
+            elif side == 'replay':
+                replayed.append(replay_bare(delivery, logs[0], workdir, round_number)[0])
+            else:
+                hand.append(by_hand(delivery, logs[0], workdir, round_number))
+            timing = {'tool': tool, 'replay': replayed, 'hand': hand}[side][-1]
+            print('  %-7s %6.1f s wall, %6.1f s CPU; load now %s' % ((side,) + tuple(timing) + (load(),)),
+                  flush=True)
+    tool, replayed, hand = best(tool), best(replayed), best(hand)
+    cleans = [c for c in task_calls_in_log(logs[0], 'tclean') if c.get('specmode') == 'cube' and c.get('niter', 0)]
+    print('load after: %s (2 cores)' % load())
+    print('tool --image (custom grid):     %6.1f s wall, %6.1f s CPU' % tool)
+    print('its %d tclean calls, replayed:   %6.1f s wall, %6.1f s CPU' % ((calls,) + tuple(replayed)))
+    print('one tclean by hand, same grid:  %6.1f s wall, %6.1f s CPU  (the last cleaning call: usemask %s, '
+          'threshold %s)' % (tuple(hand) + (cleans[-1].get('usemask'), cleans[-1].get('threshold'))))
+    print('where the time goes (wall of each tclean call, CASA log; the tool\'s last run, then by hand):')
+    for role, seconds in tclean_durations(logs[-1]):
+        print('   tool: %-55s %6.1f s' % (role, seconds))
+    for log in sorted(workdir.glob('hand--1-*.log'))[:1]:
+        for role, seconds in tclean_durations(log):
+            print('   hand: %-55s %6.1f s' % (role, seconds))
+    print('tool / by hand:   %.3f wall, %.3f CPU  (target <= %.1f; best of %d runs each)'
+          % (tool.wall / hand.wall, tool.cpu / hand.cpu, TARGET, args.repeat))
+    print('tool / replay:    %.3f wall, %.3f CPU  (the tool\'s own cost around its tclean calls)'
+          % (tool.wall / replayed.wall, tool.cpu / replayed.cpu), flush=True)
+    return tool, replayed, hand
+
+
 def main(argv=None):
-    args = grid_bench_arguments(__doc__.split('\n\n')[0], argv)
+    args = grid_bench_arguments(__doc__.split('\n\n')[0], argv, sizes=tuple(SIZES) + ('both',))
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix='bench-grid-'))
     workdir.mkdir(parents=True, exist_ok=True)
+    results = collections.OrderedDict()
     try:
-        delivery = grid_delivery(args, workdir)
-        tool, replayed, hand, logs = [], [], [], []
-
-        def run_tool():
-            images = delivery / 'images'
-            if images.exists():
-                shutil.rmtree(str(images))
-            timing, result = timed([sys.executable, str(SCRIPT), '--image', '--engine', 'casa', '--specmodes',
-                                    'cube'] + GRID, cwd=delivery)
-            log = workdir / ('tool-%d.log' % len(logs))
-            shutil.copyfile(re.search(r'CASA log: (\S+)', result.stdout).group(1), str(log))
-            logs.append(log)
-            return timing
-
-        print('load before: %s' % load(), flush=True)
-        run_tool()  # the calls to replay are the tool's own (and a warm disk cache for every side)
-        calls = len(task_calls_in_log(logs[0], 'tclean'))
-        for round_number in range(args.repeat):
-            sides = ['tool', 'replay', 'hand']
-            for side in (sides if round_number % 2 == 0 else list(reversed(sides))):
-                if side == 'tool':
-                    tool.append(run_tool())
-                elif side == 'replay':
-                    replayed.append(replay_bare(delivery, logs[0], workdir, round_number)[0])
-                else:
-                    hand.append(by_hand(delivery, logs[0], workdir, round_number))
-                timing = {'tool': tool, 'replay': replayed, 'hand': hand}[side][-1]
-                print('  %-7s %6.1f s wall, %6.1f s CPU; load now %s' % ((side,) + tuple(timing) + (load(),)),
-                      flush=True)
-        tool, replayed, hand = best(tool), best(replayed), best(hand)
-        cleans = [c for c in task_calls_in_log(logs[0], 'tclean') if c.get('specmode') == 'cube' and c.get('niter', 0)]
-        print('load after: %s (2 cores)' % load())
-        print('tool --image (custom grid):     %6.1f s wall, %6.1f s CPU' % tool)
-        print('its %d tclean calls, replayed:   %6.1f s wall, %6.1f s CPU' % ((calls,) + tuple(replayed)))
-        print('one tclean by hand, same grid:  %6.1f s wall, %6.1f s CPU  (the last cleaning call: usemask %s, '
-              'threshold %s)' % (tuple(hand) + (cleans[-1].get('usemask'), cleans[-1].get('threshold'))))
-        print('where the time goes (wall of each tclean call, CASA log; the tool\'s last run, then by hand):')
-        for role, seconds in tclean_durations(logs[-1]):
-            print('   tool: %-55s %6.1f s' % (role, seconds))
-        for log in sorted(workdir.glob('hand--1-*.log'))[:1]:
-            for role, seconds in tclean_durations(log):
-                print('   hand: %-55s %6.1f s' % (role, seconds))
-        print('tool / by hand:   %.3f wall, %.3f CPU  (target <= %.1f; best of %d runs each)'
-              % (tool.wall / hand.wall, tool.cpu / hand.cpu, TARGET, args.repeat))
-        print('tool / replay:    %.3f wall, %.3f CPU  (the tool\'s own cost around its tclean calls)'
-              % (tool.wall / replayed.wall, tool.cpu / replayed.cpu))
+        for size in (SIZES if args.size == 'both' else [args.size]):
+            folder = workdir / size
+            folder.mkdir(exist_ok=True)
+            results[size] = bench_size(of_size(args, size), folder)
+        if len(results) > 1:
+            print('both sizes (best of %d runs each side):' % args.repeat)
+            for size, (tool, replayed, hand) in results.items():
+                print('   %-6s tool %6.1f s wall %6.1f s CPU, by hand %6.1f s wall %6.1f s CPU: tool / by hand %.3f '
+                      'wall, %.3f CPU (target <= %.1f); tool / replay %.3f wall, %.3f CPU'
+                      % ((size,) + tuple(tool) + tuple(hand) + (tool.wall / hand.wall, tool.cpu / hand.cpu, TARGET,
+                                                                tool.wall / replayed.wall, tool.cpu / replayed.cpu)))
     finally:
         if not args.workdir:
             shutil.rmtree(str(workdir), ignore_errors=True)

@@ -27,7 +27,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_image import REPO, SCRIPT, best, task_seconds, timed  # noqa: E402
-from bench_grid import GRID, grid_bench_arguments, grid_delivery, load  # noqa: E402
+from bench_grid import grid_bench_arguments, grid_delivery, load, of_size  # noqa: E402
 
 sys.path.insert(0, str(REPO / 'tests' / 'support'))
 TARGET = 0.10
@@ -50,12 +50,12 @@ print(json.dumps({'wall': time.time() - wall, 'cpu': cpu() - began, 'lines': lin
 '''
 
 
-def run_tool(delivery, workdir, extra, label):
+def run_tool(delivery, workdir, grid, extra, label):
     images = delivery / 'images'
     if images.exists():
         shutil.rmtree(str(images))
     timing, result = timed([sys.executable, str(SCRIPT), '--image', '--engine', 'casa', '--specmodes', 'cube']
-                           + GRID + extra, cwd=delivery)
+                           + grid + extra, cwd=delivery)
     log = workdir / ('tool-%s.log' % label)
     shutil.copyfile(re.search(r'CASA log: (\S+)', result.stdout).group(1), str(log))
     return timing, result.stdout, log
@@ -82,13 +82,14 @@ def products_alone(images, workdir, beam, round_number):
 
 def main(argv=None):
     args = grid_bench_arguments(__doc__.split('\n\n')[0], argv)
+    args = of_size(args, args.size)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix='bench-products-'))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         delivery = grid_delivery(args, workdir)
         print('load before: %s' % load(), flush=True)
         # the plain run's CASA images for 2 (and a warm disk cache for every side)
-        _timing, _out, _log = run_tool(delivery, workdir, ['--all-products'], 'all-products')
+        _timing, _out, _log = run_tool(delivery, workdir, args.grid, ['--all-products'], 'all-products')
         kept_images = workdir / 'plain-images'
         if kept_images.exists():
             shutil.rmtree(str(kept_images))
@@ -101,7 +102,8 @@ def main(argv=None):
             order = [('tool', side) for side in SIDES] + [('alone', side) for side in alone]
             for kind, side in (order if round_number % 2 == 0 else list(reversed(order))):
                 if kind == 'tool':
-                    timing, out, log = run_tool(delivery, workdir, SIDES[side], '%s-%d' % (side, round_number))
+                    timing, out, log = run_tool(delivery, workdir, args.grid, SIDES[side],
+                                                '%s-%d' % (side, round_number))
                     timings[side].append(timing)
                     outputs[side] = out
                     if side == 'plain':

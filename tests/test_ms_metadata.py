@@ -81,3 +81,18 @@ def test_an_ms_replaced_by_another_with_the_same_times_is_read_again(casa, ms, d
     shutil.rmtree(str(ms))
     shutil.copytree(str(source), str(ms))  # copy2: the other MS's files with the same times, new inodes
     assert sorted(sfr.read_ms_layout(casa, ms).spws) == [25], 'the replaced MS was served its old layout'
+
+
+def test_a_shadow_is_described_as_its_ms_under_its_own_path(casa, ms, tmp_path):
+    # The image step gives tclean shadows of the MSes the plan's checks read: it takes the MS's answer, re-pathed.
+    _age(ms)
+    shadow = sfr.make_shadow(ms, tmp_path / 'staging' / ms.name, short_links=True)
+    read_there = sfr._read_ms_for_imaging(casa, shadow)
+    kept = sfr.read_ms_for_imaging(casa, ms)
+    given = sfr.read_ms_for_imaging(casa, ms, at=shadow)
+    assert given.path == shadow and given.layout.path == shadow and given.name == ms.name
+    assert kept.path == ms and kept.layout.path == ms, 'the answer kept for the MS was changed'
+    assert given._replace(layout=None) == read_there._replace(layout=None)
+    mine, theirs = dict(vars(given.layout)), dict(vars(read_there.layout))
+    assert repr(mine.pop('frames')) == repr(theirs.pop('frames'))  # numpy arrays inside: compared as printed
+    assert mine == theirs

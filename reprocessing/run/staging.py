@@ -13,7 +13,7 @@ from ..core.layout import SHADOW_MARKER, STAGED_COPY_MARKER
 from ..core.messages import ReprocessingError
 
 
-def make_shadow(ms, destination, *, private=('HISTORY',)):
+def make_shadow(ms, destination, *, private=('HISTORY',), short_links=False):
     """A stand-in for ms whose files are links to the user's, except `private` subtables.
 
     CASA tasks that write into their inputs (concat appends HISTORY rows to
@@ -21,10 +21,17 @@ def make_shadow(ms, destination, *, private=('HISTORY',)):
     private copies, and the user's MS stays byte-identical.  Directories are
     real, files are links, and every table.lock is a private copy, so the
     table locks CASA takes stay inside the shadow too.
+
+    short_links: the files' links are relative, through one link to ms beside the shadow (in the
+    folder that holds it, which must be this tool's and be removed with it): '../../.ms0/ANTENNA/table.f0'
+    instead of the file's absolute path.  Measured on ext4 mounted with discard: removing a link whose
+    target has 60 bytes or more (kept in a disk block, not in the inode) took ~2.5 ms, so the 288 links
+    of 4 shadows took 0.9 s of wall time at the end of every --image run (0.04 s CPU); short ones, 0.02 s.
     """
     ms, destination = Path(ms).resolve(), Path(destination)
     destination.mkdir(parents=True)
     (destination / SHADOW_MARKER).write_text(str(ms))
+    source = '../' + _anchor(ms, destination.parent) if short_links else None  # ms, seen from destination
     for entry in ms.iterdir():
         target = destination / entry.name
         if entry.name in private:
@@ -33,10 +40,22 @@ def make_shadow(ms, destination, *, private=('HISTORY',)):
             # give a HISTORY that concat cannot append to and that the user cannot delete
             make_user_writable(target)
         elif entry.is_dir():
-            _link_files(entry, target)
+            _link_files(entry, target, source and '../' + source + '/' + entry.name)
         else:
-            _link_or_copy_lock(entry, target)
+            _link_or_copy_lock(entry, target, source and source + '/' + entry.name)
     return destination
+
+
+def _anchor(ms, folder):
+    """The name of a new link to ms in folder ('.ms0', '.ms1', ...: short, so the links through it are too)."""
+    for number in range(1000000):
+        name = '.ms%d' % number
+        try:
+            os.symlink(str(ms), str(folder / name))
+            return name
+        except FileExistsError:
+            continue
+    raise ReprocessingError('%s holds a million links .ms<N> — remove the folder, then rerun' % folder)
 
 
 def is_read_only(ms):
@@ -62,18 +81,20 @@ def make_stand_in_to_update(ms, destination):
     return Path(destination)
 
 
-def _link_files(source, destination):
+def _link_files(source, destination, relative=None):
+    """destination: source's files linked (by their absolute paths, or relative + '/' + their names)."""
     destination.mkdir()
     for entry in source.iterdir():
         target = destination / entry.name
         if entry.is_dir():
-            _link_files(entry, target)
+            _link_files(entry, target, relative and '../' + relative + '/' + entry.name)
         else:
-            _link_or_copy_lock(entry, target)
+            _link_or_copy_lock(entry, target, relative and relative + '/' + entry.name)
 
 
-def _link_or_copy_lock(entry, target):
-    """Link a table file; copy a table.lock, so that locks taken in the shadow stay there.
+def _link_or_copy_lock(entry, target, relative=None):
+    """Link a table file (to its absolute path, or to relative); copy a table.lock, so that locks taken in the
+    shadow stay there.
 
     The copy matters: without a table.lock carrying the table's sync data,
     msmetadata (hence uvcontsub and the pipeline) sees subtables of a shadow
@@ -82,7 +103,7 @@ def _link_or_copy_lock(entry, target):
     if entry.name == 'table.lock':
         shutil.copyfile(str(entry), str(target))
     else:
-        os.symlink(str(entry), str(target))
+        os.symlink(relative or str(entry), str(target))
 
 
 def find_user_measurement_sets(work_dir):

@@ -109,11 +109,15 @@ def run_image(plan, state, step, casa):
         work_dir.mkdir(parents=True)
         # tclean is given these paths (several MSes per image): none may have a space (space_free_path)
         reachable = space_free_path(state, staging)
-        target_shadows = [reachable / make_shadow(ms, staging / ms.name).name for ms in delivery.targets]
-        line_shadows = [reachable / make_shadow(ms, staging / ms.name).name for ms in lines]
+        target_shadows = [reachable / make_shadow(ms, staging / ms.name, short_links=True).name
+                          for ms in delivery.targets]
+        line_shadows = [reachable / make_shadow(ms, staging / ms.name, short_links=True).name for ms in lines]
         say('  reading %d measurement sets' % (len(target_shadows) + len(line_shadows)))
-        targets = sorted((read_ms_for_imaging(casa, ms) for ms in target_shadows), key=observed_first)
-        line_infos = sorted((read_ms_for_imaging(casa, ms) for ms in line_shadows), key=observed_first)
+        # the shadows' metadata is their MSes' (read by the plan's checks), with the shadows' paths
+        targets = sorted((read_ms_for_imaging(casa, ms, at=shadow)
+                          for ms, shadow in zip(delivery.targets, target_shadows)), key=observed_first)
+        line_infos = sorted((read_ms_for_imaging(casa, ms, at=shadow) for ms, shadow in zip(lines, line_shadows)),
+                            key=observed_first)
         channels_for, contdat = None, None
         if {'mfs', 'cont'} & set(request.specmodes):
             channels_for, contdat = continuum_channel_finder(plan, casa)
