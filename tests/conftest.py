@@ -93,6 +93,10 @@ def delivery_cache(tmp_path_factory):
         path = Path(shared)
         path.mkdir(parents=True, exist_ok=True)
         return path
+    if os.environ.get('PYTEST_XDIST_WORKER'):  # pytest -n: one cache for the run's processes (a basetemp each)
+        path = tmp_path_factory.getbasetemp().parent / 'simulated'
+        path.mkdir(exist_ok=True)
+        return path
     return tmp_path_factory.mktemp('simulated')
 
 
