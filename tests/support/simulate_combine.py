@@ -299,7 +299,11 @@ def cached_goal(cache_root, **kwargs):
         tmp = tempfile.mkdtemp(prefix='.tmp-goal-', dir=os.path.dirname(final))
         try:
             simulate_goal(os.path.join(tmp, 'g'), **kwargs)
-            os.rename(os.path.join(tmp, 'g'), final)
+            try:
+                os.rename(os.path.join(tmp, 'g'), final)
+            except OSError:  # another process finished first (one that came after a failed one)
+                if not os.path.isfile(os.path.join(final, 'truth.json')):
+                    raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return final

@@ -1643,11 +1643,18 @@ def simulation_lock(final):
     """Held while one process makes ``final``: test processes running side by side (pytest -n, one cache
     for all) wait for the one that simulates it instead of simulating it again."""
     import fcntl
-    with open(final + '.lock', 'a') as handle:
+    lock = final + '.lock'
+    with open(lock, 'a') as handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
             yield
         finally:
+            # Gone with the work (the cache holds deliveries only); a process still waiting on it, or one that
+            # makes a new lock file, finds the delivery made when it gets its lock.
+            try:
+                os.unlink(lock)
+            except OSError:
+                pass
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
@@ -1678,7 +1685,11 @@ def cached_delivery(cache_root, **kwargs):
         try:
             simulate_delivery(tmp, **kwargs)
             os.chmod(tmp, 0o755)                  # mkdtemp made it private
-            os.rename(tmp, final)
+            try:
+                os.rename(tmp, final)
+            except OSError:  # another process finished first (one that came after a failed one)
+                if not os.path.isfile(os.path.join(final, 'truth.json')):
+                    raise
         finally:
             if os.path.isdir(tmp):
                 shutil.rmtree(tmp, ignore_errors=True)
