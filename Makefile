@@ -23,9 +23,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) tools/demo.py
 
-# --durations: CI's log lists the 20 slowest tests (22 min 38 s on 2 quiet cores, 518 tests, 2026-12-06)
+# Two test processes (pytest-xdist), a test file each at a time (--dist loadfile: a file's module fixtures are
+# made once): most tests wait on CASA in subprocesses or on signals, time limits and MPI ranks.
+# TEST_PROCESSES=1 runs them one after another.  --durations: CI's log lists the 20 slowest tests.
+TEST_PROCESSES ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q tests --durations=20
+	$(PY) -m pytest -q -n $(TEST_PROCESSES) --dist loadfile tests --durations=20
 
 # The pipeline tests need a Python with the ALMA pipeline installed (not on PyPI); they skip elsewhere.
 # Any release's Python will do (PL2022 on 3.6, PL2023 on 3.8, PL2024+ on 3.10+: README "ALMA eras").

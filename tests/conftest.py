@@ -57,6 +57,18 @@ def pytest_configure(config):
         pytest.exit('the package does not build, so nothing can be tested: %s' % BUILD_FAILED[0], returncode=1)
 
 
+# The longest test files first (their minutes in the first two-process run, under load, 2026-12-07): with
+# --dist loadfile a file runs whole on one process, and one of these started last would run alone at the end.
+LONGEST_FIRST = ('test_mpi.py', 'test_signals.py', 'test_combine_cube.py', 'test_update.py', 'test_archive.py',
+                 'test_selfcal.py', 'test_cube_split.py', 'test_delivery_shapes.py', 'test_image_resume.py',
+                 'test_jobs_memory.py', 'test_slurm.py')
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = dict((name, index) for index, name in enumerate(LONGEST_FIRST))
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest as collected
+
+
 def pytest_report_header(config):
     if STALE:
         return 'scripts rebuilt from reprocessing/ (they were stale): %s' % ', '.join(STALE)
@@ -92,6 +104,10 @@ def delivery_cache(tmp_path_factory):
     if shared:
         path = Path(shared)
         path.mkdir(parents=True, exist_ok=True)
+        return path
+    if os.environ.get('PYTEST_XDIST_WORKER'):  # pytest -n: one cache for the run's processes (a basetemp each)
+        path = tmp_path_factory.getbasetemp().parent / 'simulated'
+        path.mkdir(exist_ok=True)
         return path
     return tmp_path_factory.mktemp('simulated')
 

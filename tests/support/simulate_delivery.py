@@ -1638,13 +1638,34 @@ def _clean_stale(cache_root, age_s=6 * 3600):
             pass
 
 
+@contextlib.contextmanager
+def simulation_lock(final):
+    """Held while one process makes ``final``: test processes running side by side (pytest -n, one cache
+    for all) wait for the one that simulates it instead of simulating it again."""
+    import fcntl
+    lock = final + '.lock'
+    with open(lock, 'a') as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            # Gone with the work (the cache holds deliveries only); a process still waiting on it, or one that
+            # makes a new lock file, finds the delivery made when it gets its lock.
+            try:
+                os.unlink(lock)
+            except OSError:
+                pass
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
 def cached_delivery(cache_root, **kwargs):
     """Path of a finished delivery made with ``kwargs``, simulating it on first use.
 
     The folder name hashes the kwargs and the source of this file and of pipeline_ready.py; the
     delivery is written under a temporary name and renamed when complete, so concurrent or killed
-    runs never leave a half delivery under the final name.  Treat the result as read-only: copy it
-    (``copy_delivery``) before modifying anything.
+    runs never leave a half delivery under the final name, and one process simulates it while others
+    wait (simulation_lock).  Treat the result as read-only: copy it (``copy_delivery``) before
+    modifying anything.
     """
     cache_root = os.path.abspath(str(cache_root))
     final = os.path.join(cache_root, 'delivery-%s' % _cache_key(kwargs))
@@ -1656,20 +1677,22 @@ def cached_delivery(cache_root, **kwargs):
         except OSError:
             if not os.path.isdir(cache_root):
                 raise
-    _clean_stale(cache_root)
-    tmp = tempfile.mkdtemp(prefix='.tmp-%s-' % os.path.basename(final), dir=cache_root)
-    try:
-        simulate_delivery(tmp, **kwargs)
-        os.chmod(tmp, 0o755)                  # mkdtemp made it private
+    with simulation_lock(final):
+        if os.path.isfile(os.path.join(final, 'truth.json')):  # made while this process waited
+            return final
+        _clean_stale(cache_root)
+        tmp = tempfile.mkdtemp(prefix='.tmp-%s-' % os.path.basename(final), dir=cache_root)
         try:
-            os.rename(tmp, final)
-        except OSError:
-            # another process finished first
-            if not os.path.isfile(os.path.join(final, 'truth.json')):
-                raise
-    finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
+            simulate_delivery(tmp, **kwargs)
+            os.chmod(tmp, 0o755)                  # mkdtemp made it private
+            try:
+                os.rename(tmp, final)
+            except OSError:  # another process finished first (one that came after a failed one)
+                if not os.path.isfile(os.path.join(final, 'truth.json')):
+                    raise
+        finally:
+            if os.path.isdir(tmp):
+                shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 
