@@ -59,7 +59,7 @@ def pytest_configure(config):
 
 # The longest test files first (their minutes in the first two-process run, under load, 2026-12-07): with
 # --dist loadfile a file runs whole on one process, and one of these started last would run alone at the end.
-LONGEST_FIRST = ('test_mpi.py', 'test_signals.py', 'test_combine_cube.py', 'test_update.py', 'test_archive.py',
+LONGEST_FIRST = ('test_mpi.py', 'test_signals.py', 'test_combine_cube.py', 'test_combine.py', 'test_update.py', 'test_archive.py',
                  'test_selfcal.py', 'test_cube_split.py', 'test_delivery_shapes.py', 'test_image_resume.py',
                  'test_jobs_memory.py', 'test_slurm.py')
 
