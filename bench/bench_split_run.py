@@ -17,8 +17,9 @@ largest process (psutil every 0.2 s, bench_cube_split.measured), and the load av
   kills          2 workers against 1, and SIGKILL at 1/3, 1/2, 2/3 then resumed, for CHUNKS and 2 x CHUNKS (kills)
   ratios         issue 28's three ratios measured side by side in one sequence (side_by_side): the overhead of
                  splitting (jobs1 against whole), 2 workers against 1, a resumed run against a full one
+  resume         the resume ratio alone (resume_only): jobs2, killed at half and resumed, jobs2 again
 
-Usage: python bench/bench_split_run.py OUTDIR [--nchan 64] [--chunks 4] [--limit 600MB] [--cases ...|ratios|chunking|kills]
+Usage: python bench/bench_split_run.py OUTDIR [--nchan 64] [--chunks 4] [--limit 600MB] [--cases ...|ratios|resume|chunking|kills]
 """
 import argparse
 import json
@@ -134,6 +135,24 @@ def side_by_side(source, out, cases):
     return dict(runs=runs, resumed=resumed, ratios=ratios)
 
 
+def resume_only(source, out, cases):
+    """The resume ratio alone, for a cube too long for the whole ratios sequence on a busy machine: jobs2, then
+    jobs2 SIGKILLed at half of its wall time and the same command again, then jobs2 again (A, kill, A)."""
+    runs = [run_measured(fresh(source, out, 'jobs2-0'), cases['jobs2'])]
+    say('jobs2 (0): %s' % json.dumps(runs[0]))
+    delivery = fresh(source, out, 'resumed')
+    kept = killed_at(delivery, cases['jobs2'], runs[0]['wall_s'] / 2.0)
+    resumed = run_measured(delivery, cases['jobs2'])
+    resumed.update(killed_at_s=round(runs[0]['wall_s'] / 2.0, 1), kept=kept)
+    say('resumed: %s' % json.dumps(resumed))
+    runs.append(run_measured(fresh(source, out, 'jobs2-2'), cases['jobs2']))
+    say('jobs2 (2): %s' % json.dumps(runs[1]))
+    full = sum(row['wall_s'] for row in runs) / len(runs)
+    say('  resumed after SIGKILL at half: %.2f of a full run (goal <= 0.6), CPU %.2f' % (
+        resumed['wall_s'] / full, resumed['cpu_s'] / (sum(row['cpu_s'] for row in runs) / len(runs))))
+    return dict(runs=runs, resumed=resumed)
+
+
 def chunking_cost(source, out, chunks):
     """What twice the chunks cost and give (issue 28: more chunks than workers lose less to a kill): --split-cube
     CHUNKS and 2 x CHUNKS with one worker, side by side (A B B A), then 2 x CHUNKS on 2 workers, whole and
@@ -221,6 +240,10 @@ def main():
     rows = {}
     if options.cases == 'kills':
         kills(source, out, options.chunks)
+        return 0
+    if options.cases == 'resume':
+        result = resume_only(source, out, cases)
+        (out / ('resume-%d.json' % int(time.time()))).write_text(json.dumps(result, indent=1, default=str))
         return 0
     if options.cases == 'chunking':
         chunking_cost(source, out, options.chunks)
