@@ -218,7 +218,7 @@ def split_cubes(plan, jobs):
         return {}
     chunks = {}
     for job in jobs:
-        ranges = cube_chunking(job, split=resources.split, limit=resources.limit)
+        ranges = cube_chunking(job, split=resources.split, limit=resources.limit, workers=resources.workers)
         if ranges == []:
             raise ReprocessingError('the cube %s (%dx%d x %d channels) does not fit %s even in chunks of %d '
                                     'channels — make its planes smaller (--imsize, --cell), or give a larger '
