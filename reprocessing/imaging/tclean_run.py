@@ -159,12 +159,17 @@ def clean_to_threshold(casa, job, report, arguments, threshold, *, started, clea
                                             arguments)
             stop = summary.get('stopcode') if isinstance(summary, dict) else None
             iterations = int(summary.get('iterdone', 0)) if isinstance(summary, dict) else 0
+        reason = None
         if stop == NO_AUTOMASK_STOPCODE:
-            summary = _clean_in_primary_beam_mask(casa, job, arguments, report, foreseen=foreseen)
-            stop = summary.get('stopcode') if isinstance(summary, dict) else stop
-            iterations += int(summary.get('iterdone', 0)) if isinstance(summary, dict) else 0
+            fallback = _clean_in_primary_beam_mask(casa, job, arguments, report, foreseen=foreseen)
+            if fallback:
+                summary = fallback
+                stop = summary.get('stopcode') if isinstance(summary, dict) else stop
+                iterations += int(summary.get('iterdone', 0)) if isinstance(summary, dict) else 0
+            else:  # no source clear enough to clean (a chunk or cube of noise): said so, not "code None"
+                reason = 'no automask found and nothing over 10x the noise: nothing to clean'
         report('%d clean iterations, stopped by %s, %s' % (
-            iterations, _STOP_REASONS.get(stop, 'code %s' % stop), duration_text(time.time() - started)))
+            iterations, reason or _STOP_REASONS.get(stop, 'code %s' % stop), duration_text(time.time() - started)))
         cleaned = {'iterations': iterations, 'stop': stop, 'histories': peak_histories(summary),
                    'health_threshold': float((summary.get('threshold') if isinstance(summary, dict) else None)
                                              or threshold or 0.0)}
