@@ -26,6 +26,8 @@ demo: $(STAMP)
 # Two test processes (pytest-xdist), a test file each at a time (--dist loadfile: a file's module fixtures are
 # made once): most tests wait on CASA in subprocesses or on signals, time limits and MPI ranks.
 # TEST_PROCESSES=1 runs them one after another.  --durations: CI's log lists the 20 slowest tests.
+# Measured (.ci/run, fresh clone, 2 quiet cores, 2026-12-07): 532 tests in 21 min in two processes; 527 took
+# 28.5 min in one the day before.
 TEST_PROCESSES ?= 2
 test: $(STAMP)
 	$(PY) -m pytest -q -n $(TEST_PROCESSES) --dist loadfile tests --durations=20
