@@ -27,7 +27,7 @@ demo: $(STAMP)
 # made once): most tests wait on CASA in subprocesses or on signals, time limits and MPI ranks.
 # TEST_PROCESSES=1 runs them one after another.  --durations: CI's log lists the 20 slowest tests.
 # Measured (.ci/run, fresh clone, 2 quiet cores, 2026-12-07): 532 tests in 21 min in two processes; 527 took
-# 28.5 min in one the day before.
+# 26.6 min in one the day before (its .ci/run 28.8 min; 30.9 min in the CI of that landing).
 TEST_PROCESSES ?= 2
 test: $(STAMP)
 	$(PY) -m pytest -q -n $(TEST_PROCESSES) --dist loadfile tests --durations=20
