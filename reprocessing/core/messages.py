@@ -43,6 +43,11 @@ class Interrupted(BaseException):
 STOP_SIGNALS = ('SIGTERM', 'SIGHUP', 'SIGINT', 'SIGUSR1')
 
 
+def stop_signal_numbers():
+    """The STOP_SIGNALS this platform has."""
+    return [getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name)]
+
+
 def leave_stop_warning_to_parent():
     """In a worker or an MPI server: SIGUSR1 is for the process that drives the run, which stops this one."""
     if hasattr(signal, 'SIGUSR1'):
@@ -116,10 +121,8 @@ def exit_as_finished(status):
     Once run_main has returned, the run has finished, failed or said why it stopped; a SIGTERM while Python and
     CASA shut down (atexit handlers, C++ destructors) would otherwise kill the process by that signal after
     its last line (seen under load, 2026-12-07: "Done." printed, then exit -15, working_reprocess/ complete)."""
-    for name in STOP_SIGNALS:
-        number = getattr(signal, name, None)
-        if number is not None:
-            signal.signal(number, signal.SIG_IGN)
+    for number in stop_signal_numbers():
+        signal.signal(number, signal.SIG_IGN)
     sys.exit(status)
 
 
@@ -133,13 +136,11 @@ def signals_as_exceptions():
     def interrupt(number, _frame):
         raise Interrupted(number)
     previous = {}
-    for name in STOP_SIGNALS:
-        number = getattr(signal, name, None)
-        if number is not None:
-            try:
-                previous[number] = signal.signal(number, interrupt)
-            except ValueError:  # not the main thread
-                pass
+    for number in stop_signal_numbers():
+        try:
+            previous[number] = signal.signal(number, interrupt)
+        except ValueError:  # not the main thread
+            pass
     try:
         yield
     finally:
