@@ -289,24 +289,7 @@ def cached_goal(cache_root, **kwargs):
         source += fh.read()
     key = hashlib.sha1(source + json.dumps(kwargs, sort_keys=True, default=str).encode()).hexdigest()[:16]
     final = os.path.join(os.path.abspath(str(cache_root)), 'goal-%s' % key)
-    if os.path.isfile(os.path.join(final, 'truth.json')):
-        return final
-    if not os.path.isdir(os.path.dirname(final)):
-        os.makedirs(os.path.dirname(final), exist_ok=True)
-    with _sd.simulation_lock(final):
-        if os.path.isfile(os.path.join(final, 'truth.json')):  # made while this process waited
-            return final
-        tmp = tempfile.mkdtemp(prefix='.tmp-goal-', dir=os.path.dirname(final))
-        try:
-            simulate_goal(os.path.join(tmp, 'g'), **kwargs)
-            try:
-                os.rename(os.path.join(tmp, 'g'), final)
-            except OSError:  # another process finished first (one that came after a failed one)
-                if not os.path.isfile(os.path.join(final, 'truth.json')):
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return _sd.made_once(final, lambda folder: simulate_goal(folder, **kwargs))
 
 
 if __name__ == '__main__':

@@ -1632,7 +1632,7 @@ def _clean_stale(cache_root, age_s=6 * 3600):
     for name in os.listdir(cache_root):
         path = os.path.join(cache_root, name)
         try:
-            if name.startswith('.tmp-delivery-') and now - os.path.getmtime(path) > age_s:
+            if name.startswith('.tmp-') and now - os.path.getmtime(path) > age_s:
                 shutil.rmtree(path, ignore_errors=True)
         except OSError:
             pass
@@ -1658,19 +1658,13 @@ def simulation_lock(final):
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def cached_delivery(cache_root, **kwargs):
-    """Path of a finished delivery made with ``kwargs``, simulating it on first use.
-
-    The folder name hashes the kwargs and the source of this file and of pipeline_ready.py; the
-    delivery is written under a temporary name and renamed when complete, so concurrent or killed
-    runs never leave a half delivery under the final name, and one process simulates it while others
-    wait (simulation_lock).  Treat the result as read-only: copy it (``copy_delivery``) before
-    modifying anything.
-    """
-    cache_root = os.path.abspath(str(cache_root))
-    final = os.path.join(cache_root, 'delivery-%s' % _cache_key(kwargs))
+def made_once(final, make):
+    """final, a folder with a truth.json, made by make(folder) on first use: under a temporary name in
+    final's folder, renamed when complete (concurrent or killed runs never leave half of it under the final
+    name), by one process while others wait (simulation_lock).  Returns final."""
     if os.path.isfile(os.path.join(final, 'truth.json')):
         return final
+    cache_root = os.path.dirname(final)
     if not os.path.isdir(cache_root):
         try:
             os.makedirs(cache_root)
@@ -1683,17 +1677,26 @@ def cached_delivery(cache_root, **kwargs):
         _clean_stale(cache_root)
         tmp = tempfile.mkdtemp(prefix='.tmp-%s-' % os.path.basename(final), dir=cache_root)
         try:
-            simulate_delivery(tmp, **kwargs)
-            os.chmod(tmp, 0o755)                  # mkdtemp made it private
+            made = os.path.join(tmp, 'made')  # make() creates it: not private as mkdtemp's folder is
+            make(made)
             try:
-                os.rename(tmp, final)
+                os.rename(made, final)
             except OSError:  # another process finished first (one that came after a failed one)
                 if not os.path.isfile(os.path.join(final, 'truth.json')):
                     raise
         finally:
-            if os.path.isdir(tmp):
-                shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def cached_delivery(cache_root, **kwargs):
+    """Path of a finished delivery made with ``kwargs``, simulating it on first use (made_once).
+
+    The folder name hashes the kwargs and the source of this file and of pipeline_ready.py.  Treat the
+    result as read-only: copy it (``copy_delivery``) before modifying anything.
+    """
+    final = os.path.join(os.path.abspath(str(cache_root)), 'delivery-%s' % _cache_key(kwargs))
+    return made_once(final, lambda folder: simulate_delivery(folder, **kwargs))
 
 
 # --------------------------------------------------------------------------- CLI
