@@ -345,22 +345,25 @@ def _mosaic_centre_and_overlap(casa, msmd, fields, phasecenter, spw_id):
 
 
 def _automasking_would_fail(casa, job, arguments):
-    """True when a cube's cleaning from its dirty image would stop with "zero mask" and then be cleaned in the
-    primary-beam mask (_clean_in_primary_beam_mask): automask_forecast says automasking finds nothing in any
-    channel, and the residual's peak is over 10x its noise.  That pass is then skipped: it changes no pixel (the
+    """The residual's (peak, rms) when a cube's cleaning from its dirty image would stop with "zero mask" and then
+    be cleaned in the primary-beam mask (_clean_in_primary_beam_mask): automask_forecast says automasking finds
+    nothing in any channel, and the residual's peak is over 10x its noise.  That pass is then skipped: it changes no pixel (the
     model stays empty, the residual is the dirty image's) and its restored cube is replaced by the fallback's;
     on bench/bench_grid.py's cube it took 2.7 s of a 26.5 s run.  Cubes only (the continuum images keep the
-    pass); a cube the fallback would leave dirty keeps it too (its restored image is the product)."""
+    pass); a cube the fallback would leave dirty keeps it too (its restored image is the product).  None otherwise.
+    The fallback takes the (peak, rms) measured here rather than reading the residual cube again."""
     if not job.spectral or arguments.get('calcres', True) or job.nterms:
-        return False
+        return None
     name = arguments['imagename']
     peak, rms = residual_peak_and_rms(casa, name + '.residual')
     if not rms or peak / rms <= 10.0:
-        return False
-    return automask_finds_nothing(casa, arguments, psf=name + '.psf', residual=name + '.residual', pb=name + '.pb')
+        return None
+    if automask_finds_nothing(casa, arguments, psf=name + '.psf', residual=name + '.residual', pb=name + '.pb'):
+        return peak, rms
+    return None
 
 
-def _clean_in_primary_beam_mask(casa, job, arguments, report, foreseen=False):
+def _clean_in_primary_beam_mask(casa, job, arguments, report, foreseen=None):
     """The fallback when automasking finds nothing in an image with a clear source.
 
     Sparse uv coverage (few antennas, snapshots) gives high PSF sidelobes, and the sidelobe threshold
@@ -371,8 +374,10 @@ def _clean_in_primary_beam_mask(casa, job, arguments, report, foreseen=False):
     images only and leaves such a cube dirty ("check the results"); here cubes are cleaned too (README):
     a dirty cube's flux in an aperture is not the source's (measured on the demo delivery: moment 0 over
     two beams 1.74 Jy km/s dirty, 2.10 cleaned this way, 2.13 injected).
+    foreseen: the residual's (peak, rms) when _automasking_would_fail foresaw this (the residual is unchanged since).
     """
-    peak, rms = residual_peak_and_rms(casa, arguments['imagename'] + ('.residual.tt0' if job.nterms else '.residual'))
+    peak, rms = foreseen or residual_peak_and_rms(
+        casa, arguments['imagename'] + ('.residual.tt0' if job.nterms else '.residual'))
     if not rms or peak / rms <= 10.0:
         return {}
     sidelobe = psf_sidelobe_level(casa, arguments['imagename'] + ('.psf.tt0' if job.nterms else '.psf'))
