@@ -17,7 +17,6 @@ Measured side by side in one run, on the same simulated delivery:
 Usage: python bench/bench_image.py [--n-ebs 2] [--n-antennas 25] [--nchan 64] [--specmodes mfs,cont,cube]
 """
 import argparse
-import ast
 import collections
 import os
 import re
@@ -33,6 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / 'scriptForReprocessing.py'
 sys.path.insert(0, str(REPO / 'tests' / 'support'))
 sys.path.insert(0, str(REPO))
+from casa_log import task_calls_in_log  # noqa: E402  (the benches that import it from here too)
 
 
 Timing = collections.namedtuple('Timing', 'wall cpu')
@@ -55,19 +55,6 @@ def timed(command, cwd):
 
 def best(timings):
     return Timing(min(t.wall for t in timings), min(t.cpu for t in timings))
-
-
-def task_calls_in_log(log, task):
-    """[kwargs] of every call of task recorded in a CASA log (CASA logs each call with all its arguments)."""
-    calls = []
-    pattern = re.compile(r'\t%s\( (.*) \)\s*$' % task)
-    with open(str(log)) as handle:
-        for line in handle:
-            match = pattern.search(line)
-            if match:
-                call = ast.parse('f(%s)' % match.group(1), mode='eval').body
-                calls.append({k.arg: ast.literal_eval(k.value) for k in call.keywords})
-    return calls
 
 
 def task_seconds(log, tasks=('tclean', 'exportfits')):

@@ -305,6 +305,46 @@ def test_the_automask_forecast_agrees_with_tcleans_automasking_both_ways(demo_cu
     assert outcomes[1.0][0] is False and outcomes[1.0][1] != 7 and outcomes[1.0][2] > 0, outcomes
 
 
+def test_a_cube_of_noise_skips_automasking_and_holds_what_tcleans_own_pass_makes(demo_cube, casa, tmp_path):
+    """A cube of channels far from the line (over twice its FWHM away: noise only, as most chunks of a split long
+    cube): automasking certainly finds nothing and its peak is under 10x the noise, so the tool makes no cleaning
+    call (no tclean with niter > 0) and makes the images by tclean's restoration alone and a mask of zeros.  The
+    pass it skipped, run here from the same dirty image with the tool's arguments, stops with "zero mask" (code
+    7, nothing cleaned: the forecast was right) and makes the same restored cube and mask, pixel for pixel."""
+    import re
+    import sys
+    import numpy
+    from casa_log import task_calls_in_log
+    from conftest import run_command, SCRIPT
+    truth, delivery = demo_cube['truth'], demo_cube['delivery']
+    first = 24.0  # km/s: the spw reaches 40 km/s on either side of the line at 0 km/s (the rest frequency's)
+    assert first - 1.0 > 2 * truth['line_fwhm_kms'], truth['line_fwhm_kms']
+    result = run_command([sys.executable, str(SCRIPT), '--image', 'noise_images', '--specmodes', 'cube', '--engine',
+                          'casa', '--spw', '25', '--start=%.1fkm/s' % first, '--width', '2km/s', '--nchan', '8'],
+                         cwd=delivery, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert 'nothing to clean' in result.stdout, result.stdout
+    log = re.search(r'CASA log: (\S+)', result.stdout).group(1)
+    calls = [c for c in task_calls_in_log(log, 'tclean') if c.get('specmode') == 'cube']
+    assert calls and not any(c['niter'] > 0 for c in calls), [(c['niter'], c.get('usemask')) for c in calls]
+    restoring = [c for c in calls if c.get('restoration') and not c.get('calcres')]
+    assert len(restoring) == 1, calls
+    name = str(tmp_path / 'cube')
+    user_ms = [str(delivery / 'measurement_sets' / Path(v).name) for v in calls[0]['vis']]  # not the tool's links
+    casa.casatasks.tclean(**dict(calls[0], vis=user_ms, imagename=name))
+    skipped = dict(restoring[0], vis=user_ms, imagename=name, niter=1000000)
+    summary = casa.casatasks.tclean(**skipped)
+    assert (summary['stopcode'], int(summary['iterdone'])) == (7, 0), summary
+    made = Path(delivery / 'noise_images')
+    for suffix in ('.image.pbcor', '.mask'):
+        tool_image = next(made.glob('*spw25.cube.I.iter1' + suffix))
+        ours, theirs = (read_image(casa, path, dropdeg=False) for path in (tool_image, name + suffix))
+        assert ours.pixels.shape == theirs.pixels.shape, suffix
+        assert numpy.array_equal(ours.pixels, theirs.pixels, equal_nan=True), suffix
+        assert (ours.beam, ours.unit) == (theirs.beam, theirs.unit), suffix
+    assert not numpy.any(read_image(casa, next(made.glob('*spw25.cube.I.iter1.mask')), dropdeg=False).pixels)
+
+
 # ---------------------------------------------------------------------------------------------
 # the grid options: parsed before anything runs, checked against the spw at plan time
 # ---------------------------------------------------------------------------------------------

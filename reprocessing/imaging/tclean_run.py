@@ -168,6 +168,8 @@ def clean_to_threshold(casa, job, report, arguments, threshold, *, started, clea
                 iterations += int(summary.get('iterdone', 0)) if isinstance(summary, dict) else 0
             else:  # no source clear enough to clean (a chunk or cube of noise): said so, not "code None"
                 reason = 'no automask found and nothing over 10x the noise: nothing to clean'
+                if foreseen:  # the images the skipped pass would have left
+                    _restore_uncleaned(casa, job, arguments)
         report('%d clean iterations, stopped by %s, %s' % (
             iterations, reason or _STOP_REASONS.get(stop, 'code %s' % stop), duration_text(time.time() - started)))
         cleaned = {'iterations': iterations, 'stop': stop, 'histories': peak_histories(summary),
@@ -345,22 +347,45 @@ def _mosaic_centre_and_overlap(casa, msmd, fields, phasecenter, spw_id):
 
 
 def _automasking_would_fail(casa, job, arguments):
-    """The residual's (peak, rms) when a cube's cleaning from its dirty image would stop with "zero mask" and then
-    be cleaned in the primary-beam mask (_clean_in_primary_beam_mask): automask_forecast says automasking finds
-    nothing in any channel, and the residual's peak is over 10x its noise.  That pass is then skipped: it changes no pixel (the
-    model stays empty, the residual is the dirty image's) and its restored cube is replaced by the fallback's;
-    on bench/bench_grid.py's cube it took 2.7 s of a 26.5 s run.  Cubes only (the continuum images keep the
-    pass); a cube the fallback would leave dirty keeps it too (its restored image is the product).  None otherwise.
-    The fallback takes the (peak, rms) measured here rather than reading the residual cube again."""
-    if not job.spectral or arguments.get('calcres', True) or job.nterms:
-        return None
+    """The residual's (peak, rms) when a cube's cleaning from its dirty image would stop with "zero mask":
+    automask_forecast says automasking finds nothing in any channel.  That pass is then skipped: it changes no
+    pixel (the model stays empty, the residual is the dirty image's).  When the residual's peak is over 10x its
+    noise, the fallback (_clean_in_primary_beam_mask) cleans the cube and makes its restored images (on
+    bench/bench_grid.py's cube the pass took 2.7 s of a 26.5 s run); otherwise nothing is cleaned and
+    _restore_uncleaned makes the images the pass would have left (a split cube's chunk of noise: 1.8 s for the
+    pass, 0.5 s for those, bench_split_run's 254-channel cube).  Cubes only (the continuum images keep the pass).
+    None otherwise.  The fallback takes the (peak, rms) measured here rather than reading the residual again."""
     name = arguments['imagename']
+    if not job.spectral or arguments.get('calcres', True) or job.nterms or Path(name + '.mask').exists():
+        return None  # (a mask already made, by a cleaning kept from a stopped run: tclean would clean inside it)
     peak, rms = residual_peak_and_rms(casa, name + '.residual')
-    if not rms or peak / rms <= 10.0:
+    if not rms:
         return None
     if automask_finds_nothing(casa, arguments, psf=name + '.psf', residual=name + '.residual', pb=name + '.pb'):
         return peak, rms
     return None
+
+
+def _restore_uncleaned(casa, job, arguments):
+    """The images tclean leaves when automasking finds nothing, made without its automasking pass: the restored
+    and primary-beam corrected cube of the residual and an empty model (tclean's restoration alone: the same pixels
+    and beams, measured bit for bit), and a mask of zeros on the residual's grid, with no unit and no beam, as
+    tclean's."""
+    casa_task(casa, 'tclean', about=job.name, **dict(arguments, niter=0, calcpsf=False, calcres=False,
+                                                     restoration=True))
+    name = arguments['imagename']
+    with opened_tool(casa.casatools.image(), name + '.residual') as residual:
+        shape = [int(n) for n in residual.shape()]
+        coordinates = residual.coordsys()
+        try:
+            grid = coordinates.torecord()
+        finally:
+            coordinates.done()
+    mask = casa.casatools.image()
+    try:
+        mask.fromshape(outfile=name + '.mask', shape=shape, csys=grid, overwrite=False, log=False)
+    finally:
+        mask.done()
 
 
 def _clean_in_primary_beam_mask(casa, job, arguments, report, foreseen=None):
