@@ -29,6 +29,9 @@ from .tclean_run import TLIMIT, _tclean_with_progress, clean_to_threshold, theor
 CHUNK_MARK = '.chunk'
 # The images tclean makes for a cube (hogbom): joined plane by plane into the whole cube's.
 CUBE_SUFFIXES = ('.image', '.image.pbcor', '.pb', '.mask', '.model', '.psf', '.residual', '.sumwt', '.weight')
+# The ones a cube's products come from (published: pbcor, pb, mask; the restored cube for --beam and --moments);
+# the others are working images, joined only when kept (--all-products).
+PRODUCT_SUFFIXES = CUBE_SUFFIXES[:4]
 
 
 # -- planning (pure) -----------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ only when complete (image_resume.save_finished); so is the cube's channel grid (
 A run stopped on the way (SIGKILL, a scheduler's SIGTERM) leaves them; the same command again reuses every
 chunk whose record equals what it would make now (a cleaned chunk only when the threshold is the same; one kept
 before its health pass makes only that pass) and the grid, and makes the others; then the chunks are joined
-plane by plane into the cube (cube_chunks.join_chunks, each image under a partial name until complete).
+plane by plane into the cube (cube_chunks.join_chunks, each image under a partial name until complete): the
+images its products come from, every image with --all-products.
 """
 
 import time
@@ -20,7 +21,8 @@ from ..core.fileops import remove_tree
 from ..core.messages import duration_text
 from ..core.requests import request_as_json
 from ..run.provenance import image_differences, read_record
-from .cube_chunks import BEFORE_HEALTH, chunk_job, cube_start_hz, join_chunks, threshold_text, whole_cube_threshold
+from .cube_chunks import (BEFORE_HEALTH, CUBE_SUFFIXES, PRODUCT_SUFFIXES, chunk_job, cube_start_hz, join_chunks,
+                          threshold_text, whole_cube_threshold)
 from .image_resume import RECORD_NAME, kept_folders, save_finished
 from .tclean_run import cube_products
 
@@ -88,7 +90,8 @@ def make_split_cube(casa, request, job, ranges, *, work_dir, workers, store_dir,
                                for chunk in to_clean], casa=casa, unit='chunks', progress=progress.clean_done)
         results.update((chunk.name, answer) for chunk, answer in zip(to_clean, answers))
     joined = time.time()
-    join_chunks(casa, [str(store / c.name / c.name) for c in chunks], str(work_dir / job.name))
+    join_chunks(casa, [str(store / c.name / c.name) for c in chunks], str(work_dir / job.name),
+                suffixes=CUBE_SUFFIXES if request.all_products else PRODUCT_SUFFIXES)
     report('joined the %d chunks into one cube in %s' % (len(chunks), duration_text(time.time() - joined)))
     if request.beam or request.moments:
         cube_products(casa, report, imagename=str(work_dir / job.name), beam=request.beam, moments=request.moments)
