@@ -305,6 +305,51 @@ def test_the_automask_forecast_agrees_with_tcleans_automasking_both_ways(demo_cu
     assert outcomes[1.0][0] is False and outcomes[1.0][1] != 7 and outcomes[1.0][2] > 0, outcomes
 
 
+@pytest.mark.parametrize('layout, finds', [('scattered', False), ('block', True)])
+def test_the_automask_forecast_counts_regions_not_pixels(layout, finds, demo_cube, casa, tmp_path, monkeypatch):
+    """25 pixels at 8 sigma put into one plane of a dirty cube of noise, scattered (each alone, 6 pixels apart: every
+    region under the pruning size of 0.3 beam, about 10 pixels) or as one 5 x 5 block: tclean's automasking masks
+    nothing in the first (zero mask, stop code 7, nothing cleaned) and the block in the second, and the forecast
+    says so both ways.  (Counting the pixels beyond the threshold in the whole plane, as it did before, said "may
+    find" for the scattered ones.)  sidelobethreshold 0.5: the 12-antenna PSF's sidelobe term would otherwise hide
+    the pixels."""
+    import shutil
+    import numpy
+    monkeypatch.chdir(tmp_path)
+    delivery = demo_cube['delivery']
+    lines = sorted(str(p) for p in (delivery / 'measurement_sets').glob('*_targets_line.ms'))
+    name = str(tmp_path / 'cube')
+    arguments = dict(vis=lines, field=['0'] * len(lines), spw=['25'] * len(lines), datacolumn='data', imagename=name,
+                     imsize=[150, 150], cell=['0.3arcsec'], specmode='cube', nchan=8, start='24km/s', width='2km/s',
+                     outframe='LSRK', veltype='radio', gridder='standard', pblimit=0.2, deconvolver='hogbom',
+                     weighting='briggsbwtaper', robust=0.5, perchanweightdensity=True, niter=0, threshold='0Jy',
+                     nsigma=3.0, savemodel='none', interactive=False, restoration=False, pbcor=False,
+                     parallel=False, usemask='auto-multithresh', pbmask=0.3, sidelobethreshold=0.5,
+                     noisethreshold=4.25, lownoisethreshold=1.5, negativethreshold=15.0, minbeamfrac=0.3,
+                     growiterations=50)
+    casa.casatasks.tclean(**arguments)
+    image = casa.casatools.image()
+    image.open(name + '.residual')
+    try:
+        plane = image.getchunk(blc=[0, 0, 0, 3], trc=[149, 149, 0, 3])
+        sigma = sfr.MAD_TO_RMS * float(numpy.median(numpy.abs(plane - numpy.median(plane))))
+        if layout == 'scattered':
+            for x in range(60, 90, 6):
+                for y in range(60, 90, 6):
+                    plane[x, y] = 8 * sigma
+        else:
+            plane[72:77, 72:77] = 8 * sigma
+        image.putchunk(plane, blc=[0, 0, 0, 3])
+    finally:
+        image.close()
+    foreseen = sfr.automask_finds_nothing(casa, arguments, psf=name + '.psf', residual=name + '.residual',
+                                          pb=name + '.pb')
+    summary = casa.casatasks.tclean(**dict(arguments, niter=100000, calcpsf=False, calcres=False, restart=True))
+    found = not (summary['stopcode'] == 7 and int(summary['iterdone']) == 0)
+    assert (found, foreseen) == (finds, not finds), (summary['stopcode'], summary['iterdone'], foreseen)
+    shutil.rmtree(str(tmp_path), ignore_errors=True)
+
+
 def test_a_cube_of_noise_skips_automasking_and_holds_what_tcleans_own_pass_makes(demo_cube, casa, tmp_path):
     """A cube of channels far from the line (over twice its FWHM away: noise only, as most chunks of a split long
     cube): automasking certainly finds nothing and its peak is under 10x the noise, so the tool makes no cleaning

@@ -413,7 +413,7 @@ def _clean_in_primary_beam_mask(casa, job, arguments, report, foreseen=None):
     report('no automatic mask was found%s%s (residual peak %.3g Jy/beam = %.0f x noise%s): cleaning inside the '
            'primary beam above %.1f to %s%s'
            % (' in any channel' if job.spectral else '',
-              ' (foreseen from the dirty cube: too few pixels above the thresholds to outlive the pruning)'
+              ' (foreseen from the dirty cube: no region above the thresholds large enough to outlive the pruning)'
               if foreseen else '', peak, peak / rms, why, PB_MASK,
               'twice the threshold' if arguments.get('nsigma') == 0.0 else '4 sigma',
               ' (the pipeline leaves such a cube dirty)' if job.spectral else ', as the pipeline does'))
