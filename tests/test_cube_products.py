@@ -313,7 +313,6 @@ def test_the_automask_forecast_counts_regions_not_pixels(layout, finds, demo_cub
     says so both ways.  (Counting the pixels beyond the threshold in the whole plane, as it did before, said "may
     find" for the scattered ones.)  sidelobethreshold 0.5: the 12-antenna PSF's sidelobe term would otherwise hide
     the pixels."""
-    import shutil
     import numpy
     monkeypatch.chdir(tmp_path)
     delivery = demo_cube['delivery']
@@ -347,7 +346,6 @@ def test_the_automask_forecast_counts_regions_not_pixels(layout, finds, demo_cub
     summary = casa.casatasks.tclean(**dict(arguments, niter=100000, calcpsf=False, calcres=False, restart=True))
     found = not (summary['stopcode'] == 7 and int(summary['iterdone']) == 0)
     assert (found, foreseen) == (finds, not finds), (summary['stopcode'], summary['iterdone'], foreseen)
-    shutil.rmtree(str(tmp_path), ignore_errors=True)
 
 
 def test_a_cube_of_noise_skips_automasking_and_holds_what_tcleans_own_pass_makes(demo_cube, casa, tmp_path):

@@ -41,9 +41,10 @@ PRUNE_MARGIN = 0.95
 PB_EDGE_MARGIN = 0.99
 
 
-def automask_finds_nothing(casa, arguments, *, psf, residual, pb):
+def automask_finds_nothing(casa, arguments, *, psf, residual, pb, first_channel=None):
     """True when auto-multithresh with these tclean arguments certainly masks nothing in any channel of the
-    residual (its first pass, from no mask); False when it may find something or a number cannot be read."""
+    residual (its first pass, from no mask); False when it may find something or a number cannot be read.
+    first_channel: the plane read first (the residual's peak: where a region is most likely, and the reading ends)."""
     import numpy
     if arguments.get('usemask') != 'auto-multithresh' or arguments.get('fastnoise') or \
             not all(Path(p).is_dir() for p in (psf, residual, pb)):
@@ -61,7 +62,10 @@ def automask_finds_nothing(casa, arguments, *, psf, residual, pb):
         return False
     prune = PRUNE_MARGIN * float(arguments.get('minbeamfrac', 0.3)) * beam_pixels
     with opened_tool(casa.casatools.image(), residual) as image, opened_tool(casa.casatools.image(), pb) as beam:
-        for channel in range(planes):
+        order = list(range(planes))
+        if first_channel is not None and 0 <= first_channel < planes:
+            order.insert(0, order.pop(first_channel))
+        for channel in order:
             plane, response = _residual_plane(image, shape, channel), numpy.nan_to_num(_residual_plane(beam, shape, channel))
             finite = numpy.isfinite(plane)
             inner = plane[finite & (response >= pb_level / PB_EDGE_MARGIN ** 2)]

@@ -358,10 +358,12 @@ def _automasking_would_fail(casa, job, arguments):
     name = arguments['imagename']
     if not job.spectral or arguments.get('calcres', True) or job.nterms or Path(name + '.mask').exists():
         return None  # (a mask already made, by a cleaning kept from a stopped run: tclean would clean inside it)
-    peak, rms = residual_peak_and_rms(casa, name + '.residual')
+    peak, rms, channel = residual_peak_rms_channel(casa, name + '.residual')
     if not rms:
         return None
-    if automask_finds_nothing(casa, arguments, psf=name + '.psf', residual=name + '.residual', pb=name + '.pb'):
+    # the peak's plane first: a cube with a line (bright or faint) shows a region there, and the forecast ends
+    if automask_finds_nothing(casa, arguments, psf=name + '.psf', residual=name + '.residual', pb=name + '.pb',
+                              first_channel=channel):
         return peak, rms
     return None
 
@@ -428,9 +430,16 @@ def _clean_in_primary_beam_mask(casa, job, arguments, report, foreseen=None):
 
 def residual_peak_and_rms(casa, residual):
     """Peak (largest absolute value) and rms of a residual image (image_statistics); zeros when unreadable."""
+    return residual_peak_rms_channel(casa, residual)[:2]
+
+
+def residual_peak_rms_channel(casa, residual):
+    """residual_peak_and_rms and the channel of the largest pixel (None for an image without a fourth axis)."""
     if not Path(residual).is_dir():
-        return 0.0, 0.0
+        return 0.0, 0.0, None
     stats = image_statistics(casa, residual)
     if stats['peak'] != stats['peak']:  # NaN: no valid pixel
-        return 0.0, 0.0
-    return max(abs(stats['peak']), abs(stats['min'])), stats['rms']
+        return 0.0, 0.0, None
+    position = stats.get('peak_position') or []
+    return (max(abs(stats['peak']), abs(stats['min'])), stats['rms'],
+            int(position[3]) if len(position) > 3 else None)
