@@ -403,8 +403,8 @@ def _clean_in_primary_beam_mask(casa, job, arguments, report, foreseen=None):
     two beams 1.74 Jy km/s dirty, 2.10 cleaned this way, 2.13 injected).
     foreseen: the residual's (peak, rms) when _automasking_would_fail foresaw this (the residual is unchanged since).
     """
-    peak, rms = foreseen or residual_peak_and_rms(
-        casa, arguments['imagename'] + ('.residual.tt0' if job.nterms else '.residual'))
+    peak, rms = foreseen or residual_peak_rms_channel(
+        casa, arguments['imagename'] + ('.residual.tt0' if job.nterms else '.residual'))[:2]
     if not rms or peak / rms <= 10.0:
         return {}
     sidelobe = psf_sidelobe_level(casa, arguments['imagename'] + ('.psf.tt0' if job.nterms else '.psf'))
@@ -428,13 +428,9 @@ def _clean_in_primary_beam_mask(casa, job, arguments, report, foreseen=None):
     return casa_task(casa, 'tclean', about=job.name, **again)
 
 
-def residual_peak_and_rms(casa, residual):
-    """Peak (largest absolute value) and rms of a residual image (image_statistics); zeros when unreadable."""
-    return residual_peak_rms_channel(casa, residual)[:2]
-
-
 def residual_peak_rms_channel(casa, residual):
-    """residual_peak_and_rms and the channel of the largest pixel (None for an image without a fourth axis)."""
+    """Peak (largest absolute value) and rms of a residual image (image_statistics), and the channel of its
+    largest pixel (None for an image without a fourth axis); zeros when unreadable."""
     if not Path(residual).is_dir():
         return 0.0, 0.0, None
     stats = image_statistics(casa, residual)
