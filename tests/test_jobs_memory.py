@@ -124,3 +124,51 @@ def test_without_jobs_the_workers_are_as_many_as_the_memory_holds(delivery_facto
     error = one_error_line(capsys.readouterr())
     assert re.match(r'ERROR: the image \S+ \(\d+x\d+\) needs about 50[0-9.]+ MB of memory in one process, more than '
                     r'the 700\.0 MB available / 2 workers allows — run fewer workers \(--jobs 1\), ', error), error
+
+
+def _environment_of(pid):
+    with open('/proc/%d/environ' % pid, 'rb') as handle:
+        return dict(item.split(b'=', 1) for item in handle.read().split(b'\0') if b'=' in item)
+
+
+def _recorded_workers(state):
+    text = state.lock_path.read_text()
+    return sorted(int(pid) for pid in re.search(r'\nworkers ([0-9 ]*)\n', text).group(1).split())
+
+
+def test_workers_started_before_the_run_knows_its_tasks_are_fitted_to_it(tmp_path, monkeypatch):
+    """steps/image.py starts a split cube's workers before its own planning; EbWorkers.narrow then keeps as many
+    as the run needs (the others stopped, never given a task), or replaces them all when their threads differ."""
+    monkeypatch.delenv('OMP_NUM_THREADS', raising=False)
+    root = tmp_path / 'calibrated_final'
+    (root / 'measurement_sets').mkdir(parents=True)
+    state = sfr.RunState(sfr.Delivery(root))
+    state.acquire()
+    cores = sfr.available_cores()
+    try:
+        with sfr.EbWorkers.started(3, state=state, share_cores=True) as workers:
+            early = list(workers.processes)
+            assert [_environment_of(p.pid).get(b'OMP_NUM_THREADS') for p in early] == \
+                [str(max(1, cores // 3)).encode()] * 3
+            assert _recorded_workers(state) == sorted(p.pid for p in early)
+            workers.narrow(2, share_cores=True)
+            if cores // 2 == cores // 3 or cores < 3:  # the same threads for 2 as for 3: the first two kept
+                assert workers.processes == early[:2] and workers.count == 2
+            else:  # more threads each for 2 workers: two new ones
+                assert not set(workers.processes) & set(early) and len(workers.processes) == 2
+            assert early[2].wait(10) is not None  # the third stopped at once
+            assert _recorded_workers(state) == sorted(p.pid for p in workers.processes)
+            # the kept ones serve tasks: one answers (here an error line: a task given no arguments)
+            with pytest.raises(sfr.ReprocessingError, match=r'image_job failed on eb1 \(TypeError'):
+                workers.run([{'function': 'image_job', 'eb': 'eb1', 'arguments': {}}], casa=None)
+            shared = list(workers.processes)
+            workers.narrow(2, share_cores=False)  # images side by side, each tclean with every core: new workers
+            assert not set(workers.processes) & set(shared) and len(workers.processes) == 2
+            assert [b'OMP_NUM_THREADS' in _environment_of(p.pid) for p in workers.processes] == [False, False]
+            assert _recorded_workers(state) == sorted(p.pid for p in workers.processes)
+            last = list(workers.processes)
+            assert all(p.poll() is None for p in last)
+            workers.narrow(1)  # nothing for workers: all stopped, the tasks run in this process
+            assert workers.processes == [] and workers.count == 1 and all(p.poll() is not None for p in last)
+    finally:
+        state.release()

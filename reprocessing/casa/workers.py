@@ -80,6 +80,36 @@ class EbWorkers(object):
             raise
         workers._stop()
 
+    def narrow(self, count, *, share_cores=False):
+        """From here on count workers sharing the cores as asked, for workers started before the run knew its
+        tasks (steps/image.py: their CASA loads while the run plans): the ones beyond count are stopped (they were
+        never given a task); all are replaced by new ones when they are too few or their threads are not what
+        count workers get (_omp_threads)."""
+        count = max(1, count)
+        fitting = 1 < count <= len(self.processes) and share_cores == self.share_cores and \
+            self._omp_threads(count) == self._omp_threads(len(self.processes))
+        if not fitting:
+            self._stop(at_once=True)
+            self.count, self.share_cores, self.logfiles = count, share_cores, []
+            if count > 1:
+                self._start()
+            return
+        for process in self.processes[count:]:
+            process.terminate()
+            process.wait()
+            process.stdout.close()
+        self.processes, self.logfiles, self.count = self.processes[:count], self.logfiles[:count], count
+        record = getattr(self.state, 'record_workers', None)
+        if record is not None:
+            record([process.pid for process in self.processes])
+
+    def _omp_threads(self, count):
+        """OMP_NUM_THREADS for each of count workers: their share of the cores with share_cores, unless it is set
+        already (then None: theirs is this process's)."""
+        if not self.share_cores or 'OMP_NUM_THREADS' in os.environ:
+            return None
+        return str(max(1, available_cores() // count))
+
     def _start(self):
         command = self_command(SCRIPT_NAME)
         if command is None:
@@ -90,8 +120,9 @@ class EbWorkers(object):
         environment = self_environment((name, value) for name, value in os.environ.items()
                                        if not name.startswith(_MPI_VARIABLES))
         environment['PYTHONIOENCODING'] = 'utf-8'  # the pipe between us, whatever the locale
-        if self.share_cores and 'OMP_NUM_THREADS' not in environment:
-            environment['OMP_NUM_THREADS'] = str(max(1, available_cores() // self.count))
+        threads = self._omp_threads(self.count)
+        if threads is not None:
+            environment['OMP_NUM_THREADS'] = threads
         environment[PARENT_ENV] = str(os.getpid())  # a worker dies with this process (die_with_parent)
         lock = getattr(self.state, '_lock_file', None)
         # The workers inherit the run's lock: if this process is killed, no new run starts in this
