@@ -71,11 +71,12 @@ def test_a_cube_too_large_for_a_worker_is_split_in_chunks_that_fit_not_refused(d
 
 
 def cleaned_chunks(delivery, stage='cleaned'):
+    """The records kept at stage (None: every stage: dirty images, and the cube's grid too)."""
     store = delivery / sfr.WORK_DIR_NAME / 'imaging-chunks'
     # only folders with their final name: a partial one (".name.partial-PID") is not a finished chunk
     records = [json.loads(path.read_text()) for path in store.glob('*/*/finished.provenance.json')
                if not path.parent.name.startswith('.')]
-    return [record for record in records if record.get('stage') == stage]
+    return [record for record in records if stage is None or record.get('stage') == stage]
 
 
 def stopped_after(delivery, args, cleaned, how, stage='cleaned'):
@@ -150,6 +151,11 @@ def test_a_split_cube_stopped_twice_reuses_its_finished_chunks_and_equals_an_uni
         subprocess.CompletedProcess([], code, out, err))), out + err
     assert not (delivery / 'images').exists()
     first, health = len(cleaned_chunks(delivery)), len(cleaned_chunks(delivery, BEFORE_HEALTH))
+    # the error line says what is kept for the next run (it once said "nothing of this run was kept")
+    every = len([record for record in cleaned_chunks(delivery, None) if record.get('stage') != sfr.GRID_STAGE])
+    assert every >= first + health and one_error_line(subprocess.CompletedProcess([], code, out, err)).endswith(
+        ' — %d chunk%s of split cubes kept in %s; run the same command again: it makes only the rest' % (
+            every, '' if every == 1 else 's', sfr.WORK_DIR_NAME)), out + err
     assert health >= 1
     code, out, err = stopped_after(delivery, args, first + 1, signal.SIGKILL)  # then nothing can clean up
     assert code == -signal.SIGKILL

@@ -41,6 +41,35 @@ def test_the_same_command_after_a_kill_makes_only_the_missing_images(delivery_fa
     assert not (delivery / sfr.WORK_DIR_NAME / 'imaging-finished').exists()
 
 
+def test_a_run_stopped_while_it_publishes_keeps_every_image_for_the_same_command(delivery_factory, run_script):
+    """Publishing (FITS export of every product, then one rename) can take minutes for large cubes: a stop then
+    loses no image.  SIGTERM first (the error line says what is kept), then SIGKILL (nothing can clean up)."""
+    import signal
+    delivery = delivery_factory(**SMALL)
+    finished_dir = delivery / sfr.WORK_DIR_NAME / 'imaging-finished'
+    for how in (signal.SIGTERM, signal.SIGKILL):
+        process = start_paused(delivery, 'fits-written', *COMMAND)
+        process.send_signal(how)
+        out, err = process.communicate(timeout=300)
+        kept = sorted(folder.name for folder in finished_dir.iterdir())
+        assert len(kept) == 3 and all((finished_dir / name / 'finished.provenance.json').is_file() for name in kept)
+        assert not (delivery / 'images').exists()
+        if how == signal.SIGTERM:  # what it had written is removed (after a SIGKILL: by the next run)
+            assert not list(delivery.glob('.images.partial*')), sorted(p.name for p in delivery.iterdir())
+            assert process.returncode == sfr.EXIT_FAILED and err.strip().splitlines() == [
+                'ERROR: stopped by signal 15 (SIGTERM) — 3 finished images kept in %s; run the same command again: '
+                'it makes only the rest' % sfr.WORK_DIR_NAME], out + err
+        else:
+            assert process.returncode == -signal.SIGKILL
+    done = run_script('--delivery', delivery, *COMMAND, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert '  3 images finished by a run that was stopped, with the same inputs and parameters: kept, not made again' \
+        in done.stdout, done.stdout
+    assert not re.search(r'clean iterations|dirty image', done.stdout), done.stdout  # no tclean at all
+    assert len(list((delivery / 'images').glob('*.pbcor.fits'))) == 3
+    assert not finished_dir.exists() and not list(delivery.glob('.images.partial*'))
+
+
 def test_a_finished_image_whose_parameters_changed_is_made_again(delivery_factory, run_script):
     delivery = delivery_factory(**SMALL)
     kept = killed_after_the_first_image(delivery)

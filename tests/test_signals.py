@@ -173,3 +173,100 @@ def test_a_sigterm_while_the_finished_process_shuts_down_does_not_kill_it(script
                           stderr=subprocess.PIPE, universal_newlines=True, timeout=120)
     assert done.returncode == 0, (done.returncode, done.stderr[-500:])
     assert 'Traceback' not in done.stderr
+
+
+def test_a_stop_while_a_casa_image_is_open_for_writing_removes_it_without_an_abort(tmp_path):
+    # Found by SIGTERM at random moments of a split cube (2026-12-07): the signal came inside the join, after
+    # imageconcat had made the joined image and before its done(); the tool lived on in the traceback, the run's
+    # cleanup removed its folder, and when Python collected the tool CASA's C++ aborted the process (exit -6,
+    # "table.dat_tmp does not exist and cannot be created") instead of the one ERROR line.  Here the same order:
+    # an image tool writing, a stop signal's exception, the folder removed while it is handled (remove_tree).
+    program = ('import sys\n'
+               'import numpy, scriptForReprocessing as script\n'
+               'casa = script.load_casa(logfile=%r)\n'
+               'work = %r\n'
+               'import os; os.makedirs(work)\n'
+               'def join():\n'
+               '    image = casa.casatools.image()\n'
+               '    image.fromshape(outfile=work + "/part", shape=[8, 8, 1, 3], overwrite=True)\n'
+               '    try:\n'
+               '        joined = image.subimage(outfile=work + "/joined", overwrite=True)\n'
+               '        joined.putchunk(numpy.ones([8, 8, 1, 3], dtype=numpy.float32))\n'
+               '        raise script.Interrupted(15)\n'
+               '    finally:\n'
+               '        image.done()\n'
+               'try:\n'
+               '    join()\n'
+               'except script.Interrupted:\n'
+               '    script.remove_tree(work)\n'
+               'print("removed")\n' % (str(tmp_path / 'casa.log'), str(tmp_path / 'work')))
+    done = subprocess.run([sys.executable, '-c', program], cwd=str(SCRIPT.parent), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, timeout=300)
+    assert done.returncode == 0 and done.stdout == 'removed\n', (done.returncode, done.stderr[-800:])
+    assert 'terminate called' not in done.stderr and not (tmp_path / 'work').exists()
+
+
+SPLIT = dict(nchan=32, n_antennas=25, line_fwhm_kms=8.0, noise_jy=0.2, n_ebs=1, with_line_ms=True, spw_ids=(25,))
+
+
+def running(pid):
+    """The process exists and is not a zombie (waiting for this machine's init to collect it)."""
+    try:
+        with open('/proc/%s/stat' % pid) as handle:
+            return handle.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except OSError:
+        return False
+
+
+def fits_data(images):
+    """{FITS file name: its data units' bytes} of a folder (the headers hold dates and versions)."""
+    found = {}
+    for path in sorted(images.glob('*.fits')):
+        raw, start = path.read_bytes(), 0
+        while not any(raw[start + k:start + k + 80].rstrip() == b'END' for k in range(0, 2880, 80)):
+            start += 2880
+        found[path.name] = raw[start + 2880:]
+    return found
+
+
+@pytest.mark.parametrize('count', [3])
+def test_a_split_cube_stopped_at_random_moments_ends_equal_to_an_uninterrupted_one(delivery_factory, count, capsys):
+    """Issue 28: SIGTERM and SIGKILL at random moments of a cube made in chunks on 2 workers, then the same
+    command: the cube equals, pixel for pixel, the one a run that was never stopped made (every chunk is made from
+    the same record, whichever run makes it), no worker outlives a run, nothing partial is left."""
+    args = ['--image', '--specmodes', 'cube', '--split-cube', '3', '--jobs', '2']
+    control = delivery_factory(**SPLIT)
+    duration, _out = timed_run(control, args)
+    reference = fits_data(control / 'images')
+    assert len(reference) == 3
+    with capsys.disabled():
+        print('\n  seed %d, control run %.1f s, stops at %s s' % (SEED, duration, moments(duration, count)))
+    for index, seconds in enumerate(moments(duration, count)):
+        how = (signal.SIGTERM, signal.SIGKILL)[index % 2]
+        delivery = delivery_factory(**SPLIT)
+        before = user_ms_digests(delivery)
+        process = start(delivery, args)
+        time.sleep(seconds)
+        process.send_signal(how)
+        out, err = process.communicate(timeout=300)
+        with capsys.disabled():
+            print('  %s at %.2f s: exit %s %s' % (signal.Signals(how).name, seconds, process.returncode,
+                                                  ([l for l in err.splitlines() if 'ERROR' in l] or [''])[0]))
+        if how == signal.SIGTERM:
+            check_stopped_run(delivery, process.returncode, out, err, before)
+        else:
+            assert process.returncode in (0, -signal.SIGKILL), err
+        lock = delivery / '.scriptForReprocessing.lock'
+        workers = lock.read_text().split('\nworkers ')[1].split() if lock.is_file() and '\nworkers ' in \
+            lock.read_text() else []
+        deadline = time.time() + 10  # a worker's own check of its parent runs every second
+        while [pid for pid in workers if running(pid)] and time.time() < deadline:
+            time.sleep(0.2)
+        assert not [pid for pid in workers if running(pid)], 'a worker outlived its run'
+        if not (delivery / 'images').exists():  # not finished before the signal: the same command again
+            status, out, err = stop_at(delivery, args, None)
+            assert status == 0, err
+        assert fits_data(delivery / 'images') == reference
+        assert not [p for p in delivery.rglob('*.partial-*')] and not (delivery / 'working_reprocess' /
+                                                                       'imaging-chunks').exists()
+        assert unchanged(delivery, before)

@@ -46,6 +46,7 @@ from ..core.layout import Delivery, SCRIPT_NAME, WORK_DIR_NAME
 from ..core.messages import EXIT_OK, exit_as_finished, Interrupted, ReprocessingError, UsageError, say
 from ..core.script import script_arguments
 from ..imaging.beams import parse_beam
+from ..imaging.image_resume import kept_for_next_run
 from ..imaging.moments import parse_moments
 from ..imaging.spectral_grid import parse_nchan, parse_outframe, parse_restfreq, parse_start, parse_veltype, parse_width
 from ..plan.imaging_options import IMAGING_ENGINES, argparse_type, check_imaging_options, parse_cell, parse_field, parse_gigabytes, parse_imsize, parse_nbins, parse_phasecenter, parse_robust, parse_specmodes, parse_spw, parse_uvrange, parse_uvtaper
@@ -401,8 +402,15 @@ def describe_interruption(stop, state, outputs_before):
     """
     what = 'interrupted (Ctrl-C)' if isinstance(stop, KeyboardInterrupt) else str(stop)
     made = new_outputs(outputs_before, state.published)
+    pieces = _kept_pieces(state.delivery)
+    if not made and pieces:
+        return '%s — %s kept in %s; run the same command again: it makes only the rest' % (
+            what, pieces, relative_path(state.delivery.work_dir, state.delivery.root))
     if not made:
         return '%s — nothing of this run was kept; run the same command again' % what
+    if pieces:
+        what = '%s (%s kept in %s for the same command)' % (
+            what, pieces, relative_path(state.delivery.work_dir, state.delivery.root))
     remember_kept(state.delivery, state.command, made)
     names = ', '.join(relative_path(path, state.delivery.root) for path in made)
     if all(path.endswith('.ms') for path in made):  # the plan keeps measurement sets a stopped run completed
@@ -410,6 +418,15 @@ def describe_interruption(stop, state, outputs_before):
                 'command again: it keeps them and makes the rest' % (what, names))
     return ('%s — these outputs were complete and are kept: %s; unfinished ones were removed. Run the command '
             'again without the steps that made them (or move them away first)' % (what, names))
+
+
+def _kept_pieces(delivery):
+    """'2 finished images and 5 chunks of split cubes' a stopped run keeps for the same command (image_resume), or ''."""
+    images, chunks = kept_for_next_run(delivery.finished_images_dir, delivery.chunks_dir)
+    parts = ['%d finished image%s' % (images, '' if images == 1 else 's')] if images else []
+    if chunks:
+        parts.append('%d chunk%s of split cubes' % (chunks, '' if chunks == 1 else 's'))
+    return ' and '.join(parts)
 
 
 def _run_steps(plan, state):

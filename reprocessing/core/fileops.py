@@ -6,9 +6,12 @@ through these.
 
 import contextlib
 import errno
+import gc
 import os
 import shutil
 import stat
+import sys
+import traceback
 from pathlib import Path
 
 from .messages import ReprocessingError
@@ -124,6 +127,28 @@ def is_inside(path, root):
         return False
 
 
+def release_what_a_failure_holds():
+    """While an exception is handled (an error, a stop signal), close what the frames it unwound still hold.
+
+    Their locals live on in the traceback: a CASA image tool that was writing (the image imageconcat returns,
+    when SIGTERM came before its done()) closes its table only when collected, after the cleanup removed its
+    folder, and CASA's C++ then aborts the process (SIGABRT, "table.dat_tmp does not exist and cannot be
+    created": a SIGTERM during a split cube's join, 2026-12-07).  Cleared and collected here, before a removal,
+    such objects close while their folders exist.  Again only when the traceback grew (it passed more frames)."""
+    error = sys.exc_info()[1]
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if error.__traceback__ is not None and getattr(error, '_released_at', None) != id(error.__traceback__):
+            traceback.clear_frames(error.__traceback__)
+            try:
+                error._released_at = id(error.__traceback__)
+            except AttributeError:  # an exception type without a __dict__
+                pass
+            gc.collect()
+        error = error.__cause__ or error.__context__
+
+
 def remove_tree(path):
     """Remove a file or folder this tool made; links are removed, never followed.
 
@@ -135,6 +160,7 @@ def remove_tree(path):
         os.chmod(parent, os.lstat(parent).st_mode | stat.S_IWUSR | stat.S_IXUSR)
         function(failed_path)
     path = Path(path)
+    release_what_a_failure_holds()
     try:
         if path.is_symlink() or path.is_file():
             path.unlink()
@@ -211,6 +237,33 @@ def move_tree(source, destination):
         raise ReprocessingError('cannot copy %s to %s (%s) — check the free space and permissions of %s'
                                 % (source, destination, error.strerror or error, destination.parent))
     remove_tree(source)
+
+
+def link_tree(source, destination):
+    """A copy of a file or folder this tool made whose files are hard links to the source's: no byte written, and
+    the source stays whole until the copy has its final name and the source is removed.  Where links cannot be
+    made (across file systems, a file system without them) the files are copied.  Never over an existing one."""
+    source, destination = Path(source), Path(destination)
+    if destination.exists() or destination.is_symlink():
+        raise ReprocessingError('%s already exists — not overwriting it; move it away and rerun' % destination)
+
+    def link_or_copy(from_path, to_path):
+        try:
+            os.link(from_path, to_path)
+        except OSError as error:
+            if error.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+            shutil.copy2(from_path, to_path)
+    try:
+        if source.is_dir() and not source.is_symlink():
+            shutil.copytree(str(source), str(destination), symlinks=True, copy_function=link_or_copy)
+        else:
+            link_or_copy(str(source), str(destination))
+    except OSError as error:
+        if destination.exists() or destination.is_symlink():
+            remove_tree(destination)  # our half-made copy; the source is intact
+        raise ReprocessingError('cannot copy %s to %s (%s) — check the free space and permissions of %s'
+                                % (source, destination, getattr(error, 'strerror', None) or error, destination.parent))
 
 
 @contextlib.contextmanager

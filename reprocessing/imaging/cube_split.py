@@ -23,7 +23,7 @@ from ..core.requests import request_as_json
 from ..run.provenance import image_differences, read_record
 from .cube_chunks import (BEFORE_HEALTH, CUBE_SUFFIXES, PRODUCT_SUFFIXES, chunk_job, cube_start_hz, join_chunks,
                           threshold_text, whole_cube_threshold)
-from .image_resume import RECORD_NAME, kept_folders, save_finished
+from .image_resume import GRID_STAGE, RECORD_NAME, kept_folders, save_finished
 from .tclean_run import cube_products
 
 
@@ -126,7 +126,7 @@ GRID_PROBE = '.grid'  # the folder in a cube's store keeping its first channel's
 
 
 def grid_record(record):
-    return {'cube': record or {}, 'stage': 'grid'}
+    return {'cube': record or {}, 'stage': GRID_STAGE}
 
 
 def grid_start_hz(casa, job, request, record, *, store, chunk_dir, report):

@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 from ..casa.casa_engine import casa_task, opened_tool
-from ..core.fileops import directory_bytes, human_bytes, move_tree, remove_tree, require_free_space
+from ..core.fileops import directory_bytes, human_bytes, link_tree, move_tree, remove_tree, require_free_space
 from .image_casa import IMAGE_SPACE_ADVICE
 from .image_stats import image_statistics
 from ..run.run_state import pause_point
@@ -39,7 +39,9 @@ def check_reused_images_dir(images_dir, specmodes):
 
 
 def publish_products(state, products, *, images_dir, all_products, ous, casa):
-    """Move the products into images_dir (written under a partial name first) and export FITS."""
+    """Put the products into images_dir (written under a partial name first) and export FITS.  The CASA images are
+    linked, not moved (link_tree): until images_dir has its name, a stopped run leaves them where a resumed run
+    takes them (image_resume), and a kill while FITS files are written loses no image."""
     images_dir = Path(images_dir)
     placed = products_destinations(products, all_products=all_products, ous=ous)
     names = [n for _p, casa_name, fits_name in placed for n in (casa_name, fits_name) if n]
@@ -55,14 +57,15 @@ def publish_products(state, products, *, images_dir, all_products, ous, casa):
         raise ReprocessingError('cannot create %s (%s) — check that you may write in %s'
                                 % (partial, error.strerror, partial.parent))
     for product, casa_name, fits_name in placed:
-        # before each product: its FITS file, and the CASA image itself where the move is a copy
+        # before each product: its FITS file, and the CASA image itself where the link is a copy
         size = directory_bytes(product.path)
         copied = os.stat(str(product.path)).st_dev != os.stat(str(partial)).st_dev
         require_free_space(partial, size * ((1 if fits_name else 0) + (1 if copied else 0)),
                            what=casa_name, advice=IMAGE_SPACE_ADVICE)
         if fits_name:
             export_fits(casa, product.path, partial / fits_name)
-        move_tree(product.path, partial / casa_name)
+            pause_point('fits-written', state)  # test-only: a stop while the products are published
+        link_tree(product.path, partial / casa_name)
         product.path = partial / casa_name
     if images_dir.is_dir() and not any(images_dir.iterdir()):
         images_dir.rmdir()  # the empty folder the plan allowed

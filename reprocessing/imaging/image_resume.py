@@ -15,6 +15,7 @@ from ..core.messages import say
 from ..run.provenance import image_differences, read_record, write_record
 
 RECORD_NAME = 'finished.provenance.json'
+GRID_STAGE = 'grid'  # the record of a split cube's channel grid (cube_split.grid_start_hz): kept, not a product
 
 
 def save_finished(work_dir, name, finished_dir, record, *, copy=False):
@@ -39,16 +40,10 @@ def save_finished(work_dir, name, finished_dir, record, *, copy=False):
     os.rename(str(partial), str(folder))
 
 
-def take_finished(work_dir, names, finished_dir):
-    """Move every finished image of names back into work_dir (where the products are collected), then forget it."""
-    for name in names:
-        folder = Path(finished_dir) / name
-        if not folder.is_dir():
-            continue
-        for path in sorted(folder.iterdir()):
-            if path.name != RECORD_NAME:
-                os.rename(str(path), str(Path(work_dir) / path.name))
-        remove_tree(folder)
+def finished_folder(finished_dir, name):
+    """The folder where the finished image name is kept (save_finished), or None when it is not there."""
+    folder = Path(finished_dir) / name
+    return folder if (folder / RECORD_NAME).is_file() else None
 
 
 def finished_redone(finished_dir, names):
@@ -77,6 +72,20 @@ def resume_finished(finished_dir, records):
         say('  removed %d image%s a stopped run left in %s that this run does not make as they are' % (
             len(dropped), '' if len(dropped) == 1 else 's', finished_dir.name))
     return kept
+
+
+def kept_for_next_run(finished_dir, chunks_dir):
+    """(images, chunks) a stopped run leaves for the same command: the folders of finished images and of split cubes'
+    chunks (dirty or cleaned; not a cube's channel grid) that have their final name and their record.  Only
+    counted: the next run checks each against what it would make (kept_folders)."""
+    def records(directory):
+        for folder in (sorted(directory.iterdir()) if directory.is_dir() else []):
+            if not is_partial_name(folder.name) and (folder / RECORD_NAME).is_file():
+                yield read_record(folder / RECORD_NAME)[0] or {}
+    images = sum(1 for _record in records(Path(finished_dir)))
+    chunks = sum(1 for cube in (sorted(Path(chunks_dir).iterdir()) if Path(chunks_dir).is_dir() else [])
+                 for record in records(cube) if record.get('stage') != GRID_STAGE)
+    return images, chunks
 
 
 def kept_folders(store, records, same):

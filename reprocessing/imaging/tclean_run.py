@@ -12,7 +12,7 @@ from ..core.messages import ReprocessingError, duration_text, say
 from ..core.requests import ImagingRequest, request_as_json
 from ..run.run_state import pause_point
 from .heuristics import ARCSEC_PER_RADIAN, bandwidth_correction_factor, distinct_pointings, dynamic_range_threshold, mosaic_overlap_factor, pointing_geometry
-from .image_resume import finished_redone, save_finished, take_finished
+from .image_resume import finished_folder, finished_redone, save_finished
 from .image_casa import ImageJob, PB_LIMIT, PB_MASK, require_image_space, tclean_arguments
 from .automask_forecast import automask_finds_nothing, psf_sidelobe_level
 from .beams import convolve_cube, plane_beams
@@ -99,7 +99,6 @@ def _collect_products(every_job, work_dir, state, finished_dir, seconds, redone,
     if finished_dir:
         if redone is not None:  # the images a stopped run finished: their redone channels are in their records
             redone.update(finished_redone(finished_dir, sorted(kept)))
-        take_finished(work_dir, [job.name for job in every_job], finished_dir)
     if seconds is not None:
         seconds.update(kept)
         seconds.update((job.name, result['seconds']) for job, result in zip(jobs, results))
@@ -107,12 +106,14 @@ def _collect_products(every_job, work_dir, state, finished_dir, seconds, redone,
         redone.update((job.name, result['redone_channels']) for job, result in zip(jobs, results)
                       if result.get('redone_channels'))
     products = []
-    for job in every_job:
-        made = sorted(name for name in os.listdir(str(work_dir)) if name.startswith(job.name + '.')
-                      and is_casa_image(work_dir / name))
+    for job in every_job:  # a finished image stays where it is kept until it is published (publish_products)
+        folder = finished_folder(finished_dir, job.name) if finished_dir else None
+        folder = Path(folder or work_dir)
+        made = sorted(name for name in os.listdir(str(folder)) if name.startswith(job.name + '.')
+                      and is_casa_image(folder / name))
         if not any(name in made for name in (job.name + '.image', job.name + '.image.tt0')):
             raise ReprocessingError('tclean made no image for %s — see the CASA log %s' % (job.name, state.casa_logfile))
-        products.extend(ImageProduct.from_working_name(work_dir / name) for name in made)
+        products.extend(ImageProduct.from_working_name(folder / name) for name in made)
     return products
 
 
