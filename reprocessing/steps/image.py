@@ -98,10 +98,11 @@ def run_image(plan, state, step, casa):
         products = run_pipeline_imaging(plan, state, casa, request, inputs=inputs, work_dir=work_dir)
         notes = []
     else:
-        # A split cube's workers load CASA while this process reads the measurement sets and plans: started
-        # here, not when the chunks are known, they were ready 2.5 s sooner (a 23 s run of 254 channels in 8
-        # chunks on 2 workers); narrow() then fits them to the run's own count.
-        with EbWorkers.started(planned_split_workers(plan), state=state, share_cores=True) as workers:
+        # The workers load CASA while this process reads the measurement sets and plans: started here, not when
+        # the images and chunks are known, they were ready 2.5 s sooner (a 23 s run of a cube of 254 channels in
+        # 8 chunks on 2 workers); narrow() then fits them to the run's own count.
+        count, share_cores = planned_workers(plan)
+        with EbWorkers.started(count, state=state, share_cores=share_cores) as workers:
             work_dir = delivery.imaging_dir
             if work_dir.exists():
                 say('  removing %s/ left by an earlier run (its products were published then, or never)'
@@ -216,12 +217,13 @@ SPLIT_DIFFERENCE = ('it differs slightly from the cube one tclean makes: briggsb
                     'chunk\'s own cycles (masks of a few channels differ; cube rms measured within 2-6 %)')
 
 
-def planned_split_workers(plan):
-    """The workers the plan gives its cubes made in chunks (1: none is), started before the run's own planning."""
+def planned_workers(plan):
+    """(workers, share_cores) the plan gives the images (1: none), started before the run's own planning: the
+    cores shared among them when a cube is made in chunks (EbWorkers.started)."""
     resources = plan.image_resources
-    if resources is None or not any(need.chunks for need in resources.needs):
-        return 1
-    return plan.image_jobs
+    if resources is None:
+        return 1, False
+    return plan.image_jobs, any(need.chunks for need in resources.needs)
 
 
 def split_cubes(plan, jobs):
