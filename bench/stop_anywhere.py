@@ -5,12 +5,12 @@ moments then the same command: finished chunks reused, the final cube equal"), c
 A control run makes the cube on a fresh copy of one simulated delivery (one EB, one spw; --split-cube CHUNKS
 --jobs JOBS); then each round, on a fresh copy: the same command stopped STOPS times in a row, each time at a
 moment drawn uniformly over the control run's duration with a signal drawn from SIGKILL, SIGTERM, SIGINT, SIGHUP,
-then the command once more to its end.  Checked after each stop: exit status (-9; 1 with one ERROR line; 0 when
-it had finished; -15 before Python ran), no worker process left; at the end: the FITS data equal to the control
-run's byte for byte, the user's MSes unchanged, nothing partial and no chunk store left.
+then the command once more to its end.  Checked after each stop: exit status (-9; 1 with one ERROR line that
+says it was that signal; 0 when it had finished; -15 before Python ran), no worker process left; at the end: the
+FITS data equal to the control run's byte for byte, the user's MSes unchanged, nothing partial and no store left.
 
 Usage: python bench/stop_anywhere.py OUTDIR [--nchan 256] [--chunks 8] [--jobs 2] [--rounds 10] [--stops 2]
-       [--seed 1]
+       [--seed 1] [--command '--image --specmodes mfs,cube --moments 0,1 --jobs 2']   (another command instead)
 """
 import argparse
 import hashlib
@@ -78,6 +78,7 @@ def stopped(delivery, args, at, how):
     if 'Traceback' in out + err:
         problems.append('a traceback')
     if code not in (0, -signal.SIGKILL, -signal.SIGTERM, 1) or (code == 1 and len(errors) != 1) or \
+            (code == 1 and not errors[0].startswith('ERROR: stopped by signal %d ' % how)) or \
             (code == -signal.SIGTERM and (delivery / 'working_reprocess').exists()):
         problems.append('exit %s: %s' % (code, (err.strip().splitlines() or [''])[-1][:200]))
     deadline = time.time() + 10
@@ -97,13 +98,15 @@ def main():
     parser.add_argument('--rounds', type=int, default=10)
     parser.add_argument('--stops', type=int, default=2)
     parser.add_argument('--seed', type=int, default=1)
+    parser.add_argument('--command', help='the options of another command to stop (default: the split cube)')
     options = parser.parse_args()
     out = Path(options.outdir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     from simulate_delivery import cached_delivery
     source = Path(cached_delivery(str(out / 'sim'), nchan=options.nchan, n_antennas=25, line_fwhm_kms=8.0,
                                   noise_jy=0.2, n_ebs=1, with_line_ms=True, spw_ids=(25,)))
-    args = ['--image', '--specmodes', 'cube', '--split-cube', str(options.chunks), '--jobs', str(options.jobs)]
+    args = options.command.split() if options.command else [
+        '--image', '--specmodes', 'cube', '--split-cube', str(options.chunks), '--jobs', str(options.jobs)]
 
     def fresh(name):
         target = out / name

@@ -105,3 +105,19 @@ def test_a_kept_image_keeps_the_channels_cube_health_redid_in_the_report(deliver
     assert row['redone_channels'] == [[0, why]], row
     pages = sorted((delivery / sfr.WORK_DIR_NAME / 'report').glob('run-*/index.html'))
     assert why in pages[-1].read_text(), pages
+
+
+def test_a_new_images_folder_gets_its_name_with_the_records_of_its_images(delivery_factory):
+    """The provenance records (what --update reads) are written into the folder before it is named: a kill just
+    after the rename leaves no image without its record (a SIGTERM at a random moment found that window)."""
+    delivery = delivery_factory(**SMALL)
+    process = start_paused(delivery, 'renamed', *COMMAND)
+    process.kill()
+    process.communicate()
+    images = delivery / 'images'
+    stems = sorted(path.name[:-len('.pbcor.fits')] for path in images.glob('*.pbcor.fits'))
+    records = sorted(path.name[:-len('.provenance.json')] for path in images.glob('*.provenance.json'))
+    assert len(stems) == 3 and records == stems, (stems, records)
+    for stem in stems:
+        record = json.loads((images / (stem + '.provenance.json')).read_text())
+        assert stem + '.pbcor.fits' in record['files'] and all((images / name).exists() for name in record['files'])

@@ -270,3 +270,30 @@ def test_a_split_cube_stopped_at_random_moments_ends_equal_to_an_uninterrupted_o
         assert not [p for p in delivery.rglob('*.partial-*')] and not (delivery / 'working_reprocess' /
                                                                        'imaging-chunks').exists()
         assert unchanged(delivery, before)
+
+
+def test_a_stop_that_casa_returns_as_another_error_is_still_a_stop():
+    # Found by stopping --beam common at random moments (2026-12-07): a SIGTERM inside imsmooth came back from
+    # casatasks as SystemError("<built-in function ...> returned a result with an exception set"), chained to the
+    # handler's Interrupted, and the run said "imsmooth failed ... see the CASA log" instead of its stop.
+    import scriptForReprocessing as sfr
+    stop = sfr.Interrupted(15)
+    try:
+        try:
+            raise stop
+        except sfr.Interrupted as inner:
+            raise SystemError('<built-in function image_convolve2d> returned a result with an exception set') \
+                from inner
+    except SystemError as error:
+        assert sfr.stop_behind(error) is stop
+    assert sfr.stop_behind(RuntimeError('a CASA task failed')) is None  # no signal came: an error stays an error
+    with sfr.signals_as_exceptions():
+        with pytest.raises(sfr.Interrupted):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises here
+        behind = sfr.stop_behind(RuntimeError('what a handler made of it'))  # a signal came: the stop, not the error
+        assert isinstance(behind, sfr.Interrupted) and behind.number == signal.SIGTERM
+        with pytest.raises(sfr.Interrupted):
+            sfr.raise_if_stopped()
+    with sfr.signals_as_exceptions():  # the next run starts with no stop received
+        assert sfr.stop_behind(RuntimeError('a CASA task failed')) is None

@@ -43,7 +43,7 @@ from ..core.defaults import IMAGES_DIR, SPECMODES, WEBLOG
 from ..core.fileops import relative_path
 from ..core.host import process_started_at
 from ..core.layout import Delivery, SCRIPT_NAME, WORK_DIR_NAME
-from ..core.messages import EXIT_OK, exit_as_finished, Interrupted, ReprocessingError, UsageError, say
+from ..core.messages import EXIT_OK, exit_as_finished, Interrupted, raise_if_stopped, ReprocessingError, stop_behind, UsageError, say
 from ..core.script import script_arguments
 from ..imaging.beams import parse_beam
 from ..imaging.image_resume import kept_for_next_run
@@ -380,7 +380,9 @@ def run(options, args):
             status = 'succeeded'
             forget_kept(delivery)
         except BaseException as error:
-            failure = error
+            failure = stop_behind(error) or error
+            if failure is not error:  # a stop signal's exception that came back as another
+                raise failure
             raise
         finally:
             write_report(plan, state, status=status, error=failure)
@@ -445,6 +447,7 @@ def _run_steps(plan, state):
         result.update(step=step.name, seconds=round(ended - started, 1), started=started, ended=ended)
         state.results.append(result)
         state.current_step = None
+        raise_if_stopped()  # a stop that an error handler of the step took for an error and carried on
 
 
 def _start_casa(plan, state):

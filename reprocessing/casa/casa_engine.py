@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from ..core.fileops import free_space_text, full_disk_among
-from ..core.messages import ReprocessingError, one_line, say
+from ..core.messages import ReprocessingError, one_line, say, stop_behind
 
 
 class CasaModules(object):
@@ -320,6 +320,9 @@ def casa_task(casa, name, *, about, **arguments):
     except ReprocessingError:
         raise
     except Exception as error:
+        stop = stop_behind(error)
+        if stop is not None:  # a stop signal that came inside the task, returned as the task's own error
+            raise stop
         # what the task writes first: the current directory (tclean's temporary tables) is on another disk
         full = full_disk_among([arguments[key] for key in OUTPUT_ARGUMENTS if arguments.get(key)] + [os.getcwd()],
                                error)

@@ -43,6 +43,31 @@ class Interrupted(BaseException):
 STOP_SIGNALS = ('SIGTERM', 'SIGHUP', 'SIGINT', 'SIGUSR1')
 
 
+# The stop signals this process received since its run began (signals_as_exceptions): a stop whose exception CASA
+# turned into another, or that an "except Exception" kept as a warning, is still known (stop_behind).
+_RECEIVED = []
+
+
+def stop_behind(error):
+    """The stop an exception stands for, or None: an Interrupted (or KeyboardInterrupt) in its chain, else, when a
+    stop signal has come since the run began, an Interrupted for it.  Measured (CASA 6.7, SIGTERM during imsmooth):
+    the handler's Interrupted came back from casatasks as SystemError("<built-in function ...> returned a result
+    with an exception set"), and the run reported "imsmooth failed ... see the CASA log" instead of its stop."""
+    seen, chained = set(), error
+    while chained is not None and id(chained) not in seen:
+        if isinstance(chained, (Interrupted, KeyboardInterrupt)):
+            return chained
+        seen.add(id(chained))
+        chained = chained.__cause__ or chained.__context__
+    return Interrupted(_RECEIVED[-1]) if _RECEIVED else None
+
+
+def raise_if_stopped():
+    """Raise the stop a signal asked for, if one came (and its exception was swallowed on the way)."""
+    if _RECEIVED:
+        raise Interrupted(_RECEIVED[-1])
+
+
 def stop_signal_numbers():
     """The STOP_SIGNALS this platform has."""
     return [getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name)]
@@ -134,7 +159,9 @@ def signals_as_exceptions():
     to Python; a cluster's SIGKILL after its grace period is recovered by the next run.
     """
     def interrupt(number, _frame):
+        _RECEIVED.append(number)
         raise Interrupted(number)
+    del _RECEIVED[:]  # a new run (tests run several in one process)
     previous = {}
     for number in stop_signal_numbers():
         try:

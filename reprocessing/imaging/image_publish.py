@@ -38,10 +38,12 @@ def check_reused_images_dir(images_dir, specmodes):
                                 % (images_dir, '/'.join(specmodes), ', '.join(clashes[:3])))
 
 
-def publish_products(state, products, *, images_dir, all_products, ous, casa):
+def publish_products(state, products, *, images_dir, all_products, ous, casa, before_naming=None):
     """Put the products into images_dir (written under a partial name first) and export FITS.  The CASA images are
     linked, not moved (link_tree): until images_dir has its name, a stopped run leaves them where a resumed run
-    takes them (image_resume), and a kill while FITS files are written loses no image."""
+    takes them (image_resume), and a kill while FITS files are written loses no image.  before_naming(folder,
+    placed there): called when a new images folder is complete but for what is written about its products (their
+    provenance records), which then appear with them."""
     images_dir = Path(images_dir)
     placed = products_destinations(products, all_products=all_products, ous=ous)
     names = [n for _p, casa_name, fits_name in placed for n in (casa_name, fits_name) if n]
@@ -70,6 +72,9 @@ def publish_products(state, products, *, images_dir, all_products, ous, casa):
     if images_dir.is_dir() and not any(images_dir.iterdir()):
         images_dir.rmdir()  # the empty folder the plan allowed
     if not images_dir.exists():
+        if before_naming is not None:
+            before_naming(partial, [(product, partial / casa_name, partial / fits_name if fits_name else None)
+                                    for product, casa_name, fits_name in placed])
         state.publish(partial, images_dir)
     else:  # --reuse-images: add ours, name by name, to what is there
         for name in names:

@@ -171,8 +171,16 @@ def run_image(plan, state, step, casa):
                                            store_dir=delivery.chunks_dir))
     if not products:
         raise ReprocessingError('the %s made no images — see the CASA log %s' % (engine, state.casa_logfile))
+    before_naming = None
+    if engine != 'pipeline':
+        decisions = decisions or decide_images(casa, jobs, request, images_dir=images_dir,
+                                               infos=targets + line_infos, delivery_ms_dir=delivery.ms_dir, ous=ous)
+
+        def before_naming(folder, placed_there):  # a new images folder gets its name with its records in it
+            write_image_records(decisions, [], images_dir=folder, seconds_by_job=seconds, placed=placed_there,
+                                ous=ous)
     placed = publish_products(state, products, images_dir=images_dir, all_products=request.all_products,
-                              ous=ous, casa=casa)
+                              ous=ous, casa=casa, before_naming=before_naming)
     if engine != 'pipeline':
         remove_tree(staging)
         state.created_for_good(staging)
@@ -187,8 +195,6 @@ def run_image(plan, state, step, casa):
                                 'happen: restore them from the delivery and report it' % ', '.join(changed[:3]))
     if engine != 'pipeline':
         records = dict(images_dir=images_dir, seconds_by_job=seconds, placed=placed, ous=ous)
-        decisions = decisions or decide_images(casa, jobs, request, images_dir=images_dir,
-                                               infos=targets + line_infos, delivery_ms_dir=delivery.ms_dir, ous=ous)
         write_image_records(decisions, [], state=state, **records)  # at once: the files are this tool's now
         if aside is not None or request.update:
             discard_retired(state, aside)
