@@ -171,16 +171,12 @@ def run_image(plan, state, step, casa):
                                            store_dir=delivery.chunks_dir))
     if not products:
         raise ReprocessingError('the %s made no images — see the CASA log %s' % (engine, state.casa_logfile))
-    before_naming = None
     if engine != 'pipeline':
         decisions = decisions or decide_images(casa, jobs, request, images_dir=images_dir,
                                                infos=targets + line_infos, delivery_ms_dir=delivery.ms_dir, ous=ous)
-
-        def before_naming(folder, placed_there):  # a new images folder gets its name with its records in it
-            write_image_records(decisions, [], images_dir=folder, seconds_by_job=seconds, placed=placed_there,
-                                ous=ous)
     placed = publish_products(state, products, images_dir=images_dir, all_products=request.all_products,
-                              ous=ous, casa=casa, before_naming=before_naming)
+                              ous=ous, casa=casa, before_naming=None if engine == 'pipeline' else functools.partial(
+                                  _records_into, decisions, seconds=seconds, ous=ous))
     if engine != 'pipeline':
         remove_tree(staging)
         state.created_for_good(staging)
@@ -215,6 +211,11 @@ def run_image(plan, state, step, casa):
             'fits': fits_count, 'casa_images': len(placed),
             'update': update_summary(decisions) if plan.imaging.update else {},
             'archive_comparison': comparison}
+
+
+def _records_into(decisions, folder, placed, *, seconds, ous):
+    """A new images folder gets its name with the provenance records of its images in it (publish_products)."""
+    write_image_records(decisions, [], images_dir=folder, seconds_by_job=seconds, placed=placed, ous=ous)
 
 
 # What a cube made in chunks differs by from the one-process cube (README "One cube over several workers").
