@@ -94,10 +94,7 @@ class EbWorkers(object):
             if count > 1:
                 self._start()
             return
-        for process in self.processes[count:]:
-            process.terminate()
-            process.wait()
-            process.stdout.close()
+        _stop_processes(self.processes[count:], at_once=True)  # never given a task
         self.processes, self.logfiles, self.count = self.processes[:count], self.logfiles[:count], count
         record = getattr(self.state, 'record_workers', None)
         if record is not None:
@@ -215,27 +212,32 @@ class EbWorkers(object):
         return results
 
     def _stop(self, at_once=False):
-        for process in self.processes:
-            try:
-                process.stdin.close()  # end of tasks: an idle worker exits
-            except OSError:
-                pass
-            if at_once and process.poll() is None:
-                process.terminate()
-        deadline = time.time() + 10
-        for process in self.processes:
-            try:
-                process.wait(max(0.1, deadline - time.time()))
-            except Exception:  # subprocess.TimeoutExpired: still busy, stop it
-                process.terminate()
-                try:
-                    process.wait(10)
-                except Exception:
-                    process.kill()
-                    process.wait()
-            if process.stdout is not None:
-                process.stdout.close()
+        _stop_processes(self.processes, at_once=at_once)
         self.processes = []
+
+
+def _stop_processes(processes, *, at_once=False):
+    """End worker processes: stdin closed (an idle worker exits), terminated at once if asked, else waited for."""
+    for process in processes:
+        try:
+            process.stdin.close()  # end of tasks: an idle worker exits
+        except OSError:
+            pass
+        if at_once and process.poll() is None:
+            process.terminate()
+    deadline = time.time() + 10
+    for process in processes:
+        try:
+            process.wait(max(0.1, deadline - time.time()))
+        except Exception:  # subprocess.TimeoutExpired: still busy, stop it
+            process.terminate()
+            try:
+                process.wait(10)
+            except Exception:
+                process.kill()
+                process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
 
 
 def say_progress(done, total, started, *, queued=None, unit='execution blocks'):

@@ -14,7 +14,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from .messages import ReprocessingError
+from .messages import ReprocessingError, exception_chain
 
 
 # What every temporary of this tool has in its name: .NAME.partial-PID, beside NAME.
@@ -135,10 +135,7 @@ def release_what_a_failure_holds():
     folder, and CASA's C++ then aborts the process (SIGABRT, "table.dat_tmp does not exist and cannot be
     created": a SIGTERM during a split cube's join, 2026-12-07).  Cleared and collected here, before a removal,
     such objects close while their folders exist.  Again only when the traceback grew (it passed more frames)."""
-    error = sys.exc_info()[1]
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
+    for error in exception_chain(sys.exc_info()[1]):
         if error.__traceback__ is not None and getattr(error, '_released_at', None) != id(error.__traceback__):
             traceback.clear_frames(error.__traceback__)
             try:
@@ -146,7 +143,6 @@ def release_what_a_failure_holds():
             except AttributeError:  # an exception type without a __dict__
                 pass
             gc.collect()
-        error = error.__cause__ or error.__context__
 
 
 def remove_tree(path):

@@ -48,17 +48,23 @@ STOP_SIGNALS = ('SIGTERM', 'SIGHUP', 'SIGINT', 'SIGUSR1')
 _RECEIVED = []
 
 
+def exception_chain(error):
+    """error, then the exceptions it was raised from or while handling (__cause__, __context__), each once."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
 def stop_behind(error):
     """The stop an exception stands for, or None: an Interrupted (or KeyboardInterrupt) in its chain, else, when a
     stop signal has come since the run began, an Interrupted for it.  Measured (CASA 6.7, SIGTERM during imsmooth):
     the handler's Interrupted came back from casatasks as SystemError("<built-in function ...> returned a result
     with an exception set"), and the run reported "imsmooth failed ... see the CASA log" instead of its stop."""
-    seen, chained = set(), error
-    while chained is not None and id(chained) not in seen:
+    for chained in exception_chain(error):
         if isinstance(chained, (Interrupted, KeyboardInterrupt)):
             return chained
-        seen.add(id(chained))
-        chained = chained.__cause__ or chained.__context__
     return Interrupted(_RECEIVED[-1]) if _RECEIVED else None
 
 
