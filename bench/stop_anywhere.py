@@ -25,18 +25,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / 'tests' / 'support'))
 SCRIPT = REPO / 'scriptForReprocessing.py'
+
+from stop_checks import fits_data, recorded_workers, running  # noqa: E402 (tests/support, on the path above)
 SIGNALS = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-
-
-def fits_data(images):
-    """{FITS name: sha1 of its data units} (the headers hold dates and versions)."""
-    found = {}
-    for path in sorted(Path(images).glob('*.fits')):
-        raw, start = path.read_bytes(), 0
-        while not any(raw[start + k:start + k + 80].rstrip() == b'END' for k in range(0, 2880, 80)):
-            start += 2880
-        found[path.name] = hashlib.sha1(raw[start + 2880:]).hexdigest()
-    return found
 
 
 def ms_digest(delivery):
@@ -46,20 +37,6 @@ def ms_digest(delivery):
             digest.update(str(path.relative_to(delivery)).encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()
-
-
-def running(pid):
-    try:
-        with open('/proc/%s/stat' % pid) as handle:
-            return handle.read().rsplit(')', 1)[1].split()[0] != 'Z'
-    except OSError:
-        return False
-
-
-def recorded_workers(delivery):
-    lock = delivery / '.scriptForReprocessing.lock'
-    text = lock.read_text() if lock.is_file() else ''
-    return text.split('\nworkers ')[1].split() if '\nworkers ' in text else []
 
 
 def run(delivery, args):

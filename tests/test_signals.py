@@ -16,6 +16,7 @@ import time
 import pytest
 
 from conftest import SCRIPT, user_ms_digests
+from stop_checks import fits_data, recorded_workers, running
 
 SEED = int(os.environ.get('REPROCESSING_SIGNAL_SEED', '20261202'))
 CONTSUB = dict(n_ebs=2)  # as in test_contsub_fast: the simulated delivery is shared
@@ -209,26 +210,6 @@ def test_a_stop_while_a_casa_image_is_open_for_writing_removes_it_without_an_abo
 SPLIT = dict(nchan=32, n_antennas=25, line_fwhm_kms=8.0, noise_jy=0.2, n_ebs=1, with_line_ms=True, spw_ids=(25,))
 
 
-def running(pid):
-    """The process exists and is not a zombie (waiting for this machine's init to collect it)."""
-    try:
-        with open('/proc/%s/stat' % pid) as handle:
-            return handle.read().rsplit(')', 1)[1].split()[0] != 'Z'
-    except OSError:
-        return False
-
-
-def fits_data(images):
-    """{FITS file name: its data units' bytes} of a folder (the headers hold dates and versions)."""
-    found = {}
-    for path in sorted(images.glob('*.fits')):
-        raw, start = path.read_bytes(), 0
-        while not any(raw[start + k:start + k + 80].rstrip() == b'END' for k in range(0, 2880, 80)):
-            start += 2880
-        found[path.name] = raw[start + 2880:]
-    return found
-
-
 @pytest.mark.parametrize('count', [3])
 def test_a_split_cube_stopped_at_random_moments_ends_equal_to_an_uninterrupted_one(delivery_factory, count, capsys):
     """Issue 28: SIGTERM and SIGKILL at random moments of a cube made in chunks on 2 workers, then the same
@@ -256,9 +237,7 @@ def test_a_split_cube_stopped_at_random_moments_ends_equal_to_an_uninterrupted_o
             check_stopped_run(delivery, process.returncode, out, err, before)
         else:
             assert process.returncode in (0, -signal.SIGKILL), err
-        lock = delivery / '.scriptForReprocessing.lock'
-        workers = lock.read_text().split('\nworkers ')[1].split() if lock.is_file() and '\nworkers ' in \
-            lock.read_text() else []
+        workers = recorded_workers(delivery)
         deadline = time.time() + 10  # a worker's own check of its parent runs every second
         while [pid for pid in workers if running(pid)] and time.time() < deadline:
             time.sleep(0.2)
