@@ -74,6 +74,7 @@ def killed_at(delivery, args, seconds):
     stages = [json.loads(p.read_text()).get('stage') for p in store.glob('*/*/finished.provenance.json')
               if not p.parent.name.startswith('.')]
     return dict(cleaned=stages.count('cleaned'), before_health=stages.count('cleaned-before-health'),
+                nothing_automasked=stages.count('dirty-nothing-automasked'),
                 dirty=stages.count('dirty'))
 
 

@@ -73,11 +73,11 @@ def test_a_cube_that_does_not_fit_is_split_in_chunks_that_fit_and_no_larger_for_
 
 
 def test_a_long_split_cube_gets_several_chunks_per_worker_within_the_start_up_budget():
-    # --split-cube 2 on 2 workers: a kill would lose half of a long cube; 4 chunks a worker lose at most one each
+    # --split-cube 2 on 2 workers: a kill would lose half of a long cube; 8 chunks a worker lose at most one each
     long_cube = cube(1000, 1000)  # job_seconds: about 2.6 hours
     ranges = sfr.cube_chunking(long_cube, split=2, limit=None, workers=2)
-    assert len(ranges) == 8 == 4 * 2 and sum(count for _f, count in ranges) == 1000
-    assert len(sfr.cube_chunking(long_cube, split=2, limit=None, workers=1)) == 4
+    assert len(ranges) == 16 == 8 * 2 and sum(count for _f, count in ranges) == 1000
+    assert len(sfr.cube_chunking(long_cube, split=2, limit=None, workers=1)) == 8
     # the chunks' start-ups (1.6 s each) within 5 % of the cube's estimated time: fewer for a shorter cube
     shorter = cube(300, 200)  # about 178 s: 5 chunks' start-ups fit in 5 %
     assert len(sfr.cube_chunking(shorter, split=2, limit=None, workers=2)) == 5

@@ -11,6 +11,7 @@
     1 %) to an uninterrupted run's.
 """
 import json
+import os
 import re
 import signal
 import subprocess
@@ -182,3 +183,47 @@ def test_a_split_cube_stopped_twice_reuses_its_finished_chunks_and_equals_an_uni
     assert again.pixels.shape == image.pixels.shape
     assert again_peak == pytest.approx(peak, rel=0.01) and again_rms == pytest.approx(rms, rel=0.01)
     assert not store.exists() and not (delivery / sfr.WORK_DIR_NAME / 'imaging-finished').exists()
+
+
+def test_a_chunk_stopped_after_its_automasking_pass_found_nothing_makes_only_its_fallback_and_equals_a_whole_run(
+        delivery_factory, run_script):
+    """The line's chunk (10 chunks of 3 channels: its residual peak over 30 x the noise) has an automasking pass that
+    finds nothing, then the fallback cleans it.  A run stopped between the two keeps the chunk at that stage (its
+    dirty images, the record saying what the pass found): the same command makes only the fallback, and the cube's
+    FITS data equal those of an uninterrupted run that made the pass, and of one whose forecast skipped it.
+    NO_FORECAST_ENV (test-only) makes the runs make every pass: the forecast would skip this one."""
+    from stop_checks import fits_data
+    args = ['--image', '--specmodes', 'cube', '--split-cube', '10', '--jobs', '2']
+    every_pass = {sfr.NO_FORECAST_ENV: '1'}
+    reference = delivery_factory(**CUBE)
+    done = run_script('--delivery', reference, *args, env=every_pass, timeout=1200)
+    assert done.returncode == 0 and done.stderr == '', done.stdout + done.stderr
+    passes = re.findall(r'\[spw25\.cube (chunk\d+)\] no automatic mask was found in any channel \(residual peak',
+                        done.stdout)
+    assert len(passes) == 1, done.stdout  # made by tclean's pass (not "foreseen")
+    forecast = delivery_factory(**CUBE)
+    skipped = run_script('--delivery', forecast, *args, timeout=1200)
+    assert skipped.returncode == 0 and '[spw25.cube %s] no automatic mask was found in any channel (foreseen from ' \
+        'the dirty cube' % passes[0] in skipped.stdout, skipped.stdout
+
+    delivery = delivery_factory(**CUBE)
+    marker = delivery / sfr.WORK_DIR_NAME / 'imaging' / 'chunks' / '.paused-at-chunk-nothing-automasked'
+    process = subprocess.Popen([sys.executable, str(SCRIPT), '--delivery', str(delivery)] + args, cwd=str(delivery),
+                               env=dict(os.environ, **dict(every_pass, **{sfr.PAUSE_ENV: 'chunk-nothing-automasked'})),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    deadline = time.time() + 600
+    while not marker.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.time() < deadline, 'the pass that finds nothing was not reached'
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=300)
+    kept = cleaned_chunks(delivery, sfr.NOTHING_AUTOMASKED)
+    assert len(kept) == 1 and kept[0]['residual'][0] > 10.0 * kept[0]['residual'][1], kept
+    resumed = run_script('--delivery', delivery, *args, env=every_pass, timeout=1200)
+    assert resumed.returncode == 0 and resumed.stderr == '', resumed.stdout + resumed.stderr
+    assert ', 1 of them after an automasking pass that found nothing): not made again' in resumed.stdout, resumed.stdout
+    assert '[spw25.cube %s] no automatic mask was found in any channel (known from a run that was stopped after its ' \
+        'automasking pass: not made again)' % passes[0] in resumed.stdout, resumed.stdout
+    expected = fits_data(reference / 'images')
+    assert len(expected) == 3 and fits_data(delivery / 'images') == expected == fits_data(forecast / 'images')

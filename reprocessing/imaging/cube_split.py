@@ -3,13 +3,14 @@
 The chunks (cube_chunks.chunk_job: the whole cube's grid restricted by start/nchan) are imaged by the run's
 workers in two rounds: every chunk's dirty image, then, with the one threshold of the whole cube (its
 sensitivity and the dirty peak over every chunk), every chunk cleaned, brightest first.  Each chunk, once its
-dirty image, once cleaned when its cube-health pass has channels to redo (before it redoes them), and once
+dirty image, once its automasking pass found nothing (its record only: the images stay the dirty ones) before its
+fallback cleaning, once cleaned when its cube-health pass has channels to redo (before it redoes them), and once
 finished, is kept with its record (the whole cube's record: inputs, parameters, CASA version; its channels; its
 dirty peak; the threshold it was cleaned to) in working_reprocess/imaging-chunks/<cube>/<chunk>/, a folder named
 only when complete (image_resume.save_finished); so is the cube's channel grid (<cube>.grid: cube_start_hz).
 A run stopped on the way (SIGKILL, a scheduler's SIGTERM) leaves them; the same command again reuses every
 chunk whose record equals what it would make now (a cleaned chunk only when the threshold is the same; one kept
-before its health pass makes only that pass) and the grid, and makes the others; then the chunks are joined
+before its fallback or its health pass makes only what was left) and the grid, and makes the others; then the chunks are joined
 plane by plane into the cube (cube_chunks.join_chunks, each image under a partial name until complete): the
 images its products come from, every image with --all-products.
 """
@@ -21,8 +22,8 @@ from ..core.fileops import remove_tree
 from ..core.messages import duration_text
 from ..core.requests import request_as_json
 from ..run.provenance import image_differences, read_record
-from .cube_chunks import (BEFORE_HEALTH, CUBE_SUFFIXES, PRODUCT_SUFFIXES, chunk_job, cube_start_hz, join_chunks,
-                          threshold_text, whole_cube_threshold)
+from .cube_chunks import (BEFORE_HEALTH, CUBE_SUFFIXES, NOTHING_AUTOMASKED, PRODUCT_SUFFIXES, chunk_job, cube_start_hz,
+                          join_chunks, threshold_text, whole_cube_threshold)
 from .image_resume import GRID_STAGE, RECORD_NAME, kept_folders, save_finished
 from .tclean_run import cube_products
 
@@ -54,11 +55,13 @@ def make_split_cube(casa, request, job, ranges, *, work_dir, workers, store_dir,
     cleaned_before = [name for name, kept in found.items() if kept.get('stage') in ('cleaned', BEFORE_HEALTH)]
     if found:
         health = sum(1 for kept in found.values() if kept.get('stage') == BEFORE_HEALTH)
+        nothing = sum(1 for kept in found.values() if kept.get('stage') == NOTHING_AUTOMASKED)
         report('%d of %d chunks kept from a run that was stopped, with the same inputs and parameters (%d cleaned, %s'
-               '%d dirty images): not made again' % (
+               '%d dirty images%s): not made again' % (
                    len(found), len(chunks), len(cleaned_before),
                    '%d of them before their cube-health pass, ' % health if health else '',
-                   len(found) - len(cleaned_before)))
+                   len(found) - len(cleaned_before),
+                   ', %d of them after an automasking pass that found nothing' % nothing if nothing else ''))
     peaks = dict((name, kept.get('peak')) for name, kept in found.items())
     progress = ChunkProgress(report, len(chunks), len(dirty), done=len(cleaned_before))
     if dirty:
@@ -76,6 +79,8 @@ def make_split_cube(casa, request, job, ranges, *, work_dir, workers, store_dir,
     same = dict((name, kept) for name, kept in found.items() if kept.get('threshold') == wanted)
     done = [c for c in chunks if same.get(c.name, {}).get('stage') == 'cleaned']
     health_left = [c for c in chunks if same.get(c.name, {}).get('stage') == BEFORE_HEALTH]
+    # (a chunk kept after its automasking pass at another threshold: its images are still its dirty image's)
+    fallback_left = [c for c in chunks if same.get(c.name, {}).get('stage') == NOTHING_AUTOMASKED]
     if len(done) + len(health_left) < len(cleaned_before):
         report('%d chunks kept cleaned to another threshold: cleaned again'
                % (len(cleaned_before) - len(done) - len(health_left)))
@@ -86,7 +91,8 @@ def make_split_cube(casa, request, job, ranges, *, work_dir, workers, store_dir,
     results = dict((c.name, found[c.name]) for c in done)
     if to_clean:
         answers = workers.run([task('cube_chunk_clean', chunk, threshold=threshold,
-                                    cleaned=same[chunk.name] if chunk in health_left else None)
+                                    cleaned=same[chunk.name] if chunk in health_left else None,
+                                    nothing_automasked=same[chunk.name]['residual'] if chunk in fallback_left else None)
                                for chunk in to_clean], casa=casa, unit='chunks', progress=progress.clean_done)
         results.update((chunk.name, answer) for chunk, answer in zip(to_clean, answers))
     joined = time.time()

@@ -141,18 +141,22 @@ def run_image_job(casa, report, *, job, request, imagename, parallel, finished=N
     return {'iterations': iterations, 'stop': stop, 'seconds': seconds, 'redone_channels': redone_channels}
 
 
-def clean_to_threshold(casa, job, report, arguments, threshold, *, started, cleaned=None, before_redo=None):
+def clean_to_threshold(casa, job, report, arguments, threshold, *, started, cleaned=None, before_redo=None,
+                       nothing_automasked=None, after_nothing_automasked=None):
     """tclean to threshold (Jy; None: to nsigma of the residual), the primary-beam-mask fallback when automasking
     found nothing, then cube health (channels that diverged or stayed dirty are cleaned again).  arguments: the
     call, from the dirty image (calcpsf/calcres False) or from nothing.  (iterations, stop code, redone channels).
 
     before_redo(cleaned): called once cube health has found channels to clean again, before it does, with what
     the health pass needs to be run again alone ({'iterations', 'stop', 'histories', 'health_threshold'}); cleaned:
-    that, from a run stopped during the health pass, whose images are these: the tclean is not made again."""
+    that, from a run stopped during the health pass, whose images are these: the tclean is not made again.
+    after_nothing_automasked((peak, rms)): called when the automasking pass found nothing and the fallback is to
+    clean (the pass changed no pixel: the dirty images are still the fallback's start); nothing_automasked: that
+    (peak, rms), from a run stopped after it, whose dirty images these are: the pass is not made again."""
     if cleaned is None:
         if threshold is not None:
             arguments.update(threshold='%.3gJy' % threshold, nsigma=0.0)
-        foreseen = _automasking_would_fail(casa, job, arguments)
+        foreseen = tuple(nothing_automasked) if nothing_automasked else _automasking_would_fail(casa, job, arguments)
         if foreseen:  # straight to where the automasking pass would end
             summary, stop, iterations = {}, NO_AUTOMASK_STOPCODE, 0
         else:
@@ -162,7 +166,12 @@ def clean_to_threshold(casa, job, report, arguments, threshold, *, started, clea
             iterations = int(summary.get('iterdone', 0)) if isinstance(summary, dict) else 0
         reason = None
         if stop == NO_AUTOMASK_STOPCODE:
-            fallback = _clean_in_primary_beam_mask(casa, job, arguments, report, foreseen=foreseen)
+            residual = foreseen or residual_peak_rms_channel(
+                casa, arguments['imagename'] + ('.residual.tt0' if job.nterms else '.residual'))[:2]
+            if not foreseen and after_nothing_automasked is not None and _fallback_cleans(*residual):
+                after_nothing_automasked(residual)
+            fallback = _clean_in_primary_beam_mask(casa, job, arguments, report, residual=residual, known=(
+                'kept' if nothing_automasked else 'foreseen' if foreseen else None))
             if fallback:
                 summary = fallback
                 stop = summary.get('stopcode') if isinstance(summary, dict) else stop
@@ -347,6 +356,9 @@ def _mosaic_centre_and_overlap(casa, msmd, fields, phasecenter, spw_id):
     return nearest.field_id, mosaic_overlap_factor(offsets, float(msmd.meanfreq(spw_id)), diameter)
 
 
+NO_FORECAST_ENV = 'SCRIPTFORREPROCESSING_TEST_NO_FORECAST'  # test-only: '1' runs every automasking pass
+
+
 def _automasking_would_fail(casa, job, arguments):
     """The residual's (peak, rms) when a cube's cleaning from its dirty image would stop with "zero mask":
     automask_forecast says automasking finds nothing in any channel.  That pass is then skipped: it changes no
@@ -359,6 +371,8 @@ def _automasking_would_fail(casa, job, arguments):
     name = arguments['imagename']
     if not job.spectral or arguments.get('calcres', True) or job.nterms or Path(name + '.mask').exists():
         return None  # (a mask already made, by a cleaning kept from a stopped run: tclean would clean inside it)
+    if os.environ.get(NO_FORECAST_ENV) == '1':  # test-only: tclean's own pass, to compare what skipping it makes
+        return None
     peak, rms, channel = residual_peak_rms_channel(casa, name + '.residual')
     if not rms:
         return None
@@ -391,7 +405,17 @@ def _restore_uncleaned(casa, job, arguments):
         mask.done()
 
 
-def _clean_in_primary_beam_mask(casa, job, arguments, report, foreseen=None):
+def _fallback_cleans(peak, rms):
+    """The fallback cleans an image whose residual peak is over 10x its noise (_clean_in_primary_beam_mask)."""
+    return bool(rms) and peak / rms > 10.0
+
+
+_KNOWN_BEFORE = {'foreseen': ' (foreseen from the dirty cube: no region above the thresholds large enough to outlive '
+                             'the pruning)',
+                 'kept': ' (known from a run that was stopped after its automasking pass: not made again)'}
+
+
+def _clean_in_primary_beam_mask(casa, job, arguments, report, *, residual, known=None):
     """The fallback when automasking finds nothing in an image with a clear source.
 
     Sparse uv coverage (few antennas, snapshots) gives high PSF sidelobes, and the sidelobe threshold
@@ -402,11 +426,11 @@ def _clean_in_primary_beam_mask(casa, job, arguments, report, foreseen=None):
     images only and leaves such a cube dirty ("check the results"); here cubes are cleaned too (README):
     a dirty cube's flux in an aperture is not the source's (measured on the demo delivery: moment 0 over
     two beams 1.74 Jy km/s dirty, 2.10 cleaned this way, 2.13 injected).
-    foreseen: the residual's (peak, rms) when _automasking_would_fail foresaw this (the residual is unchanged since).
+    residual: its (peak, rms); known: how the automasking pass's outcome is known without running it here
+    ('foreseen' by _automasking_would_fail, 'kept' from a stopped run's; the residual is unchanged since).
     """
-    peak, rms = foreseen or residual_peak_rms_channel(
-        casa, arguments['imagename'] + ('.residual.tt0' if job.nterms else '.residual'))[:2]
-    if not rms or peak / rms <= 10.0:
+    peak, rms = residual
+    if not _fallback_cleans(peak, rms):
         return {}
     sidelobe = psf_sidelobe_level(casa, arguments['imagename'] + ('.psf.tt0' if job.nterms else '.psf'))
     why = ''
@@ -416,8 +440,7 @@ def _clean_in_primary_beam_mask(casa, job, arguments, report, foreseen=None):
     report('no automatic mask was found%s%s (residual peak %.3g Jy/beam = %.0f x noise%s): cleaning inside the '
            'primary beam above %.1f to %s%s'
            % (' in any channel' if job.spectral else '',
-              ' (foreseen from the dirty cube: no region above the thresholds large enough to outlive the pruning)'
-              if foreseen else '', peak, peak / rms, why, PB_MASK,
+              _KNOWN_BEFORE.get(known, ''), peak, peak / rms, why, PB_MASK,
               'twice the threshold' if arguments.get('nsigma') == 0.0 else '4 sigma',
               ' (the pipeline leaves such a cube dirty)' if job.spectral else ', as the pipeline does'))
     again = dict(arguments, usemask='pb', pbmask=PB_MASK, nsigma=4.0, calcpsf=False, calcres=False, restart=True)

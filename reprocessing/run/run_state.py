@@ -424,19 +424,21 @@ HOLD_ENV = 'SCRIPTFORREPROCESSING_TEST_HOLD_AT'
 _HELD = set()
 
 
-def pause_point(name, state):
+def pause_point(name, state, *, folder=None):
     """Test-only: stop here and wait to be killed when the test asks for it (PAUSE_ENV), or hold here
-    once until the test removes the marker (HOLD_ENV), e.g. to fill the disk meanwhile."""
+    once until the test removes the marker (HOLD_ENV), e.g. to fill the disk meanwhile.  The marker is written
+    in the delivery, or in folder (a worker, which has no state)."""
+    root = Path(folder) if folder is not None else state.delivery.root
     if os.environ.get(HOLD_ENV) == name and name not in _HELD:
         _HELD.add(name)
-        marker = state.delivery.root / ('.held-at-' + name)
+        marker = root / ('.held-at-' + name)
         marker.write_text(str(os.getpid()))
         while marker.exists():
             time.sleep(0.1)
         return
     if os.environ.get(PAUSE_ENV) != name:
         return
-    marker = state.delivery.root / ('.paused-at-' + name)
+    marker = root / ('.paused-at-' + name)
     marker.write_text(str(os.getpid()))
     while True:
         time.sleep(0.2)
