@@ -10,9 +10,9 @@ dirty peak; the threshold it was cleaned to) in working_reprocess/imaging-chunks
 only when complete (image_resume.save_finished); so is the cube's channel grid (<cube>.grid: cube_start_hz).
 A run stopped on the way (SIGKILL, a scheduler's SIGTERM) leaves them; the same command again reuses every
 chunk whose record equals what it would make now (a cleaned chunk only when the threshold is the same; one kept
-before its fallback or its health pass makes only what was left) and the grid, and makes the others; then the chunks are joined
-plane by plane into the cube (cube_chunks.join_chunks, each image under a partial name until complete): the
-images its products come from, every image with --all-products.
+before its fallback or its health pass makes only what was left) and the grid, and makes the others; then the
+chunks are joined plane by plane into the cube (cube_chunks.join_chunks, each image under a partial name until
+complete): the images its products come from, every image with --all-products.
 """
 
 import time
@@ -79,7 +79,7 @@ def make_split_cube(casa, request, job, ranges, *, work_dir, workers, store_dir,
     same = dict((name, kept) for name, kept in found.items() if kept.get('threshold') == wanted)
     done = [c for c in chunks if same.get(c.name, {}).get('stage') == 'cleaned']
     health_left = [c for c in chunks if same.get(c.name, {}).get('stage') == BEFORE_HEALTH]
-    # (a chunk kept after its automasking pass at another threshold: its images are still its dirty image's)
+    # (one kept after its automasking pass, but for another threshold, is cleaned from its dirty images, kept as made)
     fallback_left = [c for c in chunks if same.get(c.name, {}).get('stage') == NOTHING_AUTOMASKED]
     if len(done) + len(health_left) < len(cleaned_before):
         report('%d chunks kept cleaned to another threshold: cleaned again'
