@@ -70,8 +70,9 @@ def stop_behind(error):
 
 def raise_if_stopped():
     """Raise the stop a signal asked for, if one came (and its exception was swallowed on the way)."""
-    if _RECEIVED:
-        raise Interrupted(_RECEIVED[-1])
+    stop = stop_behind(None)
+    if stop is not None:
+        raise stop
 
 
 def stop_signal_numbers():
