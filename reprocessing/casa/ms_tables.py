@@ -45,9 +45,20 @@ def ms_metadata(ms, question, read):
     if state is not None and kept is not None and kept[0] == state:
         return kept[1]
     answer = read()
-    if state is not None and max(entry[2] for entry in state) < (time.time() - FRESH_SECONDS) * 1e9:
+    if state is not None and _settled(state):
         _MS_METADATA[key] = (state, answer)
     return answer
+
+
+def settled_ms_state(ms):
+    """ms_state(ms) when no file of ms was written in the last FRESH_SECONDS (what is kept under it stays
+    true while the state stays the same), else None."""
+    state = ms_state(ms)
+    return state if state is not None and _settled(state) else None
+
+
+def _settled(state):
+    return max(entry[2] for entry in state) < (time.time() - FRESH_SECONDS) * 1e9
 
 
 def ms_state(ms):

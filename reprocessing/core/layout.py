@@ -24,6 +24,7 @@ REPORT_DIR_NAME = 'report'
 STAGING_DIR_NAME = 'staging'
 LOGS_DIR_NAME = 'logs'
 IMAGING_DIR_NAME = 'imaging'
+KNOWN_BEAMS_NAME = 'known-beams.json'
 
 
 class Delivery(object):
@@ -46,6 +47,8 @@ class Delivery(object):
         # each channel chunk of a split cube (--split-cube) once made, with its record, until its cube is joined
         # (imaging/cube_split.py): a stopped run's chunks are reused by the same command again
         self.chunks_dir = self.work_dir / (IMAGING_DIR_NAME + '-chunks')
+        # the beams of the PSFs that set the cells, for the same data and settings again (imaging/cell_beams.py)
+        self.known_beams_file = self.work_dir / KNOWN_BEAMS_NAME
         self.targets = self._list_ms('uid*_targets.ms')
         self.targets_line = self._list_ms('uid*_targets_line.ms')
         self.target_cycle8 = self._list_ms('uid*_target.ms')

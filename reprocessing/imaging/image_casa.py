@@ -1,16 +1,14 @@
 """The pipeline-free imaging engine's jobs: one tclean call per image, its geometry, spectral grid and threshold inputs."""
 
 import collections
-from pathlib import Path
 
-from ..casa.casa_engine import casa_task, opened_tool
 from ..casa.ms_imaging import virtual_spw_map
 from ..contdat.channels import ChannelConverter
 from ..core.lookalikes import lookalike_hint
-from ..core.fileops import remove_tree, require_free_space
+from ..core.fileops import require_free_space
 from ..core.messages import ReprocessingError, UsageError
 from ..core.requests import nbins_for_spw
-from .heuristics import autobox_parameters, baseline_percentile, cube_weighting, distinct_pointings, fractional_bandwidth, heuristic_cell_arcsec, lsrk_intersection, mosaic_pixels, mtmfs_reffreq_hz, pointing_geometry, primary_beam_radius_arcsec, psf_imaging_cell_arcsec, psf_imaging_pixels, representative_nbin, round_beam_arcsec, sanitize_name, single_field_pixels, synthesized_beam_arcsec
+from .heuristics import autobox_parameters, baseline_percentile, cube_weighting, distinct_pointings, fractional_bandwidth, heuristic_cell_arcsec, lsrk_intersection, mosaic_pixels, mtmfs_reffreq_hz, pointing_geometry, primary_beam_radius_arcsec, representative_nbin, sanitize_name, single_field_pixels, synthesized_beam_arcsec
 from .spectral_grid import GRID_NAMES, TCLEAN_SPECTRAL_KEYS, cube_spectral, read_source_rest_frequencies, value_for_spw
 
 
@@ -81,7 +79,7 @@ def optimum_size(casa, pixels):
         utils.done()
 
 
-def _datacolumn(infos):
+def data_column_of(infos):
     """'corrected' (self-calibrated) when any MS has it; tclean takes one column for all.
 
     tclean with datacolumn='corrected' reads DATA of an MS without CORRECTED_DATA (measured with
@@ -90,7 +88,7 @@ def _datacolumn(infos):
     return 'corrected' if any(info.datacolumn == 'corrected' for info in infos) else 'data'
 
 
-def _field_selection(infos, field, virtual_ids, spw_map):
+def field_selection(infos, field, virtual_ids, spw_map):
     """[(info, field ids, [ImagingSpw])] of the MSes with data of field in any of virtual_ids."""
     chosen = []
     for info in infos:
@@ -106,7 +104,7 @@ def call_geometry(casa, request, field, call_ids, *, infos, spw_map, beam_for):
     """The geometry shared by every image of one specmode (one hif_makeimlist call): pipeline/hif/tasks/
     makeimlist/makeimlist.py, cell from the beam of the highest-frequency spw with a valid beam, image size
     from the lowest-frequency spw's primary beam; (imsize, cell, cell arcsec, phasecenter, gridder, beam)."""
-    chosen = _field_selection(infos, field, call_ids, spw_map)
+    chosen = field_selection(infos, field, call_ids, spw_map)
     if not chosen:
         return None
     present = [v for v in call_ids if any(v in spw_map and info.name in spw_map[v] for info, _i, _s in chosen)]
@@ -134,90 +132,6 @@ def estimated_beam_finder(infos, spw_map):
         beam = synthesized_beam_arcsec(spw.centre, baseline_percentile(infos, 80.0))
         return beam, beam
     return beam_for
-
-
-def psf_beam_finder(casa, request, *, infos, spw_map, work_dir):
-    """beam_for(field, virtual spw) -> (major, minor) arcsec of the PSF the pipeline fits for the cell.
-
-    pipeline/hif/heuristics/imageparams_base.py synthesized_beam(): imager.advise's cell / 2.5 on an image
-    1.5 primary-beam radii wide, an mfs PSF of the whole spw with briggs weighting at the imaging robust and
-    uvtaper (makePSF; here tclean with niter=0 and calcres=False, the same PSF), its fitted beam rounded to
-    three digits.  Each (field, spw) is computed once and shared by all specmodes, as the pipeline's
-    known_synthesized_beams.  None when the spw has no data of the field or the fit failed.
-    """
-    cache = {}
-    robust = 0.5 if request.robust is None else request.robust
-
-    def beam_for(field, virtual_id):
-        key = (field, virtual_id)
-        if key not in cache:
-            cache[key] = _psf_beam(casa, request, field, virtual_id, robust=robust, infos=infos, spw_map=spw_map,
-                                   work_dir=work_dir)
-        return cache[key]
-    return beam_for
-
-
-def _psf_beam(casa, request, field, virtual_id, *, robust, infos, spw_map, work_dir):
-    chosen = _field_selection(infos, field, [virtual_id], spw_map)
-    if not chosen:
-        return None
-    quanta = casa.casatools.quanta()
-    spw = spw_map[virtual_id][chosen[0][0].name]
-    pb_radius = primary_beam_radius_arcsec(spw.ref_freq, min(info.min_diameter for info, _i, _s in chosen))
-    imager = casa.casatools.imager()
-    try:
-        for info, ids, spws in chosen:
-            imager.selectvis(vis=str(info.path), field=','.join(str(i) for i in ids), spw=str(spws[0].spw_id),
-                             usescratch=False, writeaccess=False)
-        advice = imager.advise(takeadvice=False, amplitudeloss=0.5, fieldofview='%4.1farcsec' % (2.0 * pb_radius))
-    finally:
-        imager.done()
-    if not advice[0]:
-        return None
-    cell = psf_imaging_cell_arcsec(quanta.convert(advice[2], 'arcsec')['value'])
-    pixels = optimum_size(casa, psf_imaging_pixels(pb_radius, cell))
-    pointings = distinct_pointings([p for info, _i, _s in chosen for p in info.fields[field]])
-    gridder, phasecenter = 'standard', ''
-    imsize = [pixels, pixels]
-    if len(pointings) > 1:
-        # synthesized_beam(): centred on the pointing nearest the mosaic's centre, the whole mosaic when it is
-        # at most twice one pointing's image, else twice one pointing's image
-        import math
-        ra, dec, x_spread, y_spread = pointing_geometry(pointings)
-        nearest = min(pointings, key=lambda p: ((p.ra - ra) * math.cos(dec)) ** 2 + (p.dec - dec) ** 2)
-        phasecenter = '%s %.10fdeg %.10fdeg' % (nearest.frame, math.degrees(nearest.ra), math.degrees(nearest.dec))
-        gridder = 'mosaic'
-        pixels = optimum_size(casa, mosaic_pixels(pb_radius, 0.0, cell, len(pointings)))  # one pointing's
-        mosaic = [optimum_size(casa, mosaic_pixels(pb_radius, spread, cell, len(pointings)))
-                  for spread in (x_spread, y_spread)]
-        imsize = mosaic if max(mosaic) <= 2 * pixels else [optimum_size(casa, 2 * pixels)] * 2
-    name = str(Path(work_dir) / ('psf-for-cell.%s.spw%d' % (sanitize_name(field), virtual_id)))
-    try:
-        casa_task(casa, 'tclean', about='the PSF for the cell of spw %d' % virtual_id,
-                  vis=[str(info.path) for info, _i, _s in chosen],
-                  field=[','.join(str(i) for i in ids) for _info, ids, _s in chosen],
-                  spw=[str(spws[0].spw_id) for _info, _i, spws in chosen],
-                  datacolumn=_datacolumn([info for info, _i, _s in chosen]), imagename=name,
-                  imsize=imsize, cell='%garcsec' % cell, phasecenter=phasecenter, specmode='mfs',
-                  gridder=gridder, mosweight=gridder == 'mosaic', weighting='briggs', robust=robust,
-                  uvtaper=list(request.uvtaper or ['']), uvrange=request.uvrange or '', niter=0, calcres=False,
-                  calcpsf=True, restoration=False, pbcor=False, savemodel='none', interactive=False,
-                  parallel=False)
-        with opened_tool(casa.casatools.image(), name + '.psf') as image:
-            fitted = image.restoringbeam()
-    except (ReprocessingError, RuntimeError):  # no PSF: the pipeline calls the beam invalid
-        return None
-    finally:
-        for suffix in ('.psf', '.sumwt', '.pb', '.weight', '.residual', '.model', '.image', '.mask'):
-            if Path(name + suffix).exists():
-                remove_tree(Path(name + suffix))
-    if 'beams' in fitted:
-        fitted = fitted['beams']['*0']['*0']
-    major = quanta.convert(fitted['major'], 'arcsec')['value']
-    minor = quanta.convert(fitted['minor'], 'arcsec')['value']
-    if not minor > 1e-5:  # a bad PSF: the pipeline marks the beam invalid
-        return None
-    return round_beam_arcsec(major), round_beam_arcsec(minor)
 
 
 def continuum_job(casa, request, specmode, field, virtual_ids, *, call_ids, infos, spw_map, channels_for, contdat,
@@ -261,7 +175,7 @@ def continuum_job(casa, request, specmode, field, virtual_ids, *, call_ids, info
     autobox = autobox_parameters(specmode, l75_m=baseline_percentile(used, 75.0),
                                  diameter_m=min(i.min_diameter for i in used))
     job = ImageJob(image_name(ous, field, virtual_ids, specmode), specmode, field, list(virtual_ids), vis, field_ids,
-                   selections, _datacolumn(used), imsize, cell, cell_arcsec, phasecenter, gridder, deconvolver,
+                   selections, data_column_of(used), imsize, cell, cell_arcsec, phasecenter, gridder, deconvolver,
                    nterms, reffreq, None, autobox, 1, beam, min(i.min_diameter for i in used))
     return job, notes
 
@@ -334,7 +248,7 @@ def cube_job(casa, request, specmode, field, virtual_id, nbin, *, call_ids, info
     autobox = autobox_parameters(specmode, l75_m=baseline_percentile(used, 75.0),
                                  diameter_m=min(i.min_diameter for i in used))
     job = ImageJob(image_name(ous, field, [virtual_id], specmode), specmode, field, [virtual_id], vis, field_ids,
-                   selections, _datacolumn(used), imsize, cell, cell_arcsec, phasecenter, gridder, 'hogbom', None,
+                   selections, data_column_of(used), imsize, cell, cell_arcsec, phasecenter, gridder, 'hogbom', None,
                    None, spectral, autobox, spectral['nchan'], beam, min(i.min_diameter for i in used))
     return job, [note] if specmode == 'cube' else []
 

@@ -4,7 +4,7 @@ import os
 from pathlib import Path
 
 from ..core.fileops import directory_bytes, human_bytes, is_inside, is_partial_name, relative_path, remove_file, remove_tree
-from ..core.layout import WORK_DIR_NAME
+from ..core.layout import IMAGING_DIR_NAME, KNOWN_BEAMS_NAME, WORK_DIR_NAME
 from ..core.messages import ReprocessingError, say
 from ..run.staging import find_user_measurement_sets
 
@@ -40,7 +40,8 @@ def run_cleanup(plan, state, step, casa):
 CREATED_LOGS = 'created_logs.txt'
 # What this tool makes in working_reprocess/ (Delivery's *_dir, the pipeline's folders, its notes and
 # temporaries): a working_reprocess/ that links elsewhere loses these only.
-TOOL_MADE_NAMES = ('report', 'staging', 'logs', 'imaging', CREATED_LOGS, 'kept-by-interrupted-run.json',
+TOOL_MADE_NAMES = ('report', 'staging', 'logs', IMAGING_DIR_NAME, IMAGING_DIR_NAME + '-finished',
+                   IMAGING_DIR_NAME + '-chunks', KNOWN_BEAMS_NAME, CREATED_LOGS, 'kept-by-interrupted-run.json',
                    '.cont.dat.delivered.sha256')
 TOOL_MADE_PREFIXES = ('pipeline-',)
 

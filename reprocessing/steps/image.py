@@ -16,12 +16,13 @@ from ..core.fileops import changed_files, directory_bytes, file_states, human_by
 from ..core.layout import Delivery
 from ..core.messages import ReprocessingError, say
 from ..imaging.archive_compare import compare_with_archive, find_archive_products, format_comparison
-from ..imaging.image_casa import plan_casa_images, psf_beam_finder, require_image_space
+from ..imaging.image_casa import plan_casa_images, require_image_space
 from ..imaging.image_pipeline import run_pipeline_imaging
 from ..imaging.image_publish import format_image_table, image_table, publish_products
 from ..imaging.image_resume import resume_finished
 from ..imaging.image_update import expected_record, decide_images, describe_kept, discard_retired, image_stem, kept_rows, retire_stale_images, say_decisions, update_summary, write_image_records
 from ..imaging.products import ImageProduct, ous_from_path
+from ..imaging.cell_beams import KnownBeams, psf_beam_finder
 from ..imaging.cube_chunks import MIN_CHUNK_NCHAN, chunk_clean, chunk_dirty, cube_chunking
 from ..imaging.cube_split import make_split_cube
 from ..imaging.memory_model import job_memory
@@ -128,9 +129,13 @@ def run_image(plan, state, step, casa):
                 channels_for, contdat = continuum_channel_finder(plan, casa)
             # the cells come from PSFs, as the pipeline's (one mfs PSF per spw that decides a cell)
             beam_for = psf_beam_finder(casa, request, infos=targets, spw_map=virtual_spw_map(targets),
-                                       work_dir=work_dir)
+                                       work_dir=work_dir, known_beams=KnownBeams(delivery.known_beams_file, dict(
+                                           zip(target_shadows, delivery.targets))))
             jobs, notes = plan_casa_images(casa, request, targets=targets, lines=line_infos, channels_for=channels_for,
                                            contdat=contdat, ous=ous, beam_for=beam_for)
+            for field, virtual_id in beam_for.kept:
+                say('  the cell of spw %d (%s) from the PSF beam an earlier run made of the same data and settings '
+                    '(%s)' % (virtual_id, field, relative_path(delivery.known_beams_file, delivery.root)))
             _say_notes(notes)
             if not jobs:
                 raise ReprocessingError('nothing to image with --specmodes %s (see the notes above) — choose other '
