@@ -4,7 +4,8 @@ by hand with the same grid, side by side in one run, on the same simulated deliv
 
 1. the tool (CASA engine), wall and CPU time of the whole command: its first run on the delivery (it makes the
    PSF that sets the cell, an mfs PSF of the whole spw, as the pipeline does) and the same command again, as a
-   user re-imaging the same data runs it (the cell from the first run's PSF beam: working_reprocess/known-beams.json);
+   user re-imaging the same data runs it (the cell from the first run's PSF beam: working_reprocess/known-beams.json),
+   and a first run given the cell the first run chose (--cell 0.31arcsec: no PSF for it, as the hand call);
 2. the same tclean calls, replayed: read from a first run's CASA log (the PSF for the cell, the dirty image, the
    cleaning, any fallback or cube-health call), in a fresh Python on the user's MSes, then exportfits of the same
    products: what the tool costs on top of its own tclean calls;
@@ -156,45 +157,56 @@ def bench_size(args, workdir):
     the time goes.  cold: the delivery's first run (no known-beams.json: it makes the PSF that sets the cell);
     again: the same command once more, as a user re-imaging the same data (the cell from the first run's PSF)."""
     delivery = grid_delivery(args, workdir)
-    cold, tool, replayed, hand, logs = [], [], [], [], []
+    cold, tool, given, replayed, hand, logs = [], [], [], [], [], []
+    chosen_cell = []  # the cell of the first run, given to the 'cell' side
     known_beams = delivery / 'working_reprocess' / 'known-beams.json'
 
-    def run_tool(first_run):
+    def run_tool(kind):
+        """kind: 'first' (no known beams: the PSF for the cell is made), 'again' (its beam taken from the first
+        run's), 'cell' (--cell the first run's cell: no PSF for it; known-beams.json is left as it is)."""
         images = delivery / 'images'
         if images.exists():
             shutil.rmtree(str(images))
-        if first_run and known_beams.exists():
+        if kind == 'first' and known_beams.exists():
             known_beams.unlink()
-        timing, result = timed([sys.executable, str(SCRIPT), '--image', '--engine', 'casa', '--specmodes',
-                                'cube'] + args.grid, cwd=delivery)
-        if first_run == ('from the PSF beam an earlier run made' in result.stdout):
-            raise SystemExit('the %s run %s the cell from the known beams' % (
-                'first' if first_run else 'second', 'took' if first_run else 'did not take'))
-        log = workdir / ('tool-%d-%s.log' % (len(logs), 'first' if first_run else 'again'))
-        shutil.copyfile(re.search(r'CASA log: (\S+)', result.stdout).group(1), str(log))
+        timing, result = timed([sys.executable, str(SCRIPT), '--image', '--engine', 'casa', '--specmodes', 'cube']
+                               + args.grid + (['--cell', chosen_cell[0]] if kind == 'cell' else []), cwd=delivery)
+        if not chosen_cell:
+            chosen_cell.append(re.search(r'channels, cell (\S+), ', result.stdout).group(1))
+        casa_log = re.search(r'CASA log: (\S+)', result.stdout).group(1)
+        with open(casa_log) as handle:
+            made_psf = 'psf-for-cell' in handle.read()
+        if made_psf != (kind == 'first') or ('from the PSF beam an earlier run made' in result.stdout) != (
+                kind == 'again'):
+            raise SystemExit('the %s run %s a PSF for the cell' % (kind, 'made' if made_psf else 'made no'))
+        log = workdir / ('tool-%d-%s.log' % (len(logs), kind))
+        shutil.copyfile(casa_log, str(log))
         logs.append(log)
         return timing
 
     print('load before: %s' % load(), flush=True)
-    run_tool(True)  # the calls to replay are a first run's own (and a warm disk cache for every side)
+    run_tool('first')  # the calls to replay are a first run's own (and a warm disk cache for every side)
     calls = len(task_calls_in_log(logs[0], 'tclean'))
     for round_number in range(args.repeat):
-        sides = ['cold', 'tool', 'replay', 'hand']
+        sides = ['cold', 'tool', 'cell', 'replay', 'hand']
         for side in (sides if round_number % 2 == 0 else list(reversed(sides))):
-            if side in ('cold', 'tool'):
-                {'cold': cold, 'tool': tool}[side].append(run_tool(side == 'cold'))
+            if side in ('cold', 'tool', 'cell'):
+                {'cold': cold, 'tool': tool, 'cell': given}[side].append(
+                    run_tool({'cold': 'first', 'tool': 'again', 'cell': 'cell'}[side]))
             elif side == 'replay':
                 replayed.append(replay_bare(delivery, logs[0], workdir, round_number)[0])
             else:
                 hand.append(by_hand(delivery, logs[0], workdir, round_number))
-            timing = {'cold': cold, 'tool': tool, 'replay': replayed, 'hand': hand}[side][-1]
+            timing = {'cold': cold, 'tool': tool, 'cell': given, 'replay': replayed, 'hand': hand}[side][-1]
             print('  %-7s %6.1f s wall, %6.1f s CPU; load now %s' % ((side,) + tuple(timing) + (load(),)),
                   flush=True)
-    cold, tool, replayed, hand = best(cold), best(tool), best(replayed), best(hand)
+    cold, tool, given, replayed, hand = best(cold), best(tool), best(given), best(replayed), best(hand)
     cleans = [c for c in task_calls_in_log(logs[0], 'tclean') if c.get('specmode') == 'cube' and c.get('niter', 0)]
     print('load after: %s (2 cores)' % load())
     print('tool, first run on the delivery:  %6.1f s wall, %6.1f s CPU' % cold)
     print('tool, the same command again:     %6.1f s wall, %6.1f s CPU  (the cell from the first run\'s PSF)' % tool)
+    print('tool, first run, --cell %-9s %6.1f s wall, %6.1f s CPU  (the cell given: no PSF for it)'
+          % ((chosen_cell[0] + ':',) + tuple(given)))
     print('its %d tclean calls, replayed:     %6.1f s wall, %6.1f s CPU  (a first run\'s)' % ((calls,) + tuple(replayed)))
     print('one tclean by hand, same grid:    %6.1f s wall, %6.1f s CPU  (the last cleaning call: usemask %s, '
           'threshold %s)' % (tuple(hand) + (cleans[-1].get('usemask'), cleans[-1].get('threshold'))))
@@ -208,9 +220,10 @@ def bench_size(args, workdir):
     print('tool / by hand, first run:  %.3f wall, %.3f CPU  (target <= %.1f; best of %d runs each)'
           % (cold.wall / hand.wall, cold.cpu / hand.cpu, TARGET, args.repeat))
     print('tool / by hand, again:      %.3f wall, %.3f CPU' % (tool.wall / hand.wall, tool.cpu / hand.cpu))
+    print('tool / by hand, --cell:     %.3f wall, %.3f CPU' % (given.wall / hand.wall, given.cpu / hand.cpu))
     print('tool / replay, first run:   %.3f wall, %.3f CPU  (the tool\'s own cost around its tclean calls)'
           % (cold.wall / replayed.wall, cold.cpu / replayed.cpu), flush=True)
-    return cold, tool, replayed, hand
+    return cold, tool, given, replayed, hand
 
 
 def main(argv=None):
@@ -225,12 +238,13 @@ def main(argv=None):
             results[size] = bench_size(of_size(args, size), folder)
         if len(results) > 1:
             print('both sizes (best of %d runs each side):' % args.repeat)
-            for size, (cold, tool, replayed, hand) in results.items():
+            for size, (cold, tool, given, replayed, hand) in results.items():
                 print('   %-6s by hand %6.1f s wall %6.1f s CPU; tool / by hand: first run %.3f wall, %.3f CPU, again '
-                      '%.3f wall, %.3f CPU (target <= %.1f); first run / replay %.3f wall, %.3f CPU'
+                      '%.3f wall, %.3f CPU, first run with --cell %.3f wall, %.3f CPU (target <= %.1f); first run / '
+                      'replay %.3f wall, %.3f CPU'
                       % ((size,) + tuple(hand) + (cold.wall / hand.wall, cold.cpu / hand.cpu, tool.wall / hand.wall,
-                                                  tool.cpu / hand.cpu, TARGET, cold.wall / replayed.wall,
-                                                  cold.cpu / replayed.cpu)))
+                                                  tool.cpu / hand.cpu, given.wall / hand.wall, given.cpu / hand.cpu,
+                                                  TARGET, cold.wall / replayed.wall, cold.cpu / replayed.cpu)))
     finally:
         if not args.workdir:
             shutil.rmtree(str(workdir), ignore_errors=True)

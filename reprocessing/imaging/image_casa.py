@@ -111,12 +111,13 @@ def call_geometry(casa, request, field, call_ids, *, infos, spw_map, beam_for):
     reference = {v: next(iter(spw_map[v].values())) for v in present}
     by_frequency = sorted(present, key=lambda v: reference[v].centre, reverse=True)
     beam = None
-    for virtual_id in by_frequency:
+    # the PSF's beam decides the cell only: a cell given as an angle (--cell 0.3arcsec) needs no PSF
+    for virtual_id in (by_frequency if not isinstance(request.cell, list) else []):
         beam = beam_for(field, virtual_id)
         if beam is not None:
             break
     used = [info for info, _i, _s in chosen]
-    if beam is None:  # no spw gave a valid PSF (heavy flagging): the uv-coverage estimate, not no image
+    if beam is None:  # no spw gave a valid PSF (heavy flagging), or none was needed: the uv-coverage estimate
         beam = estimated_beam_finder(used, spw_map)(field, by_frequency[0])
     pointings = [p for info in used for p in info.fields[field]]
     geometry = image_geometry(casa, request, infos=used, pointings=pointings, beam=beam,

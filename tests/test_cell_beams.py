@@ -1,9 +1,10 @@
-"""The PSF beams that set the cells, kept between runs for the same data and settings (imaging/cell_beams.py).
+"""The PSF beams that set the cells (imaging/cell_beams.py): kept between runs for the same data and settings, and
+not made when the cell is given.
 
 A second run on the same delivery takes the cell from the first run's PSF instead of making the PSF again (an mfs
-PSF of the whole spw, 7.4 s of a 56-s run in bench/bench_grid.py --size xlarge) and makes the same image; a user's
-change to an MS (a flag) makes it again; --cleanup removes the file, also from a working_reprocess/ that links to
-scratch.
+PSF of the whole spw, 7.0 s of a 54-s first run in bench/bench_grid.py --size xlarge) and makes the same image; a
+user's change to an MS (a flag) makes it again; --cleanup removes the file, also from a working_reprocess/ that
+links to scratch.  A cell given as an angle makes no PSF at all.
 """
 
 import json
@@ -71,6 +72,16 @@ def test_a_second_run_takes_the_cell_from_the_first_runs_psf_and_a_changed_ms_ma
     cleaned = run_script('--delivery', delivery, '--cleanup')
     assert cleaned.returncode == 0, cleaned.stderr
     assert not (scratch / 'known-beams.json').exists()
+
+
+def test_a_cell_given_as_an_angle_makes_no_psf(delivery_factory, run_script, casa):
+    delivery = delivery_factory(**ONE_EB)
+    result = run_script('--delivery', delivery, '--image', '--cell', '0.5arcsec', *MFS, timeout=900)
+    assert result.returncode == 0, result.stderr
+    assert psf_calls(result) == [] and not (delivery / sfr.WORK_DIR_NAME / 'known-beams.json').exists()
+    (fits,) = (delivery / 'images').glob('*.mfs.I.pbcor.fits')
+    increment = read_image(casa, fits, dropdeg=True).coordinates.increment(format='n', type='direction')['numeric']
+    assert abs(abs(float(increment[0])) * 206264.806 - 0.5) < 1e-6
 
 
 def test_a_known_beams_file_that_is_not_ours_is_ignored_and_replaced(tmp_path):
